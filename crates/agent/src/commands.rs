@@ -1,0 +1,254 @@
+//! The command line: `render` and `check`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use vpsie_lb_envoy::{
+    BootstrapOptions, DEFAULT_GLOBAL_MAX_CONNECTIONS, Delivery, TranslateOptions, XdsLayout,
+    bootstrap, render_files, to_yaml, translate,
+};
+use vpsie_lb_model::{
+    MAX_DOCUMENT_BYTES, Problem, ReservedPort, ValidateOptions, Validated, validate_str,
+};
+
+use crate::{fsutil, preflight};
+
+/// Exit code for a document that is not valid.
+const EXIT_INVALID: u8 = 2;
+
+/// The agent's own HTTP endpoints (metrics, status) listen on this port by default.
+pub const AGENT_PORT: u16 = 9902;
+
+/// Control plane for a VPSie load balancer running Envoy.
+#[derive(Debug, Parser)]
+#[command(name = "vpsie-lb-agent", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Render a load-balancer document into an Envoy bootstrap plus dynamic files.
+    ///
+    /// Writes DIR/bootstrap.yaml and the files it refers to (absolute paths),
+    /// so that `envoy -c DIR/bootstrap.yaml` serves the load balancers.
+    Render(RenderArgs),
+    /// Validate a load-balancer document, then ask Envoy whether it accepts the result.
+    ///
+    /// Exits 0 when valid, 2 when not (every problem printed, one per line), 1 on other errors.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct DocumentArgs {
+    /// The document: one load balancer, or an array of them (JSON or YAML).
+    #[arg(long, value_name = "FILE")]
+    input: PathBuf,
+    /// Envoy's admin address; its port is reserved. Must be a loopback address.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9901")]
+    admin_address: SocketAddr,
+    /// Treat unknown keys as errors instead of warnings.
+    #[arg(long)]
+    strict: bool,
+}
+
+#[derive(Debug, Args)]
+struct RenderArgs {
+    #[command(flatten)]
+    doc: DocumentArgs,
+    /// Output directory; created if missing.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Address the load balancers' listeners bind to.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
+    listen_address: IpAddr,
+    /// Where Envoy writes its JSON access log.
+    #[arg(long, value_name = "PATH", default_value = "/dev/stdout")]
+    access_log: String,
+    /// Global cap on concurrent downstream connections.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_GLOBAL_MAX_CONNECTIONS)]
+    max_connections: u64,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    doc: DocumentArgs,
+    /// The Envoy binary for the pre-flight; default: ENVOY_BIN, then `envoy` on PATH.
+    #[arg(long, value_name = "PATH")]
+    envoy_bin: Option<PathBuf>,
+    /// Skip the Envoy pre-flight and check the document only.
+    #[arg(long)]
+    no_envoy: bool,
+}
+
+/// Runs one command and returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Render(args) => render(args),
+        Command::Check(args) => check(args),
+    }
+}
+
+fn read_input(path: &Path) -> anyhow::Result<String> {
+    let meta = std::fs::metadata(path).with_context(|| format!("read {}", path.display()))?;
+    if meta.len() > MAX_DOCUMENT_BYTES as u64 {
+        bail!(
+            "{} is {} bytes, more than the {MAX_DOCUMENT_BYTES}-byte limit",
+            path.display(),
+            meta.len()
+        );
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    String::from_utf8(bytes).with_context(|| format!("{} is not utf-8", path.display()))
+}
+
+fn print_problems(kind: &str, problems: &[Problem]) {
+    for p in problems {
+        eprintln!("{kind}: {p}");
+    }
+}
+
+/// Reads and validates the document; `Err(code)` when it is invalid (problems already printed).
+fn load(doc: &DocumentArgs) -> anyhow::Result<Result<Validated, ExitCode>> {
+    if !doc.admin_address.ip().is_loopback() {
+        bail!(
+            "--admin-address {}: envoy admin must listen on a loopback address, its endpoints are unauthenticated",
+            doc.admin_address
+        );
+    }
+    let text = read_input(&doc.input)?;
+    let opts = ValidateOptions {
+        strict: doc.strict,
+        reserved_ports: vec![
+            ReservedPort {
+                port: doc.admin_address.port(),
+                owner: "envoy admin".into(),
+            },
+            ReservedPort {
+                port: AGENT_PORT,
+                owner: "the agent's own endpoints".into(),
+            },
+        ],
+    };
+    match validate_str(&text, &opts) {
+        Ok(v) => {
+            print_problems("warning", &v.warnings);
+            Ok(Ok(v))
+        }
+        Err(rejected) => {
+            print_problems("warning", &rejected.warnings);
+            // Problems go to stdout, one per line, so scripts can read them.
+            for e in &rejected.errors {
+                println!("{e}");
+            }
+            eprintln!(
+                "{}: {} problem(s); nothing was written",
+                doc.input.display(),
+                rejected.errors.len()
+            );
+            Ok(Err(ExitCode::from(EXIT_INVALID)))
+        }
+    }
+}
+
+fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
+    let validated = match load(&args.doc)? {
+        Ok(v) => v,
+        Err(code) => return Ok(code),
+    };
+    fsutil::ensure_dir(&args.out)?;
+    let root = std::fs::canonicalize(&args.out)
+        .with_context(|| format!("resolve {}", args.out.display()))?;
+    let layout = XdsLayout::new(&root);
+    let opts = TranslateOptions {
+        listen_address: args.listen_address,
+        access_log_path: args.access_log.clone(),
+        global_max_connections: args.max_connections,
+        delivery: Delivery::Files(layout.clone()),
+    };
+    let resources = translate(&validated.config, &opts);
+    let files = render_files(&resources, &layout)?;
+    let boot = bootstrap(
+        &layout,
+        &BootstrapOptions {
+            admin: args.doc.admin_address,
+            global_max_connections: args.max_connections,
+            ..Default::default()
+        },
+    );
+    let boot_yaml = to_yaml(&boot)?;
+
+    // Dependencies first: secrets and endpoints, then clusters, then listeners.
+    for f in &files {
+        let dir = f.path.parent().context("rendered file has no directory")?;
+        fsutil::ensure_dir(dir)?;
+        fsutil::write_atomic(&f.path, f.contents.as_bytes(), 0o644)?;
+    }
+    prune_stale(&layout, &files)?;
+    fsutil::write_atomic(&layout.bootstrap_file(), boot_yaml.as_bytes(), 0o644)?;
+    println!(
+        "rendered {} load balancer(s) into {}; run: envoy -c {}",
+        validated.config.load_balancers.len(),
+        root.display(),
+        layout.bootstrap_file().display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Removes EDS and SDS directories a previous render left for resources that no longer exist.
+fn prune_stale(layout: &XdsLayout, files: &[vpsie_lb_envoy::RenderedFile]) -> anyhow::Result<()> {
+    for kind in ["eds", "sds"] {
+        let base = layout.root().join(kind);
+        let Ok(entries) = std::fs::read_dir(&base) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry?.path();
+            if !files.iter().any(|f| f.path.starts_with(&path)) {
+                std::fs::remove_dir_all(&path)
+                    .with_context(|| format!("remove stale {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let validated = match load(&args.doc)? {
+        Ok(v) => v,
+        Err(code) => return Ok(code),
+    };
+    let n = validated.config.load_balancers.len();
+    if args.no_envoy {
+        println!("ok: {n} load balancer(s) valid (envoy pre-flight skipped)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let envoy = preflight::find_envoy(args.envoy_bin.as_deref())?;
+    let resources = translate(
+        &validated.config,
+        &TranslateOptions {
+            listen_address: IpAddr::from([127, 0, 0, 1]),
+            ..TranslateOptions::new(Delivery::Static)
+        },
+    );
+    let boot = BootstrapOptions {
+        admin: args.doc.admin_address,
+        ..Default::default()
+    };
+    match preflight::validate(&envoy, &resources, &boot) {
+        Ok(()) => {
+            println!("ok: {n} load balancer(s) valid and accepted by envoy");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ preflight::PreflightError::Rejected(_)) => {
+            println!("envoy: {e}");
+            Ok(ExitCode::from(EXIT_INVALID))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,151 @@
+//! The one harness every live test uses: render a document with the real
+//! `vpsie-lb-agent` binary, start the real Envoy on the result, and talk to
+//! it over 127.0.0.1.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use vpsie_lb_testkit::envoy::Envoy;
+use vpsie_lb_testkit::{free_port, poll_until};
+
+/// Path of the agent binary under test.
+pub fn agent_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vpsie-lb-agent")
+}
+
+/// Runs the agent with `args`.
+pub fn agent(args: &[&str]) -> Output {
+    Command::new(agent_bin())
+        .args(args)
+        .env("ENVOY_BIN", vpsie_lb_testkit::envoy::envoy_bin())
+        .output()
+        .expect("run vpsie-lb-agent")
+}
+
+/// A temp dir with a rendered config and, once started, an Envoy serving it.
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub admin_port: u16,
+    pub envoy: Option<Envoy>,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        Lab {
+            dir: tempfile::tempdir().expect("tempdir"),
+            admin_port: free_port(),
+            envoy: None,
+        }
+    }
+
+    pub fn out_dir(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+
+    pub fn access_log(&self) -> PathBuf {
+        self.dir.path().join("access.log")
+    }
+
+    /// Renders `doc` with the real binary; panics unless it exits 0.
+    pub fn render(&self, doc: &Value) {
+        let input = self.dir.path().join("input.json");
+        std::fs::write(&input, serde_json::to_vec_pretty(doc).expect("json")).expect("write input");
+        let admin = format!("127.0.0.1:{}", self.admin_port);
+        let out = agent(&[
+            "render",
+            "--input",
+            input.to_str().expect("utf-8 path"),
+            "--out",
+            self.out_dir().to_str().expect("utf-8 path"),
+            "--listen-address",
+            "127.0.0.1",
+            "--admin-address",
+            &admin,
+            "--access-log",
+            self.access_log().to_str().expect("utf-8 path"),
+        ]);
+        assert!(
+            out.status.success(),
+            "render failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Renders `doc` and starts Envoy on it.
+    pub fn start(doc: &Value) -> Lab {
+        let mut lab = Lab::new();
+        lab.render(doc);
+        let boot = lab.out_dir().join("bootstrap.yaml");
+        let log = lab.dir.path().join("envoy.log");
+        lab.envoy = Some(Envoy::start(&boot, lab.admin_port, &log));
+        lab
+    }
+
+    pub fn envoy(&self) -> &Envoy {
+        self.envoy.as_ref().expect("envoy started")
+    }
+
+    /// Waits until Envoy has `n` hosts in the cluster of load balancer `lb_id`, all healthy.
+    pub fn wait_healthy(&self, lb_id: &str, n: usize) {
+        let cluster = format!("lb_{lb_id}");
+        poll_until(
+            &format!("{n} healthy hosts in {cluster}"),
+            Duration::from_secs(30),
+            || {
+                let hosts = self.envoy().host_health(&cluster);
+                let healthy = hosts.iter().filter(|(_, f)| f == "healthy").count();
+                if hosts.len() == n && healthy == n {
+                    Ok(())
+                } else {
+                    Err(format!("hosts: {hosts:?}"))
+                }
+            },
+        );
+    }
+
+    /// Health flags of one backend port in `lb_id`'s cluster.
+    pub fn flags(&self, lb_id: &str, port: u16) -> Option<String> {
+        self.envoy()
+            .host_health(&format!("lb_{lb_id}"))
+            .into_iter()
+            .find(|(a, _)| a == &format!("127.0.0.1:{port}"))
+            .map(|(_, f)| f)
+    }
+}
+
+/// A load-balancer document with backends on 127.0.0.1 given as (id, port, weight).
+pub fn lb(
+    id: &str,
+    protocol: &str,
+    port: u16,
+    algorithm: &str,
+    backends: &[(&str, u16, u32)],
+) -> Value {
+    json!({
+        "id": id,
+        "name": format!("test {id}"),
+        "protocol": protocol,
+        "port": port,
+        "algorithm": algorithm,
+        "backends": backends.iter().map(|(bid, p, w)| json!({
+            "id": bid, "address": "127.0.0.1", "port": p, "weight": w
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Share of `key` in `counts`, in percent.
+pub fn share(counts: &std::collections::BTreeMap<String, usize>, key: &str) -> f64 {
+    let total: usize = counts.values().sum();
+    100.0 * *counts.get(key).unwrap_or(&0) as f64 / total as f64
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write file");
+    p
+}

@@ -1,0 +1,63 @@
+//! Short helpers for building protobuf values; they hide prost's wrapper types.
+
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, ApiVersion, ConfigSource, PathConfigSource, SocketAddress, WatchedDirectory, address,
+    config_source, socket_address,
+};
+use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value, UInt64Value};
+use std::path::Path;
+
+/// Packs a message into an `Any` with its type URL.
+pub fn any<T: prost::Message + prost::Name>(msg: &T) -> Any {
+    Any {
+        type_url: T::type_url(),
+        value: msg.encode_to_vec(),
+    }
+}
+
+/// Whole seconds.
+pub fn secs(s: u32) -> Option<Duration> {
+    Some(Duration {
+        seconds: i64::from(s),
+        nanos: 0,
+    })
+}
+
+/// A `UInt32Value`.
+pub fn u32v(v: u32) -> Option<UInt32Value> {
+    Some(UInt32Value { value: v })
+}
+
+/// A `UInt64Value`.
+pub fn u64v(v: u64) -> Option<UInt64Value> {
+    Some(UInt64Value { value: v })
+}
+
+/// A TCP socket address.
+pub fn socket(ip_or_host: &str, port: u16) -> Option<Address> {
+    Some(Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip_or_host.to_owned(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
+            ..Default::default()
+        })),
+    })
+}
+
+/// A config source that reads `file` and reloads when something is renamed into `dir`.
+pub fn file_source(file: &Path, dir: &Path) -> Option<ConfigSource> {
+    Some(ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::PathConfigSource(
+            PathConfigSource {
+                path: file.display().to_string(),
+                watched_directory: Some(WatchedDirectory {
+                    path: dir.display().to_string(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    })
+}

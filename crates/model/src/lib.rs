@@ -1,0 +1,17 @@
+//! The VPSie load-balancer model: the wire document, its validation, and the
+//! trusted model that translation consumes.
+//!
+//! This crate does no IO, reads no clock and no environment: the same bytes
+//! always give the same result. `Cargo.toml` keeps it that way by depending on
+//! nothing that could.
+
+mod model;
+mod problem;
+mod validate;
+
+pub use model::*;
+pub use problem::{FieldPath, Problem, Rejected};
+pub use validate::{
+    MAX_DOCUMENT_BYTES, ReservedPort, ValidateOptions, Validated, is_valid_id, parse_document,
+    validate, validate_str,
+};

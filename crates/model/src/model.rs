@@ -1,0 +1,250 @@
+//! The trusted model: what a load balancer is after validation.
+//!
+//! Every type here is `#[non_exhaustive]`, so other crates can read the
+//! fields but cannot build values: [`crate::validate`] is the only way in,
+//! and translation may assume every invariant documented here holds.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// Limits and defaults the validator applies, in one place so the docs can cite them.
+pub mod limits {
+    /// Weight given to a backend whose weight is absent or 0.
+    pub const DEFAULT_WEIGHT: u32 = 1;
+    /// Largest weight accepted; 1000 gives 0.1 % steps, and keeps the sum of
+    /// 10,000 backends far below Envoy's u32 limit per locality.
+    pub const MAX_WEIGHT: u32 = 1000;
+    /// Largest `max_connections` accepted.
+    pub const MAX_CONNECTIONS: u32 = 10_000_000;
+    /// Default upstream connect timeout, seconds.
+    pub const DEFAULT_CONNECT_TIMEOUT: u32 = 5;
+    /// Largest connect timeout, seconds.
+    pub const MAX_CONNECT_TIMEOUT: u32 = 300;
+    /// Default idle timeout, seconds: Envoy's own default, long so clients reuse connections.
+    pub const DEFAULT_IDLE_TIMEOUT: u32 = 3600;
+    /// Default per-request timeout, seconds (Envoy's 15 s cuts off ordinary uploads).
+    pub const DEFAULT_REQUEST_TIMEOUT: u32 = 60;
+    /// Largest idle or request timeout, seconds (one day).
+    pub const MAX_TIMEOUT: u32 = 86_400;
+    /// Largest health-check interval, seconds.
+    pub const MAX_HC_INTERVAL: u32 = 3600;
+    /// Largest health-check threshold.
+    pub const MAX_HC_THRESHOLD: u32 = 100;
+    /// Longest health-check path, bytes.
+    pub const MAX_HC_PATH: usize = 1024;
+}
+
+/// A validated set of load balancers that can share one Envoy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// The load balancers, sorted by id.
+    pub load_balancers: Vec<LoadBalancer>,
+}
+
+/// One load balancer: one listener in front of one pool of backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoadBalancer {
+    /// `[A-Za-z0-9_-]{1,64}`, unique in the config.
+    pub id: String,
+    /// 1-255 printable characters.
+    pub name: String,
+    /// How clients talk to the listener.
+    pub protocol: Protocol,
+    /// Listener port, unique in the config and never a reserved port.
+    pub port: u16,
+    /// How requests are spread over backends.
+    pub algorithm: Algorithm,
+    /// Per-listener concurrent connection limit.
+    pub max_connections: Option<u32>,
+    /// Every backend, enabled or not, in input order; ids are unique.
+    pub backends: Vec<Backend>,
+    /// Active health checking, if configured.
+    pub health_check: Option<HealthCheck>,
+    /// TLS termination; `Some` exactly when the protocol is https.
+    pub tls: Option<Tls>,
+    /// Timeouts with defaults filled in.
+    pub timeouts: Timeouts,
+}
+
+impl LoadBalancer {
+    /// The backends that may receive traffic.
+    pub fn enabled_backends(&self) -> impl Iterator<Item = &Backend> {
+        self.backends.iter().filter(|b| b.enabled)
+    }
+}
+
+/// Listener protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Protocol {
+    /// Plain HTTP/1.1 and h2c.
+    Http,
+    /// HTTP/1.1 and HTTP/2 over TLS, terminated here.
+    Https,
+    /// Opaque TCP.
+    Tcp,
+}
+
+/// Load-balancing algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Algorithm {
+    /// Weighted round robin.
+    RoundRobin,
+    /// Fewest active requests (power of two choices).
+    LeastRequest,
+    /// Weighted random.
+    Random,
+    /// Consistent hashing on the client's source IP.
+    RingHash,
+}
+
+/// One upstream server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Backend {
+    /// `[A-Za-z0-9_-]{1,64}`, unique within the load balancer.
+    pub id: String,
+    /// Where the backend is.
+    pub address: Address,
+    /// Backend port, 1-65535.
+    pub port: u16,
+    /// Relative weight, 1..=[`limits::MAX_WEIGHT`].
+    pub weight: u32,
+    /// A disabled backend is kept in the model but gets no traffic.
+    pub enabled: bool,
+}
+
+/// A backend address.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Address {
+    /// A literal IPv4 or IPv6 address (never unspecified or multicast).
+    Ip(IpAddr),
+    /// An RFC 1123 host name, lowercased, without a trailing dot.
+    Hostname(String),
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Ip(ip) => write!(f, "{ip}"),
+            Address::Hostname(h) => f.write_str(h),
+        }
+    }
+}
+
+/// Active health checking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HealthCheck {
+    /// What a check sends.
+    pub kind: HealthCheckKind,
+    /// Seconds between checks, 1..=[`limits::MAX_HC_INTERVAL`].
+    pub interval: u32,
+    /// Seconds a check may take; always smaller than `interval`.
+    pub timeout: u32,
+    /// Passes needed to mark a backend healthy.
+    pub healthy_threshold: u32,
+    /// Failures needed to mark a backend unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+/// The kind of health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    /// A TCP connect.
+    Tcp,
+    /// An HTTP request in clear text.
+    Http(HttpCheck),
+    /// An HTTP request over TLS (the backend's certificate is not verified).
+    Https(HttpCheck),
+}
+
+/// The HTTP part of an http or https check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HttpCheck {
+    /// Request path, starting with `/`.
+    pub path: String,
+    /// Accepted status codes, sorted and unique, each in 100..=599.
+    pub expected_status: Vec<u16>,
+    /// The Host header to send, if the document set one.
+    pub host: Option<String>,
+    /// Other headers to send, by lowercased name.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// TLS protocol versions a listener may accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    Tls12,
+    /// TLS 1.3.
+    Tls13,
+}
+
+/// TLS termination settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Tls {
+    /// Absolute path of the PEM certificate chain.
+    pub certificate_path: String,
+    /// Absolute path of the PEM private key.
+    pub private_key_path: String,
+    /// Absolute path of a PEM CA bundle; when set, clients must present a certificate it signed.
+    pub ca_cert_path: Option<String>,
+    /// Lowest accepted version.
+    pub min_version: TlsVersion,
+    /// Highest accepted version; `None` lets Envoy pick (currently TLS 1.3).
+    pub max_version: Option<TlsVersion>,
+    /// TLS 1.2 cipher suites, in preference order.
+    pub cipher_suites: Vec<String>,
+    /// ALPN protocols, in preference order.
+    pub alpn: Vec<String>,
+}
+
+/// Timeouts in seconds, defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Timeouts {
+    /// Upstream connect timeout, at least 1.
+    pub connect: u32,
+    /// Idle connection timeout; `None` means disabled.
+    pub idle: Option<u32>,
+    /// Whole-request timeout (HTTP only); `None` means disabled.
+    pub request: Option<u32>,
+}
+
+/// The TLS 1.2 cipher suites used when the document names none: ECDHE key
+/// exchange and AEAD ciphers only, ECDSA first because its handshakes are cheaper.
+pub const DEFAULT_CIPHER_SUITES: &[&str] = &[
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+];
+
+/// Every TLS 1.2 cipher suite name Envoy's BoringSSL accepts that we allow.
+/// CBC suites are allowed for legacy clients but never a default.
+pub const KNOWN_CIPHER_SUITES: &[&str] = &[
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+    "ECDHE-PSK-CHACHA20-POLY1305",
+    "ECDHE-ECDSA-AES128-SHA",
+    "ECDHE-RSA-AES128-SHA",
+    "ECDHE-ECDSA-AES256-SHA",
+    "ECDHE-RSA-AES256-SHA",
+    "AES128-GCM-SHA256",
+    "AES256-GCM-SHA384",
+    "AES128-SHA",
+    "AES256-SHA",
+];
+
+/// ALPN protocols offered when the document names none.
+pub const DEFAULT_ALPN: &[&str] = &["h2", "http/1.1"];

@@ -1,0 +1,103 @@
+//! Problems found in a document, each tied to the field it is about.
+
+use std::fmt;
+
+/// A location inside a document, rendered like `[1].backends[0].port`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FieldPath(String);
+
+impl FieldPath {
+    /// The document root.
+    pub fn root() -> Self {
+        Self(String::new())
+    }
+
+    /// The path of key `name` below this one.
+    pub fn key(&self, name: &str) -> Self {
+        if self.0.is_empty() {
+            Self(name.to_owned())
+        } else {
+            Self(format!("{}.{name}", self.0))
+        }
+    }
+
+    /// The path of element `i` below this one.
+    pub fn index(&self, i: usize) -> Self {
+        Self(format!("{}[{i}]", self.0))
+    }
+
+    /// The path as text; empty for the root.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("(document)")
+        } else {
+            f.write_str(&self.0)
+        }
+    }
+}
+
+/// One thing wrong with (or worth telling about) a field.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    /// Where the problem is.
+    pub path: FieldPath,
+    /// What is wrong, lowercase, without the path.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem at `path`.
+    pub fn new(path: &FieldPath, message: impl Into<String>) -> Self {
+        Self {
+            path: path.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// A document that failed validation: every error found, plus the warnings.
+///
+/// Validation never retries on its own: the same input always gives the same
+/// problems, so retrying cannot help until the input changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Every error, in document order.
+    pub errors: Vec<Problem>,
+    /// Warnings, which alone would not have rejected the document.
+    pub warnings: Vec<Problem>,
+}
+
+impl Rejected {
+    /// Retrying with the same input gives the same answer.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} problem(s) in the load-balancer document",
+            self.errors.len()
+        )?;
+        for e in &self.errors {
+            write!(f, "\n{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Rejected {}

