@@ -94,17 +94,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn read_input(path: &Path) -> anyhow::Result<String> {
+/// Reads the document. `Ok(Err(problem))` is a document that cannot be
+/// valid (too big, not UTF-8); `Err` is an IO failure.
+fn read_input(path: &Path) -> anyhow::Result<Result<String, String>> {
     let meta = std::fs::metadata(path).with_context(|| format!("read {}", path.display()))?;
     if meta.len() > MAX_DOCUMENT_BYTES as u64 {
-        bail!(
-            "{} is {} bytes, more than the {MAX_DOCUMENT_BYTES}-byte limit",
-            path.display(),
+        return Ok(Err(format!(
+            "(document): is {} bytes, more than the {MAX_DOCUMENT_BYTES}-byte limit",
             meta.len()
-        );
+        )));
     }
     let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
-    String::from_utf8(bytes).with_context(|| format!("{} is not utf-8", path.display()))
+    Ok(String::from_utf8(bytes).map_err(|e| format!("(document): is not utf-8 text ({e})")))
 }
 
 fn print_problems(kind: &str, problems: &[Problem]) {
@@ -121,7 +122,14 @@ fn load(doc: &DocumentArgs) -> anyhow::Result<Result<Validated, ExitCode>> {
             doc.admin_address
         );
     }
-    let text = read_input(&doc.input)?;
+    let text = match read_input(&doc.input)? {
+        Ok(text) => text,
+        Err(problem) => {
+            println!("{problem}");
+            eprintln!("{}: 1 problem(s); nothing was written", doc.input.display());
+            return Ok(Err(ExitCode::from(EXIT_INVALID)));
+        }
+    };
     let opts = ValidateOptions {
         strict: doc.strict,
         reserved_ports: vec![

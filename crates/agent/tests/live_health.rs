@@ -28,15 +28,30 @@ fn http_check(kind: &str) -> Value {
 }
 
 fn is_failed(flags: &Option<String>) -> bool {
-    flags.as_deref().is_some_and(|f| f.contains("failed_active_hc"))
+    flags
+        .as_deref()
+        .is_some_and(|f| f.contains("failed_active_hc"))
 }
 
 #[test]
 fn http_check_ejects_a_backend_answering_503_and_restores_it() {
-    let bs: Vec<HttpBackend> = ["a", "b", "c"].iter().map(|n| HttpBackend::start(n)).collect();
+    let bs: Vec<HttpBackend> = ["a", "b", "c"]
+        .iter()
+        .map(|n| HttpBackend::start(n))
+        .collect();
     let port = free_port();
     let doc = with_check(
-        lb("hc", "http", port, "round_robin", &[("a", bs[0].port(), 0), ("b", bs[1].port(), 0), ("c", bs[2].port(), 0)]),
+        lb(
+            "hc",
+            "http",
+            port,
+            "round_robin",
+            &[
+                ("a", bs[0].port(), 0),
+                ("b", bs[1].port(), 0),
+                ("c", bs[2].port(), 0),
+            ],
+        ),
         http_check("http"),
     );
     let lab = Lab::start(&doc);
@@ -47,45 +62,94 @@ fn http_check_ejects_a_backend_answering_503_and_restores_it() {
     let bound = Duration::from_secs(INTERVAL * 2 + INTERVAL);
     poll_until("backend b marked unhealthy", bound + GRACE, || {
         let f = lab.flags("hc", bs[1].port());
-        if is_failed(&f) { Ok(()) } else { Err(format!("{f:?}")) }
+        if is_failed(&f) {
+            Ok(())
+        } else {
+            Err(format!("{f:?}"))
+        }
     });
     eprintln!("ejected after {:?} (bound {bound:?})", started.elapsed());
     let counts = count_by_backend(port, 200);
-    assert_eq!(counts.get("b"), None, "unhealthy backend still got traffic: {counts:?}");
-    assert_eq!(counts.values().sum::<usize>(), counts.get("a").unwrap_or(&0) + counts.get("c").unwrap_or(&0), "{counts:?}");
+    assert_eq!(
+        counts.get("b"),
+        None,
+        "unhealthy backend still got traffic: {counts:?}"
+    );
+    assert_eq!(
+        counts.values().sum::<usize>(),
+        counts.get("a").unwrap_or(&0) + counts.get("c").unwrap_or(&0),
+        "{counts:?}"
+    );
 
     bs[1].set_health(200);
     let started = Instant::now();
     poll_until("backend b healthy again", bound + GRACE, || {
         let f = lab.flags("hc", bs[1].port());
-        if f.as_deref() == Some("healthy") { Ok(()) } else { Err(format!("{f:?}")) }
+        if f.as_deref() == Some("healthy") {
+            Ok(())
+        } else {
+            Err(format!("{f:?}"))
+        }
     });
     eprintln!("restored after {:?}", started.elapsed());
     let counts = count_by_backend(port, 150);
-    assert!(counts.get("b").copied().unwrap_or(0) > 0, "restored backend gets no traffic: {counts:?}");
+    assert!(
+        counts.get("b").copied().unwrap_or(0) > 0,
+        "restored backend gets no traffic: {counts:?}"
+    );
 }
 
 #[test]
 fn health_checks_run_at_the_interval_without_any_traffic() {
     let b = HttpBackend::start("idle");
-    let doc = with_check(lb("idle", "http", free_port(), "round_robin", &[("idle", b.port(), 0)]), http_check("http"));
+    let doc = with_check(
+        lb(
+            "idle",
+            "http",
+            free_port(),
+            "round_robin",
+            &[("idle", b.port(), 0)],
+        ),
+        http_check("http"),
+    );
     let _lab = Lab::start(&doc);
     // Envoy's default no_traffic_interval (60 s) would allow one check in
     // this window; the configured 2 s interval gives several.
     let start = b.requests();
-    poll_until("4 health checks on an idle load balancer", Duration::from_secs(INTERVAL * 4) + GRACE * 2, || {
-        let n = b.requests() - start;
-        if n >= 4 { Ok(()) } else { Err(format!("{n} checks so far")) }
-    });
+    poll_until(
+        "4 health checks on an idle load balancer",
+        Duration::from_secs(INTERVAL * 4) + GRACE * 2,
+        || {
+            let n = b.requests() - start;
+            if n >= 4 {
+                Ok(())
+            } else {
+                Err(format!("{n} checks so far"))
+            }
+        },
+    );
 }
 
 #[test]
 fn tcp_check_ejects_a_backend_whose_port_closed() {
-    let mut bs: Vec<HttpBackend> = ["a", "b", "c"].iter().map(|n| HttpBackend::start(n)).collect();
+    let mut bs: Vec<HttpBackend> = ["a", "b", "c"]
+        .iter()
+        .map(|n| HttpBackend::start(n))
+        .collect();
     let port = free_port();
     let check = json!({"type": "tcp", "interval": INTERVAL, "timeout": 1, "healthy_threshold": 1, "unhealthy_threshold": 2});
     let doc = with_check(
-        lb("tcphc", "http", port, "round_robin", &[("a", bs[0].port(), 0), ("b", bs[1].port(), 0), ("c", bs[2].port(), 0)]),
+        lb(
+            "tcphc",
+            "http",
+            port,
+            "round_robin",
+            &[
+                ("a", bs[0].port(), 0),
+                ("b", bs[1].port(), 0),
+                ("c", bs[2].port(), 0),
+            ],
+        ),
         check,
     );
     let lab = Lab::start(&doc);
@@ -93,13 +157,25 @@ fn tcp_check_ejects_a_backend_whose_port_closed() {
     let closed = bs[1].port();
     bs[1].stop();
     let started = Instant::now();
-    poll_until("closed backend marked unhealthy", Duration::from_secs(INTERVAL * 3) + GRACE, || {
-        let f = lab.flags("tcphc", closed);
-        if is_failed(&f) { Ok(()) } else { Err(format!("{f:?}")) }
-    });
+    poll_until(
+        "closed backend marked unhealthy",
+        Duration::from_secs(INTERVAL * 3) + GRACE,
+        || {
+            let f = lab.flags("tcphc", closed);
+            if is_failed(&f) {
+                Ok(())
+            } else {
+                Err(format!("{f:?}"))
+            }
+        },
+    );
     eprintln!("ejected after {:?}", started.elapsed());
     let counts = count_by_backend(port, 200);
-    assert_eq!(counts.get("a").unwrap_or(&0) + counts.get("c").unwrap_or(&0), 200, "{counts:?}");
+    assert_eq!(
+        counts.get("a").unwrap_or(&0) + counts.get("c").unwrap_or(&0),
+        200,
+        "{counts:?}"
+    );
 }
 
 #[test]
@@ -108,15 +184,47 @@ fn https_check_passes_against_a_tls_only_health_endpoint() {
     // Two load balancers on the same TLS-only backend: the https check must
     // pass, and a plain http check (the control) must fail.
     let doc = json!([
-        with_check(lb("hcs", "http", free_port(), "round_robin", &[("s", tls_backend.port(), 0)]), http_check("https")),
-        with_check(lb("hcplain", "http", free_port(), "round_robin", &[("s", tls_backend.port(), 0)]), http_check("http")),
+        with_check(
+            lb(
+                "hcs",
+                "http",
+                free_port(),
+                "round_robin",
+                &[("s", tls_backend.port(), 0)]
+            ),
+            http_check("https")
+        ),
+        with_check(
+            lb(
+                "hcplain",
+                "http",
+                free_port(),
+                "round_robin",
+                &[("s", tls_backend.port(), 0)]
+            ),
+            http_check("http")
+        ),
     ]);
     let lab = Lab::start(&doc);
     lab.wait_healthy("hcs", 1);
-    assert!(tls_backend.requests() > 0, "no health check reached the backend over TLS");
-    poll_until("plain http check against a TLS port to fail", Duration::from_secs(INTERVAL * 3) + GRACE, || {
-        let f = lab.flags("hcplain", tls_backend.port());
-        if is_failed(&f) { Ok(()) } else { Err(format!("{f:?}")) }
-    });
-    assert_eq!(lab.flags("hcs", tls_backend.port()).as_deref(), Some("healthy"));
+    assert!(
+        tls_backend.requests() > 0,
+        "no health check reached the backend over TLS"
+    );
+    poll_until(
+        "plain http check against a TLS port to fail",
+        Duration::from_secs(INTERVAL * 3) + GRACE,
+        || {
+            let f = lab.flags("hcplain", tls_backend.port());
+            if is_failed(&f) {
+                Ok(())
+            } else {
+                Err(format!("{f:?}"))
+            }
+        },
+    );
+    assert_eq!(
+        lab.flags("hcs", tls_backend.port()).as_deref(),
+        Some("healthy")
+    );
 }

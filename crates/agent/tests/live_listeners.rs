@@ -17,30 +17,67 @@ use vpsie_lb_testkit::{free_port, poll_until};
 fn http_sets_forwarding_headers_and_a_request_id() {
     let b = HttpBackend::start("a");
     let port = free_port();
-    let _lab = Lab::start(&lb("hdr", "http", port, "round_robin", &[("a", b.port(), 0)]));
+    let _lab = Lab::start(&lb(
+        "hdr",
+        "http",
+        port,
+        "round_robin",
+        &[("a", b.port(), 0)],
+    ));
     // A client-supplied X-Forwarded-Proto must not survive (we are the edge);
     // a client-supplied X-Forwarded-For is kept, with the peer appended.
-    let resp = http::request(None, port, "GET", "/x", &[("X-Forwarded-Proto", "https"), ("X-Forwarded-For", "203.0.113.9")])
-        .expect("request");
+    let resp = http::request(
+        None,
+        port,
+        "GET",
+        "/x",
+        &[
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-For", "203.0.113.9"),
+        ],
+    )
+    .expect("request");
     assert_eq!(resp.status, 200);
     let h = b.last_headers();
     let get = |name: &str| h.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let xff = get("x-forwarded-for").expect("x-forwarded-for set");
-    let (first, appended) = xff.split_once(",").map(|(a, b)| (a.trim(), b.trim())).unwrap_or_else(|| panic!("peer not appended: {xff:?}"));
+    let (first, appended) = xff
+        .split_once(",")
+        .map(|(a, b)| (a.trim(), b.trim()))
+        .unwrap_or_else(|| panic!("peer not appended: {xff:?}"));
     assert_eq!(first, "203.0.113.9");
     // Envoy writes the host's own address instead of a loopback peer.
-    assert!(appended.parse::<std::net::IpAddr>().is_ok(), "appended {appended:?} is not an ip");
+    assert!(
+        appended.parse::<std::net::IpAddr>().is_ok(),
+        "appended {appended:?} is not an ip"
+    );
     assert_eq!(get("x-forwarded-proto").as_deref(), Some("http"));
-    assert_eq!(get("x-request-id").map(|v| v.len()), Some(36), "request id: {h:?}");
+    assert_eq!(
+        get("x-request-id").map(|v| v.len()),
+        Some(36),
+        "request id: {h:?}"
+    );
 }
 
 #[test]
 fn http_listener_speaks_http2_with_prior_knowledge() {
     let b = HttpBackend::start("a");
     let port = free_port();
-    let _lab = Lab::start(&lb("h2c", "http", port, "round_robin", &[("a", b.port(), 0)]));
+    let _lab = Lab::start(&lb(
+        "h2c",
+        "http",
+        port,
+        "round_robin",
+        &[("a", b.port(), 0)],
+    ));
     let out = Command::new("curl")
-        .args(["-s", "--http2-prior-knowledge", "-w", " %{http_version}", &format!("http://127.0.0.1:{port}/")])
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-w",
+            " %{http_version}",
+            &format!("http://127.0.0.1:{port}/"),
+        ])
         .output()
         .expect("run curl");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "a\n 2");
@@ -73,7 +110,13 @@ fn no_backends_closes_tcp_connections() {
 fn tcp_proxy_round_trips_bytes() {
     let echo = EchoBackend::start();
     let port = free_port();
-    let _lab = Lab::start(&lb("echo", "tcp", port, "round_robin", &[("e", echo.port(), 0)]));
+    let _lab = Lab::start(&lb(
+        "echo",
+        "tcp",
+        port,
+        "round_robin",
+        &[("e", echo.port(), 0)],
+    ));
     let payload: Vec<u8> = (0..256 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
     let mut s = connect(None, port).expect("connect");
     let writer = {
@@ -83,7 +126,10 @@ fn tcp_proxy_round_trips_bytes() {
     };
     let mut got = vec![0u8; payload.len()];
     s.read_exact(&mut got).expect("read echo");
-    writer.join().expect("writer thread").expect("write payload");
+    writer
+        .join()
+        .expect("writer thread")
+        .expect("write payload");
     assert!(got == payload, "echoed bytes differ");
 }
 
@@ -91,14 +137,33 @@ fn tcp_proxy_round_trips_bytes() {
 fn access_log_has_one_json_line_per_request() {
     let b = HttpBackend::start("a");
     let port = free_port();
-    let lab = Lab::start(&lb("logged", "http", port, "round_robin", &[("a", b.port(), 0)]));
+    let lab = Lab::start(&lb(
+        "logged",
+        "http",
+        port,
+        "round_robin",
+        &[("a", b.port(), 0)],
+    ));
     assert_eq!(http::get(port, "/some/path").expect("request").status, 200);
     let line = poll_until("an access log line", Duration::from_secs(15), || {
         let text = std::fs::read_to_string(lab.access_log()).unwrap_or_default();
-        text.lines().find(|l| l.contains("/some/path")).map(str::to_owned).ok_or_else(|| "no line yet".into())
+        text.lines()
+            .find(|l| l.contains("/some/path"))
+            .map(str::to_owned)
+            .ok_or_else(|| "no line yet".into())
     });
     let v: serde_json::Value = serde_json::from_str(&line).expect("access log line is json");
-    for key in ["time", "client", "listener", "upstream_host", "status", "response_flags", "bytes_received", "bytes_sent", "duration_ms"] {
+    for key in [
+        "time",
+        "client",
+        "listener",
+        "upstream_host",
+        "status",
+        "response_flags",
+        "bytes_received",
+        "bytes_sent",
+        "duration_ms",
+    ] {
         assert!(v.get(key).is_some(), "access log lacks {key}: {line}");
     }
     assert_eq!(v["status"], json!(200));
@@ -110,7 +175,13 @@ fn access_log_has_one_json_line_per_request() {
 fn max_connections_closes_the_sixth_concurrent_connection() {
     let b = HttpBackend::start("a");
     let port = free_port();
-    let mut doc = lb("limited", "http", port, "round_robin", &[("a", b.port(), 0)]);
+    let mut doc = lb(
+        "limited",
+        "http",
+        port,
+        "round_robin",
+        &[("a", b.port(), 0)],
+    );
     doc["max_connections"] = json!(5);
     let _lab = Lab::start(&doc);
 
@@ -118,7 +189,8 @@ fn max_connections_closes_the_sixth_concurrent_connection() {
     let mut held: Vec<_> = (0..5)
         .map(|_| {
             let mut s = connect(None, port).expect("connect");
-            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("send");
             let mut buf = [0u8; 512];
             let n = s.read(&mut buf).expect("response on a held connection");
             assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
@@ -128,14 +200,20 @@ fn max_connections_closes_the_sixth_concurrent_connection() {
 
     // The sixth is accepted by the kernel and then closed by Envoy unanswered.
     let sixth = http::request(None, port, "GET", "/", &[]);
-    assert!(sixth.is_err(), "sixth concurrent connection was served: {:?}", sixth.map(|r| r.status));
+    assert!(
+        sixth.is_err(),
+        "sixth concurrent connection was served: {:?}",
+        sixth.map(|r| r.status)
+    );
 
     // Freeing a slot lets a new connection in.
     drop(held.pop());
-    poll_until("a connection after one was freed", Duration::from_secs(10), || {
-        match http::get(port, "/") {
+    poll_until(
+        "a connection after one was freed",
+        Duration::from_secs(10),
+        || match http::get(port, "/") {
             Ok(r) if r.status == 200 => Ok(()),
             other => Err(format!("{:?}", other.map(|r| r.status))),
-        }
-    });
+        },
+    );
 }

@@ -146,10 +146,9 @@ fn load_assignment(lb: &LoadBalancer) -> ClusterLoadAssignment {
 /// Circuit breakers sized from `max_connections`, or from the global
 /// downstream cap, so the breakers never trip before the LB's own limits do.
 fn circuit_breakers_for(lb: &LoadBalancer, opts: &TranslateOptions) -> CircuitBreakers {
-    let n = lb.max_connections.map_or_else(
-        || u32::try_from(opts.global_max_connections).unwrap_or(u32::MAX),
-        |m| m,
-    );
+    let n = lb
+        .max_connections
+        .unwrap_or_else(|| u32::try_from(opts.global_max_connections).unwrap_or(u32::MAX));
     CircuitBreakers {
         thresholds: vec![circuit_breakers::Thresholds {
             priority: RoutingPriority::Default as i32,

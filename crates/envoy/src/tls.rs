@@ -52,7 +52,12 @@ pub(crate) fn downstream_context(
                 tls_maximum_protocol_version: tls
                     .max_version
                     .map_or(TlsProtocol::TlsAuto as i32, protocol),
-                cipher_suites: tls.cipher_suites.clone(),
+                // TLS 1.3 suites are not configurable; the list only matters when 1.2 is allowed.
+                cipher_suites: if tls.min_version == TlsVersion::Tls12 {
+                    tls.cipher_suites.clone()
+                } else {
+                    vec![]
+                },
                 ..Default::default()
             }),
             tls_certificate_sds_secret_configs: vec![sds(names::cert_secret(&lb.id), opts)],

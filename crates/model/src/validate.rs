@@ -102,13 +102,14 @@ pub fn validate(doc: &Value, opts: &ValidateOptions) -> Result<Validated, Reject
         }
     };
 
-    let mut lbs: Vec<(FieldPath, LoadBalancer)> = Vec::new();
+    let mut lbs: Vec<LoadBalancer> = Vec::new();
+    let mut keys: Vec<Identity> = Vec::new();
     for (path, value) in items {
-        if let Some(lb) = load_balancer(value, &path, &mut cx) {
-            lbs.push((path, lb));
-        }
+        let (lb, key) = load_balancer(value, &path, &mut cx);
+        lbs.extend(lb);
+        keys.push(key);
     }
-    cross_document(&lbs, opts, &mut cx);
+    cross_document(&keys, opts, &mut cx);
 
     if opts.strict {
         let unknown = std::mem::take(&mut cx.unknown);
@@ -123,7 +124,7 @@ pub fn validate(doc: &Value, opts: &ValidateOptions) -> Result<Validated, Reject
             warnings: cx.warnings,
         });
     }
-    let mut load_balancers: Vec<LoadBalancer> = lbs.into_iter().map(|(_, lb)| lb).collect();
+    let mut load_balancers = lbs;
     load_balancers.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(Validated {
         config: Config { load_balancers },
@@ -131,36 +132,49 @@ pub fn validate(doc: &Value, opts: &ValidateOptions) -> Result<Validated, Reject
     })
 }
 
+/// The fields of one load balancer that cross-document rules look at. They
+/// are checked even when the rest of that load balancer is invalid, so every
+/// conflict is reported in one pass.
+struct Identity {
+    path: FieldPath,
+    id: Option<String>,
+    port: Option<u16>,
+}
+
 /// Rules that span load balancers: unique ids, unique ports, reserved ports.
-fn cross_document(lbs: &[(FieldPath, LoadBalancer)], opts: &ValidateOptions, cx: &mut Ctx) {
+fn cross_document(items: &[Identity], opts: &ValidateOptions, cx: &mut Ctx) {
     let mut ids: HashMap<&str, &FieldPath> = HashMap::new();
-    let mut ports: HashMap<u16, (&FieldPath, &str)> = HashMap::new();
-    for (path, lb) in lbs {
-        match ids.get(lb.id.as_str()) {
-            Some(first) => cx.error(
-                &path.key("id"),
-                format!("id {:?} is already used by {first}", lb.id),
-            ),
-            None => {
-                ids.insert(&lb.id, path);
+    let mut ports: HashMap<u16, (&FieldPath, Option<&str>)> = HashMap::new();
+    for item in items {
+        if let Some(id) = &item.id {
+            match ids.get(id.as_str()) {
+                Some(first) => cx.error(
+                    &item.path.key("id"),
+                    format!("id {id:?} is already used by {first}"),
+                ),
+                None => {
+                    ids.insert(id, &item.path);
+                }
             }
         }
-        if let Some(r) = opts.reserved_ports.iter().find(|r| r.port == lb.port) {
+        let Some(port) = item.port else { continue };
+        if let Some(r) = opts.reserved_ports.iter().find(|r| r.port == port) {
             cx.error(
-                &path.key("port"),
-                format!("port {} is reserved for {}", lb.port, r.owner),
+                &item.path.key("port"),
+                format!("port {port} is reserved for {}", r.owner),
             );
         }
-        match ports.get(&lb.port) {
-            Some((first, first_id)) => cx.error(
-                &path.key("port"),
-                format!(
-                    "port {} is already used by {first} (load balancer {first_id:?})",
-                    lb.port
-                ),
+        match ports.get(&port) {
+            Some((first, Some(first_id))) => cx.error(
+                &item.path.key("port"),
+                format!("port {port} is already used by {first} (load balancer {first_id:?})"),
+            ),
+            Some((first, None)) => cx.error(
+                &item.path.key("port"),
+                format!("port {port} is already used by {first}"),
             ),
             None => {
-                ports.insert(lb.port, (path, &lb.id));
+                ports.insert(port, (&item.path, item.id.as_deref()));
             }
         }
     }
@@ -203,8 +217,19 @@ const TLS_KEYS: &[&str] = &[
 ];
 const TIMEOUT_KEYS: &[&str] = &["connect", "idle", "request"];
 
-fn load_balancer(value: &Value, path: &FieldPath, cx: &mut Ctx) -> Option<LoadBalancer> {
-    let obj = Obj::new(value, path, cx)?;
+fn load_balancer(
+    value: &Value,
+    path: &FieldPath,
+    cx: &mut Ctx,
+) -> (Option<LoadBalancer>, Identity) {
+    let mut key = Identity {
+        path: path.clone(),
+        id: None,
+        port: None,
+    };
+    let Some(obj) = Obj::new(value, path, cx) else {
+        return (None, key);
+    };
     obj.check_keys(LB_KEYS, cx);
     let before = cx.errors.len();
 
@@ -291,21 +316,26 @@ fn load_balancer(value: &Value, path: &FieldPath, cx: &mut Ctx) -> Option<LoadBa
         None => Some(default_timeouts()),
     };
 
+    key.id.clone_from(&id);
+    key.port = port;
     if cx.errors.len() != before {
-        return None;
+        return (None, key);
     }
-    Some(LoadBalancer {
-        id: id?,
-        name: name?,
-        protocol: protocol?,
-        port: port?,
-        algorithm: algorithm?,
-        max_connections,
-        backends: backends?,
-        health_check,
-        tls,
-        timeouts: timeouts?,
-    })
+    let lb = (|| {
+        Some(LoadBalancer {
+            id: id?,
+            name: name?,
+            protocol: protocol?,
+            port: port?,
+            algorithm: algorithm?,
+            max_connections,
+            backends: backends?,
+            health_check,
+            tls,
+            timeouts: timeouts?,
+        })
+    })();
+    (lb, key)
 }
 
 fn backends(obj: &Obj<'_>, cx: &mut Ctx) -> Option<Vec<Backend>> {

@@ -1,0 +1,304 @@
+//! The `render` and `check` command-line contract.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use common::{agent, lb, write};
+use serde_json::json;
+use vpsie_lb_testkit::pki;
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write_json(dir: &Path, name: &str, v: &serde_json::Value) -> String {
+    write(dir, name, &v.to_string())
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn golden_dir() -> std::path::PathBuf {
+    vpsie_lb_testkit::workspace_root().join("crates/envoy/tests/golden")
+}
+
+#[test]
+fn check_accepts_a_valid_document_after_asking_envoy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = write_json(
+        dir.path(),
+        "ok.json",
+        &lb("ok", "http", 8080, "round_robin", &[("a", 9000, 1)]),
+    );
+    let out = agent(&["check", "--input", &input]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("accepted by envoy"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn check_lists_every_problem_with_its_path_and_exits_2() {
+    let input = golden_dir().join("in/invalid-ports.yaml");
+    let want = std::fs::read_to_string(golden_dir().join("out/invalid-ports.error.txt"))
+        .expect("golden errors");
+    let out = agent(&["check", "--input", input.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(stdout(&out), want);
+}
+
+#[test]
+fn render_writes_nothing_for_an_invalid_document() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = write_json(
+        dir.path(),
+        "bad.json",
+        &lb("bad", "http", 0, "round_robin", &[]),
+    );
+    let out_dir = dir.path().join("out");
+    let out = agent(&[
+        "render",
+        "--input",
+        &input,
+        "--out",
+        out_dir.to_str().expect("path"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stdout(&out), "port: must be 1..=65535 (got 0)\n");
+    assert!(
+        !out_dir.exists(),
+        "render created output for an invalid document"
+    );
+}
+
+#[test]
+fn check_reports_what_only_envoy_can_see_a_key_that_does_not_match_the_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, _) = pki::write_pair(dir.path(), "one", &pki::self_signed("one.test"));
+    let (_, other_key) = pki::write_pair(dir.path(), "two", &pki::self_signed("two.test"));
+    let mut doc = lb("tls", "https", 8443, "round_robin", &[("a", 9000, 1)]);
+    doc["tls_config"] = json!({"certificate_path": cert, "private_key_path": other_key});
+    let input = write_json(dir.path(), "mismatch.json", &doc);
+    // Our validation alone cannot know; Envoy can.
+    let out = agent(&["check", "--no-envoy", "--input", &input]);
+    assert_eq!(out.status.code(), Some(0));
+    let out = agent(&["check", "--input", &input]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let line = stdout(&out);
+    assert!(
+        line.starts_with("envoy: envoy rejected the configuration"),
+        "{line}"
+    );
+    assert!(line.to_lowercase().contains("private key"), "{line}");
+}
+
+#[test]
+fn unknown_keys_warn_and_strict_makes_them_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut doc = lb("u", "http", 8080, "round_robin", &[("a", 9000, 1)]);
+    doc["sticky_sessions"] = json!(true);
+    let input = write_json(dir.path(), "u.json", &doc);
+    let out = agent(&["check", "--no-envoy", "--input", &input]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("warning: sticky_sessions: unknown key (ignored)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = agent(&["check", "--no-envoy", "--strict", "--input", &input]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stdout(&out), "sticky_sessions: unknown key (ignored)\n");
+}
+
+#[test]
+fn admin_must_stay_on_loopback() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = write_json(
+        dir.path(),
+        "a.json",
+        &lb("a", "http", 8080, "round_robin", &[]),
+    );
+    let out_dir = dir.path().join("out");
+    let out = agent(&[
+        "render",
+        "--input",
+        &input,
+        "--out",
+        out_dir.to_str().expect("path"),
+        "--admin-address",
+        "0.0.0.0:9901",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("loopback"), "{}", stderr(&out));
+    assert!(!out_dir.exists());
+}
+
+#[test]
+fn render_lays_out_files_with_modes_and_prunes_what_is_gone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = dir.path().join("out");
+    let out_s = out_dir.to_str().expect("path");
+    let two = json!([
+        lb("one", "http", 8081, "round_robin", &[("a", 9000, 1)]),
+        lb("two", "http", 8082, "round_robin", &[("a", 9001, 1)])
+    ]);
+    let input = write_json(dir.path(), "two.json", &two);
+    assert_eq!(
+        agent(&["render", "--input", &input, "--out", out_s])
+            .status
+            .code(),
+        Some(0)
+    );
+    for f in [
+        "bootstrap.yaml",
+        "lds/lds.json",
+        "cds/cds.json",
+        "eds/lb_one/eds.json",
+        "eds/lb_two/eds.json",
+    ] {
+        let meta = std::fs::metadata(out_dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644, "{f}");
+    }
+    let bootstrap = std::fs::read_to_string(out_dir.join("bootstrap.yaml")).expect("bootstrap");
+    assert!(
+        bootstrap.contains(&format!(
+            "path: {}/lds/lds.json",
+            out_dir.canonicalize().expect("abs").display()
+        )),
+        "absolute paths: {bootstrap}"
+    );
+
+    let one = json!([lb("one", "http", 8081, "round_robin", &[("a", 9000, 1)])]);
+    let input = write_json(dir.path(), "one.json", &one);
+    let first = agent(&["render", "--input", &input, "--out", out_s]);
+    assert_eq!(first.status.code(), Some(0));
+    assert!(
+        !out_dir.join("eds/lb_two").exists(),
+        "stale endpoints left behind"
+    );
+    let before = std::fs::read(out_dir.join("lds/lds.json")).expect("lds");
+    assert_eq!(
+        agent(&["render", "--input", &input, "--out", out_s])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(
+        std::fs::read(out_dir.join("lds/lds.json")).expect("lds"),
+        before,
+        "render is deterministic"
+    );
+    let leftovers: Vec<_> = walk(&out_dir)
+        .into_iter()
+        .filter(|p| {
+            Path::new(p)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read dir") {
+        let p = e.expect("entry").path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["render", "--help"],
+        vec!["check", "--help"],
+    ] {
+        let out = agent(&args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(stdout(&out).contains("Usage:"), "{args:?}");
+    }
+    assert!(stdout(&agent(&["render", "--help"])).contains("--listen-address"));
+    assert!(stdout(&agent(&["check", "--help"])).contains("--strict"));
+}
+
+#[test]
+fn malformed_inputs_never_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let deep_json = "[".repeat(100_000);
+    let deep_yaml = "- ".repeat(50_000) + "x";
+    let mut bomb = String::from("a: &a [x,x,x,x,x,x,x,x,x]\n");
+    for i in 1..9 {
+        let prev = if i == 1 {
+            "a".to_owned()
+        } else {
+            format!("l{}", i - 1)
+        };
+        bomb.push_str(&format!(
+            "l{i}: &l{i} [{}]\n",
+            vec![format!("*{prev}"); 9].join(",")
+        ));
+    }
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", vec![]),
+        ("binary", (0..=255u8).cycle().take(4096).collect()),
+        ("deep.json", deep_json.into_bytes()),
+        ("deep.yaml", deep_yaml.into_bytes()),
+        ("bomb.yaml", bomb.into_bytes()),
+        ("self-alias.yaml", b"a: &a [*a]\n".to_vec()),
+        ("scalar", b"42".to_vec()),
+        ("huge-number", b"{\"port\": 1e999999}".to_vec()),
+        ("nul", b"{\"id\": \"a\0b\"}".to_vec()),
+        ("tabs.yaml", b"id:\t[\n\t}".to_vec()),
+    ];
+    for (name, bytes) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bytes).expect("write case");
+        for cmd in ["check", "render"] {
+            let out_dir = dir.path().join(format!("out-{name}"));
+            let mut args = vec![cmd, "--input", path.to_str().expect("path")];
+            if cmd == "render" {
+                args.extend(["--out", out_dir.to_str().expect("path")]);
+            } else {
+                args.push("--no-envoy");
+            }
+            let out = agent(&args);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{cmd} {name}: {}{}",
+                stdout(&out),
+                stderr(&out)
+            );
+            assert!(
+                !stderr(&out).contains("panicked"),
+                "{cmd} {name}: {}",
+                stderr(&out)
+            );
+            assert!(!out_dir.exists(), "{cmd} {name}: wrote output");
+        }
+    }
+}

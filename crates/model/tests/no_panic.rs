@@ -1,0 +1,82 @@
+//! Property: no input, however malformed, makes validation panic.
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use vpsie_lb_model::{ValidateOptions, validate, validate_str};
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<u64>().prop_map(|n| json!(n)),
+        ".{0,12}".prop_map(Value::String),
+        prop::sample::select(vec![
+            "http",
+            "https",
+            "tcp",
+            "ring_hash",
+            "10.0.0.1",
+            "/x",
+            "TLSv1.3",
+            "h2"
+        ])
+        .prop_map(|s| json!(s)),
+    ];
+    let keys = prop::sample::select(vec![
+        "id",
+        "name",
+        "protocol",
+        "port",
+        "algorithm",
+        "max_connections",
+        "backends",
+        "address",
+        "weight",
+        "enabled",
+        "health_check",
+        "type",
+        "interval",
+        "timeout",
+        "path",
+        "expected_status",
+        "headers",
+        "tls_config",
+        "certificate_path",
+        "min_version",
+        "cipher_suites",
+        "alpn",
+        "timeouts",
+        "healthy_threshold",
+        "unhealthy_threshold",
+        "connect",
+        "idle",
+        "request",
+        "other",
+    ]);
+    leaf.prop_recursive(4, 64, 8, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map(keys.clone(), inner, 0..10).prop_map(|m| Value::Object(
+                m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+            )),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn arbitrary_json_never_panics(doc in arb_json()) {
+        let _ = validate(&doc, &ValidateOptions::default());
+        let _ = validate(&json!([doc.clone(), doc]), &ValidateOptions { strict: true, ..Default::default() });
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics(text in ".{0,200}") {
+        let _ = validate_str(&text, &ValidateOptions::default());
+    }
+}

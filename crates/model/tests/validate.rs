@@ -1,0 +1,675 @@
+//! Validation rules as data: one `check()` and a good and a bad case per rule.
+
+use serde_json::{Value, json};
+use vpsie_lb_model::{
+    Address, HealthCheckKind, ReservedPort, TlsVersion, ValidateOptions, Validated, validate,
+    validate_str,
+};
+
+fn base() -> Value {
+    json!({
+        "id": "lb-1",
+        "name": "web",
+        "protocol": "https",
+        "port": 443,
+        "algorithm": "round_robin",
+        "backends": [
+            {"id": "b1", "address": "10.0.0.1", "port": 8080},
+            {"id": "b2", "address": "10.0.0.2", "port": 8080, "weight": 3},
+        ],
+        "health_check": {"type": "http", "path": "/health", "interval": 10, "timeout": 2,
+                         "healthy_threshold": 2, "unhealthy_threshold": 3},
+        "tls_config": {"certificate_path": "/etc/tls/cert.pem", "private_key_path": "/etc/tls/key.pem"},
+    })
+}
+
+/// `base()` with the value at JSON pointer `at` replaced (or removed when `v` is None).
+fn with(at: &str, v: Option<Value>) -> Value {
+    let mut doc = base();
+    let (parent, key) = at.rsplit_once('/').expect("pointer has a slash");
+    let target = doc.pointer_mut(parent).expect("parent exists");
+    match (target, v) {
+        (Value::Object(m), Some(v)) => {
+            m.insert(key.to_owned(), v);
+        }
+        (Value::Object(m), None) => {
+            m.remove(key);
+        }
+        (Value::Array(a), Some(v)) => a[key.parse::<usize>().expect("index")] = v,
+        _ => panic!("cannot set {at}"),
+    }
+    doc
+}
+
+fn opts() -> ValidateOptions {
+    ValidateOptions {
+        strict: false,
+        reserved_ports: vec![ReservedPort {
+            port: 9901,
+            owner: "envoy admin".into(),
+        }],
+    }
+}
+
+/// `expect` empty: the document must be valid. Otherwise every entry
+/// ("path: text") must match one error (path equal, message containing the
+/// text), and there must be no other errors.
+fn check(doc: Value, expect: &[&str]) -> Option<Validated> {
+    match validate(&doc, &opts()) {
+        Ok(v) => {
+            assert!(
+                expect.is_empty(),
+                "expected {expect:?}, but the document is valid"
+            );
+            Some(v)
+        }
+        Err(rej) => {
+            let got: Vec<String> = rej.errors.iter().map(ToString::to_string).collect();
+            assert!(!expect.is_empty(), "expected valid, got {got:#?}");
+            for e in expect {
+                let (path, text) = e.split_once(": ").expect("expectation is 'path: text'");
+                assert!(
+                    rej.errors
+                        .iter()
+                        .any(|p| p.path.to_string() == path && p.message.contains(text)),
+                    "missing {e:?} in {got:#?}"
+                );
+            }
+            assert_eq!(got.len(), expect.len(), "unexpected extra errors: {got:#?}");
+            None
+        }
+    }
+}
+
+fn ok(doc: Value) -> Validated {
+    check(doc, &[]).expect("valid")
+}
+
+#[test]
+fn base_document_is_valid_and_sorted_defaults_apply() {
+    let v = ok(base());
+    let lb = &v.config.load_balancers[0];
+    assert_eq!(lb.backends[0].weight, 1, "absent weight is the default");
+    assert_eq!(lb.backends[1].weight, 3);
+    let tls = lb.tls.as_ref().expect("tls");
+    assert_eq!(tls.min_version, TlsVersion::Tls12);
+    assert_eq!(tls.alpn, vec!["h2", "http/1.1"]);
+    assert!(
+        tls.cipher_suites
+            .iter()
+            .all(|c| c.contains("GCM") || c.contains("CHACHA20"))
+    );
+    assert_eq!(lb.timeouts.connect, 5);
+    assert!(v.warnings.is_empty());
+}
+
+#[test]
+fn id() {
+    ok(with("/id", Some(json!("Lb_9-x"))));
+    check(
+        with("/id", Some(json!("bad id!"))),
+        &["id: must match [A-Za-z0-9_-]{1,64}"],
+    );
+    check(
+        with("/id", Some(json!("a".repeat(65)))),
+        &["id: must match"],
+    );
+    check(with("/id", None), &["id: is required"]);
+    check(
+        with("/id", Some(json!(7))),
+        &["id: must be a string, got a number"],
+    );
+}
+
+#[test]
+fn name() {
+    ok(with("/name", Some(json!("café ☕ front"))));
+    check(
+        with("/name", Some(json!(""))),
+        &["name: must be 1..=255 characters"],
+    );
+    check(
+        with("/name", Some(json!("x".repeat(256)))),
+        &["name: must be 1..=255 characters (got 256)"],
+    );
+    check(
+        with("/name", Some(json!("a\tb"))),
+        &["name: must not contain control characters"],
+    );
+}
+
+#[test]
+fn protocol() {
+    ok(with("/protocol", Some(json!("https"))));
+    let mut tcp = with("/protocol", Some(json!("tcp")));
+    tcp.as_object_mut().expect("object").remove("tls_config");
+    ok(tcp);
+    check(
+        with("/protocol", Some(json!("udp"))),
+        &["protocol: must be one of http, https, tcp (got \"udp\")"],
+    );
+}
+
+#[test]
+fn listener_port() {
+    ok(with("/port", Some(json!(1))));
+    ok(with("/port", Some(json!(65535))));
+    check(
+        with("/port", Some(json!(0))),
+        &["port: must be 1..=65535 (got 0)"],
+    );
+    check(
+        with("/port", Some(json!(65536))),
+        &["port: must be 1..=65535 (got 65536)"],
+    );
+    check(
+        with("/port", Some(json!("443"))),
+        &["port: must be an integer, got a string"],
+    );
+    check(
+        with("/port", Some(json!(443.5))),
+        &["port: must be a whole number"],
+    );
+    check(
+        with("/port", Some(json!(9901))),
+        &["port: port 9901 is reserved for envoy admin"],
+    );
+}
+
+#[test]
+fn algorithm() {
+    for a in ["round_robin", "least_request", "random", "ring_hash"] {
+        ok(with("/algorithm", Some(json!(a))));
+    }
+    check(
+        with("/algorithm", Some(json!("leastconn"))),
+        &["algorithm: must be one of round_robin, least_request, random, ring_hash"],
+    );
+}
+
+#[test]
+fn max_connections() {
+    ok(with("/max_connections", Some(json!(1))));
+    check(
+        with("/max_connections", Some(json!(0))),
+        &["max_connections: must be 1..=10000000 (got 0)"],
+    );
+    check(
+        with("/max_connections", Some(json!(-5))),
+        &["max_connections: must be 1..="],
+    );
+}
+
+#[test]
+fn backends_list() {
+    ok(with("/backends", Some(json!([]))));
+    check(with("/backends", None), &["backends: is required"]);
+    check(
+        with("/backends", Some(json!({}))),
+        &["backends: must be an array, got an object"],
+    );
+    check(
+        with("/backends/0", Some(json!("10.0.0.1:80"))),
+        &["backends[0]: must be an object, got a string"],
+    );
+}
+
+#[test]
+fn backend_id() {
+    check(
+        with("/backends/1/id", Some(json!("b1"))),
+        &["backends[1].id: id \"b1\" is already used by backends[0]"],
+    );
+    check(
+        with("/backends/0/id", Some(json!("b 1"))),
+        &["backends[0].id: must match"],
+    );
+}
+
+#[test]
+fn backend_address() {
+    for good in [
+        "::1",
+        "2001:db8::5",
+        "backend.internal",
+        "web-1.example.com.",
+        "localhost",
+    ] {
+        ok(with("/backends/0/address", Some(json!(good))));
+    }
+    for (bad, why) in [
+        ("0.0.0.0", "unspecified"),
+        ("224.0.0.1", "multicast"),
+        ("[::1]", "without brackets"),
+        ("bad_host!", "must be an IPv4 address"),
+        ("-a.example.com", "must be an IPv4 address"),
+        ("1.2.3", "must be an IPv4 address"),
+        ("", "must be an IPv4 address"),
+    ] {
+        check(
+            with("/backends/0/address", Some(json!(bad))),
+            &[&format!("backends[0].address: {why}")],
+        );
+    }
+    let long = format!("{}.com", "a.".repeat(126));
+    check(
+        with("/backends/0/address", Some(json!(long))),
+        &["backends[0].address: must be"],
+    );
+    let v = ok(with("/backends/0/address", Some(json!("API.Example.com"))));
+    assert_eq!(
+        v.config.load_balancers[0].backends[0].address,
+        Address::Hostname("api.example.com".into())
+    );
+}
+
+#[test]
+fn backend_port() {
+    check(
+        with("/backends/0/port", Some(json!(70000))),
+        &["backends[0].port: must be 1..=65535 (got 70000)"],
+    );
+    check(
+        with("/backends/1/port", None),
+        &["backends[1].port: is required"],
+    );
+}
+
+#[test]
+fn backend_weight() {
+    let v = ok(with("/backends/0/weight", Some(json!(0))));
+    assert_eq!(
+        v.config.load_balancers[0].backends[0].weight, 1,
+        "0 means the default"
+    );
+    ok(with("/backends/0/weight", Some(json!(1000))));
+    check(
+        with("/backends/0/weight", Some(json!(-1))),
+        &["backends[0].weight: must not be negative (got -1)"],
+    );
+    check(
+        with("/backends/0/weight", Some(json!(1001))),
+        &["backends[0].weight: must be at most 1000 (got 1001)"],
+    );
+    check(
+        with("/backends/0/weight", Some(json!(2.5))),
+        &["backends[0].weight: must be a whole number"],
+    );
+}
+
+#[test]
+fn backend_enabled_and_duplicate_endpoints() {
+    let v = ok(with("/backends/0/enabled", Some(json!(false))));
+    assert!(!v.config.load_balancers[0].backends[0].enabled);
+    check(
+        with("/backends/0/enabled", Some(json!("yes"))),
+        &["backends[0].enabled: must be true or false"],
+    );
+    let dup = json!({"id": "b3", "address": "10.0.0.1", "port": 8080});
+    let mut doc = base();
+    doc["backends"]
+        .as_array_mut()
+        .expect("array")
+        .push(dup.clone());
+    check(
+        doc,
+        &["backends[2]: 10.0.0.1:8080 is the same endpoint as backends[0]"],
+    );
+    let mut doc = base();
+    let mut disabled = dup;
+    disabled["enabled"] = json!(false);
+    doc["backends"]
+        .as_array_mut()
+        .expect("array")
+        .push(disabled);
+    ok(doc);
+}
+
+#[test]
+fn health_check_fields() {
+    check(
+        with("/health_check/type", Some(json!("icmp"))),
+        &["health_check.type: must be one of tcp, http, https"],
+    );
+    check(
+        with("/health_check/interval", Some(json!(0))),
+        &["health_check.interval: must be 1..=3600"],
+    );
+    check(
+        with("/health_check/timeout", Some(json!(10))),
+        &["health_check.timeout: must be smaller than interval (10 >= 10)"],
+    );
+    check(
+        with("/health_check/healthy_threshold", Some(json!(0))),
+        &["health_check.healthy_threshold: must be 1..=100"],
+    );
+    check(
+        with("/health_check/unhealthy_threshold", None),
+        &["health_check.unhealthy_threshold: is required"],
+    );
+    check(
+        with("/health_check/path", None),
+        &["health_check.path: is required"],
+    );
+    check(
+        with("/health_check/path", Some(json!("health"))),
+        &["health_check.path: must start with /"],
+    );
+    check(
+        with("/health_check/path", Some(json!("/a b"))),
+        &["health_check.path: must be printable ascii"],
+    );
+}
+
+#[test]
+fn health_check_tcp_ignores_http_fields_with_a_warning() {
+    let v = ok(with("/health_check/type", Some(json!("tcp"))));
+    assert_eq!(
+        v.config.load_balancers[0]
+            .health_check
+            .as_ref()
+            .map(|h| &h.kind),
+        Some(&HealthCheckKind::Tcp)
+    );
+    assert_eq!(v.warnings.len(), 1);
+    assert_eq!(
+        v.warnings[0].to_string(),
+        "health_check.path: ignored for a tcp health check"
+    );
+}
+
+#[test]
+fn health_check_expected_status() {
+    let v = ok(with(
+        "/health_check/expected_status",
+        Some(json!([204, 200, 200])),
+    ));
+    let HealthCheckKind::Http(h) = &v.config.load_balancers[0]
+        .health_check
+        .as_ref()
+        .expect("hc")
+        .kind
+    else {
+        panic!("http check")
+    };
+    assert_eq!(h.expected_status, vec![200, 204]);
+    let v = ok(with("/health_check/expected_status", Some(json!([]))));
+    let HealthCheckKind::Http(h) = &v.config.load_balancers[0]
+        .health_check
+        .as_ref()
+        .expect("hc")
+        .kind
+    else {
+        panic!("http check")
+    };
+    assert_eq!(h.expected_status, vec![200], "empty means the default");
+    check(
+        with("/health_check/expected_status", Some(json!([99, 600]))),
+        &[
+            "health_check.expected_status[0]: must be 100..=599 (got 99)",
+            "health_check.expected_status[1]: must be 100..=599 (got 600)",
+        ],
+    );
+}
+
+#[test]
+fn health_check_headers() {
+    let v = ok(with(
+        "/health_check/headers",
+        Some(json!({"Host": "app.example.com", "X-Probe": "lb"})),
+    ));
+    let HealthCheckKind::Http(h) = &v.config.load_balancers[0]
+        .health_check
+        .as_ref()
+        .expect("hc")
+        .kind
+    else {
+        panic!("http check")
+    };
+    assert_eq!(h.host.as_deref(), Some("app.example.com"));
+    assert_eq!(h.headers.get("x-probe").map(String::as_str), Some("lb"));
+    check(
+        with("/health_check/headers", Some(json!({"bad name": "x"}))),
+        &["health_check.headers.bad name: is not a valid header name"],
+    );
+    check(
+        with("/health_check/headers", Some(json!({"X-A": "a\nb"}))),
+        &["health_check.headers.X-A: must be at most 8192 bytes without CR, LF or NUL"],
+    );
+    check(
+        with("/health_check/headers", Some(json!({"X-A": 1}))),
+        &["health_check.headers.X-A: must be a string"],
+    );
+}
+
+#[test]
+fn tls_config_fields() {
+    check(
+        with("/tls_config", None),
+        &["tls_config: is required when protocol is https"],
+    );
+    check(
+        with("/tls_config/certificate_path", Some(json!("cert.pem"))),
+        &["tls_config.certificate_path: must be an absolute path"],
+    );
+    check(
+        with("/tls_config/private_key_path", None),
+        &["tls_config.private_key_path: is required"],
+    );
+    check(
+        with("/tls_config/min_version", Some(json!("TLSv1.1"))),
+        &["tls_config.min_version: must be one of TLSv1.2, TLSv1.3"],
+    );
+    let mut doc = with("/tls_config/min_version", Some(json!("TLSv1.3")));
+    doc["tls_config"]["max_version"] = json!("TLSv1.2");
+    check(
+        doc,
+        &["tls_config.max_version: must not be lower than min_version"],
+    );
+    check(
+        with("/tls_config/cipher_suites", Some(json!(["RC4-MD5"]))),
+        &["tls_config.cipher_suites[0]: unknown cipher suite \"RC4-MD5\""],
+    );
+    check(
+        with(
+            "/tls_config/cipher_suites",
+            Some(json!(["TLS_AES_128_GCM_SHA256"])),
+        ),
+        &["tls_config.cipher_suites[0]: \"TLS_AES_128_GCM_SHA256\" is a TLS 1.3 suite"],
+    );
+    let v = ok(with(
+        "/tls_config/cipher_suites",
+        Some(json!(["ECDHE-RSA-AES128-SHA"])),
+    ));
+    assert_eq!(
+        v.config.load_balancers[0]
+            .tls
+            .as_ref()
+            .expect("tls")
+            .cipher_suites,
+        vec!["ECDHE-RSA-AES128-SHA"]
+    );
+    check(
+        with("/tls_config/alpn", Some(json!(["h3"]))),
+        &["tls_config.alpn[0]: must be \"h2\" or \"http/1.1\""],
+    );
+    let v = ok(with(
+        "/tls_config/ca_cert_path",
+        Some(json!("/etc/tls/ca.pem")),
+    ));
+    assert!(
+        v.config.load_balancers[0]
+            .tls
+            .as_ref()
+            .expect("tls")
+            .ca_cert_path
+            .is_some()
+    );
+}
+
+#[test]
+fn tls_config_on_plain_http_is_ignored_with_a_warning() {
+    let v = ok(with("/protocol", Some(json!("http"))));
+    assert!(v.config.load_balancers[0].tls.is_none());
+    assert_eq!(
+        v.warnings[0].to_string(),
+        "tls_config: ignored because protocol is http"
+    );
+}
+
+#[test]
+fn timeouts() {
+    let v = ok(with(
+        "/timeouts",
+        Some(json!({"connect": 3, "idle": 0, "request": 0})),
+    ));
+    let t = v.config.load_balancers[0].timeouts;
+    assert_eq!(
+        (t.connect, t.idle, t.request),
+        (3, None, None),
+        "0 disables idle and request"
+    );
+    check(
+        with("/timeouts", Some(json!({"connect": 0}))),
+        &["timeouts.connect: must be 1..=300 (got 0)"],
+    );
+    check(
+        with("/timeouts", Some(json!({"request": -1}))),
+        &["timeouts.request: must be 0..=86400 (got -1)"],
+    );
+    check(
+        with("/timeouts", Some(json!({"idle": 86401}))),
+        &["timeouts.idle: must be 0..=86400"],
+    );
+}
+
+#[test]
+fn cross_document_rules() {
+    let mut second = base();
+    second["name"] = json!("other");
+    let doc = json!([base(), second]);
+    check(
+        doc,
+        &[
+            "[1].id: id \"lb-1\" is already used by [0]",
+            "[1].port: port 443 is already used by [0] (load balancer \"lb-1\")",
+        ],
+    );
+    let mut second = base();
+    second["id"] = json!("lb-2");
+    second["port"] = json!(8443);
+    let v = ok(json!([second, base()]));
+    let ids: Vec<&str> = v
+        .config
+        .load_balancers
+        .iter()
+        .map(|l| l.id.as_str())
+        .collect();
+    assert_eq!(ids, vec!["lb-1", "lb-2"], "sorted by id");
+    assert!(ok(json!([])).config.load_balancers.is_empty());
+}
+
+#[test]
+fn array_paths_are_prefixed_with_the_index() {
+    let mut bad = base();
+    bad["id"] = json!("lb-2");
+    bad["port"] = json!(8443);
+    bad["backends"][0]["port"] = json!(0);
+    check(
+        json!([base(), bad]),
+        &["[1].backends[0].port: must be 1..=65535 (got 0)"],
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let doc = json!({
+        "id": "bad id", "name": "", "protocol": "ftp", "port": 0, "algorithm": "fastest",
+        "backends": [{"id": "x", "address": "nope!", "port": -1, "weight": -2}],
+    });
+    check(
+        doc,
+        &[
+            "id: must match",
+            "name: must be 1..=255",
+            "protocol: must be one of",
+            "port: must be 1..=65535",
+            "algorithm: must be one of",
+            "backends[0].address: must be an IPv4",
+            "backends[0].port: must be 1..=65535",
+            "backends[0].weight: must not be negative",
+        ],
+    );
+}
+
+#[test]
+fn unknown_keys_warn_and_strict_rejects_them() {
+    let v = ok(with("/sticky", Some(json!(true))));
+    assert_eq!(v.warnings[0].to_string(), "sticky: unknown key (ignored)");
+    let strict = ValidateOptions {
+        strict: true,
+        ..opts()
+    };
+    let err = validate(&with("/backends/0/zone", Some(json!("a"))), &strict).expect_err("strict");
+    assert_eq!(
+        err.errors[0].to_string(),
+        "backends[0].zone: unknown key (ignored)"
+    );
+    ok(with("/created_at", Some(json!("2024-01-01T00:00:00Z"))));
+    ok(with("/backends/0/status", Some(json!("up"))));
+}
+
+#[test]
+fn null_counts_as_absent() {
+    ok(with("/health_check", Some(Value::Null)));
+    check(with("/port", Some(Value::Null)), &["port: is required"]);
+}
+
+#[test]
+fn parse_errors_name_the_document() {
+    for (text, want) in [
+        ("", "(document): document is empty"),
+        ("{\"id\": ", "(document): invalid json"),
+        ("id: [unclosed", "(document): invalid yaml"),
+        (
+            "42",
+            "(document): must be a load-balancer object or an array of them, got a number",
+        ),
+    ] {
+        let err = validate_str(text, &opts()).expect_err(text);
+        assert!(
+            err.errors[0].to_string().starts_with(want),
+            "{text:?}: {}",
+            err.errors[0]
+        );
+    }
+}
+
+#[test]
+fn yaml_and_json_give_the_same_model() {
+    let json_text = serde_json::to_string(&base()).expect("json");
+    let yaml_text = "id: lb-1\nname: web\nprotocol: https\nport: 443\nalgorithm: round_robin\nbackends:\n  - {id: b1, address: 10.0.0.1, port: 8080}\n  - {id: b2, address: 10.0.0.2, port: 8080, weight: 3}\nhealth_check: {type: http, path: /health, interval: 10, timeout: 2, healthy_threshold: 2, unhealthy_threshold: 3}\ntls_config: {certificate_path: /etc/tls/cert.pem, private_key_path: /etc/tls/key.pem}\n";
+    assert_eq!(
+        validate_str(&json_text, &opts()),
+        validate_str(yaml_text, &opts())
+    );
+}
+
+/// Regression: port and id conflicts went unreported when one of the load
+/// balancers involved had an unrelated error, so a fix-and-retry loop
+/// surfaced problems one at a time.
+#[test]
+fn cross_document_conflicts_are_reported_even_when_a_load_balancer_is_invalid() {
+    let mut broken = base();
+    broken["backends"][0]["port"] = json!(0);
+    let mut twin = base();
+    twin["name"] = json!("twin");
+    check(
+        json!([broken, twin]),
+        &[
+            "[0].backends[0].port: must be 1..=65535 (got 0)",
+            "[1].id: id \"lb-1\" is already used by [0]",
+            "[1].port: port 443 is already used by [0] (load balancer \"lb-1\")",
+        ],
+    );
+}
