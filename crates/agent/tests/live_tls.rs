@@ -105,7 +105,11 @@ fn min_version_tls13_refuses_tls12() {
     let (hs, _) = https_get(port, &only(&rustls::version::TLS13), "/").expect("tls 1.3");
     assert_eq!(hs.version, ProtocolVersion::TLSv1_3);
     let hello12 = probe_client_hello(port, 0x0303);
-    assert_ne!(hello12, HelloOutcome::ServerHello(0x0303), "a tls 1.2 hello was answered");
+    assert_ne!(
+        hello12,
+        HelloOutcome::ServerHello(0x0303),
+        "a tls 1.2 hello was answered"
+    );
 }
 
 #[test]
