@@ -4,34 +4,21 @@ mod common;
 
 use std::net::IpAddr;
 
-use common::{Lab, lb, share};
+use common::{Lab, backends, lb, lb_over, share};
 use serde_json::json;
 use vpsie_lb_testkit::backend::HttpBackend;
 use vpsie_lb_testkit::free_port;
 use vpsie_lb_testkit::http::{count_by_backend, count_from};
 
 fn three() -> Vec<HttpBackend> {
-    ["a", "b", "c"]
-        .iter()
-        .map(|n| HttpBackend::start(n))
-        .collect()
+    backends(&["a", "b", "c"])
 }
 
 #[test]
 fn round_robin_spreads_1000_requests_evenly() {
     let bs = three();
     let port = free_port();
-    let doc = lb(
-        "rr",
-        "http",
-        port,
-        "round_robin",
-        &[
-            ("a", bs[0].port(), 0),
-            ("b", bs[1].port(), 0),
-            ("c", bs[2].port(), 0),
-        ],
-    );
+    let doc = lb_over("rr", "http", port, "round_robin", &bs);
     let lab = Lab::start(&doc);
     lab.wait_healthy("rr", 3);
     let counts = count_by_backend(port, 1000);
@@ -76,17 +63,7 @@ fn weights_3_to_1_give_75_and_25_percent() {
 fn disabled_backend_gets_no_requests() {
     let bs = three();
     let port = free_port();
-    let mut doc = lb(
-        "dis",
-        "http",
-        port,
-        "round_robin",
-        &[
-            ("a", bs[0].port(), 0),
-            ("b", bs[1].port(), 0),
-            ("c", bs[2].port(), 0),
-        ],
-    );
+    let mut doc = lb_over("dis", "http", port, "round_robin", &bs);
     doc["backends"][1]["enabled"] = json!(false);
     let lab = Lab::start(&doc);
     lab.wait_healthy("dis", 2);
@@ -107,14 +84,9 @@ fn disabled_backend_gets_no_requests() {
 fn least_request_and_random_reach_every_backend() {
     let bs = three();
     let (p1, p2) = (free_port(), free_port());
-    let backends = [
-        ("a", bs[0].port(), 0),
-        ("b", bs[1].port(), 0),
-        ("c", bs[2].port(), 0),
-    ];
     let doc = json!([
-        lb("lr", "http", p1, "least_request", &backends),
-        lb("rand", "http", p2, "random", &backends)
+        lb_over("lr", "http", p1, "least_request", &bs),
+        lb_over("rand", "http", p2, "random", &bs)
     ]);
     let lab = Lab::start(&doc);
     lab.wait_healthy("lr", 3);
@@ -137,17 +109,7 @@ fn ring_hash_pins_clients(protocol: &str) {
     let bs = three();
     let port = free_port();
     let id = format!("ring_{protocol}");
-    let doc = lb(
-        &id,
-        protocol,
-        port,
-        "ring_hash",
-        &[
-            ("a", bs[0].port(), 0),
-            ("b", bs[1].port(), 0),
-            ("c", bs[2].port(), 0),
-        ],
-    );
+    let doc = lb_over(&id, protocol, port, "ring_hash", &bs);
     let lab = Lab::start(&doc);
     lab.wait_healthy(&id, 3);
     let mut used = std::collections::BTreeSet::new();

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Lab, lb};
+use common::{Lab, backends, lb, lb_over};
 use serde_json::{Value, json};
 use vpsie_lb_testkit::backend::{HttpBackend, TlsHttpBackend};
 use vpsie_lb_testkit::http::count_by_backend;
@@ -27,31 +27,16 @@ fn http_check(kind: &str) -> Value {
            "healthy_threshold": 2, "unhealthy_threshold": 2})
 }
 
-fn is_failed(flags: &Option<String>) -> bool {
-    flags
-        .as_deref()
-        .is_some_and(|f| f.contains("failed_active_hc"))
+fn failed(flags: &str) -> bool {
+    flags.contains("failed_active_hc")
 }
 
 #[test]
 fn http_check_ejects_a_backend_answering_503_and_restores_it() {
-    let bs: Vec<HttpBackend> = ["a", "b", "c"]
-        .iter()
-        .map(|n| HttpBackend::start(n))
-        .collect();
+    let bs = backends(&["a", "b", "c"]);
     let port = free_port();
     let doc = with_check(
-        lb(
-            "hc",
-            "http",
-            port,
-            "round_robin",
-            &[
-                ("a", bs[0].port(), 0),
-                ("b", bs[1].port(), 0),
-                ("c", bs[2].port(), 0),
-            ],
-        ),
+        lb_over("hc", "http", port, "round_robin", &bs),
         http_check("http"),
     );
     let lab = Lab::start(&doc);
@@ -60,14 +45,13 @@ fn http_check_ejects_a_backend_answering_503_and_restores_it() {
     bs[1].set_health(503);
     let started = Instant::now();
     let bound = Duration::from_secs(INTERVAL * 2 + INTERVAL);
-    poll_until("backend b marked unhealthy", bound + GRACE, || {
-        let f = lab.flags("hc", bs[1].port());
-        if is_failed(&f) {
-            Ok(())
-        } else {
-            Err(format!("{f:?}"))
-        }
-    });
+    lab.wait_flags(
+        "hc",
+        bs[1].port(),
+        "backend b marked unhealthy",
+        bound + GRACE,
+        failed,
+    );
     eprintln!("ejected after {:?} (bound {bound:?})", started.elapsed());
     let counts = count_by_backend(port, 200);
     assert_eq!(
@@ -83,14 +67,13 @@ fn http_check_ejects_a_backend_answering_503_and_restores_it() {
 
     bs[1].set_health(200);
     let started = Instant::now();
-    poll_until("backend b healthy again", bound + GRACE, || {
-        let f = lab.flags("hc", bs[1].port());
-        if f.as_deref() == Some("healthy") {
-            Ok(())
-        } else {
-            Err(format!("{f:?}"))
-        }
-    });
+    lab.wait_flags(
+        "hc",
+        bs[1].port(),
+        "backend b healthy again",
+        bound + GRACE,
+        |f| f == "healthy",
+    );
     eprintln!("restored after {:?}", started.elapsed());
     let counts = count_by_backend(port, 150);
     assert!(
@@ -132,42 +115,21 @@ fn health_checks_run_at_the_interval_without_any_traffic() {
 
 #[test]
 fn tcp_check_ejects_a_backend_whose_port_closed() {
-    let mut bs: Vec<HttpBackend> = ["a", "b", "c"]
-        .iter()
-        .map(|n| HttpBackend::start(n))
-        .collect();
+    let mut bs = backends(&["a", "b", "c"]);
     let port = free_port();
     let check = json!({"type": "tcp", "interval": INTERVAL, "timeout": 1, "healthy_threshold": 1, "unhealthy_threshold": 2});
-    let doc = with_check(
-        lb(
-            "tcphc",
-            "http",
-            port,
-            "round_robin",
-            &[
-                ("a", bs[0].port(), 0),
-                ("b", bs[1].port(), 0),
-                ("c", bs[2].port(), 0),
-            ],
-        ),
-        check,
-    );
+    let doc = with_check(lb_over("tcphc", "http", port, "round_robin", &bs), check);
     let lab = Lab::start(&doc);
     lab.wait_healthy("tcphc", 3);
     let closed = bs[1].port();
     bs[1].stop();
     let started = Instant::now();
-    poll_until(
+    lab.wait_flags(
+        "tcphc",
+        closed,
         "closed backend marked unhealthy",
         Duration::from_secs(INTERVAL * 3) + GRACE,
-        || {
-            let f = lab.flags("tcphc", closed);
-            if is_failed(&f) {
-                Ok(())
-            } else {
-                Err(format!("{f:?}"))
-            }
-        },
+        failed,
     );
     eprintln!("ejected after {:?}", started.elapsed());
     let counts = count_by_backend(port, 200);
@@ -211,17 +173,12 @@ fn https_check_passes_against_a_tls_only_health_endpoint() {
         tls_backend.requests() > 0,
         "no health check reached the backend over TLS"
     );
-    poll_until(
+    lab.wait_flags(
+        "hcplain",
+        tls_backend.port(),
         "plain http check against a TLS port to fail",
         Duration::from_secs(INTERVAL * 3) + GRACE,
-        || {
-            let f = lab.flags("hcplain", tls_backend.port());
-            if is_failed(&f) {
-                Ok(())
-            } else {
-                Err(format!("{f:?}"))
-            }
-        },
+        failed,
     );
     assert_eq!(
         lab.flags("hcs", tls_backend.port()).as_deref(),

@@ -13,6 +13,7 @@ pub mod tls;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 /// The workspace root (where README.md is).
@@ -23,12 +24,30 @@ pub fn workspace_root() -> PathBuf {
         .expect("workspace root exists")
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, for a listener someone
+/// else will bind later (Envoy).
+///
+/// Ports come from 20000-31999, below Linux's default ephemeral range
+/// (32768-60999), so an outgoing connection of a test running in parallel
+/// cannot take the port between this check and Envoy's bind. A per-process
+/// counter, started from the pid, keeps parallel tests from picking the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port on 127.0.0.1")
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        (std::process::id() % u32::from(SPAN)) as u16 + 1,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN)
 }
 
 /// Calls `f` every 50 ms until it returns `Some`, or panics after `timeout`

@@ -149,3 +149,44 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).expect("write file");
     p
 }
+
+/// Starts one HTTP backend per name.
+pub fn backends(names: &[&str]) -> Vec<vpsie_lb_testkit::backend::HttpBackend> {
+    names
+        .iter()
+        .map(|n| vpsie_lb_testkit::backend::HttpBackend::start(n))
+        .collect()
+}
+
+/// A load-balancer document over running backends, each with the default weight
+/// and its name as its id.
+pub fn lb_over(
+    id: &str,
+    protocol: &str,
+    port: u16,
+    algorithm: &str,
+    pool: &[vpsie_lb_testkit::backend::HttpBackend],
+) -> Value {
+    let entries: Vec<(&str, u16, u32)> = pool.iter().map(|b| (b.name(), b.port(), 0)).collect();
+    lb(id, protocol, port, algorithm, &entries)
+}
+
+impl Lab {
+    /// Waits until the health flags of backend `port` in `lb_id` satisfy `ok`.
+    pub fn wait_flags(
+        &self,
+        lb_id: &str,
+        port: u16,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(&str) -> bool,
+    ) {
+        poll_until(what, timeout, || {
+            let f = self.flags(lb_id, port);
+            match f.as_deref() {
+                Some(flags) if ok(flags) => Ok(()),
+                _ => Err(format!("flags {f:?}")),
+            }
+        });
+    }
+}
