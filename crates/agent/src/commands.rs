@@ -11,7 +11,7 @@ use vpsie_lb_envoy::{
     bootstrap, render_files, to_yaml, translate,
 };
 use vpsie_lb_model::{
-    MAX_DOCUMENT_BYTES, Problem, ReservedPort, ValidateOptions, Validated, validate_str,
+    FieldPath, MAX_DOCUMENT_BYTES, Problem, ReservedPort, ValidateOptions, Validated, validate_str,
 };
 
 use crate::{fsutil, preflight};
@@ -146,6 +146,7 @@ fn load(doc: &DocumentArgs) -> anyhow::Result<Result<Validated, ExitCode>> {
     match validate_str(&text, &opts) {
         Ok(v) => {
             print_problems("warning", &v.warnings);
+            print_problems("warning", &key_permission_problems(&v));
             Ok(Ok(v))
         }
         Err(rejected) => {
@@ -162,6 +163,32 @@ fn load(doc: &DocumentArgs) -> anyhow::Result<Result<Validated, ExitCode>> {
             Ok(Err(ExitCode::from(EXIT_INVALID)))
         }
     }
+}
+
+/// Private keys that other users can read. A warning, not an error: the
+/// document is fine, the file system is not. Group-readable (0640) stays
+/// quiet, since that is how a key is shared with the `envoy` group.
+fn key_permission_problems(v: &Validated) -> Vec<Problem> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = FieldPath::root().key("tls_config").key("private_key_path");
+    let mut out = Vec::new();
+    for lb in &v.config.load_balancers {
+        let Some(tls) = &lb.tls else { continue };
+        let Ok(meta) = std::fs::metadata(&tls.private_key_path) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o004 != 0 {
+            out.push(Problem::new(
+                &path,
+                format!(
+                    "load balancer {:?}: {} is readable by every user (mode {mode:04o}); run chmod 600 on it",
+                    lb.id, tls.private_key_path
+                ),
+            ));
+        }
+    }
+    out
 }
 
 fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {

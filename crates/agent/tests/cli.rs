@@ -302,3 +302,28 @@ fn malformed_inputs_never_panic() {
         }
     }
 }
+
+#[test]
+fn a_private_key_readable_by_everyone_gets_a_warning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = pki::write_pair(dir.path(), "server", &pki::self_signed("lb.test"));
+    let mut doc = lb("tls", "https", 8443, "round_robin", &[("a", 9000, 1)]);
+    doc["tls_config"] = json!({"certificate_path": cert, "private_key_path": key});
+    let input = write_json(dir.path(), "tls.json", &doc);
+    let out = agent(&["check", "--no-envoy", "--input", &input]);
+    assert!(
+        !stderr(&out).contains("readable by every user"),
+        "0600 key warned: {}",
+        stderr(&out)
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = agent(&["check", "--no-envoy", "--input", &input]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: tls_config.private_key_path: load balancer \"tls\":"),
+        "{err}"
+    );
+    assert!(err.contains("mode 0644); run chmod 600 on it"), "{err}");
+    assert!(!err.contains("PRIVATE KEY"), "key material leaked: {err}");
+}

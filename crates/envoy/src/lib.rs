@@ -86,7 +86,7 @@ pub fn translate(config: &Config, opts: &TranslateOptions) -> EnvoyResources {
         let (cluster, endpoints) = cluster::cluster(lb, opts);
         out.clusters.push(cluster);
         out.endpoints.extend(endpoints);
-        out.secrets.extend(tls::secrets(lb, opts));
+        out.secrets.extend(tls::secrets(lb));
     }
     out.listeners.sort_by(|a, b| a.name.cmp(&b.name));
     out.clusters.sort_by(|a, b| a.name.cmp(&b.name));

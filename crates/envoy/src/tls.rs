@@ -93,7 +93,7 @@ fn watched_dir(paths: &[&str]) -> Option<WatchedDirectory> {
 }
 
 /// The SDS secrets of one load balancer: its certificate, and its client CA if any.
-pub(crate) fn secrets(lb: &LoadBalancer, _opts: &TranslateOptions) -> Vec<Secret> {
+pub(crate) fn secrets(lb: &LoadBalancer) -> Vec<Secret> {
     let Some(tls) = &lb.tls else {
         return vec![];
     };
