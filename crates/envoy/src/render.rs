@@ -18,8 +18,86 @@ use crate::{EnvoyResources, XdsLayout};
 /// vendored; a test pins it to the resolved crate's copy).
 static DESCRIPTORS: &[u8] = include_bytes!("../descriptor/envoy-types.bin");
 
-static POOL: LazyLock<Result<DescriptorPool, String>> =
-    LazyLock::new(|| DescriptorPool::decode(DESCRIPTORS).map_err(|e| e.to_string()));
+static POOL: LazyLock<Result<DescriptorPool, String>> = LazyLock::new(pruned_pool);
+
+/// Every message we emit, directly or packed in an `Any`. Rendering a type
+/// missing here fails loudly (the golden tests cover every `Any` we pack).
+fn emitted_types() -> Vec<String> {
+    use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
+    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+    use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+    use envoy_types::pb::envoy::extensions::resource_monitors::downstream_connections::v3::DownstreamConnectionsConfig;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        DownstreamTlsContext, Secret, UpstreamTlsContext,
+    };
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+    use prost::Name;
+    vec![
+        DiscoveryResponse::full_name(),
+        Bootstrap::full_name(),
+        Listener::full_name(),
+        Cluster::full_name(),
+        ClusterLoadAssignment::full_name(),
+        Secret::full_name(),
+        HttpConnectionManager::full_name(),
+        Router::full_name(),
+        TcpProxy::full_name(),
+        ConnectionLimit::full_name(),
+        FileAccessLog::full_name(),
+        DownstreamTlsContext::full_name(),
+        UpstreamTlsContext::full_name(),
+        HttpProtocolOptions::full_name(),
+        DownstreamConnectionsConfig::full_name(),
+    ]
+}
+
+/// A pool of only the proto files our messages need (and their imports).
+/// The whole set of about 400 files costs some 50 MB once decoded; the
+/// agent keeps the pool for its whole life.
+fn pruned_pool() -> Result<DescriptorPool, String> {
+    use prost_reflect::prost_types::FileDescriptorSet;
+    use std::collections::{BTreeSet, HashMap};
+    let set = FileDescriptorSet::decode(DESCRIPTORS).map_err(|e| e.to_string())?;
+    let by_name: HashMap<&str, &prost_reflect::prost_types::FileDescriptorProto> =
+        set.file.iter().map(|f| (f.name(), f)).collect();
+    let mut wanted: Vec<&str> = Vec::new();
+    for full in emitted_types() {
+        let file = set
+            .file
+            .iter()
+            .find(|f| {
+                f.message_type
+                    .iter()
+                    .any(|m| format!("{}.{}", f.package(), m.name()) == full)
+            })
+            .ok_or_else(|| format!("no file defines {full}"))?;
+        wanted.push(file.name());
+    }
+    let mut keep: BTreeSet<&str> = BTreeSet::new();
+    while let Some(name) = wanted.pop() {
+        if keep.insert(name) {
+            let file = by_name
+                .get(name)
+                .ok_or_else(|| format!("missing imported file {name}"))?;
+            wanted.extend(file.dependency.iter().map(String::as_str));
+        }
+    }
+    let pruned = FileDescriptorSet {
+        file: set
+            .file
+            .iter()
+            .filter(|f| keep.contains(f.name()))
+            .cloned()
+            .collect(),
+    };
+    DescriptorPool::from_file_descriptor_set(pruned).map_err(|e| e.to_string())
+}
 
 /// Rendering failed; this is a bug in this crate or a descriptor mismatch, never bad input.
 #[derive(Debug, thiserror::Error)]
