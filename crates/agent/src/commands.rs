@@ -14,7 +14,9 @@ use vpsie_lb_model::{
     FieldPath, MAX_DOCUMENT_BYTES, Problem, ReservedPort, ValidateOptions, Validated, validate_str,
 };
 
-use crate::{fsutil, preflight};
+use crate::apply::{Applier, Outcome, save_last_known_good};
+use crate::envoy_admin::EnvoyAdmin;
+use crate::{fsutil, plan, preflight};
 
 /// Exit code for a document that is not valid.
 const EXIT_INVALID: u8 = 2;
@@ -41,6 +43,15 @@ enum Command {
     ///
     /// Exits 0 when valid, 2 when not (every problem printed, one per line), 1 on other errors.
     Check(CheckArgs),
+    /// Apply a document to a running Envoy that reads DIR (made by `render`).
+    ///
+    /// Validates, asks Envoy's validate mode, then writes only what changed in
+    /// a safe order, confirming every step through Envoy's admin API. If Envoy
+    /// refuses a step, the previous files are restored and confirmed.
+    /// Exits 0 when applied or unchanged, 2 when the document is invalid, 3
+    /// when Envoy refused it and the previous config is serving again, 1 on
+    /// other errors.
+    Apply(ApplyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -57,10 +68,8 @@ struct DocumentArgs {
 }
 
 #[derive(Debug, Args)]
-struct RenderArgs {
-    #[command(flatten)]
-    doc: DocumentArgs,
-    /// Output directory; created if missing.
+struct OutputArgs {
+    /// Output directory (Envoy's xDS root); created if missing.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// Address the load balancers' listeners bind to.
@@ -75,9 +84,15 @@ struct RenderArgs {
 }
 
 #[derive(Debug, Args)]
-struct CheckArgs {
+struct RenderArgs {
     #[command(flatten)]
     doc: DocumentArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+struct PreflightArgs {
     /// The Envoy binary for the pre-flight; default: ENVOY_BIN, then `envoy` on PATH.
     #[arg(long, value_name = "PATH")]
     envoy_bin: Option<PathBuf>,
@@ -86,11 +101,36 @@ struct CheckArgs {
     no_envoy: bool,
 }
 
+#[derive(Debug, Args)]
+struct ApplyArgs {
+    #[command(flatten)]
+    doc: DocumentArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+    #[command(flatten)]
+    preflight: PreflightArgs,
+    /// Where the last-known-good copy is kept (outside Envoy's watched directories).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Seconds to wait for Envoy to confirm each step.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    verify_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    doc: DocumentArgs,
+    #[command(flatten)]
+    preflight: PreflightArgs,
+}
+
 /// Runs one command and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Render(args) => render(args),
         Command::Check(args) => check(args),
+        Command::Apply(args) => apply(args),
     }
 }
 
@@ -191,28 +231,36 @@ fn key_permission_problems(v: &Validated) -> Vec<Problem> {
     out
 }
 
+/// Translates for dynamic files under `output.out` (created if missing).
+fn translate_to_files(
+    validated: &Validated,
+    output: &OutputArgs,
+) -> anyhow::Result<(XdsLayout, Vec<vpsie_lb_envoy::RenderedFile>)> {
+    fsutil::ensure_dir(&output.out)?;
+    let root = std::fs::canonicalize(&output.out)
+        .with_context(|| format!("resolve {}", output.out.display()))?;
+    let layout = XdsLayout::new(&root);
+    let opts = TranslateOptions {
+        listen_address: output.listen_address,
+        access_log_path: output.access_log.clone(),
+        global_max_connections: output.max_connections,
+        delivery: Delivery::Files(layout.clone()),
+    };
+    let files = render_files(&translate(&validated.config, &opts), &layout)?;
+    Ok((layout, files))
+}
+
 fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
     let validated = match load(&args.doc)? {
         Ok(v) => v,
         Err(code) => return Ok(code),
     };
-    fsutil::ensure_dir(&args.out)?;
-    let root = std::fs::canonicalize(&args.out)
-        .with_context(|| format!("resolve {}", args.out.display()))?;
-    let layout = XdsLayout::new(&root);
-    let opts = TranslateOptions {
-        listen_address: args.listen_address,
-        access_log_path: args.access_log.clone(),
-        global_max_connections: args.max_connections,
-        delivery: Delivery::Files(layout.clone()),
-    };
-    let resources = translate(&validated.config, &opts);
-    let files = render_files(&resources, &layout)?;
+    let (layout, files) = translate_to_files(&validated, &args.output)?;
     let boot = bootstrap(
         &layout,
         &BootstrapOptions {
             admin: args.doc.admin_address,
-            global_max_connections: args.max_connections,
+            global_max_connections: args.output.max_connections,
             ..Default::default()
         },
     );
@@ -229,7 +277,7 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
     println!(
         "rendered {} load balancer(s) into {}; run: envoy -c {}",
         validated.config.load_balancers.len(),
-        root.display(),
+        layout.root().display(),
         layout.bootstrap_file().display()
     );
     Ok(ExitCode::SUCCESS)
@@ -253,15 +301,15 @@ fn prune_stale(layout: &XdsLayout, files: &[vpsie_lb_envoy::RenderedFile]) -> an
     Ok(())
 }
 
-fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let validated = match load(&args.doc)? {
-        Ok(v) => v,
-        Err(code) => return Ok(code),
-    };
-    let n = validated.config.load_balancers.len();
+/// Runs Envoy's validate mode on the document unless told not to.
+/// `Some(code)` when Envoy refused it (reason printed).
+fn run_preflight(
+    validated: &Validated,
+    args: &PreflightArgs,
+    admin: SocketAddr,
+) -> anyhow::Result<Option<ExitCode>> {
     if args.no_envoy {
-        println!("ok: {n} load balancer(s) valid (envoy pre-flight skipped)");
-        return Ok(ExitCode::SUCCESS);
+        return Ok(None);
     }
     let envoy = preflight::find_envoy(args.envoy_bin.as_deref())?;
     let resources = translate(
@@ -272,18 +320,79 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         },
     );
     let boot = BootstrapOptions {
-        admin: args.doc.admin_address,
+        admin,
         ..Default::default()
     };
     match preflight::validate(&envoy, &resources, &boot) {
-        Ok(()) => {
-            println!("ok: {n} load balancer(s) valid and accepted by envoy");
-            Ok(ExitCode::SUCCESS)
-        }
+        Ok(()) => Ok(None),
         Err(e @ preflight::PreflightError::Rejected(_)) => {
             println!("envoy: {e}");
-            Ok(ExitCode::from(EXIT_INVALID))
+            Ok(Some(ExitCode::from(EXIT_INVALID)))
         }
         Err(e) => Err(e.into()),
     }
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let validated = match load(&args.doc)? {
+        Ok(v) => v,
+        Err(code) => return Ok(code),
+    };
+    let n = validated.config.load_balancers.len();
+    if let Some(code) = run_preflight(&validated, &args.preflight, args.doc.admin_address)? {
+        return Ok(code);
+    }
+    if args.preflight.no_envoy {
+        println!("ok: {n} load balancer(s) valid (envoy pre-flight skipped)");
+    } else {
+        println!("ok: {n} load balancer(s) valid and accepted by envoy");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Exit code when Envoy refused the change and the previous config is back.
+const EXIT_ROLLED_BACK: u8 = 3;
+
+fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
+    let validated = match load(&args.doc)? {
+        Ok(v) => v,
+        Err(code) => return Ok(code),
+    };
+    if let Some(code) = run_preflight(&validated, &args.preflight, args.doc.admin_address)? {
+        return Ok(code);
+    }
+    if !args.output.out.join("bootstrap.yaml").is_file() {
+        bail!(
+            "{}: no bootstrap.yaml; run `vpsie-lb-agent render` first and start envoy on it",
+            args.output.out.display()
+        );
+    }
+    let (layout, files) = translate_to_files(&validated, &args.output)?;
+    let next = plan::file_set(files);
+    let admin = EnvoyAdmin::new(args.doc.admin_address)?;
+    let applier = Applier::new(
+        layout.clone(),
+        admin,
+        std::time::Duration::from_secs(args.verify_timeout),
+    );
+    let version = next
+        .get(&layout.lds_file())
+        .map(|f| f.version.clone())
+        .unwrap_or_default();
+    match applier.apply(&next)? {
+        Outcome::Unchanged => println!("unchanged: envoy already has this config"),
+        Outcome::Applied => {
+            println!("applied: envoy confirmed every step (listeners version {version})")
+        }
+        Outcome::RolledBack(cause) => {
+            println!("rolled back: {cause}");
+            eprintln!("the previous config is serving again; nothing else changed");
+            return Ok(ExitCode::from(EXIT_ROLLED_BACK));
+        }
+    }
+    if let Some(state) = &args.state_dir {
+        fsutil::ensure_dir(state)?;
+        save_last_known_good(state, &layout, &next)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,9 @@
 //! pre-flight. Everything that touches the world lives in this crate; the
 //! model and the translation it calls are pure.
 
+pub mod apply;
 pub mod commands;
+pub mod envoy_admin;
 pub mod fsutil;
+pub mod plan;
 pub mod preflight;

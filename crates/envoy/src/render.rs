@@ -195,32 +195,28 @@ fn discovery_file<M: Message + prost::Name>(
 ) -> Result<RenderedFile, RenderError> {
     let resources = items
         .iter()
-        .map(|m| Ok(crate::pb::any(m)))
+        .map(|m| to_json(&crate::pb::any(m)))
         .collect::<Result<Vec<_>, RenderError>>()?;
-    let mut response = DiscoveryResponse {
-        type_url: M::type_url(),
-        resources,
-        ..Default::default()
-    };
-    // Hash the canonical JSON rather than the protobuf bytes: protobuf map
-    // fields encode in random order.
-    let unversioned =
-        serde_json::to_string(&to_json(&response)?).map_err(|e| RenderError::Convert {
-            message: M::full_name(),
-            reason: e.to_string(),
-        })?;
-    let version = content_hash(unversioned.as_bytes());
-    response.version_info = version.clone();
-    let contents =
-        serde_json::to_string_pretty(&to_json(&response)?).map_err(|e| RenderError::Convert {
-            message: M::full_name(),
-            reason: e.to_string(),
-        })? + "\n";
-    Ok(RenderedFile {
+    Ok(file_from_json(path, &M::type_url(), resources))
+}
+
+/// A DiscoveryResponse file of already-rendered resources (each a JSON object
+/// with its `@type`). Its `version_info` is the hash of everything else in
+/// it, so equal resources always give byte-equal files.
+pub fn file_from_json(
+    path: PathBuf,
+    type_url: &str,
+    resources: Vec<serde_json::Value>,
+) -> RenderedFile {
+    let mut doc = serde_json::json!({ "type_url": type_url, "resources": resources });
+    let version = content_hash(doc.to_string().as_bytes());
+    doc["version_info"] = serde_json::Value::String(version.clone());
+    let contents = format!("{:#}\n", sort_keys(doc));
+    RenderedFile {
         path,
         contents,
         version,
-    })
+    }
 }
 
 /// First 16 hex digits of the SHA-256 of `bytes`.

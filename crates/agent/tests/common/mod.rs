@@ -51,28 +51,46 @@ impl Lab {
 
     /// Renders `doc` with the real binary; panics unless it exits 0.
     pub fn render(&self, doc: &Value) {
-        let input = self.dir.path().join("input.json");
-        std::fs::write(&input, serde_json::to_vec_pretty(doc).expect("json")).expect("write input");
-        let admin = format!("127.0.0.1:{}", self.admin_port);
-        let out = agent(&[
-            "render",
-            "--input",
-            input.to_str().expect("utf-8 path"),
-            "--out",
-            self.out_dir().to_str().expect("utf-8 path"),
-            "--listen-address",
-            "127.0.0.1",
-            "--admin-address",
-            &admin,
-            "--access-log",
-            self.access_log().to_str().expect("utf-8 path"),
-        ]);
+        let out = self.run("render", doc, &[]);
         assert!(
             out.status.success(),
             "render failed: {}\n{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Runs `apply` on `doc` against this lab's Envoy, keeping state in `dir/state`.
+    pub fn apply(&self, doc: &Value) -> Output {
+        let state = self.dir.path().join("state");
+        self.run(
+            "apply",
+            doc,
+            &["--state-dir", state.to_str().expect("utf-8 path")],
+        )
+    }
+
+    /// Runs `command` (render or apply) on `doc` with this lab's paths.
+    fn run(&self, command: &str, doc: &Value, extra: &[&str]) -> Output {
+        let input = self.dir.path().join("input.json");
+        std::fs::write(&input, serde_json::to_vec_pretty(doc).expect("json")).expect("write input");
+        let admin = format!("127.0.0.1:{}", self.admin_port);
+        let (out_dir, log) = (self.out_dir(), self.access_log());
+        let mut args = vec![
+            command,
+            "--input",
+            input.to_str().expect("utf-8 path"),
+            "--out",
+            out_dir.to_str().expect("utf-8 path"),
+            "--listen-address",
+            "127.0.0.1",
+            "--admin-address",
+            &admin,
+            "--access-log",
+            log.to_str().expect("utf-8 path"),
+        ];
+        args.extend(extra);
+        agent(&args)
     }
 
     /// Renders `doc` and starts Envoy on it.

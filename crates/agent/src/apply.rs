@@ -1,0 +1,239 @@
+//! Applies a plan to a running Envoy, verifies each step through the admin
+//! API, and rolls back to what Envoy had when a step is refused.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use vpsie_lb_envoy::{RenderedFile, XdsLayout};
+
+use crate::envoy_admin::{AdminError, EnvoyAdmin, Subscription};
+use crate::fsutil;
+use crate::plan::{FileSet, Plan, plan, read_file_set};
+
+/// How often verification polls the admin API.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Why a change did not take.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A file could not be written. Retrying may help.
+    #[error("write: {0}")]
+    Write(#[from] std::io::Error),
+    /// Envoy refused a step. Retrying the same config cannot help.
+    #[error("envoy rejected {what}: {reason}")]
+    Rejected {
+        /// Which step.
+        what: String,
+        /// Envoy's reason, as far as its admin API tells.
+        reason: String,
+    },
+    /// Envoy did not confirm a step in time. Retrying may help.
+    #[error("envoy did not confirm {what} version {version} within {timeout:?}")]
+    Timeout {
+        /// Which step.
+        what: String,
+        /// The version that was expected.
+        version: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// The admin API could not be read. Retrying may help.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// The current or next files are not what we render.
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanError),
+}
+
+impl ApplyError {
+    /// Whether the same change could succeed on a later try.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, ApplyError::Rejected { .. } | ApplyError::Plan(_))
+    }
+}
+
+/// What applying a config did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Envoy already had exactly this config; nothing was written.
+    Unchanged,
+    /// Every step was confirmed by Envoy.
+    Applied,
+    /// Envoy refused a step; the previous files are back and Envoy confirmed them.
+    RolledBack(ApplyError),
+}
+
+/// Moves one Envoy's dynamic files from state to state.
+pub struct Applier {
+    layout: XdsLayout,
+    admin: EnvoyAdmin,
+    timeout: Duration,
+}
+
+impl Applier {
+    /// An applier for the files under `layout`, confirmed through `admin`,
+    /// waiting at most `timeout` for each step.
+    pub fn new(layout: XdsLayout, admin: EnvoyAdmin, timeout: Duration) -> Self {
+        Self {
+            layout,
+            admin,
+            timeout,
+        }
+    }
+
+    /// Applies `next`. On a refusal, restores the files Envoy had before and
+    /// waits until Envoy confirms them; `Err` means even that failed.
+    pub fn apply(&self, next: &FileSet) -> Result<Outcome, ApplyError> {
+        let previous = read_file_set(&self.layout)?;
+        let forward = plan(&self.layout, &previous, next)?;
+        if forward.is_empty() {
+            return Ok(Outcome::Unchanged);
+        }
+        match self.execute(&previous, &forward) {
+            Ok(()) => Ok(Outcome::Applied),
+            Err(cause) => {
+                let now = read_file_set(&self.layout)?;
+                let back = plan(&self.layout, &now, &previous)?;
+                self.execute(&now, &back)?;
+                Ok(Outcome::RolledBack(cause))
+            }
+        }
+    }
+
+    fn execute(&self, current: &FileSet, p: &Plan) -> Result<(), ApplyError> {
+        for f in &p.dependencies {
+            // Only subscriptions that already exist can confirm; a new one
+            // reads its file when its cluster or listener arrives.
+            let confirm = current
+                .contains_key(&f.path)
+                .then(|| self.subscription_of(&f.path))
+                .flatten();
+            self.write_and_confirm(f, confirm.as_deref())?;
+        }
+        if let Some(f) = &p.clusters_before {
+            self.write_and_confirm(f, Some("cluster_manager.cds"))?;
+        }
+        if let Some(f) = &p.listeners {
+            self.write_and_confirm(f, Some("listener_manager.lds"))?;
+            let errors = self.admin.listener_errors()?;
+            if !errors.is_empty() {
+                return Err(ApplyError::Rejected {
+                    what: "listeners".into(),
+                    reason: describe(&errors),
+                });
+            }
+        }
+        if let Some(f) = &p.clusters_after {
+            self.write_and_confirm(f, Some("cluster_manager.cds"))?;
+        }
+        for dir in &p.prune {
+            std::fs::remove_dir_all(dir)?;
+        }
+        Ok(())
+    }
+
+    /// The stats prefix of the EDS or SDS subscription that reads `path`.
+    fn subscription_of(&self, path: &Path) -> Option<String> {
+        let dir = path.parent()?;
+        let name = dir.file_name()?.to_str()?;
+        match dir.parent()?.file_name()?.to_str()? {
+            "eds" => Some(format!("cluster.{name}")),
+            "sds" => Some(format!("sds.{name}")),
+            _ => None,
+        }
+    }
+
+    /// Writes `f` and, when `prefix` names its subscription, waits until
+    /// Envoy has attempted the new file and reports its version.
+    fn write_and_confirm(&self, f: &RenderedFile, prefix: Option<&str>) -> Result<(), ApplyError> {
+        let before = match prefix {
+            Some(p) => Some(self.admin.subscription(p)?),
+            None => None,
+        };
+        let dir = f.path.parent().unwrap_or(self.layout.root());
+        fsutil::ensure_dir(dir)?;
+        fsutil::write_atomic(&f.path, f.contents.as_bytes(), 0o644)?;
+        let (Some(prefix), Some(before)) = (prefix, before) else {
+            return Ok(());
+        };
+        self.confirm(prefix, &before, &f.version)
+    }
+
+    fn confirm(
+        &self,
+        prefix: &str,
+        before: &Subscription,
+        version: &str,
+    ) -> Result<(), ApplyError> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let now = self.admin.subscription(prefix)?;
+            if now.rejected > before.rejected || now.failures > before.failures {
+                let listeners = self.admin.listener_errors().unwrap_or_default();
+                return Err(ApplyError::Rejected {
+                    what: prefix.to_owned(),
+                    reason: if listeners.is_empty() {
+                        format!("{prefix} update rejected (see envoy's log)")
+                    } else {
+                        describe(&listeners)
+                    },
+                });
+            }
+            // Attempts must move too: a rollback can restore the version Envoy
+            // still reports, and that alone says nothing about the new file.
+            if now.attempts > before.attempts && now.version == version {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ApplyError::Timeout {
+                    what: prefix.to_owned(),
+                    version: version.to_owned(),
+                    timeout: self.timeout,
+                });
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+fn describe(errors: &[(String, String)]) -> String {
+    errors
+        .iter()
+        .map(|(name, why)| format!("listener {name}: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Keeps a copy of the files Envoy confirmed, outside Envoy's watched
+/// directories, so a restarted agent can serve them while the API is down.
+pub fn save_last_known_good(
+    state_dir: &Path,
+    layout: &XdsLayout,
+    files: &FileSet,
+) -> std::io::Result<PathBuf> {
+    let lkg = state_dir.join("last-known-good");
+    let staging = state_dir.join(".last-known-good.new");
+    let _ = std::fs::remove_dir_all(&staging);
+    for f in files.values() {
+        let rel = f.path.strip_prefix(layout.root()).map_err(|_| {
+            std::io::Error::other(format!(
+                "{} is outside {}",
+                f.path.display(),
+                layout.root().display()
+            ))
+        })?;
+        let dest = staging.join(rel);
+        fsutil::ensure_dir(dest.parent().unwrap_or(&staging))?;
+        fsutil::write_atomic(&dest, f.contents.as_bytes(), 0o644)?;
+    }
+    // Swap the whole directory so a reader never sees half of one version.
+    let old = state_dir.join(".last-known-good.old");
+    let _ = std::fs::remove_dir_all(&old);
+    if lkg.exists() {
+        std::fs::rename(&lkg, &old)?;
+    }
+    std::fs::rename(&staging, &lkg)?;
+    std::fs::File::open(state_dir)?.sync_all()?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(lkg)
+}

@@ -1,0 +1,188 @@
+//! A small client for Envoy's admin API: the stats and config dump that say
+//! whether Envoy accepted a version.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Per-request timeout; the admin API answers from memory.
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// Cap on an admin response; a config dump of 1,000 load balancers is a few MB.
+const MAX_BODY: u64 = 64 * 1024 * 1024;
+
+/// Envoy's admin API could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The address is not loopback; the admin API must never be reached over a network.
+    #[error("envoy admin {0}: must be a loopback address")]
+    NotLoopback(SocketAddr),
+    /// The request failed. Retrying may help (Envoy may be starting).
+    #[error("envoy admin {path}: {reason}")]
+    Request {
+        /// The admin path.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl AdminError {
+    /// Whether asking again could help.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, AdminError::Request { .. })
+    }
+}
+
+/// What one xDS subscription (LDS, CDS, an EDS cluster, an SDS secret) has done.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subscription {
+    /// The last version Envoy accepted in full.
+    pub version: String,
+    /// Updates attempted.
+    pub attempts: u64,
+    /// Updates Envoy refused (bad content).
+    pub rejected: u64,
+    /// Updates Envoy could not read (bad file).
+    pub failures: u64,
+}
+
+/// A client for one Envoy's admin API.
+#[derive(Debug, Clone)]
+pub struct EnvoyAdmin {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl EnvoyAdmin {
+    /// A client for the admin API at `addr`, which must be loopback.
+    pub fn new(addr: SocketAddr) -> Result<Self, AdminError> {
+        if !addr.ip().is_loopback() {
+            return Err(AdminError::NotLoopback(addr));
+        }
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(TIMEOUT))
+            .http_status_as_error(false)
+            .build();
+        Ok(Self {
+            base: format!("http://{addr}"),
+            agent: ureq::Agent::new_with_config(config),
+        })
+    }
+
+    /// GETs an admin path and returns the body of a 200 answer.
+    pub fn get(&self, path: &str) -> Result<String, AdminError> {
+        let fail = |reason: String| AdminError::Request {
+            path: path.to_owned(),
+            reason,
+        };
+        let mut resp = self
+            .agent
+            .get(&format!("{}{path}", self.base))
+            .call()
+            .map_err(|e| fail(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_BODY)
+            .read_to_string()
+            .map_err(|e| fail(e.to_string()))?;
+        if status != 200 {
+            return Err(fail(format!("status {status}: {}", truncate(&body, 200))));
+        }
+        Ok(body)
+    }
+
+    /// Every stat whose name starts with `prefix`, as text.
+    fn stats(&self, prefix: &str) -> Result<HashMap<String, String>, AdminError> {
+        let filter = format!("^{}", prefix.replace('.', "\\."));
+        let body = self.get(&format!(
+            "/stats?format=json&filter={}",
+            url_escape(&filter)
+        ))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| AdminError::Request {
+                path: "/stats".into(),
+                reason: format!("not json: {e}"),
+            })?;
+        let mut out = HashMap::new();
+        for s in json["stats"].as_array().into_iter().flatten() {
+            if let Some(name) = s["name"].as_str() {
+                let value = match &s["value"] {
+                    serde_json::Value::String(v) => v.clone(),
+                    other => other.to_string(),
+                };
+                out.insert(name.to_owned(), value);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The state of the subscription whose stats live under `prefix`, e.g.
+    /// `listener_manager.lds`, `cluster_manager.cds`, `cluster.lb_web`.
+    pub fn subscription(&self, prefix: &str) -> Result<Subscription, AdminError> {
+        let stats = self.stats(&format!("{prefix}."))?;
+        let num = |k: &str| {
+            stats
+                .get(&format!("{prefix}.{k}"))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(Subscription {
+            version: stats
+                .get(&format!("{prefix}.version_text"))
+                .cloned()
+                .unwrap_or_default(),
+            attempts: num("update_attempt"),
+            rejected: num("update_rejected"),
+            failures: num("update_failure"),
+        })
+    }
+
+    /// Listeners whose last update Envoy refused, with Envoy's reason.
+    pub fn listener_errors(&self) -> Result<Vec<(String, String)>, AdminError> {
+        let body = self.get("/config_dump?resource=dynamic_listeners")?;
+        let json: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| AdminError::Request {
+                path: "/config_dump".into(),
+                reason: format!("not json: {e}"),
+            })?;
+        let mut named: Vec<(String, String)> = Vec::new();
+        let mut unnamed: Vec<String> = Vec::new();
+        for l in json["configs"].as_array().into_iter().flatten() {
+            let Some(details) = l["error_state"]["details"].as_str() else {
+                continue;
+            };
+            match l["name"].as_str() {
+                Some(name) => named.push((name.to_owned(), details.to_owned())),
+                None => unnamed.push(details.to_owned()),
+            }
+        }
+        // Envoy also lists the failed update as a whole, without a name,
+        // usually repeating a named listener's reason.
+        for details in unnamed {
+            if !named.iter().any(|(_, d)| *d == details) {
+                named.push(("(update)".to_owned(), details));
+            }
+        }
+        Ok(named)
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+/// Escapes the few characters a stats regex uses that a URL query cannot carry.
+fn url_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '^' => "%5E".to_owned(),
+            '\\' => "%5C".to_owned(),
+            '|' => "%7C".to_owned(),
+            '(' => "%28".to_owned(),
+            ')' => "%29".to_owned(),
+            c => c.to_string(),
+        })
+        .collect()
+}

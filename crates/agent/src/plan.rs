@@ -1,0 +1,290 @@
+//! Plans how to move Envoy from the files it has to the files it should
+//! have, in an order that never leaves a listener pointing at a missing
+//! cluster. Pure: file sets in, steps out.
+//!
+//! Order: changed secrets and endpoints first; then clusters as the union of
+//! old and new (so every listener, old or new, finds its cluster); then
+//! listeners; then clusters without the ones no longer used; then removal of
+//! stale endpoint and secret directories. A step is present only when it
+//! changes something, so an unchanged config does no IO at all.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use vpsie_lb_envoy::{RenderedFile, XdsLayout, file_from_json};
+
+/// Dynamic files by path.
+pub type FileSet = BTreeMap<PathBuf, RenderedFile>;
+
+/// Builds a set from rendered files.
+pub fn file_set(files: Vec<RenderedFile>) -> FileSet {
+    files.into_iter().map(|f| (f.path.clone(), f)).collect()
+}
+
+/// The steps of one change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// New or changed SDS and EDS files.
+    pub dependencies: Vec<RenderedFile>,
+    /// Old clusters plus new ones, before any listener may use a new one.
+    pub clusters_before: Option<RenderedFile>,
+    /// The new listeners.
+    pub listeners: Option<RenderedFile>,
+    /// Exactly the new clusters, once no listener uses the old ones.
+    pub clusters_after: Option<RenderedFile>,
+    /// EDS and SDS directories that nothing refers to any more.
+    pub prune: Vec<PathBuf>,
+}
+
+impl Plan {
+    /// Whether the plan changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == Plan::default()
+    }
+}
+
+/// Something in a file set is not what `render_files` makes.
+#[derive(Debug, thiserror::Error)]
+#[error("plan: {0}")]
+pub struct PlanError(String);
+
+/// Plans the move from `current` (what Envoy has) to `next`.
+pub fn plan(layout: &XdsLayout, current: &FileSet, next: &FileSet) -> Result<Plan, PlanError> {
+    let changed = |f: &RenderedFile| {
+        current
+            .get(&f.path)
+            .is_none_or(|c| c.contents != f.contents)
+    };
+    let mut p = Plan::default();
+    let lds = layout.lds_file();
+    let cds = layout.cds_file();
+
+    for f in next.values() {
+        if f.path != lds && f.path != cds && changed(f) {
+            p.dependencies.push(f.clone());
+        }
+    }
+    if let Some(f) = next.get(&lds).filter(|f| changed(f)) {
+        p.listeners = Some(f.clone());
+    }
+    if let Some(new) = next.get(&cds).filter(|f| changed(f)) {
+        let union = match current.get(&cds) {
+            Some(old) => union_of(&cds, old, new)?,
+            None => new.clone(),
+        };
+        let adds_or_changes = current
+            .get(&cds)
+            .is_none_or(|old| old.contents != union.contents);
+        if adds_or_changes {
+            p.clusters_before = Some(union.clone());
+        }
+        if union.contents != new.contents {
+            p.clusters_after = Some(new.clone());
+        }
+    }
+    for dir in resource_dirs(layout, current) {
+        if !next.keys().any(|k| k.starts_with(&dir)) {
+            p.prune.push(dir);
+        }
+    }
+    Ok(p)
+}
+
+/// The EDS and SDS directories the files of `set` live in.
+fn resource_dirs(layout: &XdsLayout, set: &FileSet) -> Vec<PathBuf> {
+    let roots = [layout.root().join("eds"), layout.root().join("sds")];
+    set.keys()
+        .filter(|p| roots.iter().any(|r| p.starts_with(r)))
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect()
+}
+
+/// Clusters of `old` and `new` together; `new` wins where both name one.
+fn union_of(
+    path: &Path,
+    old: &RenderedFile,
+    new: &RenderedFile,
+) -> Result<RenderedFile, PlanError> {
+    let parse = |f: &RenderedFile| -> Result<(String, Vec<serde_json::Value>), PlanError> {
+        let v: serde_json::Value = serde_json::from_str(&f.contents)
+            .map_err(|e| PlanError(format!("{}: {e}", f.path.display())))?;
+        let type_url = v["type_url"].as_str().unwrap_or_default().to_owned();
+        let resources = v["resources"].as_array().cloned().unwrap_or_default();
+        Ok((type_url, resources))
+    };
+    let (type_url, old_resources) = parse(old)?;
+    let (_, new_resources) = parse(new)?;
+    let mut by_name: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for r in old_resources.into_iter().chain(new_resources) {
+        let name = r["name"]
+            .as_str()
+            .ok_or_else(|| PlanError(format!("{}: a resource has no name", path.display())))?
+            .to_owned();
+        by_name.insert(name, r);
+    }
+    Ok(file_from_json(
+        path.to_path_buf(),
+        &type_url,
+        by_name.into_values().collect(),
+    ))
+}
+
+/// Reads the dynamic files currently under `layout` (what Envoy was given last).
+pub fn read_file_set(layout: &XdsLayout) -> std::io::Result<FileSet> {
+    let mut files = vec![layout.lds_file(), layout.cds_file()];
+    for kind in ["eds", "sds"] {
+        let Ok(entries) = std::fs::read_dir(layout.root().join(kind)) else {
+            continue;
+        };
+        for e in entries {
+            files.push(e?.path().join(format!("{kind}.json")));
+        }
+    }
+    let mut set = FileSet::new();
+    for path in files {
+        let contents = match std::fs::read_to_string(&path) {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let version = serde_json::from_str::<serde_json::Value>(&contents)
+            .ok()
+            .and_then(|v| v["version_info"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        set.insert(
+            path.clone(),
+            RenderedFile {
+                path,
+                contents,
+                version,
+            },
+        );
+    }
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn layout() -> XdsLayout {
+        XdsLayout::new("/x")
+    }
+
+    fn cds(names: &[(&str, u32)]) -> RenderedFile {
+        let resources = names
+            .iter()
+            .map(|(n, t)| json!({"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": n, "connect_timeout": format!("{t}s")}))
+            .collect();
+        file_from_json(
+            layout().cds_file(),
+            "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            resources,
+        )
+    }
+
+    fn lds(names: &[&str]) -> RenderedFile {
+        let resources = names.iter().map(|n| json!({"name": n})).collect();
+        file_from_json(
+            layout().lds_file(),
+            "type.googleapis.com/envoy.config.listener.v3.Listener",
+            resources,
+        )
+    }
+
+    fn eds(cluster: &str, weight: u32) -> RenderedFile {
+        file_from_json(
+            layout().eds_file(cluster),
+            "eds",
+            vec![json!({"name": cluster, "w": weight})],
+        )
+    }
+
+    fn names(f: &Option<RenderedFile>) -> Vec<String> {
+        let Some(f) = f else { return vec![] };
+        let v: serde_json::Value = serde_json::from_str(&f.contents).expect("json");
+        v["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .map(|r| r["name"].as_str().expect("name").to_owned())
+            .collect()
+    }
+
+    fn check(current: Vec<RenderedFile>, next: Vec<RenderedFile>) -> Plan {
+        plan(&layout(), &file_set(current), &file_set(next)).expect("plan")
+    }
+
+    #[test]
+    fn unchanged_config_plans_nothing() {
+        let files = vec![cds(&[("a", 1)]), lds(&["a"]), eds("a", 1)];
+        assert!(check(files.clone(), files).is_empty());
+    }
+
+    #[test]
+    fn adding_a_load_balancer_adds_its_cluster_before_its_listener() {
+        let p = check(
+            vec![cds(&[("a", 1)]), lds(&["a"])],
+            vec![cds(&[("a", 1), ("b", 1)]), lds(&["a", "b"]), eds("b", 1)],
+        );
+        assert_eq!(p.dependencies.len(), 1);
+        assert_eq!(names(&p.clusters_before), vec!["a", "b"]);
+        assert_eq!(names(&p.listeners), vec!["a", "b"]);
+        assert_eq!(p.clusters_after, None, "nothing to remove afterwards");
+    }
+
+    #[test]
+    fn removing_a_load_balancer_drops_its_cluster_after_its_listener() {
+        let p = check(
+            vec![
+                cds(&[("a", 1), ("b", 1)]),
+                lds(&["a", "b"]),
+                eds("a", 1),
+                eds("b", 1),
+            ],
+            vec![cds(&[("a", 1)]), lds(&["a"]), eds("a", 1)],
+        );
+        assert_eq!(
+            p.clusters_before, None,
+            "the union is what Envoy already has"
+        );
+        assert_eq!(names(&p.listeners), vec!["a"]);
+        assert_eq!(names(&p.clusters_after), vec!["a"]);
+        assert_eq!(p.prune, vec![layout().eds_dir("b")]);
+    }
+
+    #[test]
+    fn replacing_a_load_balancer_keeps_the_old_cluster_until_listeners_move() {
+        let p = check(
+            vec![cds(&[("a", 1)]), lds(&["a"])],
+            vec![cds(&[("b", 1)]), lds(&["b"])],
+        );
+        assert_eq!(names(&p.clusters_before), vec!["a", "b"]);
+        assert_eq!(names(&p.clusters_after), vec!["b"]);
+    }
+
+    #[test]
+    fn a_backend_change_touches_only_endpoints() {
+        let p = check(
+            vec![cds(&[("a", 1)]), lds(&["a"]), eds("a", 1)],
+            vec![cds(&[("a", 1)]), lds(&["a"]), eds("a", 2)],
+        );
+        assert_eq!(p.dependencies, vec![eds("a", 2)]);
+        assert_eq!(
+            (p.clusters_before, p.listeners, p.clusters_after),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn a_changed_cluster_is_written_once_before_listeners() {
+        let p = check(
+            vec![cds(&[("a", 1)]), lds(&["a"])],
+            vec![cds(&[("a", 2)]), lds(&["a"])],
+        );
+        assert_eq!(p.clusters_before, Some(cds(&[("a", 2)])));
+        assert_eq!(p.clusters_after, None);
+        assert_eq!(p.listeners, None);
+    }
+}
