@@ -52,6 +52,16 @@ enum Command {
     /// when Envoy refused it and the previous config is serving again, 1 on
     /// other errors.
     Apply(ApplyArgs),
+    /// Run the agent: keep Envoy in step with the configured source until
+    /// SIGTERM. SIGHUP runs a pass at once. See docs/configuration.md.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The agent's configuration file (YAML).
+    #[arg(long, value_name = "FILE", default_value = "/etc/vpsie-lb/agent.yaml")]
+    config: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +141,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Render(args) => render(args),
         Command::Check(args) => check(args),
         Command::Apply(args) => apply(args),
+        Command::Run(args) => crate::run::run(&args.config),
     }
 }
 

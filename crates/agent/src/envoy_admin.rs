@@ -93,6 +93,25 @@ impl EnvoyAdmin {
         Ok(body)
     }
 
+    /// POSTs an admin path (e.g. `/healthcheck/fail`).
+    pub fn post(&self, path: &str) -> Result<(), AdminError> {
+        let resp = self
+            .agent
+            .post(&format!("{}{path}", self.base))
+            .send_empty()
+            .map_err(|e| AdminError::Request {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+        match resp.status().as_u16() {
+            200 => Ok(()),
+            s => Err(AdminError::Request {
+                path: path.to_owned(),
+                reason: format!("status {s}"),
+            }),
+        }
+    }
+
     /// Every stat whose name starts with `prefix`, as text.
     fn stats(&self, prefix: &str) -> Result<HashMap<String, String>, AdminError> {
         let filter = format!("^{}", prefix.replace('.', "\\."));

@@ -4,7 +4,14 @@
 
 pub mod apply;
 pub mod commands;
+pub mod config;
+pub mod controller;
 pub mod envoy_admin;
 pub mod fsutil;
 pub mod plan;
 pub mod preflight;
+pub mod reconcile;
+pub mod report;
+pub mod run;
+pub mod source;
+pub mod supervisor;

@@ -1,0 +1,462 @@
+//! The agent's own configuration file (`--config`), validated in full
+//! before anything starts. Every key is documented in docs/configuration.md.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where desired state comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    /// The VPSie API.
+    Vpsie,
+    /// A local file in the load-balancer document format.
+    File(PathBuf),
+}
+
+/// Settings for talking to the VPSie API.
+#[derive(Debug, Clone)]
+pub struct Vpsie {
+    /// Base URL; https unless the host is loopback.
+    pub api_url: String,
+    /// File holding the API key (never logged; must not be readable by others).
+    pub api_key_file: PathBuf,
+    /// The load balancers this VM serves.
+    pub loadbalancer_ids: Vec<String>,
+    /// Time between passes.
+    pub poll_interval: Duration,
+}
+
+/// Settings for the local Envoy.
+#[derive(Debug, Clone)]
+pub struct Envoy {
+    /// Bootstrap and dynamic files live here.
+    pub config_dir: PathBuf,
+    /// Envoy's admin address (loopback only).
+    pub admin_address: SocketAddr,
+    /// The Envoy binary (used for pre-flight, and to run Envoy when `manage`).
+    pub binary_path: PathBuf,
+    /// Address the listeners bind to.
+    pub listen_address: IpAddr,
+    /// Whether the agent starts and supervises Envoy itself.
+    pub manage: bool,
+    /// Where Envoy writes its access log.
+    pub access_log: String,
+    /// Seconds Envoy drains connections on a listener change or shutdown.
+    pub drain_time: Duration,
+}
+
+/// Log settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logging {
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    pub level: String,
+    /// JSON lines (`json`) or human-readable (`text`).
+    pub json: bool,
+}
+
+/// A validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where desired state comes from.
+    pub source: SourceKind,
+    /// API settings (also present for `source: file`, with defaults).
+    pub vpsie: Vpsie,
+    /// Envoy settings.
+    pub envoy: Envoy,
+    /// Last-known-good and anything else that must survive a restart.
+    pub state_dir: PathBuf,
+    /// Log settings.
+    pub logging: Logging,
+}
+
+/// The configuration file is unusable; nothing was started.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {}", problems.join("; "))]
+pub struct ConfigError {
+    /// The file.
+    pub path: String,
+    /// Every problem, each naming its key.
+    pub problems: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    vpsie: Option<RawVpsie>,
+    source: Option<String>,
+    file: Option<PathBuf>,
+    envoy: Option<RawEnvoy>,
+    state_dir: Option<PathBuf>,
+    logging: Option<RawLogging>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawVpsie {
+    api_url: Option<String>,
+    api_key_file: Option<PathBuf>,
+    loadbalancer_ids: Option<Vec<String>>,
+    loadbalancer_id: Option<String>,
+    poll_interval: Option<serde_norway::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEnvoy {
+    config_dir: Option<PathBuf>,
+    admin_address: Option<String>,
+    binary_path: Option<PathBuf>,
+    listen_address: Option<String>,
+    manage: Option<bool>,
+    access_log: Option<String>,
+    drain_time: Option<serde_norway::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLogging {
+    level: Option<String>,
+    format: Option<String>,
+}
+
+/// Parses `30s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(v: &serde_norway::Value) -> Result<Duration, String> {
+    if let Some(n) = v.as_u64() {
+        return Ok(Duration::from_secs(n));
+    }
+    let s = v
+        .as_str()
+        .ok_or("must be a duration like 30s, 500ms or 2m")?
+        .trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} must be a duration like 30s, 500ms or 2m"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
+    })
+}
+
+/// Whether `url` is https, or http to a loopback host.
+fn url_problem(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host_port = rest.split('/').next().unwrap_or("");
+    let host = if let Some(stripped) = host_port.strip_prefix('[') {
+        stripped.split(']').next().unwrap_or("")
+    } else {
+        host_port.rsplit_once(':').map_or(host_port, |(h, _)| h)
+    };
+    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    match scheme {
+        "https" if !host.is_empty() => None,
+        "http" if loopback => None,
+        "http" => Some(format!(
+            "vpsie.api_url: {url:?} must use https unless the host is loopback"
+        )),
+        _ => Some(format!("vpsie.api_url: {url:?} must be an https:// url")),
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`, collecting every problem.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let fail = |problems: Vec<String>| ConfigError {
+            path: path.display().to_string(),
+            problems,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(vec![e.to_string()]))?;
+        let de = serde_norway::Deserializer::from_str(&text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let at = e.path().to_string();
+            let inner = e.inner().to_string();
+            // serde_norway prefixes its own, shorter path; keep the precise one.
+            let msg = inner
+                .split_once(": ")
+                .filter(|(p, _)| at.starts_with(p))
+                .map_or(inner.clone(), |(_, m)| m.to_owned());
+            fail(vec![format!("{at}: {msg}")])
+        })?;
+        Self::from_raw(raw).map_err(fail)
+    }
+
+    fn from_raw(raw: RawConfig) -> Result<Config, Vec<String>> {
+        let mut problems = Vec::new();
+        let v = raw.vpsie.unwrap_or_default();
+        let e = raw.envoy.unwrap_or_default();
+
+        let source = match raw.source.as_deref().unwrap_or("vpsie") {
+            "vpsie" => SourceKind::Vpsie,
+            "file" => match raw.file {
+                Some(f) => SourceKind::File(f),
+                None => {
+                    problems.push("file: is required when source is file".into());
+                    SourceKind::File(PathBuf::new())
+                }
+            },
+            other => {
+                problems.push(format!("source: must be vpsie or file (got {other:?})"));
+                SourceKind::Vpsie
+            }
+        };
+        let api_url = v
+            .api_url
+            .unwrap_or_else(|| "https://api.vpsie.com/v1".into());
+        if let Some(p) = url_problem(&api_url) {
+            problems.push(p);
+        } else if !api_url.contains("://") {
+            problems.push(format!(
+                "vpsie.api_url: {api_url:?} must be an https:// url"
+            ));
+        }
+        let mut ids = v.loadbalancer_ids.unwrap_or_default();
+        ids.extend(v.loadbalancer_id);
+        ids.sort();
+        ids.dedup();
+        for id in &ids {
+            if !vpsie_lb_model::is_valid_id(id) {
+                problems.push(format!(
+                    "vpsie.loadbalancer_ids: {id:?} must match [A-Za-z0-9_-]{{1,64}}"
+                ));
+            }
+        }
+        if source == SourceKind::Vpsie && ids.is_empty() {
+            problems.push(
+                "vpsie.loadbalancer_ids: at least one id is required when source is vpsie".into(),
+            );
+        }
+        let poll_interval = match v.poll_interval.as_ref().map(parse_duration) {
+            None => Duration::from_secs(30),
+            Some(Ok(d)) if d >= Duration::from_millis(100) => d,
+            Some(Ok(_)) => {
+                problems.push("vpsie.poll_interval: must be at least 100ms".into());
+                Duration::from_secs(30)
+            }
+            Some(Err(msg)) => {
+                problems.push(format!("vpsie.poll_interval: {msg}"));
+                Duration::from_secs(30)
+            }
+        };
+        let api_key_file = v
+            .api_key_file
+            .unwrap_or_else(|| PathBuf::from("/etc/vpsie-lb/api-key"));
+        if source == SourceKind::Vpsie {
+            if let Some(p) = key_file_problem(&api_key_file) {
+                problems.push(p);
+            }
+        }
+
+        let admin_address = match e
+            .admin_address
+            .as_deref()
+            .unwrap_or("127.0.0.1:9901")
+            .parse::<SocketAddr>()
+        {
+            Ok(a) if a.ip().is_loopback() => a,
+            Ok(a) => {
+                problems.push(format!("envoy.admin_address: {a} must be a loopback address (the admin api is unauthenticated)"));
+                a
+            }
+            Err(err) => {
+                problems.push(format!("envoy.admin_address: {err}"));
+                SocketAddr::from(([127, 0, 0, 1], 9901))
+            }
+        };
+        let listen_address = match e
+            .listen_address
+            .as_deref()
+            .unwrap_or("0.0.0.0")
+            .parse::<IpAddr>()
+        {
+            Ok(a) => a,
+            Err(err) => {
+                problems.push(format!("envoy.listen_address: {err}"));
+                IpAddr::from([0, 0, 0, 0])
+            }
+        };
+        let drain_time = match e.drain_time.as_ref().map(parse_duration) {
+            None => Duration::from_secs(30),
+            Some(Ok(d)) => d,
+            Some(Err(msg)) => {
+                problems.push(format!("envoy.drain_time: {msg}"));
+                Duration::from_secs(30)
+            }
+        };
+        let logging = raw.logging.unwrap_or_default();
+        let level = logging.level.unwrap_or_else(|| "info".into());
+        if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
+            problems.push(format!(
+                "logging.level: must be error, warn, info, debug or trace (got {level:?})"
+            ));
+        }
+        let json = match logging.format.as_deref().unwrap_or("json") {
+            "json" => true,
+            "text" => false,
+            other => {
+                problems.push(format!(
+                    "logging.format: must be json or text (got {other:?})"
+                ));
+                true
+            }
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Config {
+            source,
+            vpsie: Vpsie {
+                api_url: api_url.trim_end_matches('/').to_owned(),
+                api_key_file,
+                loadbalancer_ids: ids,
+                poll_interval,
+            },
+            envoy: Envoy {
+                config_dir: e.config_dir.unwrap_or_else(|| PathBuf::from("/etc/envoy")),
+                admin_address,
+                binary_path: e
+                    .binary_path
+                    .unwrap_or_else(|| PathBuf::from("/usr/bin/envoy")),
+                listen_address,
+                manage: e.manage.unwrap_or(false),
+                access_log: e.access_log.unwrap_or_else(|| "/dev/stdout".into()),
+                drain_time,
+            },
+            state_dir: raw
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from("/var/lib/vpsie-lb")),
+            logging: Logging { level, json },
+        })
+    }
+}
+
+/// The API key file must exist and be readable by its owner (and group) only.
+fn key_file_problem(path: &Path) -> Option<String> {
+    match std::fs::metadata(path) {
+        Err(e) => Some(format!("vpsie.api_key_file: {}: {e}", path.display())),
+        Ok(m) if m.permissions().mode() & 0o004 != 0 => Some(format!(
+            "vpsie.api_key_file: {} is readable by every user (mode {:04o}); run chmod 600 {}",
+            path.display(),
+            m.permissions().mode() & 0o777,
+            path.display()
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// Reads the API key (trimmed). The key is never logged or put in an error.
+pub fn read_api_key(path: &Path) -> Result<String, String> {
+    let key = std::fs::read_to_string(path)
+        .map_err(|e| format!("vpsie.api_key_file: {}: {e}", path.display()))?;
+    let key = key.trim().to_owned();
+    if key.is_empty() {
+        return Err(format!("vpsie.api_key_file: {} is empty", path.display()));
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<Config, Vec<String>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("agent.yaml");
+        std::fs::write(&p, yaml).expect("write");
+        Config::load(&p).map_err(|e| e.problems)
+    }
+
+    #[test]
+    fn file_source_needs_only_a_file() {
+        let c = load("source: file\nfile: /tmp/lb.yaml\n").expect("valid");
+        assert_eq!(c.source, SourceKind::File("/tmp/lb.yaml".into()));
+        assert_eq!(c.vpsie.poll_interval, Duration::from_secs(30));
+        assert_eq!(c.envoy.admin_address.to_string(), "127.0.0.1:9901");
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let errs = load(
+            "source: file\nvpsie: {api_url: 'http://api.example.com/v1', poll_interval: 3x, loadbalancer_ids: ['bad id']}\nenvoy: {admin_address: '0.0.0.0:9901'}\nlogging: {level: loud}\n",
+        )
+        .expect_err("invalid");
+        let all = errs.join("\n");
+        for want in [
+            "file: is required when source is file",
+            "vpsie.api_url: \"http://api.example.com/v1\" must use https unless the host is loopback",
+            "vpsie.poll_interval: \"3x\": unit must be ms, s, m or h",
+            "vpsie.loadbalancer_ids: \"bad id\" must match",
+            "envoy.admin_address: 0.0.0.0:9901 must be a loopback address",
+            "logging.level: must be error",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_path() {
+        let errs = load("envoy: {admin_adress: '127.0.0.1:9901'}\n").expect_err("typo");
+        assert!(
+            errs[0].starts_with("envoy.admin_adress: unknown field `admin_adress`"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn http_is_allowed_only_to_loopback() {
+        for ok in [
+            "https://api.vpsie.com/v1",
+            "http://127.0.0.1:8080/v1",
+            "http://localhost/v1",
+            "http://[::1]:9/v1",
+        ] {
+            assert_eq!(url_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.1/v1",
+            "ftp://x/v1",
+            "http://127.0.0.1.evil.com/v1",
+        ] {
+            assert!(url_problem(bad).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("api-key");
+        std::fs::write(&key, "secret-key-123\n").expect("write");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let cfg = format!(
+            "vpsie: {{api_key_file: {}, loadbalancer_id: lb-1}}\n",
+            key.display()
+        );
+        let errs = load(&cfg).expect_err("world-readable key");
+        assert!(
+            errs[0].contains("readable by every user (mode 0644); run chmod 600"),
+            "{errs:?}"
+        );
+        assert!(!errs[0].contains("secret-key-123"));
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let c = load(&cfg).expect("0600 key is fine");
+        assert_eq!(c.vpsie.loadbalancer_ids, vec!["lb-1"]);
+        assert_eq!(read_api_key(&key).expect("key"), "secret-key-123");
+    }
+
+    #[test]
+    fn durations() {
+        let d = |s: &str| parse_duration(&serde_norway::from_str(s).expect("yaml"));
+        assert_eq!(d("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(d("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(d("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(d("5"), Ok(Duration::from_secs(5)));
+        assert!(d("-1s").is_err());
+    }
+}

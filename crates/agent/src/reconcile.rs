@@ -1,0 +1,429 @@
+//! One reconcile pass: fetch, validate each load balancer, translate them
+//! together, skip if nothing changed, pre-flight, apply, and promote or roll
+//! back. The pass never sleeps; it returns what the controller should do next.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+use vpsie_lb_envoy::{
+    BootstrapOptions, Delivery, TranslateOptions, XdsLayout, render_files, translate,
+};
+use vpsie_lb_model::{Problem, ReservedPort, ValidateOptions, validate};
+
+use crate::apply::{Applier, Outcome, save_last_known_good};
+use crate::plan::{FileSet, file_set, plan, read_file_set};
+use crate::preflight::{self, PreflightError};
+use crate::report::{EventKind, Reporter};
+use crate::source::{FetchError, Fetched, Source};
+
+/// What the controller should do after a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// All is well: next pass after the poll interval.
+    Requeue,
+    /// Something transient failed: next pass sooner, backing off.
+    Backoff,
+}
+
+/// How a pass ended, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassResult {
+    /// A new config was confirmed by Envoy.
+    Applied,
+    /// Envoy already serves the desired config.
+    Unchanged,
+    /// Some or all of the desired config was invalid; the rest was handled.
+    Rejected,
+    /// Envoy refused the change; the previous config serves again.
+    RolledBack,
+    /// Something failed that a retry may fix.
+    Error,
+}
+
+/// Static inputs of the reconciler.
+pub struct Settings {
+    /// Where Envoy's dynamic files live.
+    pub layout: XdsLayout,
+    /// How resources are translated.
+    pub translate: TranslateOptions,
+    /// The Envoy binary for the pre-flight.
+    pub envoy_bin: PathBuf,
+    /// Envoy's admin address (its port is reserved).
+    pub admin: std::net::SocketAddr,
+    /// Where last-known-good lives.
+    pub state_dir: PathBuf,
+    /// Ports the agent itself uses.
+    pub reserved_ports: Vec<ReservedPort>,
+    /// How long Envoy may take to confirm a step.
+    pub verify_timeout: Duration,
+}
+
+/// The desired documents behind the last config Envoy confirmed.
+const DESIRED_FILE: &str = "desired.json";
+
+/// Runs passes and remembers what is known to be good.
+pub struct Reconciler {
+    settings: Settings,
+    applier: Applier,
+    /// Last good raw document of each load balancer.
+    good: BTreeMap<String, Value>,
+    /// Content of the last candidate Envoy refused, so it is not retried every pass.
+    refused: Option<FileSet>,
+    /// The last document rejected per load balancer, so the same rejection is
+    /// reported once, not on every pass.
+    rejected_docs: BTreeMap<String, Value>,
+}
+
+impl Reconciler {
+    /// A reconciler that starts from the last-known-good in `settings.state_dir`.
+    pub fn new(settings: Settings, applier: Applier) -> Self {
+        let good = std::fs::read(settings.state_dir.join(DESIRED_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Self {
+            settings,
+            applier,
+            good,
+            refused: None,
+            rejected_docs: BTreeMap::new(),
+        }
+    }
+
+    /// The ids of the load balancers with a known-good version.
+    pub fn known_good(&self) -> Vec<String> {
+        self.good.keys().cloned().collect()
+    }
+
+    /// Makes Envoy serve the last-known-good config if it does not already:
+    /// used at start, before the first fetch, so a restart with the API down
+    /// still serves.
+    pub fn restore_last_known_good(
+        &mut self,
+        reporter: &mut dyn Reporter,
+    ) -> Result<PassResult, String> {
+        let lkg_dir = self.settings.state_dir.join("last-known-good");
+        if !lkg_dir.is_dir() {
+            return Ok(PassResult::Unchanged);
+        }
+        let files = self
+            .render(&self.good.clone())
+            .map_err(|e| format!("render last-known-good: {e}"))?;
+        match self.applier.apply(&files) {
+            Ok(Outcome::Unchanged) => Ok(PassResult::Unchanged),
+            Ok(Outcome::Applied) => {
+                reporter.note("restored last-known-good config");
+                Ok(PassResult::Applied)
+            }
+            Ok(Outcome::RolledBack(e)) => Err(format!("envoy refused last-known-good: {e}")),
+            Err(e) => Err(format!("restore last-known-good: {e}")),
+        }
+    }
+
+    fn render(&self, docs: &BTreeMap<String, Value>) -> Result<FileSet, String> {
+        let doc = Value::Array(docs.values().cloned().collect());
+        let validated = validate(&doc, &self.validate_options()).map_err(|r| r.to_string())?;
+        let resources = translate(&validated.config, &self.settings.translate);
+        render_files(&resources, &self.settings.layout)
+            .map(file_set)
+            .map_err(|e| e.to_string())
+    }
+
+    fn validate_options(&self) -> ValidateOptions {
+        ValidateOptions {
+            strict: false,
+            reserved_ports: self.settings.reserved_ports.clone(),
+        }
+    }
+
+    /// One pass. Reports events through `reporter` and returns what to do next.
+    pub fn pass(
+        &mut self,
+        source: &mut dyn Source,
+        reporter: &mut dyn Reporter,
+    ) -> (PassResult, Action) {
+        let fetched = source.fetch();
+        let (candidate, rejected, fetch_failed) = self.choose(fetched, reporter);
+
+        let files = match self.render(&candidate) {
+            Ok(f) => f,
+            Err(e) => {
+                // choose() resolved every conflict, so this is a bug; keep serving.
+                reporter.error("render", &e);
+                return (PassResult::Error, Action::Backoff);
+            }
+        };
+        let current = match read_file_set(&self.settings.layout) {
+            Ok(c) => c,
+            Err(e) => {
+                reporter.error("read current files", &e.to_string());
+                return (PassResult::Error, Action::Backoff);
+            }
+        };
+        let unchanged = plan(&self.settings.layout, &current, &files)
+            .map(|p| p.is_empty())
+            .unwrap_or(false);
+        let next_action = if fetch_failed {
+            Action::Backoff
+        } else {
+            Action::Requeue
+        };
+        if unchanged {
+            self.promote(&candidate, &files, reporter, &[]);
+            let result = if rejected {
+                PassResult::Rejected
+            } else {
+                PassResult::Unchanged
+            };
+            return (result, next_action);
+        }
+        if self.refused.as_ref() == Some(&files) {
+            // Same content Envoy already refused: do not hammer it every pass.
+            return (PassResult::RolledBack, next_action);
+        }
+
+        let static_resources = match validate(
+            &Value::Array(candidate.values().cloned().collect()),
+            &self.validate_options(),
+        ) {
+            Ok(v) => translate(
+                &v.config,
+                &TranslateOptions {
+                    delivery: Delivery::Static,
+                    ..self.settings.translate.clone()
+                },
+            ),
+            Err(e) => {
+                reporter.error("validate", &e.to_string());
+                return (PassResult::Error, Action::Backoff);
+            }
+        };
+        let boot = BootstrapOptions {
+            admin: self.settings.admin,
+            ..Default::default()
+        };
+        let changed = self.changed_ids(&candidate);
+        match preflight::validate(&self.settings.envoy_bin, &static_resources, &boot) {
+            Ok(()) => {}
+            Err(PreflightError::Rejected(reason)) => {
+                for id in &changed {
+                    reporter.event(
+                        id,
+                        EventKind::ConfigRejected,
+                        &format!("envoy validate refused the change: {reason}"),
+                        serde_json::json!({"problems": [reason]}),
+                    );
+                }
+                self.refused = Some(files);
+                return (PassResult::Rejected, next_action);
+            }
+            Err(e) => {
+                reporter.error("pre-flight", &e.to_string());
+                return (PassResult::Error, Action::Backoff);
+            }
+        }
+
+        match self.applier.apply(&files) {
+            Ok(Outcome::Unchanged) | Ok(Outcome::Applied) => {
+                self.promote(&candidate, &files, reporter, &changed);
+                let result = if rejected {
+                    PassResult::Rejected
+                } else {
+                    PassResult::Applied
+                };
+                (result, next_action)
+            }
+            Ok(Outcome::RolledBack(cause)) => {
+                for id in &changed {
+                    reporter.event(
+                        id,
+                        EventKind::ConfigRolledBack,
+                        &format!(
+                            "envoy refused the change and the previous config serves again: {cause}"
+                        ),
+                        serde_json::json!({"reason": cause.to_string()}),
+                    );
+                }
+                self.refused = Some(files);
+                (PassResult::RolledBack, next_action)
+            }
+            Err(e) => {
+                reporter.error("apply", &e.to_string());
+                (PassResult::Error, Action::Backoff)
+            }
+        }
+    }
+
+    fn changed_ids(&self, candidate: &BTreeMap<String, Value>) -> Vec<String> {
+        let mut ids: Vec<String> = candidate
+            .iter()
+            .filter(|(id, v)| self.good.get(*id) != Some(*v))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.extend(
+            self.good
+                .keys()
+                .filter(|id| !candidate.contains_key(*id))
+                .cloned(),
+        );
+        ids
+    }
+
+    /// Records `candidate` as last-known-good, in memory and on disk.
+    fn promote(
+        &mut self,
+        candidate: &BTreeMap<String, Value>,
+        files: &FileSet,
+        reporter: &mut dyn Reporter,
+        changed: &[String],
+    ) {
+        if &self.good == candidate && self.settings.state_dir.join(DESIRED_FILE).is_file() {
+            return;
+        }
+        let saved = crate::fsutil::ensure_dir(&self.settings.state_dir)
+            .and_then(|()| {
+                save_last_known_good(&self.settings.state_dir, &self.settings.layout, files)
+                    .map(|_| ())
+            })
+            .and_then(|()| {
+                let json = serde_json::to_vec_pretty(candidate).map_err(std::io::Error::other)?;
+                crate::fsutil::write_atomic(
+                    &self.settings.state_dir.join(DESIRED_FILE),
+                    &json,
+                    0o600,
+                )
+            });
+        if let Err(e) = saved {
+            reporter.error("save last-known-good", &e.to_string());
+        }
+        for id in changed {
+            let version = files
+                .get(&self.settings.layout.lds_file())
+                .map(|f| f.version.clone())
+                .unwrap_or_default();
+            if candidate.contains_key(id) {
+                reporter.event(
+                    id,
+                    EventKind::ConfigApplied,
+                    "configuration applied and confirmed by envoy",
+                    serde_json::json!({"config_version": version}),
+                );
+            }
+        }
+        self.good = candidate.clone();
+        self.refused = None;
+    }
+
+    /// Picks, per load balancer, the fetched version if valid, else the last
+    /// good one; then resolves conflicts between load balancers the same way.
+    fn choose(
+        &mut self,
+        fetched: Fetched,
+        reporter: &mut dyn Reporter,
+    ) -> (BTreeMap<String, Value>, bool, bool) {
+        let mut rejected = false;
+        let fetch_failed = fetched.failed.is_some() || fetched.items.values().any(Result::is_err);
+        if let Some(e) = &fetched.failed {
+            reporter.error("fetch", &e.to_string());
+            return (self.good.clone(), false, true);
+        }
+        for problem in &fetched.unattributed {
+            reporter.error("fetch", problem);
+            rejected = true;
+        }
+        let opts = self.validate_options();
+        let mut candidate = BTreeMap::new();
+        for (id, item) in fetched.items {
+            match item {
+                Ok(doc) => match validate(&doc, &opts) {
+                    Ok(_) => {
+                        self.rejected_docs.remove(&id);
+                        candidate.insert(id, doc);
+                    }
+                    Err(rej) => {
+                        rejected = true;
+                        if self.rejected_docs.get(&id) != Some(&doc) {
+                            self.reject(reporter, &id, &rej.errors);
+                            self.rejected_docs.insert(id.clone(), doc);
+                        }
+                        if let Some(good) = self.good.get(&id) {
+                            candidate.insert(id, good.clone());
+                        }
+                    }
+                },
+                Err(
+                    FetchError::NotFound(msg)
+                    | FetchError::Transient(msg)
+                    | FetchError::Unauthorized(msg),
+                ) => {
+                    reporter.error(&format!("fetch {id}"), &msg);
+                    if let Some(good) = self.good.get(&id) {
+                        candidate.insert(id, good.clone());
+                    }
+                }
+            }
+        }
+        // Conflicts between load balancers (same port): the changed side
+        // goes back to its last good version, one round per conflict.
+        for _ in 0..=candidate.len() {
+            // Unchanged load balancers first: the validator blames the later
+            // of two conflicting items, and the one that changed must lose.
+            let mut ids: Vec<String> = candidate.keys().cloned().collect();
+            ids.sort_by_key(|id| self.good.get(id) != candidate.get(id));
+            let doc = Value::Array(ids.iter().map(|id| candidate[id].clone()).collect());
+            let Err(rej) = validate(&doc, &opts) else {
+                break;
+            };
+            let mut culprits: BTreeMap<String, Vec<Problem>> = BTreeMap::new();
+            for p in rej.errors {
+                let index = p
+                    .path
+                    .as_str()
+                    .strip_prefix('[')
+                    .and_then(|s| s.split(']').next())
+                    .and_then(|i| i.parse::<usize>().ok());
+                if let Some(id) = index.and_then(|i| ids.get(i)) {
+                    culprits.entry(id.clone()).or_default().push(p);
+                }
+            }
+            if culprits.is_empty() {
+                break;
+            }
+            for (id, problems) in culprits {
+                rejected = true;
+                if let Some(doc) = candidate
+                    .get(&id)
+                    .filter(|d| self.rejected_docs.get(&id) != Some(*d))
+                {
+                    self.rejected_docs.insert(id.clone(), doc.clone());
+                    self.reject(reporter, &id, &problems);
+                }
+                match self.good.get(&id) {
+                    Some(good) if candidate.get(&id) != Some(good) => {
+                        candidate.insert(id, good.clone());
+                    }
+                    _ => {
+                        candidate.remove(&id);
+                    }
+                }
+            }
+        }
+        (candidate, rejected, fetch_failed)
+    }
+
+    fn reject(&self, reporter: &mut dyn Reporter, id: &str, problems: &[Problem]) {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        reporter.event(
+            id,
+            EventKind::ConfigRejected,
+            &format!(
+                "configuration rejected, {} problem(s): {}",
+                lines.len(),
+                lines.join("; ")
+            ),
+            serde_json::json!({ "problems": lines }),
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! `vpsie-lb-agent run`: the long-running agent.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use vpsie_lb_envoy::{
+    BootstrapOptions, Delivery, EnvoyResources, TranslateOptions, XdsLayout, bootstrap,
+    render_files, to_yaml,
+};
+use vpsie_lb_model::ReservedPort;
+
+use crate::apply::Applier;
+use crate::config::{Config, SourceKind};
+use crate::controller::{self, Signal};
+use crate::envoy_admin::EnvoyAdmin;
+use crate::fsutil;
+use crate::reconcile::{Reconciler, Settings};
+use crate::report::LogReporter;
+use crate::source::{FileSource, Source};
+use crate::supervisor::{EnvoyCommand, Supervisor};
+
+/// Port of the agent's own endpoints (metrics, status), reserved from listeners.
+const AGENT_PORT: u16 = crate::commands::AGENT_PORT;
+
+fn init_logging(cfg: &Config) {
+    let filter =
+        tracing_subscriber::EnvFilter::new(format!("vpsie_lb_agent={0},{0}", cfg.logging.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    // A second init (tests run commands in one process) is harmless: ignore it.
+    let _ = if cfg.logging.json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init()
+    } else {
+        builder.compact().try_init()
+    };
+}
+
+/// Writes the bootstrap when it differs, and empty listener and cluster
+/// files when there are none, so Envoy can start before the first pass.
+fn prepare_envoy_dir(cfg: &Config, layout: &XdsLayout) -> anyhow::Result<()> {
+    let boot = to_yaml(&bootstrap(
+        layout,
+        &BootstrapOptions {
+            admin: cfg.envoy.admin_address,
+            ..Default::default()
+        },
+    ))?;
+    let path = layout.bootstrap_file();
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(boot.as_str()) {
+        fsutil::write_atomic(&path, boot.as_bytes(), 0o644)?;
+    }
+    let empty = render_files(&EnvoyResources::default(), layout)?;
+    for f in empty {
+        if !f.path.exists() {
+            fsutil::ensure_dir(f.path.parent().context("file without a directory")?)?;
+            fsutil::write_atomic(&f.path, f.contents.as_bytes(), 0o644)?;
+        }
+    }
+    Ok(())
+}
+
+/// An Envoy answering on our admin address before we started one was left
+/// by an agent that was killed (our Envoy runs in its own process group, so
+/// it survives). Ask it to quit so the new one can bind; traffic pauses
+/// until the new Envoy is up. Under systemd (`manage: false`) this never applies.
+fn stop_orphan(admin: &EnvoyAdmin) {
+    if admin.get("/ready").is_err() {
+        return;
+    }
+    tracing::warn!(
+        phase = "envoy",
+        "an envoy from an earlier run answers on the admin address; asking it to quit"
+    );
+    let _ = admin.post("/quitquitquit");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline && admin.get("/ready").is_ok() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its listeners may linger a moment after admin stops answering.
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
+    let cfg = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            for p in &e.problems {
+                println!("{p}");
+            }
+            eprintln!(
+                "{}: {} problem(s); nothing was started",
+                e.path,
+                e.problems.len()
+            );
+            return Ok(ExitCode::from(2));
+        }
+    };
+    init_logging(&cfg);
+    let mut source: Box<dyn Source> = match &cfg.source {
+        SourceKind::File(path) => Box::new(FileSource::new(path.clone())),
+        SourceKind::Vpsie => {
+            bail!("source: vpsie is not available in this build yet; use source: file")
+        }
+    };
+
+    fsutil::ensure_dir(&cfg.envoy.config_dir)?;
+    let root = std::fs::canonicalize(&cfg.envoy.config_dir)
+        .with_context(|| format!("envoy.config_dir {}", cfg.envoy.config_dir.display()))?;
+    let layout = XdsLayout::new(root);
+    prepare_envoy_dir(&cfg, &layout)?;
+    let admin = EnvoyAdmin::new(cfg.envoy.admin_address)?;
+
+    let supervisor = if cfg.envoy.manage {
+        stop_orphan(&admin);
+        let s = Supervisor::start(
+            EnvoyCommand {
+                binary: cfg.envoy.binary_path.clone(),
+                bootstrap: layout.bootstrap_file(),
+                drain_time: cfg.envoy.drain_time,
+            },
+            admin.clone(),
+        )
+        .with_context(|| format!("start envoy {}", cfg.envoy.binary_path.display()))?;
+        if !s.wait_ready(Duration::from_secs(30)) {
+            tracing::error!(
+                phase = "envoy",
+                "envoy not ready after 30s; continuing, passes will retry"
+            );
+        }
+        Some(s)
+    } else {
+        None
+    };
+
+    let settings = Settings {
+        layout: layout.clone(),
+        translate: TranslateOptions {
+            listen_address: cfg.envoy.listen_address,
+            access_log_path: cfg.envoy.access_log.clone(),
+            ..TranslateOptions::new(Delivery::Files(layout.clone()))
+        },
+        envoy_bin: cfg.envoy.binary_path.clone(),
+        admin: cfg.envoy.admin_address,
+        state_dir: cfg.state_dir.clone(),
+        reserved_ports: vec![
+            ReservedPort {
+                port: cfg.envoy.admin_address.port(),
+                owner: "envoy admin".into(),
+            },
+            ReservedPort {
+                port: AGENT_PORT,
+                owner: "the agent's own endpoints".into(),
+            },
+        ],
+        verify_timeout: Duration::from_secs(10),
+    };
+    let applier = Applier::new(layout, admin, settings.verify_timeout);
+    let mut reconciler = Reconciler::new(settings, applier);
+    let mut reporter = LogReporter;
+    match reconciler.restore_last_known_good(&mut reporter) {
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(phase = "restore", error = %e, "could not restore last-known-good")
+        }
+    }
+
+    let (tx, rx) = mpsc::channel();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    let signal_handle = signals.handle();
+    std::thread::spawn(move || {
+        for s in signals.forever() {
+            let msg = if s == signal_hook::consts::SIGHUP {
+                Signal::Sync
+            } else {
+                Signal::Stop
+            };
+            if tx.send(msg).is_err() || msg == Signal::Stop {
+                return;
+            }
+        }
+    });
+    tracing::info!(source = ?cfg.source, poll_interval_ms = cfg.vpsie.poll_interval.as_millis() as u64, "agent started");
+    controller::run(
+        &mut reconciler,
+        source.as_mut(),
+        &mut reporter,
+        &rx,
+        cfg.vpsie.poll_interval,
+        |result| tracing::info!(result = ?result, "pass"),
+    );
+    signal_handle.close();
+    tracing::info!("stopping");
+    if let Some(s) = supervisor {
+        s.stop();
+    }
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,125 @@
+//! Where desired state comes from: a local file, or the VPSie API.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+/// Fetching one load balancer (or the whole file) failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    /// Network trouble, 5xx, 429, a bad body: retrying may help.
+    #[error("{0}")]
+    Transient(String),
+    /// The API refused our key: retrying soon will not help.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The source says this load balancer does not exist.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// What one fetch returned: a raw document per load-balancer id, or why not.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    /// By load-balancer id.
+    pub items: BTreeMap<String, Result<Value, FetchError>>,
+    /// Problems that belong to no single load balancer (an unreadable file,
+    /// an item without a usable id).
+    pub unattributed: Vec<String>,
+    /// Whether the whole source failed (keep every cached copy).
+    pub failed: Option<FetchError>,
+}
+
+/// A source of desired state.
+pub trait Source {
+    /// Fetches every load balancer this VM should serve.
+    fn fetch(&mut self) -> Fetched;
+    /// Whether the source changed since the last fetch, so a pass should run
+    /// now instead of at the next interval. Sources that cannot tell say no.
+    fn changed(&mut self) -> bool {
+        false
+    }
+}
+
+/// Reads desired state from a file in the load-balancer document format.
+pub struct FileSource {
+    path: PathBuf,
+    /// Modification time and size at the last fetch.
+    seen: Option<(std::time::SystemTime, u64)>,
+}
+
+impl FileSource {
+    /// A source reading `path` on every pass.
+    pub fn new(path: PathBuf) -> Self {
+        Self { path, seen: None }
+    }
+}
+
+impl FileSource {
+    fn stamp(&self) -> Option<(std::time::SystemTime, u64)> {
+        let m = std::fs::metadata(&self.path).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    }
+}
+
+impl Source for FileSource {
+    fn changed(&mut self) -> bool {
+        self.stamp() != self.seen
+    }
+
+    fn fetch(&mut self) -> Fetched {
+        self.seen = self.stamp();
+        let mut out = Fetched::default();
+        let text = match std::fs::read(&self.path) {
+            Ok(bytes) if bytes.len() > vpsie_lb_model::MAX_DOCUMENT_BYTES => {
+                out.failed = Some(FetchError::Transient(format!(
+                    "{}: larger than 10 MiB",
+                    self.path.display()
+                )));
+                return out;
+            }
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => {
+                out.failed = Some(FetchError::Transient(format!(
+                    "{}: {e}",
+                    self.path.display()
+                )));
+                return out;
+            }
+        };
+        let doc = match vpsie_lb_model::parse_document(&text) {
+            Ok(d) => d,
+            Err(rej) => {
+                out.failed = Some(FetchError::Transient(format!(
+                    "{}: {}",
+                    self.path.display(),
+                    rej.errors[0]
+                )));
+                return out;
+            }
+        };
+        let items = match doc {
+            Value::Array(items) => items,
+            other => vec![other],
+        };
+        for (i, item) in items.into_iter().enumerate() {
+            match item
+                .get("id")
+                .and_then(Value::as_str)
+                .filter(|id| vpsie_lb_model::is_valid_id(id))
+            {
+                Some(id) if !out.items.contains_key(id) => {
+                    out.items.insert(id.to_owned(), Ok(item.clone()));
+                }
+                Some(id) => out
+                    .unattributed
+                    .push(format!("[{i}].id: id {id:?} is used twice in the file")),
+                None => out.unattributed.push(format!(
+                    "[{i}].id: missing or invalid, so this item cannot be applied"
+                )),
+            }
+        }
+        out
+    }
+}

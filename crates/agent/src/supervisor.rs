@@ -1,0 +1,173 @@
+//! `manage: true`: the agent runs Envoy itself, restarts it when it dies,
+//! and drains it on shutdown. In production systemd does this instead.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::envoy_admin::EnvoyAdmin;
+
+/// How Envoy is started.
+#[derive(Debug, Clone)]
+pub struct EnvoyCommand {
+    /// The binary.
+    pub binary: PathBuf,
+    /// The bootstrap file.
+    pub bootstrap: PathBuf,
+    /// `--drain-time-s`.
+    pub drain_time: Duration,
+}
+
+impl EnvoyCommand {
+    fn spawn(&self) -> std::io::Result<Child> {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("-c")
+            .arg(&self.bootstrap)
+            .arg("--reject-unknown-dynamic-fields")
+            .arg("--drain-time-s")
+            .arg(self.drain_time.as_secs().max(1).to_string())
+            // The agent restarts Envoy itself; hot restart is for binary
+            // upgrades under systemd.
+            .arg("--disable-hot-restart")
+            // Envoy's info level prints hundreds of start-up lines into the
+            // agent's log; warnings and errors are what an operator needs.
+            .args(["-l", "warning"])
+            .stdin(Stdio::null());
+        // Its own process group: a terminal's Ctrl-C reaches the agent, which
+        // then drains Envoy properly instead of Envoy dying at once.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        cmd.spawn()
+    }
+}
+
+/// A supervised Envoy.
+pub struct Supervisor {
+    child: Arc<Mutex<Option<Child>>>,
+    stopping: Arc<AtomicBool>,
+    restarts: Arc<AtomicU64>,
+    admin: EnvoyAdmin,
+    drain_time: Duration,
+    watcher: Option<thread::JoinHandle<()>>,
+}
+
+impl Supervisor {
+    /// Starts Envoy and a thread that restarts it, with backoff, when it exits.
+    pub fn start(cmd: EnvoyCommand, admin: EnvoyAdmin) -> std::io::Result<Supervisor> {
+        let child = Arc::new(Mutex::new(Some(cmd.spawn()?)));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let restarts = Arc::new(AtomicU64::new(0));
+        let drain_time = cmd.drain_time;
+        let watcher = {
+            let (child, stopping, restarts) = (child.clone(), stopping.clone(), restarts.clone());
+            thread::spawn(move || watch(cmd, child, stopping, restarts))
+        };
+        Ok(Supervisor {
+            child,
+            stopping,
+            restarts,
+            admin,
+            drain_time,
+            watcher: Some(watcher),
+        })
+    }
+
+    /// Waits until Envoy's admin says LIVE.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.admin.get("/ready").is_ok() {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// How many times Envoy was restarted.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::SeqCst)
+    }
+
+    /// Envoy's pid, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().ok()?.as_ref().map(Child::id)
+    }
+
+    /// Drains Envoy (fails health checks, drains listeners for the drain
+    /// time, at most 60 s), then stops it.
+    pub fn stop(mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.admin.post("/healthcheck/fail");
+        if self.admin.post("/drain_listeners?graceful").is_ok() {
+            thread::sleep(self.drain_time.min(Duration::from_secs(60)));
+        }
+        if let Ok(mut guard) = self.child.lock() {
+            if let Some(mut c) = guard.take() {
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(c.id().to_string())
+                    .status();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                    thread::sleep(Duration::from_millis(50));
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if let Some(w) = self.watcher.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn watch(
+    cmd: EnvoyCommand,
+    child: Arc<Mutex<Option<Child>>>,
+    stopping: Arc<AtomicBool>,
+    restarts: Arc<AtomicU64>,
+) {
+    let mut backoff = Duration::from_secs(1);
+    let mut started = Instant::now();
+    while !stopping.load(Ordering::SeqCst) {
+        thread::sleep(Duration::from_millis(100));
+        let exited = match child.lock() {
+            Ok(mut guard) => match guard.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some(status.to_string()),
+                Some(Err(e)) => Some(e.to_string()),
+                Some(Ok(None)) | None => None,
+            },
+            Err(_) => return,
+        };
+        let Some(status) = exited else { continue };
+        if stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        // A run that lasted a minute was healthy: start the backoff over.
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_secs(1);
+        }
+        tracing::error!(phase = "envoy", error = %status, restart_in_ms = backoff.as_millis() as u64, "envoy exited; restarting");
+        let wake = Instant::now() + backoff;
+        while Instant::now() < wake && !stopping.load(Ordering::SeqCst) {
+            thread::sleep(Duration::from_millis(50));
+        }
+        if stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+        match cmd.spawn() {
+            Ok(c) => {
+                started = Instant::now();
+                restarts.fetch_add(1, Ordering::SeqCst);
+                if let Ok(mut guard) = child.lock() {
+                    *guard = Some(c);
+                }
+            }
+            Err(e) => tracing::error!(phase = "envoy", error = %e, "could not restart envoy"),
+        }
+    }
+}

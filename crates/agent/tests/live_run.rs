@@ -1,0 +1,188 @@
+//! Live: `vpsie-lb-agent run` with a file source and a managed Envoy.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{agent_bin, backends, lb_over};
+use serde_json::{Value, json};
+use vpsie_lb_testkit::http::count_by_backend;
+use vpsie_lb_testkit::{free_port, pids_with_arg, poll_until, signal};
+
+struct RunningAgent {
+    child: Child,
+    log: PathBuf,
+    bootstrap: PathBuf,
+}
+
+impl RunningAgent {
+    fn start(dir: &Path, config: &Path) -> RunningAgent {
+        let log = dir.join(format!(
+            "agent-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_nanos()
+        ));
+        let out = std::fs::File::create(&log).expect("agent log");
+        let child = Command::new(agent_bin())
+            .args(["run", "--config", config.to_str().expect("path")])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("start agent");
+        RunningAgent {
+            child,
+            log,
+            bootstrap: dir.join("envoy/bootstrap.yaml"),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn envoy_pids(&self) -> Vec<u32> {
+        pids_with_arg(self.bootstrap.to_str().expect("path"))
+    }
+
+    fn wait_log(&self, what: &str, needle: &str) {
+        poll_until(what, Duration::from_secs(20), || {
+            if self.log().contains(needle) {
+                Ok(())
+            } else {
+                Err(self.log())
+            }
+        });
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // A killed agent leaves its Envoy (own process group) behind.
+        for pid in self.envoy_pids() {
+            signal(pid, "KILL");
+        }
+    }
+}
+
+fn write_doc(path: &Path, doc: &Value) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(doc).expect("json")).expect("write doc");
+    std::fs::rename(&tmp, path).expect("rename doc");
+}
+
+fn config(dir: &Path, admin: u16) -> PathBuf {
+    let path = dir.join("agent.yaml");
+    let text = format!(
+        "source: file\nfile: {d}/desired.json\nvpsie: {{poll_interval: 1s}}\nenvoy:\n  config_dir: {d}/envoy\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: 127.0.0.1\n  manage: true\n  drain_time: 1s\n  access_log: {d}/access.log\nstate_dir: {d}/state\nlogging: {{level: info, format: json}}\n",
+        d = dir.display(),
+        bin = vpsie_lb_testkit::envoy::envoy_bin().display(),
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn serves(port: u16, backend: &str) -> Result<(), String> {
+    let counts = count_by_backend(port, 6);
+    if counts.contains_key(backend) {
+        Ok(())
+    } else {
+        Err(format!("{counts:?}"))
+    }
+}
+
+#[test]
+fn run_follows_the_file_keeps_serving_through_bad_input_and_envoy_crashes_and_restarts_from_last_known_good()
+ {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bs = backends(&["a", "b"]);
+    let port = free_port();
+    let desired = dir.path().join("desired.json");
+    write_doc(
+        &desired,
+        &lb_over("web", "http", port, "round_robin", &bs[..1]),
+    );
+    let cfg = config(dir.path(), free_port());
+
+    let agent = RunningAgent::start(dir.path(), &cfg);
+    poll_until("first config served", Duration::from_secs(30), || {
+        serves(port, "a")
+    });
+    agent.wait_log("config_applied event", "\"event\":\"config_applied\"");
+
+    // A change in the file is live within a poll interval plus the apply.
+    write_doc(&desired, &lb_over("web", "http", port, "round_robin", &bs));
+    poll_until("added backend served", Duration::from_secs(15), || {
+        serves(port, "b")
+    });
+
+    // Invalid input is reported with its field path, and the previous config keeps serving.
+    let mut bad = lb_over("web", "http", port, "round_robin", &bs[..1]);
+    bad["backends"][0]["port"] = json!(70000);
+    write_doc(&desired, &bad);
+    agent.wait_log(
+        "config_rejected event",
+        "backends[0].port: must be 1..=65535 (got 70000)",
+    );
+    let counts = count_by_backend(port, 20);
+    assert!(
+        counts.contains_key("a") && counts.contains_key("b"),
+        "previous config stopped serving: {counts:?}"
+    );
+    assert_eq!(
+        agent.log().matches("\"event\":\"config_rejected\"").count(),
+        1,
+        "the same rejection was reported more than once"
+    );
+
+    // Envoy killed: the agent restarts it and it serves again.
+    let pids = agent.envoy_pids();
+    assert_eq!(pids.len(), 1, "one envoy: {pids:?}");
+    signal(pids[0], "KILL");
+    agent.wait_log("envoy restart", "envoy exited; restarting");
+    poll_until(
+        "serving after envoy restart",
+        Duration::from_secs(30),
+        || serves(port, "b"),
+    );
+
+    // SIGTERM: the agent drains Envoy and exits cleanly.
+    let mut agent = agent;
+    signal(agent.child.id(), "TERM");
+    let status = poll_until("agent exit", Duration::from_secs(30), || {
+        agent
+            .child
+            .try_wait()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "running".to_owned())
+    });
+    assert!(status.success(), "agent exit {status}\n{}", agent.log());
+    poll_until("envoy stopped", Duration::from_secs(10), || {
+        if agent.envoy_pids().is_empty() {
+            Ok(())
+        } else {
+            Err("envoy still running".into())
+        }
+    });
+    drop(agent);
+
+    // Restart with the source gone: the last-known-good config serves.
+    std::fs::remove_file(&desired).expect("remove desired");
+    let again = RunningAgent::start(dir.path(), &cfg);
+    poll_until(
+        "last-known-good served after restart",
+        Duration::from_secs(30),
+        || serves(port, "b"),
+    );
+    assert!(
+        again.log().contains("fetch failed"),
+        "the missing source was not reported:\n{}",
+        again.log()
+    );
+}
