@@ -81,6 +81,11 @@ impl Applier {
         }
     }
 
+    /// The admin client this applier confirms through.
+    pub fn admin(&self) -> &EnvoyAdmin {
+        &self.admin
+    }
+
     /// Applies `next`. On a refusal, restores the files Envoy had before and
     /// waits until Envoy confirms them; `Err` means even that failed.
     pub fn apply(&self, next: &FileSet) -> Result<Outcome, ApplyError> {

@@ -69,6 +69,8 @@ pub fn run(
                 backoff = (backoff * 2).min(poll_interval);
                 w
             }
+            // The server's word, capped so a silly header cannot stop us for long.
+            Action::RetryAfter(d) => d.min(Duration::from_secs(600)),
         };
         let deadline = Instant::now() + wait;
         loop {

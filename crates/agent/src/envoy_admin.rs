@@ -46,6 +46,21 @@ pub struct Subscription {
     pub failures: u64,
 }
 
+/// One upstream host as Envoy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostHealth {
+    /// The cluster it belongs to.
+    pub cluster: String,
+    /// Its IP.
+    pub address: String,
+    /// Its port.
+    pub port: u16,
+    /// The DNS name it was resolved from, if any.
+    pub hostname: String,
+    /// Whether Envoy would send it traffic.
+    pub healthy: bool,
+}
+
 /// A client for one Envoy's admin API.
 #[derive(Debug, Clone)]
 pub struct EnvoyAdmin {
@@ -156,6 +171,43 @@ impl EnvoyAdmin {
             rejected: num("update_rejected"),
             failures: num("update_failure"),
         })
+    }
+
+    /// Hosts of every cluster with their health, from `/clusters?format=json`.
+    pub fn host_health(&self) -> Result<Vec<HostHealth>, AdminError> {
+        let body = self.get("/clusters?format=json")?;
+        let json: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| AdminError::Request {
+                path: "/clusters".into(),
+                reason: format!("not json: {e}"),
+            })?;
+        let mut out = Vec::new();
+        for c in json["cluster_statuses"].as_array().into_iter().flatten() {
+            let cluster = c["name"].as_str().unwrap_or_default();
+            for h in c["host_statuses"].as_array().into_iter().flatten() {
+                let sa = &h["address"]["socket_address"];
+                let hs = &h["health_status"];
+                let failed = [
+                    "failed_active_health_check",
+                    "failed_outlier_check",
+                    "failed_eds_health",
+                    "pending_dynamic_removal",
+                ]
+                .iter()
+                .any(|k| hs[*k].as_bool() == Some(true));
+                let eds_ok = hs["eds_health_status"]
+                    .as_str()
+                    .is_none_or(|s| s == "HEALTHY");
+                out.push(HostHealth {
+                    cluster: cluster.to_owned(),
+                    address: sa["address"].as_str().unwrap_or_default().to_owned(),
+                    port: sa["port_value"].as_u64().unwrap_or(0) as u16,
+                    hostname: h["hostname"].as_str().unwrap_or_default().to_owned(),
+                    healthy: eds_ok && !failed,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Listeners whose last update Envoy refused, with Envoy's reason.

@@ -2,6 +2,7 @@
 //! pre-flight. Everything that touches the world lives in this crate; the
 //! model and the translation it calls are pure.
 
+pub mod api;
 pub mod apply;
 pub mod commands;
 pub mod config;

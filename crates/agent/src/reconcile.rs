@@ -25,6 +25,8 @@ pub enum Action {
     Requeue,
     /// Something transient failed: next pass sooner, backing off.
     Backoff,
+    /// The server asked us to wait this long (Retry-After).
+    RetryAfter(Duration),
 }
 
 /// How a pass ended, for logs and metrics.
@@ -60,6 +62,16 @@ pub struct Settings {
     pub verify_timeout: Duration,
 }
 
+/// First 12 hex digits of the SHA-256 of `text`: a load balancer's config version.
+fn short_hash(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The desired documents behind the last config Envoy confirmed.
 const DESIRED_FILE: &str = "desired.json";
 
@@ -74,6 +86,14 @@ pub struct Reconciler {
     /// The last document rejected per load balancer, so the same rejection is
     /// reported once, not on every pass.
     rejected_docs: BTreeMap<String, Value>,
+    /// Why each load balancer is not fully applied, if it is not.
+    problems: BTreeMap<String, String>,
+    /// Load balancers whose fetched document was valid this pass.
+    valid_now: Vec<String>,
+    /// Whether the API answered on the last pass (None before the first).
+    api_up: Option<bool>,
+    /// What the last fetch said about retrying.
+    hint: (Option<Duration>, bool),
 }
 
 impl Reconciler {
@@ -89,6 +109,10 @@ impl Reconciler {
             good,
             refused: None,
             rejected_docs: BTreeMap::new(),
+            problems: BTreeMap::new(),
+            valid_now: Vec::new(),
+            api_up: None,
+            hint: (None, false),
         }
     }
 
@@ -138,13 +162,104 @@ impl Reconciler {
         }
     }
 
-    /// One pass. Reports events through `reporter` and returns what to do next.
+    /// One pass. Reports events, status and health through `reporter` and
+    /// returns what to do next.
     pub fn pass(
         &mut self,
         source: &mut dyn Source,
         reporter: &mut dyn Reporter,
     ) -> (PassResult, Action) {
+        let (result, action) = self.pass_inner(source, reporter);
+        if matches!(
+            result,
+            PassResult::Applied | PassResult::Unchanged | PassResult::Rejected
+        ) {
+            for id in std::mem::take(&mut self.valid_now) {
+                if self.good.contains_key(&id) {
+                    self.problems.remove(&id);
+                }
+            }
+        }
+        self.report_state(reporter);
+        reporter.flush();
+        let action = match (action, self.hint) {
+            (_, (Some(wait), _)) => Action::RetryAfter(wait),
+            // A refused key will not be accepted on a fast retry: wait the interval.
+            (_, (None, true)) => Action::Requeue,
+            (a, _) => a,
+        };
+        (result, action)
+    }
+
+    /// Status per load balancer, and backend health as Envoy sees it.
+    fn report_state(&self, reporter: &mut dyn Reporter) {
+        let ids: std::collections::BTreeSet<&String> =
+            self.good.keys().chain(self.problems.keys()).collect();
+        for id in ids {
+            let version = self
+                .good
+                .get(id)
+                .map(|d| short_hash(&d.to_string()))
+                .unwrap_or_default();
+            let (status, message) = match (self.good.contains_key(id), self.problems.get(id)) {
+                (true, None) => ("active", "serving the desired configuration".to_owned()),
+                (true, Some(p)) => (
+                    "degraded",
+                    format!("serving the previous configuration: {p}"),
+                ),
+                (false, Some(p)) => ("error", format!("not serving: {p}")),
+                (false, None) => continue,
+            };
+            reporter.status(id, status, &version, &message);
+        }
+        let Ok(hosts) = self.applier.admin().host_health() else {
+            return;
+        };
+        for (id, doc) in &self.good {
+            let cluster = vpsie_lb_envoy::names::lb(id);
+            for b in doc["backends"].as_array().into_iter().flatten() {
+                if b["enabled"].as_bool() == Some(false) {
+                    continue;
+                }
+                let (Some(bid), Some(addr), Some(port)) =
+                    (b["id"].as_str(), b["address"].as_str(), b["port"].as_u64())
+                else {
+                    continue;
+                };
+                let addr = addr.to_ascii_lowercase();
+                let mine: Vec<&crate::envoy_admin::HostHealth> = hosts
+                    .iter()
+                    .filter(|h| {
+                        h.cluster == cluster
+                            && u64::from(h.port) == port
+                            && (h.address == addr || h.hostname == addr)
+                    })
+                    .collect();
+                if !mine.is_empty() {
+                    reporter.health(id, bid, mine.iter().any(|h| h.healthy));
+                }
+            }
+        }
+    }
+
+    fn pass_inner(
+        &mut self,
+        source: &mut dyn Source,
+        reporter: &mut dyn Reporter,
+    ) -> (PassResult, Action) {
         let fetched = source.fetch();
+        self.hint = (
+            fetched.retry_after,
+            fetched
+                .items
+                .values()
+                .any(|r| matches!(r, Err(FetchError::Unauthorized(_)))),
+        );
+        self.track_reachability(
+            fetched.reachable,
+            fetched.items.keys().cloned().collect(),
+            reporter,
+        );
         let (candidate, rejected, fetch_failed) = self.choose(fetched, reporter);
 
         let files = match self.render(&candidate) {
@@ -209,6 +324,10 @@ impl Reconciler {
             Ok(()) => {}
             Err(PreflightError::Rejected(reason)) => {
                 for id in &changed {
+                    self.problems.insert(
+                        id.clone(),
+                        format!("envoy validate refused the change: {reason}"),
+                    );
                     reporter.event(
                         id,
                         EventKind::ConfigRejected,
@@ -237,6 +356,8 @@ impl Reconciler {
             }
             Ok(Outcome::RolledBack(cause)) => {
                 for id in &changed {
+                    self.problems
+                        .insert(id.clone(), format!("envoy refused the change: {cause}"));
                     reporter.event(
                         id,
                         EventKind::ConfigRolledBack,
@@ -340,6 +461,7 @@ impl Reconciler {
                 Ok(doc) => match validate(&doc, &opts) {
                     Ok(_) => {
                         self.rejected_docs.remove(&id);
+                        self.valid_now.push(id.clone());
                         candidate.insert(id, doc);
                     }
                     Err(rej) => {
@@ -413,8 +535,35 @@ impl Reconciler {
         (candidate, rejected, fetch_failed)
     }
 
-    fn reject(&self, reporter: &mut dyn Reporter, id: &str, problems: &[Problem]) {
+    /// Sends `api_unreachable` once when the API stops answering and
+    /// `api_recovered` once when it answers again.
+    fn track_reachability(
+        &mut self,
+        reachable: Option<bool>,
+        ids: Vec<String>,
+        reporter: &mut dyn Reporter,
+    ) {
+        let Some(now) = reachable else { return };
+        let was = self.api_up.replace(now);
+        let (kind, message) = match (was, now) {
+            (Some(true) | None, false) => (
+                EventKind::ApiUnreachable,
+                "the vpsie api is unreachable; serving the last known good configuration",
+            ),
+            (Some(false), true) => (EventKind::ApiRecovered, "the vpsie api answers again"),
+            _ => return,
+        };
+        for id in ids {
+            reporter.event(&id, kind, message, serde_json::json!({}));
+        }
+    }
+
+    fn reject(&mut self, reporter: &mut dyn Reporter, id: &str, problems: &[Problem]) {
         let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        self.problems.insert(
+            id.to_owned(),
+            format!("configuration rejected: {}", lines.join("; ")),
+        );
         reporter.event(
             id,
             EventKind::ConfigRejected,

@@ -5,21 +5,23 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use vpsie_lb_envoy::{
     BootstrapOptions, Delivery, EnvoyResources, TranslateOptions, XdsLayout, bootstrap,
     render_files, to_yaml,
 };
 use vpsie_lb_model::ReservedPort;
 
+use crate::api::ApiClient;
 use crate::apply::Applier;
+use crate::config::read_api_key;
 use crate::config::{Config, SourceKind};
 use crate::controller::{self, Signal};
 use crate::envoy_admin::EnvoyAdmin;
 use crate::fsutil;
 use crate::reconcile::{Reconciler, Settings};
-use crate::report::LogReporter;
-use crate::source::{FileSource, Source};
+use crate::report::{ApiReporter, LogReporter, Reporter};
+use crate::source::{FileSource, Source, VpsieSource};
 use crate::supervisor::{EnvoyCommand, Supervisor};
 
 /// Port of the agent's own endpoints (metrics, status), reserved from listeners.
@@ -105,10 +107,20 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         }
     };
     init_logging(&cfg);
-    let mut source: Box<dyn Source> = match &cfg.source {
-        SourceKind::File(path) => Box::new(FileSource::new(path.clone())),
+    let (mut source, mut reporter): (Box<dyn Source>, Box<dyn Reporter>) = match &cfg.source {
+        SourceKind::File(path) => (
+            Box::new(FileSource::new(path.clone())),
+            Box::new(LogReporter::default()),
+        ),
         SourceKind::Vpsie => {
-            bail!("source: vpsie is not available in this build yet; use source: file")
+            let key = read_api_key(&cfg.vpsie.api_key_file).map_err(anyhow::Error::msg)?;
+            (
+                Box::new(VpsieSource::new(
+                    ApiClient::new(&cfg.vpsie.api_url, key.clone()),
+                    cfg.vpsie.loadbalancer_ids.clone(),
+                )),
+                Box::new(ApiReporter::new(ApiClient::new(&cfg.vpsie.api_url, key))),
+            )
         }
     };
 
@@ -165,8 +177,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     };
     let applier = Applier::new(layout, admin, settings.verify_timeout);
     let mut reconciler = Reconciler::new(settings, applier);
-    let mut reporter = LogReporter;
-    match reconciler.restore_last_known_good(&mut reporter) {
+    match reconciler.restore_last_known_good(reporter.as_mut()) {
         Ok(_) => {}
         Err(e) => {
             tracing::error!(phase = "restore", error = %e, "could not restore last-known-good")
@@ -196,7 +207,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     controller::run(
         &mut reconciler,
         source.as_mut(),
-        &mut reporter,
+        reporter.as_mut(),
         &rx,
         cfg.vpsie.poll_interval,
         |result| tracing::info!(result = ?result, "pass"),

@@ -29,6 +29,10 @@ pub struct Fetched {
     pub unattributed: Vec<String>,
     /// Whether the whole source failed (keep every cached copy).
     pub failed: Option<FetchError>,
+    /// The longest wait a server asked for (Retry-After).
+    pub retry_after: Option<std::time::Duration>,
+    /// For remote sources: whether the API answered at all this time.
+    pub reachable: Option<bool>,
 }
 
 /// A source of desired state.
@@ -120,6 +124,46 @@ impl Source for FileSource {
                 )),
             }
         }
+        out
+    }
+}
+
+/// Reads each configured load balancer from the VPSie API.
+pub struct VpsieSource {
+    client: crate::api::ApiClient,
+    ids: Vec<String>,
+}
+
+impl VpsieSource {
+    /// A source for `ids` through `client`.
+    pub fn new(client: crate::api::ApiClient, ids: Vec<String>) -> Self {
+        Self { client, ids }
+    }
+}
+
+impl Source for VpsieSource {
+    fn fetch(&mut self) -> Fetched {
+        let mut out = Fetched::default();
+        let mut answered = false;
+        for id in self.ids.clone() {
+            let result = self.client.get_loadbalancer(&id).map_err(|e| {
+                if let Some(d) = e.retry_after() {
+                    out.retry_after = Some(out.retry_after.map_or(d, |o| o.max(d)));
+                }
+                // Anything but a network failure means the API is there.
+                answered |= !matches!(e, crate::api::ApiError::Network { .. });
+                match e {
+                    crate::api::ApiError::Unauthorized { .. } => {
+                        FetchError::Unauthorized(e.to_string())
+                    }
+                    e if e.is_not_found() => FetchError::NotFound(e.to_string()),
+                    e => FetchError::Transient(e.to_string()),
+                }
+            });
+            answered |= result.is_ok();
+            out.items.insert(id, result);
+        }
+        out.reachable = Some(answered);
         out
     }
 }

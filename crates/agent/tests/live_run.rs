@@ -3,73 +3,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{agent_bin, backends, lb_over};
+use common::{RunningAgent, backends, lb_over};
 use serde_json::{Value, json};
 use vpsie_lb_testkit::http::count_by_backend;
-use vpsie_lb_testkit::{free_port, pids_with_arg, poll_until, signal};
-
-struct RunningAgent {
-    child: Child,
-    log: PathBuf,
-    bootstrap: PathBuf,
-}
-
-impl RunningAgent {
-    fn start(dir: &Path, config: &Path) -> RunningAgent {
-        let log = dir.join(format!(
-            "agent-{}.log",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock")
-                .as_nanos()
-        ));
-        let out = std::fs::File::create(&log).expect("agent log");
-        let child = Command::new(agent_bin())
-            .args(["run", "--config", config.to_str().expect("path")])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("dup"))
-            .stderr(out)
-            .spawn()
-            .expect("start agent");
-        RunningAgent {
-            child,
-            log,
-            bootstrap: dir.join("envoy/bootstrap.yaml"),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn envoy_pids(&self) -> Vec<u32> {
-        pids_with_arg(self.bootstrap.to_str().expect("path"))
-    }
-
-    fn wait_log(&self, what: &str, needle: &str) {
-        poll_until(what, Duration::from_secs(20), || {
-            if self.log().contains(needle) {
-                Ok(())
-            } else {
-                Err(self.log())
-            }
-        });
-    }
-}
-
-impl Drop for RunningAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // A killed agent leaves its Envoy (own process group) behind.
-        for pid in self.envoy_pids() {
-            signal(pid, "KILL");
-        }
-    }
-}
+use vpsie_lb_testkit::{free_port, poll_until, signal};
 
 fn write_doc(path: &Path, doc: &Value) {
     let tmp = path.with_extension("tmp");

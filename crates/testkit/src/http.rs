@@ -54,6 +54,17 @@ pub fn request(
     read_response(&mut stream)
 }
 
+/// Sends `method path` with a JSON `body` to 127.0.0.1:`port`.
+pub fn send(port: u16, method: &str, path: &str, body: &str) -> io::Result<Response> {
+    let mut stream = connect(None, port)?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes())?;
+    read_response(&mut stream)
+}
+
 /// A TCP connection to 127.0.0.1:`port`, optionally from a chosen loopback source address.
 pub fn connect(source: Option<IpAddr>, port: u16) -> io::Result<TcpStream> {
     let target = SocketAddr::from(([127, 0, 0, 1], port));

@@ -208,3 +208,64 @@ impl Lab {
         });
     }
 }
+
+/// A `vpsie-lb-agent run` process; killed (with its Envoy) when dropped.
+pub struct RunningAgent {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+    bootstrap: PathBuf,
+}
+
+impl RunningAgent {
+    pub fn start(dir: &Path, config: &Path) -> RunningAgent {
+        let log = dir.join(format!(
+            "agent-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_nanos()
+        ));
+        let out = std::fs::File::create(&log).expect("agent log");
+        let child = std::process::Command::new(agent_bin())
+            .args(["run", "--config", config.to_str().expect("path")])
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("start agent");
+        RunningAgent {
+            child,
+            log,
+            bootstrap: dir.join("envoy/bootstrap.yaml"),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn envoy_pids(&self) -> Vec<u32> {
+        vpsie_lb_testkit::pids_with_arg(self.bootstrap.to_str().expect("path"))
+    }
+
+    pub fn wait_log(&self, what: &str, needle: &str) {
+        poll_until(what, Duration::from_secs(20), || {
+            if self.log().contains(needle) {
+                Ok(())
+            } else {
+                Err(self.log())
+            }
+        });
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // A killed agent leaves its Envoy (own process group) behind.
+        for pid in self.envoy_pids() {
+            vpsie_lb_testkit::signal(pid, "KILL");
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The VPSie API client. One attempt per call: the controller decides when
+//! to try again, using what each error says (retryable, Retry-After).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Cap on any response body.
+pub const MAX_BODY: u64 = 10 * 1024 * 1024;
+/// Connect timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Whole-request timeout.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Redirects followed at most.
+const MAX_REDIRECTS: usize = 3;
+
+/// A call to the API failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// Could not connect, or the connection broke. Retryable.
+    #[error("{what}: {reason}")]
+    Network {
+        /// Method and path.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The API answered with an error status. Retryable for 5xx and 429.
+    #[error("{what}: status {status}: {body}")]
+    Status {
+        /// Method and path.
+        what: String,
+        /// The status.
+        status: u16,
+        /// At most 200 characters of the body.
+        body: String,
+        /// What Retry-After asked for.
+        retry_after: Option<Duration>,
+    },
+    /// 401 or 403: our key is not accepted. Retrying soon will not help.
+    #[error("{what}: api key rejected (status {status}): {body}")]
+    Unauthorized {
+        /// Method and path.
+        what: String,
+        /// The status.
+        status: u16,
+        /// At most 200 characters of the body.
+        body: String,
+    },
+    /// The answer was unusable: too big, not JSON, wrong content type, a
+    /// redirect we refuse. Retryable (the next answer may be fine).
+    #[error("{what}: {reason}")]
+    Body {
+        /// Method and path.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ApiError {
+    /// Whether trying again later could help.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ApiError::Network { .. } | ApiError::Body { .. } => true,
+            ApiError::Status { status, .. } => *status >= 500 || *status == 429,
+            ApiError::Unauthorized { .. } => false,
+        }
+    }
+    /// The wait the server asked for, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+    /// Whether the API said the thing does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ApiError::Status { status: 404, .. })
+    }
+}
+
+/// A client for one API base URL and key.
+pub struct ApiClient {
+    base: String,
+    key: String,
+    agent: ureq::Agent,
+    /// Last ETag and body per load balancer, for If-None-Match.
+    cache: HashMap<String, (String, Value)>,
+}
+
+impl std::fmt::Debug for ApiClient {
+    // Hand-written so the key can never be printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+fn authority(url: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    Some((scheme, rest.split('/').next().unwrap_or("")))
+}
+
+fn excerpt(s: &str) -> String {
+    let t: String = s.chars().take(200).collect();
+    if t.len() < s.len() {
+        format!("{t}…")
+    } else {
+        t
+    }
+}
+
+impl ApiClient {
+    /// A client for `base` (already validated: https, or http to loopback).
+    pub fn new(base: &str, key: String) -> Self {
+        let config = ureq::Agent::config_builder()
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_global(Some(REQUEST_TIMEOUT))
+            .http_status_as_error(false)
+            // Redirects are checked and followed by hand (same host, no downgrade).
+            .max_redirects(0)
+            .user_agent(concat!("vpsie-lb-agent/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            key,
+            agent: ureq::Agent::new_with_config(config),
+            cache: HashMap::new(),
+        }
+    }
+
+    /// One request with redirects; returns status, ETag, Retry-After, content type and body.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        etag: Option<&str>,
+    ) -> Result<Answer, ApiError> {
+        let what = format!("{method} {path}");
+        let mut url = format!("{}{path}", self.base);
+        for _ in 0..=MAX_REDIRECTS {
+            let auth = format!("Bearer {}", self.key);
+            let result = match (method, body) {
+                ("GET", _) => {
+                    let mut req = self
+                        .agent
+                        .get(&url)
+                        .header("Authorization", &auth)
+                        .header("Accept", "application/json");
+                    if let Some(tag) = etag {
+                        req = req.header("If-None-Match", tag);
+                    }
+                    req.call()
+                }
+                ("PUT", Some(b)) => self
+                    .agent
+                    .put(&url)
+                    .header("Authorization", &auth)
+                    .header("Content-Type", "application/json")
+                    .send(b.to_string().as_bytes()),
+                (_, Some(b)) => self
+                    .agent
+                    .post(&url)
+                    .header("Authorization", &auth)
+                    .header("Content-Type", "application/json")
+                    .send(b.to_string().as_bytes()),
+                _ => self
+                    .agent
+                    .post(&url)
+                    .header("Authorization", &auth)
+                    .send_empty(),
+            };
+            let mut resp = result.map_err(|e| ApiError::Network {
+                what: what.clone(),
+                reason: match e {
+                    ureq::Error::Timeout(_) => format!(
+                        "no complete answer within {}s (timed out)",
+                        REQUEST_TIMEOUT.as_secs()
+                    ),
+                    e => e.to_string(),
+                },
+            })?;
+            let status = resp.status().as_u16();
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            if (300..400).contains(&status) && status != 304 {
+                let location = header("location").unwrap_or_default();
+                let next = if location.starts_with('/') {
+                    let (scheme, auth_part) = authority(&url).unwrap_or(("https", ""));
+                    format!("{scheme}://{auth_part}{location}")
+                } else {
+                    location.clone()
+                };
+                let (from, to) = (authority(&url), authority(&next));
+                match (from, to) {
+                    (Some((fs, fh)), Some((ts, th)))
+                        if fh == th && !(fs == "https" && ts == "http") =>
+                    {
+                        url = next;
+                        continue;
+                    }
+                    _ => {
+                        return Err(ApiError::Body {
+                            what,
+                            reason: format!(
+                                "refused redirect to {location:?}: only the same host, never https to http"
+                            ),
+                        });
+                    }
+                }
+            }
+            let etag = header("etag");
+            let retry_after = header("retry-after")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let content_type = header("content-type").unwrap_or_default();
+            let text = resp
+                .body_mut()
+                .with_config()
+                .limit(MAX_BODY)
+                .read_to_string()
+                .map_err(|e| ApiError::Body {
+                    what: what.clone(),
+                    reason: format!("reading the body (limit {MAX_BODY} bytes): {e}"),
+                })?;
+            return Ok(Answer {
+                status,
+                etag,
+                retry_after,
+                content_type,
+                text,
+                what,
+            });
+        }
+        Err(ApiError::Body {
+            what,
+            reason: format!("more than {MAX_REDIRECTS} redirects"),
+        })
+    }
+
+    fn check(a: Answer) -> Result<Answer, ApiError> {
+        match a.status {
+            200..=299 | 304 => Ok(a),
+            401 | 403 => Err(ApiError::Unauthorized {
+                what: a.what,
+                status: a.status,
+                body: excerpt(&a.text),
+            }),
+            s => Err(ApiError::Status {
+                what: a.what,
+                status: s,
+                body: excerpt(&a.text),
+                retry_after: a.retry_after,
+            }),
+        }
+    }
+
+    /// `GET /loadbalancers/{id}`, with If-None-Match when an ETag is known.
+    pub fn get_loadbalancer(&mut self, id: &str) -> Result<Value, ApiError> {
+        let path = format!("/loadbalancers/{id}");
+        let cached = self.cache.get(id).cloned();
+        let a =
+            Self::check(self.call("GET", &path, None, cached.as_ref().map(|c| c.0.as_str()))?)?;
+        if a.status == 304 {
+            if let Some((_, v)) = cached {
+                return Ok(v);
+            }
+        }
+        if !a.content_type.starts_with("application/json") {
+            return Err(ApiError::Body {
+                what: a.what,
+                reason: format!(
+                    "content type {:?}, expected application/json",
+                    a.content_type
+                ),
+            });
+        }
+        let v: Value = serde_json::from_str(&a.text).map_err(|e| ApiError::Body {
+            what: a.what.clone(),
+            reason: format!("malformed json: {e}"),
+        })?;
+        if let Some(tag) = a.etag {
+            self.cache.insert(id.to_owned(), (tag, v.clone()));
+        }
+        Ok(v)
+    }
+
+    /// `PUT /loadbalancers/{id}/status`.
+    pub fn put_status(&self, id: &str, body: &Value) -> Result<(), ApiError> {
+        Self::check(self.call(
+            "PUT",
+            &format!("/loadbalancers/{id}/status"),
+            Some(body),
+            None,
+        )?)
+        .map(|_| ())
+    }
+
+    /// `PUT /loadbalancers/{id}/backends/{backend}/health`.
+    pub fn put_health(&self, id: &str, backend: &str, healthy: bool) -> Result<(), ApiError> {
+        let body = serde_json::json!({"status": if healthy { "healthy" } else { "unhealthy" }});
+        Self::check(self.call(
+            "PUT",
+            &format!("/loadbalancers/{id}/backends/{backend}/health"),
+            Some(&body),
+            None,
+        )?)
+        .map(|_| ())
+    }
+
+    /// `POST /loadbalancers/{id}/events`.
+    pub fn post_event(&self, id: &str, event: &Value) -> Result<(), ApiError> {
+        Self::check(self.call(
+            "POST",
+            &format!("/loadbalancers/{id}/events"),
+            Some(event),
+            None,
+        )?)
+        .map(|_| ())
+    }
+}
+
+struct Answer {
+    status: u16,
+    etag: Option<String>,
+    retry_after: Option<Duration>,
+    content_type: String,
+    text: String,
+    what: String,
+}

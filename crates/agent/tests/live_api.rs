@@ -1,0 +1,351 @@
+//! Live: `vpsie-lb-agent run` against the VPSie API emulator, a managed
+//! Envoy and real backends: changes, rejections, reports, every API fault.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{RunningAgent, backends, lb_over};
+use serde_json::{Value, json};
+use vpsie_lb_testkit::http::{self, count_by_backend};
+use vpsie_lb_testkit::{free_port, poll_until};
+
+const KEY: &str = "test-key-7f3a9c";
+
+struct Api {
+    port: u16,
+}
+
+impl Api {
+    fn start() -> Api {
+        let sim = vpsie_api_sim::Sim::new(KEY, None);
+        let addr = sim.spawn(0).expect("start emulator");
+        Api { port: addr.port() }
+    }
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+    fn control(&self, method: &str, path: &str, body: &Value) {
+        let r = http::send(
+            self.port,
+            method,
+            &format!("/_sim{path}"),
+            &body.to_string(),
+        )
+        .expect("emulator control");
+        assert!(r.status < 300, "{method} {path}: {} {}", r.status, r.body);
+    }
+    fn put_lb(&self, doc: &Value) {
+        self.control(
+            "PUT",
+            &format!("/loadbalancers/{}", doc["id"].as_str().expect("id")),
+            doc,
+        );
+    }
+    fn fault(&self, kind: &str, extra: Value) {
+        let mut f = json!({"endpoint": "get_loadbalancer", "kind": kind});
+        if let (Some(f), Some(e)) = (f.as_object_mut(), extra.as_object()) {
+            f.extend(e.clone());
+        }
+        self.control("PUT", "/faults", &f);
+    }
+    fn report(&self, id: &str) -> Value {
+        let r = http::get(self.port, &format!("/_sim/reports/{id}")).expect("report");
+        serde_json::from_str(&r.body).expect("report json")
+    }
+    fn events(&self, id: &str) -> Vec<Value> {
+        self.report(id)["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+    fn wait_event(&self, id: &str, kind: &str, containing: &str) -> Value {
+        poll_until(
+            &format!("{kind} event containing {containing:?}"),
+            Duration::from_secs(20),
+            || {
+                let events = self.events(id);
+                events
+                    .iter()
+                    .find(|e| e["type"] == kind && e.to_string().contains(containing))
+                    .cloned()
+                    .ok_or_else(|| format!("{events:#?}"))
+            },
+        )
+    }
+}
+
+fn config(dir: &Path, api: &Api, admin: u16) -> PathBuf {
+    let key = dir.join("api-key");
+    std::fs::write(&key, format!("{KEY}\n")).expect("write key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+    let path = dir.join("agent.yaml");
+    let text = format!(
+        "vpsie:\n  api_url: {url}\n  api_key_file: {key}\n  loadbalancer_ids: [web, other]\n  poll_interval: 1s\nenvoy:\n  config_dir: {d}/envoy\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: 127.0.0.1\n  manage: true\n  drain_time: 1s\n  access_log: {d}/access.log\nstate_dir: {d}/state\nlogging: {{level: info, format: json}}\n",
+        url = api.url(),
+        key = key.display(),
+        d = dir.display(),
+        bin = vpsie_lb_testkit::envoy::envoy_bin().display(),
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn serves(port: u16, backend: &str) -> Result<(), String> {
+    let counts = count_by_backend(port, 6);
+    if counts.contains_key(backend) {
+        Ok(())
+    } else {
+        Err(format!("{counts:?}"))
+    }
+}
+
+fn with_check(mut doc: Value) -> Value {
+    doc["health_check"] = json!({"type": "http", "path": "/healthz", "interval": 2, "timeout": 1, "healthy_threshold": 1, "unhealthy_threshold": 1});
+    doc
+}
+
+#[test]
+fn agent_follows_the_api_reports_back_and_survives_bad_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = Api::start();
+    let bs = backends(&["a", "b", "c"]);
+    let (port, other_port) = (free_port(), free_port());
+    api.put_lb(&with_check(lb_over(
+        "web",
+        "http",
+        port,
+        "round_robin",
+        &bs[..1],
+    )));
+    api.put_lb(&lb_over(
+        "other",
+        "http",
+        other_port,
+        "round_robin",
+        &bs[2..],
+    ));
+    let agent = RunningAgent::start(dir.path(), &config(dir.path(), &api, free_port()));
+
+    poll_until("web served", Duration::from_secs(30), || serves(port, "a"));
+    api.wait_event("web", "config_applied", "confirmed by envoy");
+    poll_until("status active", Duration::from_secs(10), || {
+        let s = api.report("web")["status"].clone();
+        if s["status"] == "active" && s["config_version"].as_str().is_some_and(|v| v.len() == 12) {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    });
+    poll_until("health of a reported", Duration::from_secs(10), || {
+        let h = api.report("web")["health"]["a"]["status"].clone();
+        if h == "healthy" {
+            Ok(())
+        } else {
+            Err(h.to_string())
+        }
+    });
+
+    // A backend added in the API is served within a poll plus the apply.
+    api.put_lb(&with_check(lb_over(
+        "web",
+        "http",
+        port,
+        "round_robin",
+        &bs[..2],
+    )));
+    poll_until("added backend served", Duration::from_secs(15), || {
+        serves(port, "b")
+    });
+
+    // Health changes reach the API within a check cycle plus a poll.
+    bs[1].set_health(503);
+    poll_until("b reported unhealthy", Duration::from_secs(15), || {
+        let h = api.report("web")["health"]["b"]["status"].clone();
+        if h == "unhealthy" {
+            Ok(())
+        } else {
+            Err(h.to_string())
+        }
+    });
+    bs[1].set_health(200);
+
+    // An invalid config is rejected with field paths; the previous one keeps
+    // serving, and the other load balancer is untouched.
+    let mut bad = lb_over("web", "http", port, "round_robin", &bs[..1]);
+    bad["backends"][0]["port"] = json!(70000);
+    api.put_lb(&bad);
+    let event = api.wait_event(
+        "web",
+        "config_rejected",
+        "backends[0].port: must be 1..=65535 (got 70000)",
+    );
+    assert_eq!(
+        event["metadata"]["problems"][0],
+        "backends[0].port: must be 1..=65535 (got 70000)"
+    );
+    assert!(
+        event["timestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z') && t.len() == 20),
+        "{event}"
+    );
+    poll_until("status degraded", Duration::from_secs(10), || {
+        let s = api.report("web")["status"]["status"].clone();
+        if s == "degraded" {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    });
+    assert!(
+        count_by_backend(port, 10).contains_key("a"),
+        "previous config stopped serving"
+    );
+    assert!(
+        serves(other_port, "c").is_ok(),
+        "the other load balancer was affected"
+    );
+
+    // Protocol change http -> tcp: the listener becomes a TCP proxy (no
+    // Envoy headers in the answer) and the event is reported.
+    api.put_lb(&lb_over("web", "tcp", port, "round_robin", &bs[..1]));
+    poll_until(
+        "tcp proxy live",
+        Duration::from_secs(15),
+        || match http::get(port, "/") {
+            Ok(r) if r.status == 200 && r.header("x-envoy-upstream-service-time").is_none() => {
+                Ok(())
+            }
+            other => Err(format!("{:?}", other.map(|r| r.headers))),
+        },
+    );
+    poll_until(
+        "applied event for the protocol change",
+        Duration::from_secs(10),
+        || {
+            let n = api
+                .events("web")
+                .iter()
+                .filter(|e| e["type"] == "config_applied")
+                .count();
+            if n >= 3 {
+                Ok(())
+            } else {
+                Err(format!("{n} config_applied events"))
+            }
+        },
+    );
+    assert!(
+        !agent.log().contains(KEY),
+        "the api key appears in the agent's log"
+    );
+}
+
+#[test]
+fn every_api_fault_keeps_envoy_serving_and_the_agent_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = Api::start();
+    let bs = backends(&["a", "b"]);
+    let port = free_port();
+    api.put_lb(&lb_over("web", "http", port, "round_robin", &bs[..1]));
+    api.put_lb(&lb_over(
+        "other",
+        "http",
+        free_port(),
+        "round_robin",
+        &bs[1..],
+    ));
+    let agent = RunningAgent::start(dir.path(), &config(dir.path(), &api, free_port()));
+    poll_until("web served", Duration::from_secs(30), || serves(port, "a"));
+
+    let faults: &[(&str, Value, &str)] = &[
+        ("error_5xx", json!({"count": 2}), "status 503"),
+        (
+            "rate_limit",
+            json!({"count": 2, "retry_after": 1}),
+            "status 429",
+        ),
+        (
+            "reset",
+            json!({"count": 2}),
+            "GET /loadbalancers/other: io: Connection reset",
+        ),
+        ("malformed_json", json!({"count": 2}), "malformed json"),
+        ("huge_body", json!({"count": 1}), "limit 10485760"),
+        (
+            "wrong_content_type",
+            json!({"count": 2}),
+            "content type \\\"text/html\\\"",
+        ),
+        (
+            "unauthorized",
+            json!({"count": 2}),
+            "api key rejected (status 401)",
+        ),
+        (
+            "latency",
+            json!({"count": 1, "ms": 11000}),
+            "no complete answer within 10s (timed out)",
+        ),
+    ];
+    for (kind, extra, needle) in faults {
+        api.fault(kind, extra.clone());
+        agent.wait_log(&format!("the {kind} fault in the log"), needle);
+        let counts = count_by_backend(port, 10);
+        let served = counts.get("a").unwrap_or(&0) + counts.get("b").unwrap_or(&0);
+        assert_eq!(
+            served, 10,
+            "{kind}: requests failed while the api misbehaved: {counts:?}"
+        );
+        // Recovery: the next change made through the API goes live.
+        let flip = if kind.len() % 2 == 0 {
+            &bs[..1]
+        } else {
+            &bs[..2]
+        };
+        api.control("DELETE", "/faults", &json!({}));
+        api.put_lb(&lb_over("web", "http", port, "round_robin", flip));
+        poll_until(
+            &format!("recovered after {kind}"),
+            Duration::from_secs(20),
+            || {
+                let counts = count_by_backend(port, 10);
+                if counts.contains_key("b") == (flip.len() == 2) {
+                    Ok(())
+                } else {
+                    Err(format!("{counts:?}"))
+                }
+            },
+        );
+    }
+
+    // An outage: one api_unreachable, then api_recovered, delivered once the API is back.
+    api.control("PUT", "/faults", &json!({"endpoint": "*", "kind": "reset"}));
+    agent.wait_log("outage noticed", "api_unreachable");
+    api.control("DELETE", "/faults", &json!({}));
+    api.wait_event("web", "api_recovered", "answers again");
+    let unreachable = api
+        .events("web")
+        .iter()
+        .filter(|e| e["type"] == "api_unreachable")
+        .count();
+    assert_eq!(
+        unreachable, 1,
+        "api_unreachable must be sent once per outage"
+    );
+
+    // Memory stays bounded after a 50 MiB body and the rest.
+    let rss_kb: u64 = std::fs::read_to_string(format!("/proc/{}/status", agent.child.id()))
+        .expect("agent status")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")
+                .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
+        })
+        .expect("VmRSS");
+    assert!(rss_kb < 150_000, "agent RSS {rss_kb} kB after the faults");
+    eprintln!("agent RSS after all faults: {rss_kb} kB");
+}
