@@ -45,6 +45,25 @@ fn init_logging(cfg: &Config) {
     };
 }
 
+/// Removes temp files (`.name.tmp`) a killed agent may have left in the
+/// watched directories. Envoy never reads them, but they must not pile up.
+fn remove_stale_temp_files(dir: &Path) -> std::io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries {
+        let e = e?;
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type()?.is_dir() {
+            remove_stale_temp_files(&path)?;
+        } else if name.starts_with('.') && name.ends_with(".tmp") {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes the bootstrap when it differs, and empty listener and cluster
 /// files when there are none, so Envoy can start before the first pass.
 fn prepare_envoy_dir(cfg: &Config, layout: &XdsLayout) -> anyhow::Result<()> {
@@ -59,6 +78,7 @@ fn prepare_envoy_dir(cfg: &Config, layout: &XdsLayout) -> anyhow::Result<()> {
     if std::fs::read_to_string(&path).ok().as_deref() != Some(boot.as_str()) {
         fsutil::write_atomic(&path, boot.as_bytes(), 0o644)?;
     }
+    remove_stale_temp_files(layout.root())?;
     let empty = render_files(&EnvoyResources::default(), layout)?;
     for f in empty {
         if !f.path.exists() {
