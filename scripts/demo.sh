@@ -1,27 +1,27 @@
 #!/usr/bin/env bash
-# The demo: renders examples/demo.yaml, starts Envoy and three demo backends
-# on 127.0.0.1, and shows with curl that requests are balanced. Everything it
-# starts is stopped on exit. Set DEMO_KEEP=1 to keep it running until Ctrl-C.
+# The demo: the VPSie API emulator, the agent (which runs Envoy itself) and
+# three demo backends, all on 127.0.0.1. It shows traffic balanced, changes
+# the config through the emulator, and shows the change live and reported.
+# Everything it starts is stopped on exit; DEMO_KEEP=1 keeps it running.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 scripts/setup.sh
 envoy_bin="$(cat .local/envoy-bin)"
-echo "demo: building the agent and the demo backend" >&2
-cargo build --quiet --locked -p vpsie-lb-agent -p vpsie-lb-testkit
-agent=target/debug/vpsie-lb-agent
-backend=target/debug/vpsie-lb-demo-backend
+echo "demo: building the agent, the emulator and the demo backend" >&2
+cargo build --quiet --locked -p vpsie-lb-agent -p vpsie-lb-testkit -p vpsie-api-sim
+bin=target/debug
 
-work=.local/demo
+work="$root/.local/demo"
 rm -rf "$work"
 mkdir -p "$work"
-admin=127.0.0.1:9901
+api=127.0.0.1:8480
 lb_port=8080
 backend_ports=(18081 18082 18083)
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$lb_port" 9901 "${backend_ports[@]}"; do
+for p in "$lb_port" 8480 9901 "${backend_ports[@]}"; do
   if port_busy "$p"; then
     echo "demo: port $p on 127.0.0.1 is in use; stop whatever holds it and run again" >&2
     exit 1
@@ -35,46 +35,84 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-echo "== 1. validate the example, with Envoy's own pre-flight"
-"$agent" check --input examples/demo.yaml --envoy-bin "$envoy_bin"
+# bounded wait: wait_for SECONDS COMMAND...
+wait_for() {
+  local n=$(( $1 * 5 )); shift
+  for _ in $(seq 1 "$n"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  return 1
+}
 
-echo "== 2. render it into $work/out"
-"$agent" render --input examples/demo.yaml --out "$work/out" \
-  --listen-address 127.0.0.1 --admin-address "$admin" --access-log "$root/$work/access.log"
-
-echo "== 3. start three demo backends and Envoy"
+echo "== 1. three demo backends, and the VPSie API emulator on http://$api"
 i=1
 for p in "${backend_ports[@]}"; do
-  "$backend" "web-$i" "$p" 2>>"$work/backends.log" &
+  "$bin/vpsie-lb-demo-backend" "web-$i" "$p" 2>>"$work/backends.log" &
   pids+=($!)
   i=$((i + 1))
 done
-setsid "$envoy_bin" -c "$work/out/bootstrap.yaml" --reject-unknown-dynamic-fields \
-  --disable-hot-restart --concurrency 2 -l warning >"$work/envoy.log" 2>&1 &
+umask 077
+printf 'demo-key-%s\n' "$RANDOM$RANDOM" > "$work/api-key"
+umask 022
+"$bin/vpsie-api-sim" --port 8480 --api-key-file "$work/api-key" 2>>"$work/api-sim.log" &
 pids+=($!)
+wait_for 10 curl -fsS "http://$api/_sim/loadbalancers"
+curl -fsS -X PUT --data-binary @examples/demo.yaml "http://$api/_sim/loadbalancers/demo" >/dev/null
+echo "load balancer 'demo' created in the emulator from examples/demo.yaml"
 
-# Wait (bounded) until Envoy is live and health checks have passed for all three.
-for _ in $(seq 1 100); do
-  healthy=$(curl -fsS "http://$admin/clusters" 2>/dev/null | grep -c '::health_flags::healthy$' || true)
-  [ "$healthy" = 3 ] && break
-  sleep 0.2
-done
-if [ "${healthy:-0}" != 3 ]; then
-  echo "demo: envoy did not report 3 healthy backends; see $work/envoy.log" >&2
+echo "== 2. the agent, polling every 2s and running Envoy itself"
+cat > "$work/agent.yaml" <<YAML
+vpsie:
+  api_url: http://$api/v1
+  api_key_file: $work/api-key
+  loadbalancer_ids: [demo]
+  poll_interval: 2s
+envoy:
+  config_dir: $work/envoy
+  admin_address: 127.0.0.1:9901
+  binary_path: $envoy_bin
+  listen_address: 127.0.0.1
+  manage: true
+  drain_time: 2s
+  access_log: $work/access.log
+state_dir: $work/state
+logging: {level: info, format: text}
+YAML
+"$bin/vpsie-lb-agent" run --config "$work/agent.yaml" >"$work/agent.log" 2>&1 &
+pids+=($!)
+healthy() { [ "$(curl -fsS http://127.0.0.1:9901/clusters | grep -c '::health_flags::healthy$')" = "$1" ]; }
+if ! wait_for 30 healthy 3; then
+  echo "demo: the load balancer did not come up; see $work/agent.log" >&2
   exit 1
 fi
-echo "envoy is live; backends healthy: $healthy"
 
-echo "== 4. twelve requests through the load balancer (round robin)"
-for _ in $(seq 1 12); do curl -fsS "http://127.0.0.1:$lb_port/"; done
-
-echo "== 5. 300 requests, counted by backend"
+echo "== 3. 300 requests through the load balancer, counted by backend"
 for _ in $(seq 1 300); do curl -fsS "http://127.0.0.1:$lb_port/"; done | sort | uniq -c
 
-echo "== 6. one line of Envoy's JSON access log"
-tail -n 1 "$work/access.log"
+echo "== 4. disable web-3 through the emulator; the agent picks it up on its next poll"
+sed 's/port: 18083}/port: 18083, enabled: false}/' examples/demo.yaml > "$work/demo-without-web-3.yaml"
+curl -fsS -X PUT --data-binary @"$work/demo-without-web-3.yaml" "http://$api/_sim/loadbalancers/demo" >/dev/null
+if ! wait_for 15 healthy 2; then
+  echo "demo: the change did not arrive; see $work/agent.log" >&2
+  exit 1
+fi
+for _ in $(seq 1 300); do curl -fsS "http://127.0.0.1:$lb_port/"; done | sort | uniq -c
+
+echo "== 5. what the agent reported to the API (status, backend health, events)"
+curl -fsS "http://$api/_sim/reports/demo"
+echo
+
+cat <<TEXT
+
+Try it yourself (with DEMO_KEEP=1 everything keeps running):
+  change the config:   edit a copy of examples/demo.yaml, then
+                       curl -X PUT --data-binary @my.yaml http://$api/_sim/loadbalancers/demo
+  watch it move:       for i in \$(seq 30); do curl -s http://127.0.0.1:$lb_port/; done | sort | uniq -c
+  see the reports:     curl http://$api/_sim/reports/demo
+  break the API:       curl -X PUT -d '{"endpoint":"*","kind":"error_5xx"}' http://$api/_sim/faults
+  heal it:             curl -X DELETE http://$api/_sim/faults
+  agent and envoy log: $work/agent.log
+TEXT
 
 if [ "${DEMO_KEEP:-0}" = 1 ]; then
-  echo "running: http://127.0.0.1:$lb_port/ (admin http://$admin/); Ctrl-C stops everything"
+  echo "running; Ctrl-C stops everything"
   wait
 fi

@@ -104,6 +104,25 @@ fn authority(url: &str) -> Option<(&str, &str)> {
     Some((scheme, rest.split('/').next().unwrap_or("")))
 }
 
+/// Where a redirect from `current` to `location` leads, if we follow it:
+/// the same host only, and never from https to http.
+fn redirect_target(current: &str, location: &str) -> Result<String, String> {
+    let next = if location.starts_with('/') {
+        let (scheme, host) = authority(current).unwrap_or(("https", ""));
+        format!("{scheme}://{host}{location}")
+    } else {
+        location.to_owned()
+    };
+    match (authority(current), authority(&next)) {
+        (Some((fs, fh)), Some((ts, th))) if fh == th && !(fs == "https" && ts == "http") => {
+            Ok(next)
+        }
+        _ => Err(format!(
+            "refused redirect to {location:?}: only the same host, never https to http"
+        )),
+    }
+}
+
 fn excerpt(s: &str) -> String {
     let t: String = s.chars().take(200).collect();
     if t.len() < s.len() {
@@ -193,29 +212,11 @@ impl ApiClient {
             };
             if (300..400).contains(&status) && status != 304 {
                 let location = header("location").unwrap_or_default();
-                let next = if location.starts_with('/') {
-                    let (scheme, auth_part) = authority(&url).unwrap_or(("https", ""));
-                    format!("{scheme}://{auth_part}{location}")
-                } else {
-                    location.clone()
-                };
-                let (from, to) = (authority(&url), authority(&next));
-                match (from, to) {
-                    (Some((fs, fh)), Some((ts, th)))
-                        if fh == th && !(fs == "https" && ts == "http") =>
-                    {
-                        url = next;
-                        continue;
-                    }
-                    _ => {
-                        return Err(ApiError::Body {
-                            what,
-                            reason: format!(
-                                "refused redirect to {location:?}: only the same host, never https to http"
-                            ),
-                        });
-                    }
-                }
+                url = redirect_target(&url, &location).map_err(|reason| ApiError::Body {
+                    what: what.clone(),
+                    reason,
+                })?;
+                continue;
             }
             let etag = header("etag");
             let retry_after = header("retry-after")
@@ -335,4 +336,60 @@ struct Answer {
     content_type: String,
     text: String,
     what: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_stay_on_the_same_host_and_never_downgrade() {
+        let from = "https://api.vpsie.com/v1/loadbalancers/a";
+        assert_eq!(
+            redirect_target(from, "/v2/loadbalancers/a"),
+            Ok("https://api.vpsie.com/v2/loadbalancers/a".into())
+        );
+        assert_eq!(
+            redirect_target(from, "https://api.vpsie.com/x"),
+            Ok("https://api.vpsie.com/x".into())
+        );
+        assert!(
+            redirect_target(from, "http://api.vpsie.com/x").is_err(),
+            "https to http"
+        );
+        assert!(
+            redirect_target(from, "https://evil.example.com/x").is_err(),
+            "another host"
+        );
+        assert!(
+            redirect_target(from, "https://api.vpsie.com:8443/x").is_err(),
+            "another port"
+        );
+        assert!(
+            redirect_target("http://127.0.0.1:8480/v1/a", "https://127.0.0.1:8480/v1/a").is_ok(),
+            "upgrade is fine"
+        );
+        assert!(redirect_target(from, "").is_err());
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_key() {
+        let c = ApiClient::new("https://api.vpsie.com/v1", "super-secret-key".into());
+        let text = format!("{c:?}");
+        assert!(
+            text.contains("api.vpsie.com") && !text.contains("super-secret-key"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn error_bodies_are_cut_to_200_characters() {
+        let long = "x".repeat(500);
+        assert_eq!(
+            excerpt(&long).chars().count(),
+            201,
+            "200 characters and an ellipsis"
+        );
+        assert_eq!(excerpt("short"), "short");
+    }
 }

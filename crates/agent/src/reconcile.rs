@@ -420,11 +420,9 @@ impl Reconciler {
             reporter.error("save last-known-good", &e.to_string());
         }
         for id in changed {
-            let version = files
-                .get(&self.settings.layout.lds_file())
-                .map(|f| f.version.clone())
-                .unwrap_or_default();
-            if candidate.contains_key(id) {
+            // The same per-load-balancer version the status reports.
+            if let Some(doc) = candidate.get(id) {
+                let version = short_hash(&doc.to_string());
                 reporter.event(
                     id,
                     EventKind::ConfigApplied,

@@ -164,7 +164,10 @@ impl Sim {
         segs: &[&str],
         body: &[u8],
     ) -> std::io::Result<()> {
-        let parsed: Option<Value> = serde_json::from_slice(body).ok();
+        // JSON, or YAML so an operator can send examples/demo.yaml as it is.
+        let parsed: Option<Value> = serde_json::from_slice(body)
+            .ok()
+            .or_else(|| serde_norway::from_slice(body).ok());
         let mut st = self.lock();
         let (status, reply) = match (method, segs) {
             ("GET", ["loadbalancers"]) => (200, json!(st.loadbalancers)),
