@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{RunningAgent, backends, lb_over};
+use common::{RunningAgent, agent_config, backends, lb_over, serves};
 use serde_json::{Value, json};
 use vpsie_lb_testkit::http::{self, count_by_backend};
 use vpsie_lb_testkit::{free_port, poll_until};
@@ -78,28 +78,19 @@ impl Api {
 }
 
 fn config(dir: &Path, api: &Api, admin: u16) -> PathBuf {
+    config_polling(dir, api, admin, "1s")
+}
+
+fn config_polling(dir: &Path, api: &Api, admin: u16, poll: &str) -> PathBuf {
     let key = dir.join("api-key");
     std::fs::write(&key, format!("{KEY}\n")).expect("write key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
-    let path = dir.join("agent.yaml");
-    let text = format!(
-        "vpsie:\n  api_url: {url}\n  api_key_file: {key}\n  loadbalancer_ids: [web, other]\n  poll_interval: 1s\nenvoy:\n  config_dir: {d}/envoy\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: 127.0.0.1\n  manage: true\n  drain_time: 1s\n  access_log: {d}/access.log\nstate_dir: {d}/state\nlogging: {{level: info, format: json}}\n",
-        url = api.url(),
-        key = key.display(),
-        d = dir.display(),
-        bin = vpsie_lb_testkit::envoy::envoy_bin().display(),
+    let source = format!(
+        "vpsie:\n  api_url: {}\n  api_key_file: {}\n  loadbalancer_ids: [web, other]\n  poll_interval: {poll}\n",
+        api.url(),
+        key.display()
     );
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
-fn serves(port: u16, backend: &str) -> Result<(), String> {
-    let counts = count_by_backend(port, 6);
-    if counts.contains_key(backend) {
-        Ok(())
-    } else {
-        Err(format!("{counts:?}"))
-    }
+    agent_config(dir, admin, &source)
 }
 
 fn with_check(mut doc: Value) -> Value {
@@ -139,6 +130,19 @@ fn agent_follows_the_api_reports_back_and_survives_bad_config() {
             Err(s.to_string())
         }
     });
+    poll_until(
+        "polls answered 304 to If-None-Match",
+        Duration::from_secs(10),
+        || {
+            let r = http::get(api.port, "/_sim/requests").map_err(|e| e.to_string())?;
+            let counts: Value = serde_json::from_str(&r.body).map_err(|e| e.to_string())?;
+            if counts["not_modified"].as_u64().unwrap_or(0) >= 2 {
+                Ok(())
+            } else {
+                Err(r.body)
+            }
+        },
+    );
     poll_until("health of a reported", Duration::from_secs(10), || {
         let h = api.report("web")["health"]["a"]["status"].clone();
         if h == "healthy" {
@@ -508,4 +512,33 @@ fn envoy_refusal_rolls_back_and_changes_under_load_drop_nothing_and_a_killed_age
     );
     again.wait_log("api outage reported", "api_unreachable");
     assert_no_partial_files(&dir.path().join("envoy"));
+}
+
+#[test]
+fn sighup_runs_a_pass_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = Api::start();
+    let bs = backends(&["a", "b"]);
+    let port = free_port();
+    api.put_lb(&lb_over("web", "http", port, "round_robin", &bs[..1]));
+    api.put_lb(&lb_over(
+        "other",
+        "http",
+        free_port(),
+        "round_robin",
+        &bs[1..],
+    ));
+    // An hour between polls: only the signal can explain a quick change.
+    let agent = RunningAgent::start(
+        dir.path(),
+        &config_polling(dir.path(), &api, free_port(), "1h"),
+    );
+    poll_until("first pass served", Duration::from_secs(30), || {
+        serves(port, "a")
+    });
+    api.put_lb(&lb_over("web", "http", port, "round_robin", &bs));
+    vpsie_lb_testkit::signal(agent.child.id(), "HUP");
+    poll_until("change live after SIGHUP", Duration::from_secs(15), || {
+        serves(port, "b")
+    });
 }

@@ -5,7 +5,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{RunningAgent, backends, lb_over};
+use common::{RunningAgent, agent_config, backends, lb_over, serves};
 use serde_json::{Value, json};
 use vpsie_lb_testkit::http::count_by_backend;
 use vpsie_lb_testkit::{free_port, poll_until, signal};
@@ -17,23 +17,11 @@ fn write_doc(path: &Path, doc: &Value) {
 }
 
 fn config(dir: &Path, admin: u16) -> PathBuf {
-    let path = dir.join("agent.yaml");
-    let text = format!(
-        "source: file\nfile: {d}/desired.json\nvpsie: {{poll_interval: 1s}}\nenvoy:\n  config_dir: {d}/envoy\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: 127.0.0.1\n  manage: true\n  drain_time: 1s\n  access_log: {d}/access.log\nstate_dir: {d}/state\nlogging: {{level: info, format: json}}\n",
-        d = dir.display(),
-        bin = vpsie_lb_testkit::envoy::envoy_bin().display(),
+    let source = format!(
+        "source: file\nfile: {}/desired.json\nvpsie: {{poll_interval: 1s}}\n",
+        dir.display()
     );
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
-fn serves(port: u16, backend: &str) -> Result<(), String> {
-    let counts = count_by_backend(port, 6);
-    if counts.contains_key(backend) {
-        Ok(())
-    } else {
-        Err(format!("{counts:?}"))
-    }
+    agent_config(dir, admin, &source)
 }
 
 #[test]

@@ -9,7 +9,8 @@
 //! Control surface (no auth, for operators and tests), under `/_sim`:
 //! `PUT|DELETE /_sim/loadbalancers/{id}`, `GET /_sim/loadbalancers`,
 //! `GET /_sim/reports/{id}`, `PUT /_sim/faults` (one fault rule as JSON),
-//! `DELETE /_sim/faults`, `GET /_sim/requests` (counts per endpoint).
+//! `DELETE /_sim/faults`, `GET /_sim/requests` (counts per endpoint, and
+//! `not_modified` for answers of 304 to If-None-Match).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -311,6 +312,15 @@ impl Sim {
             );
         }
         let parsed: Option<Value> = serde_json::from_slice(body).ok();
+        if endpoint != "get_loadbalancer" && parsed.is_none() {
+            return respond(
+                stream,
+                400,
+                "application/json",
+                b"{\"error\":\"body must be json\"}",
+                &[],
+            );
+        }
         let mut st = self.lock();
         match endpoint {
             "get_loadbalancer" => {
@@ -328,6 +338,11 @@ impl Sim {
                 let text = doc.to_string();
                 let etag = format!("\"{}\"", hex(&Sha256::digest(text.as_bytes())[..8]));
                 if headers.get("if-none-match") == Some(&etag) {
+                    *self
+                        .lock()
+                        .requests
+                        .entry("not_modified".to_owned())
+                        .or_insert(0) += 1;
                     return respond(stream, 304, "application/json", b"", &[("ETag", &etag)]);
                 }
                 respond(
@@ -339,32 +354,14 @@ impl Sim {
                 )
             }
             "put_status" => {
-                let Some(v) = parsed else {
-                    drop(st);
-                    return respond(
-                        stream,
-                        400,
-                        "application/json",
-                        b"{\"error\":\"json\"}",
-                        &[],
-                    );
-                };
+                let v = parsed.unwrap_or_default(); // checked above: never null here
                 st.status.insert(id.to_owned(), v);
                 drop(st);
                 respond(stream, 204, "application/json", b"", &[])
             }
             "put_health" => {
                 let backend = segs.get(4).copied().unwrap_or("");
-                let Some(v) = parsed else {
-                    drop(st);
-                    return respond(
-                        stream,
-                        400,
-                        "application/json",
-                        b"{\"error\":\"json\"}",
-                        &[],
-                    );
-                };
+                let v = parsed.unwrap_or_default(); // checked above: never null here
                 st.health
                     .entry(id.to_owned())
                     .or_default()
@@ -373,16 +370,7 @@ impl Sim {
                 respond(stream, 204, "application/json", b"", &[])
             }
             _ => {
-                let Some(v) = parsed else {
-                    drop(st);
-                    return respond(
-                        stream,
-                        400,
-                        "application/json",
-                        b"{\"error\":\"json\"}",
-                        &[],
-                    );
-                };
+                let v = parsed.unwrap_or_default(); // checked above: never null here
                 st.events.entry(id.to_owned()).or_default().push(v);
                 drop(st);
                 respond(stream, 201, "application/json", b"{}", &[])
@@ -484,4 +472,74 @@ fn respond_huge(mut s: TcpStream) -> std::io::Result<()> {
         }
     }
     s.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(port: u16, method: &str, path: &str, body: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("send");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
+    }
+
+    #[test]
+    fn load_balancers_survive_a_restart_when_persisted() {
+        let dir = std::env::temp_dir().join(format!("api-sim-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let file = dir.join("state.json");
+        let first = Sim::new("k", Some(file.clone()));
+        let port = first.spawn(0).expect("spawn").port();
+        let put = call(
+            port,
+            "PUT",
+            "/_sim/loadbalancers/web",
+            "id: web\nport: 80\n",
+        );
+        assert!(put.starts_with("HTTP/1.1 200"), "{put}");
+
+        let second = Sim::new("k", Some(file));
+        let port = second.spawn(0).expect("spawn").port();
+        let listed = call(port, "GET", "/_sim/loadbalancers", "");
+        assert!(
+            listed.contains("\"web\":{\"id\":\"web\",\"port\":80}"),
+            "{listed}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_api_wants_the_key_and_answers_304_to_a_known_etag() {
+        let sim = Sim::new("k", None);
+        let port = sim.spawn(0).expect("spawn").port();
+        call(port, "PUT", "/_sim/loadbalancers/web", "{\"id\":\"web\"}");
+        let anon = call(port, "GET", "/v1/loadbalancers/web", "");
+        assert!(anon.starts_with("HTTP/1.1 401"), "{anon}");
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        write!(
+            s,
+            "GET /v1/loadbalancers/web HTTP/1.1\r\nAuthorization: Bearer k\r\n\r\n"
+        )
+        .expect("send");
+        let mut first = String::new();
+        s.read_to_string(&mut first).expect("read");
+        let etag = first
+            .lines()
+            .find_map(|l| l.strip_prefix("ETag: "))
+            .expect("etag")
+            .to_owned();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        write!(s, "GET /v1/loadbalancers/web HTTP/1.1\r\nAuthorization: Bearer k\r\nIf-None-Match: {etag}\r\n\r\n").expect("send");
+        let mut second = String::new();
+        s.read_to_string(&mut second).expect("read");
+        assert!(second.starts_with("HTTP/1.1 304"), "{second}");
+    }
 }

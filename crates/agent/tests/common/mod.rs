@@ -269,3 +269,26 @@ impl Drop for RunningAgent {
         }
     }
 }
+
+/// Whether 6 requests to `port` reach `backend` at least once.
+pub fn serves(port: u16, backend: &str) -> Result<(), String> {
+    let counts = vpsie_lb_testkit::http::count_by_backend(port, 6);
+    if counts.contains_key(backend) {
+        Ok(())
+    } else {
+        Err(format!("{counts:?}"))
+    }
+}
+
+/// Writes `dir/agent.yaml`: `source` (the source and vpsie keys) plus a
+/// managed Envoy with its admin on `admin`, state and logs under `dir`.
+pub fn agent_config(dir: &Path, admin: u16, source: &str) -> PathBuf {
+    let path = dir.join("agent.yaml");
+    let text = format!(
+        "{source}envoy:\n  config_dir: {d}/envoy\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: 127.0.0.1\n  manage: true\n  drain_time: 1s\n  access_log: {d}/access.log\nstate_dir: {d}/state\nlogging: {{level: info, format: json}}\n",
+        d = dir.display(),
+        bin = vpsie_lb_testkit::envoy::envoy_bin().display(),
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
