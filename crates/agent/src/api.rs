@@ -88,6 +88,7 @@ pub struct ApiClient {
     agent: ureq::Agent,
     /// Last ETag and body per load balancer, for If-None-Match.
     cache: HashMap<String, (String, Value)>,
+    metrics: Option<crate::metrics::ApiMetrics>,
 }
 
 impl std::fmt::Debug for ApiClient {
@@ -148,11 +149,48 @@ impl ApiClient {
             key,
             agent: ureq::Agent::new_with_config(config),
             cache: HashMap::new(),
+            metrics: None,
         }
     }
 
-    /// One request with redirects; returns status, ETag, Retry-After, content type and body.
+    /// Records every call in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::ApiMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// One request, timed and counted.
     fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        etag: Option<&str>,
+    ) -> Result<Answer, ApiError> {
+        let started = std::time::Instant::now();
+        let result = self.call_once(method, path, body, etag);
+        if let Some(m) = &self.metrics {
+            let endpoint = match (method, path.rsplit('/').next()) {
+                ("GET", _) => "get_loadbalancer",
+                (_, Some("status")) => "put_status",
+                (_, Some("health")) => "put_health",
+                _ => "post_event",
+            };
+            let status = match &result {
+                Ok(a) => Some(a.status),
+                Err(ApiError::Network { .. }) => None,
+                Err(ApiError::Status { status, .. } | ApiError::Unauthorized { status, .. }) => {
+                    Some(*status)
+                }
+                Err(ApiError::Body { .. }) => Some(200),
+            };
+            m.observe(endpoint, status, started.elapsed());
+        }
+        result
+    }
+
+    /// One request with redirects; returns status, ETag, Retry-After, content type and body.
+    fn call_once(
         &self,
         method: &str,
         path: &str,

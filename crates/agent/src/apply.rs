@@ -68,6 +68,8 @@ pub struct Applier {
     layout: XdsLayout,
     admin: EnvoyAdmin,
     timeout: Duration,
+    /// Time spent waiting for Envoy to confirm steps, since the last take.
+    verify_time: std::cell::Cell<Duration>,
 }
 
 impl Applier {
@@ -78,7 +80,13 @@ impl Applier {
             layout,
             admin,
             timeout,
+            verify_time: std::cell::Cell::new(Duration::ZERO),
         }
+    }
+
+    /// Time spent waiting for Envoy's confirmations since the last call.
+    pub fn take_verify_time(&self) -> Duration {
+        self.verify_time.replace(Duration::ZERO)
     }
 
     /// The admin client this applier confirms through.
@@ -171,6 +179,20 @@ impl Applier {
         version: &str,
     ) -> Result<(), ApplyError> {
         let deadline = Instant::now() + self.timeout;
+        let started = Instant::now();
+        let result = self.confirm_until(prefix, before, version, deadline);
+        self.verify_time
+            .set(self.verify_time.get() + started.elapsed());
+        result
+    }
+
+    fn confirm_until(
+        &self,
+        prefix: &str,
+        before: &Subscription,
+        version: &str,
+        deadline: Instant,
+    ) -> Result<(), ApplyError> {
         loop {
             let now = self.admin.subscription(prefix)?;
             if now.rejected > before.rejected || now.failures > before.failures {

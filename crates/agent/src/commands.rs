@@ -55,6 +55,21 @@ enum Command {
     /// Run the agent: keep Envoy in step with the configured source until
     /// SIGTERM. SIGHUP runs a pass at once. See docs/configuration.md.
     Run(RunArgs),
+    /// Show what a running agent serves: load balancers, backends, health.
+    ///
+    /// Exits 0 when every load balancer is active and Envoy is ready, 2 when
+    /// anything is degraded or not ready, 1 when the agent cannot be reached.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The agent's endpoints.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9902")]
+    address: SocketAddr,
+    /// Print the agent's JSON as it is.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +157,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => check(args),
         Command::Apply(args) => apply(args),
         Command::Run(args) => crate::run::run(&args.config),
+        Command::Status(args) => status(args),
     }
 }
 
@@ -406,4 +422,76 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         save_last_known_good(state, &layout, &next)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(std::time::Duration::from_secs(5)))
+            .build(),
+    );
+    let url = format!("http://{}/status", args.address);
+    let body = match agent.get(&url).call() {
+        Ok(mut r) => r.body_mut().read_to_string()?,
+        Err(e) => {
+            eprintln!("agent unreachable at {}: {e}", args.address);
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let s: crate::status::AgentStatus =
+        serde_json::from_str(&body).context("agent status is not the expected json")?;
+    if args.json {
+        print!("{body}");
+    } else {
+        print!("{}", status_table(&s));
+    }
+    let healthy = s.ready && s.load_balancers.values().all(|lb| lb.status == "active");
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INVALID)
+    })
+}
+
+/// The status as a table for humans.
+pub fn status_table(s: &crate::status::AgentStatus) -> String {
+    let mut out = format!(
+        "envoy: {}, {}\n",
+        if s.envoy_reachable {
+            "reachable"
+        } else {
+            "UNREACHABLE"
+        },
+        if s.ready {
+            "serving a verified config"
+        } else {
+            "NOT READY"
+        }
+    );
+    out.push_str(&format!(
+        "{:<20} {:<9} {:<13} {:<13} {:<21} {}\n",
+        "LOAD BALANCER", "STATUS", "APPLIED", "DESIRED", "LAST SYNC", "RESULT"
+    ));
+    for (id, lb) in &s.load_balancers {
+        out.push_str(&format!(
+            "{:<20} {:<9} {:<13} {:<13} {:<21} {}\n",
+            id, lb.status, lb.applied_version, lb.desired_version, lb.last_sync, lb.last_result
+        ));
+        if let Some(e) = &lb.last_error {
+            out.push_str(&format!("  error: {e}\n"));
+        }
+        for b in &lb.backends {
+            let health = match (b.enabled, b.healthy) {
+                (false, _) => "disabled",
+                (true, Some(true)) => "healthy",
+                (true, Some(false)) => "UNHEALTHY",
+                (true, None) => "unknown",
+            };
+            out.push_str(&format!(
+                "  {:<18} {:<39} {:<6} {}\n",
+                b.id, b.address, b.port, health
+            ));
+        }
+    }
+    out
 }

@@ -71,6 +71,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Log settings.
     pub logging: Logging,
+    /// Where the agent's own endpoints (metrics, status) listen.
+    pub agent_listen: SocketAddr,
 }
 
 /// The configuration file is unusable; nothing was started.
@@ -92,6 +94,13 @@ struct RawConfig {
     envoy: Option<RawEnvoy>,
     state_dir: Option<PathBuf>,
     logging: Option<RawLogging>,
+    agent: Option<RawAgent>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    listen_address: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -307,10 +316,25 @@ impl Config {
                 true
             }
         };
+        let agent_listen = match raw
+            .agent
+            .unwrap_or_default()
+            .listen_address
+            .as_deref()
+            .unwrap_or("127.0.0.1:9902")
+            .parse::<SocketAddr>()
+        {
+            Ok(a) => a,
+            Err(err) => {
+                problems.push(format!("agent.listen_address: {err}"));
+                SocketAddr::from(([127, 0, 0, 1], 9902))
+            }
+        };
         if !problems.is_empty() {
             return Err(problems);
         }
         Ok(Config {
+            agent_listen,
             source,
             vpsie: Vpsie {
                 api_url: api_url.trim_end_matches('/').to_owned(),

@@ -17,6 +17,7 @@ use crate::plan::{FileSet, file_set, plan, read_file_set};
 use crate::preflight::{self, PreflightError};
 use crate::report::{EventKind, Reporter};
 use crate::source::{FetchError, Fetched, Source};
+use crate::status::{AgentStatus, BackendStatus, LbStatus};
 
 /// What the controller should do after a pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,11 +95,26 @@ pub struct Reconciler {
     api_up: Option<bool>,
     /// What the last fetch said about retrying.
     hint: (Option<Duration>, bool),
+    /// The newest document fetched per load balancer, valid or not.
+    fetched: BTreeMap<String, Value>,
+    /// Whether Envoy serves a config it confirmed (for `/readyz`).
+    serving_verified: bool,
+    /// Metrics and the `/status` snapshot.
+    observe: Observe,
+}
+
+/// Where a reconciler publishes what it sees.
+#[derive(Clone)]
+pub struct Observe {
+    /// The loop's metrics.
+    pub metrics: crate::metrics::ReconcileMetrics,
+    /// The snapshot `/status` and `/readyz` serve.
+    pub status: std::sync::Arc<std::sync::Mutex<AgentStatus>>,
 }
 
 impl Reconciler {
     /// A reconciler that starts from the last-known-good in `settings.state_dir`.
-    pub fn new(settings: Settings, applier: Applier) -> Self {
+    pub fn new(settings: Settings, applier: Applier, observe: Observe) -> Self {
         let good = std::fs::read(settings.state_dir.join(DESIRED_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -113,6 +129,9 @@ impl Reconciler {
             valid_now: Vec::new(),
             api_up: None,
             hint: (None, false),
+            fetched: BTreeMap::new(),
+            serving_verified: false,
+            observe,
         }
     }
 
@@ -136,8 +155,12 @@ impl Reconciler {
             .render(&self.good.clone())
             .map_err(|e| format!("render last-known-good: {e}"))?;
         match self.applier.apply(&files) {
-            Ok(Outcome::Unchanged) => Ok(PassResult::Unchanged),
+            Ok(Outcome::Unchanged) => {
+                self.serving_verified = true;
+                Ok(PassResult::Unchanged)
+            }
             Ok(Outcome::Applied) => {
+                self.serving_verified = true;
                 reporter.note("restored last-known-good config");
                 Ok(PassResult::Applied)
             }
@@ -170,6 +193,12 @@ impl Reconciler {
         reporter: &mut dyn Reporter,
     ) -> (PassResult, Action) {
         let (result, action) = self.pass_inner(source, reporter);
+        self.observe.metrics.pass(result);
+        if result != PassResult::Error {
+            // Applied, unchanged, rejected or rolled back: Envoy serves a
+            // config it confirmed.
+            self.serving_verified = true;
+        }
         if matches!(
             result,
             PassResult::Applied | PassResult::Unchanged | PassResult::Rejected
@@ -180,7 +209,7 @@ impl Reconciler {
                 }
             }
         }
-        self.report_state(reporter);
+        self.report_state(reporter, result);
         reporter.flush();
         let action = match (action, self.hint) {
             (_, (Some(wait), _)) => Action::RetryAfter(wait),
@@ -191,17 +220,25 @@ impl Reconciler {
         (result, action)
     }
 
-    /// Status per load balancer, and backend health as Envoy sees it.
-    fn report_state(&self, reporter: &mut dyn Reporter) {
+    /// Status per load balancer and backend health as Envoy sees it: to the
+    /// reporter, the metrics and the `/status` snapshot.
+    fn report_state(&self, reporter: &mut dyn Reporter, result: PassResult) {
+        let hosts = self.applier.admin().host_health();
+        self.observe.metrics.envoy_reachable(hosts.is_ok());
+        let hosts = hosts.unwrap_or_default();
+        let now = crate::report::rfc3339_now();
+        let mut snapshot = AgentStatus {
+            envoy_reachable: !hosts.is_empty() || self.applier.admin().get("/ready").is_ok(),
+            ..Default::default()
+        };
+        snapshot.ready = snapshot.envoy_reachable && self.serving_verified;
+        let mut health_series = Vec::new();
         let ids: std::collections::BTreeSet<&String> =
             self.good.keys().chain(self.problems.keys()).collect();
         for id in ids {
-            let version = self
-                .good
-                .get(id)
-                .map(|d| short_hash(&d.to_string()))
-                .unwrap_or_default();
-            let (status, message) = match (self.good.contains_key(id), self.problems.get(id)) {
+            let good = self.good.get(id);
+            let version = good.map(|d| short_hash(&d.to_string())).unwrap_or_default();
+            let (status, message) = match (good.is_some(), self.problems.get(id)) {
                 (true, None) => ("active", "serving the desired configuration".to_owned()),
                 (true, Some(p)) => (
                     "degraded",
@@ -211,34 +248,61 @@ impl Reconciler {
                 (false, None) => continue,
             };
             reporter.status(id, status, &version, &message);
-        }
-        let Ok(hosts) = self.applier.admin().host_health() else {
-            return;
-        };
-        for (id, doc) in &self.good {
             let cluster = vpsie_lb_envoy::names::lb(id);
-            for b in doc["backends"].as_array().into_iter().flatten() {
-                if b["enabled"].as_bool() == Some(false) {
-                    continue;
-                }
+            let mut backends = Vec::new();
+            for b in good
+                .and_then(|d| d["backends"].as_array())
+                .into_iter()
+                .flatten()
+            {
                 let (Some(bid), Some(addr), Some(port)) =
                     (b["id"].as_str(), b["address"].as_str(), b["port"].as_u64())
                 else {
                     continue;
                 };
-                let addr = addr.to_ascii_lowercase();
+                let enabled = b["enabled"].as_bool() != Some(false);
+                let addr_lc = addr.to_ascii_lowercase();
                 let mine: Vec<&crate::envoy_admin::HostHealth> = hosts
                     .iter()
                     .filter(|h| {
                         h.cluster == cluster
                             && u64::from(h.port) == port
-                            && (h.address == addr || h.hostname == addr)
+                            && (h.address == addr_lc || h.hostname == addr_lc)
                     })
                     .collect();
-                if !mine.is_empty() {
-                    reporter.health(id, bid, mine.iter().any(|h| h.healthy));
+                let healthy = (enabled && !mine.is_empty()).then(|| mine.iter().any(|h| h.healthy));
+                if let Some(h) = healthy {
+                    reporter.health(id, bid, h);
+                    health_series.push((id.clone(), bid.to_owned(), h));
                 }
+                backends.push(BackendStatus {
+                    id: bid.to_owned(),
+                    address: addr.to_owned(),
+                    port: u16::try_from(port).unwrap_or(0),
+                    enabled,
+                    healthy,
+                });
             }
+            snapshot.load_balancers.insert(
+                id.clone(),
+                LbStatus {
+                    status: status.to_owned(),
+                    desired_version: self
+                        .fetched
+                        .get(id)
+                        .map(|d| short_hash(&d.to_string()))
+                        .unwrap_or_else(|| version.clone()),
+                    applied_version: version,
+                    last_sync: now.clone(),
+                    last_result: format!("{result:?}").to_lowercase(),
+                    last_error: self.problems.get(id).cloned(),
+                    backends,
+                },
+            );
+        }
+        self.observe.metrics.backends(&health_series);
+        if let Ok(mut s) = self.observe.status.lock() {
+            *s = snapshot;
         }
     }
 
@@ -344,9 +408,16 @@ impl Reconciler {
             }
         }
 
-        match self.applier.apply(&files) {
+        let started = std::time::Instant::now();
+        let outcome = self.applier.apply(&files);
+        let verify = self.applier.take_verify_time();
+        match outcome {
             Ok(Outcome::Unchanged) | Ok(Outcome::Applied) => {
                 self.promote(&candidate, &files, reporter, &changed);
+                let version = short_hash(&serde_json::to_string(&self.good).unwrap_or_default());
+                self.observe
+                    .metrics
+                    .applied(&version, started.elapsed(), verify);
                 let result = if rejected {
                     PassResult::Rejected
                 } else {
@@ -368,6 +439,7 @@ impl Reconciler {
                     );
                 }
                 self.refused = Some(files);
+                self.observe.metrics.rolled_back();
                 (PassResult::RolledBack, next_action)
             }
             Err(e) => {
@@ -455,6 +527,9 @@ impl Reconciler {
         let opts = self.validate_options();
         let mut candidate = BTreeMap::new();
         for (id, item) in fetched.items {
+            if let Ok(doc) = &item {
+                self.fetched.insert(id.clone(), doc.clone());
+            }
             match item {
                 Ok(doc) => match validate(&doc, &opts) {
                     Ok(_) => {

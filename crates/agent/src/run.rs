@@ -24,9 +24,6 @@ use crate::report::{ApiReporter, LogReporter, Reporter};
 use crate::source::{FileSource, Source, VpsieSource};
 use crate::supervisor::{EnvoyCommand, Supervisor};
 
-/// Port of the agent's own endpoints (metrics, status), reserved from listeners.
-const AGENT_PORT: u16 = crate::commands::AGENT_PORT;
-
 fn init_logging(cfg: &Config) {
     let filter =
         tracing_subscriber::EnvFilter::new(format!("vpsie_lb_agent={0},{0}", cfg.logging.level));
@@ -127,6 +124,10 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         }
     };
     init_logging(&cfg);
+    let mut registry = prometheus_client::registry::Registry::with_prefix("vpsie_lb");
+    crate::metrics::register_build_info(&mut registry);
+    let reconcile_metrics = crate::metrics::ReconcileMetrics::register(&mut registry);
+    let api_metrics = crate::metrics::ApiMetrics::register(&mut registry);
     let (mut source, mut reporter): (Box<dyn Source>, Box<dyn Reporter>) = match &cfg.source {
         SourceKind::File(path) => (
             Box::new(FileSource::new(path.clone())),
@@ -136,10 +137,13 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             let key = read_api_key(&cfg.vpsie.api_key_file).map_err(anyhow::Error::msg)?;
             (
                 Box::new(VpsieSource::new(
-                    ApiClient::new(&cfg.vpsie.api_url, key.clone()),
+                    ApiClient::new(&cfg.vpsie.api_url, key.clone())
+                        .with_metrics(api_metrics.clone()),
                     cfg.vpsie.loadbalancer_ids.clone(),
                 )),
-                Box::new(ApiReporter::new(ApiClient::new(&cfg.vpsie.api_url, key))),
+                Box::new(ApiReporter::new(
+                    ApiClient::new(&cfg.vpsie.api_url, key).with_metrics(api_metrics.clone()),
+                )),
             )
         }
     };
@@ -189,14 +193,22 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
                 owner: "envoy admin".into(),
             },
             ReservedPort {
-                port: AGENT_PORT,
+                port: cfg.agent_listen.port(),
                 owner: "the agent's own endpoints".into(),
             },
         ],
         verify_timeout: Duration::from_secs(10),
     };
     let applier = Applier::new(layout, admin, settings.verify_timeout);
-    let mut reconciler = Reconciler::new(settings, applier);
+    let status = std::sync::Arc::new(std::sync::Mutex::new(crate::status::AgentStatus::default()));
+    let mut reconciler = Reconciler::new(
+        settings,
+        applier,
+        crate::reconcile::Observe {
+            metrics: reconcile_metrics,
+            status: status.clone(),
+        },
+    );
     match reconciler.restore_last_known_good(reporter.as_mut()) {
         Ok(_) => {}
         Err(e) => {
@@ -205,6 +217,14 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     }
 
     let (tx, rx) = mpsc::channel();
+    let endpoints = crate::endpoints::Endpoints {
+        registry: std::sync::Arc::new(registry),
+        status,
+        sync: tx.clone(),
+    };
+    let bound = crate::endpoints::spawn(cfg.agent_listen, endpoints)
+        .with_context(|| format!("agent.listen_address {}", cfg.agent_listen))?;
+    tracing::info!(address = %bound, "agent endpoints listening");
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGHUP,
         signal_hook::consts::SIGTERM,

@@ -284,6 +284,17 @@ pub fn serves(port: u16, backend: &str) -> Result<(), String> {
 /// managed Envoy with its admin on `admin`, state and logs under `dir`.
 pub fn agent_config(dir: &Path, admin: u16, source: &str) -> PathBuf {
     let path = dir.join("agent.yaml");
+    // Tests run in parallel: each agent's endpoints need their own port.
+    let own_port;
+    let source = if source.contains("\nagent:") || source.starts_with("agent:") {
+        source
+    } else {
+        own_port = format!(
+            "{source}agent: {{listen_address: 127.0.0.1:{}}}\n",
+            free_port()
+        );
+        own_port.as_str()
+    };
     let text = format!(
         "{source}envoy:\n  config_dir: {d}/envoy\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: 127.0.0.1\n  manage: true\n  drain_time: 1s\n  access_log: {d}/access.log\nstate_dir: {d}/state\nlogging: {{level: info, format: json}}\n",
         d = dir.display(),
