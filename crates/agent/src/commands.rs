@@ -60,6 +60,20 @@ enum Command {
     /// Exits 0 when every load balancer is active and Envoy is ready, 2 when
     /// anything is degraded or not ready, 1 when the agent cannot be reached.
     Status(StatusArgs),
+    /// Show what applying a document would change compared with what the
+    /// agent last confirmed (`STATE_DIR/desired.json`): load balancers and
+    /// backends added, removed or changed, and which listeners would drain.
+    /// Touches nothing. Exits 0, or 2 when the document is invalid.
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    doc: DocumentArgs,
+    /// The agent's state directory.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/vpsie-lb")]
+    state_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +172,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apply(args) => apply(args),
         Command::Run(args) => crate::run::run(&args.config),
         Command::Status(args) => status(args),
+        Command::Plan(args) => plan_command(args),
     }
 }
 
@@ -494,4 +509,44 @@ pub fn status_table(s: &crate::status::AgentStatus) -> String {
         }
     }
     out
+}
+
+fn plan_command(args: PlanArgs) -> anyhow::Result<ExitCode> {
+    if let Err(code) = load(&args.doc)? {
+        return Ok(code);
+    }
+    let applied_path = args.state_dir.join("desired.json");
+    let applied: std::collections::BTreeMap<String, serde_json::Value> =
+        match std::fs::read(&applied_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not the agent's state", applied_path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!(
+                    "note: {} does not exist; planning against an empty envoy",
+                    applied_path.display()
+                );
+                Default::default()
+            }
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("read {}", applied_path.display()))
+                );
+            }
+        };
+    // load() validated the document, so it parses and every item has an id.
+    let text = std::fs::read_to_string(&args.doc.input)?;
+    let doc = vpsie_lb_model::parse_document(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let items = match doc {
+        serde_json::Value::Array(items) => items,
+        one => vec![one],
+    };
+    let desired = items
+        .into_iter()
+        .filter_map(|v| Some((v["id"].as_str()?.to_owned(), v)))
+        .collect();
+    print!(
+        "{}",
+        crate::diff::render(&crate::diff::plan(&applied, &desired))
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@ pub mod apply;
 pub mod commands;
 pub mod config;
 pub mod controller;
+pub mod diff;
 pub mod endpoints;
 pub mod envoy_admin;
 pub mod fsutil;

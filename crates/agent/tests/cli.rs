@@ -327,3 +327,68 @@ fn a_private_key_readable_by_everyone_gets_a_warning() {
     assert!(err.contains("mode 0644); run chmod 600 on it"), "{err}");
     assert!(!err.contains("PRIVATE KEY"), "key material leaked: {err}");
 }
+
+#[test]
+fn plan_shows_changes_against_what_was_applied_and_touches_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    let applied = json!({
+        "web": lb("web", "http", 8080, "round_robin", &[("a", 9000, 1), ("b", 9001, 1)]),
+        "old": lb("old", "tcp", 2222, "round_robin", &[("s", 22, 1)]),
+    });
+    std::fs::write(state.join("desired.json"), applied.to_string()).expect("write state");
+    let before = std::fs::read(state.join("desired.json")).expect("read");
+    let next = json!([
+        lb(
+            "web",
+            "http",
+            8080,
+            "round_robin",
+            &[("a", 9000, 2), ("c", 9002, 1)]
+        ),
+        lb("api", "http", 8443, "least_request", &[("x", 7000, 1)]),
+    ]);
+    let input = write_json(dir.path(), "next.json", &next);
+    let out = agent(&[
+        "plan",
+        "--input",
+        &input,
+        "--state-dir",
+        state.to_str().expect("path"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    for line in [
+        "+ api (added)",
+        "- old (removed): its listener closes",
+        "~ web (modified)",
+        "~ backend a: weight 1 -> 2",
+        "+ backend c (127.0.0.1:9002)",
+        "- backend b (127.0.0.1:9001)",
+        "envoy: endpoints only: no drain",
+        "Plan: 1 to add, 1 to change, 1 to remove; 1 listener(s) drain.",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert_eq!(
+        std::fs::read(state.join("desired.json")).expect("read"),
+        before,
+        "plan wrote to the state"
+    );
+
+    let bad = write_json(
+        dir.path(),
+        "bad.json",
+        &lb("web", "http", 0, "round_robin", &[]),
+    );
+    let out = agent(&[
+        "plan",
+        "--input",
+        &bad,
+        "--state-dir",
+        state.to_str().expect("path"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stdout(&out), "port: must be 1..=65535 (got 0)\n");
+}

@@ -1,0 +1,304 @@
+//! `plan`: what would change between the applied documents and new ones,
+//! per load balancer and backend, and what Envoy would do about it. Pure.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use vpsie_lb_envoy::{Delivery, EnvoyResources, TranslateOptions, XdsLayout, translate};
+use vpsie_lb_model::{ValidateOptions, validate};
+
+/// One line of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A load balancer that would be created.
+    Added(String),
+    /// A load balancer that would be removed (its listener drains).
+    Removed(String),
+    /// A load balancer that would change, with what changes.
+    Modified(String, Vec<String>),
+}
+
+/// What Envoy would do for one load balancer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Impact {
+    /// Only endpoints change: no drain, connections stay.
+    EndpointsOnly,
+    /// The cluster is rebuilt: upstream connections re-open, no listener drain.
+    ClusterRebuilt,
+    /// The listener changes: open client connections drain.
+    ListenerDrains,
+}
+
+/// The whole plan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Changes by load balancer, in id order.
+    pub changes: Vec<Change>,
+    /// Envoy's part, by load balancer id (for added and modified ones).
+    pub impact: BTreeMap<String, Impact>,
+}
+
+fn resources(docs: &BTreeMap<String, Value>) -> EnvoyResources {
+    // Both sides were validated before; an invalid applied side plans as empty.
+    let doc = Value::Array(docs.values().cloned().collect());
+    match validate(&doc, &ValidateOptions::default()) {
+        Ok(v) => translate(
+            &v.config,
+            &TranslateOptions::new(Delivery::Files(XdsLayout::new("/plan"))),
+        ),
+        Err(_) => EnvoyResources::default(),
+    }
+}
+
+/// Plans `applied` → `desired` (documents by load-balancer id).
+pub fn plan(applied: &BTreeMap<String, Value>, desired: &BTreeMap<String, Value>) -> Plan {
+    let (old, new) = (resources(applied), resources(desired));
+    let mut p = Plan::default();
+    let ids: std::collections::BTreeSet<&String> = applied.keys().chain(desired.keys()).collect();
+    for id in ids {
+        match (applied.get(id), desired.get(id)) {
+            (None, Some(_)) => {
+                p.changes.push(Change::Added(id.clone()));
+                p.impact.insert(id.clone(), Impact::EndpointsOnly);
+            }
+            (Some(_), None) => p.changes.push(Change::Removed(id.clone())),
+            (Some(a), Some(d)) if a != d => {
+                p.changes.push(Change::Modified(id.clone(), describe(a, d)));
+                let name = vpsie_lb_envoy::names::lb(id);
+                // Compare canonical JSON, never prost values: protobuf map
+                // fields inside an `Any` encode in random order.
+                let json_of = |r: &EnvoyResources, listeners: bool| {
+                    if listeners {
+                        r.listeners
+                            .iter()
+                            .find(|l| l.name == name)
+                            .map(vpsie_lb_envoy::to_json)
+                    } else {
+                        r.clusters
+                            .iter()
+                            .find(|c| c.name == name)
+                            .map(vpsie_lb_envoy::to_json)
+                    }
+                    .and_then(Result::ok)
+                };
+                let same = |o: &EnvoyResources, n: &EnvoyResources, listeners: bool| {
+                    json_of(o, listeners) == json_of(n, listeners)
+                };
+                let impact = if !same(&old, &new, true) {
+                    Impact::ListenerDrains
+                } else if !same(&old, &new, false) {
+                    Impact::ClusterRebuilt
+                } else {
+                    Impact::EndpointsOnly
+                };
+                p.impact.insert(id.clone(), impact);
+            }
+            _ => {}
+        }
+    }
+    p
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::Null => "(unset)".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Field-level differences of one load balancer, backends by id.
+fn describe(a: &Value, d: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let keys: std::collections::BTreeSet<&String> = a
+        .as_object()
+        .into_iter()
+        .chain(d.as_object())
+        .flat_map(|m| m.keys())
+        .collect();
+    for k in keys {
+        if k == "backends" || a.get(k) == d.get(k) {
+            continue;
+        }
+        out.push(format!(
+            "{k}: {} -> {}",
+            show(a.get(k).unwrap_or(&Value::Null)),
+            show(d.get(k).unwrap_or(&Value::Null))
+        ));
+    }
+    let by_id = |v: &Value| -> BTreeMap<String, Value> {
+        v["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| Some((b["id"].as_str()?.to_owned(), b.clone())))
+            .collect()
+    };
+    let (ab, db) = (by_id(a), by_id(d));
+    let endpoint = |b: &Value| format!("{}:{}", show(&b["address"]), show(&b["port"]));
+    for (id, b) in &db {
+        match ab.get(id) {
+            None => out.push(format!("+ backend {id} ({})", endpoint(b))),
+            Some(old) if old != b => {
+                let fields: Vec<String> = ["address", "port", "weight", "enabled"]
+                    .iter()
+                    .filter(|f| old[**f] != b[**f])
+                    .map(|f| format!("{f} {} -> {}", show(&old[*f]), show(&b[*f])))
+                    .collect();
+                out.push(format!("~ backend {id}: {}", fields.join(", ")));
+            }
+            _ => {}
+        }
+    }
+    for (id, b) in &ab {
+        if !db.contains_key(id) {
+            out.push(format!("- backend {id} ({})", endpoint(b)));
+        }
+    }
+    out
+}
+
+/// The plan as text for humans.
+pub fn render(p: &Plan) -> String {
+    if p.changes.is_empty() {
+        return "No changes: envoy already serves this configuration.\n".into();
+    }
+    let mut out = String::new();
+    let (mut add, mut change, mut remove, mut drains) = (0, 0, 0, 0);
+    for c in &p.changes {
+        match c {
+            Change::Added(id) => {
+                add += 1;
+                out.push_str(&format!("+ {id} (added): a new listener and cluster\n"));
+            }
+            Change::Removed(id) => {
+                remove += 1;
+                drains += 1;
+                out.push_str(&format!(
+                    "- {id} (removed): its listener closes and open connections drain\n"
+                ));
+            }
+            Change::Modified(id, lines) => {
+                change += 1;
+                out.push_str(&format!("~ {id} (modified)\n"));
+                for l in lines {
+                    out.push_str(&format!("    {l}\n"));
+                }
+                let what = match p.impact.get(id) {
+                    Some(Impact::ListenerDrains) => {
+                        drains += 1;
+                        "the listener changes: open connections drain"
+                    }
+                    Some(Impact::ClusterRebuilt) => {
+                        "the cluster is rebuilt: upstream connections re-open; no listener drains"
+                    }
+                    _ => "endpoints only: no drain, connections stay",
+                };
+                out.push_str(&format!("    envoy: {what}\n"));
+            }
+        }
+    }
+    out.push_str(&format!(
+        "Plan: {add} to add, {change} to change, {remove} to remove; {drains} listener(s) drain.\n"
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn lb(id: &str, port: u16, algorithm: &str, backends: &[(&str, u16, u32)]) -> (String, Value) {
+        let bs: Vec<Value> = backends
+            .iter()
+            .map(|(b, p, w)| json!({"id": b, "address": "10.0.0.1", "port": p, "weight": w}))
+            .collect();
+        (
+            id.to_owned(),
+            json!({"id": id, "name": id, "protocol": "http", "port": port, "algorithm": algorithm, "backends": bs}),
+        )
+    }
+
+    fn check(applied: &[(String, Value)], desired: &[(String, Value)]) -> (Plan, String) {
+        let p = plan(
+            &applied.iter().cloned().collect(),
+            &desired.iter().cloned().collect(),
+        );
+        let text = render(&p);
+        (p, text)
+    }
+
+    #[test]
+    fn nothing_to_do() {
+        let a = [lb("web", 80, "round_robin", &[("a", 8080, 1)])];
+        let (p, text) = check(&a, &a);
+        assert!(p.changes.is_empty());
+        assert!(text.starts_with("No changes"));
+    }
+
+    #[test]
+    fn backend_changes_touch_endpoints_only() {
+        let (p, text) = check(
+            &[lb(
+                "web",
+                80,
+                "round_robin",
+                &[("a", 8080, 1), ("b", 8082, 1)],
+            )],
+            &[lb(
+                "web",
+                80,
+                "round_robin",
+                &[("a", 8080, 3), ("c", 8081, 1)],
+            )],
+        );
+        assert_eq!(p.impact["web"], Impact::EndpointsOnly);
+        assert!(text.contains("~ backend a: weight 1 -> 3"), "{text}");
+        assert!(text.contains("+ backend c (10.0.0.1:8081)"), "{text}");
+        assert!(text.contains("- backend b (10.0.0.1:8082)"), "{text}");
+        assert!(text.contains("0 listener(s) drain"), "{text}");
+    }
+
+    #[test]
+    fn an_algorithm_change_rebuilds_the_cluster_without_draining() {
+        let (p, text) = check(
+            &[lb("web", 80, "round_robin", &[("a", 8080, 1)])],
+            &[lb("web", 80, "least_request", &[("a", 8080, 1)])],
+        );
+        assert_eq!(p.impact["web"], Impact::ClusterRebuilt);
+        assert!(
+            text.contains("algorithm: round_robin -> least_request"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_port_change_drains_the_listener() {
+        let (p, text) = check(
+            &[lb("web", 80, "round_robin", &[("a", 8080, 1)])],
+            &[lb("web", 8080, "round_robin", &[("a", 8080, 1)])],
+        );
+        assert_eq!(p.impact["web"], Impact::ListenerDrains);
+        assert!(
+            text.contains("port: 80 -> 8080") && text.contains("1 listener(s) drain"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn added_and_removed_load_balancers() {
+        let (p, text) = check(
+            &[lb("old", 81, "random", &[])],
+            &[lb("new", 82, "random", &[])],
+        );
+        assert_eq!(
+            p.changes,
+            vec![Change::Added("new".into()), Change::Removed("old".into())]
+        );
+        assert!(
+            text.contains("Plan: 1 to add, 0 to change, 1 to remove; 1 listener(s) drain."),
+            "{text}"
+        );
+    }
+}
