@@ -12,6 +12,7 @@ pub mod endpoints;
 pub mod envoy_admin;
 pub mod fsutil;
 pub mod metrics;
+pub mod notify;
 pub mod plan;
 pub mod preflight;
 pub mod reconcile;

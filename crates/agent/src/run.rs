@@ -217,6 +217,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     }
 
     let (tx, rx) = mpsc::channel();
+    let status_handle = status.clone();
     let endpoints = crate::endpoints::Endpoints {
         registry: std::sync::Arc::new(registry),
         status,
@@ -244,14 +245,24 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         }
     });
     tracing::info!(source = ?cfg.source, poll_interval_ms = cfg.vpsie.poll_interval.as_millis() as u64, "agent started");
+    let mut notified = false;
+    let ready_status = status_handle.clone();
     controller::run(
         &mut reconciler,
         source.as_mut(),
         reporter.as_mut(),
         &rx,
         cfg.vpsie.poll_interval,
-        |result| tracing::info!(result = ?result, "pass"),
+        |result| {
+            tracing::info!(result = ?result, "pass");
+            // systemd learns we are ready once Envoy serves a confirmed config.
+            if !notified && ready_status.lock().is_ok_and(|s| s.ready) {
+                crate::notify::notify("READY=1");
+                notified = true;
+            }
+        },
     );
+    crate::notify::notify("STOPPING=1");
     signal_handle.close();
     tracing::info!("stopping");
     if let Some(s) = supervisor {

@@ -324,3 +324,32 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn systemd_hears_ready_only_once_envoy_serves() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bs = backends(&["a"]);
+    let port = free_port();
+    let desired = dir.path().join("desired.json");
+    write_doc(&desired, &lb_over("web", "http", port, "round_robin", &bs));
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let source = format!(
+        "source: file\nfile: {}\nvpsie: {{poll_interval: 1s}}\n",
+        desired.display()
+    );
+    let _agent = RunningAgent::start_with_env(
+        dir.path(),
+        &agent_config(dir.path(), free_port(), &source),
+        &[("NOTIFY_SOCKET", socket_path.to_str().expect("path"))],
+    );
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("a notification within 30s");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Ready means serving: the very first request after READY=1 succeeds.
+    let first = http::get(port, "/").expect("request right after READY=1");
+    assert_eq!((first.status, first.body.trim()), (200, "a"));
+}

@@ -218,6 +218,11 @@ pub struct RunningAgent {
 
 impl RunningAgent {
     pub fn start(dir: &Path, config: &Path) -> RunningAgent {
+        Self::start_with_env(dir, config, &[])
+    }
+
+    /// Like `start`, with extra environment variables.
+    pub fn start_with_env(dir: &Path, config: &Path, env: &[(&str, &str)]) -> RunningAgent {
         let log = dir.join(format!(
             "agent-{}.log",
             std::time::SystemTime::now()
@@ -228,6 +233,7 @@ impl RunningAgent {
         let out = std::fs::File::create(&log).expect("agent log");
         let child = std::process::Command::new(agent_bin())
             .args(["run", "--config", config.to_str().expect("path")])
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(out.try_clone().expect("dup"))
             .stderr(out)
