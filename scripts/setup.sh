@@ -21,6 +21,8 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # promtool, which the tests use to check the agent's /metrics.
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+# systemd-analyze, which the tests use to check the packaged units.
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   need_apt+=(python3-venv)
 fi
