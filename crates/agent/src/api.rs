@@ -87,7 +87,7 @@ pub struct ApiClient {
     key: String,
     agent: ureq::Agent,
     /// Last ETag and body per load balancer, for If-None-Match.
-    cache: HashMap<String, (String, Value)>,
+    cache: std::sync::Mutex<HashMap<String, (String, Value)>>,
     metrics: Option<crate::metrics::ApiMetrics>,
 }
 
@@ -148,7 +148,7 @@ impl ApiClient {
             base: base.trim_end_matches('/').to_owned(),
             key,
             agent: ureq::Agent::new_with_config(config),
-            cache: HashMap::new(),
+            cache: std::sync::Mutex::new(HashMap::new()),
             metrics: None,
         }
     }
@@ -303,9 +303,10 @@ impl ApiClient {
     }
 
     /// `GET /loadbalancers/{id}`, with If-None-Match when an ETag is known.
-    pub fn get_loadbalancer(&mut self, id: &str) -> Result<Value, ApiError> {
+    /// Safe to call from several threads at once.
+    pub fn get_loadbalancer(&self, id: &str) -> Result<Value, ApiError> {
         let path = format!("/loadbalancers/{id}");
-        let cached = self.cache.get(id).cloned();
+        let cached = self.cache.lock().ok().and_then(|c| c.get(id).cloned());
         let a =
             Self::check(self.call("GET", &path, None, cached.as_ref().map(|c| c.0.as_str()))?)?;
         if a.status == 304 {
@@ -327,7 +328,9 @@ impl ApiClient {
             reason: format!("malformed json: {e}"),
         })?;
         if let Some(tag) = a.etag {
-            self.cache.insert(id.to_owned(), (tag, v.clone()));
+            if let Ok(mut c) = self.cache.lock() {
+                c.insert(id.to_owned(), (tag, v.clone()));
+            }
         }
         Ok(v)
     }

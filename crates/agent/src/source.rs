@@ -141,12 +141,36 @@ impl VpsieSource {
     }
 }
 
+/// Most API calls in flight at once during a fetch.
+const FETCH_CONCURRENCY: usize = 8;
+
 impl Source for VpsieSource {
     fn fetch(&mut self) -> Fetched {
+        // In parallel, so one slow answer (up to the 10 s timeout) does not
+        // hold back every other load balancer of the pass.
+        let client = &self.client;
+        let mut results: Vec<(String, Result<Value, crate::api::ApiError>)> = Vec::new();
+        for chunk in self.ids.chunks(FETCH_CONCURRENCY) {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = chunk
+                    .iter()
+                    .map(|id| (id.clone(), scope.spawn(move || client.get_loadbalancer(id))))
+                    .collect();
+                for (id, h) in handles {
+                    let r = h.join().unwrap_or_else(|_| {
+                        Err(crate::api::ApiError::Body {
+                            what: format!("GET /loadbalancers/{id}"),
+                            reason: "the fetch thread panicked".into(),
+                        })
+                    });
+                    results.push((id, r));
+                }
+            });
+        }
         let mut out = Fetched::default();
         let mut answered = false;
-        for id in self.ids.clone() {
-            let result = self.client.get_loadbalancer(&id).map_err(|e| {
+        for (id, result) in results {
+            let result = result.map_err(|e| {
                 if let Some(d) = e.retry_after() {
                     out.retry_after = Some(out.retry_after.map_or(d, |o| o.max(d)));
                 }
