@@ -308,13 +308,23 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
     );
     let boot_yaml = to_yaml(&boot)?;
 
+    // Endpoint and secret directories of resources that are gone, as the
+    // planner sees them (the same rule `apply` uses).
+    let stale = plan::plan(
+        &layout,
+        &plan::read_file_set(&layout)?,
+        &plan::file_set(files.clone()),
+    )?
+    .prune;
     // Dependencies first: secrets and endpoints, then clusters, then listeners.
     for f in &files {
         let dir = f.path.parent().context("rendered file has no directory")?;
         fsutil::ensure_dir(dir)?;
         fsutil::write_atomic(&f.path, f.contents.as_bytes(), 0o644)?;
     }
-    prune_stale(&layout, &files)?;
+    for dir in stale {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("remove stale {}", dir.display()))?;
+    }
     fsutil::write_atomic(&layout.bootstrap_file(), boot_yaml.as_bytes(), 0o644)?;
     println!(
         "rendered {} load balancer(s) into {}; run: envoy -c {}",
@@ -323,24 +333,6 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
         layout.bootstrap_file().display()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// Removes EDS and SDS directories a previous render left for resources that no longer exist.
-fn prune_stale(layout: &XdsLayout, files: &[vpsie_lb_envoy::RenderedFile]) -> anyhow::Result<()> {
-    for kind in ["eds", "sds"] {
-        let base = layout.root().join(kind);
-        let Ok(entries) = std::fs::read_dir(&base) else {
-            continue;
-        };
-        for entry in entries {
-            let path = entry?.path();
-            if !files.iter().any(|f| f.path.starts_with(&path)) {
-                std::fs::remove_dir_all(&path)
-                    .with_context(|| format!("remove stale {}", path.display()))?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Runs Envoy's validate mode on the document unless told not to.

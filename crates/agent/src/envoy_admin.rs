@@ -108,6 +108,14 @@ impl EnvoyAdmin {
         Ok(body)
     }
 
+    /// GETs an admin path that answers JSON.
+    fn get_json(&self, path: &str) -> Result<serde_json::Value, AdminError> {
+        serde_json::from_str(&self.get(path)?).map_err(|e| AdminError::Request {
+            path: path.to_owned(),
+            reason: format!("not json: {e}"),
+        })
+    }
+
     /// POSTs an admin path (e.g. `/healthcheck/fail`).
     pub fn post(&self, path: &str) -> Result<(), AdminError> {
         let resp = self
@@ -130,15 +138,10 @@ impl EnvoyAdmin {
     /// Every stat whose name starts with `prefix`, as text.
     fn stats(&self, prefix: &str) -> Result<HashMap<String, String>, AdminError> {
         let filter = format!("^{}", prefix.replace('.', "\\."));
-        let body = self.get(&format!(
+        let json = self.get_json(&format!(
             "/stats?format=json&filter={}",
             url_escape(&filter)
         ))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&body).map_err(|e| AdminError::Request {
-                path: "/stats".into(),
-                reason: format!("not json: {e}"),
-            })?;
         let mut out = HashMap::new();
         for s in json["stats"].as_array().into_iter().flatten() {
             if let Some(name) = s["name"].as_str() {
@@ -175,12 +178,7 @@ impl EnvoyAdmin {
 
     /// Hosts of every cluster with their health, from `/clusters?format=json`.
     pub fn host_health(&self) -> Result<Vec<HostHealth>, AdminError> {
-        let body = self.get("/clusters?format=json")?;
-        let json: serde_json::Value =
-            serde_json::from_str(&body).map_err(|e| AdminError::Request {
-                path: "/clusters".into(),
-                reason: format!("not json: {e}"),
-            })?;
+        let json = self.get_json("/clusters?format=json")?;
         let mut out = Vec::new();
         for c in json["cluster_statuses"].as_array().into_iter().flatten() {
             let cluster = c["name"].as_str().unwrap_or_default();
@@ -212,12 +210,7 @@ impl EnvoyAdmin {
 
     /// Listeners whose last update Envoy refused, with Envoy's reason.
     pub fn listener_errors(&self) -> Result<Vec<(String, String)>, AdminError> {
-        let body = self.get("/config_dump?resource=dynamic_listeners")?;
-        let json: serde_json::Value =
-            serde_json::from_str(&body).map_err(|e| AdminError::Request {
-                path: "/config_dump".into(),
-                reason: format!("not json: {e}"),
-            })?;
+        let json = self.get_json("/config_dump?resource=dynamic_listeners")?;
         let mut named: Vec<(String, String)> = Vec::new();
         let mut unnamed: Vec<String> = Vec::new();
         for l in json["configs"].as_array().into_iter().flatten() {

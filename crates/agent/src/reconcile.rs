@@ -10,7 +10,7 @@ use serde_json::Value;
 use vpsie_lb_envoy::{
     BootstrapOptions, Delivery, TranslateOptions, XdsLayout, render_files, translate,
 };
-use vpsie_lb_model::{Problem, ReservedPort, ValidateOptions, validate};
+use vpsie_lb_model::{Config, Problem, ReservedPort, ValidateOptions, validate};
 
 use crate::apply::{Applier, Outcome, save_last_known_good};
 use crate::plan::{FileSet, file_set, plan, read_file_set};
@@ -135,11 +135,6 @@ impl Reconciler {
         }
     }
 
-    /// The ids of the load balancers with a known-good version.
-    pub fn known_good(&self) -> Vec<String> {
-        self.good.keys().cloned().collect()
-    }
-
     /// Makes Envoy serve the last-known-good config if it does not already:
     /// used at start, before the first fetch, so a restart with the API down
     /// still serves.
@@ -151,7 +146,7 @@ impl Reconciler {
         if !lkg_dir.is_dir() {
             return Ok(PassResult::Unchanged);
         }
-        let files = self
+        let (_, files) = self
             .render(&self.good.clone())
             .map_err(|e| format!("render last-known-good: {e}"))?;
         match self.applier.apply(&files) {
@@ -169,13 +164,16 @@ impl Reconciler {
         }
     }
 
-    fn render(&self, docs: &BTreeMap<String, Value>) -> Result<FileSet, String> {
+    /// Validates `docs` together and renders their files; the validated
+    /// config comes back too, for the pre-flight.
+    fn render(&self, docs: &BTreeMap<String, Value>) -> Result<(Config, FileSet), String> {
         let doc = Value::Array(docs.values().cloned().collect());
         let validated = validate(&doc, &self.validate_options()).map_err(|r| r.to_string())?;
         let resources = translate(&validated.config, &self.settings.translate);
-        render_files(&resources, &self.settings.layout)
+        let files = render_files(&resources, &self.settings.layout)
             .map(file_set)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok((validated.config, files))
     }
 
     fn validate_options(&self) -> ValidateOptions {
@@ -224,11 +222,12 @@ impl Reconciler {
     /// reporter, the metrics and the `/status` snapshot.
     fn report_state(&self, reporter: &mut dyn Reporter, result: PassResult) {
         let hosts = self.applier.admin().host_health();
-        self.observe.metrics.envoy_reachable(hosts.is_ok());
+        let envoy_reachable = hosts.is_ok();
+        self.observe.metrics.envoy_reachable(envoy_reachable);
         let hosts = hosts.unwrap_or_default();
         let now = crate::report::rfc3339_now();
         let mut snapshot = AgentStatus {
-            envoy_reachable: !hosts.is_empty() || self.applier.admin().get("/ready").is_ok(),
+            envoy_reachable,
             ..Default::default()
         };
         snapshot.ready = snapshot.envoy_reachable && self.serving_verified;
@@ -326,8 +325,8 @@ impl Reconciler {
         );
         let (candidate, rejected, fetch_failed) = self.choose(fetched, reporter);
 
-        let files = match self.render(&candidate) {
-            Ok(f) => f,
+        let (config, files) = match self.render(&candidate) {
+            Ok(built) => built,
             Err(e) => {
                 // choose() resolved every conflict, so this is a bug; keep serving.
                 reporter.error("render", &e);
@@ -363,22 +362,13 @@ impl Reconciler {
             return (PassResult::RolledBack, next_action);
         }
 
-        let static_resources = match validate(
-            &Value::Array(candidate.values().cloned().collect()),
-            &self.validate_options(),
-        ) {
-            Ok(v) => translate(
-                &v.config,
-                &TranslateOptions {
-                    delivery: Delivery::Static,
-                    ..self.settings.translate.clone()
-                },
-            ),
-            Err(e) => {
-                reporter.error("validate", &e.to_string());
-                return (PassResult::Error, Action::Backoff);
-            }
-        };
+        let static_resources = translate(
+            &config,
+            &TranslateOptions {
+                delivery: Delivery::Static,
+                ..self.settings.translate.clone()
+            },
+        );
         let boot = BootstrapOptions {
             admin: self.settings.admin,
             ..Default::default()

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -47,7 +47,6 @@ impl EnvoyCommand {
 pub struct Supervisor {
     child: Arc<Mutex<Option<Child>>>,
     stopping: Arc<AtomicBool>,
-    restarts: Arc<AtomicU64>,
     admin: EnvoyAdmin,
     drain_time: Duration,
     watcher: Option<thread::JoinHandle<()>>,
@@ -58,16 +57,14 @@ impl Supervisor {
     pub fn start(cmd: EnvoyCommand, admin: EnvoyAdmin) -> std::io::Result<Supervisor> {
         let child = Arc::new(Mutex::new(Some(cmd.spawn()?)));
         let stopping = Arc::new(AtomicBool::new(false));
-        let restarts = Arc::new(AtomicU64::new(0));
         let drain_time = cmd.drain_time;
         let watcher = {
-            let (child, stopping, restarts) = (child.clone(), stopping.clone(), restarts.clone());
-            thread::spawn(move || watch(cmd, child, stopping, restarts))
+            let (child, stopping) = (child.clone(), stopping.clone());
+            thread::spawn(move || watch(cmd, child, stopping))
         };
         Ok(Supervisor {
             child,
             stopping,
-            restarts,
             admin,
             drain_time,
             watcher: Some(watcher),
@@ -84,16 +81,6 @@ impl Supervisor {
             thread::sleep(Duration::from_millis(100));
         }
         false
-    }
-
-    /// How many times Envoy was restarted.
-    pub fn restarts(&self) -> u64 {
-        self.restarts.load(Ordering::SeqCst)
-    }
-
-    /// Envoy's pid, if it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.lock().ok()?.as_ref().map(Child::id)
     }
 
     /// Drains Envoy (fails health checks, drains listeners for the drain
@@ -124,12 +111,7 @@ impl Supervisor {
     }
 }
 
-fn watch(
-    cmd: EnvoyCommand,
-    child: Arc<Mutex<Option<Child>>>,
-    stopping: Arc<AtomicBool>,
-    restarts: Arc<AtomicU64>,
-) {
+fn watch(cmd: EnvoyCommand, child: Arc<Mutex<Option<Child>>>, stopping: Arc<AtomicBool>) {
     let mut backoff = Duration::from_secs(1);
     let mut started = Instant::now();
     while !stopping.load(Ordering::SeqCst) {
@@ -162,7 +144,6 @@ fn watch(
         match cmd.spawn() {
             Ok(c) => {
                 started = Instant::now();
-                restarts.fetch_add(1, Ordering::SeqCst);
                 if let Ok(mut guard) = child.lock() {
                     *guard = Some(c);
                 }
