@@ -44,6 +44,10 @@ impl Api {
             doc,
         );
     }
+    /// The second load balancer every agent config here names, on `port`.
+    fn put_other(&self, port: u16, pool: &[vpsie_lb_testkit::backend::HttpBackend]) {
+        self.put_lb(&lb_over("other", "http", port, "round_robin", pool));
+    }
     fn fault(&self, kind: &str, extra: Value) {
         let mut f = json!({"endpoint": "get_loadbalancer", "kind": kind});
         if let (Some(f), Some(e)) = (f.as_object_mut(), extra.as_object()) {
@@ -111,13 +115,7 @@ fn agent_follows_the_api_reports_back_and_survives_bad_config() {
         "round_robin",
         &bs[..1],
     )));
-    api.put_lb(&lb_over(
-        "other",
-        "http",
-        other_port,
-        "round_robin",
-        &bs[2..],
-    ));
+    api.put_other(other_port, &bs[2..]);
     let agent = RunningAgent::start(dir.path(), &config(dir.path(), &api, free_port()));
 
     poll_until("web served", Duration::from_secs(30), || serves(port, "a"));
@@ -255,13 +253,7 @@ fn every_api_fault_keeps_envoy_serving_and_the_agent_recovers() {
     let bs = backends(&["a", "b"]);
     let port = free_port();
     api.put_lb(&lb_over("web", "http", port, "round_robin", &bs[..1]));
-    api.put_lb(&lb_over(
-        "other",
-        "http",
-        free_port(),
-        "round_robin",
-        &bs[1..],
-    ));
+    api.put_other(free_port(), &bs[1..]);
     let agent = RunningAgent::start(dir.path(), &config(dir.path(), &api, free_port()));
     poll_until("web served", Duration::from_secs(30), || serves(port, "a"));
 
@@ -396,13 +388,7 @@ fn envoy_refusal_rolls_back_and_changes_under_load_drop_nothing_and_a_killed_age
     let bs = backends(&["a", "b", "c"]);
     let port = free_port();
     api.put_lb(&lb_over("web", "http", port, "round_robin", &bs));
-    api.put_lb(&lb_over(
-        "other",
-        "http",
-        free_port(),
-        "round_robin",
-        &bs[..1],
-    ));
+    api.put_other(free_port(), &bs[..1]);
     let cfg = config(dir.path(), &api, free_port());
     let agent = RunningAgent::start(dir.path(), &cfg);
     poll_until("web served", Duration::from_secs(30), || serves(port, "c"));
@@ -527,13 +513,7 @@ fn sighup_runs_a_pass_at_once() {
     let bs = backends(&["a", "b"]);
     let port = free_port();
     api.put_lb(&lb_over("web", "http", port, "round_robin", &bs[..1]));
-    api.put_lb(&lb_over(
-        "other",
-        "http",
-        free_port(),
-        "round_robin",
-        &bs[1..],
-    ));
+    api.put_other(free_port(), &bs[1..]);
     // An hour between polls: only the signal can explain a quick change.
     let agent = RunningAgent::start(
         dir.path(),
