@@ -23,6 +23,11 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 # systemd-analyze, which the tests use to check the packaged units.
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+# The benchmark runner's load generator, comparison proxy and backends; its
+# smoke test is part of the test command.
+command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
+command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   need_apt+=(python3-venv)
 fi

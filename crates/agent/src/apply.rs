@@ -11,7 +11,7 @@ use crate::fsutil;
 use crate::plan::{FileSet, Plan, plan, read_file_set};
 
 /// How often verification polls the admin API.
-const POLL: Duration = Duration::from_millis(50);
+const POLL: Duration = Duration::from_millis(10);
 
 /// Why a change did not take.
 #[derive(Debug, thiserror::Error)]

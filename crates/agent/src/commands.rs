@@ -403,6 +403,12 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     }
     let (layout, files) = translate_to_files(&validated, &args.output)?;
     let next = plan::file_set(files);
+    if let Err(e) =
+        crate::preflight::check_files_watch_budget(&next, &layout, crate::preflight::watch_limit())
+    {
+        println!("{e}");
+        return Ok(ExitCode::from(2));
+    }
     let admin = EnvoyAdmin::new(args.doc.admin_address)?;
     let applier = Applier::new(
         layout.clone(),

@@ -41,6 +41,11 @@ struct ApiLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndpointLabels {
     endpoint: &'static str,
 }
@@ -58,6 +63,7 @@ pub struct ReconcileMetrics {
     config_info: Family<VersionLabels, Gauge>,
     apply_seconds: Histogram,
     verify_seconds: Histogram,
+    phase_seconds: Family<PhaseLabels, Histogram>,
     rollbacks: Counter,
     backend_healthy: Family<BackendLabels, Gauge>,
     envoy_reachable: Gauge,
@@ -72,6 +78,7 @@ impl ReconcileMetrics {
             config_info: Family::default(),
             apply_seconds: seconds_histogram(),
             verify_seconds: seconds_histogram(),
+            phase_seconds: Family::new_with_constructor(seconds_histogram),
             rollbacks: Counter::default(),
             backend_healthy: Family::default(),
             envoy_reachable: Gauge::default(),
@@ -100,6 +107,11 @@ impl ReconcileMetrics {
             "verify_duration_seconds",
             "Time Envoy took to confirm the steps of a change",
             m.verify_seconds.clone(),
+        );
+        registry.register(
+            "pass_phase_duration_seconds",
+            "Time each phase of a pass that changed Envoy took",
+            m.phase_seconds.clone(),
         );
         registry.register(
             "rollbacks",
@@ -150,6 +162,15 @@ impl ReconcileMetrics {
                 version: version.to_owned(),
             })
             .set(1);
+    }
+
+    /// Records the phase times of a pass that applied a change.
+    pub fn phases(&self, times: &crate::reconcile::PhaseTimes) {
+        for (phase, took) in times.named() {
+            self.phase_seconds
+                .get_or_create(&PhaseLabels { phase })
+                .observe(took.as_secs_f64());
+        }
     }
 
     /// Counts a rollback.

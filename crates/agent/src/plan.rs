@@ -129,6 +129,29 @@ fn union_of(
     ))
 }
 
+/// The `version_info` of a file we rendered. Our files are canonical JSON
+/// with sorted keys, so it is the last key: finding it there saves parsing
+/// every file on every pass (13 MB at 1,000 load balancers). Anything else
+/// (a file edited by hand) is parsed.
+fn version_of(contents: &str) -> String {
+    const KEY: &str = "\"version_info\"";
+    let last = contents.rfind(KEY).and_then(|i| {
+        let rest = contents[i + KEY.len()..]
+            .trim_start()
+            .strip_prefix(':')?
+            .trim_start()
+            .strip_prefix('"')?;
+        let (v, after) = rest.split_once('"')?;
+        (!v.contains('\\') && after.trim() == "}").then(|| v.to_owned())
+    });
+    last.unwrap_or_else(|| {
+        serde_json::from_str::<serde_json::Value>(contents)
+            .ok()
+            .and_then(|v| v["version_info"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    })
+}
+
 /// Reads the dynamic files currently under `layout` (what Envoy was given last).
 pub fn read_file_set(layout: &XdsLayout) -> std::io::Result<FileSet> {
     let mut files = vec![layout.lds_file(), layout.cds_file()];
@@ -147,10 +170,7 @@ pub fn read_file_set(layout: &XdsLayout) -> std::io::Result<FileSet> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        let version = serde_json::from_str::<serde_json::Value>(&contents)
-            .ok()
-            .and_then(|v| v["version_info"].as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let version = version_of(&contents);
         set.insert(
             path.clone(),
             RenderedFile {
@@ -166,6 +186,25 @@ pub fn read_file_set(layout: &XdsLayout) -> std::io::Result<FileSet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_of_reads_the_last_key_and_falls_back_to_parsing() {
+        assert_eq!(
+            version_of(r#"{"resources":[],"version_info":"abc123"}"#),
+            "abc123"
+        );
+        assert_eq!(
+            version_of("{\n  \"resources\": [],\n  \"version_info\": \"v1\"\n}\n"),
+            "v1"
+        );
+        // Not last (edited by hand): parsed.
+        assert_eq!(version_of(r#"{"version_info":"v2","resources":[]}"#), "v2");
+        assert_eq!(
+            version_of(r#"{"resources":[{"version_info":"inner"}],"x":1}"#),
+            ""
+        );
+        assert_eq!(version_of("not json"), "");
+    }
     use serde_json::json;
 
     fn layout() -> XdsLayout {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vpsie_lb_envoy::{BootstrapOptions, EnvoyResources, preflight_bootstrap, to_json};
+use vpsie_lb_envoy::{BootstrapOptions, EnvoyResources, preflight_bootstrap, write_json};
 
 /// How long `envoy --mode validate` may run; 1,000 load balancers take about 0.5 s.
 const VALIDATE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -29,6 +29,51 @@ impl PreflightError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, PreflightError::Run(_))
     }
+}
+
+/// inotify instances kept free for Envoy's own watches and other processes
+/// of its user.
+const WATCH_HEADROOM: usize = 16;
+
+/// How many inotify instances Envoy needs for a candidate: one per xDS file
+/// it watches, and two per SDS secret (the certificate and key files).
+pub fn watches_needed(xds_files: usize, secrets: usize) -> usize {
+    xds_files + 2 * secrets
+}
+
+/// The host's `fs.inotify.max_user_instances`, if it can be read.
+pub fn watch_limit() -> Option<usize> {
+    std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Envoy opens one inotify instance per watched file and aborts when the
+/// kernel refuses one (`fs.inotify.max_user_instances`, 128 by default:
+/// about 120 load balancers). Checked before Envoy sees a candidate, so too
+/// many load balancers for this host is a refused change, not a crash loop.
+pub fn check_watch_budget(needed: usize, limit: Option<usize>) -> Result<(), PreflightError> {
+    match limit {
+        Some(limit) if needed + WATCH_HEADROOM > limit => Err(PreflightError::Rejected(format!(
+            "envoy would watch {needed} files but fs.inotify.max_user_instances is {limit} \
+             (envoy aborts past it, and {WATCH_HEADROOM} are kept spare): raise it, e.g. \
+             `sysctl -w fs.inotify.max_user_instances=8192` (the package's sysctl file does)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// [`check_watch_budget`] for the files of a candidate.
+pub fn check_files_watch_budget(
+    files: &crate::plan::FileSet,
+    layout: &vpsie_lb_envoy::XdsLayout,
+    limit: Option<usize>,
+) -> Result<(), PreflightError> {
+    let sds_dir = layout.root().join("sds");
+    let secrets = files.keys().filter(|p| p.starts_with(&sds_dir)).count();
+    check_watch_budget(watches_needed(files.len() - secrets, secrets), limit)
 }
 
 /// Finds Envoy: an explicit path, else `ENVOY_BIN`, else `envoy` on `PATH`.
@@ -66,11 +111,17 @@ pub fn validate(
     opts: &BootstrapOptions,
 ) -> Result<(), PreflightError> {
     let bootstrap = preflight_bootstrap(resources, opts);
-    let json = to_json(&bootstrap).map_err(|e| PreflightError::Run(e.to_string()))?;
     let dir = tempfile::tempdir().map_err(|e| PreflightError::Run(format!("temp dir: {e}")))?;
     let file = dir.path().join("preflight.json");
-    std::fs::write(&file, json.to_string())
-        .map_err(|e| PreflightError::Run(format!("write {}: {e}", file.display())))?;
+    let write_err = |e: String| PreflightError::Run(format!("write {}: {e}", file.display()));
+    // Streamed: at 1,000 load balancers an in-memory JSON tree of the whole
+    // bootstrap was the agent's peak memory.
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&file).map_err(|e| write_err(e.to_string()))?,
+    );
+    write_json(&bootstrap, &mut out).map_err(|e| write_err(e.to_string()))?;
+    std::io::Write::flush(&mut out).map_err(|e| write_err(e.to_string()))?;
+    drop(out);
 
     let mut child = Command::new(envoy)
         .arg("--mode")
@@ -104,7 +155,8 @@ pub fn validate(
                     VALIDATE_TIMEOUT.as_secs()
                 )));
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            // Validation takes tens of milliseconds: poll finely, it is on every change's path.
+            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
             Err(e) => return Err(PreflightError::Run(format!("wait for envoy: {e}"))),
         }
     };
@@ -131,4 +183,23 @@ fn envoy_reason(stderr: &str, file: &Path) -> String {
                 .to_owned()
         });
     reason.chars().take(2000).collect()
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+
+    #[test]
+    fn regression_more_load_balancers_than_inotify_allows_is_refused_not_an_envoy_crash() {
+        assert_eq!(watches_needed(1002, 3), 1008);
+        assert!(check_watch_budget(112, Some(128)).is_ok());
+        let e = check_watch_budget(113, Some(128)).expect_err("over the limit");
+        assert!(!e.is_retryable());
+        assert!(
+            e.to_string()
+                .contains("fs.inotify.max_user_instances is 128"),
+            "{e}"
+        );
+        assert!(check_watch_budget(1_000_000, None).is_ok());
+    }
 }

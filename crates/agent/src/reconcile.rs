@@ -45,6 +45,40 @@ pub enum PassResult {
     Error,
 }
 
+/// How long each phase of one pass took. Phases a pass did not reach stay zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PhaseTimes {
+    /// Fetching the desired documents.
+    pub fetch: Duration,
+    /// Validating them and choosing what to serve.
+    pub validate: Duration,
+    /// Translating to Envoy resources and rendering the files.
+    pub translate: Duration,
+    /// Reading the current files and planning the steps.
+    pub plan: Duration,
+    /// `envoy --mode validate` on the candidate.
+    pub preflight: Duration,
+    /// Writing files (apply minus verify).
+    pub write: Duration,
+    /// Waiting for Envoy to confirm each step.
+    pub verify: Duration,
+}
+
+impl PhaseTimes {
+    /// Each phase with its name, in pipeline order.
+    pub fn named(&self) -> [(&'static str, Duration); 7] {
+        [
+            ("fetch", self.fetch),
+            ("validate", self.validate),
+            ("translate", self.translate),
+            ("plan", self.plan),
+            ("preflight", self.preflight),
+            ("write", self.write),
+            ("verify", self.verify),
+        ]
+    }
+}
+
 /// Static inputs of the reconciler.
 pub struct Settings {
     /// Where Envoy's dynamic files live.
@@ -61,6 +95,8 @@ pub struct Settings {
     pub reserved_ports: Vec<ReservedPort>,
     /// How long Envoy may take to confirm a step.
     pub verify_timeout: Duration,
+    /// The host's inotify instance limit (`None`: unknown, not checked).
+    pub watch_limit: Option<usize>,
 }
 
 /// First 12 hex digits of the SHA-256 of `text`: a load balancer's config version.
@@ -101,6 +137,11 @@ pub struct Reconciler {
     serving_verified: bool,
     /// Metrics and the `/status` snapshot.
     observe: Observe,
+    /// Phase times of the pass in flight.
+    times: PhaseTimes,
+    /// The last candidate rendered and what it rendered to: most passes
+    /// fetch what they fetched before, and rendering is the costly part.
+    last_render: Option<(BTreeMap<String, Value>, Config, FileSet)>,
 }
 
 /// Where a reconciler publishes what it sees.
@@ -132,6 +173,8 @@ impl Reconciler {
             fetched: BTreeMap::new(),
             serving_verified: false,
             observe,
+            times: PhaseTimes::default(),
+            last_render: None,
         }
     }
 
@@ -190,8 +233,26 @@ impl Reconciler {
         source: &mut dyn Source,
         reporter: &mut dyn Reporter,
     ) -> (PassResult, Action) {
+        self.times = PhaseTimes::default();
         let (result, action) = self.pass_inner(source, reporter);
         self.observe.metrics.pass(result);
+        if result == PassResult::Applied {
+            let t = &self.times;
+            let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+            // One line per change, so an operator (and the benchmark) can see
+            // where the seconds of a change went.
+            tracing::info!(
+                fetch_ms = ms(t.fetch),
+                validate_ms = ms(t.validate),
+                translate_ms = ms(t.translate),
+                plan_ms = ms(t.plan),
+                preflight_ms = ms(t.preflight),
+                write_ms = ms(t.write),
+                verify_ms = ms(t.verify),
+                "pass applied a change"
+            );
+            self.observe.metrics.phases(t);
+        }
         if result != PassResult::Error {
             // Applied, unchanged, rejected or rolled back: Envoy serves a
             // config it confirmed.
@@ -310,7 +371,9 @@ impl Reconciler {
         source: &mut dyn Source,
         reporter: &mut dyn Reporter,
     ) -> (PassResult, Action) {
+        let clock = std::time::Instant::now();
         let fetched = source.fetch();
+        self.times.fetch = clock.elapsed();
         self.hint = (
             fetched.retry_after,
             fetched
@@ -323,9 +386,23 @@ impl Reconciler {
             fetched.items.keys().cloned().collect(),
             reporter,
         );
+        let clock = std::time::Instant::now();
         let (candidate, rejected, fetch_failed) = self.choose(fetched, reporter);
+        self.times.validate = clock.elapsed();
 
-        let (config, files) = match self.render(&candidate) {
+        let clock = std::time::Instant::now();
+        let rendered = match &self.last_render {
+            Some((docs, config, files)) if *docs == candidate => {
+                Ok((config.clone(), files.clone()))
+            }
+            _ => self.render(&candidate),
+        };
+        if let Ok((config, files)) = &rendered {
+            self.last_render = Some((candidate.clone(), config.clone(), files.clone()));
+        }
+        self.times.translate = clock.elapsed();
+        let clock = std::time::Instant::now();
+        let (config, files) = match rendered {
             Ok(built) => built,
             Err(e) => {
                 // choose() resolved every conflict, so this is a bug; keep serving.
@@ -343,6 +420,7 @@ impl Reconciler {
         let unchanged = plan(&self.settings.layout, &current, &files)
             .map(|p| p.is_empty())
             .unwrap_or(false);
+        self.times.plan = clock.elapsed();
         let next_action = if fetch_failed {
             Action::Backoff
         } else {
@@ -362,19 +440,42 @@ impl Reconciler {
             return (PassResult::RolledBack, next_action);
         }
 
-        let static_resources = translate(
-            &config,
-            &TranslateOptions {
-                delivery: Delivery::Static,
-                ..self.settings.translate.clone()
-            },
-        );
+        let clock = std::time::Instant::now();
+        let changed = self.changed_ids(&candidate);
+        // Envoy accepted every unchanged load balancer when it was applied,
+        // and our validation already rules out conflicts between them, so
+        // only the changed ones go through the pre-flight: one change among
+        // 1,000 load balancers is checked in milliseconds, not a second.
+        // When no document changed but the files did (the agent's own
+        // settings changed), everything is checked.
+        let mut checked = config.clone();
+        if !changed.is_empty() {
+            checked.load_balancers.retain(|lb| changed.contains(&lb.id));
+        }
         let boot = BootstrapOptions {
             admin: self.settings.admin,
             ..Default::default()
         };
-        let changed = self.changed_ids(&candidate);
-        match preflight::validate(&self.settings.envoy_bin, &static_resources, &boot) {
+        let verdict = preflight::check_files_watch_budget(
+            &files,
+            &self.settings.layout,
+            self.settings.watch_limit,
+        )
+        .and_then(|()| {
+            if checked.load_balancers.is_empty() {
+                // Only removals: nothing new for Envoy to judge.
+                return Ok(());
+            }
+            let static_resources = translate(
+                &checked,
+                &TranslateOptions {
+                    delivery: Delivery::Static,
+                    ..self.settings.translate.clone()
+                },
+            );
+            preflight::validate(&self.settings.envoy_bin, &static_resources, &boot)
+        });
+        match verdict {
             Ok(()) => {}
             Err(PreflightError::Rejected(reason)) => {
                 for id in &changed {
@@ -398,9 +499,13 @@ impl Reconciler {
             }
         }
 
+        self.times.preflight = clock.elapsed();
+
         let started = std::time::Instant::now();
         let outcome = self.applier.apply(&files);
         let verify = self.applier.take_verify_time();
+        self.times.verify = verify;
+        self.times.write = started.elapsed().saturating_sub(verify);
         match outcome {
             Ok(Outcome::Unchanged) | Ok(Outcome::Applied) => {
                 self.promote(&candidate, &files, reporter, &changed);

@@ -198,6 +198,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             },
         ],
         verify_timeout: Duration::from_secs(10),
+        watch_limit: crate::preflight::watch_limit(),
     };
     let applier = Applier::new(layout, admin, settings.verify_timeout);
     let status = std::sync::Arc::new(std::sync::Mutex::new(crate::status::AgentStatus::default()));

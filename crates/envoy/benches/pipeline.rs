@@ -12,10 +12,15 @@ fn main() {
 }
 
 fn document(n: usize) -> Value {
+    document_of(n, 10)
+}
+
+/// `n` load balancers of `per_lb` backends each.
+fn document_of(n: usize, per_lb: usize) -> Value {
     let lbs: Vec<Value> = (0..n)
         .map(|i| {
-            let backends: Vec<Value> = (0..10)
-                .map(|j| json!({"id": format!("b{j}"), "address": format!("10.{}.{}.{}", i / 250, i % 250, j + 1), "port": 8080}))
+            let backends: Vec<Value> = (0..per_lb)
+                .map(|j| json!({"id": format!("b{j}"), "address": format!("10.{}.{}.{}", i / 250, i % 250, j % 250 + 1), "port": 8080 + j / 250}))
                 .collect();
             json!({
                 "id": format!("lb{i}"), "name": format!("lb {i}"), "protocol": "http",
@@ -59,4 +64,19 @@ fn render_dynamic_files(bencher: Bencher, n: usize) {
     let layout = XdsLayout::new("/etc/envoy");
     let resources = translate(&config, &opts);
     bencher.bench(|| render_files(divan::black_box(&resources), &layout).map(|f| f.len()));
+}
+
+/// One load balancer with 10,000 backends: the other shape of the scale runs.
+#[divan::bench]
+fn ten_thousand_backends(bencher: Bencher) {
+    let doc = document_of(1, 10_000);
+    let opts = options();
+    let layout = XdsLayout::new("/etc/envoy");
+    bencher.bench(|| {
+        let config = validate(divan::black_box(&doc), &ValidateOptions::default())
+            .expect("valid")
+            .config;
+        let resources = translate(&config, &opts);
+        render_files(&resources, &layout).map(|f| f.len())
+    });
 }

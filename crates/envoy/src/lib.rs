@@ -23,7 +23,10 @@ use vpsie_lb_model::Config;
 
 pub use bootstrap::{BootstrapOptions, bootstrap, preflight_bootstrap};
 pub use names::XdsLayout;
-pub use render::{RenderError, RenderedFile, file_from_json, render_files, to_json, to_yaml};
+pub use render::{
+    RenderError, RenderedFile, file_from_json, prune_descriptor_set, render_files, to_json,
+    to_yaml, write_json,
+};
 
 /// Default cap on concurrent downstream connections across all listeners.
 pub const DEFAULT_GLOBAL_MAX_CONNECTIONS: u64 = 50_000;

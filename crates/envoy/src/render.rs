@@ -14,11 +14,15 @@ use sha2::{Digest, Sha256};
 
 use crate::{EnvoyResources, XdsLayout};
 
-/// The descriptor set envoy-types 0.7.7 ships (not exported by the crate, so
-/// vendored; a test pins it to the resolved crate's copy).
-static DESCRIPTORS: &[u8] = include_bytes!("../descriptor/envoy-types.bin");
+/// The part of envoy-types' descriptor set that the messages we emit need,
+/// vendored pre-pruned (the crate does not export the set). Decoding the
+/// whole set at start-up left some 25 MB of heap behind in the agent; the
+/// pruned set is a tenth of it. A test pins it to
+/// `prune_descriptor_set(<the resolved crate's copy>)`.
+static DESCRIPTORS: &[u8] = include_bytes!("../descriptor/envoy-types-pruned.bin");
 
-static POOL: LazyLock<Result<DescriptorPool, String>> = LazyLock::new(pruned_pool);
+static POOL: LazyLock<Result<DescriptorPool, String>> =
+    LazyLock::new(|| DescriptorPool::decode(DESCRIPTORS).map_err(|e| e.to_string()));
 
 /// Every message we emit, directly or packed in an `Any`. Rendering a type
 /// missing here fails loudly (the golden tests cover every `Any` we pack).
@@ -57,46 +61,170 @@ fn emitted_types() -> Vec<String> {
     ]
 }
 
-/// A pool of only the proto files our messages need (and their imports).
-/// The whole set of about 400 files costs some 50 MB once decoded; the
-/// agent keeps the pool for its whole life.
-fn pruned_pool() -> Result<DescriptorPool, String> {
-    use prost_reflect::prost_types::FileDescriptorSet;
+/// Keeps, of the encoded descriptor set `full`, only the message and enum
+/// types our messages reach through their fields, without options (only
+/// `map_entry` and `allow_alias`, which change how JSON is read and written,
+/// survive), encoded again. Deterministic: the vendored set is checked
+/// against it.
+pub fn prune_descriptor_set(full: &[u8]) -> Result<Vec<u8>, String> {
+    use prost_reflect::prost_types::{DescriptorProto, FileDescriptorProto, FileDescriptorSet};
     use std::collections::{BTreeSet, HashMap};
-    let set = FileDescriptorSet::decode(DESCRIPTORS).map_err(|e| e.to_string())?;
-    let by_name: HashMap<&str, &prost_reflect::prost_types::FileDescriptorProto> =
-        set.file.iter().map(|f| (f.name(), f)).collect();
-    let mut wanted: Vec<&str> = Vec::new();
-    for full in emitted_types() {
-        let file = set
-            .file
-            .iter()
-            .find(|f| {
-                f.message_type
-                    .iter()
-                    .any(|m| format!("{}.{}", f.package(), m.name()) == full)
-            })
-            .ok_or_else(|| format!("no file defines {full}"))?;
-        wanted.push(file.name());
-    }
-    let mut keep: BTreeSet<&str> = BTreeSet::new();
-    while let Some(name) = wanted.pop() {
-        if keep.insert(name) {
-            let file = by_name
-                .get(name)
-                .ok_or_else(|| format!("missing imported file {name}"))?;
-            wanted.extend(file.dependency.iter().map(String::as_str));
+
+    fn qualify(package: &str, name: &str) -> String {
+        if package.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{package}.{name}")
         }
     }
-    let pruned = FileDescriptorSet {
-        file: set
-            .file
-            .iter()
-            .filter(|f| keep.contains(f.name()))
-            .cloned()
-            .collect(),
+    fn references(m: &DescriptorProto, out: &mut Vec<String>) {
+        for f in &m.field {
+            if let Some(t) = &f.type_name {
+                out.push(t.trim_start_matches('.').to_owned());
+            }
+        }
+        for n in &m.nested_type {
+            references(n, out);
+        }
+    }
+
+    let set = FileDescriptorSet::decode(full).map_err(|e| e.to_string())?;
+    // Every top-level type: which file, message or enum, which index.
+    let mut top: HashMap<String, (usize, bool, usize)> = HashMap::new();
+    for (fi, f) in set.file.iter().enumerate() {
+        for (i, m) in f.message_type.iter().enumerate() {
+            top.insert(qualify(f.package(), m.name()), (fi, true, i));
+        }
+        for (i, e) in f.enum_type.iter().enumerate() {
+            top.insert(qualify(f.package(), e.name()), (fi, false, i));
+        }
+    }
+    // A nested type is kept by keeping the top-level type around it.
+    let owner = |name: &str| -> Option<String> {
+        let mut n = name;
+        loop {
+            if top.contains_key(n) {
+                return Some(n.to_owned());
+            }
+            n = &n[..n.rfind('.')?];
+        }
     };
-    DescriptorPool::from_file_descriptor_set(pruned).map_err(|e| e.to_string())
+    let mut keep: BTreeSet<String> = BTreeSet::new();
+    let mut queue = emitted_types();
+    while let Some(name) = queue.pop() {
+        let outer = owner(&name).ok_or_else(|| format!("no file defines {name}"))?;
+        if !keep.insert(outer.clone()) {
+            continue;
+        }
+        let (fi, is_message, i) = top[&outer];
+        if is_message {
+            references(&set.file[fi].message_type[i], &mut queue);
+        }
+    }
+
+    let mut files = Vec::new();
+    for f in &set.file {
+        let kept = |name: &str| keep.contains(&qualify(f.package(), name));
+        let message_type: Vec<DescriptorProto> = f
+            .message_type
+            .iter()
+            .filter(|m| kept(m.name()))
+            .map(strip_message)
+            .collect();
+        let enum_type: Vec<_> = f
+            .enum_type
+            .iter()
+            .filter(|e| kept(e.name()))
+            .map(strip_enum)
+            .collect();
+        if message_type.is_empty() && enum_type.is_empty() {
+            continue;
+        }
+        let mut refs = Vec::new();
+        for m in &message_type {
+            references(m, &mut refs);
+        }
+        let dependency: BTreeSet<String> = refs
+            .iter()
+            .filter_map(|r| owner(r))
+            .map(|o| set.file[top[&o].0].name().to_owned())
+            .filter(|d| d != f.name())
+            .collect();
+        files.push(FileDescriptorProto {
+            name: f.name.clone(),
+            package: f.package.clone(),
+            dependency: dependency.into_iter().collect(),
+            message_type,
+            enum_type,
+            syntax: f.syntax.clone(),
+            ..Default::default()
+        });
+    }
+    let pruned = FileDescriptorSet { file: files };
+    // Fails here, at vendoring time, if a reference dangles.
+    DescriptorPool::from_file_descriptor_set(pruned.clone()).map_err(|e| e.to_string())?;
+    Ok(pruned.encode_to_vec())
+}
+
+/// `m` without options, except `map_entry`.
+fn strip_message(
+    m: &prost_reflect::prost_types::DescriptorProto,
+) -> prost_reflect::prost_types::DescriptorProto {
+    use prost_reflect::prost_types::{DescriptorProto, MessageOptions};
+    let map_entry = m.options.as_ref().is_some_and(|o| o.map_entry());
+    DescriptorProto {
+        name: m.name.clone(),
+        field: m
+            .field
+            .iter()
+            .map(|f| {
+                let mut f = f.clone();
+                f.options = None;
+                f
+            })
+            .collect(),
+        nested_type: m.nested_type.iter().map(strip_message).collect(),
+        enum_type: m.enum_type.iter().map(strip_enum).collect(),
+        oneof_decl: m
+            .oneof_decl
+            .iter()
+            .map(|o| {
+                let mut o = o.clone();
+                o.options = None;
+                o
+            })
+            .collect(),
+        options: map_entry.then(|| MessageOptions {
+            map_entry: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `e` without options, except `allow_alias`.
+fn strip_enum(
+    e: &prost_reflect::prost_types::EnumDescriptorProto,
+) -> prost_reflect::prost_types::EnumDescriptorProto {
+    use prost_reflect::prost_types::{EnumDescriptorProto, EnumOptions};
+    let alias = e.options.as_ref().is_some_and(|o| o.allow_alias());
+    EnumDescriptorProto {
+        name: e.name.clone(),
+        value: e
+            .value
+            .iter()
+            .map(|v| {
+                let mut v = v.clone();
+                v.options = None;
+                v
+            })
+            .collect(),
+        options: alias.then(|| EnumOptions {
+            allow_alias: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// Rendering failed; this is a bug in this crate or a descriptor mismatch, never bad input.
@@ -122,9 +250,8 @@ impl RenderError {
     }
 }
 
-/// Canonical proto3 JSON of any Envoy message, with snake_case field names
-/// and keys in sorted order.
-pub fn to_json<M: Message + prost::Name>(msg: &M) -> Result<serde_json::Value, RenderError> {
+/// `msg` as a dynamic message of the pruned pool, ready to serialize.
+fn dynamic<M: Message + prost::Name>(msg: &M) -> Result<DynamicMessage, RenderError> {
     let pool = POOL
         .as_ref()
         .map_err(|e| RenderError::Descriptor(e.clone()))?;
@@ -132,19 +259,42 @@ pub fn to_json<M: Message + prost::Name>(msg: &M) -> Result<serde_json::Value, R
     let desc = pool
         .get_message_by_name(&full_name)
         .ok_or_else(|| RenderError::Descriptor(format!("no message {full_name}")))?;
-    let convert = |reason: String| RenderError::Convert {
-        message: full_name.clone(),
-        reason,
-    };
-    let dynamic = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())
-        .map_err(|e| convert(e.to_string()))?;
-    let value = dynamic
-        .serialize_with_options(
-            serde_json::value::Serializer,
-            &SerializeOptions::new().use_proto_field_name(true),
-        )
-        .map_err(|e| convert(e.to_string()))?;
+    DynamicMessage::decode(desc, msg.encode_to_vec().as_slice()).map_err(|e| RenderError::Convert {
+        message: full_name,
+        reason: e.to_string(),
+    })
+}
+
+fn options() -> SerializeOptions {
+    SerializeOptions::new().use_proto_field_name(true)
+}
+
+/// Canonical proto3 JSON of any Envoy message, with snake_case field names
+/// and keys in sorted order.
+pub fn to_json<M: Message + prost::Name>(msg: &M) -> Result<serde_json::Value, RenderError> {
+    let value = dynamic(msg)?
+        .serialize_with_options(serde_json::value::Serializer, &options())
+        .map_err(|e| RenderError::Convert {
+            message: M::full_name(),
+            reason: e.to_string(),
+        })?;
     Ok(sort_keys(value))
+}
+
+/// Writes `msg` as proto3 JSON to `out` without building it in memory
+/// first, and without sorting keys: for large throwaway files (the
+/// pre-flight bootstrap), where the canonical form buys nothing.
+pub fn write_json<M: Message + prost::Name>(
+    msg: &M,
+    out: impl std::io::Write,
+) -> Result<(), RenderError> {
+    let mut ser = serde_json::Serializer::new(out);
+    dynamic(msg)?
+        .serialize_with_options(&mut ser, &options())
+        .map_err(|e| RenderError::Convert {
+            message: M::full_name(),
+            reason: e.to_string(),
+        })
 }
 
 /// Rebuilds every object with sorted keys, so output never depends on

@@ -1,6 +1,7 @@
-//! The vendored descriptor set must be byte-identical to the one inside the
-//! envoy-types crate we compile against; a drift would turn new fields into
-//! unknown ones, which JSON rendering silently drops.
+//! The vendored descriptor set must be exactly what pruning the one inside
+//! the envoy-types crate we compile against gives; a drift would turn new
+//! fields into unknown ones, which JSON rendering silently drops.
+//! `UPDATE_DESCRIPTORS=1` rewrites it (`scripts/update-descriptors.sh` does).
 
 use sha2::{Digest, Sha256};
 
@@ -27,14 +28,19 @@ fn vendored_descriptor_set_matches_the_resolved_envoy_types_crate() {
         .expect("envoy-types in the dependency graph")
         .to_owned();
     let upstream = std::path::Path::new(&manifest).with_file_name("src/generated/types.bin");
+    let full =
+        std::fs::read(&upstream).unwrap_or_else(|e| panic!("read {}: {e}", upstream.display()));
+    let pruned = vpsie_lb_envoy::prune_descriptor_set(&full).expect("prune");
     let vendored =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("descriptor/envoy-types.bin");
-    let hash = |p: &std::path::Path| {
-        Sha256::digest(std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())))
-    };
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("descriptor/envoy-types-pruned.bin");
+    if std::env::var_os("UPDATE_DESCRIPTORS").is_some() {
+        std::fs::write(&vendored, &pruned).expect("write vendored descriptor set");
+    }
+    let on_disk =
+        std::fs::read(&vendored).unwrap_or_else(|e| panic!("read {}: {e}", vendored.display()));
     assert_eq!(
-        hash(&upstream),
-        hash(&vendored),
+        Sha256::digest(&pruned),
+        Sha256::digest(&on_disk),
         "descriptor drift: run scripts/update-descriptors.sh"
     );
 }

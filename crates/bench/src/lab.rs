@@ -1,0 +1,283 @@
+//! The parts every scenario sets up: the API emulator, the real agent with
+//! the Envoy it manages, nginx backends, and load-balancer documents.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use vpsie_lb_testkit::{free_port, http};
+
+use crate::procs::{self, Proc};
+
+/// The key the emulator accepts.
+const API_KEY: &str = "bench-key-0c1d2e";
+
+/// The API emulator, in this process, on a free port.
+pub struct Api {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Api {
+    /// Starts an emulator.
+    pub fn start() -> Result<Api> {
+        let sim = vpsie_api_sim::Sim::new(API_KEY, None);
+        let addr = sim.spawn(0).context("start the api emulator")?;
+        Ok(Api { port: addr.port() })
+    }
+
+    /// Stores `doc` as the desired state of its load balancer.
+    pub fn put_lb(&self, doc: &Value) -> Result<()> {
+        let id = doc["id"].as_str().context("document without id")?;
+        let r = http::send(
+            self.port,
+            "PUT",
+            &format!("/_sim/loadbalancers/{id}"),
+            &doc.to_string(),
+        )?;
+        if r.status >= 300 {
+            bail!("emulator refused {id}: {} {}", r.status, r.body);
+        }
+        Ok(())
+    }
+
+    /// The `vpsie` and `source` part of an agent config naming `ids`.
+    pub fn source_yaml(&self, dir: &Path, ids: &[String], poll: &str) -> Result<String> {
+        let key = dir.join("api-key");
+        std::fs::write(&key, format!("{API_KEY}\n"))?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        Ok(format!(
+            "source: vpsie\nvpsie:\n  api_url: http://127.0.0.1:{}/v1\n  api_key_file: {}\n  loadbalancer_ids: [{}]\n  poll_interval: {poll}\n",
+            self.port,
+            key.display(),
+            ids.join(", ")
+        ))
+    }
+}
+
+/// The `source: file` part of an agent config reading `path`.
+pub fn file_source_yaml(path: &Path) -> String {
+    format!(
+        "source: file\nfile: {}\nvpsie:\n  poll_interval: 1h\n",
+        path.display()
+    )
+}
+
+/// `vpsie-lb-agent run` with a managed Envoy, as an operator would run it.
+pub struct Agent {
+    /// The agent process.
+    pub proc: Proc,
+    /// Envoy's admin port.
+    pub admin: u16,
+    /// The agent's own endpoints (`/metrics`, `POST /sync`).
+    pub endpoints: u16,
+    bootstrap: PathBuf,
+}
+
+impl Agent {
+    /// Writes `dir/agent.yaml` from `source` and starts the agent built
+    /// beside this runner.
+    pub fn start(dir: &Path, source: &str) -> Result<Agent> {
+        let (admin, endpoints) = (free_port(), free_port());
+        let config = dir.join("agent.yaml");
+        let text = format!(
+            "{source}agent: {{listen_address: 127.0.0.1:{endpoints}}}\nenvoy:\n  config_dir: {d}/envoy\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: 127.0.0.1\n  manage: true\n  drain_time: 1s\n  access_log: {d}/access.log\nstate_dir: {d}/state\nlogging: {{level: info, format: json}}\n",
+            d = dir.display(),
+            bin = vpsie_lb_testkit::envoy::envoy_bin().display(),
+        );
+        std::fs::write(&config, text)?;
+        let mut cmd = Command::new(sibling_binary("vpsie-lb-agent")?);
+        cmd.args(["run", "--config"]).arg(&config);
+        let proc = Proc::spawn("vpsie-lb-agent", &mut cmd, &dir.join("agent.log"))?;
+        Ok(Agent {
+            proc,
+            admin,
+            endpoints,
+            bootstrap: dir.join("envoy/bootstrap.yaml"),
+        })
+    }
+
+    /// The Envoy the agent started, once it runs.
+    pub fn envoy_pid(&self) -> Option<u32> {
+        vpsie_lb_testkit::pids_with_arg(self.bootstrap.to_str()?)
+            .into_iter()
+            .next()
+    }
+
+    /// GET an Envoy admin path.
+    pub fn admin(&self, path: &str) -> Result<String> {
+        Ok(http::get(self.admin, path)?.body)
+    }
+
+    /// Envoy counters and gauges whose names match `regex`, by name.
+    pub fn stats(&self, regex: &str) -> Result<std::collections::BTreeMap<String, u64>> {
+        let body = self.admin(&format!("/stats?filter={regex}"))?;
+        Ok(body
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(": ")?;
+                Some((k.to_owned(), v.trim().parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// One stat by exact name (0 when Envoy does not have it yet).
+    pub fn stat(&self, name: &str) -> Result<u64> {
+        let re = format!("^{}$", name.replace('.', "\\."));
+        Ok(self.stats(&re)?.get(name).copied().unwrap_or(0))
+    }
+
+    /// Asks for a pass now.
+    pub fn sync(&self) -> Result<()> {
+        let r = http::send(self.endpoints, "POST", "/sync", "")?;
+        if r.status != 202 {
+            bail!("POST /sync: {} {}", r.status, r.body);
+        }
+        Ok(())
+    }
+
+    /// Waits until `port` answers through Envoy, failing early if the agent dies.
+    pub fn wait_serving(&mut self, port: u16, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.proc.check_alive()?;
+            if http::get(port, "/").is_ok_and(|r| r.status == 200) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "port {port} not served after {timeout:?}; agent log:\n{}",
+                    procs::tail(&self.proc.log(), 30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `(address:port, weight)` of each host of `cluster`, from `/clusters`.
+    pub fn hosts(&self, cluster: &str) -> Result<Vec<(String, u32)>> {
+        let body = self.admin("/clusters")?;
+        let prefix = format!("{cluster}::");
+        Ok(body
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .filter_map(|l| {
+                let (addr, w) = l.split_once("::weight::")?;
+                Some((addr.to_owned(), w.trim().parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// The phase timings of every pass that applied a change, from the log.
+    pub fn phase_times(&self) -> Vec<Value> {
+        self.proc
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["message"] == "pass applied a change")
+            .collect()
+    }
+}
+
+/// A binary built in the same target directory as this runner.
+pub fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let dir = me.parent().context("runner has no directory")?;
+    // Under `cargo test` the runner's test binary lives in target/*/deps.
+    for d in [dir, dir.parent().unwrap_or(dir)] {
+        let p = d.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "{name} not found beside {}: build the workspace first",
+        me.display()
+    )
+}
+
+/// A load-balancer document over backends on 127.0.0.1, given as `(port, weight)`.
+pub fn lb_doc(id: &str, protocol: &str, port: u16, backends: &[(u16, u32)]) -> Value {
+    json!({
+        "id": id,
+        "name": format!("bench {id}"),
+        "protocol": protocol,
+        "port": port,
+        "algorithm": "round_robin",
+        "backends": backends.iter().map(|(p, w)| json!({
+            "id": format!("b{p}"), "address": "127.0.0.1", "port": p, "weight": w
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// nginx as the backend: one worker, a tiny fixed answer naming the port,
+/// on each of `ports`, plus TLS 1.3 on `tls_port` when given.
+pub struct Nginx {
+    _proc: Proc,
+}
+
+impl Nginx {
+    /// Starts nginx with its files under `dir`.
+    pub fn start(dir: &Path, ports: &[u16], tls: Option<(u16, &Path, &Path)>) -> Result<Nginx> {
+        std::fs::create_dir_all(dir)?;
+        let mut listen = String::new();
+        for p in ports {
+            listen.push_str(&format!("    listen 127.0.0.1:{p} reuseport;\n"));
+        }
+        let mut tls_server = String::new();
+        if let Some((port, cert, key)) = tls {
+            tls_server = format!(
+                "  server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.3;\n    location / {{ default_type text/plain; return 200 \"backend {port}\\n\"; }}\n  }}\n",
+                cert.display(),
+                key.display()
+            );
+        }
+        let d = dir.display();
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections 8192; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 300s;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  server {{\n{listen}    location / {{ default_type text/plain; return 200 \"backend $server_port\\n\"; }}\n  }}\n{tls_server}}}\n"
+        );
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, conf)?;
+        let mut cmd = Command::new("nginx");
+        cmd.arg("-c").arg(&path).arg("-p").arg(dir);
+        let mut proc = Proc::spawn("nginx", &mut cmd, &dir.join("nginx.out"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let all: Vec<u16> = ports.iter().copied().chain(tls.map(|t| t.0)).collect();
+        procs::poll(deadline, Duration::from_millis(20), || {
+            all.iter()
+                .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
+                .then_some(())
+        })
+        .with_context(|| {
+            let _ = proc.check_alive();
+            format!("nginx did not listen on {all:?}: {}", proc.log())
+        })?;
+        Ok(Nginx { _proc: proc })
+    }
+}
+
+/// A small deterministic random source (xorshift64*), so runs are repeatable.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed` (any value).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    /// The next value in 0..1.
+    pub fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// The next value in 0..n.
+    pub fn below(&mut self, n: usize) -> usize {
+        ((self.unit() * n as f64) as usize).min(n.saturating_sub(1))
+    }
+}
