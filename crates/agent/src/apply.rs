@@ -114,13 +114,17 @@ impl Applier {
     }
 
     fn execute(&self, current: &FileSet, p: &Plan) -> Result<(), ApplyError> {
-        for f in &p.dependencies {
-            // Only subscriptions that already exist can confirm; a new one
-            // reads its file when its cluster or listener arrives.
-            let confirm = current
-                .contains_key(&f.path)
-                .then(|| self.subscription_of(&f.path))
-                .flatten();
+        // Only subscriptions that already exist can confirm; a new one reads
+        // its file when its cluster or listener arrives, so new files are
+        // only written. At a cold start there are a thousand of them: written
+        // on a few threads, their fsyncs overlap.
+        let (existing, fresh): (Vec<&RenderedFile>, Vec<&RenderedFile>) = p
+            .dependencies
+            .iter()
+            .partition(|f| current.contains_key(&f.path));
+        write_files_in_parallel(&fresh)?;
+        for f in existing {
+            let confirm = self.subscription_of(&f.path);
             self.write_and_confirm(f, confirm.as_deref())?;
         }
         if let Some(f) = &p.clusters_before {
@@ -221,6 +225,35 @@ impl Applier {
             std::thread::sleep(POLL);
         }
     }
+}
+
+/// Writes `files` (each atomically, as always) on up to 8 threads.
+fn write_files_in_parallel(files: &[&RenderedFile]) -> std::io::Result<()> {
+    const WRITERS: usize = 8;
+    if files.is_empty() {
+        return Ok(());
+    }
+    let per_thread = files.len().div_ceil(WRITERS);
+    std::thread::scope(|scope| {
+        let writers: Vec<_> = files
+            .chunks(per_thread)
+            .map(|chunk| {
+                scope.spawn(move || -> std::io::Result<()> {
+                    for f in chunk {
+                        if let Some(dir) = f.path.parent() {
+                            fsutil::ensure_dir(dir)?;
+                        }
+                        fsutil::write_atomic(&f.path, f.contents.as_bytes(), 0o644)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        writers.into_iter().try_for_each(|w| {
+            w.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("file writer thread panicked")))
+        })
+    })
 }
 
 fn describe(errors: &[(String, String)]) -> String {

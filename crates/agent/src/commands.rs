@@ -117,6 +117,10 @@ struct OutputArgs {
     /// Where Envoy writes its JSON access log.
     #[arg(long, value_name = "PATH", default_value = "/dev/stdout")]
     access_log: String,
+    /// Percent of successful requests logged (failures always are); 100 logs everything.
+    #[arg(long, value_name = "PERCENT", default_value_t = vpsie_lb_envoy::DEFAULT_ACCESS_LOG_SAMPLE_PERCENT,
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    access_log_sample_percent: u32,
     /// Global cap on concurrent downstream connections.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_GLOBAL_MAX_CONNECTIONS)]
     max_connections: u64,
@@ -285,6 +289,7 @@ fn translate_to_files(
     let opts = TranslateOptions {
         listen_address: output.listen_address,
         access_log_path: output.access_log.clone(),
+        access_log_sample_percent: output.access_log_sample_percent,
         global_max_connections: output.max_connections,
         delivery: Delivery::Files(layout.clone()),
     };

@@ -45,6 +45,8 @@ pub struct Envoy {
     pub manage: bool,
     /// Where Envoy writes its access log.
     pub access_log: String,
+    /// Percent of successful requests logged; failures always are.
+    pub access_log_sample_percent: u32,
     /// Seconds Envoy drains connections on a listener change or shutdown.
     pub drain_time: Duration,
 }
@@ -122,6 +124,7 @@ struct RawEnvoy {
     listen_address: Option<String>,
     manage: Option<bool>,
     access_log: Option<String>,
+    access_log_sample_percent: Option<u32>,
     drain_time: Option<serde_norway::Value>,
 }
 
@@ -299,6 +302,16 @@ impl Config {
                 Duration::from_secs(30)
             }
         };
+        let access_log_sample_percent = match e.access_log_sample_percent {
+            None => vpsie_lb_envoy::DEFAULT_ACCESS_LOG_SAMPLE_PERCENT,
+            Some(p) if p <= 100 => p,
+            Some(p) => {
+                problems.push(format!(
+                    "envoy.access_log_sample_percent: must be 0..=100 (got {p})"
+                ));
+                vpsie_lb_envoy::DEFAULT_ACCESS_LOG_SAMPLE_PERCENT
+            }
+        };
         let logging = raw.logging.unwrap_or_default();
         let level = logging.level.unwrap_or_else(|| "info".into());
         if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
@@ -351,6 +364,7 @@ impl Config {
                 listen_address,
                 manage: e.manage.unwrap_or(false),
                 access_log: e.access_log.unwrap_or_else(|| "/dev/stdout".into()),
+                access_log_sample_percent,
                 drain_time,
             },
             state_dir: raw
@@ -403,12 +417,13 @@ mod tests {
         assert_eq!(c.source, SourceKind::File("/tmp/lb.yaml".into()));
         assert_eq!(c.vpsie.poll_interval, Duration::from_secs(30));
         assert_eq!(c.envoy.admin_address.to_string(), "127.0.0.1:9901");
+        assert_eq!(c.envoy.access_log_sample_percent, 1);
     }
 
     #[test]
     fn every_problem_is_named() {
         let errs = load(
-            "source: file\nvpsie: {api_url: 'http://api.example.com/v1', poll_interval: 3x, loadbalancer_ids: ['bad id']}\nenvoy: {admin_address: '0.0.0.0:9901'}\nlogging: {level: loud}\n",
+            "source: file\nvpsie: {api_url: 'http://api.example.com/v1', poll_interval: 3x, loadbalancer_ids: ['bad id']}\nenvoy: {admin_address: '0.0.0.0:9901', access_log_sample_percent: 101}\nlogging: {level: loud}\n",
         )
         .expect_err("invalid");
         let all = errs.join("\n");
@@ -418,6 +433,7 @@ mod tests {
             "vpsie.poll_interval: \"3x\": unit must be ms, s, m or h",
             "vpsie.loadbalancer_ids: \"bad id\" must match",
             "envoy.admin_address: 0.0.0.0:9901 must be a loopback address",
+            "envoy.access_log_sample_percent: must be 0..=100 (got 101)",
             "logging.level: must be error",
         ] {
             assert!(all.contains(want), "missing {want:?} in:\n{all}");

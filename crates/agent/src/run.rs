@@ -182,6 +182,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         translate: TranslateOptions {
             listen_address: cfg.envoy.listen_address,
             access_log_path: cfg.envoy.access_log.clone(),
+            access_log_sample_percent: cfg.envoy.access_log_sample_percent,
             ..TranslateOptions::new(Delivery::Files(layout.clone()))
         },
         envoy_bin: cfg.envoy.binary_path.clone(),

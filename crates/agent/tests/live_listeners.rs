@@ -134,16 +134,13 @@ fn tcp_proxy_round_trips_bytes() {
 }
 
 #[test]
-fn access_log_has_one_json_line_per_request() {
+fn access_log_sampling_everything_has_one_json_line_per_request() {
     let b = HttpBackend::start("a");
     let port = free_port();
-    let lab = Lab::start(&lb(
-        "logged",
-        "http",
-        port,
-        "round_robin",
-        &[("a", b.port(), 0)],
-    ));
+    let lab = Lab::start_with(
+        &lb("logged", "http", port, "round_robin", &[("a", b.port(), 0)]),
+        &["--access-log-sample-percent", "100"],
+    );
     assert_eq!(http::get(port, "/some/path").expect("request").status, 200);
     let line = poll_until("an access log line", Duration::from_secs(15), || {
         let text = std::fs::read_to_string(lab.access_log()).unwrap_or_default();
@@ -169,6 +166,42 @@ fn access_log_has_one_json_line_per_request() {
     assert_eq!(v["status"], json!(200));
     assert_eq!(v["upstream_host"], json!(format!("127.0.0.1:{}", b.port())));
     assert_eq!(v["listener"], json!("lb_logged"));
+}
+
+#[test]
+fn access_log_always_writes_failures_and_samples_successes() {
+    let b = HttpBackend::start("a");
+    let port = free_port();
+    // 0 %: no success is logged, so the assertion below cannot pass by luck.
+    let lab = Lab::start_with(
+        &lb(
+            "sampled",
+            "http",
+            port,
+            "round_robin",
+            &[("a", b.port(), 0)],
+        ),
+        &["--access-log-sample-percent", "0"],
+    );
+    for i in 0..20 {
+        let path = format!("/fine/{i}");
+        assert_eq!(http::get(port, &path).expect("request").status, 200);
+    }
+    b.set_health(503);
+    assert_eq!(http::get(port, "/healthz").expect("request").status, 503);
+    let text = poll_until("the failure's log line", Duration::from_secs(15), || {
+        let text = std::fs::read_to_string(lab.access_log()).unwrap_or_default();
+        if text.contains("/healthz") {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    });
+    // Lines are flushed in order, so the successes would be there by now.
+    assert!(!text.contains("/fine/"), "a success was logged:\n{text}");
+    let line = text.lines().find(|l| l.contains("/healthz")).expect("line");
+    let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+    assert_eq!(v["status"], json!(503));
 }
 
 #[test]

@@ -45,22 +45,31 @@ impl Mode {
 enum Target {
     Direct,
     Ours,
+    OursFullLog,
     HandTuned,
     Haproxy,
 }
 
-const TARGETS: [Target; 4] = [
+const TARGETS: [Target; 5] = [
     Target::Direct,
     Target::Ours,
+    Target::OursFullLog,
     Target::HandTuned,
     Target::Haproxy,
 ];
+
+/// Indexes into [`TARGETS`] for the ratios.
+const OURS: usize = 1;
+const OURS_FULL_LOG: usize = 2;
+const HAND_TUNED: usize = 3;
+const HAPROXY: usize = 4;
 
 impl Target {
     fn name(self) -> &'static str {
         match self {
             Target::Direct => "direct to nginx (the limit)",
             Target::Ours => "Envoy, our generated config",
+            Target::OursFullLog => "Envoy, ours with every request logged",
             Target::HandTuned => "Envoy, hand-tuned minimal config",
             Target::Haproxy => "HAProxy, equivalent config",
         }
@@ -72,6 +81,7 @@ struct Ports {
     backends: [u16; 2],
     backend_tls: u16,
     ours: [u16; 3],
+    ours_full_log: [u16; 3],
     hand: [u16; 3],
     haproxy: [u16; 3],
 }
@@ -87,6 +97,7 @@ impl Ports {
             Target::Direct if idx == 1 => self.backend_tls,
             Target::Direct => self.backends[0],
             Target::Ours => self.ours[idx],
+            Target::OursFullLog => self.ours_full_log[idx],
             Target::HandTuned => self.hand[idx],
             Target::Haproxy => self.haproxy[idx],
         };
@@ -111,6 +122,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings) -> Result<Vec<Table>> {
         backends: [free_port(), free_port()],
         backend_tls: free_port(),
         ours: [free_port(), free_port(), free_port()],
+        ours_full_log: [free_port(), free_port(), free_port()],
         hand: [free_port(), free_port(), free_port()],
         haproxy: [free_port(), free_port(), free_port()],
     };
@@ -120,24 +132,34 @@ pub fn run(ctx: &Ctx, findings: &mut Findings) -> Result<Vec<Table>> {
         Some((ports.backend_tls, &cert, &key)),
     )?;
 
-    // Ours: the real agent, as an operator runs it, on a file source.
-    let ours_dir = dir.join("ours");
-    std::fs::create_dir_all(&ours_dir)?;
+    // Ours: the real agent, as an operator runs it, on a file source; once
+    // with the defaults, once logging every request.
     let pool: Vec<(u16, u32)> = ports.backends.iter().map(|p| (*p, 1)).collect();
-    let mut https = lb_doc("dp-https", "https", ports.ours[1], &pool);
-    https["tls_config"] = json!({
-        "certificate_path": cert, "private_key_path": key, "min_version": "TLSv1.3"
-    });
-    let docs = json!([
-        lb_doc("dp-http", "http", ports.ours[0], &pool),
-        https,
-        lb_doc("dp-tcp", "tcp", ports.ours[2], &pool),
-    ]);
-    let desired = ours_dir.join("desired.json");
-    std::fs::write(&desired, serde_json::to_vec_pretty(&docs)?)?;
-    let mut agent = Agent::start(&ours_dir, &file_source_yaml(&desired))?;
-    agent.wait_serving(ports.ours[0], Duration::from_secs(60))?;
-    agent.wait_serving(ports.ours[2], Duration::from_secs(10))?;
+    let start_ours = |name: &str, p: [u16; 3], extra: &str| -> Result<Agent> {
+        let ours_dir = dir.join(name);
+        std::fs::create_dir_all(&ours_dir)?;
+        let mut https = lb_doc("dp-https", "https", p[1], &pool);
+        https["tls_config"] = json!({
+            "certificate_path": cert, "private_key_path": key, "min_version": "TLSv1.3"
+        });
+        let docs = json!([
+            lb_doc("dp-http", "http", p[0], &pool),
+            https,
+            lb_doc("dp-tcp", "tcp", p[2], &pool),
+        ]);
+        let desired = ours_dir.join("desired.json");
+        std::fs::write(&desired, serde_json::to_vec_pretty(&docs)?)?;
+        let mut agent = Agent::start_with(&ours_dir, &file_source_yaml(&desired), extra)?;
+        agent.wait_serving(p[0], Duration::from_secs(60))?;
+        agent.wait_serving(p[2], Duration::from_secs(10))?;
+        Ok(agent)
+    };
+    let agent = start_ours("ours", ports.ours, "")?;
+    let agent_full_log = start_ours(
+        "ours-full-log",
+        ports.ours_full_log,
+        "  access_log_sample_percent: 100\n",
+    )?;
 
     // Hand-tuned: the leanest static config for the same job.
     let hand_dir = dir.join("hand");
@@ -155,6 +177,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings) -> Result<Vec<Table>> {
     let pid_of = |t: Target| match t {
         Target::Direct => None,
         Target::Ours => agent.envoy_pid(),
+        Target::OursFullLog => agent_full_log.envoy_pid(),
         Target::HandTuned => Some(hand.pid()),
         Target::Haproxy => Some(haproxy.pid()),
     };
@@ -217,6 +240,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings) -> Result<Vec<Table>> {
     let rss_cells = [
         "-".to_owned(),
         rss(agent.envoy_pid()),
+        rss(agent_full_log.envoy_pid()),
         rss(Some(hand.pid())),
         rss(Some(haproxy.pid())),
     ];
@@ -229,6 +253,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings) -> Result<Vec<Table>> {
             "ours / hand-tuned p99",
             "ours / HAProxy req/s",
             "target ≥ 0.95× req/s, p99 ≤ 1.10×",
+            "ours, every request logged / hand-tuned req/s",
         ],
     );
     for (mi, m) in MODES.iter().enumerate() {
@@ -276,9 +301,10 @@ pub fn run(ctx: &Ctx, findings: &mut Findings) -> Result<Vec<Table>> {
                 .collect();
             Summary::of(&v)
         };
-        let tput = ratio(1, 2, |w| w.rps);
-        let p99 = ratio(1, 2, |w| w.p99_ms);
-        let vs_haproxy = ratio(1, 3, |w| w.rps);
+        let tput = ratio(OURS, HAND_TUNED, |w| w.rps);
+        let p99 = ratio(OURS, HAND_TUNED, |w| w.p99_ms);
+        let vs_haproxy = ratio(OURS, HAPROXY, |w| w.rps);
+        let full_log = ratio(OURS_FULL_LOG, HAND_TUNED, |w| w.rps);
         let met = tput.is_some_and(|s| s.median >= 0.95) && p99.is_some_and(|s| s.median <= 1.10);
         if !met {
             findings.push(format!(
@@ -294,6 +320,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings) -> Result<Vec<Table>> {
             p99.map_or("-".into(), |s| s.show(3)),
             vs_haproxy.map_or("-".into(), |s| s.show(3)),
             verdict(met),
+            full_log.map_or("-".into(), |s| s.show(3)),
         ]);
         tables.push(t);
     }
@@ -302,10 +329,10 @@ pub fn run(ctx: &Ctx, findings: &mut Findings) -> Result<Vec<Table>> {
         ctx.duration.as_secs(),
         ctx.runs
     ));
-    ratios.note("Ours = `vpsie-lb-agent run` with a managed Envoy (started as the agent starts it) on three load balancers (http, https, tcp) over the same two nginx ports; hand-tuned = one static listener per mode, no access log, no request ids, no `x-envoy-*` headers, no health checks, no outlier detection, `--concurrency 2`; HAProxy = `nbthread 2`, one frontend per mode.");
+    ratios.note("Ours = `vpsie-lb-agent run` with a managed Envoy (started as the agent starts it) on three load balancers (http, https, tcp) over the same two nginx ports, with the default access log (every failure, 1 % of successes); `every request logged` = the same with `envoy.access_log_sample_percent: 100`; hand-tuned = one static listener per mode, no access log, no request ids, no `x-envoy-*` headers, no health checks, no outlier detection, `--concurrency 2`; HAProxy = `nbthread 2`, one frontend per mode.");
     ratios.note("New HTTPS connections: wrk resumes its TLS session on every reconnect, so these are TLS 1.3 resumptions, not full handshakes.");
     tables.push(ratios);
-    drop(agent);
+    drop((agent, agent_full_log));
     Ok(tables)
 }
 

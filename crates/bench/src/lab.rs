@@ -81,10 +81,16 @@ impl Agent {
     /// Writes `dir/agent.yaml` from `source` and starts the agent built
     /// beside this runner.
     pub fn start(dir: &Path, source: &str) -> Result<Agent> {
+        Agent::start_with(dir, source, "")
+    }
+
+    /// Like [`Agent::start`], with `envoy_extra` (indented YAML lines) added
+    /// to the `envoy` section.
+    pub fn start_with(dir: &Path, source: &str, envoy_extra: &str) -> Result<Agent> {
         let (admin, endpoints) = (free_port(), free_port());
         let config = dir.join("agent.yaml");
         let text = format!(
-            "{source}agent: {{listen_address: 127.0.0.1:{endpoints}}}\nenvoy:\n  config_dir: {d}/envoy\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: 127.0.0.1\n  manage: true\n  drain_time: 1s\n  access_log: {d}/access.log\nstate_dir: {d}/state\nlogging: {{level: info, format: json}}\n",
+            "{source}agent: {{listen_address: 127.0.0.1:{endpoints}}}\nenvoy:\n  config_dir: {d}/envoy\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: 127.0.0.1\n  manage: true\n  drain_time: 1s\n  access_log: {d}/access.log\n{envoy_extra}state_dir: {d}/state\nlogging: {{level: info, format: json}}\n",
             d = dir.display(),
             bin = vpsie_lb_testkit::envoy::envoy_bin().display(),
         );

@@ -53,7 +53,7 @@ fn smoke_run_writes_every_scenario_and_records_no_failure() {
             .unwrap_or(0.0);
         assert!(rps > 0.0, "no traffic in {line}");
     }
-    assert_eq!(cells_seen, 16, "4 modes × 4 targets:\n{md}");
+    assert_eq!(cells_seen, 20, "4 modes × 5 targets:\n{md}");
     // Hitless changes failed nothing and drained nothing (--strict makes a
     // failure exit non-zero; this names it).
     assert!(

@@ -42,6 +42,12 @@ pub enum Delivery {
     Static,
 }
 
+/// Default share of successful requests written to the access log, in
+/// percent. Formatting and writing a JSON line for every request cost Envoy
+/// about 7 % of its throughput on small requests (BENCHMARKS.md, docs/benchmarks.md);
+/// failures, which are what an operator searches the log for, are always written.
+pub const DEFAULT_ACCESS_LOG_SAMPLE_PERCENT: u32 = 1;
+
 /// Inputs to [`translate`] that do not come from the load-balancer document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TranslateOptions {
@@ -49,6 +55,9 @@ pub struct TranslateOptions {
     pub listen_address: IpAddr,
     /// Where Envoy writes its JSON access log.
     pub access_log_path: String,
+    /// Percent (0–100) of successful requests (and TCP connections) logged;
+    /// failures (status ≥ 400, or any response flag) are always logged.
+    pub access_log_sample_percent: u32,
     /// The global downstream connection cap; also the default circuit-breaker size.
     pub global_max_connections: u64,
     /// How the resources reach Envoy.
@@ -61,6 +70,7 @@ impl TranslateOptions {
         Self {
             listen_address: IpAddr::from([0, 0, 0, 0]),
             access_log_path: "/dev/stdout".into(),
+            access_log_sample_percent: DEFAULT_ACCESS_LOG_SAMPLE_PERCENT,
             global_max_connections: DEFAULT_GLOBAL_MAX_CONNECTIONS,
             delivery,
         }

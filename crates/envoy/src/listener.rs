@@ -1,6 +1,6 @@
 //! One listener per load balancer: HTTP connection manager or TCP proxy.
 
-use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
+use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, AccessLogFilter, access_log};
 use envoy_types::pb::envoy::config::core::v3::{
     Http2ProtocolOptions, HttpProtocolOptions, SubstitutionFormatString, TransportSocket,
     substitution_format_string, transport_socket,
@@ -176,7 +176,46 @@ fn tcp_proxy(lb: &LoadBalancer, opts: &TranslateOptions) -> TcpProxy {
     }
 }
 
-/// A JSON access log line per request (HTTP) or per connection (TCP).
+/// Which requests (HTTP) or connections (TCP) get a log line: every one
+/// that failed (status ≥ 400, or any response flag such as no healthy
+/// upstream, reset or timeout), and a random `sample_percent` of the rest.
+fn access_log_filter(sample_percent: u32) -> AccessLogFilter {
+    use envoy_types::pb::envoy::config::accesslog::v3::{
+        ComparisonFilter, OrFilter, ResponseFlagFilter, RuntimeFilter, StatusCodeFilter,
+        access_log_filter::FilterSpecifier, comparison_filter,
+    };
+    use envoy_types::pb::envoy::config::core::v3::RuntimeUInt32;
+    use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
+    let filter = |f: FilterSpecifier| AccessLogFilter {
+        filter_specifier: Some(f),
+    };
+    let failed_status = filter(FilterSpecifier::StatusCodeFilter(StatusCodeFilter {
+        comparison: Some(ComparisonFilter {
+            op: comparison_filter::Op::Ge as i32,
+            value: Some(RuntimeUInt32 {
+                default_value: 400,
+                runtime_key: "vpsie_lb.access_log.min_failed_status".into(),
+            }),
+        }),
+    }));
+    let any_flag = filter(FilterSpecifier::ResponseFlagFilter(ResponseFlagFilter {
+        flags: vec![],
+    }));
+    let sampled = filter(FilterSpecifier::RuntimeFilter(RuntimeFilter {
+        runtime_key: "vpsie_lb.access_log.sample_percent".into(),
+        percent_sampled: Some(FractionalPercent {
+            numerator: sample_percent.min(100),
+            denominator: fractional_percent::DenominatorType::Hundred as i32,
+        }),
+        use_independent_randomness: true,
+    }));
+    filter(FilterSpecifier::OrFilter(OrFilter {
+        filters: vec![failed_status, any_flag, sampled],
+    }))
+}
+
+/// A JSON access log line per request (HTTP) or per connection (TCP), for
+/// failures and a sample of the rest.
 fn access_log(lb: &LoadBalancer, opts: &TranslateOptions, http: bool) -> AccessLog {
     let mut fields: Vec<(&str, String)> = vec![
         ("time", "%START_TIME%".into()),
@@ -223,7 +262,9 @@ fn access_log(lb: &LoadBalancer, opts: &TranslateOptions, http: bool) -> AccessL
     };
     AccessLog {
         name: "envoy.access_loggers.file".into(),
+        // Logging everything is a plain log with no filter.
+        filter: (opts.access_log_sample_percent < 100)
+            .then(|| access_log_filter(opts.access_log_sample_percent)),
         config_type: Some(access_log::ConfigType::TypedConfig(any(&file))),
-        ..Default::default()
     }
 }

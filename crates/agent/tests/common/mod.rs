@@ -51,7 +51,12 @@ impl Lab {
 
     /// Renders `doc` with the real binary; panics unless it exits 0.
     pub fn render(&self, doc: &Value) {
-        let out = self.run("render", doc, &[]);
+        self.render_with(doc, &[]);
+    }
+
+    /// Renders `doc` with `extra` flags; panics unless it exits 0.
+    pub fn render_with(&self, doc: &Value, extra: &[&str]) {
+        let out = self.run("render", doc, extra);
         assert!(
             out.status.success(),
             "render failed: {}\n{}",
@@ -95,8 +100,13 @@ impl Lab {
 
     /// Renders `doc` and starts Envoy on it.
     pub fn start(doc: &Value) -> Lab {
+        Lab::start_with(doc, &[])
+    }
+
+    /// Renders `doc` with `extra` render flags and starts Envoy on it.
+    pub fn start_with(doc: &Value, extra: &[&str]) -> Lab {
         let mut lab = Lab::new();
-        lab.render(doc);
+        lab.render_with(doc, extra);
         let boot = lab.out_dir().join("bootstrap.yaml");
         let log = lab.dir.path().join("envoy.log");
         lab.envoy = Some(Envoy::start(&boot, lab.admin_port, &log));
