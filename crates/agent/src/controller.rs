@@ -33,13 +33,15 @@ impl Jitter {
             ^ u64::from(std::process::id()) << 32;
         Self(seed | 1)
     }
-    /// `d` scaled by a random factor in [1 - spread, 1 + spread].
+    /// `d` scaled by a random factor in [1 - spread, 1]: never longer than
+    /// asked, so a configured poll interval is a bound on how stale the
+    /// config can get (with +10 % a 30 s interval converged in up to 33 s).
     fn apply(&mut self, d: Duration, spread: f64) -> Duration {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         let unit = (self.0 % 10_000) as f64 / 10_000.0; // [0, 1)
-        d.mul_f64(1.0 - spread + 2.0 * spread * unit)
+        d.mul_f64(1.0 - spread * unit)
     }
 }
 
@@ -62,7 +64,7 @@ pub fn run(
         let wait = match action {
             Action::Requeue => {
                 backoff = FIRST_BACKOFF;
-                jitter.apply(poll_interval, 0.1)
+                jitter.apply(poll_interval, 0.2)
             }
             Action::Backoff => {
                 let w = jitter.apply(backoff.min(poll_interval), 0.2);
@@ -93,15 +95,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn jitter_stays_within_its_spread() {
+    fn regression_poll_jitter_never_waits_longer_than_the_interval() {
         let mut j = Jitter::new();
         let base = Duration::from_secs(30);
+        let (mut lowest, mut highest) = (base, Duration::ZERO);
         for _ in 0..10_000 {
-            let d = j.apply(base, 0.1);
-            assert!(
-                d >= Duration::from_secs(27) && d <= Duration::from_secs(33),
-                "{d:?}"
-            );
+            let d = j.apply(base, 0.2);
+            lowest = lowest.min(d);
+            highest = highest.max(d);
         }
+        assert!(highest <= base, "{highest:?}");
+        assert!(lowest >= Duration::from_secs(24), "{lowest:?}");
+        // It does spread: a fleet must not poll in step.
+        assert!(
+            highest - lowest > Duration::from_secs(5),
+            "{lowest:?}..{highest:?}"
+        );
     }
 }

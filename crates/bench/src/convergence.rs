@@ -16,7 +16,7 @@ use serde_json::Value;
 use vpsie_lb_testkit::backend::HttpBackend;
 use vpsie_lb_testkit::{free_port, http};
 
-use crate::lab::{Agent, Api, Rng, lb_doc};
+use crate::lab::{Agent, Api, PHASES, Rng, lb_doc};
 use crate::report::{Summary, Table, fmt_num, percentile, verdict};
 use crate::{Ctx, Failures, Findings};
 
@@ -260,15 +260,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, failures: &mut Failures) -> Resul
         ]);
         if v.push {
             for pass in agent.phase_times() {
-                for phase in [
-                    "fetch",
-                    "validate",
-                    "translate",
-                    "plan",
-                    "preflight",
-                    "write",
-                    "verify",
-                ] {
+                for phase in PHASES {
                     if let Some(ms) = pass[format!("{phase}_ms")].as_f64() {
                         phases.entry(phase).or_default().push(ms);
                     }
@@ -295,15 +287,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, failures: &mut Failures) -> Resul
         &["phase", "p50", "p99", "max"],
     );
     let mut total = Vec::new();
-    for phase in [
-        "fetch",
-        "validate",
-        "translate",
-        "plan",
-        "preflight",
-        "write",
-        "verify",
-    ] {
+    for phase in PHASES {
         let v = phases.get(phase).cloned().unwrap_or_default();
         if total.is_empty() {
             total = vec![0.0; v.len()];

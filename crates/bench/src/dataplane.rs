@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::{Value, json};
 use vpsie_lb_testkit::envoy::Envoy;
 use vpsie_lb_testkit::free_port;
@@ -426,17 +426,6 @@ fn start_haproxy(dir: &Path, ports: &Ports, pair: &vpsie_lb_testkit::pki::Pair) 
     let mut cmd = Command::new("haproxy");
     cmd.arg("-db").arg("-f").arg(&path);
     let mut proc = Proc::spawn("haproxy", &mut cmd, &dir.join("haproxy.log"))?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    procs::poll(deadline, Duration::from_millis(20), || {
-        ports
-            .haproxy
-            .iter()
-            .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
-            .then_some(())
-    })
-    .with_context(|| {
-        let _ = proc.check_alive();
-        format!("haproxy did not listen: {}", proc.log())
-    })?;
+    proc.wait_listening(&ports.haproxy)?;
     Ok(proc)
 }

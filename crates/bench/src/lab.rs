@@ -12,6 +12,9 @@ use vpsie_lb_testkit::{free_port, http};
 
 use crate::procs::{self, Proc};
 
+/// The phases of an agent pass, as its log line names them.
+pub const PHASES: [&str; 7] = vpsie_lb_agent::reconcile::PhaseTimes::NAMES;
+
 /// The key the emulator accepts.
 const API_KEY: &str = "bench-key-0c1d2e";
 
@@ -250,17 +253,8 @@ impl Nginx {
         let mut cmd = Command::new("nginx");
         cmd.arg("-c").arg(&path).arg("-p").arg(dir);
         let mut proc = Proc::spawn("nginx", &mut cmd, &dir.join("nginx.out"))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
         let all: Vec<u16> = ports.iter().copied().chain(tls.map(|t| t.0)).collect();
-        procs::poll(deadline, Duration::from_millis(20), || {
-            all.iter()
-                .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
-                .then_some(())
-        })
-        .with_context(|| {
-            let _ = proc.check_alive();
-            format!("nginx did not listen on {all:?}: {}", proc.log())
-        })?;
+        proc.wait_listening(&all)?;
         Ok(Nginx { _proc: proc })
     }
 }

@@ -58,6 +58,27 @@ impl Proc {
         vpsie_lb_testkit::signal(self.pid(), sig);
     }
 
+    /// Waits up to 10 s until every port in `ports` on 127.0.0.1 accepts
+    /// connections; fails with its log if not.
+    pub fn wait_listening(&mut self, ports: &[u16]) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let up = poll(deadline, Duration::from_millis(20), || {
+            ports
+                .iter()
+                .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
+                .then_some(())
+        });
+        if up.is_none() {
+            self.check_alive()?;
+            bail!(
+                "{} did not listen on {ports:?}: {}",
+                self.name,
+                tail(&self.log(), 20)
+            );
+        }
+        Ok(())
+    }
+
     /// Waits up to `timeout` for it to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;

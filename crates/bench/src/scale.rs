@@ -10,20 +10,10 @@ use anyhow::{Result, bail};
 use serde_json::{Value, json};
 use vpsie_lb_testkit::free_port;
 
-use crate::lab::{Agent, file_source_yaml};
+use crate::lab::{Agent, PHASES, file_source_yaml};
 use crate::procs::{self, peak_rss_mib, rss_mib};
 use crate::report::{Table, fmt_num, verdict};
 use crate::{Ctx, Findings};
-
-const PHASES: [&str; 7] = [
-    "fetch",
-    "validate",
-    "translate",
-    "plan",
-    "preflight",
-    "write",
-    "verify",
-];
 
 /// A document of `lbs` load balancers with `backends` each.
 fn document(lbs: usize, backends: usize) -> Value {
