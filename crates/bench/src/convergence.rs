@@ -259,7 +259,8 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, failures: &mut Failures) -> Resul
             of(|o| *o == Op::RemoveBackend),
         ]);
         if v.push {
-            for pass in agent.phase_times() {
+            // The first pass applied the initial config, not a change.
+            for pass in agent.phase_times().into_iter().skip(1) {
                 for phase in PHASES {
                     if let Some(ms) = pass[format!("{phase}_ms")].as_f64() {
                         phases.entry(phase).or_default().push(ms);
