@@ -100,6 +100,8 @@ impl Agent {
         std::fs::write(&config, text)?;
         let mut cmd = Command::new(sibling_binary("vpsie-lb-agent")?);
         cmd.args(["run", "--config"]).arg(&config);
+        // As packaging/systemd/vpsie-lb-agent.service runs it.
+        cmd.env("MALLOC_ARENA_MAX", "2");
         let proc = Proc::spawn("vpsie-lb-agent", &mut cmd, &dir.join("agent.log"))?;
         Ok(Agent {
             proc,
