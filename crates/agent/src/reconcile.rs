@@ -532,7 +532,7 @@ impl Reconciler {
         self.times.preflight = clock.elapsed();
 
         let started = std::time::Instant::now();
-        let outcome = self.applier.apply(&files);
+        let outcome = self.applier.apply_over(&current, &files);
         let verify = self.applier.take_verify_time();
         self.times.verify = verify;
         self.times.write = started.elapsed().saturating_sub(verify);

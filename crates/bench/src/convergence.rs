@@ -261,8 +261,8 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, failures: &mut Failures) -> Resul
         if v.push {
             // The first pass applied the initial config, not a change.
             for pass in agent.phase_times().into_iter().skip(1) {
-                for phase in PHASES {
-                    if let Some(ms) = pass[format!("{phase}_ms")].as_f64() {
+                for (phase, ms) in PHASES.into_iter().zip(pass) {
+                    if ms.is_finite() {
                         phases.entry(phase).or_default().push(ms);
                     }
                 }

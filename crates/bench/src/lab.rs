@@ -182,13 +182,15 @@ impl Agent {
             .collect())
     }
 
-    /// The phase timings of every pass that applied a change, from the log.
-    pub fn phase_times(&self) -> Vec<Value> {
+    /// The phase times (ms, in [`PHASES`] order, NaN when absent) of every
+    /// pass that applied a change, from the agent's log.
+    pub fn phase_times(&self) -> Vec<[f64; 7]> {
         self.proc
             .log()
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter(|v| v["message"] == "pass applied a change")
+            .map(|v| PHASES.map(|ph| v[format!("{ph}_ms")].as_f64().unwrap_or(f64::NAN)))
             .collect()
     }
 }

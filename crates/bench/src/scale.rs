@@ -52,10 +52,7 @@ fn wait_pass(agent: &mut Agent, n: usize, timeout: Duration) -> Result<Vec<f64>>
         agent.proc.check_alive()?;
         let passes = agent.phase_times();
         if let Some(p) = passes.get(n) {
-            return Ok(PHASES
-                .iter()
-                .map(|ph| p[format!("{ph}_ms")].as_f64().unwrap_or(f64::NAN))
-                .collect());
+            return Ok(p.to_vec());
         }
         if Instant::now() >= deadline {
             bail!(
