@@ -75,6 +75,8 @@ envoy:
   access_log: $work/access.log
 state_dir: $work/state
 logging: {level: info, format: text}
+# The demo's backends run on this machine; production backends never may.
+allowed_backend_networks: [127.0.0.0/8]
 YAML
 "$bin/vpsie-lb-agent" run --config "$work/agent.yaml" >"$work/agent.log" 2>&1 &
 pids+=($!)

@@ -1,7 +1,7 @@
 //! Applies a plan to a running Envoy, verifies each step through the admin
 //! API, and rolls back to what Envoy had when a step is refused.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use vpsie_lb_envoy::{RenderedFile, XdsLayout};
@@ -268,38 +268,4 @@ fn describe(errors: &[(String, String)]) -> String {
         .map(|(name, why)| format!("listener {name}: {why}"))
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// Keeps a copy of the files Envoy confirmed, outside Envoy's watched
-/// directories, so a restarted agent can serve them while the API is down.
-pub fn save_last_known_good(
-    state_dir: &Path,
-    layout: &XdsLayout,
-    files: &FileSet,
-) -> std::io::Result<PathBuf> {
-    let lkg = state_dir.join("last-known-good");
-    let staging = state_dir.join(".last-known-good.new");
-    let _ = std::fs::remove_dir_all(&staging);
-    for f in files.values() {
-        let rel = f.path.strip_prefix(layout.root()).map_err(|_| {
-            std::io::Error::other(format!(
-                "{} is outside {}",
-                f.path.display(),
-                layout.root().display()
-            ))
-        })?;
-        let dest = staging.join(rel);
-        fsutil::ensure_dir(dest.parent().unwrap_or(&staging))?;
-        fsutil::write_atomic(&dest, f.contents.as_bytes(), 0o644)?;
-    }
-    // Swap the whole directory so a reader never sees half of one version.
-    let old = state_dir.join(".last-known-good.old");
-    let _ = std::fs::remove_dir_all(&old);
-    if lkg.exists() {
-        std::fs::rename(&lkg, &old)?;
-    }
-    std::fs::rename(&staging, &lkg)?;
-    std::fs::File::open(state_dir)?.sync_all()?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(lkg)
 }

@@ -11,10 +11,11 @@ use vpsie_lb_envoy::{
     bootstrap, render_files, to_yaml, translate,
 };
 use vpsie_lb_model::{
-    FieldPath, MAX_DOCUMENT_BYTES, Problem, ReservedPort, ValidateOptions, Validated, validate_str,
+    FieldPath, IpNet, MAX_DOCUMENT_BYTES, Problem, ReservedPort, ValidateOptions, Validated,
+    validate_str,
 };
 
-use crate::apply::{Applier, Outcome, save_last_known_good};
+use crate::apply::{Applier, Outcome};
 use crate::envoy_admin::EnvoyAdmin;
 use crate::{fsutil, plan, preflight};
 
@@ -104,6 +105,35 @@ struct DocumentArgs {
     /// Treat unknown keys as errors instead of warnings.
     #[arg(long)]
     strict: bool,
+    /// Trust backends in this network although it reaches this machine
+    /// (loopback, link-local, ...); repeatable. Like `allowed_backend_networks`
+    /// in the agent config.
+    #[arg(long = "allow-backend-network", value_name = "CIDR", value_parser = parse_network)]
+    allow_backend_networks: Vec<IpNet>,
+}
+
+fn parse_network(s: &str) -> Result<IpNet, String> {
+    s.parse()
+}
+
+impl DocumentArgs {
+    /// The validation options these flags ask for.
+    fn validate_options(&self) -> ValidateOptions {
+        ValidateOptions {
+            strict: self.strict,
+            reserved_ports: vec![
+                ReservedPort {
+                    port: self.admin_address.port(),
+                    owner: "envoy admin".into(),
+                },
+                ReservedPort {
+                    port: AGENT_PORT,
+                    owner: "the agent's own endpoints".into(),
+                },
+            ],
+            allowed_backend_networks: self.allow_backend_networks.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -216,20 +246,7 @@ fn load(doc: &DocumentArgs) -> anyhow::Result<Result<Validated, ExitCode>> {
             return Ok(Err(ExitCode::from(EXIT_INVALID)));
         }
     };
-    let opts = ValidateOptions {
-        strict: doc.strict,
-        reserved_ports: vec![
-            ReservedPort {
-                port: doc.admin_address.port(),
-                owner: "envoy admin".into(),
-            },
-            ReservedPort {
-                port: AGENT_PORT,
-                owner: "the agent's own endpoints".into(),
-            },
-        ],
-    };
-    match validate_str(&text, &opts) {
+    match validate_str(&text, &doc.validate_options()) {
         Ok(v) => {
             print_problems("warning", &v.warnings);
             print_problems("warning", &key_permission_problems(&v));
@@ -436,8 +453,9 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if let Some(state) = &args.state_dir {
-        fsutil::ensure_dir(state)?;
-        save_last_known_good(state, &layout, &next)?;
+        // The same state `run` keeps, so `plan` and a later `run` see it.
+        crate::state::save(state, &docs_by_id(&args.doc.input)?, &layout, &next)
+            .with_context(|| format!("save last-known-good in {}", state.display()))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -514,42 +532,44 @@ pub fn status_table(s: &crate::status::AgentStatus) -> String {
     out
 }
 
-fn plan_command(args: PlanArgs) -> anyhow::Result<ExitCode> {
-    if let Err(code) = load(&args.doc)? {
-        return Ok(code);
-    }
-    let applied_path = args.state_dir.join("desired.json");
-    let applied: std::collections::BTreeMap<String, serde_json::Value> =
-        match std::fs::read(&applied_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is not the agent's state", applied_path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                eprintln!(
-                    "note: {} does not exist; planning against an empty envoy",
-                    applied_path.display()
-                );
-                Default::default()
-            }
-            Err(e) => {
-                return Err(
-                    anyhow::Error::new(e).context(format!("read {}", applied_path.display()))
-                );
-            }
-        };
+/// The documents of a validated input file, by load-balancer id: the form
+/// the agent's state keeps them in.
+fn docs_by_id(input: &Path) -> anyhow::Result<crate::state::Docs> {
     // load() validated the document, so it parses and every item has an id.
-    let text = std::fs::read_to_string(&args.doc.input)?;
+    let text = std::fs::read_to_string(input)?;
     let doc = vpsie_lb_model::parse_document(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
     let items = match doc {
         serde_json::Value::Array(items) => items,
         one => vec![one],
     };
-    let desired = items
+    Ok(items
         .into_iter()
         .filter_map(|v| Some((v["id"].as_str()?.to_owned(), v)))
-        .collect();
+        .collect())
+}
+
+fn plan_command(args: PlanArgs) -> anyhow::Result<ExitCode> {
+    if let Err(code) = load(&args.doc)? {
+        return Ok(code);
+    }
+    let applied = match crate::state::load(&args.state_dir)? {
+        Some(docs) => docs,
+        None => {
+            eprintln!(
+                "note: {} holds no last-known-good; planning against an empty envoy",
+                args.state_dir.display()
+            );
+            Default::default()
+        }
+    };
+    let desired = docs_by_id(&args.doc.input)?;
     print!(
         "{}",
-        crate::diff::render(&crate::diff::plan(&applied, &desired))
+        crate::diff::render(&crate::diff::plan(
+            &applied,
+            &desired,
+            &args.doc.validate_options()
+        ))
     );
     Ok(ExitCode::SUCCESS)
 }

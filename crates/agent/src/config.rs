@@ -75,6 +75,8 @@ pub struct Config {
     pub logging: Logging,
     /// Where the agent's own endpoints (metrics, status) listen.
     pub agent_listen: SocketAddr,
+    /// Backend networks trusted although they reach this VM (loopback, link-local, ...).
+    pub allowed_backend_networks: Vec<vpsie_lb_model::IpNet>,
 }
 
 /// The configuration file is unusable; nothing was started.
@@ -97,6 +99,7 @@ struct RawConfig {
     state_dir: Option<PathBuf>,
     logging: Option<RawLogging>,
     agent: Option<RawAgent>,
+    allowed_backend_networks: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -138,7 +141,9 @@ struct RawLogging {
 /// Parses `30s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(v: &serde_norway::Value) -> Result<Duration, String> {
     if let Some(n) = v.as_u64() {
-        return Ok(Duration::from_secs(n));
+        return (n <= MAX_DURATION_SECS)
+            .then(|| Duration::from_secs(n))
+            .ok_or_else(|| format!("{n} is longer than {MAX_DURATION_SECS} seconds (one year)"));
     }
     let s = v
         .as_str()
@@ -149,14 +154,22 @@ pub fn parse_duration(v: &serde_norway::Value) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{s:?} must be a duration like 30s, 500ms or 2m"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" | "" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+    let per_unit: u64 = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
         _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
-    })
+    };
+    n.checked_mul(per_unit)
+        .filter(|secs| *secs <= MAX_DURATION_SECS)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is longer than {MAX_DURATION_SECS} seconds (one year)"))
 }
+
+/// The longest duration any key accepts: a year. Longer values are typos,
+/// and would overflow `Instant` arithmetic in the loop.
+const MAX_DURATION_SECS: u64 = 365 * 86_400;
 
 /// Whether `url` is https, or http to a loopback host.
 fn url_problem(url: &str) -> Option<String> {
@@ -337,17 +350,31 @@ impl Config {
             .unwrap_or("127.0.0.1:9902")
             .parse::<SocketAddr>()
         {
-            Ok(a) => a,
+            Ok(a) if a.ip().is_loopback() => a,
+            Ok(a) => {
+                problems.push(format!(
+                    "agent.listen_address: {a} must be a loopback address (the endpoints are unauthenticated, and POST /sync runs a pass)"
+                ));
+                a
+            }
             Err(err) => {
                 problems.push(format!("agent.listen_address: {err}"));
                 SocketAddr::from(([127, 0, 0, 1], 9902))
             }
         };
+        let mut allowed_backend_networks = Vec::new();
+        for net in raw.allowed_backend_networks.unwrap_or_default() {
+            match net.parse::<vpsie_lb_model::IpNet>() {
+                Ok(n) => allowed_backend_networks.push(n),
+                Err(e) => problems.push(format!("allowed_backend_networks: {e}")),
+            }
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
         Ok(Config {
             agent_listen,
+            allowed_backend_networks,
             source,
             vpsie: Vpsie {
                 api_url: api_url.trim_end_matches('/').to_owned(),
@@ -498,5 +525,50 @@ mod tests {
         assert_eq!(d("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(d("5"), Ok(Duration::from_secs(5)));
         assert!(d("-1s").is_err());
+    }
+
+    #[test]
+    fn regression_overflowing_durations_wrapped_or_panicked() {
+        let d = |s: &str| parse_duration(&serde_norway::from_str(s).expect("yaml"));
+        for huge in [
+            "18446744073709551615h",
+            "5124095576030432h",
+            "307445734561825861m",
+            "18446744073709551615",
+            "18446744073709551615s",
+            "400d",
+            "366d",
+        ] {
+            assert!(d(huge).is_err(), "{huge} must be refused");
+        }
+        assert_eq!(d("8760h"), Ok(Duration::from_secs(365 * 86_400)));
+        let errs = load("source: file\nfile: /x\nvpsie: {poll_interval: 99999999999999h}\n")
+            .expect_err("huge interval");
+        assert!(errs[0].starts_with("vpsie.poll_interval:"), "{errs:?}");
+    }
+
+    #[test]
+    fn agent_endpoints_must_listen_on_loopback() {
+        let errs = load("source: file\nfile: /x\nagent: {listen_address: '0.0.0.0:9902'}\n")
+            .expect_err("public endpoints");
+        assert!(
+            errs[0].starts_with("agent.listen_address: 0.0.0.0:9902 must be a loopback address"),
+            "{errs:?}"
+        );
+        assert!(load("source: file\nfile: /x\nagent: {listen_address: '[::1]:9902'}\n").is_ok());
+    }
+
+    #[test]
+    fn allowed_backend_networks_are_parsed_and_named_when_wrong() {
+        let c =
+            load("source: file\nfile: /x\nallowed_backend_networks: [127.0.0.0/8, '::1/128']\n")
+                .expect("valid");
+        assert_eq!(c.allowed_backend_networks.len(), 2);
+        let errs = load("source: file\nfile: /x\nallowed_backend_networks: [127.0.0.0/40]\n")
+            .expect_err("bad prefix");
+        assert!(
+            errs[0].starts_with("allowed_backend_networks: \"127.0.0.0/40\""),
+            "{errs:?}"
+        );
     }
 }

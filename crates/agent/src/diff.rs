@@ -38,10 +38,10 @@ pub struct Plan {
     pub impact: BTreeMap<String, Impact>,
 }
 
-fn resources(docs: &BTreeMap<String, Value>) -> EnvoyResources {
+fn resources(docs: &BTreeMap<String, Value>, opts: &ValidateOptions) -> EnvoyResources {
     // Both sides were validated before; an invalid applied side plans as empty.
     let doc = Value::Array(docs.values().cloned().collect());
-    match validate(&doc, &ValidateOptions::default()) {
+    match validate(&doc, opts) {
         Ok(v) => translate(
             &v.config,
             &TranslateOptions::new(Delivery::Files(XdsLayout::new("/plan"))),
@@ -51,8 +51,12 @@ fn resources(docs: &BTreeMap<String, Value>) -> EnvoyResources {
 }
 
 /// Plans `applied` → `desired` (documents by load-balancer id).
-pub fn plan(applied: &BTreeMap<String, Value>, desired: &BTreeMap<String, Value>) -> Plan {
-    let (old, new) = (resources(applied), resources(desired));
+pub fn plan(
+    applied: &BTreeMap<String, Value>,
+    desired: &BTreeMap<String, Value>,
+    opts: &ValidateOptions,
+) -> Plan {
+    let (old, new) = (resources(applied, opts), resources(desired, opts));
     let mut p = Plan::default();
     let ids: std::collections::BTreeSet<&String> = applied.keys().chain(desired.keys()).collect();
     for id in ids {
@@ -224,6 +228,7 @@ mod tests {
         let p = plan(
             &applied.iter().cloned().collect(),
             &desired.iter().cloned().collect(),
+            &ValidateOptions::default(),
         );
         let text = render(&p);
         (p, text)

@@ -19,5 +19,6 @@ pub mod reconcile;
 pub mod report;
 pub mod run;
 pub mod source;
+pub mod state;
 pub mod status;
 pub mod supervisor;

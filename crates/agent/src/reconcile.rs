@@ -10,9 +10,9 @@ use serde_json::Value;
 use vpsie_lb_envoy::{
     BootstrapOptions, Delivery, TranslateOptions, XdsLayout, render_files, translate,
 };
-use vpsie_lb_model::{Config, Problem, ReservedPort, ValidateOptions, validate};
+use vpsie_lb_model::{Config, Problem, ValidateOptions, validate};
 
-use crate::apply::{Applier, Outcome, save_last_known_good};
+use crate::apply::{Applier, Outcome};
 use crate::plan::{FileSet, file_set, plan, read_file_set};
 use crate::preflight::{self, PreflightError};
 use crate::report::{EventKind, Reporter};
@@ -104,8 +104,9 @@ pub struct Settings {
     pub admin: std::net::SocketAddr,
     /// Where last-known-good lives.
     pub state_dir: PathBuf,
-    /// Ports the agent itself uses.
-    pub reserved_ports: Vec<ReservedPort>,
+    /// Validation rules from the agent's config: ports the agent itself
+    /// uses, trusted backend networks.
+    pub validate: ValidateOptions,
     /// How long Envoy may take to confirm a step.
     pub verify_timeout: Duration,
     /// The host's inotify instance limit (`None`: unknown, not checked).
@@ -114,16 +115,8 @@ pub struct Settings {
 
 /// First 12 hex digits of the SHA-256 of `text`: a load balancer's config version.
 fn short_hash(text: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(text.as_bytes())
-        .iter()
-        .take(6)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::state::short_hash(text.as_bytes())
 }
-
-/// The desired documents behind the last config Envoy confirmed.
-const DESIRED_FILE: &str = "desired.json";
 
 /// Runs passes and remembers what is known to be good.
 pub struct Reconciler {
@@ -131,6 +124,14 @@ pub struct Reconciler {
     applier: Applier,
     /// Last good raw document of each load balancer.
     good: BTreeMap<String, Value>,
+    /// Whether `good` is known: false on a new machine, and when the saved
+    /// state could not be read. While unknown, only a candidate fetched and
+    /// validated in full is applied, so a lost state never becomes "serve
+    /// nothing".
+    good_known: bool,
+    /// The files of `good`, while the last-known-good on disk lags behind
+    /// it (a save failed): retried every pass.
+    unsaved: Option<FileSet>,
     /// Content of the last candidate Envoy refused, so it is not retried every pass.
     refused: Option<FileSet>,
     /// The last document rejected per load balancer, so the same rejection is
@@ -152,6 +153,8 @@ pub struct Reconciler {
     observe: Observe,
     /// Phase times of the pass in flight.
     times: PhaseTimes,
+    /// Why the saved state could not be read at start, if it could not.
+    state_error: Option<String>,
     /// The last candidate rendered and what it rendered to: most passes
     /// fetch what they fetched before, and rendering is the costly part.
     last_render: Option<(BTreeMap<String, Value>, Config, FileSet)>,
@@ -168,15 +171,24 @@ pub struct Observe {
 
 impl Reconciler {
     /// A reconciler that starts from the last-known-good in `settings.state_dir`.
+    /// A state that exists but cannot be read is logged loudly here, and
+    /// [`Reconciler::restore_last_known_good`] then refuses to touch Envoy.
     pub fn new(settings: Settings, applier: Applier, observe: Observe) -> Self {
-        let good = std::fs::read(settings.state_dir.join(DESIRED_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let (good, good_known, state_error) = match crate::state::load(&settings.state_dir) {
+            Ok(Some(docs)) => (docs, true, None),
+            Ok(None) => (BTreeMap::new(), false, None),
+            Err(e) => (BTreeMap::new(), false, Some(e)),
+        };
+        if let Some(e) = &state_error {
+            tracing::error!(phase = "restore", error = %e, "the saved state is unusable; envoy keeps what it serves until a complete, valid config is fetched");
+        }
         Self {
             settings,
             applier,
             good,
+            good_known,
+            unsaved: None,
+            state_error: state_error.map(|e| e.to_string()),
             refused: None,
             rejected_docs: BTreeMap::new(),
             problems: BTreeMap::new(),
@@ -198,8 +210,10 @@ impl Reconciler {
         &mut self,
         reporter: &mut dyn Reporter,
     ) -> Result<PassResult, String> {
-        let lkg_dir = self.settings.state_dir.join("last-known-good");
-        if !lkg_dir.is_dir() {
+        if let Some(e) = &self.state_error {
+            return Err(format!("not restoring, envoy is left as it is: {e}"));
+        }
+        if !self.good_known {
             return Ok(PassResult::Unchanged);
         }
         let (_, files) = self
@@ -233,10 +247,7 @@ impl Reconciler {
     }
 
     fn validate_options(&self) -> ValidateOptions {
-        ValidateOptions {
-            strict: false,
-            reserved_ports: self.settings.reserved_ports.clone(),
-        }
+        self.settings.validate.clone()
     }
 
     /// One pass. Reports events, status and health through `reporter` and
@@ -384,6 +395,7 @@ impl Reconciler {
         source: &mut dyn Source,
         reporter: &mut dyn Reporter,
     ) -> (PassResult, Action) {
+        self.save_state(reporter);
         let clock = std::time::Instant::now();
         let fetched = source.fetch();
         self.times.fetch = clock.elapsed();
@@ -430,6 +442,16 @@ impl Reconciler {
                 return (PassResult::Error, Action::Backoff);
             }
         };
+        if !self.good_known && (fetch_failed || rejected) && !self.serves_nothing(&current) {
+            // The saved state was lost: what failed to fetch or validate has
+            // no good version to fall back on, and leaving it out would take
+            // it off Envoy. Keep Envoy as it is until a complete config comes.
+            reporter.error(
+                "reconcile",
+                "no last-known-good state and the desired config is incomplete; envoy keeps serving what it has",
+            );
+            return (PassResult::Error, Action::Backoff);
+        }
         let steps = plan(&self.settings.layout, &current, &files).ok();
         let unchanged = steps.as_ref().is_some_and(|p| p.is_empty());
         let eds_dir = self.settings.layout.root().join("eds");
@@ -574,6 +596,13 @@ impl Reconciler {
         }
     }
 
+    /// Whether Envoy's current files are those of no load balancer at all.
+    fn serves_nothing(&self, current: &FileSet) -> bool {
+        self.render(&BTreeMap::new()).is_ok_and(|(_, empty)| {
+            plan(&self.settings.layout, current, &empty).is_ok_and(|p| p.is_empty())
+        })
+    }
+
     fn changed_ids(&self, candidate: &BTreeMap<String, Value>) -> Vec<String> {
         let mut ids: Vec<String> = candidate
             .iter()
@@ -597,25 +626,15 @@ impl Reconciler {
         reporter: &mut dyn Reporter,
         changed: &[String],
     ) {
-        if &self.good == candidate && self.settings.state_dir.join(DESIRED_FILE).is_file() {
+        if self.good_known && &self.good == candidate {
             return;
         }
-        let saved = crate::fsutil::ensure_dir(&self.settings.state_dir)
-            .and_then(|()| {
-                save_last_known_good(&self.settings.state_dir, &self.settings.layout, files)
-                    .map(|_| ())
-            })
-            .and_then(|()| {
-                let json = serde_json::to_vec_pretty(candidate).map_err(std::io::Error::other)?;
-                crate::fsutil::write_atomic(
-                    &self.settings.state_dir.join(DESIRED_FILE),
-                    &json,
-                    0o600,
-                )
-            });
-        if let Err(e) = saved {
-            reporter.error("save last-known-good", &e.to_string());
-        }
+        self.good = candidate.clone();
+        self.good_known = true;
+        self.state_error = None;
+        self.refused = None;
+        self.unsaved = Some(files.clone());
+        self.save_state(reporter);
         for id in changed {
             // The same per-load-balancer version the status reports.
             if let Some(doc) = candidate.get(id) {
@@ -628,8 +647,31 @@ impl Reconciler {
                 );
             }
         }
-        self.good = candidate.clone();
-        self.refused = None;
+    }
+
+    /// Writes `good` and its files as last-known-good if the disk lags
+    /// behind; a failure is reported and tried again on the next pass, so a
+    /// restart never brings back an older copy once the disk recovers.
+    fn save_state(&mut self, reporter: &mut dyn Reporter) {
+        let Some(files) = self.unsaved.take() else {
+            return;
+        };
+        let saved = crate::state::save(
+            &self.settings.state_dir,
+            &self.good,
+            &self.settings.layout,
+            &files,
+        );
+        if let Err(e) = saved {
+            reporter.error(
+                "save last-known-good",
+                &format!(
+                    "{}: {e}; retrying on the next pass",
+                    self.settings.state_dir.display()
+                ),
+            );
+            self.unsaved = Some(files);
+        }
     }
 
     /// Picks, per load balancer, the fetched version if valid, else the last

@@ -10,7 +10,7 @@ use vpsie_lb_envoy::{
     BootstrapOptions, Delivery, EnvoyResources, TranslateOptions, XdsLayout, bootstrap,
     render_files, to_yaml,
 };
-use vpsie_lb_model::ReservedPort;
+use vpsie_lb_model::{ReservedPort, ValidateOptions};
 
 use crate::api::ApiClient;
 use crate::apply::Applier;
@@ -188,16 +188,20 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         envoy_bin: cfg.envoy.binary_path.clone(),
         admin: cfg.envoy.admin_address,
         state_dir: cfg.state_dir.clone(),
-        reserved_ports: vec![
-            ReservedPort {
-                port: cfg.envoy.admin_address.port(),
-                owner: "envoy admin".into(),
-            },
-            ReservedPort {
-                port: cfg.agent_listen.port(),
-                owner: "the agent's own endpoints".into(),
-            },
-        ],
+        validate: ValidateOptions {
+            strict: false,
+            reserved_ports: vec![
+                ReservedPort {
+                    port: cfg.envoy.admin_address.port(),
+                    owner: "envoy admin".into(),
+                },
+                ReservedPort {
+                    port: cfg.agent_listen.port(),
+                    owner: "the agent's own endpoints".into(),
+                },
+            ],
+            allowed_backend_networks: cfg.allowed_backend_networks.clone(),
+        },
         verify_timeout: Duration::from_secs(10),
         watch_limit: crate::preflight::watch_limit(),
     };

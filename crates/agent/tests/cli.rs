@@ -5,9 +5,20 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::{agent, lb, write};
-use serde_json::json;
+use common::{agent, write};
+use serde_json::{Value, json};
 use vpsie_lb_testkit::pki;
+
+/// `common::lb` with its backends on 192.0.2.1 (TEST-NET-1): these
+/// documents are only checked and rendered, and a loopback backend needs
+/// `--allow-backend-network`.
+fn lb(id: &str, protocol: &str, port: u16, algorithm: &str, bs: &[(&str, u16, u32)]) -> Value {
+    let mut doc = common::lb(id, protocol, port, algorithm, bs);
+    for b in doc["backends"].as_array_mut().into_iter().flatten() {
+        b["address"] = json!("192.0.2.1");
+    }
+    doc
+}
 
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -364,8 +375,8 @@ fn plan_shows_changes_against_what_was_applied_and_touches_nothing() {
         "- old (removed): its listener closes",
         "~ web (modified)",
         "~ backend a: weight 1 -> 2",
-        "+ backend c (127.0.0.1:9002)",
-        "- backend b (127.0.0.1:9001)",
+        "+ backend c (192.0.2.1:9002)",
+        "- backend b (192.0.2.1:9001)",
         "envoy: endpoints only: no drain",
         "Plan: 1 to add, 1 to change, 1 to remove; 1 listener(s) drain.",
     ] {
@@ -391,4 +402,64 @@ fn plan_shows_changes_against_what_was_applied_and_touches_nothing() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(stdout(&out), "port: must be 1..=65535 (got 0)\n");
+}
+
+/// The review's reproduction: a tcp load balancer whose backends reach the
+/// VM itself passed `check` ("accepted by envoy"). Each address is now
+/// refused with its field path, and the operator's way out works.
+#[test]
+fn regression_check_accepted_backends_that_reach_the_vm_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut doc = lb("self", "tcp", 8080, "round_robin", &[]);
+    doc["backends"] = json!([
+        {"id": "admin", "address": "127.0.0.1", "port": 9901},
+        {"id": "metadata", "address": "169.254.169.254", "port": 80},
+        {"id": "mapped", "address": "::ffff:127.0.0.1", "port": 9902},
+        {"id": "ssh", "address": "localhost", "port": 22},
+    ]);
+    let input = write_json(dir.path(), "self.json", &doc);
+    let out = agent(&["check", "--input", &input]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let text = stdout(&out);
+    for want in [
+        "backends[0].address: 127.0.0.1 is a loopback address",
+        "backends[1].address: 169.254.169.254 is a link-local address",
+        "backends[2].address: ::ffff:127.0.0.1 is a loopback address",
+        "backends[3].address: localhost always means the load balancer VM itself",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    assert_eq!(text.lines().count(), 4, "{text}");
+
+    // The operator trusts loopback and the link: now only the name is refused.
+    let out = agent(&[
+        "check",
+        "--no-envoy",
+        "--input",
+        &input,
+        "--allow-backend-network",
+        "127.0.0.0/8",
+        "--allow-backend-network",
+        "169.254.0.0/16",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        vec![
+            "backends[3].address: localhost always means the load balancer VM itself; refused so that traffic cannot reach envoy's admin or the agent. Write the IP address and add its network to allowed_backend_networks (or pass --allow-backend-network CIDR)"
+        ]
+    );
+    let out = agent(&[
+        "check",
+        "--input",
+        &input,
+        "--allow-backend-network",
+        "10.0.0.0/33",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("the prefix length must be 0..=32"),
+        "{}",
+        stderr(&out)
+    );
 }

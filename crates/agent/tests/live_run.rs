@@ -110,4 +110,21 @@ fn run_follows_the_file_keeps_serving_through_bad_input_and_envoy_crashes_and_re
     // Envoy serves the files left on disk as soon as it starts, which can be
     // before the agent's first pass: wait for the report, do not assume it.
     again.wait_log("the missing source reported", "fetch failed");
+    drop(again);
+
+    // The review's reproduction: the documents of last-known-good lost too.
+    // That used to render "no load balancers" and take every listener off.
+    std::fs::remove_file(dir.path().join("state/last-known-good/desired.json"))
+        .expect("remove the saved documents");
+    let third = RunningAgent::start(dir.path(), &cfg);
+    third.wait_log("the lost state is loud", "the saved state is unusable");
+    third.wait_log(
+        "a pass that refused to serve nothing",
+        "no last-known-good state and the desired config is incomplete",
+    );
+    serves(port, "b").expect("envoy still serves the last config");
+    assert!(
+        !third.log().contains("\"event\":\"config_applied\""),
+        "nothing may be applied from a lost state"
+    );
 }

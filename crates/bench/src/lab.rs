@@ -93,7 +93,7 @@ impl Agent {
         let (admin, endpoints) = (free_port(), free_port());
         let config = dir.join("agent.yaml");
         let text = format!(
-            "{source}agent: {{listen_address: 127.0.0.1:{endpoints}}}\nenvoy:\n  config_dir: {d}/envoy\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: 127.0.0.1\n  manage: true\n  drain_time: 1s\n  access_log: {d}/access.log\n{envoy_extra}state_dir: {d}/state\nlogging: {{level: info, format: json}}\n",
+            "{source}agent: {{listen_address: 127.0.0.1:{endpoints}}}\nenvoy:\n  config_dir: {d}/envoy\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: 127.0.0.1\n  manage: true\n  drain_time: 1s\n  access_log: {d}/access.log\n{envoy_extra}state_dir: {d}/state\nlogging: {{level: info, format: json}}\nallowed_backend_networks: [127.0.0.0/8]\n",
             d = dir.display(),
             bin = vpsie_lb_testkit::envoy::envoy_bin().display(),
         );

@@ -27,6 +27,7 @@ fn validate_options() -> ValidateOptions {
             port: 9901,
             owner: "envoy admin".into(),
         }],
+        ..Default::default()
     }
 }
 

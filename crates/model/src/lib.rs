@@ -6,10 +6,12 @@
 //! nothing that could.
 
 mod model;
+mod network;
 mod problem;
 mod validate;
 
 pub use model::*;
+pub use network::{IpNet, forbidden_class, is_localhost_name};
 pub use problem::{FieldPath, Problem, Rejected};
 pub use validate::{
     MAX_DOCUMENT_BYTES, ReservedPort, ValidateOptions, Validated, is_valid_id, parse_document,

@@ -15,6 +15,7 @@ use crate::model::{
     HealthCheckKind, HttpCheck, KNOWN_CIPHER_SUITES, LoadBalancer, Protocol, Timeouts, Tls,
     TlsVersion, limits,
 };
+use crate::network::{IpNet, forbidden_class, is_localhost_name};
 use crate::problem::{FieldPath, Problem, Rejected};
 
 /// A port the load balancers may not use, and who holds it.
@@ -33,6 +34,9 @@ pub struct ValidateOptions {
     pub strict: bool,
     /// Ports no listener may take.
     pub reserved_ports: Vec<ReservedPort>,
+    /// Networks the operator trusts as backends although they reach the VM
+    /// itself (loopback, link-local, ...): `allowed_backend_networks`.
+    pub allowed_backend_networks: Vec<IpNet>,
 }
 
 /// A document that passed validation.
@@ -105,7 +109,7 @@ pub fn validate(doc: &Value, opts: &ValidateOptions) -> Result<Validated, Reject
     let mut lbs: Vec<LoadBalancer> = Vec::new();
     let mut keys: Vec<Identity> = Vec::new();
     for (path, value) in items {
-        let (lb, key) = load_balancer(value, &path, &mut cx);
+        let (lb, key) = load_balancer(value, &path, opts, &mut cx);
         lbs.extend(lb);
         keys.push(key);
     }
@@ -220,6 +224,7 @@ const TIMEOUT_KEYS: &[&str] = &["connect", "idle", "request"];
 fn load_balancer(
     value: &Value,
     path: &FieldPath,
+    opts: &ValidateOptions,
     cx: &mut Ctx,
 ) -> (Option<LoadBalancer>, Identity) {
     let mut key = Identity {
@@ -289,7 +294,7 @@ fn load_balancer(
             Need::Optional,
         )
         .map(|n| n as u32);
-    let backends = backends(&obj, cx);
+    let backends = backends(&obj, &opts.allowed_backend_networks, cx);
     let health_check = obj
         .object(cx, "health_check")
         .and_then(|hc| health_check(&hc, cx));
@@ -338,7 +343,7 @@ fn load_balancer(
     (lb, key)
 }
 
-fn backends(obj: &Obj<'_>, cx: &mut Ctx) -> Option<Vec<Backend>> {
+fn backends(obj: &Obj<'_>, allowed: &[IpNet], cx: &mut Ctx) -> Option<Vec<Backend>> {
     let items = obj.array(cx, "backends", Need::Required)?;
     let list_path = obj.path.key("backends");
     let mut out = Vec::new();
@@ -367,15 +372,15 @@ fn backends(obj: &Obj<'_>, cx: &mut Ctx) -> Option<Vec<Backend>> {
             }
             Some(s.to_owned())
         });
-        let address =
-            b.string(cx, "address", Need::Required)
-                .and_then(|s| match parse_address(s) {
-                    Ok(a) => Some(a),
-                    Err(msg) => {
-                        cx.error(&path.key("address"), msg);
-                        None
-                    }
-                });
+        let address = b.string(cx, "address", Need::Required).and_then(|s| {
+            match parse_address(s).and_then(|a| reachable(a, allowed)) {
+                Ok(a) => Some(a),
+                Err(msg) => {
+                    cx.error(&path.key("address"), msg);
+                    None
+                }
+            }
+        });
         let port = b.port(cx, "port");
         let weight = b.int(cx, "weight", Need::Optional).and_then(|w| match w {
             0 => Some(limits::DEFAULT_WEIGHT),
@@ -962,13 +967,37 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// Refuses an address that reaches the VM itself, unless an allowed network
+/// covers it. Names that always mean this host are refused outright: no
+/// network can vouch for what a name resolves to.
+fn reachable(address: Address, allowed: &[IpNet]) -> Result<Address, String> {
+    match &address {
+        Address::Ip(ip) => match forbidden_class(*ip) {
+            Some(class) if !allowed.iter().any(|n| n.contains(*ip)) => Err(format!(
+                "{ip} is {class}; refused so that traffic cannot reach envoy's admin or the agent. \
+                 To trust it, add its network to allowed_backend_networks in the agent config \
+                 (or pass --allow-backend-network CIDR)"
+            )),
+            _ => Ok(address),
+        },
+        Address::Hostname(h) if is_localhost_name(h) => Err(format!(
+            "{h} always means the load balancer VM itself; refused so that traffic cannot \
+             reach envoy's admin or the agent. Write the IP address and add its network to \
+             allowed_backend_networks (or pass --allow-backend-network CIDR)"
+        )),
+        Address::Hostname(_) => Ok(address),
+    }
+}
+
 /// Parses a backend address: an IP literal or an RFC 1123 host name.
 fn parse_address(s: &str) -> Result<Address, String> {
     if let Ok(ip) = s.parse::<IpAddr>() {
-        if ip.is_unspecified() {
+        // `::ffff:0.0.0.0` is the unspecified address too.
+        let canonical = ip.to_canonical();
+        if canonical.is_unspecified() {
             return Err(format!("{s} is the unspecified address, not a backend"));
         }
-        if ip.is_multicast() {
+        if canonical.is_multicast() {
             return Err(format!("{s} is a multicast address, not a backend"));
         }
         return Ok(Address::Ip(ip));

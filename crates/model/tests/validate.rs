@@ -48,6 +48,7 @@ fn opts() -> ValidateOptions {
             port: 9901,
             owner: "envoy admin".into(),
         }],
+        ..Default::default()
     }
 }
 
@@ -226,20 +227,70 @@ fn backend_id() {
     );
 }
 
+/// Every address class that reaches the VM itself, as the review found them
+/// passing `check`: each is refused with its field and the way out.
+#[test]
+fn regression_a_backend_could_point_at_the_vm_itself() {
+    for (bad, class) in [
+        ("127.0.0.1", "loopback"),
+        ("127.8.9.10", "loopback"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("169.254.169.254", "link-local"),
+        ("::ffff:169.254.169.254", "link-local"),
+        ("fe80::1", "link-local"),
+        ("0.1.2.3", "0.0.0.0/8"),
+        ("255.255.255.255", "broadcast"),
+        ("localhost", "always means the load balancer VM"),
+        ("LOCALHOST.", "always means the load balancer VM"),
+        ("admin.localhost", "always means the load balancer VM"),
+    ] {
+        let doc = with("/backends/1/address", Some(json!(bad)));
+        check(doc.clone(), &[&format!("backends[1].address: {class}")]);
+        let rej = validate(&doc, &opts()).expect_err("refused");
+        assert!(
+            rej.errors[0].message.contains("allowed_backend_networks")
+                && rej.errors[0].message.contains("--allow-backend-network"),
+            "the way out is named: {}",
+            rej.errors[0]
+        );
+    }
+}
+
+#[test]
+fn allowed_backend_networks_let_the_operator_trust_a_range() {
+    let trusting = |nets: &[&str]| ValidateOptions {
+        allowed_backend_networks: nets.iter().map(|n| n.parse().expect("cidr")).collect(),
+        ..opts()
+    };
+    let doc = |addr: &str| with("/backends/0/address", Some(json!(addr)));
+    let allow_lo = trusting(&["127.0.0.0/8", "::1/128"]);
+    for addr in ["127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"] {
+        assert!(validate(&doc(addr), &allow_lo).is_ok(), "{addr}");
+    }
+    for addr in ["169.254.169.254", "localhost", "0.0.0.0"] {
+        assert!(validate(&doc(addr), &allow_lo).is_err(), "{addr}");
+    }
+    let narrow = trusting(&["127.0.0.1/32"]);
+    assert!(validate(&doc("127.0.0.1"), &narrow).is_ok());
+    assert!(validate(&doc("127.0.0.2"), &narrow).is_err());
+}
+
 #[test]
 fn backend_address() {
     for good in [
-        "::1",
         "2001:db8::5",
         "backend.internal",
         "web-1.example.com.",
-        "localhost",
+        "localhost.example.com",
     ] {
         ok(with("/backends/0/address", Some(json!(good))));
     }
     for (bad, why) in [
         ("0.0.0.0", "unspecified"),
+        ("::ffff:0.0.0.0", "unspecified"),
         ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
         ("[::1]", "without brackets"),
         ("bad_host!", "must be an IPv4 address"),
         ("-a.example.com", "must be an IPv4 address"),

@@ -93,6 +93,8 @@ impl Lab {
             &admin,
             "--access-log",
             log.to_str().expect("utf-8 path"),
+            "--allow-backend-network",
+            "127.0.0.0/8",
         ];
         args.extend(extra);
         agent(&args)
@@ -312,7 +314,7 @@ pub fn agent_config(dir: &Path, admin: u16, source: &str) -> PathBuf {
         own_port.as_str()
     };
     let text = format!(
-        "{source}envoy:\n  config_dir: {d}/envoy\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: 127.0.0.1\n  manage: true\n  drain_time: 1s\n  access_log: {d}/access.log\nstate_dir: {d}/state\nlogging: {{level: info, format: json}}\n",
+        "{source}envoy:\n  config_dir: {d}/envoy\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: 127.0.0.1\n  manage: true\n  drain_time: 1s\n  access_log: {d}/access.log\nstate_dir: {d}/state\nlogging: {{level: info, format: json}}\nallowed_backend_networks: [127.0.0.0/8]\n",
         d = dir.display(),
         bin = vpsie_lb_testkit::envoy::envoy_bin().display(),
     );

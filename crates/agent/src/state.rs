@@ -1,0 +1,273 @@
+//! Last-known-good: the documents Envoy last confirmed and the files they
+//! rendered to, kept together in one directory that is swapped as a whole.
+//!
+//! ```text
+//! state_dir/last-known-good -> .lkg-<hash>     a symlink, replaced by rename
+//! state_dir/.lkg-<hash>/desired.json            the documents, by load-balancer id
+//! state_dir/.lkg-<hash>/lds/lds.json, cds/...   the files Envoy confirmed
+//! ```
+//!
+//! A new version is built and fsynced in a directory of its own, then the
+//! symlink is replaced by one `rename`: a crash or a full disk at any moment
+//! leaves either the old version or the new one, never the documents of one
+//! and the files of the other.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use vpsie_lb_envoy::XdsLayout;
+
+use crate::fsutil;
+use crate::plan::FileSet;
+
+/// The documents Envoy confirmed, by load-balancer id.
+pub type Docs = BTreeMap<String, Value>;
+
+/// The link that names the current version.
+const LINK: &str = "last-known-good";
+/// The documents inside a version.
+const DESIRED: &str = "desired.json";
+/// Where versions 0.1 kept the documents, beside a plain `last-known-good/`.
+const LEGACY_DESIRED: &str = "desired.json";
+
+/// The state is there but cannot be trusted; nothing may be concluded from it.
+#[derive(Debug, thiserror::Error)]
+#[error("last-known-good in {dir}: {reason}")]
+pub struct StateError {
+    /// The state directory.
+    pub dir: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Reads the last-known-good documents. `Ok(None)` means there is no state
+/// at all (a new machine); a state that exists but is incomplete or
+/// unreadable is an error, never "nothing to serve".
+pub fn load(state_dir: &Path) -> Result<Option<Docs>, StateError> {
+    let fail = |reason: String| StateError {
+        dir: state_dir.display().to_string(),
+        reason,
+    };
+    let link = state_dir.join(LINK);
+    let legacy = state_dir.join(LEGACY_DESIRED);
+    let desired = match std::fs::symlink_metadata(&link) {
+        Ok(m) if m.file_type().is_symlink() => link.join(DESIRED),
+        // The 0.1 layout: the documents beside the files.
+        Ok(_) => legacy,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if !legacy.exists() {
+                return Ok(None);
+            }
+            legacy
+        }
+        Err(e) => return Err(fail(format!("{}: {e}", link.display()))),
+    };
+    let bytes = std::fs::read(&desired).map_err(|e| {
+        fail(format!(
+            "{}: {e}; the files envoy confirmed are there but not the documents behind them",
+            desired.display()
+        ))
+    })?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| fail(format!("{} is corrupt: {e}", desired.display())))
+}
+
+/// Saves `docs` and the `files` they rendered to (under `layout`) as the
+/// new last-known-good, atomically. Saving what is already saved does no IO
+/// beyond reading the link.
+pub fn save(state_dir: &Path, docs: &Docs, layout: &XdsLayout, files: &FileSet) -> io::Result<()> {
+    let json = serde_json::to_vec_pretty(docs).map_err(io::Error::other)?;
+    let name = format!(".lkg-{}", short_hash(&json));
+    let link = state_dir.join(LINK);
+    if std::fs::read_link(&link).is_ok_and(|t| t == Path::new(&name))
+        && std::fs::read(state_dir.join(&name).join(DESIRED)).is_ok_and(|b| b == json)
+    {
+        return Ok(());
+    }
+    fsutil::ensure_dir(state_dir)?;
+    let staging = state_dir.join(format!("{name}.tmp"));
+    remove_dir_if_present(&staging)?;
+    for f in files.values() {
+        let rel = f.path.strip_prefix(layout.root()).map_err(|_| {
+            io::Error::other(format!(
+                "{} is outside {}",
+                f.path.display(),
+                layout.root().display()
+            ))
+        })?;
+        let dest = staging.join(rel);
+        fsutil::ensure_dir(dest.parent().unwrap_or(&staging))?;
+        fsutil::write_atomic(&dest, f.contents.as_bytes(), 0o644)?;
+    }
+    fsutil::ensure_dir(&staging)?;
+    fsutil::write_atomic(&staging.join(DESIRED), &json, 0o600)?;
+    let version = state_dir.join(&name);
+    remove_dir_if_present(&version)?;
+    std::fs::rename(&staging, &version)?;
+    swap_link(state_dir, &name)?;
+    remove_other_versions(state_dir, &name);
+    Ok(())
+}
+
+/// Points `last-known-good` at `name` with one rename.
+fn swap_link(state_dir: &Path, name: &str) -> io::Result<()> {
+    let link = state_dir.join(LINK);
+    let tmp = state_dir.join(format!(".{LINK}.link.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(name, &tmp)?;
+    // A 0.1 state has a plain directory here, which rename cannot replace:
+    // move it aside first (a crash in between leaves the legacy documents,
+    // which `load` still reads).
+    if std::fs::symlink_metadata(&link).is_ok_and(|m| m.is_dir()) {
+        std::fs::rename(&link, state_dir.join(".lkg-legacy"))?;
+    }
+    std::fs::rename(&tmp, &link)?;
+    std::fs::File::open(state_dir)?.sync_all()?;
+    // The documents now live inside the version; the legacy copy would
+    // otherwise be read if the link were ever lost.
+    let _ = std::fs::remove_file(state_dir.join(LEGACY_DESIRED));
+    Ok(())
+}
+
+fn remove_dir_if_present(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Removes versions and half-built staging directories other than `keep`.
+/// Best effort: a leftover costs disk, not correctness.
+fn remove_other_versions(state_dir: &Path, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".lkg-") && name != keep {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// First 12 hex digits of the SHA-256 of `bytes`: the version of a document
+/// or of a whole state.
+pub fn short_hash(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Where the confirmed files of the current version are, if there is one.
+pub fn files_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join(LINK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use vpsie_lb_envoy::RenderedFile;
+
+    fn files(layout: &XdsLayout, lds: &str) -> FileSet {
+        let path = layout.lds_file();
+        [(
+            path.clone(),
+            RenderedFile {
+                path,
+                contents: lds.to_owned(),
+                version: "v".into(),
+            },
+        )]
+        .into_iter()
+        .collect()
+    }
+
+    fn docs(port: u16) -> Docs {
+        [("web".to_owned(), json!({"id": "web", "port": port}))]
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn save_then_load_gives_the_documents_and_keeps_the_files_beside_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = XdsLayout::new("/envoy");
+        assert!(load(dir.path()).expect("empty state").is_none());
+        save(dir.path(), &docs(80), &layout, &files(&layout, "one")).expect("save");
+        save(dir.path(), &docs(81), &layout, &files(&layout, "two")).expect("save");
+        assert_eq!(load(dir.path()).expect("load"), Some(docs(81)));
+        let lds = files_dir(dir.path()).join("lds/lds.json");
+        assert_eq!(std::fs::read_to_string(lds).expect("lds"), "two");
+        let versions: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".lkg-"))
+            .collect();
+        assert_eq!(versions.len(), 1, "old versions are removed: {versions:?}");
+    }
+
+    #[test]
+    fn regression_a_lost_desired_json_turned_into_serve_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = XdsLayout::new("/envoy");
+        save(dir.path(), &docs(80), &layout, &files(&layout, "one")).expect("save");
+        std::fs::remove_file(files_dir(dir.path()).join(DESIRED)).expect("remove");
+        let err = load(dir.path()).expect_err("documents gone");
+        assert!(err.to_string().contains("desired.json"), "{err}");
+
+        std::fs::write(files_dir(dir.path()).join(DESIRED), "{not json").expect("corrupt");
+        let err = load(dir.path()).expect_err("corrupt");
+        assert!(err.to_string().contains("is corrupt"), "{err}");
+
+        // The 0.1 layout with its documents gone is an error too.
+        let legacy = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(legacy.path().join(LINK)).expect("legacy dir");
+        assert!(load(legacy.path()).is_err());
+    }
+
+    #[test]
+    fn the_legacy_layout_is_read_and_replaced_on_the_next_save() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = XdsLayout::new("/envoy");
+        std::fs::create_dir_all(dir.path().join("last-known-good/lds")).expect("legacy");
+        std::fs::write(
+            dir.path().join(LEGACY_DESIRED),
+            serde_json::to_vec(&docs(80)).expect("json"),
+        )
+        .expect("legacy docs");
+        assert_eq!(load(dir.path()).expect("legacy"), Some(docs(80)));
+        save(dir.path(), &docs(81), &layout, &files(&layout, "new")).expect("save");
+        assert_eq!(load(dir.path()).expect("new"), Some(docs(81)));
+        assert!(!dir.path().join(LEGACY_DESIRED).exists());
+        assert!(!dir.path().join(".lkg-legacy").exists());
+    }
+
+    #[test]
+    fn a_save_that_fails_halfway_leaves_the_previous_version_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = XdsLayout::new("/envoy");
+        save(dir.path(), &docs(80), &layout, &files(&layout, "one")).expect("save");
+        // A file outside the layout fails the save after the staging began.
+        let mut bad = files(&layout, "two");
+        let outside = PathBuf::from("/elsewhere/x.json");
+        bad.insert(
+            outside.clone(),
+            RenderedFile {
+                path: outside,
+                contents: "x".into(),
+                version: "v".into(),
+            },
+        );
+        assert!(save(dir.path(), &docs(81), &layout, &bad).is_err());
+        assert_eq!(load(dir.path()).expect("load"), Some(docs(80)));
+        let lds = files_dir(dir.path()).join("lds/lds.json");
+        assert_eq!(std::fs::read_to_string(lds).expect("lds"), "one");
+    }
+}
