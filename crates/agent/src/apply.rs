@@ -61,6 +61,11 @@ pub enum Outcome {
     Applied,
     /// Envoy refused a step; the previous files are back and Envoy confirmed them.
     RolledBack(ApplyError),
+    /// A step failed for a reason that is not Envoy's verdict (a write
+    /// error, a full disk, no confirmation in time, the admin API away); the
+    /// previous files are back and Envoy confirmed them. The same change may
+    /// succeed on a later try.
+    Interrupted(ApplyError),
 }
 
 /// Moves one Envoy's dynamic files from state to state.
@@ -114,7 +119,11 @@ impl Applier {
                 let now = read_file_set(&self.layout)?;
                 let back = plan(&self.layout, &now, previous)?;
                 self.execute(&now, &back)?;
-                Ok(Outcome::RolledBack(cause))
+                Ok(if cause.is_retryable() {
+                    Outcome::Interrupted(cause)
+                } else {
+                    Outcome::RolledBack(cause)
+                })
             }
         }
     }

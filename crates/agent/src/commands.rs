@@ -451,6 +451,13 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             eprintln!("the previous config is serving again; nothing else changed");
             return Ok(ExitCode::from(EXIT_ROLLED_BACK));
         }
+        Outcome::Interrupted(cause) => {
+            println!("failed: {cause}");
+            eprintln!(
+                "the previous config is serving again; the same apply may succeed on a retry"
+            );
+            return Ok(ExitCode::FAILURE);
+        }
     }
     if let Some(state) = &args.state_dir {
         // The same state `run` keeps, so `plan` and a later `run` see it.

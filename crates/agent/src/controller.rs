@@ -1,10 +1,12 @@
-//! The loop: runs a pass, then waits as the pass's `Action` says. The only
-//! place in the agent that decides when to sleep and when to retry.
+//! The loop: runs a pass, then waits as [`error_policy`] decides from the
+//! class of the pass's error. The only place in the agent that decides when
+//! to sleep and when to retry.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::reconcile::{Action, PassResult, Reconciler};
+use crate::pass::{PassResult, ReconcileError};
+use crate::reconcile::Reconciler;
 use crate::report::Reporter;
 use crate::source::Source;
 
@@ -20,6 +22,60 @@ pub enum Signal {
     Sync,
     /// Finish and exit (SIGTERM, SIGINT).
     Stop,
+}
+
+/// The longest Retry-After honoured: a silly header must not stop us for long.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// Exponential backoff from [`FIRST_BACKOFF`] up to a ceiling.
+struct Backoff {
+    next: Duration,
+    ceiling: Duration,
+}
+
+impl Backoff {
+    fn new(ceiling: Duration) -> Self {
+        Self {
+            next: FIRST_BACKOFF.min(ceiling),
+            ceiling,
+        }
+    }
+    /// The wait for this failure; the one after it is twice as long.
+    fn step(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (self.next * 2).min(self.ceiling);
+        now
+    }
+    fn reset(&mut self) {
+        self.next = FIRST_BACKOFF.min(self.ceiling);
+    }
+}
+
+/// How long to wait after a pass that ended with `error`. Every retry
+/// decision of the agent is made here, from the error's class:
+/// - no error: the poll interval (jittered);
+/// - the server asked for a wait: that, but never less than the current
+///   backoff (`Retry-After: 0` made a loop of 113 fetches in 5 s);
+/// - retryable: the backoff, doubling up to the poll interval;
+/// - not retryable (a refused key, a bug): the poll interval.
+fn error_policy(
+    error: Option<&ReconcileError>,
+    backoff: &mut Backoff,
+    poll_interval: Duration,
+    jitter: &mut Jitter,
+) -> Duration {
+    let Some(error) = error else {
+        backoff.reset();
+        return jitter.apply(poll_interval, 0.2);
+    };
+    if let Some(asked) = error.retry_after() {
+        return asked.min(MAX_RETRY_AFTER).max(backoff.step());
+    }
+    if error.is_retryable() {
+        jitter.apply(backoff.step(), 0.2)
+    } else {
+        jitter.apply(poll_interval, 0.2)
+    }
 }
 
 /// A small xorshift generator for jitter; not for anything secret.
@@ -55,25 +111,13 @@ pub fn run(
     mut on_pass: impl FnMut(PassResult),
 ) {
     let mut jitter = Jitter::new();
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(poll_interval);
     loop {
         let started = Instant::now();
-        let (result, action) = reconciler.pass(source, reporter);
+        let (result, error) = reconciler.pass(source, reporter);
         tracing::debug!(result = ?result, took_ms = started.elapsed().as_millis() as u64, "pass done");
         on_pass(result);
-        let wait = match action {
-            Action::Requeue => {
-                backoff = FIRST_BACKOFF;
-                jitter.apply(poll_interval, 0.2)
-            }
-            Action::Backoff => {
-                let w = jitter.apply(backoff.min(poll_interval), 0.2);
-                backoff = (backoff * 2).min(poll_interval);
-                w
-            }
-            // The server's word, capped so a silly header cannot stop us for long.
-            Action::RetryAfter(d) => d.min(Duration::from_secs(600)),
-        };
+        let wait = error_policy(error.as_ref(), &mut backoff, poll_interval, &mut jitter);
         let deadline = Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -93,6 +137,81 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fetch_error(retry_after: Option<Duration>, key_refused: bool) -> ReconcileError {
+        ReconcileError::Fetch {
+            message: "x".into(),
+            retry_after,
+            key_refused,
+        }
+    }
+
+    /// Waits after `errors` in turn, with a 30 s poll interval.
+    fn waits(errors: Vec<Option<ReconcileError>>) -> Vec<Duration> {
+        let (mut backoff, mut jitter) = (Backoff::new(Duration::from_secs(30)), Jitter::new());
+        errors
+            .iter()
+            .map(|e| {
+                error_policy(
+                    e.as_ref(),
+                    &mut backoff,
+                    Duration::from_secs(30),
+                    &mut jitter,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn regression_retry_after_zero_made_a_tight_loop() {
+        let w = waits(
+            (0..6)
+                .map(|_| Some(fetch_error(Some(Duration::ZERO), false)))
+                .collect(),
+        );
+        assert_eq!(w[0], FIRST_BACKOFF, "{w:?}");
+        assert!(w.windows(2).all(|p| p[1] >= p[0]), "never shorter: {w:?}");
+        assert_eq!(w[5], Duration::from_secs(16), "the backoff grows: {w:?}");
+        // A longer wait asked for is honoured, up to the cap.
+        let w = waits(vec![Some(fetch_error(Some(Duration::from_secs(7)), false))]);
+        assert_eq!(w, vec![Duration::from_secs(7)]);
+        let w = waits(vec![Some(fetch_error(
+            Some(Duration::from_secs(86_400)),
+            false,
+        ))]);
+        assert_eq!(w, vec![MAX_RETRY_AFTER]);
+    }
+
+    #[test]
+    fn the_error_class_decides_the_wait() {
+        let interval = Duration::from_secs(30);
+        let w = waits(vec![
+            Some(ReconcileError::StateUnknown),
+            Some(ReconcileError::ReadFiles("x".into())),
+            None,
+            Some(fetch_error(None, true)),
+            Some(ReconcileError::Render("bug".into())),
+            Some(ReconcileError::Apply(crate::apply::ApplyError::Timeout {
+                what: "lds".into(),
+                version: "v".into(),
+                timeout: Duration::from_secs(10),
+            })),
+        ]);
+        assert!(
+            w[0] <= FIRST_BACKOFF && w[1] <= 2 * FIRST_BACKOFF,
+            "retryable backs off: {w:?}"
+        );
+        assert!(w[2] > interval / 2, "success waits the interval: {w:?}");
+        assert!(
+            w[3] > interval / 2,
+            "a refused key waits the interval: {w:?}"
+        );
+        assert!(w[4] > interval / 2, "a bug waits the interval: {w:?}");
+        assert!(
+            w[5] <= FIRST_BACKOFF,
+            "a timeout backs off from the start again: {w:?}"
+        );
+    }
 
     #[test]
     fn regression_poll_jitter_never_waits_longer_than_the_interval() {

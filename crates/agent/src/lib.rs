@@ -13,6 +13,7 @@ pub mod envoy_admin;
 pub mod fsutil;
 pub mod metrics;
 pub mod notify;
+pub mod pass;
 pub mod plan;
 pub mod preflight;
 pub mod reconcile;

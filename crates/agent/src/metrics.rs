@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::reconcile::PassResult;
+use crate::pass::PassResult;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
@@ -165,7 +165,7 @@ impl ReconcileMetrics {
     }
 
     /// Records the phase times of a pass that applied a change.
-    pub fn phases(&self, times: &crate::reconcile::PhaseTimes) {
+    pub fn phases(&self, times: &crate::pass::PhaseTimes) {
         for (phase, took) in times.named() {
             self.phase_seconds
                 .get_or_create(&PhaseLabels { phase })

@@ -13,83 +13,31 @@ use vpsie_lb_envoy::{
 use vpsie_lb_model::{Config, Problem, ValidateOptions, validate};
 
 use crate::apply::{Applier, Outcome};
+pub use crate::pass::{PassResult, PhaseTimes, ReconcileError};
 use crate::plan::{FileSet, file_set, plan, read_file_set};
 use crate::preflight::{self, PreflightError};
 use crate::report::{EventKind, Reporter};
 use crate::source::{FetchError, Fetched, Source};
 use crate::status::{AgentStatus, BackendStatus, LbStatus};
 
-/// What the controller should do after a pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// All is well: next pass after the poll interval.
-    Requeue,
-    /// Something transient failed: next pass sooner, backing off.
-    Backoff,
-    /// The server asked us to wait this long (Retry-After).
-    RetryAfter(Duration),
-}
-
-/// How a pass ended, for logs and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PassResult {
-    /// A new config was confirmed by Envoy.
-    Applied,
-    /// Envoy already serves the desired config.
-    Unchanged,
-    /// Some or all of the desired config was invalid; the rest was handled.
-    Rejected,
-    /// Envoy refused the change; the previous config serves again.
-    RolledBack,
-    /// Something failed that a retry may fix.
-    Error,
-}
-
-/// How long each phase of one pass took. Phases a pass did not reach stay zero.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PhaseTimes {
-    /// Fetching the desired documents.
-    pub fetch: Duration,
-    /// Validating them and choosing what to serve.
-    pub validate: Duration,
-    /// Translating to Envoy resources and rendering the files.
-    pub translate: Duration,
-    /// Reading the current files and planning the steps.
-    pub plan: Duration,
-    /// `envoy --mode validate` on the candidate.
-    pub preflight: Duration,
-    /// Writing files (apply minus verify).
-    pub write: Duration,
-    /// Waiting for Envoy to confirm each step.
-    pub verify: Duration,
-}
-
-impl PhaseTimes {
-    /// The phases' names, in pipeline order (the `phase` label, and
-    /// `<name>_ms` in the log line).
-    pub const NAMES: [&'static str; 7] = [
-        "fetch",
-        "validate",
-        "translate",
-        "plan",
-        "preflight",
-        "write",
-        "verify",
-    ];
-
-    /// Each phase with its name, in pipeline order.
-    pub fn named(&self) -> [(&'static str, Duration); 7] {
-        let t = [
-            self.fetch,
-            self.validate,
-            self.translate,
-            self.plan,
-            self.preflight,
-            self.write,
-            self.verify,
-        ];
-        std::array::from_fn(|i| (Self::NAMES[i], t[i]))
-    }
+/// The error a fetch left behind, if any: a whole-source failure, or the
+/// first load balancer that could not be fetched (it keeps its good version).
+fn fetch_error(fetched: &Fetched) -> Option<ReconcileError> {
+    let message = match &fetched.failed {
+        Some(e) => e.to_string(),
+        None => fetched
+            .items
+            .iter()
+            .find_map(|(id, r)| r.as_ref().err().map(|e| format!("{id}: {e}")))?,
+    };
+    Some(ReconcileError::Fetch {
+        message,
+        retry_after: fetched.retry_after,
+        key_refused: fetched
+            .items
+            .values()
+            .any(|r| matches!(r, Err(FetchError::Unauthorized(_)))),
+    })
 }
 
 /// Static inputs of the reconciler.
@@ -143,8 +91,6 @@ pub struct Reconciler {
     valid_now: Vec<String>,
     /// Whether the API answered on the last pass (None before the first).
     api_up: Option<bool>,
-    /// What the last fetch said about retrying.
-    hint: (Option<Duration>, bool),
     /// The newest document fetched per load balancer, valid or not.
     fetched: BTreeMap<String, Value>,
     /// Whether Envoy serves a config it confirmed (for `/readyz`).
@@ -194,7 +140,6 @@ impl Reconciler {
             problems: BTreeMap::new(),
             valid_now: Vec::new(),
             api_up: None,
-            hint: (None, false),
             fetched: BTreeMap::new(),
             serving_verified: false,
             observe,
@@ -230,6 +175,7 @@ impl Reconciler {
                 Ok(PassResult::Applied)
             }
             Ok(Outcome::RolledBack(e)) => Err(format!("envoy refused last-known-good: {e}")),
+            Ok(Outcome::Interrupted(e)) => Err(format!("restore last-known-good: {e}")),
             Err(e) => Err(format!("restore last-known-good: {e}")),
         }
     }
@@ -251,14 +197,15 @@ impl Reconciler {
     }
 
     /// One pass. Reports events, status and health through `reporter` and
-    /// returns what to do next.
+    /// returns how it ended and, if something failed, the error whose class
+    /// decides the next wait (in the controller).
     pub fn pass(
         &mut self,
         source: &mut dyn Source,
         reporter: &mut dyn Reporter,
-    ) -> (PassResult, Action) {
+    ) -> (PassResult, Option<ReconcileError>) {
         self.times = PhaseTimes::default();
-        let (result, action) = self.pass_inner(source, reporter);
+        let (result, error) = self.pass_inner(source, reporter);
         self.observe.metrics.pass(result);
         if result == PassResult::Applied {
             let t = &self.times;
@@ -292,15 +239,16 @@ impl Reconciler {
                 }
             }
         }
+        // Fetch failures were reported where they were handled, per load balancer.
+        if let Some(e) = error
+            .as_ref()
+            .filter(|e| !matches!(e, ReconcileError::Fetch { .. }))
+        {
+            reporter.error("pass", &e.to_string());
+        }
         self.report_state(reporter, result);
         reporter.flush();
-        let action = match (action, self.hint) {
-            (_, (Some(wait), _)) => Action::RetryAfter(wait),
-            // A refused key will not be accepted on a fast retry: wait the interval.
-            (_, (None, true)) => Action::Requeue,
-            (a, _) => a,
-        };
-        (result, action)
+        (result, error)
     }
 
     /// Status per load balancer and backend health as Envoy sees it: to the
@@ -394,25 +342,20 @@ impl Reconciler {
         &mut self,
         source: &mut dyn Source,
         reporter: &mut dyn Reporter,
-    ) -> (PassResult, Action) {
+    ) -> (PassResult, Option<ReconcileError>) {
         self.save_state(reporter);
         let clock = std::time::Instant::now();
         let fetched = source.fetch();
         self.times.fetch = clock.elapsed();
-        self.hint = (
-            fetched.retry_after,
-            fetched
-                .items
-                .values()
-                .any(|r| matches!(r, Err(FetchError::Unauthorized(_)))),
-        );
+        let fetch_error = fetch_error(&fetched);
         self.track_reachability(
             fetched.reachable,
             fetched.items.keys().cloned().collect(),
             reporter,
         );
         let clock = std::time::Instant::now();
-        let (candidate, rejected, fetch_failed) = self.choose(fetched, reporter);
+        let (candidate, rejected) = self.choose(fetched, reporter);
+        let fetch_failed = fetch_error.is_some();
         self.times.validate = clock.elapsed();
 
         let clock = std::time::Instant::now();
@@ -429,28 +372,23 @@ impl Reconciler {
         let clock = std::time::Instant::now();
         let (config, files) = match rendered {
             Ok(built) => built,
-            Err(e) => {
-                // choose() resolved every conflict, so this is a bug; keep serving.
-                reporter.error("render", &e);
-                return (PassResult::Error, Action::Backoff);
-            }
+            // choose() resolved every conflict, so this is a bug; keep serving.
+            Err(e) => return (PassResult::Error, Some(ReconcileError::Render(e))),
         };
         let current = match read_file_set(&self.settings.layout) {
             Ok(c) => c,
             Err(e) => {
-                reporter.error("read current files", &e.to_string());
-                return (PassResult::Error, Action::Backoff);
+                return (
+                    PassResult::Error,
+                    Some(ReconcileError::ReadFiles(e.to_string())),
+                );
             }
         };
         if !self.good_known && (fetch_failed || rejected) && !self.serves_nothing(&current) {
             // The saved state was lost: what failed to fetch or validate has
             // no good version to fall back on, and leaving it out would take
             // it off Envoy. Keep Envoy as it is until a complete config comes.
-            reporter.error(
-                "reconcile",
-                "no last-known-good state and the desired config is incomplete; envoy keeps serving what it has",
-            );
-            return (PassResult::Error, Action::Backoff);
+            return (PassResult::Error, Some(ReconcileError::StateUnknown));
         }
         let steps = plan(&self.settings.layout, &current, &files).ok();
         let unchanged = steps.as_ref().is_some_and(|p| p.is_empty());
@@ -465,11 +403,6 @@ impl Reconciler {
                 && p.dependencies.iter().all(|f| f.path.starts_with(&eds_dir))
         });
         self.times.plan = clock.elapsed();
-        let next_action = if fetch_failed {
-            Action::Backoff
-        } else {
-            Action::Requeue
-        };
         if unchanged {
             self.promote(&candidate, &files, reporter, &[]);
             let result = if rejected {
@@ -477,11 +410,11 @@ impl Reconciler {
             } else {
                 PassResult::Unchanged
             };
-            return (result, next_action);
+            return (result, fetch_error);
         }
         if self.refused.as_ref() == Some(&files) {
             // Same content Envoy already refused: do not hammer it every pass.
-            return (PassResult::RolledBack, next_action);
+            return (PassResult::RolledBack, fetch_error);
         }
 
         let clock = std::time::Instant::now();
@@ -543,12 +476,9 @@ impl Reconciler {
                     );
                 }
                 self.refused = Some(files);
-                return (PassResult::Rejected, next_action);
+                return (PassResult::Rejected, fetch_error);
             }
-            Err(e) => {
-                reporter.error("pre-flight", &e.to_string());
-                return (PassResult::Error, Action::Backoff);
-            }
+            Err(e) => return (PassResult::Error, Some(ReconcileError::Preflight(e))),
         }
 
         self.times.preflight = clock.elapsed();
@@ -570,7 +500,7 @@ impl Reconciler {
                 } else {
                     PassResult::Applied
                 };
-                (result, next_action)
+                (result, fetch_error)
             }
             Ok(Outcome::RolledBack(cause)) => {
                 for id in &changed {
@@ -587,12 +517,14 @@ impl Reconciler {
                 }
                 self.refused = Some(files);
                 self.observe.metrics.rolled_back();
-                (PassResult::RolledBack, next_action)
+                (PassResult::RolledBack, fetch_error)
             }
-            Err(e) => {
-                reporter.error("apply", &e.to_string());
-                (PassResult::Error, Action::Backoff)
+            Ok(Outcome::Interrupted(cause)) => {
+                // Not Envoy's verdict: the candidate is not parked, and the
+                // next pass tries it again after a backoff.
+                (PassResult::Error, Some(ReconcileError::Apply(cause)))
             }
+            Err(e) => (PassResult::Error, Some(ReconcileError::Apply(e))),
         }
     }
 
@@ -680,12 +612,11 @@ impl Reconciler {
         &mut self,
         fetched: Fetched,
         reporter: &mut dyn Reporter,
-    ) -> (BTreeMap<String, Value>, bool, bool) {
+    ) -> (BTreeMap<String, Value>, bool) {
         let mut rejected = false;
-        let fetch_failed = fetched.failed.is_some() || fetched.items.values().any(Result::is_err);
         if let Some(e) = &fetched.failed {
             reporter.error("fetch", &e.to_string());
-            return (self.good.clone(), false, true);
+            return (self.good.clone(), false);
         }
         for problem in &fetched.unattributed {
             reporter.error("fetch", problem);
@@ -772,7 +703,7 @@ impl Reconciler {
                 }
             }
         }
-        (candidate, rejected, fetch_failed)
+        (candidate, rejected)
     }
 
     /// Sends `api_unreachable` once when the API stops answering and

@@ -128,3 +128,41 @@ fn run_follows_the_file_keeps_serving_through_bad_input_and_envoy_crashes_and_re
         "nothing may be applied from a lost state"
     );
 }
+
+/// A write error during apply was reported as Envoy refusing the config
+/// (`config_rolled_back`) and parked the candidate until the document
+/// changed. Only Envoy's verdict may park a candidate: anything else rolls
+/// back, backs off and tries again.
+#[test]
+fn regression_a_write_error_was_recorded_as_envoy_refusing_the_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bs = backends(&["a", "b"]);
+    let (p1, p2) = (free_port(), free_port());
+    let desired = dir.path().join("desired.json");
+    let web = lb_over("web", "http", p1, "round_robin", &bs[..1]);
+    write_doc(&desired, &json!([web]));
+    let agent = RunningAgent::start(dir.path(), &config(dir.path(), free_port()));
+    poll_until("web served", Duration::from_secs(30), || serves(p1, "a"));
+
+    // The new load balancer's endpoint directory cannot be created: a
+    // dangling symlink stands where it goes, like a disk gone bad.
+    let blocker = dir.path().join("envoy/eds/lb_two");
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), &blocker).expect("blocker");
+    let two = lb_over("two", "http", p2, "round_robin", &bs[1..]);
+    write_doc(&desired, &json!([web, two]));
+    agent.wait_log("the write failure", "apply: write: ");
+    serves(p1, "a").expect("the previous config serves");
+    assert!(
+        !agent.log().contains("config_rolled_back"),
+        "a write error is not envoy's verdict:\n{}",
+        agent.log()
+    );
+
+    // The disk recovers; the same document applies without being changed.
+    std::fs::remove_file(&blocker).expect("remove blocker");
+    poll_until(
+        "two served after the retry",
+        Duration::from_secs(30),
+        || serves(p2, "b"),
+    );
+}

@@ -13,7 +13,7 @@ use vpsie_lb_testkit::{free_port, http};
 use crate::procs::{self, Proc};
 
 /// The phases of an agent pass, as its log line names them.
-pub const PHASES: [&str; 7] = vpsie_lb_agent::reconcile::PhaseTimes::NAMES;
+pub const PHASES: [&str; 7] = vpsie_lb_agent::pass::PhaseTimes::NAMES;
 
 /// The key the emulator accepts.
 const API_KEY: &str = "bench-key-0c1d2e";
