@@ -2,7 +2,9 @@
 //! class of the pass's error. The only place in the agent that decides when
 //! to sleep and when to retry.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::pass::{PassResult, ReconcileError};
@@ -23,6 +25,80 @@ pub enum Signal {
     /// Finish and exit (SIGTERM, SIGINT).
     Stop,
 }
+
+/// Where the loop learns that it should run a pass now or stop.
+///
+/// Sync requests collapse: while one is pending, more add nothing, so a
+/// burst of 2,000 `POST /sync` (which made 123 fetches) makes at most one
+/// more pass, and a Stop never queues behind them.
+pub struct Inbox {
+    rx: Receiver<Signal>,
+    tx: Sender<Signal>,
+    sync_pending: Arc<AtomicBool>,
+}
+
+/// A handle that asks the loop for a pass or to stop; cheap to clone.
+#[derive(Clone)]
+pub struct Trigger {
+    tx: Sender<Signal>,
+    sync_pending: Arc<AtomicBool>,
+}
+
+impl Inbox {
+    /// An empty inbox.
+    pub fn new() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        Self {
+            rx,
+            tx,
+            sync_pending: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A handle for signal handlers and the endpoints.
+    pub fn trigger(&self) -> Trigger {
+        Trigger {
+            tx: self.tx.clone(),
+            sync_pending: self.sync_pending.clone(),
+        }
+    }
+
+    fn recv_timeout(&self, d: Duration) -> Result<Signal, RecvTimeoutError> {
+        let s = self.rx.recv_timeout(d)?;
+        if s == Signal::Sync {
+            // Requests from now on ask for the pass after this one.
+            self.sync_pending.store(false, Ordering::SeqCst);
+        }
+        Ok(s)
+    }
+}
+
+impl Default for Inbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Trigger {
+    /// Asks for a pass soon; a request already pending absorbs this one.
+    /// `false` when the loop is gone.
+    pub fn sync(&self) -> bool {
+        if self.sync_pending.swap(true, Ordering::SeqCst) {
+            return true;
+        }
+        self.tx.send(Signal::Sync).is_ok()
+    }
+
+    /// Asks the loop to finish the pass in flight and return.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Signal::Stop);
+    }
+}
+
+/// The least time between the starts of two passes that a sync request
+/// asks for: a local process flooding `POST /sync` costs the API at most
+/// four passes a second, while a single push is served at once.
+pub const MIN_SYNC_GAP: Duration = Duration::from_millis(250);
 
 /// The longest Retry-After honoured: a silly header must not stop us for long.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
@@ -106,7 +182,7 @@ pub fn run(
     reconciler: &mut Reconciler,
     source: &mut dyn Source,
     reporter: &mut dyn Reporter,
-    signals: &Receiver<Signal>,
+    signals: &Inbox,
     poll_interval: Duration,
     mut on_pass: impl FnMut(PassResult),
 ) {
@@ -118,14 +194,15 @@ pub fn run(
         tracing::debug!(result = ?result, took_ms = started.elapsed().as_millis() as u64, "pass done");
         on_pass(result);
         let wait = error_policy(error.as_ref(), &mut backoff, poll_interval, &mut jitter);
-        let deadline = Instant::now() + wait;
+        let mut deadline = Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
             match signals.recv_timeout(left.min(TICK)) {
-                Ok(Signal::Sync) => break,
+                // A flood of requests costs at most one pass per gap.
+                Ok(Signal::Sync) => deadline = deadline.min(started + MIN_SYNC_GAP),
                 Ok(Signal::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) if source.changed() => break,
                 Err(RecvTimeoutError::Timeout) => {}
@@ -160,6 +237,27 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn regression_a_burst_of_sync_requests_queued_a_pass_each() {
+        let inbox = Inbox::new();
+        let trigger = inbox.trigger();
+        for _ in 0..10_000 {
+            assert!(trigger.sync());
+        }
+        trigger.stop();
+        let got = |i: &Inbox| i.recv_timeout(Duration::from_millis(10)).ok();
+        assert_eq!(got(&inbox), Some(Signal::Sync));
+        assert_eq!(
+            got(&inbox),
+            Some(Signal::Stop),
+            "stop is not behind 9,999 syncs"
+        );
+        assert_eq!(got(&inbox), None);
+        // Once the loop took the request, the next one counts again.
+        assert!(trigger.sync());
+        assert_eq!(got(&inbox), Some(Signal::Sync));
     }
 
     #[test]

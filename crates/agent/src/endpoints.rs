@@ -1,16 +1,31 @@
-//! The agent's own HTTP endpoints, on loopback by default:
+//! The agent's own HTTP endpoints, on loopback:
 //! `GET /metrics`, `GET /healthz`, `GET /readyz`, `GET /status`, `POST /sync`.
+//!
+//! Any local process can reach them, so every resource a client can hold is
+//! bounded: connections ([`MAX_CONNECTIONS`]), the request head
+//! ([`MAX_HEAD_BYTES`]), and the time per request ([`REQUEST_DEADLINE`]).
+//! One request per connection; the answer closes it. The parser is a pure
+//! function ([`parse_head`]) so it can be fuzzed on its own.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::mpsc::Sender;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 
-use crate::controller::Signal;
+use crate::controller::Trigger;
 use crate::status::AgentStatus;
+
+/// Connections served at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 32;
+/// The largest request line plus headers accepted.
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// The longest a client may take to send its request and read the answer.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// The longest wait after a failed accept (EMFILE): the backoff doubles to this.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// What the endpoints serve from.
 #[derive(Clone)]
@@ -20,87 +35,228 @@ pub struct Endpoints {
     /// The latest snapshot.
     pub status: Arc<Mutex<AgentStatus>>,
     /// Where `POST /sync` asks for a pass.
-    pub sync: Sender<Signal>,
+    pub sync: Trigger,
+}
+
+/// A request head that parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head<'a> {
+    /// The method, e.g. `GET`.
+    pub method: &'a str,
+    /// The path without its query.
+    pub path: &'a str,
+}
+
+/// Why a request head was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// Not yet a whole head (no blank line), but within the limit.
+    Incomplete,
+    /// Longer than [`MAX_HEAD_BYTES`] (431).
+    TooLarge,
+    /// Not an HTTP/1.x request line (400).
+    Malformed,
+}
+
+/// Parses the head of an HTTP/1.x request from the bytes read so far.
+pub fn parse_head(buf: &[u8]) -> Result<Head<'_>, HeadError> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Err(if buf.len() >= MAX_HEAD_BYTES {
+            HeadError::TooLarge
+        } else {
+            HeadError::Incomplete
+        });
+    };
+    if end + 4 > MAX_HEAD_BYTES {
+        return Err(HeadError::TooLarge);
+    }
+    let line_end = buf.windows(2).position(|w| w == b"\r\n").unwrap_or(end);
+    let line = std::str::from_utf8(&buf[..line_end]).map_err(|_| HeadError::Malformed)?;
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(HeadError::Malformed);
+    };
+    let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_uppercase());
+    if !token(method) || !target.starts_with('/') || !version.starts_with("HTTP/1.") {
+        return Err(HeadError::Malformed);
+    }
+    let path = target.split('?').next().unwrap_or(target);
+    Ok(Head { method, path })
 }
 
 /// Binds `addr` and serves in a background thread; returns the bound address.
 pub fn spawn(addr: SocketAddr, endpoints: Endpoints) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let e = endpoints.clone();
-            std::thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let _ = handle(stream, &e);
-            });
-        }
-    });
+    std::thread::Builder::new()
+        .name("endpoints".into())
+        .spawn(move || accept_loop(&listener, &endpoints))?;
     Ok(bound)
 }
 
-fn handle(stream: TcpStream, e: &Endpoints) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    // Headers are not needed; read them so the client sees a clean close.
+fn accept_loop(listener: &TcpListener, endpoints: &Endpoints) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut backoff = Duration::from_millis(10);
     loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
-            break;
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // EMFILE and friends do not clear by retrying at once.
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "agent endpoints: accept failed");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(10);
+        if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            open.fetch_sub(1, Ordering::SeqCst);
+            continue; // dropped: closed at once
+        }
+        let (e, mine) = (endpoints.clone(), open.clone());
+        let spawned = std::thread::Builder::new()
+            .name("endpoint".into())
+            .spawn(move || {
+                let _ = handle(stream, &e);
+                mine.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            // The closure, and the count it would have released, is gone.
+            open.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!("agent endpoints: could not start a thread for a connection");
         }
     }
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+}
+
+/// Reads one request head within the limits.
+fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), HeadError> {
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let mut chunk = [0u8; 1024];
+    loop {
+        match parse_head(buf) {
+            Err(HeadError::Incomplete) => {}
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return Err(HeadError::Malformed);
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return Err(HeadError::Malformed),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn handle(mut stream: TcpStream, e: &Endpoints) -> std::io::Result<()> {
+    stream.set_write_timeout(Some(REQUEST_DEADLINE))?;
+    let mut buf = Vec::with_capacity(1024);
+    let answer = match read_head(&mut stream, &mut buf) {
+        Ok(()) => match parse_head(&buf) {
+            Ok(head) => route(&head, e),
+            Err(_) => plain(400, "bad request\n"),
+        },
+        Err(HeadError::TooLarge) => plain(431, "request head too large\n"),
+        Err(_) => plain(400, "bad request\n"),
+    };
+    let (status, content_type, body) = answer;
+    write!(
+        stream,
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        reason(status),
+        body.len()
+    )?;
+    stream.flush()
+}
+
+type Answer = (u16, &'static str, String);
+
+fn plain(status: u16, body: &str) -> Answer {
+    (status, "text/plain", body.to_owned())
+}
+
+fn route(head: &Head<'_>, e: &Endpoints) -> Answer {
     let snapshot = || e.status.lock().map(|s| s.clone()).unwrap_or_default();
-    let (status, content_type, body) = match (method, path.split('?').next().unwrap_or("")) {
+    match (head.method, head.path) {
         ("GET", "/metrics") => (
             200,
             "text/plain; version=0.0.4; charset=utf-8",
             crate::metrics::encode(&e.registry),
         ),
-        ("GET", "/healthz") => (200, "text/plain", "ok\n".to_owned()),
-        ("GET", "/readyz") => {
-            if snapshot().ready {
-                (
-                    200,
-                    "text/plain",
-                    "ready: envoy serves a verified config\n".to_owned(),
-                )
-            } else {
-                (
-                    503,
-                    "text/plain",
-                    "not ready: envoy does not serve a verified config yet\n".to_owned(),
-                )
-            }
+        ("GET", "/healthz") => plain(200, "ok\n"),
+        ("GET", "/readyz") if snapshot().ready => {
+            plain(200, "ready: envoy serves a verified config\n")
         }
+        ("GET", "/readyz") => plain(
+            503,
+            "not ready: envoy does not serve a verified config yet\n",
+        ),
         ("GET", "/status") => (
             200,
             "application/json",
             serde_json::to_string_pretty(&snapshot()).unwrap_or_else(|_| "{}".into()) + "\n",
         ),
-        ("POST", "/sync") => match e.sync.send(Signal::Sync) {
-            Ok(()) => (202, "text/plain", "sync requested\n".to_owned()),
-            Err(_) => (503, "text/plain", "the agent is stopping\n".to_owned()),
-        },
+        ("POST", "/sync") if e.sync.sync() => plain(202, "sync requested\n"),
+        ("POST", "/sync") => plain(503, "the agent is stopping\n"),
         (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/sync") => {
-            (405, "text/plain", "method not allowed\n".to_owned())
+            plain(405, "method not allowed\n")
         }
-        _ => (404, "text/plain", "not found\n".to_owned()),
-    };
-    let mut out = stream;
-    write!(
-        out,
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        match status {
-            200 => "OK",
-            202 => "Accepted",
-            404 => "Not Found",
-            405 => "Method Not Allowed",
-            _ => "Service Unavailable",
-        },
-        body.len()
-    )?;
-    out.flush()
+        _ => plain(404, "not found\n"),
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_parse_or_say_why_not() {
+        let ok = parse_head(b"GET /status?x=1 HTTP/1.1\r\nHost: a\r\n\r\n").expect("valid");
+        assert_eq!(
+            ok,
+            Head {
+                method: "GET",
+                path: "/status"
+            }
+        );
+        assert_eq!(
+            parse_head(b"GET /status HTTP/1.1\r\n"),
+            Err(HeadError::Incomplete)
+        );
+        for bad in [
+            &b"GET /status\r\n\r\n"[..],
+            b"get /status HTTP/1.1\r\n\r\n",
+            b"GET status HTTP/1.1\r\n\r\n",
+            b"GET /status HTTP/2\r\n\r\n",
+            b"GET /a b HTTP/1.1\r\n\r\n",
+            b"\xff\xfe /x HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(parse_head(bad), Err(HeadError::Malformed), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn regression_an_endless_request_line_was_read_without_a_limit() {
+        let long = vec![b'a'; MAX_HEAD_BYTES];
+        assert_eq!(parse_head(&long), Err(HeadError::TooLarge));
+        let mut head = b"GET /".to_vec();
+        head.extend(vec![b'a'; MAX_HEAD_BYTES]);
+        head.extend_from_slice(b" HTTP/1.1\r\n\r\n");
+        assert_eq!(parse_head(&head), Err(HeadError::TooLarge));
+    }
 }

@@ -20,6 +20,21 @@ use crate::report::{EventKind, Reporter};
 use crate::source::{FetchError, Fetched, Source};
 use crate::status::{AgentStatus, BackendStatus, LbStatus};
 
+/// Most problems one event, log line or status message carries: a document
+/// with 10,000 bad backends must not make a 1 MB event that the API refuses
+/// and that blocks every later one.
+pub const MAX_PROBLEMS_PER_EVENT: usize = 20;
+
+/// The first [`MAX_PROBLEMS_PER_EVENT`] problems as lines, and how many more there were.
+fn capped_problems(problems: &[Problem]) -> (Vec<String>, usize) {
+    let lines = problems
+        .iter()
+        .take(MAX_PROBLEMS_PER_EVENT)
+        .map(ToString::to_string)
+        .collect();
+    (lines, problems.len().saturating_sub(MAX_PROBLEMS_PER_EVENT))
+}
+
 /// The error a fetch left behind, if any: a whole-source failure, or the
 /// first load balancer that could not be fetched (it keeps its good version).
 fn fetch_error(fetched: &Fetched) -> Option<ReconcileError> {
@@ -730,20 +745,44 @@ impl Reconciler {
     }
 
     fn reject(&mut self, reporter: &mut dyn Reporter, id: &str, problems: &[Problem]) {
-        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let (lines, more) = capped_problems(problems);
+        let tail = if more > 0 {
+            format!("; and {more} more")
+        } else {
+            String::new()
+        };
         self.problems.insert(
             id.to_owned(),
-            format!("configuration rejected: {}", lines.join("; ")),
+            format!("configuration rejected: {}{tail}", lines.join("; ")),
         );
         reporter.event(
             id,
             EventKind::ConfigRejected,
             &format!(
-                "configuration rejected, {} problem(s): {}",
-                lines.len(),
+                "configuration rejected, {} problem(s): {}{tail}",
+                problems.len(),
                 lines.join("; ")
             ),
-            serde_json::json!({ "problems": lines }),
+            serde_json::json!({ "problems": lines, "more_problems": more }),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vpsie_lb_model::FieldPath;
+
+    #[test]
+    fn regression_an_event_carried_every_problem_of_a_document() {
+        let problems: Vec<Problem> = (0..10_000)
+            .map(|i| Problem::new(&FieldPath::root().key("backends").index(i), "bad"))
+            .collect();
+        let (lines, more) = capped_problems(&problems);
+        assert_eq!(lines.len(), MAX_PROBLEMS_PER_EVENT);
+        assert_eq!(more, 10_000 - MAX_PROBLEMS_PER_EVENT);
+        assert_eq!(lines[0], "backends[0]: bad");
+        let (lines, more) = capped_problems(&problems[..3]);
+        assert_eq!((lines.len(), more), (3, 0));
     }
 }

@@ -2,7 +2,6 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,7 +15,7 @@ use crate::api::ApiClient;
 use crate::apply::Applier;
 use crate::config::read_api_key;
 use crate::config::{Config, SourceKind};
-use crate::controller::{self, Signal};
+use crate::controller;
 use crate::envoy_admin::EnvoyAdmin;
 use crate::fsutil;
 use crate::reconcile::{Reconciler, Settings};
@@ -222,12 +221,12 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let (tx, rx) = mpsc::channel();
+    let inbox = controller::Inbox::new();
     let status_handle = status.clone();
     let endpoints = crate::endpoints::Endpoints {
         registry: std::sync::Arc::new(registry),
         status,
-        sync: tx.clone(),
+        sync: inbox.trigger(),
     };
     let bound = crate::endpoints::spawn(cfg.agent_listen, endpoints)
         .with_context(|| format!("agent.listen_address {}", cfg.agent_listen))?;
@@ -238,14 +237,14 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         signal_hook::consts::SIGINT,
     ])?;
     let signal_handle = signals.handle();
+    let trigger = inbox.trigger();
     std::thread::spawn(move || {
         for s in signals.forever() {
-            let msg = if s == signal_hook::consts::SIGHUP {
-                Signal::Sync
-            } else {
-                Signal::Stop
-            };
-            if tx.send(msg).is_err() || msg == Signal::Stop {
+            if s != signal_hook::consts::SIGHUP {
+                trigger.stop();
+                return;
+            }
+            if !trigger.sync() {
                 return;
             }
         }
@@ -257,7 +256,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         &mut reconciler,
         source.as_mut(),
         reporter.as_mut(),
-        &rx,
+        &inbox,
         cfg.vpsie.poll_interval,
         |result| {
             tracing::info!(result = ?result, "pass");

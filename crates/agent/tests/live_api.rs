@@ -528,3 +528,56 @@ fn sighup_runs_a_pass_at_once() {
         serves(port, "b")
     });
 }
+
+/// With the API's report endpoints blackholed (every PUT and POST hangs
+/// while GET answers), each pass sent every pending report and waited out
+/// each timeout: a second change took 32 s and SIGTERM 42 s. Reports now
+/// go out on their own thread.
+#[test]
+fn regression_blackholed_reporting_stalled_changes_and_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api = Api::start();
+    let bs = backends(&["a", "b"]);
+    let port = free_port();
+    api.put_lb(&lb_over("web", "http", port, "round_robin", &bs[..1]));
+    api.put_other(free_port(), &bs[1..]);
+    let agent = RunningAgent::start(
+        dir.path(),
+        &config_polling(dir.path(), &api, free_port(), "2s"),
+    );
+    poll_until("first pass served", Duration::from_secs(30), || {
+        serves(port, "a")
+    });
+    for endpoint in ["put_status", "put_health", "post_event"] {
+        api.control(
+            "PUT",
+            "/faults",
+            &json!({"endpoint": endpoint, "kind": "latency", "ms": 600_000}),
+        );
+    }
+    // Each change makes events, status and health to report, and each of
+    // those requests now hangs. A poll interval (2 s) plus 5 s each.
+    let within = Duration::from_secs(7);
+    api.put_lb(&lb_over("web", "http", port, "round_robin", &bs));
+    poll_until("first change live", within, || serves(port, "b"));
+    api.put_lb(&lb_over("web", "http", port, "round_robin", &bs[1..]));
+    poll_until("second change live", within, || {
+        let counts = count_by_backend(port, 6);
+        if counts.keys().eq(["b"].iter()) {
+            Ok(())
+        } else {
+            Err(format!("{counts:?}"))
+        }
+    });
+    let mut agent = agent;
+    vpsie_lb_testkit::signal(agent.child.id(), "TERM");
+    // drain_time (1 s in these configs) plus 5 s.
+    let status = poll_until("agent exit after SIGTERM", Duration::from_secs(6), || {
+        agent
+            .child
+            .try_wait()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "running".to_owned())
+    });
+    assert!(status.success(), "agent exit {status}\n{}", agent.log());
+}

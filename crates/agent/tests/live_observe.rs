@@ -353,3 +353,115 @@ fn systemd_hears_ready_only_once_envoy_serves() {
     let first = http::get(port, "/").expect("request right after READY=1");
     assert_eq!((first.status, first.body.trim()), (200, "a"));
 }
+
+/// Every pass the agent has run, whatever its result.
+fn passes(port: u16) -> f64 {
+    ["applied", "unchanged", "rejected", "rolled_back", "error"]
+        .iter()
+        .map(|r| {
+            metric(
+                port,
+                &format!("vpsie_lb_reconcile_passes_total{{result=\"{r}\"}}"),
+            )
+        })
+        .sum()
+}
+
+/// The agent's resident memory, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// Any local process could flood the endpoints: 2,000 `POST /sync` made 123
+/// fetches (a pass each, queued without bound), a request line was read
+/// without a length limit, and SIGTERM waited behind the queue.
+#[test]
+fn regression_the_agent_endpoints_could_be_flooded_by_any_local_process() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bs = backends(&["a"]);
+    let (port, agent_port) = (free_port(), free_port());
+    let desired = dir.path().join("desired.json");
+    write_doc(&desired, &lb_over("web", "http", port, "round_robin", &bs));
+    let source = format!(
+        "source: file\nfile: {}\nvpsie: {{poll_interval: 1h}}\nagent: {{listen_address: 127.0.0.1:{agent_port}}}\n",
+        desired.display()
+    );
+    let agent = RunningAgent::start(dir.path(), &agent_config(dir.path(), free_port(), &source));
+    poll_until("served", Duration::from_secs(30), || serves(port, "a"));
+
+    // 10,000 syncs in a burst, from 8 clients.
+    let before = passes(agent_port);
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for _ in 0..1250 {
+                    let _ = http::send(agent_port, "POST", "/sync", "");
+                }
+            });
+        }
+    });
+    let burst = started.elapsed();
+    poll_until("a pass after the burst", Duration::from_secs(10), || {
+        if passes(agent_port) > before {
+            Ok(())
+        } else {
+            Err("no pass yet".into())
+        }
+    });
+    // One pass per MIN_SYNC_GAP (250 ms) during the burst, one pending
+    // after it, and one in flight when it began.
+    let bound = 2.0 + burst.as_secs_f64() / 0.25;
+    let ran = passes(agent_port) - before;
+    assert!(
+        ran <= bound,
+        "{ran} passes for 10,000 syncs in {burst:?} (at most {bound})"
+    );
+
+    // An 8 GiB request line: the agent reads 8 KiB of it and hangs up.
+    use std::io::Write;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", agent_port)).expect("connect");
+    conn.set_write_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let chunk = vec![b'a'; 1 << 20];
+    let mut sent: u64 = conn.write(b"GET /").expect("start") as u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sent < 8 << 30 && std::time::Instant::now() < deadline {
+        match conn.write(&chunk) {
+            Ok(n) => sent += n as u64,
+            Err(_) => break,
+        }
+    }
+    assert!(sent < 8 << 30, "the agent read all 8 GiB");
+    let rss = rss_bytes(agent.child.id());
+    eprintln!(
+        "{ran} passes for 10,000 syncs in {burst:?}; {} MiB sent before the hang-up; agent RSS {} KiB",
+        sent >> 20,
+        rss >> 10
+    );
+    assert!(rss < 64 << 20, "agent RSS {} MiB", rss >> 20);
+    assert_eq!(
+        http::get(agent_port, "/healthz")
+            .expect("healthz after")
+            .status,
+        200
+    );
+
+    // SIGTERM is honoured within drain_time (1 s) plus 5 s.
+    let mut agent = agent;
+    vpsie_lb_testkit::signal(agent.child.id(), "TERM");
+    let status = poll_until("agent exit after SIGTERM", Duration::from_secs(6), || {
+        agent
+            .child
+            .try_wait()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "running".to_owned())
+    });
+    assert!(status.success(), "agent exit {status}");
+}

@@ -134,3 +134,17 @@ fn the_example_config_is_valid_once_an_id_is_filled_in() {
     assert!(!cfg.envoy.manage, "production runs envoy under systemd");
     assert!(cfg.agent_listen.ip().is_loopback() && cfg.envoy.admin_address.ip().is_loopback());
 }
+
+/// Any local process can flood the agent's endpoints; the unit bounds what
+/// that, or a leak, can take from the machine.
+#[test]
+fn the_agent_unit_bounds_descriptors_and_memory() {
+    let unit = std::fs::read_to_string(packaging().join("systemd/vpsie-lb-agent.service"))
+        .expect("read unit");
+    for key in ["LimitNOFILE=", "MemoryMax="] {
+        assert!(
+            unit.lines().any(|l| l.starts_with(key)),
+            "the agent unit has no {key}"
+        );
+    }
+}

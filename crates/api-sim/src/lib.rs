@@ -201,7 +201,7 @@ impl Sim {
                 }
                 None => (
                     400,
-                    json!({"error": "fault needs endpoint (one of get_loadbalancer, put_status, put_health, post_event, *) and kind (latency, error_5xx, rate_limit, reset, malformed_json, huge_body, wrong_content_type, unauthorized)"}),
+                    json!({"error": "fault needs endpoint (one of get_loadbalancer, put_status, put_health, post_event, *) and kind (latency, error_5xx, error_4xx, rate_limit, reset, malformed_json, huge_body, wrong_content_type, unauthorized)"}),
                 ),
             },
             ("DELETE", ["faults"]) => {
@@ -257,6 +257,15 @@ impl Sim {
                         503,
                         "application/json",
                         b"{\"error\":\"injected 503\"}",
+                        &[],
+                    );
+                }
+                "error_4xx" => {
+                    return respond(
+                        stream,
+                        422,
+                        "application/json",
+                        b"{\"error\":\"injected 422\"}",
                         &[],
                     );
                 }
@@ -385,6 +394,7 @@ fn parse_fault(v: &Value) -> Option<Fault> {
     let kinds = [
         "latency",
         "error_5xx",
+        "error_4xx",
         "rate_limit",
         "reset",
         "malformed_json",
