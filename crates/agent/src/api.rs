@@ -100,28 +100,97 @@ impl std::fmt::Debug for ApiClient {
     }
 }
 
-fn authority(url: &str) -> Option<(&str, &str)> {
-    let (scheme, rest) = url.split_once("://")?;
-    Some((scheme, rest.split('/').next().unwrap_or("")))
+/// The parts of an absolute URL that decide where it goes, compared the way
+/// the network does: scheme and host case-insensitively.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// `http` or `https`, lowercased.
+    pub scheme: String,
+    /// The host, lowercased; an IPv6 literal without its brackets.
+    pub host: String,
+    /// The port, if the URL names one.
+    pub port: Option<u16>,
+}
+
+impl Origin {
+    /// Parses `scheme://host[:port]/...`. A URL with userinfo
+    /// (`http://127.0.0.1:80@evil.example/`) is refused: its host is not
+    /// what a reader sees first.
+    pub fn parse(url: &str) -> Result<Origin, String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("{url:?} is not an absolute url"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        if scheme != "http" && scheme != "https" {
+            return Err(format!("{url:?} must be an https:// url"));
+        }
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if authority.contains('@') {
+            return Err(format!("{url:?} has user info before its host; refused"));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{url:?}: unclosed [ in the host"))?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        let port = port
+            .map(|p| {
+                p.parse::<u16>()
+                    .map_err(|_| format!("{url:?}: bad port {p:?}"))
+            })
+            .transpose()?;
+        if host.is_empty() {
+            return Err(format!("{url:?} has no host"));
+        }
+        Ok(Origin {
+            scheme,
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    /// Whether the host is loopback (`localhost`, 127.0.0.0/8, ::1).
+    pub fn is_loopback(&self) -> bool {
+        self.host == "localhost"
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.to_canonical().is_loopback())
+    }
+
+    /// The port, with the scheme's default filled in.
+    fn effective_port(&self) -> u16 {
+        self.port
+            .unwrap_or(if self.scheme == "https" { 443 } else { 80 })
+    }
 }
 
 /// Where a redirect from `current` to `location` leads, if we follow it:
-/// the same host only, and never from https to http.
+/// the same host and port only, and never from https to http.
 fn redirect_target(current: &str, location: &str) -> Result<String, String> {
-    let next = if location.starts_with('/') {
-        let (scheme, host) = authority(current).unwrap_or(("https", ""));
-        format!("{scheme}://{host}{location}")
+    let refuse = |why: &str| format!("refused redirect to {location:?}: {why}");
+    let from = Origin::parse(current).map_err(|e| refuse(&e))?;
+    let next = if location.starts_with('/') && !location.starts_with("//") {
+        let (_, rest) = current.split_once("://").unwrap_or(("", current));
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        format!("{}://{authority}{location}", from.scheme)
     } else {
         location.to_owned()
     };
-    match (authority(current), authority(&next)) {
-        (Some((fs, fh)), Some((ts, th))) if fh == th && !(fs == "https" && ts == "http") => {
-            Ok(next)
-        }
-        _ => Err(format!(
-            "refused redirect to {location:?}: only the same host, never https to http"
-        )),
+    let to = Origin::parse(&next).map_err(|e| refuse(&e))?;
+    if to.host != from.host || to.effective_port() != from.effective_port() {
+        return Err(refuse("only the same host and port"));
     }
+    if from.scheme == "https" && to.scheme == "http" {
+        return Err(refuse("never https to http"));
+    }
+    Ok(next)
 }
 
 fn excerpt(s: &str) -> String {
@@ -327,6 +396,24 @@ impl ApiClient {
             what: a.what.clone(),
             reason: format!("malformed json: {e}"),
         })?;
+        // An answer about another load balancer would configure that one here.
+        match v.get("id").and_then(Value::as_str) {
+            Some(got) if got == id => {}
+            got => {
+                return Err(ApiError::Body {
+                    what: a.what,
+                    reason: match got {
+                        Some(other) => format!(
+                            "the answer is about load balancer {:?}, not {id:?}",
+                            excerpt(other)
+                        ),
+                        None => {
+                            format!("the answer is not one load-balancer object with id {id:?}")
+                        }
+                    },
+                });
+            }
+        }
         if let Some(tag) = a.etag {
             if let Ok(mut c) = self.cache.lock() {
                 c.insert(id.to_owned(), (tag, v.clone()));
@@ -411,6 +498,78 @@ mod tests {
             "upgrade is fine"
         );
         assert!(redirect_target(from, "").is_err());
+    }
+
+    #[test]
+    fn regression_redirect_downgrade_was_case_sensitive() {
+        let from = "https://api.vpsie.com/v1/loadbalancers/a";
+        for bad in [
+            "HTTP://api.vpsie.com/x",
+            "Http://API.VPSIE.COM/x",
+            "http://api.vpsie.com:443/x",
+            "https://api.vpsie.com@evil.example/x",
+            "https://evil.example#@api.vpsie.com/x",
+            "//evil.example/x",
+        ] {
+            assert!(redirect_target(from, bad).is_err(), "{bad} must be refused");
+        }
+        assert!(redirect_target(from, "HTTPS://API.vpsie.com/v2").is_ok());
+        assert!(redirect_target(from, "https://api.vpsie.com:443/v2").is_ok());
+    }
+
+    #[test]
+    fn regression_userinfo_passed_the_loopback_rule() {
+        let o = |u: &str| Origin::parse(u);
+        assert!(o("http://127.0.0.1:80@evil.example/").is_err());
+        assert!(o("http://user@127.0.0.1/").is_err());
+        assert!(o("HTTP://LOCALHOST:8080/v1").expect("valid").is_loopback());
+        assert!(o("http://[::1]:9/v1").expect("valid").is_loopback());
+        assert!(
+            !o("http://127.0.0.1.evil.com/v1")
+                .expect("valid")
+                .is_loopback()
+        );
+        assert!(o("ftp://x/").is_err());
+        assert!(o("http://:80/").is_err());
+    }
+
+    #[test]
+    fn regression_an_answer_about_another_id_was_applied() {
+        let sim = vpsie_api_sim::Sim::new("k", None);
+        let port = sim.spawn(0).expect("emulator").port();
+        let put = |path: &str, doc: &Value| {
+            let r =
+                vpsie_lb_testkit::http::send(port, "PUT", path, &doc.to_string()).expect("control");
+            assert!(r.status < 300, "{}", r.body);
+        };
+        put(
+            "/_sim/loadbalancers/lb-1",
+            &serde_json::json!({"id": "lb-2", "name": "x"}),
+        );
+        put(
+            "/_sim/loadbalancers/lb-3",
+            &serde_json::json!([{"id": "lb-3"}]),
+        );
+        put(
+            "/_sim/loadbalancers/lb-4",
+            &serde_json::json!({"id": "lb-4"}),
+        );
+        let client = ApiClient::new(&format!("http://127.0.0.1:{port}/v1"), "k".into());
+        let err = client.get_loadbalancer("lb-1").expect_err("wrong id");
+        assert!(
+            err.to_string()
+                .contains("the answer is about load balancer \"lb-2\", not \"lb-1\""),
+            "{err}"
+        );
+        let err = client.get_loadbalancer("lb-3").expect_err("an array");
+        assert!(
+            err.to_string().contains("not one load-balancer object"),
+            "{err}"
+        );
+        assert_eq!(
+            client.get_loadbalancer("lb-4").expect("right id")["id"],
+            "lb-4"
+        );
     }
 
     #[test]

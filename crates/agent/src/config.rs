@@ -173,21 +173,12 @@ const MAX_DURATION_SECS: u64 = 365 * 86_400;
 
 /// Whether `url` is https, or http to a loopback host.
 fn url_problem(url: &str) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    let host_port = rest.split('/').next().unwrap_or("");
-    let host = if let Some(stripped) = host_port.strip_prefix('[') {
-        stripped.split(']').next().unwrap_or("")
-    } else {
-        host_port.rsplit_once(':').map_or(host_port, |(h, _)| h)
-    };
-    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    match scheme {
-        "https" if !host.is_empty() => None,
-        "http" if loopback => None,
-        "http" => Some(format!(
+    match crate::api::Origin::parse(url) {
+        Err(e) => Some(format!("vpsie.api_url: {e}")),
+        Ok(o) if o.scheme == "http" && !o.is_loopback() => Some(format!(
             "vpsie.api_url: {url:?} must use https unless the host is loopback"
         )),
-        _ => Some(format!("vpsie.api_url: {url:?} must be an https:// url")),
+        Ok(_) => None,
     }
 }
 
@@ -237,10 +228,6 @@ impl Config {
             .unwrap_or_else(|| "https://api.vpsie.com/v1".into());
         if let Some(p) = url_problem(&api_url) {
             problems.push(p);
-        } else if !api_url.contains("://") {
-            problems.push(format!(
-                "vpsie.api_url: {api_url:?} must be an https:// url"
-            ));
         }
         let mut ids = v.loadbalancer_ids.unwrap_or_default();
         ids.extend(v.loadbalancer_id);
@@ -490,6 +477,9 @@ mod tests {
             "http://10.0.0.1/v1",
             "ftp://x/v1",
             "http://127.0.0.1.evil.com/v1",
+            "http://127.0.0.1:80@evil.example/v1",
+            "HTTP://10.0.0.1/v1",
+            "api.vpsie.com/v1",
         ] {
             assert!(url_problem(bad).is_some(), "{bad}");
         }

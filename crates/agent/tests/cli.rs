@@ -463,3 +463,34 @@ fn regression_check_accepted_backends_that_reach_the_vm_itself() {
         stderr(&out)
     );
 }
+
+/// Go's encoding/json writes unset fields as zero values
+/// (`"min_version": ""`, `"connect": 0`), and `check` refused them.
+#[test]
+fn regression_check_refused_documents_marshaled_from_go_structs() {
+    for case in ["go-encoded-http.json", "go-encoded-https.json"] {
+        let input = golden_dir().join("in").join(case);
+        let out = agent(&[
+            "check",
+            "--no-envoy",
+            "--input",
+            input.to_str().expect("path"),
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{case}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+    let input = golden_dir().join("in/go-encoded-http.json");
+    let out = agent(&["check", "--input", input.to_str().expect("path")]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}

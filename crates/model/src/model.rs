@@ -28,6 +28,15 @@ pub mod limits {
     pub const MAX_TIMEOUT: u32 = 86_400;
     /// Largest health-check interval, seconds.
     pub const MAX_HC_INTERVAL: u32 = 3600;
+    /// Health-check interval when the document names none, seconds.
+    pub const DEFAULT_HC_INTERVAL: u32 = 10;
+    /// Health-check timeout when the document names none, seconds (shortened
+    /// to `interval - 1` when the interval is shorter).
+    pub const DEFAULT_HC_TIMEOUT: u32 = 5;
+    /// Passes that mark a backend healthy when the document names none.
+    pub const DEFAULT_HC_HEALTHY: u32 = 2;
+    /// Failures that mark a backend unhealthy when the document names none.
+    pub const DEFAULT_HC_UNHEALTHY: u32 = 3;
     /// Largest health-check threshold.
     pub const MAX_HC_THRESHOLD: u32 = 100;
     /// Longest health-check path, bytes.

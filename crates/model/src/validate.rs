@@ -232,7 +232,8 @@ fn load_balancer(
         id: None,
         port: None,
     };
-    let Some(obj) = Obj::new(value, path, cx) else {
+    let value = crate::gozero::without_go_zeros(value);
+    let Some(obj) = Obj::new(&value, path, cx) else {
         return (None, key);
     };
     obj.check_keys(LB_KEYS, cx);
@@ -249,7 +250,7 @@ fn load_balancer(
             None
         }
     });
-    let name = obj.string(cx, "name", Need::Required).and_then(|s| {
+    let name = obj.string(cx, "name", Need::Optional).and_then(|s| {
         let len = s.chars().count();
         if !(1..=255).contains(&len) {
             cx.error(
@@ -275,17 +276,23 @@ fn load_balancer(
         Need::Required,
     );
     let port = obj.port(cx, "port");
-    let algorithm = obj.enumeration(
-        cx,
-        "algorithm",
-        &[
-            ("round_robin", Algorithm::RoundRobin),
-            ("least_request", Algorithm::LeastRequest),
-            ("random", Algorithm::Random),
-            ("ring_hash", Algorithm::RingHash),
-        ],
-        Need::Required,
-    );
+    let algorithm = obj
+        .enumeration(
+            cx,
+            "algorithm",
+            &[
+                ("round_robin", Algorithm::RoundRobin),
+                ("least_request", Algorithm::LeastRequest),
+                ("random", Algorithm::Random),
+                ("ring_hash", Algorithm::RingHash),
+            ],
+            Need::Optional,
+        )
+        .or_else(|| {
+            obj.get("algorithm")
+                .is_none()
+                .then_some(Algorithm::RoundRobin)
+        });
     let max_connections = obj
         .int_in(
             cx,
@@ -326,10 +333,16 @@ fn load_balancer(
     if cx.errors.len() != before {
         return (None, key);
     }
+    let name_absent = obj.get("name").is_none();
     let lb = (|| {
+        let id = id?;
         Some(LoadBalancer {
-            id: id?,
-            name: name?,
+            name: match name {
+                Some(n) => n,
+                None if name_absent => id.clone(),
+                None => return None,
+            },
+            id,
             protocol: protocol?,
             port: port?,
             algorithm: algorithm?,
@@ -450,18 +463,17 @@ fn health_check(obj: &Obj<'_>, cx: &mut Ctx) -> Option<HealthCheck> {
         ],
         Need::Required,
     );
-    let interval = obj.int_in(
-        cx,
-        "interval",
-        1..=i64::from(limits::MAX_HC_INTERVAL),
-        Need::Required,
-    );
-    let timeout = obj.int_in(
-        cx,
-        "timeout",
-        1..=i64::from(limits::MAX_HC_INTERVAL),
-        Need::Required,
-    );
+    let span = 1..=i64::from(limits::MAX_HC_INTERVAL);
+    let interval = match obj.get("interval") {
+        None => Some(i64::from(limits::DEFAULT_HC_INTERVAL)),
+        Some(_) => obj.int_in(cx, "interval", span.clone(), Need::Required),
+    };
+    let timeout = match (obj.get("timeout"), interval) {
+        // The default, shortened to fit an interval the document chose.
+        (None, Some(i)) => Some(i64::from(limits::DEFAULT_HC_TIMEOUT).min(i - 1).max(1)),
+        (None, None) => None,
+        (Some(_), _) => obj.int_in(cx, "timeout", span, Need::Required),
+    };
     if let (Some(i), Some(t)) = (interval, timeout) {
         if t >= i {
             cx.error(
@@ -471,8 +483,12 @@ fn health_check(obj: &Obj<'_>, cx: &mut Ctx) -> Option<HealthCheck> {
         }
     }
     let threshold = 1..=i64::from(limits::MAX_HC_THRESHOLD);
-    let healthy = obj.int_in(cx, "healthy_threshold", threshold.clone(), Need::Required);
-    let unhealthy = obj.int_in(cx, "unhealthy_threshold", threshold, Need::Required);
+    let threshold_or = |cx: &mut Ctx, key: &str, default: u32| match obj.get(key) {
+        None => Some(i64::from(default)),
+        Some(_) => obj.int_in(cx, key, threshold.clone(), Need::Required),
+    };
+    let healthy = threshold_or(cx, "healthy_threshold", limits::DEFAULT_HC_HEALTHY);
+    let unhealthy = threshold_or(cx, "unhealthy_threshold", limits::DEFAULT_HC_UNHEALTHY);
 
     let http = match kind {
         Some(Kind::Http | Kind::Https) => http_check(obj, cx),

@@ -125,10 +125,11 @@ fn id() {
 #[test]
 fn name() {
     ok(with("/name", Some(json!("café ☕ front"))));
-    check(
-        with("/name", Some(json!(""))),
-        &["name: must be 1..=255 characters"],
-    );
+    // Go's zero value: the name defaults to the id.
+    let v = ok(with("/name", Some(json!(""))));
+    assert_eq!(v.config.load_balancers[0].name, "lb-1");
+    let v = ok(with("/name", None));
+    assert_eq!(v.config.load_balancers[0].name, "lb-1");
     check(
         with("/name", Some(json!("x".repeat(256)))),
         &["name: must be 1..=255 characters (got 256)"],
@@ -186,15 +187,25 @@ fn algorithm() {
         with("/algorithm", Some(json!("leastconn"))),
         &["algorithm: must be one of round_robin, least_request, random, ring_hash"],
     );
+    // Absent, or Go's zero value: round robin.
+    for doc in [
+        with("/algorithm", None),
+        with("/algorithm", Some(json!(""))),
+    ] {
+        let v = ok(doc);
+        assert_eq!(
+            v.config.load_balancers[0].algorithm,
+            vpsie_lb_model::Algorithm::RoundRobin
+        );
+    }
 }
 
 #[test]
 fn max_connections() {
     ok(with("/max_connections", Some(json!(1))));
-    check(
-        with("/max_connections", Some(json!(0))),
-        &["max_connections: must be 1..=10000000 (got 0)"],
-    );
+    // Go's zero value: no per-listener limit.
+    let v = ok(with("/max_connections", Some(json!(0))));
+    assert_eq!(v.config.load_balancers[0].max_connections, None);
     check(
         with("/max_connections", Some(json!(-5))),
         &["max_connections: must be 1..="],
@@ -383,7 +394,11 @@ fn health_check_fields() {
         &["health_check.type: must be one of tcp, http, https"],
     );
     check(
-        with("/health_check/interval", Some(json!(0))),
+        with("/health_check/interval", Some(json!(-1))),
+        &["health_check.interval: must be 1..=3600"],
+    );
+    check(
+        with("/health_check/interval", Some(json!(3601))),
         &["health_check.interval: must be 1..=3600"],
     );
     check(
@@ -391,12 +406,8 @@ fn health_check_fields() {
         &["health_check.timeout: must be smaller than interval (10 >= 10)"],
     );
     check(
-        with("/health_check/healthy_threshold", Some(json!(0))),
+        with("/health_check/healthy_threshold", Some(json!(101))),
         &["health_check.healthy_threshold: must be 1..=100"],
-    );
-    check(
-        with("/health_check/unhealthy_threshold", None),
-        &["health_check.unhealthy_threshold: is required"],
     );
     check(
         with("/health_check/path", None),
@@ -409,6 +420,43 @@ fn health_check_fields() {
     check(
         with("/health_check/path", Some(json!("/a b"))),
         &["health_check.path: must be printable ascii"],
+    );
+}
+
+#[test]
+fn health_check_timings_default_when_absent() {
+    let mut doc = base();
+    doc["health_check"] = json!({"type": "tcp"});
+    let v = ok(doc);
+    let hc = v.config.load_balancers[0]
+        .health_check
+        .clone()
+        .expect("check");
+    assert_eq!(
+        (
+            hc.interval,
+            hc.timeout,
+            hc.healthy_threshold,
+            hc.unhealthy_threshold
+        ),
+        (10, 5, 2, 3)
+    );
+    let mut doc = base();
+    doc["health_check"] = json!({"type": "tcp", "interval": 3});
+    let hc = ok(doc).config.load_balancers[0]
+        .health_check
+        .clone()
+        .expect("check");
+    assert_eq!(
+        (hc.interval, hc.timeout),
+        (3, 2),
+        "the default timeout fits the interval"
+    );
+    let mut doc = base();
+    doc["health_check"] = json!({"type": "tcp", "interval": 1});
+    check(
+        doc,
+        &["health_check.timeout: must be smaller than interval (1 >= 1)"],
     );
 }
 
@@ -580,9 +628,13 @@ fn timeouts() {
         (3, None, None),
         "0 disables idle and request"
     );
+    // Go's zero value: the default connect timeout (the original agent
+    // ignored the field and always used 5 s).
+    let v = ok(with("/timeouts", Some(json!({"connect": 0}))));
+    assert_eq!(v.config.load_balancers[0].timeouts.connect, 5);
     check(
-        with("/timeouts", Some(json!({"connect": 0}))),
-        &["timeouts.connect: must be 1..=300 (got 0)"],
+        with("/timeouts", Some(json!({"connect": 301}))),
+        &["timeouts.connect: must be 1..=300 (got 301)"],
     );
     check(
         with("/timeouts", Some(json!({"request": -1}))),
@@ -635,14 +687,14 @@ fn array_paths_are_prefixed_with_the_index() {
 #[test]
 fn every_problem_is_reported_at_once() {
     let doc = json!({
-        "id": "bad id", "name": "", "protocol": "ftp", "port": 0, "algorithm": "fastest",
+        "id": "bad id", "name": "\u{7}", "protocol": "ftp", "port": 0, "algorithm": "fastest",
         "backends": [{"id": "x", "address": "nope!", "port": -1, "weight": -2}],
     });
     check(
         doc,
         &[
             "id: must match",
-            "name: must be 1..=255",
+            "name: must not contain control characters",
             "protocol: must be one of",
             "port: must be 1..=65535",
             "algorithm: must be one of",
