@@ -65,7 +65,19 @@ check "user envoy exists" in_root getent passwd envoy
 check "user vpsie-lb exists" in_root getent passwd vpsie-lb
 check "vpsie-lb is in group envoy" sh -c "chroot '$R' id -nG vpsie-lb | grep -qw envoy"
 check "/etc/envoy vpsie-lb:envoy 755" expect_mode /etc/envoy "vpsie-lb:envoy 755"
-check "/etc/vpsie-lb root:vpsie-lb 750" expect_mode /etc/vpsie-lb "root:vpsie-lb 750"
+check "/etc/vpsie-lb root:vpsie-lb 751" expect_mode /etc/vpsie-lb "root:vpsie-lb 751"
+check "/etc/vpsie-lb/tls root:envoy 750" expect_mode /etc/vpsie-lb/tls "root:envoy 750"
+# The documented key layout: Envoy's user and the agent's (for its
+# pre-flight) can read a key; the agent's key file is not Envoy's business.
+printf 'key\n' > "$R/etc/vpsie-lb/tls/probe.key"
+in_root chown root:envoy /etc/vpsie-lb/tls/probe.key
+chmod 0640 "$R/etc/vpsie-lb/tls/probe.key"
+ids() { echo "$(in_root id -u "$1"):$(in_root id -g "$1")"; }
+envoy_gid="$(in_root id -g envoy)"
+check "envoy reads a key in the documented layout" chroot --userspec="$(ids envoy)" "$R" cat /etc/vpsie-lb/tls/probe.key
+check "the agent reads it for its pre-flight" chroot --userspec="$(ids vpsie-lb)" --groups="$envoy_gid" "$R" cat /etc/vpsie-lb/tls/probe.key
+check "nobody else reads it" sh -c "! chroot --userspec=65534:65534 '$R' cat /etc/vpsie-lb/tls/probe.key 2>/dev/null"
+rm -f "$R/etc/vpsie-lb/tls/probe.key"
 check "/var/lib/vpsie-lb vpsie-lb:vpsie-lb 750" expect_mode /var/lib/vpsie-lb "vpsie-lb:vpsie-lb 750"
 check "no agent config installed, so nothing starts" test ! -e "$R/etc/vpsie-lb/agent.yaml"
 check "limits drop-in is a conffile" grep -qx /etc/security/limits.d/vpsie-lb.conf "$R/var/lib/dpkg/info/vpsie-lb.conffiles"

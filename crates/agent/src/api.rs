@@ -173,7 +173,7 @@ impl Origin {
 
 /// Where a redirect from `current` to `location` leads, if we follow it:
 /// the same host and port only, and never from https to http.
-fn redirect_target(current: &str, location: &str) -> Result<String, String> {
+pub fn redirect_target(current: &str, location: &str) -> Result<String, String> {
     let refuse = |why: &str| format!("refused redirect to {location:?}: {why}");
     let from = Origin::parse(current).map_err(|e| refuse(&e))?;
     let next = if location.starts_with('/') && !location.starts_with("//") {
@@ -325,11 +325,11 @@ impl ApiClient {
                 })?;
                 continue;
             }
-            let etag = header("etag");
-            let retry_after = header("retry-after")
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let content_type = header("content-type").unwrap_or_default();
+            let (etag, retry_after, content_type) = (
+                header("etag"),
+                header("retry-after"),
+                header("content-type"),
+            );
             let text = resp
                 .body_mut()
                 .with_config()
@@ -342,8 +342,8 @@ impl ApiClient {
             return Ok(Answer {
                 status,
                 etag,
-                retry_after,
-                content_type,
+                retry_after: retry_after.as_deref().and_then(parse_retry_after),
+                content_type: content_type.unwrap_or_default(),
                 text,
                 what,
             });
@@ -354,6 +354,7 @@ impl ApiClient {
         })
     }
 
+    /// An error for any status but 2xx and 304.
     fn check(a: Answer) -> Result<Answer, ApiError> {
         match a.status {
             200..=299 | 304 => Ok(a),
@@ -376,48 +377,19 @@ impl ApiClient {
     pub fn get_loadbalancer(&self, id: &str) -> Result<Value, ApiError> {
         let path = format!("/loadbalancers/{id}");
         let cached = self.cache.lock().ok().and_then(|c| c.get(id).cloned());
-        let a =
-            Self::check(self.call("GET", &path, None, cached.as_ref().map(|c| c.0.as_str()))?)?;
-        if a.status == 304 {
-            if let Some((_, v)) = cached {
-                return Ok(v);
-            }
-        }
-        if !a.content_type.starts_with("application/json") {
-            return Err(ApiError::Body {
-                what: a.what,
-                reason: format!(
-                    "content type {:?}, expected application/json",
-                    a.content_type
-                ),
+        let a = self.call("GET", &path, None, cached.as_ref().map(|c| c.0.as_str()))?;
+        let etag = a.etag.clone();
+        let Some(v) = loadbalancer_answer(id, a)? else {
+            // 304: what we cached under the ETag we sent.
+            return cached.map(|(_, v)| v).ok_or_else(|| ApiError::Body {
+                what: format!("GET {path}"),
+                reason: "304 Not Modified, but no earlier answer is cached".into(),
             });
-        }
-        let v: Value = serde_json::from_str(&a.text).map_err(|e| ApiError::Body {
-            what: a.what.clone(),
-            reason: format!("malformed json: {e}"),
-        })?;
-        // An answer about another load balancer would configure that one here.
-        match v.get("id").and_then(Value::as_str) {
-            Some(got) if got == id => {}
-            got => {
-                return Err(ApiError::Body {
-                    what: a.what,
-                    reason: match got {
-                        Some(other) => format!(
-                            "the answer is about load balancer {:?}, not {id:?}",
-                            excerpt(other)
-                        ),
-                        None => {
-                            format!("the answer is not one load-balancer object with id {id:?}")
-                        }
-                    },
-                });
-            }
-        }
-        if let Some(tag) = a.etag {
-            if let Ok(mut c) = self.cache.lock() {
-                c.insert(id.to_owned(), (tag, v.clone()));
-            }
+        };
+        if let Some(tag) = etag
+            && let Ok(mut c) = self.cache.lock()
+        {
+            c.insert(id.to_owned(), (tag, v.clone()));
         }
         Ok(v)
     }
@@ -457,13 +429,59 @@ impl ApiClient {
     }
 }
 
-struct Answer {
-    status: u16,
-    etag: Option<String>,
-    retry_after: Option<Duration>,
-    content_type: String,
-    text: String,
-    what: String,
+/// One answer of the API, as far as the client reads it.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// The ETag header.
+    pub etag: Option<String>,
+    /// The Retry-After header, when it is a number of seconds.
+    pub retry_after: Option<Duration>,
+    /// The Content-Type header ("" when absent).
+    pub content_type: String,
+    /// The body, at most [`MAX_BODY`] bytes.
+    pub text: String,
+    /// Method and path, for messages.
+    pub what: String,
+}
+
+/// Retry-After as a number of seconds; the HTTP-date form is not used by
+/// the API and counts as absent.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// What an answer to `GET /loadbalancers/{id}` means: the document, `None`
+/// for 304 Not Modified, or why it is unusable. Pure, so it can be fuzzed.
+pub fn loadbalancer_answer(id: &str, a: Answer) -> Result<Option<Value>, ApiError> {
+    let a = ApiClient::check(a)?;
+    if a.status == 304 {
+        return Ok(None);
+    }
+    let body_error = |reason: String| ApiError::Body {
+        what: a.what.clone(),
+        reason,
+    };
+    if !a.content_type.starts_with("application/json") {
+        return Err(body_error(format!(
+            "content type {:?}, expected application/json",
+            excerpt(&a.content_type)
+        )));
+    }
+    let v: Value =
+        serde_json::from_str(&a.text).map_err(|e| body_error(format!("malformed json: {e}")))?;
+    // An answer about another load balancer would configure that one here.
+    match v.get("id").and_then(Value::as_str) {
+        Some(got) if got == id => Ok(Some(v)),
+        Some(other) => Err(body_error(format!(
+            "the answer is about load balancer {:?}, not {id:?}",
+            excerpt(other)
+        ))),
+        None => Err(body_error(format!(
+            "the answer is not one load-balancer object with id {id:?}"
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -320,6 +320,7 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let (layout, files) = translate_to_files(&validated, &args.output)?;
+    let _lock = fsutil::lock_dir(layout.root())?;
     let boot = bootstrap(
         &layout,
         &BootstrapOptions {
@@ -424,6 +425,9 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let (layout, files) = translate_to_files(&validated, &args.output)?;
+    // `run` holds this lock for as long as it runs: two writers of one
+    // directory would interleave their steps.
+    let _lock = fsutil::lock_dir(layout.root())?;
     let next = plan::file_set(files);
     if let Err(e) =
         crate::preflight::check_files_watch_budget(&next, &layout, crate::preflight::watch_limit())

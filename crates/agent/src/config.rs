@@ -185,12 +185,20 @@ fn url_problem(url: &str) -> Option<String> {
 impl Config {
     /// Reads and validates `path`, collecting every problem.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let fail = |problems: Vec<String>| ConfigError {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             path: path.display().to_string(),
+            problems: vec![e.to_string()],
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates the text of a config file; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let fail = |problems: Vec<String>| ConfigError {
+            path: origin.to_owned(),
             problems,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(vec![e.to_string()]))?;
-        let de = serde_norway::Deserializer::from_str(&text);
+        let de = serde_norway::Deserializer::from_str(text);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let at = e.path().to_string();
             let inner = e.inner().to_string();
@@ -240,6 +248,13 @@ impl Config {
                 ));
             }
         }
+        if ids.len() > vpsie_lb_model::limits::MAX_LOAD_BALANCERS {
+            problems.push(format!(
+                "vpsie.loadbalancer_ids: {} ids, more than the {} one agent serves",
+                ids.len(),
+                vpsie_lb_model::limits::MAX_LOAD_BALANCERS
+            ));
+        }
         if source == SourceKind::Vpsie && ids.is_empty() {
             problems.push(
                 "vpsie.loadbalancer_ids: at least one id is required when source is vpsie".into(),
@@ -260,10 +275,10 @@ impl Config {
         let api_key_file = v
             .api_key_file
             .unwrap_or_else(|| PathBuf::from("/etc/vpsie-lb/api-key"));
-        if source == SourceKind::Vpsie {
-            if let Some(p) = key_file_problem(&api_key_file) {
-                problems.push(p);
-            }
+        if source == SourceKind::Vpsie
+            && let Some(p) = key_file_problem(&api_key_file)
+        {
+            problems.push(p);
         }
 
         let admin_address = match e

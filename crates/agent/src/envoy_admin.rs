@@ -155,6 +155,15 @@ impl EnvoyAdmin {
         Ok(out)
     }
 
+    /// Downstream connections open now (`server.total_connections`).
+    pub fn downstream_connections(&self) -> Result<u64, AdminError> {
+        let stats = self.stats("server.total_connections")?;
+        Ok(stats
+            .get("server.total_connections")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
     /// The state of the subscription whose stats live under `prefix`, e.g.
     /// `listener_manager.lds`, `cluster_manager.cds`, `cluster.lb_web`.
     pub fn subscription(&self, prefix: &str) -> Result<Subscription, AdminError> {

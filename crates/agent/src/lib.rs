@@ -11,6 +11,7 @@ pub mod diff;
 pub mod endpoints;
 pub mod envoy_admin;
 pub mod fsutil;
+pub mod fuzzing;
 pub mod metrics;
 pub mod notify;
 pub mod pass;

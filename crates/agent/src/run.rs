@@ -150,6 +150,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     fsutil::ensure_dir(&cfg.envoy.config_dir)?;
     let root = std::fs::canonicalize(&cfg.envoy.config_dir)
         .with_context(|| format!("envoy.config_dir {}", cfg.envoy.config_dir.display()))?;
+    // Held until the agent exits, so `apply` cannot interleave with it.
+    let _lock = fsutil::lock_dir(&root)?;
     let layout = XdsLayout::new(root);
     prepare_envoy_dir(&cfg, &layout)?;
     let admin = EnvoyAdmin::new(cfg.envoy.admin_address)?;

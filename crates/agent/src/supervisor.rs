@@ -83,27 +83,34 @@ impl Supervisor {
         false
     }
 
-    /// Drains Envoy (fails health checks, drains listeners for the drain
-    /// time, at most 60 s), then stops it.
+    /// Drains Envoy (fails health checks, drains listeners until no
+    /// downstream connection is left or the drain time, at most 60 s, is
+    /// over), then stops it.
     pub fn stop(mut self) {
         self.stopping.store(true, Ordering::SeqCst);
         let _ = self.admin.post("/healthcheck/fail");
         if self.admin.post("/drain_listeners?graceful").is_ok() {
-            thread::sleep(self.drain_time.min(Duration::from_secs(60)));
-        }
-        if let Ok(mut guard) = self.child.lock() {
-            if let Some(mut c) = guard.take() {
-                let _ = Command::new("kill")
-                    .arg("-TERM")
-                    .arg(c.id().to_string())
-                    .status();
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                    thread::sleep(Duration::from_millis(50));
-                }
-                let _ = c.kill();
-                let _ = c.wait();
+            let deadline = Instant::now() + self.drain_time.min(Duration::from_secs(60));
+            // Waiting out the whole drain time with nothing open only delays a restart.
+            while Instant::now() < deadline
+                && self.admin.downstream_connections().is_ok_and(|n| n > 0)
+            {
+                thread::sleep(Duration::from_millis(50));
             }
+        }
+        if let Ok(mut guard) = self.child.lock()
+            && let Some(mut c) = guard.take()
+        {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
         }
         if let Some(w) = self.watcher.take() {
             let _ = w.join();

@@ -222,7 +222,7 @@ fn render_lays_out_files_with_modes_and_prunes_what_is_gone() {
         .filter(|p| {
             Path::new(p)
                 .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                .is_some_and(|n| n.to_string_lossy().ends_with(".tmp"))
         })
         .collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
@@ -493,4 +493,99 @@ fn regression_check_refused_documents_marshaled_from_go_structs() {
         stdout(&out),
         stderr(&out)
     );
+}
+
+/// `apply` and a running agent could write one Envoy directory at once and
+/// interleave their steps; the second writer is refused instead.
+#[test]
+fn apply_is_refused_while_another_writer_holds_the_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("envoy");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    let input = write_json(
+        dir.path(),
+        "lb.json",
+        &lb("web", "http", 8080, "round_robin", &[("a", 9000, 1)]),
+    );
+    let out_s = out.to_str().expect("path");
+    let rendered = agent(&["render", "--input", &input, "--out", out_s]);
+    assert_eq!(rendered.status.code(), Some(0), "{}", stderr(&rendered));
+    let held = vpsie_lb_agent::fsutil::lock_dir(&std::fs::canonicalize(&out).expect("canon"))
+        .expect("lock");
+    let applied = agent(&["apply", "--no-envoy", "--input", &input, "--out", out_s]);
+    assert_eq!(applied.status.code(), Some(1), "{}", stdout(&applied));
+    assert!(
+        stderr(&applied).contains("is in use by another vpsie-lb-agent (run or apply)"),
+        "{}",
+        stderr(&applied)
+    );
+    drop(held);
+}
+
+/// Runs the agent with `args` and returns its exit code and the highest
+/// resident memory seen (`VmHWM`, read until it exits).
+fn peak_rss(args: &[&str]) -> (Option<i32>, u64) {
+    let mut child = std::process::Command::new(common::agent_bin())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start agent");
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status_path) {
+            let hwm = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            peak = peak.max(hwm * 1024);
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            return (status.code(), peak);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agent {args:?} did not finish"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// The caps (1,000 load balancers, 10,000 backends in one, 10 MiB) bound
+/// what one document can make the agent hold.
+#[test]
+fn documents_at_the_caps_stay_within_a_memory_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 1,000 load balancers of 10 backends, padded towards the 10 MiB limit
+    // with a field the agent ignores.
+    let pad = "x".repeat(9_000);
+    let wide: Vec<Value> = (0..1000)
+        .map(|i| {
+            let mut d = lb(&format!("lb{i}"), "http", 10_000 + i as u16, "round_robin", &[]);
+            d["backends"] = (0..10)
+                .map(|j| json!({"id": format!("b{j}"), "address": format!("10.0.{}.{}", i % 250, j + 1), "port": 80}))
+                .collect();
+            d["created_at"] = json!(pad);
+            d
+        })
+        .collect();
+    let wide = write_json(dir.path(), "wide.json", &Value::Array(wide));
+    let mut deep = lb("deep", "http", 8080, "round_robin", &[]);
+    deep["backends"] = (0..10_000)
+        .map(|j| json!({"id": format!("b{j}"), "address": format!("10.1.{}.{}", j / 250, j % 250 + 1), "port": 80}))
+        .collect();
+    let deep = write_json(dir.path(), "deep.json", &deep);
+    for (input, expect) in [(&wide, Some(0)), (&deep, Some(0))] {
+        let size = std::fs::metadata(input).expect("size").len();
+        let (code, peak) = peak_rss(&["check", "--no-envoy", "--input", input]);
+        eprintln!(
+            "check {input}: {size} bytes, exit {code:?}, peak RSS {} MiB",
+            peak >> 20
+        );
+        assert_eq!(code, expect, "{input}");
+        assert!(peak < 128 << 20, "{input}: peak RSS {} MiB", peak >> 20);
+    }
 }

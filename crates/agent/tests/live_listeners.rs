@@ -93,6 +93,31 @@ fn no_enabled_backends_answers_503_over_http() {
     let resp = http::get(port, "/").expect("request");
     assert_eq!(resp.status, 503);
     assert_eq!(b.requests(), 0);
+    // Regression: every answer, Envoy's own included, said `server: envoy`.
+    assert_eq!(resp.header("server"), None, "{:?}", resp.headers);
+}
+
+/// Every answer carried `server: envoy`, which outside scanners report as
+/// our banner. The backend's own header passes through unchanged.
+#[test]
+fn regression_every_answer_said_server_envoy() {
+    let b = HttpBackend::start("a");
+    let port = free_port();
+    let _lab = Lab::start(&lb(
+        "srv",
+        "http",
+        port,
+        "round_robin",
+        &[("a", b.port(), 0)],
+    ));
+    let resp = http::get(port, "/").expect("request");
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("server"),
+        Some("backend-a"),
+        "{:?}",
+        resp.headers
+    );
 }
 
 #[test]

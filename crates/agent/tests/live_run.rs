@@ -166,3 +166,31 @@ fn regression_a_write_error_was_recorded_as_envoy_refusing_the_config() {
         || serves(p2, "b"),
     );
 }
+
+/// Stopping a managed Envoy waited the whole drain time even with no
+/// connection open: now it stops once Envoy's downstream connections are 0.
+#[test]
+fn regression_stopping_envoy_waited_the_whole_drain_time_with_nothing_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bs = backends(&["a"]);
+    let port = free_port();
+    write_doc(
+        &dir.path().join("desired.json"),
+        &lb_over("web", "http", port, "round_robin", &bs),
+    );
+    let cfg = config(dir.path(), free_port());
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    std::fs::write(&cfg, text.replace("drain_time: 1s", "drain_time: 60s")).expect("config");
+    let mut agent = RunningAgent::start(dir.path(), &cfg);
+    poll_until("served", Duration::from_secs(30), || serves(port, "a"));
+    signal(agent.child.id(), "TERM");
+    // Far less than the 60 s drain time: nothing is open.
+    let status = poll_until("agent exit", Duration::from_secs(15), || {
+        agent
+            .child
+            .try_wait()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "running".to_owned())
+    });
+    assert!(status.success(), "agent exit {status}\n{}", agent.log());
+}

@@ -63,12 +63,11 @@ impl Sim {
     /// An emulator that accepts `api_key`, optionally persisting its state to `persist`.
     pub fn new(api_key: &str, persist: Option<PathBuf>) -> Arc<Sim> {
         let mut state = State::default();
-        if let Some(p) = &persist {
-            if let Ok(v) = std::fs::read(p).map(|b| serde_json::from_slice::<Value>(&b)) {
-                if let Ok(Value::Object(lbs)) = v.map(|v| v["loadbalancers"].clone()) {
-                    state.loadbalancers = lbs.into_iter().collect();
-                }
-            }
+        if let Some(p) = &persist
+            && let Ok(v) = std::fs::read(p).map(|b| serde_json::from_slice::<Value>(&b))
+            && let Ok(Value::Object(lbs)) = v.map(|v| v["loadbalancers"].clone())
+        {
+            state.loadbalancers = lbs.into_iter().collect();
         }
         Arc::new(Sim {
             state: Mutex::new(state),

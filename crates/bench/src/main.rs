@@ -173,7 +173,10 @@ fn document(
         ("CPU", format!("{cpu}, {cores} cores available")),
         ("memory", mem),
         ("kernel", procs::version_of("uname", &["-sr"])),
-        ("Envoy", procs::version_of(envoy, &["--version"])),
+        (
+            "Envoy",
+            without_path(&procs::version_of(envoy, &["--version"])),
+        ),
         ("HAProxy", procs::version_of("haproxy", &["-v"])),
         ("nginx (backends)", procs::version_of("nginx", &["-v"])),
         ("wrk", procs::version_of("wrk", &["-v"])),
@@ -225,6 +228,15 @@ fn document(
 }
 
 /// The commit the runner was built from, if this is a git checkout.
+/// `envoy --version` starts with the binary's path, which says nothing about
+/// the run and names a directory of the machine that ran it: keep the version.
+fn without_path(version: &str) -> String {
+    match version.find("version:") {
+        Some(i) => version[i..].to_owned(),
+        None => version.to_owned(),
+    }
+}
+
 fn git_head() -> String {
     std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -235,4 +247,17 @@ fn git_head() -> String {
         .map_or("no git".into(), |o| {
             String::from_utf8_lossy(&o.stdout).trim().to_owned()
         })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn regression_the_report_printed_the_envoy_binary_path() {
+        let v = "/work/main/.local/venv/lib/python3.11/site-packages/envoy/_bin/envoy  version: 9e55/1.40.0/Clean/RELEASE/BoringSSL";
+        assert_eq!(
+            super::without_path(v),
+            "version: 9e55/1.40.0/Clean/RELEASE/BoringSSL"
+        );
+        assert_eq!(super::without_path("unknown"), "unknown");
+    }
 }

@@ -148,6 +148,10 @@ fn http_connection_manager(lb: &LoadBalancer, opts: &TranslateOptions) -> HttpCo
         // Bounds how long a slow client may take to send its headers.
         request_headers_timeout: secs(10),
         normalize_path: Some(BoolValue { value: true }),
+        // Never announce ourselves (`server: envoy` is a scanner's banner):
+        // the backend's own Server header passes, local replies get none.
+        server_header_transformation:
+            http_connection_manager::ServerHeaderTransformation::PassThrough as i32,
         access_log: vec![access_log(lb, opts, true)],
         ..Default::default()
     }

@@ -90,10 +90,8 @@ pub fn without_go_zeros(lb: &Value) -> Cow<'_, Value> {
             }
         }
     }
-    if unset_check {
-        if let Some(map) = out.as_object_mut() {
-            map.remove("health_check");
-        }
+    if unset_check && let Some(map) = out.as_object_mut() {
+        map.remove("health_check");
     }
     Cow::Owned(out)
 }

@@ -37,6 +37,14 @@ pub mod limits {
     pub const DEFAULT_HC_HEALTHY: u32 = 2;
     /// Failures that mark a backend unhealthy when the document names none.
     pub const DEFAULT_HC_UNHEALTHY: u32 = 3;
+    /// Most backends in one load balancer; the benchmarks measure this size.
+    pub const MAX_BACKENDS: usize = 10_000;
+    /// Most load balancers in one document, and so on one agent; the
+    /// benchmarks measure this size.
+    pub const MAX_LOAD_BALANCERS: usize = 1_000;
+    /// Most errors (and, separately, warnings) listed for one document; a
+    /// last line counts the rest.
+    pub const MAX_PROBLEMS: usize = 100;
     /// Largest health-check threshold.
     pub const MAX_HC_THRESHOLD: u32 = 100;
     /// Longest health-check path, bytes.

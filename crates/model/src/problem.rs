@@ -12,12 +12,19 @@ impl FieldPath {
         Self(String::new())
     }
 
-    /// The path of key `name` below this one.
+    /// The path of key `name` below this one. A key that is not a plain
+    /// name (header names, unknown keys: anything a document chose) is
+    /// quoted and escaped, `headers["x\u001b[2J"]`, so a document cannot
+    /// put terminal escape sequences into `check` or `status` output.
     pub fn key(&self, name: &str) -> Self {
-        if self.0.is_empty() {
-            Self(name.to_owned())
-        } else {
-            Self(format!("{}.{name}", self.0))
+        let plain = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        match (plain, self.0.is_empty()) {
+            (true, true) => Self(name.to_owned()),
+            (true, false) => Self(format!("{}.{name}", self.0)),
+            (false, _) => Self(format!("{}[{}]", self.0, serde_json::Value::from(name))),
         }
     }
 
@@ -101,3 +108,22 @@ impl fmt::Display for Rejected {
 }
 
 impl std::error::Error for Rejected {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regression_header_names_put_escape_sequences_into_output() {
+        let p = FieldPath::root().key("health_check").key("headers");
+        assert_eq!(p.key("X-Trace").to_string(), "health_check.headers.X-Trace");
+        let evil = p.key("x\u{1b}[2J\u{7}");
+        assert_eq!(
+            evil.to_string(),
+            "health_check.headers[\"x\\u001b[2J\\u0007\"]"
+        );
+        assert!(!evil.to_string().chars().any(char::is_control));
+        assert_eq!(FieldPath::root().key("a b").to_string(), "[\"a b\"]");
+        assert_eq!(FieldPath::root().key("").to_string(), "[\"\"]");
+    }
+}

@@ -106,6 +106,17 @@ pub fn validate(doc: &Value, opts: &ValidateOptions) -> Result<Validated, Reject
         }
     };
 
+    if items.len() > limits::MAX_LOAD_BALANCERS {
+        cx.error(
+            &root,
+            format!(
+                "has {} load balancers, more than the {} one agent serves",
+                items.len(),
+                limits::MAX_LOAD_BALANCERS
+            ),
+        );
+        return Err(cx.into_rejected());
+    }
     let mut lbs: Vec<LoadBalancer> = Vec::new();
     let mut keys: Vec<Identity> = Vec::new();
     for (path, value) in items {
@@ -123,10 +134,7 @@ pub fn validate(doc: &Value, opts: &ValidateOptions) -> Result<Validated, Reject
         cx.warnings.extend(unknown);
     }
     if !cx.errors.is_empty() {
-        return Err(Rejected {
-            errors: cx.errors,
-            warnings: cx.warnings,
-        });
+        return Err(cx.into_rejected());
     }
     let mut load_balancers = lbs;
     load_balancers.sort_by(|a, b| a.id.cmp(&b.id));
@@ -359,6 +367,17 @@ fn load_balancer(
 fn backends(obj: &Obj<'_>, allowed: &[IpNet], cx: &mut Ctx) -> Option<Vec<Backend>> {
     let items = obj.array(cx, "backends", Need::Required)?;
     let list_path = obj.path.key("backends");
+    if items.len() > limits::MAX_BACKENDS {
+        cx.error(
+            &list_path,
+            format!(
+                "has {} backends, more than the {} one load balancer may have",
+                items.len(),
+                limits::MAX_BACKENDS
+            ),
+        );
+        return None;
+    }
     let mut out = Vec::new();
     let mut ids: HashMap<String, usize> = HashMap::new();
     let mut endpoints: HashMap<(Address, u16), usize> = HashMap::new();
@@ -423,16 +442,14 @@ fn backends(obj: &Obj<'_>, allowed: &[IpNet], cx: &mut Ctx) -> Option<Vec<Backen
         else {
             continue;
         };
-        if enabled {
-            if let Some(first) = endpoints.insert((address.clone(), port), i) {
-                cx.error(
-                    &path,
-                    format!(
-                        "{address}:{port} is the same endpoint as {}",
-                        list_path.index(first)
-                    ),
-                );
-            }
+        if enabled && let Some(first) = endpoints.insert((address.clone(), port), i) {
+            cx.error(
+                &path,
+                format!(
+                    "{address}:{port} is the same endpoint as {}",
+                    list_path.index(first)
+                ),
+            );
         }
         out.push(Backend {
             id,
@@ -474,13 +491,13 @@ fn health_check(obj: &Obj<'_>, cx: &mut Ctx) -> Option<HealthCheck> {
         (None, None) => None,
         (Some(_), _) => obj.int_in(cx, "timeout", span, Need::Required),
     };
-    if let (Some(i), Some(t)) = (interval, timeout) {
-        if t >= i {
-            cx.error(
-                &obj.path.key("timeout"),
-                format!("must be smaller than interval ({t} >= {i})"),
-            );
-        }
+    if let (Some(i), Some(t)) = (interval, timeout)
+        && t >= i
+    {
+        cx.error(
+            &obj.path.key("timeout"),
+            format!("must be smaller than interval ({t} >= {i})"),
+        );
     }
     let threshold = 1..=i64::from(limits::MAX_HC_THRESHOLD);
     let threshold_or = |cx: &mut Ctx, key: &str, default: u32| match obj.get(key) {
@@ -615,13 +632,13 @@ fn tls(obj: &Obj<'_>, cx: &mut Ctx) -> Option<Tls> {
         Some(TlsVersion::Tls12)
     };
     let max_version = obj.enumeration(cx, "max_version", &versions, Need::Optional);
-    if let (Some(min), Some(max)) = (min_version, max_version) {
-        if max < min {
-            cx.error(
-                &obj.path.key("max_version"),
-                "must not be lower than min_version",
-            );
-        }
+    if let (Some(min), Some(max)) = (min_version, max_version)
+        && max < min
+    {
+        cx.error(
+            &obj.path.key("max_version"),
+            "must not be lower than min_version",
+        );
     }
 
     let mut ok = true;
@@ -695,10 +712,10 @@ fn tls(obj: &Obj<'_>, cx: &mut Ctx) -> Option<Tls> {
     if !ok {
         return None;
     }
-    if let (Some(min), Some(max)) = (min_version, max_version) {
-        if max < min {
-            return None;
-        }
+    if let (Some(min), Some(max)) = (min_version, max_version)
+        && max < min
+    {
+        return None;
     }
     Some(Tls {
         certificate_path: certificate_path?,
@@ -759,12 +776,34 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// The problems found, each list cut to [`limits::MAX_PROBLEMS`] with a
+    /// last line that counts the rest: a 10 MiB document of bad backends
+    /// must not become a million-line answer.
+    fn into_rejected(self) -> Rejected {
+        Rejected {
+            errors: capped(self.errors),
+            warnings: capped(self.warnings),
+        }
+    }
+
     fn error(&mut self, path: &FieldPath, message: impl Into<String>) {
         self.errors.push(Problem::new(path, message));
     }
     fn warn(&mut self, path: &FieldPath, message: impl Into<String>) {
         self.warnings.push(Problem::new(path, message));
     }
+}
+
+fn capped(mut problems: Vec<Problem>) -> Vec<Problem> {
+    if problems.len() > limits::MAX_PROBLEMS {
+        let more = problems.len() - limits::MAX_PROBLEMS;
+        problems.truncate(limits::MAX_PROBLEMS);
+        problems.push(Problem::new(
+            &FieldPath::root(),
+            format!("{more} more problem(s) not listed; fix these first"),
+        ));
+    }
+    problems
 }
 
 #[derive(Clone, Copy, PartialEq)]

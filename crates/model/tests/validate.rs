@@ -529,7 +529,7 @@ fn health_check_headers() {
     assert_eq!(h.headers.get("x-probe").map(String::as_str), Some("lb"));
     check(
         with("/health_check/headers", Some(json!({"bad name": "x"}))),
-        &["health_check.headers.bad name: is not a valid header name"],
+        &["health_check.headers[\"bad name\"]: is not a valid header name"],
     );
     check(
         with("/health_check/headers", Some(json!({"X-A": "a\nb"}))),
@@ -774,5 +774,48 @@ fn cross_document_conflicts_are_reported_even_when_a_load_balancer_is_invalid() 
             "[1].id: id \"lb-1\" is already used by [0]",
             "[1].port: port 443 is already used by [0] (load balancer \"lb-1\")",
         ],
+    );
+}
+
+fn backends_json(n: usize, port: i64) -> Value {
+    Value::Array(
+        (0..n)
+            .map(|i| json!({"id": format!("b{i}"), "address": format!("10.{}.{}.{}", i / 65536 % 256, i / 256 % 256, i % 256), "port": port}))
+            .collect(),
+    )
+}
+
+#[test]
+fn caps_on_backends_load_balancers_and_problems() {
+    use vpsie_lb_model::limits::{MAX_BACKENDS, MAX_LOAD_BALANCERS, MAX_PROBLEMS};
+    ok(with("/backends", Some(backends_json(MAX_BACKENDS, 80))));
+    check(
+        with("/backends", Some(backends_json(MAX_BACKENDS + 1, 80))),
+        &["backends: has 10001 backends, more than the 10000 one load balancer may have"],
+    );
+    let many = |n: usize| {
+        Value::Array(
+            (0..n)
+                .map(|i| {
+                    let mut d = base();
+                    d["id"] = json!(format!("lb{i}"));
+                    d["port"] = json!(10_000 + i);
+                    d
+                })
+                .collect(),
+        )
+    };
+    assert!(validate(&many(MAX_LOAD_BALANCERS), &opts()).is_ok());
+    check(
+        many(MAX_LOAD_BALANCERS + 1),
+        &["(document): has 1001 load balancers, more than the 1000 one agent serves"],
+    );
+    // 300 bad ports: the first 100 and a line that counts the rest.
+    let rej =
+        validate(&with("/backends", Some(backends_json(300, 0))), &opts()).expect_err("bad ports");
+    assert_eq!(rej.errors.len(), MAX_PROBLEMS + 1);
+    assert_eq!(
+        rej.errors[MAX_PROBLEMS].to_string(),
+        "(document): 200 more problem(s) not listed; fix these first"
     );
 }

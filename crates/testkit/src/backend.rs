@@ -205,7 +205,7 @@ fn serve_http(stream: TcpStream, name: &str, state: &State) -> io::Result<()> {
         };
         write!(
             out,
-            "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Backend: {name}\r\n{}\r\n{text}",
+            "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Backend: {name}\r\nServer: backend-{name}\r\n{}\r\n{text}",
             text.len(),
             if close { "Connection: close\r\n" } else { "" }
         )?;
