@@ -11,6 +11,8 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(document agent_config api_response endpoint_request)
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 cd "$root/fuzz"
+# Build first, so a build failure is not mistaken for a crash.
+cargo +nightly fuzz build >/dev/null
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t" "artifacts/$t"
   log="$(mktemp)"

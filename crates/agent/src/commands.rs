@@ -7,12 +7,11 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use vpsie_lb_envoy::{
-    BootstrapOptions, DEFAULT_GLOBAL_MAX_CONNECTIONS, Delivery, TranslateOptions, XdsLayout,
-    bootstrap, render_files, to_yaml, translate,
+    BootstrapOptions, DEFAULT_GLOBAL_MAX_CONNECTIONS, Delivery, LocalAddress, TranslateOptions,
+    XdsLayout, bootstrap, render_files, to_yaml, translate,
 };
 use vpsie_lb_model::{
-    FieldPath, IpNet, MAX_DOCUMENT_BYTES, Problem, ReservedPort, ValidateOptions, Validated,
-    validate_str,
+    FieldPath, IpNet, MAX_DOCUMENT_BYTES, Problem, ValidateOptions, Validated, validate_str,
 };
 
 use crate::apply::{Applier, Outcome};
@@ -21,9 +20,6 @@ use crate::{fsutil, plan, preflight};
 
 /// Exit code for a document that is not valid.
 const EXIT_INVALID: u8 = 2;
-
-/// The agent's own HTTP endpoints (metrics, status) listen on this port by default.
-pub const AGENT_PORT: u16 = 9902;
 
 /// Control plane for a VPSie load balancer running Envoy.
 #[derive(Debug, Parser)]
@@ -79,9 +75,10 @@ struct PlanArgs {
 
 #[derive(Debug, Args)]
 struct StatusArgs {
-    /// The agent's endpoints.
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9902")]
-    address: SocketAddr,
+    /// The agent's endpoints: `unix:/PATH` or a loopback `HOST:PORT`.
+    #[arg(long, value_name = "ADDR", default_value = "unix:/run/vpsie-lb/agent.sock",
+          value_parser = parse_local)]
+    address: LocalAddress,
     /// Print the agent's JSON as it is.
     #[arg(long)]
     json: bool,
@@ -99,9 +96,16 @@ struct DocumentArgs {
     /// The document: one load balancer, or an array of them (JSON or YAML).
     #[arg(long, value_name = "FILE")]
     input: PathBuf,
-    /// Envoy's admin address; its port is reserved. Must be a loopback address.
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9901")]
-    admin_address: SocketAddr,
+    /// Envoy's admin API: `unix:/PATH` (no proxied connection can reach it)
+    /// or a loopback `HOST:PORT` (its port is then reserved).
+    #[arg(long, value_name = "ADDR", default_value = "unix:/run/envoy/admin.sock",
+          value_parser = parse_local)]
+    admin_address: LocalAddress,
+    /// With the admin on a unix socket: the loopback address of the
+    /// read-only metrics listener (GET /stats/prometheus, GET /ready), or
+    /// `off`; its port is reserved. Default 127.0.0.1:9901.
+    #[arg(long, value_name = "HOST:PORT|off")]
+    stats_address: Option<String>,
     /// Treat unknown keys as errors instead of warnings.
     #[arg(long)]
     strict: bool,
@@ -116,23 +120,49 @@ fn parse_network(s: &str) -> Result<IpNet, String> {
     s.parse()
 }
 
+fn parse_local(s: &str) -> Result<LocalAddress, String> {
+    s.parse()
+}
+
 impl DocumentArgs {
+    /// The metrics listener these flags ask for; `Err` names the flag.
+    fn stats(&self) -> anyhow::Result<Option<SocketAddr>> {
+        let mut problems = Vec::new();
+        let stats = crate::config::stats_address(
+            &mut problems,
+            &self.admin_address,
+            self.stats_address.as_deref(),
+        );
+        match problems.first() {
+            Some(p) => bail!(
+                "--{}",
+                p.replacen("envoy.stats_address", "stats-address", 1)
+            ),
+            None => Ok(stats),
+        }
+    }
+
     /// The validation options these flags ask for.
     fn validate_options(&self) -> ValidateOptions {
         ValidateOptions {
             strict: self.strict,
-            reserved_ports: vec![
-                ReservedPort {
-                    port: self.admin_address.port(),
-                    owner: "envoy admin".into(),
-                },
-                ReservedPort {
-                    port: AGENT_PORT,
-                    owner: "the agent's own endpoints".into(),
-                },
-            ],
+            reserved_ports: crate::config::reserved_ports(
+                &self.admin_address,
+                self.stats().ok().flatten(),
+                // The agent's endpoints default to a unix socket.
+                &crate::config::default_agent_address(),
+            ),
             allowed_backend_networks: self.allow_backend_networks.clone(),
         }
+    }
+
+    /// The bootstrap options these flags ask for.
+    fn bootstrap_options(&self) -> anyhow::Result<BootstrapOptions> {
+        Ok(BootstrapOptions {
+            admin: self.admin_address.clone(),
+            stats_address: self.stats()?,
+            ..Default::default()
+        })
     }
 }
 
@@ -232,12 +262,13 @@ fn print_problems(kind: &str, problems: &[Problem]) {
 
 /// Reads and validates the document; `Err(code)` when it is invalid (problems already printed).
 fn load(doc: &DocumentArgs) -> anyhow::Result<Result<Validated, ExitCode>> {
-    if !doc.admin_address.ip().is_loopback() {
+    if !doc.admin_address.is_local() {
         bail!(
-            "--admin-address {}: envoy admin must listen on a loopback address, its endpoints are unauthenticated",
+            "--admin-address {}: envoy admin must listen on a unix socket or a loopback address, its endpoints are unauthenticated",
             doc.admin_address
         );
     }
+    doc.stats()?;
     let text = match read_input(&doc.input)? {
         Ok(text) => text,
         Err(problem) => {
@@ -324,9 +355,8 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
     let boot = bootstrap(
         &layout,
         &BootstrapOptions {
-            admin: args.doc.admin_address,
             global_max_connections: args.output.max_connections,
-            ..Default::default()
+            ..args.doc.bootstrap_options()?
         },
     );
     let boot_yaml = to_yaml(&boot)?;
@@ -363,7 +393,7 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
 fn run_preflight(
     validated: &Validated,
     args: &PreflightArgs,
-    admin: SocketAddr,
+    boot: &BootstrapOptions,
 ) -> anyhow::Result<Option<ExitCode>> {
     if args.no_envoy {
         return Ok(None);
@@ -376,11 +406,7 @@ fn run_preflight(
             ..TranslateOptions::new(Delivery::Static)
         },
     );
-    let boot = BootstrapOptions {
-        admin,
-        ..Default::default()
-    };
-    match preflight::validate(&envoy, &resources, &boot) {
+    match preflight::validate(&envoy, &resources, boot) {
         Ok(()) => Ok(None),
         Err(e @ preflight::PreflightError::Rejected(_)) => {
             println!("envoy: {e}");
@@ -396,7 +422,8 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let n = validated.config.load_balancers.len();
-    if let Some(code) = run_preflight(&validated, &args.preflight, args.doc.admin_address)? {
+    if let Some(code) = run_preflight(&validated, &args.preflight, &args.doc.bootstrap_options()?)?
+    {
         return Ok(code);
     }
     if args.preflight.no_envoy {
@@ -415,7 +442,8 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         Ok(v) => v,
         Err(code) => return Ok(code),
     };
-    if let Some(code) = run_preflight(&validated, &args.preflight, args.doc.admin_address)? {
+    if let Some(code) = run_preflight(&validated, &args.preflight, &args.doc.bootstrap_options()?)?
+    {
         return Ok(code);
     }
     if !args.output.out.join("bootstrap.yaml").is_file() {
@@ -435,7 +463,7 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         println!("{e}");
         return Ok(ExitCode::from(2));
     }
-    let admin = EnvoyAdmin::new(args.doc.admin_address)?;
+    let admin = EnvoyAdmin::new(args.doc.admin_address.clone())?;
     let applier = Applier::new(
         layout.clone(),
         admin,
@@ -472,14 +500,14 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .timeout_global(Some(std::time::Duration::from_secs(5)))
-            .build(),
-    );
-    let url = format!("http://{}/status", args.address);
-    let body = match agent.get(&url).call() {
-        Ok(mut r) => r.body_mut().read_to_string()?,
+    let timeout = std::time::Duration::from_secs(5);
+    let body = match crate::local_http::request(&args.address, "GET", "/status", timeout, 64 << 20)
+    {
+        Ok(r) if r.status == 200 => r.body,
+        Ok(r) => {
+            eprintln!("agent at {} answered {}", args.address, r.status);
+            return Ok(ExitCode::from(1));
+        }
         Err(e) => {
             eprintln!("agent unreachable at {}: {e}", args.address);
             return Ok(ExitCode::from(1));

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use vpsie_lb_envoy::LocalAddress;
 
 /// Where desired state comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,8 +36,10 @@ pub struct Vpsie {
 pub struct Envoy {
     /// Bootstrap and dynamic files live here.
     pub config_dir: PathBuf,
-    /// Envoy's admin address (loopback only).
-    pub admin_address: SocketAddr,
+    /// Envoy's admin API: a Unix socket (the default), or loopback TCP.
+    pub admin_address: LocalAddress,
+    /// The read-only metrics listener (loopback), with the admin on a Unix socket.
+    pub stats_address: Option<SocketAddr>,
     /// The Envoy binary (used for pre-flight, and to run Envoy when `manage`).
     pub binary_path: PathBuf,
     /// Address the listeners bind to.
@@ -74,7 +77,7 @@ pub struct Config {
     /// Log settings.
     pub logging: Logging,
     /// Where the agent's own endpoints (metrics, status) listen.
-    pub agent_listen: SocketAddr,
+    pub agent_listen: LocalAddress,
     /// Backend networks trusted although they reach this VM (loopback, link-local, ...).
     pub allowed_backend_networks: Vec<vpsie_lb_model::IpNet>,
 }
@@ -123,6 +126,7 @@ struct RawVpsie {
 struct RawEnvoy {
     config_dir: Option<PathBuf>,
     admin_address: Option<String>,
+    stats_address: Option<String>,
     binary_path: Option<PathBuf>,
     listen_address: Option<String>,
     manage: Option<bool>,
@@ -281,22 +285,15 @@ impl Config {
             problems.push(p);
         }
 
-        let admin_address = match e
-            .admin_address
-            .as_deref()
-            .unwrap_or("127.0.0.1:9901")
-            .parse::<SocketAddr>()
-        {
-            Ok(a) if a.ip().is_loopback() => a,
-            Ok(a) => {
-                problems.push(format!("envoy.admin_address: {a} must be a loopback address (the admin api is unauthenticated)"));
-                a
-            }
-            Err(err) => {
-                problems.push(format!("envoy.admin_address: {err}"));
-                SocketAddr::from(([127, 0, 0, 1], 9901))
-            }
-        };
+        let admin_address = local_address(
+            &mut problems,
+            "envoy.admin_address",
+            e.admin_address.as_deref(),
+            vpsie_lb_envoy::default_admin_address(),
+            "the admin api is unauthenticated",
+        );
+        let stats_address =
+            stats_address(&mut problems, &admin_address, e.stats_address.as_deref());
         let listen_address = match e
             .listen_address
             .as_deref()
@@ -344,26 +341,13 @@ impl Config {
                 true
             }
         };
-        let agent_listen = match raw
-            .agent
-            .unwrap_or_default()
-            .listen_address
-            .as_deref()
-            .unwrap_or("127.0.0.1:9902")
-            .parse::<SocketAddr>()
-        {
-            Ok(a) if a.ip().is_loopback() => a,
-            Ok(a) => {
-                problems.push(format!(
-                    "agent.listen_address: {a} must be a loopback address (the endpoints are unauthenticated, and POST /sync runs a pass)"
-                ));
-                a
-            }
-            Err(err) => {
-                problems.push(format!("agent.listen_address: {err}"));
-                SocketAddr::from(([127, 0, 0, 1], 9902))
-            }
-        };
+        let agent_listen = local_address(
+            &mut problems,
+            "agent.listen_address",
+            raw.agent.unwrap_or_default().listen_address.as_deref(),
+            default_agent_address(),
+            "the endpoints are unauthenticated, and POST /sync runs a pass",
+        );
         let mut allowed_backend_networks = Vec::new();
         for net in raw.allowed_backend_networks.unwrap_or_default() {
             match net.parse::<vpsie_lb_model::IpNet>() {
@@ -387,6 +371,7 @@ impl Config {
             envoy: Envoy {
                 config_dir: e.config_dir.unwrap_or_else(|| PathBuf::from("/etc/envoy")),
                 admin_address,
+                stats_address,
                 binary_path: e
                     .binary_path
                     .unwrap_or_else(|| PathBuf::from("/usr/bin/envoy")),
@@ -401,6 +386,93 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from("/var/lib/vpsie-lb")),
             logging: Logging { level, json },
         })
+    }
+}
+
+/// The ports no load balancer may take: Envoy's admin (when on TCP), the
+/// metrics listener, and the agent's endpoints (when on TCP).
+pub fn reserved_ports(
+    admin: &LocalAddress,
+    stats: Option<SocketAddr>,
+    agent: &LocalAddress,
+) -> Vec<vpsie_lb_model::ReservedPort> {
+    let owned = |port: Option<u16>, owner: &str| {
+        port.map(|port| vpsie_lb_model::ReservedPort {
+            port,
+            owner: owner.into(),
+        })
+    };
+    [
+        owned(admin.port(), "envoy admin"),
+        owned(stats.map(|s| s.port()), "envoy's metrics listener"),
+        owned(agent.port(), "the agent's own endpoints"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Where the agent's endpoints listen by default: a Unix socket, which no
+/// proxied connection can reach.
+pub fn default_agent_address() -> LocalAddress {
+    LocalAddress::Unix("/run/vpsie-lb/agent.sock".into())
+}
+
+/// A Unix socket or a loopback address for `key`, `default` when absent.
+fn local_address(
+    problems: &mut Vec<String>,
+    key: &str,
+    value: Option<&str>,
+    default: LocalAddress,
+    why: &str,
+) -> LocalAddress {
+    match value.map(str::parse::<LocalAddress>) {
+        None => default,
+        Some(Ok(a)) if a.is_local() => a,
+        Some(Ok(a)) => {
+            problems.push(format!(
+                "{key}: {a} must be a unix socket or a loopback address ({why})"
+            ));
+            a
+        }
+        Some(Err(e)) => {
+            problems.push(format!("{key}: {e}"));
+            default
+        }
+    }
+}
+
+/// The read-only metrics listener: on by default (127.0.0.1:9901) when the
+/// admin API is on a Unix socket, `off` to disable; with a TCP admin the
+/// admin itself serves the metrics.
+pub(crate) fn stats_address(
+    problems: &mut Vec<String>,
+    admin: &LocalAddress,
+    value: Option<&str>,
+) -> Option<SocketAddr> {
+    match (admin, value) {
+        (_, Some("off" | "")) => None,
+        (LocalAddress::Tcp(_), None) => None,
+        (LocalAddress::Unix(_), None) => Some(vpsie_lb_envoy::default_stats_address()),
+        (LocalAddress::Tcp(_), Some(_)) => {
+            problems.push(
+                "envoy.stats_address: only with envoy.admin_address on a unix socket (a tcp admin serves the metrics itself)".into(),
+            );
+            None
+        }
+        (LocalAddress::Unix(_), Some(v)) => match v.parse::<SocketAddr>() {
+            Ok(a) if a.ip().is_loopback() => Some(a),
+            Ok(a) => {
+                problems.push(format!(
+                    "envoy.stats_address: {a} must be a loopback address"
+                ));
+                None
+            }
+            Err(e) => {
+                problems.push(format!("envoy.stats_address: {v:?}: {e}"));
+                None
+            }
+        },
     }
 }
 
@@ -445,7 +517,15 @@ mod tests {
         let c = load("source: file\nfile: /tmp/lb.yaml\n").expect("valid");
         assert_eq!(c.source, SourceKind::File("/tmp/lb.yaml".into()));
         assert_eq!(c.vpsie.poll_interval, Duration::from_secs(30));
-        assert_eq!(c.envoy.admin_address.to_string(), "127.0.0.1:9901");
+        assert_eq!(
+            c.envoy.admin_address.to_string(),
+            "unix:/run/envoy/admin.sock"
+        );
+        assert_eq!(
+            c.envoy.stats_address,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9901)))
+        );
+        assert_eq!(c.agent_listen.to_string(), "unix:/run/vpsie-lb/agent.sock");
         assert_eq!(c.envoy.access_log_sample_percent, 1);
     }
 
@@ -461,7 +541,7 @@ mod tests {
             "vpsie.api_url: \"http://api.example.com/v1\" must use https unless the host is loopback",
             "vpsie.poll_interval: \"3x\": unit must be ms, s, m or h",
             "vpsie.loadbalancer_ids: \"bad id\" must match",
-            "envoy.admin_address: 0.0.0.0:9901 must be a loopback address",
+            "envoy.admin_address: 0.0.0.0:9901 must be a unix socket or a loopback address",
             "envoy.access_log_sample_percent: must be 0..=100 (got 101)",
             "logging.level: must be error",
         ] {
@@ -557,7 +637,9 @@ mod tests {
         let errs = load("source: file\nfile: /x\nagent: {listen_address: '0.0.0.0:9902'}\n")
             .expect_err("public endpoints");
         assert!(
-            errs[0].starts_with("agent.listen_address: 0.0.0.0:9902 must be a loopback address"),
+            errs[0].starts_with(
+                "agent.listen_address: 0.0.0.0:9902 must be a unix socket or a loopback address"
+            ),
             "{errs:?}"
         );
         assert!(load("source: file\nfile: /x\nagent: {listen_address: '[::1]:9902'}\n").is_ok());

@@ -8,12 +8,15 @@
 //! function ([`parse_head`]) so it can be fuzzed on its own.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
+
+use vpsie_lb_envoy::LocalAddress;
 
 use crate::controller::Trigger;
 use crate::status::AgentStatus;
@@ -86,22 +89,68 @@ pub fn parse_head(buf: &[u8]) -> Result<Head<'_>, HeadError> {
     Ok(Head { method, path })
 }
 
-/// Binds `addr` and serves in a background thread; returns the bound address.
-pub fn spawn(addr: SocketAddr, endpoints: Endpoints) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
-    let bound = listener.local_addr()?;
-    std::thread::Builder::new()
-        .name("endpoints".into())
-        .spawn(move || accept_loop(&listener, &endpoints))?;
-    Ok(bound)
+/// A connection: a byte stream with read and write deadlines.
+trait Conn: Read + Write + Send + 'static {
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> std::io::Result<()>;
 }
 
-fn accept_loop(listener: &TcpListener, endpoints: &Endpoints) {
+impl Conn for TcpStream {
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> std::io::Result<()> {
+        self.set_read_timeout(read)?;
+        self.set_write_timeout(write)
+    }
+}
+
+impl Conn for UnixStream {
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> std::io::Result<()> {
+        self.set_read_timeout(read)?;
+        self.set_write_timeout(write)
+    }
+}
+
+/// Mode of the agent's socket: its user and group. The endpoints are
+/// unauthenticated and `POST /sync` runs a pass.
+pub const SOCKET_MODE: u32 = 0o660;
+
+/// Binds `addr` (a Unix socket, replacing a stale one, or loopback TCP) and
+/// serves in a background thread; returns the bound address.
+pub fn spawn(addr: &LocalAddress, endpoints: Endpoints) -> std::io::Result<LocalAddress> {
+    let thread = std::thread::Builder::new().name("endpoints".into());
+    match addr {
+        LocalAddress::Tcp(a) => {
+            let listener = TcpListener::bind(a)?;
+            let bound = LocalAddress::Tcp(listener.local_addr()?);
+            thread.spawn(move || accept_loop(|| listener.accept().map(|(s, _)| s), &endpoints))?;
+            Ok(bound)
+        }
+        LocalAddress::Unix(path) => {
+            if let Some(dir) = path.parent() {
+                crate::fsutil::ensure_dir(dir)?;
+            }
+            // A socket file left by an earlier run refuses the bind; a live
+            // agent on it holds the Envoy directory's lock, so this one
+            // would not have got this far.
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            let listener = UnixListener::bind(path)?;
+            std::fs::set_permissions(
+                path,
+                std::os::unix::fs::PermissionsExt::from_mode(SOCKET_MODE),
+            )?;
+            thread.spawn(move || accept_loop(|| listener.accept().map(|(s, _)| s), &endpoints))?;
+            Ok(addr.clone())
+        }
+    }
+}
+
+fn accept_loop<S: Conn>(accept: impl Fn() -> std::io::Result<S>, endpoints: &Endpoints) {
     let open = Arc::new(AtomicUsize::new(0));
     let mut backoff = Duration::from_millis(10);
     loop {
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
+        let stream = match accept() {
+            Ok(s) => s,
             Err(e) => {
                 // EMFILE and friends do not clear by retrying at once.
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "agent endpoints: accept failed");
@@ -131,7 +180,7 @@ fn accept_loop(listener: &TcpListener, endpoints: &Endpoints) {
 }
 
 /// Reads one request head within the limits.
-fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), HeadError> {
+fn read_head(stream: &mut impl Conn, buf: &mut Vec<u8>) -> Result<(), HeadError> {
     let deadline = Instant::now() + REQUEST_DEADLINE;
     let mut chunk = [0u8; 1024];
     loop {
@@ -141,7 +190,11 @@ fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), HeadError>
             Err(e) => return Err(e),
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+        if left.is_zero()
+            || stream
+                .set_timeouts(Some(left), Some(REQUEST_DEADLINE))
+                .is_err()
+        {
             return Err(HeadError::Malformed);
         }
         match stream.read(&mut chunk) {
@@ -151,8 +204,8 @@ fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), HeadError>
     }
 }
 
-fn handle(mut stream: TcpStream, e: &Endpoints) -> std::io::Result<()> {
-    stream.set_write_timeout(Some(REQUEST_DEADLINE))?;
+fn handle(mut stream: impl Conn, e: &Endpoints) -> std::io::Result<()> {
+    stream.set_timeouts(Some(REQUEST_DEADLINE), Some(REQUEST_DEADLINE))?;
     let mut buf = Vec::with_capacity(1024);
     let answer = match read_head(&mut stream, &mut buf) {
         Ok(()) => match parse_head(&buf) {

@@ -2,8 +2,9 @@
 //! whether Envoy accepted a version.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
+
+use vpsie_lb_envoy::LocalAddress;
 
 /// Per-request timeout; the admin API answers from memory.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -14,8 +15,8 @@ const MAX_BODY: u64 = 64 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     /// The address is not loopback; the admin API must never be reached over a network.
-    #[error("envoy admin {0}: must be a loopback address")]
-    NotLoopback(SocketAddr),
+    #[error("envoy admin {0}: must be a unix socket or a loopback address")]
+    NotLoopback(LocalAddress),
     /// The request failed. Retrying may help (Envoy may be starting).
     #[error("envoy admin {path}: {reason}")]
     Request {
@@ -64,48 +65,37 @@ pub struct HostHealth {
 /// A client for one Envoy's admin API.
 #[derive(Debug, Clone)]
 pub struct EnvoyAdmin {
-    base: String,
-    agent: ureq::Agent,
+    addr: LocalAddress,
 }
 
 impl EnvoyAdmin {
-    /// A client for the admin API at `addr`, which must be loopback.
-    pub fn new(addr: SocketAddr) -> Result<Self, AdminError> {
-        if !addr.ip().is_loopback() {
+    /// A client for the admin API at `addr`: a Unix socket, or loopback TCP.
+    pub fn new(addr: LocalAddress) -> Result<Self, AdminError> {
+        if !addr.is_local() {
             return Err(AdminError::NotLoopback(addr));
         }
-        let config = ureq::Agent::config_builder()
-            .timeout_global(Some(TIMEOUT))
-            .http_status_as_error(false)
-            .build();
-        Ok(Self {
-            base: format!("http://{addr}"),
-            agent: ureq::Agent::new_with_config(config),
+        Ok(Self { addr })
+    }
+
+    fn call(&self, method: &str, path: &str) -> Result<crate::local_http::Reply, AdminError> {
+        crate::local_http::request(&self.addr, method, path, TIMEOUT, MAX_BODY).map_err(|e| {
+            AdminError::Request {
+                path: path.to_owned(),
+                reason: format!("{}: {e}", self.addr),
+            }
         })
     }
 
     /// GETs an admin path and returns the body of a 200 answer.
     pub fn get(&self, path: &str) -> Result<String, AdminError> {
-        let fail = |reason: String| AdminError::Request {
-            path: path.to_owned(),
-            reason,
-        };
-        let mut resp = self
-            .agent
-            .get(&format!("{}{path}", self.base))
-            .call()
-            .map_err(|e| fail(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_BODY)
-            .read_to_string()
-            .map_err(|e| fail(e.to_string()))?;
-        if status != 200 {
-            return Err(fail(format!("status {status}: {}", truncate(&body, 200))));
+        let reply = self.call("GET", path)?;
+        if reply.status != 200 {
+            return Err(AdminError::Request {
+                path: path.to_owned(),
+                reason: format!("status {}: {}", reply.status, truncate(&reply.body, 200)),
+            });
         }
-        Ok(body)
+        Ok(reply.body)
     }
 
     /// GETs an admin path that answers JSON.
@@ -118,15 +108,7 @@ impl EnvoyAdmin {
 
     /// POSTs an admin path (e.g. `/healthcheck/fail`).
     pub fn post(&self, path: &str) -> Result<(), AdminError> {
-        let resp = self
-            .agent
-            .post(&format!("{}{path}", self.base))
-            .send_empty()
-            .map_err(|e| AdminError::Request {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            })?;
-        match resp.status().as_u16() {
+        match self.call("POST", path)?.status {
             200 => Ok(()),
             s => Err(AdminError::Request {
                 path: path.to_owned(),

@@ -12,6 +12,7 @@ pub mod endpoints;
 pub mod envoy_admin;
 pub mod fsutil;
 pub mod fuzzing;
+pub mod local_http;
 pub mod metrics;
 pub mod notify;
 pub mod pass;

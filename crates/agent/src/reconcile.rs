@@ -63,8 +63,8 @@ pub struct Settings {
     pub translate: TranslateOptions,
     /// The Envoy binary for the pre-flight.
     pub envoy_bin: PathBuf,
-    /// Envoy's admin address (its port is reserved).
-    pub admin: std::net::SocketAddr,
+    /// Envoy's admin address.
+    pub admin: vpsie_lb_envoy::LocalAddress,
     /// Where last-known-good lives.
     pub state_dir: PathBuf,
     /// Validation rules from the agent's config: ports the agent itself
@@ -453,7 +453,7 @@ impl Reconciler {
             checked.load_balancers.clear();
         }
         let boot = BootstrapOptions {
-            admin: self.settings.admin,
+            admin: self.settings.admin.clone(),
             ..Default::default()
         };
         let verdict = preflight::check_files_watch_budget(

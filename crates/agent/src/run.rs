@@ -9,7 +9,7 @@ use vpsie_lb_envoy::{
     BootstrapOptions, Delivery, EnvoyResources, TranslateOptions, XdsLayout, bootstrap,
     render_files, to_yaml,
 };
-use vpsie_lb_model::{ReservedPort, ValidateOptions};
+use vpsie_lb_model::ValidateOptions;
 
 use crate::api::ApiClient;
 use crate::apply::Applier;
@@ -66,7 +66,8 @@ fn prepare_envoy_dir(cfg: &Config, layout: &XdsLayout) -> anyhow::Result<()> {
     let boot = to_yaml(&bootstrap(
         layout,
         &BootstrapOptions {
-            admin: cfg.envoy.admin_address,
+            admin: cfg.envoy.admin_address.clone(),
+            stats_address: cfg.envoy.stats_address,
             ..Default::default()
         },
     ))?;
@@ -104,6 +105,21 @@ fn stop_orphan(admin: &EnvoyAdmin) {
     }
     // Its listeners may linger a moment after admin stops answering.
     std::thread::sleep(Duration::from_millis(500));
+}
+
+/// Makes the directory of Envoy's admin socket, and removes a socket file an
+/// Envoy killed with its agent left behind (nothing answers on it: the
+/// orphan check just asked).
+fn prepare_admin_socket(sock: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = sock.parent() {
+        fsutil::ensure_dir(dir)?;
+    }
+    match std::fs::remove_file(sock) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(anyhow::Error::new(e).context(format!("remove stale {}", sock.display())))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -154,10 +170,13 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let _lock = fsutil::lock_dir(&root)?;
     let layout = XdsLayout::new(root);
     prepare_envoy_dir(&cfg, &layout)?;
-    let admin = EnvoyAdmin::new(cfg.envoy.admin_address)?;
+    let admin = EnvoyAdmin::new(cfg.envoy.admin_address.clone())?;
 
     let supervisor = if cfg.envoy.manage {
         stop_orphan(&admin);
+        if let vpsie_lb_envoy::LocalAddress::Unix(sock) = &cfg.envoy.admin_address {
+            prepare_admin_socket(sock)?;
+        }
         let s = Supervisor::start(
             EnvoyCommand {
                 binary: cfg.envoy.binary_path.clone(),
@@ -187,20 +206,15 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             ..TranslateOptions::new(Delivery::Files(layout.clone()))
         },
         envoy_bin: cfg.envoy.binary_path.clone(),
-        admin: cfg.envoy.admin_address,
+        admin: cfg.envoy.admin_address.clone(),
         state_dir: cfg.state_dir.clone(),
         validate: ValidateOptions {
             strict: false,
-            reserved_ports: vec![
-                ReservedPort {
-                    port: cfg.envoy.admin_address.port(),
-                    owner: "envoy admin".into(),
-                },
-                ReservedPort {
-                    port: cfg.agent_listen.port(),
-                    owner: "the agent's own endpoints".into(),
-                },
-            ],
+            reserved_ports: crate::config::reserved_ports(
+                &cfg.envoy.admin_address,
+                cfg.envoy.stats_address,
+                &cfg.agent_listen,
+            ),
             allowed_backend_networks: cfg.allowed_backend_networks.clone(),
         },
         verify_timeout: Duration::from_secs(10),
@@ -230,7 +244,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         status,
         sync: inbox.trigger(),
     };
-    let bound = crate::endpoints::spawn(cfg.agent_listen, endpoints)
+    let bound = crate::endpoints::spawn(&cfg.agent_listen, endpoints)
         .with_context(|| format!("agent.listen_address {}", cfg.agent_listen))?;
     tracing::info!(address = %bound, "agent endpoints listening");
     let mut signals = signal_hook::iterator::Signals::new([

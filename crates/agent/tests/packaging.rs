@@ -132,7 +132,18 @@ fn the_example_config_is_valid_once_an_id_is_filled_in() {
     std::fs::write(&path, text).expect("write");
     let cfg = vpsie_lb_agent::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert!(!cfg.envoy.manage, "production runs envoy under systemd");
-    assert!(cfg.agent_listen.ip().is_loopback() && cfg.envoy.admin_address.ip().is_loopback());
+    // Nothing a proxied connection could reach: both on unix sockets.
+    for addr in [&cfg.agent_listen, &cfg.envoy.admin_address] {
+        assert!(
+            matches!(addr, vpsie_lb_envoy::LocalAddress::Unix(_)),
+            "{addr} is not a unix socket"
+        );
+    }
+    assert!(
+        cfg.envoy
+            .stats_address
+            .is_some_and(|a| a.ip().is_loopback())
+    );
 }
 
 /// Any local process can flood the agent's endpoints; the unit bounds what

@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 
+use crate::LocalAddress;
+
 use envoy_types::pb::envoy::config::bootstrap::v3::{Admin, Bootstrap, bootstrap};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::overload::v3::{
@@ -15,8 +17,12 @@ use crate::{EnvoyResources, XdsLayout};
 /// Settings of the bootstrap that do not come from the load-balancer document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootstrapOptions {
-    /// Envoy's admin listener; keep it on loopback, its POST endpoints are unauthenticated.
-    pub admin: SocketAddr,
+    /// Envoy's admin API: a Unix socket, or loopback TCP; its POST
+    /// endpoints are unauthenticated.
+    pub admin: LocalAddress,
+    /// With the admin on a Unix socket: the loopback address of the
+    /// read-only metrics listener (`GET /stats/prometheus`, `GET /ready`).
+    pub stats_address: Option<SocketAddr>,
     /// Envoy's node id and cluster.
     pub node_id: String,
     /// Cap on concurrent downstream connections across all listeners.
@@ -27,13 +33,18 @@ impl Default for BootstrapOptions {
     fn default() -> Self {
         Self {
             admin: crate::default_admin_address(),
+            stats_address: Some(crate::default_stats_address()),
             node_id: "vpsie-lb".into(),
             global_max_connections: crate::DEFAULT_GLOBAL_MAX_CONNECTIONS,
         }
     }
 }
 
-fn common(opts: &BootstrapOptions, admin: SocketAddr) -> Bootstrap {
+/// Mode of Envoy's admin socket: Envoy's user and group (the agent is a
+/// member of Envoy's group), nobody else.
+pub const ADMIN_SOCKET_MODE: u32 = 0o660;
+
+fn common(opts: &BootstrapOptions, admin: &LocalAddress) -> Bootstrap {
     Bootstrap {
         node: Some(Node {
             id: opts.node_id.clone(),
@@ -41,7 +52,10 @@ fn common(opts: &BootstrapOptions, admin: SocketAddr) -> Bootstrap {
             ..Default::default()
         }),
         admin: Some(Admin {
-            address: socket(&admin.ip().to_string(), admin.port()),
+            address: match admin {
+                LocalAddress::Tcp(a) => socket(&a.ip().to_string(), a.port()),
+                LocalAddress::Unix(path) => crate::stats::pipe(path, ADMIN_SOCKET_MODE),
+            },
             ..Default::default()
         }),
         // The overload manager's monitor, not the deprecated runtime key,
@@ -66,12 +80,20 @@ fn common(opts: &BootstrapOptions, admin: SocketAddr) -> Bootstrap {
 
 /// The production bootstrap: listeners and clusters come from files under `layout`.
 pub fn bootstrap(layout: &XdsLayout, opts: &BootstrapOptions) -> Bootstrap {
-    let mut b = common(opts, opts.admin);
+    let mut b = common(opts, &opts.admin);
     b.dynamic_resources = Some(bootstrap::DynamicResources {
         lds_config: file_source(&layout.lds_file(), &layout.lds_dir()),
         cds_config: file_source(&layout.cds_file(), &layout.cds_dir()),
         ..Default::default()
     });
+    if let (LocalAddress::Unix(path), Some(addr)) = (&opts.admin, opts.stats_address) {
+        let (listener, cluster) = crate::stats::stats_listener(addr, path);
+        b.static_resources = Some(bootstrap::StaticResources {
+            listeners: vec![listener],
+            clusters: vec![cluster],
+            ..Default::default()
+        });
+    }
     b
 }
 
@@ -79,7 +101,10 @@ pub fn bootstrap(layout: &XdsLayout, opts: &BootstrapOptions) -> Bootstrap {
 /// which ignores dynamic files. `resources` must come from [`crate::Delivery::Static`].
 /// The admin port is 0 so it never collides with a running Envoy.
 pub fn preflight_bootstrap(resources: &EnvoyResources, opts: &BootstrapOptions) -> Bootstrap {
-    let mut b = common(opts, SocketAddr::from(([127, 0, 0, 1], 0)));
+    let mut b = common(
+        opts,
+        &LocalAddress::Tcp(SocketAddr::from(([127, 0, 0, 1], 0))),
+    );
     b.static_resources = Some(bootstrap::StaticResources {
         listeners: resources.listeners.clone(),
         clusters: resources.clusters.clone(),

@@ -5,12 +5,14 @@
 //! stable. The envoy-types prost structs are the one typed model of Envoy's
 //! schema; nothing here writes Envoy config as text templates.
 
+mod address;
 mod bootstrap;
 mod cluster;
 mod listener;
 pub mod names;
 mod pb;
 mod render;
+mod stats;
 mod tls;
 
 use std::net::{IpAddr, SocketAddr};
@@ -21,12 +23,14 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use vpsie_lb_model::Config;
 
-pub use bootstrap::{BootstrapOptions, bootstrap, preflight_bootstrap};
+pub use address::LocalAddress;
+pub use bootstrap::{ADMIN_SOCKET_MODE, BootstrapOptions, bootstrap, preflight_bootstrap};
 pub use names::XdsLayout;
 pub use render::{
     RenderError, RenderedFile, file_from_json, prune_descriptor_set, render_files, to_json,
     to_yaml, write_json,
 };
+pub use stats::{STATS_NAME, STATS_PATHS};
 
 /// Default cap on concurrent downstream connections across all listeners.
 pub const DEFAULT_GLOBAL_MAX_CONNECTIONS: u64 = 50_000;
@@ -109,7 +113,14 @@ pub fn translate(config: &Config, opts: &TranslateOptions) -> EnvoyResources {
     out
 }
 
-/// The admin address Envoy listens on by default.
-pub fn default_admin_address() -> SocketAddr {
+/// Where Envoy's admin API listens by default: a Unix socket, which no
+/// proxied connection can reach.
+pub fn default_admin_address() -> LocalAddress {
+    LocalAddress::Unix("/run/envoy/admin.sock".into())
+}
+
+/// Where the read-only metrics listener listens by default (the port
+/// operators scraped Envoy's admin on).
+pub fn default_stats_address() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9901))
 }

@@ -25,7 +25,7 @@ fn validate_options() -> ValidateOptions {
         strict: false,
         reserved_ports: vec![ReservedPort {
             port: 9901,
-            owner: "envoy admin".into(),
+            owner: "envoy's metrics listener".into(),
         }],
         ..Default::default()
     }

@@ -1,0 +1,156 @@
+//! A minimal HTTP/1.1 client for this machine's control endpoints (Envoy's
+//! admin API, the agent's own endpoints), over loopback TCP or a Unix
+//! socket. One request per connection; bodies are read to a limit.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use vpsie_lb_envoy::LocalAddress;
+
+/// One answer: status and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
+    /// The body, decoded from chunked transfer encoding when needed.
+    pub body: String,
+}
+
+/// Sends `method path` to `addr` and reads the answer, waiting at most
+/// `timeout` for each read or write and reading at most `max_body` bytes.
+pub fn request(
+    addr: &LocalAddress,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+    max_body: u64,
+) -> io::Result<Reply> {
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    let raw = match addr {
+        LocalAddress::Tcp(a) => {
+            let s = TcpStream::connect_timeout(a, timeout)?;
+            exchange(s, &head, timeout, max_body, |s, t| {
+                s.set_read_timeout(Some(t))?;
+                s.set_write_timeout(Some(t))
+            })?
+        }
+        LocalAddress::Unix(p) => {
+            let s = UnixStream::connect(p)?;
+            exchange(s, &head, timeout, max_body, |s, t| {
+                s.set_read_timeout(Some(t))?;
+                s.set_write_timeout(Some(t))
+            })?
+        }
+    };
+    parse_reply(&raw)
+}
+
+fn exchange<S: Read + Write>(
+    mut s: S,
+    head: &str,
+    timeout: Duration,
+    max_body: u64,
+    set_timeouts: impl Fn(&S, Duration) -> io::Result<()>,
+) -> io::Result<Vec<u8>> {
+    set_timeouts(&s, timeout)?;
+    s.write_all(head.as_bytes())?;
+    let mut raw = Vec::new();
+    // The head's few KiB on top of the body limit.
+    (&mut s).take(max_body + 64 * 1024).read_to_end(&mut raw)?;
+    Ok(raw)
+}
+
+/// Splits an HTTP/1.x answer into status and body.
+fn parse_reply(raw: &[u8]) -> io::Result<Reply> {
+    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_owned());
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no complete answer"))?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("answer head is not text"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| bad("no status in the answer"))?;
+    let chunked = head.lines().any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("transfer-encoding")
+                && v.trim().eq_ignore_ascii_case("chunked")
+        })
+    });
+    let body = &raw[end + 4..];
+    let body = if chunked {
+        dechunk(body).ok_or_else(|| bad("broken chunked body"))?
+    } else {
+        body.to_vec()
+    };
+    Ok(Reply {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&rest[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(rest.get(..size)?);
+        rest = rest.get(size + 2..)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_and_chunked_answers() {
+        let r = parse_reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").expect("plain");
+        assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+        let r = parse_reply(
+            b"HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=1\r\nde\r\n0\r\n\r\n",
+        )
+        .expect("chunked");
+        assert_eq!((r.status, r.body.as_str()), (404, "abcde"));
+        assert!(parse_reply(b"HTTP/1.1 200 OK\r\n").is_err());
+        assert!(
+            parse_reply(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n").is_err()
+        );
+    }
+
+    #[test]
+    fn talks_over_a_unix_socket() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).expect("read");
+            assert!(buf[..n].starts_with(b"GET /ready HTTP/1.1\r\n"));
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nLIVE\n")
+                .expect("write");
+        });
+        let r = request(
+            &LocalAddress::Unix(path),
+            "GET",
+            "/ready",
+            Duration::from_secs(5),
+            1024,
+        )
+        .expect("request");
+        assert_eq!((r.status, r.body.as_str()), (200, "LIVE\n"));
+        server.join().expect("server");
+    }
+}
