@@ -92,13 +92,20 @@ fn proxied_traffic_cannot_reach_envoy_admin_or_the_agent() {
         agent_sock.display()
     );
     let cfg = agent_config(dir.path(), 0, &source);
-    let text = std::fs::read_to_string(&cfg).expect("config").replace(
-        "admin_address: 127.0.0.1:0",
-        &format!(
-            "admin_address: 'unix:{}'\n  stats_address: '{ip}:{stats}'",
-            admin_sock.display()
-        ),
-    );
+    // Only the test's own backend address is trusted, not all of loopback.
+    let text = std::fs::read_to_string(&cfg)
+        .expect("config")
+        .replace(
+            "admin_address: 127.0.0.1:0",
+            &format!(
+                "admin_address: 'unix:{}'\n  stats_address: '{ip}:{stats}'",
+                admin_sock.display()
+            ),
+        )
+        .replace(
+            "allowed_backend_networks: [127.0.0.0/8]",
+            "allowed_backend_networks: [127.0.0.1/32]",
+        );
     std::fs::write(&cfg, text).expect("config");
     let agent = RunningAgent::start(dir.path(), &cfg);
     poll_until("web served", Duration::from_secs(30), || serves(web, "a"));
@@ -172,4 +179,29 @@ fn proxied_traffic_cannot_reach_envoy_admin_or_the_agent() {
             & 0o777;
         assert_eq!(mode, 0o660, "{}", sock.display());
     }
+
+    // A document whose backends reach the VM itself is refused by the
+    // running agent, each address with its field, and nothing changes.
+    let mut evil = lb_over("evil", "tcp", free_port(), "round_robin", &[]);
+    evil["backends"] = json!([
+        {"id": "lo", "address": "127.0.0.2", "port": 22},
+        {"id": "meta", "address": "169.254.169.254", "port": 80},
+        {"id": "mapped", "address": "::ffff:127.0.0.3", "port": 9901},
+        {"id": "name", "address": "localhost", "port": 22},
+    ]);
+    std::fs::write(
+        &desired,
+        json!([lb_over("web", "http", web, "round_robin", &bs), evil]).to_string(),
+    )
+    .expect("write doc");
+    for field in [
+        "backends[0].address: 127.0.0.2 is a loopback address",
+        "backends[1].address: 169.254.169.254 is a link-local address",
+        "backends[2].address: ::ffff:127.0.0.3 is a loopback address",
+        "backends[3].address: localhost always means the load balancer VM itself",
+    ] {
+        agent.wait_log("the refusal names each address", field);
+    }
+    assert!(agent.log().contains("\"event\":\"config_rejected\""));
+    serves(web, "a").expect("the rest keeps serving");
 }
