@@ -2,7 +2,8 @@
 # Builds the .deb, runs lintian, installs it into a throwaway Debian 12 root
 # (debootstrap, cached in .local/), and checks what an operator relies on:
 # files, users, owners and modes, conffiles kept on upgrade, units that
-# verify, exposure scores. Ends with "N passed, N failed". Safe to run again.
+# verify, exposure scores, and the units serving https under a real systemd
+# (scripts/boot-check.sh). Ends with "N passed, N failed". Safe to run again.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -98,6 +99,15 @@ for unit in vpsie-lb-agent envoy; do
   echo "   $line"
   check "$unit exposure <= 4.0" systemd-analyze security --offline=true --threshold=40 "$R/lib/systemd/system/$unit.service"
 done
+
+echo "== the units under a real systemd (systemd-nspawn --boot)"
+if scripts/boot-check.sh "$R" >"$work/boot.log" 2>&1; then
+  check "the packaged units serve https with the documented key layout" true
+  sed 's/^/   /' "$work/boot.log" | grep 'boot-check:' || true
+else
+  check "the packaged units serve https with the documented key layout" false
+  sed 's/^/   /' "$work/boot.log" | tail -n 60
+fi
 
 echo "== purge"
 check "dpkg purges" in_root dpkg --purge vpsie-lb

@@ -509,22 +509,32 @@ fn envoy_refusal_rolls_back_and_changes_under_load_drop_nothing_and_a_killed_age
     assert_no_partial_files(&dir.path().join("envoy"), false);
 }
 
+/// The emulator with `web` on backend a (of a and b) and the other load
+/// balancer on b, an agent polling every `poll`, and web served: what
+/// several tests start from. Returns the port of web.
+fn web_on_a(
+    dir: &Path,
+    api: &Api,
+    bs: &[vpsie_lb_testkit::backend::HttpBackend],
+    poll: &str,
+) -> (RunningAgent, u16) {
+    let port = free_port();
+    api.put_lb(&lb_over("web", "http", port, "round_robin", &bs[..1]));
+    api.put_other(free_port(), &bs[1..]);
+    let agent = RunningAgent::start(dir, &config_polling(dir, api, free_port(), poll));
+    poll_until("first pass served", Duration::from_secs(30), || {
+        serves(port, "a")
+    });
+    (agent, port)
+}
+
 #[test]
 fn sighup_runs_a_pass_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let api = Api::start();
     let bs = backends(&["a", "b"]);
-    let port = free_port();
-    api.put_lb(&lb_over("web", "http", port, "round_robin", &bs[..1]));
-    api.put_other(free_port(), &bs[1..]);
     // An hour between polls: only the signal can explain a quick change.
-    let agent = RunningAgent::start(
-        dir.path(),
-        &config_polling(dir.path(), &api, free_port(), "1h"),
-    );
-    poll_until("first pass served", Duration::from_secs(30), || {
-        serves(port, "a")
-    });
+    let (agent, port) = web_on_a(dir.path(), &api, &bs, "1h");
     api.put_lb(&lb_over("web", "http", port, "round_robin", &bs));
     vpsie_lb_testkit::signal(agent.child.id(), "HUP");
     poll_until("change live after SIGHUP", Duration::from_secs(15), || {
@@ -541,16 +551,7 @@ fn regression_blackholed_reporting_stalled_changes_and_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let api = Api::start();
     let bs = backends(&["a", "b"]);
-    let port = free_port();
-    api.put_lb(&lb_over("web", "http", port, "round_robin", &bs[..1]));
-    api.put_other(free_port(), &bs[1..]);
-    let agent = RunningAgent::start(
-        dir.path(),
-        &config_polling(dir.path(), &api, free_port(), "2s"),
-    );
-    poll_until("first pass served", Duration::from_secs(30), || {
-        serves(port, "a")
-    });
+    let (agent, port) = web_on_a(dir.path(), &api, &bs, "2s");
     for endpoint in ["put_status", "put_health", "post_event"] {
         api.control(
             "PUT",
@@ -572,15 +573,8 @@ fn regression_blackholed_reporting_stalled_changes_and_sigterm() {
             Err(format!("{counts:?}"))
         }
     });
-    let mut agent = agent;
-    vpsie_lb_testkit::signal(agent.child.id(), "TERM");
     // drain_time (1 s in these configs) plus 5 s.
-    let status = poll_until("agent exit after SIGTERM", Duration::from_secs(6), || {
-        agent
-            .child
-            .try_wait()
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "running".to_owned())
-    });
+    let mut agent = agent;
+    let status = agent.terminate(Duration::from_secs(6));
     assert!(status.success(), "agent exit {status}\n{}", agent.log());
 }

@@ -455,13 +455,6 @@ fn regression_the_agent_endpoints_could_be_flooded_by_any_local_process() {
 
     // SIGTERM is honoured within drain_time (1 s) plus 5 s.
     let mut agent = agent;
-    vpsie_lb_testkit::signal(agent.child.id(), "TERM");
-    let status = poll_until("agent exit after SIGTERM", Duration::from_secs(6), || {
-        agent
-            .child
-            .try_wait()
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "running".to_owned())
-    });
+    let status = agent.terminate(Duration::from_secs(6));
     assert!(status.success(), "agent exit {status}");
 }

@@ -81,14 +81,7 @@ fn run_follows_the_file_keeps_serving_through_bad_input_and_envoy_crashes_and_re
 
     // SIGTERM: the agent drains Envoy and exits cleanly.
     let mut agent = agent;
-    signal(agent.child.id(), "TERM");
-    let status = poll_until("agent exit", Duration::from_secs(30), || {
-        agent
-            .child
-            .try_wait()
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "running".to_owned())
-    });
+    let status = agent.terminate(Duration::from_secs(30));
     assert!(status.success(), "agent exit {status}\n{}", agent.log());
     poll_until("envoy stopped", Duration::from_secs(10), || {
         if agent.envoy_pids().is_empty() {
@@ -183,14 +176,59 @@ fn regression_stopping_envoy_waited_the_whole_drain_time_with_nothing_open() {
     std::fs::write(&cfg, text.replace("drain_time: 1s", "drain_time: 60s")).expect("config");
     let mut agent = RunningAgent::start(dir.path(), &cfg);
     poll_until("served", Duration::from_secs(30), || serves(port, "a"));
-    signal(agent.child.id(), "TERM");
     // Far less than the 60 s drain time: nothing is open.
-    let status = poll_until("agent exit", Duration::from_secs(15), || {
-        agent
-            .child
-            .try_wait()
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "running".to_owned())
-    });
+    let status = agent.terminate(Duration::from_secs(15));
     assert!(status.success(), "agent exit {status}\n{}", agent.log());
+}
+
+/// A failed save of last-known-good was tried once: the next pass saw the
+/// new documents in memory and an older copy on disk, and a restart brought
+/// back the older copy. Now a lagging save is retried every pass.
+#[test]
+fn regression_a_failed_save_of_last_known_good_was_never_retried() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bs = backends(&["a", "b"]);
+    let port = free_port();
+    let desired = dir.path().join("desired.json");
+    write_doc(
+        &desired,
+        &lb_over("web", "http", port, "round_robin", &bs[..1]),
+    );
+    let agent = RunningAgent::start(dir.path(), &config(dir.path(), free_port()));
+    poll_until("first config served", Duration::from_secs(30), || {
+        serves(port, "a")
+    });
+    let saved = || {
+        std::fs::read_to_string(dir.path().join("state/last-known-good/desired.json"))
+            .unwrap_or_default()
+    };
+    poll_until("first state saved", Duration::from_secs(10), || {
+        if saved().contains("\"web\"") {
+            Ok(())
+        } else {
+            Err(saved())
+        }
+    });
+    // The link's temp name is taken by a directory: the swap fails, like a
+    // full disk would.
+    let blocker = dir.path().join("state/.last-known-good.link.tmp");
+    std::fs::create_dir_all(blocker.join("x")).expect("blocker");
+    write_doc(&desired, &lb_over("web", "http", port, "round_robin", &bs));
+    poll_until("the change served", Duration::from_secs(15), || {
+        serves(port, "b")
+    });
+    agent.wait_log("the failed save reported", "save last-known-good failed");
+    let port_b = bs[1].port().to_string();
+    assert!(
+        !saved().contains(&port_b),
+        "saved although the swap was blocked"
+    );
+    std::fs::remove_dir_all(&blocker).expect("unblock");
+    poll_until("the lagging save retried", Duration::from_secs(15), || {
+        if saved().contains(&port_b) {
+            Ok(())
+        } else {
+            Err(saved())
+        }
+    });
 }

@@ -13,6 +13,9 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
     FileAccessLog, file_access_log,
 };
+use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
+    StderrAccessLog, StdoutAccessLog, stderr_access_log, stdout_access_log,
+};
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -255,20 +258,40 @@ fn access_log(lb: &LoadBalancer, opts: &TranslateOptions, http: bool) -> AccessL
             })
             .collect(),
     };
-    let file = FileAccessLog {
-        path: opts.access_log_path.clone(),
-        access_log_format: Some(file_access_log::AccessLogFormat::LogFormat(
-            SubstitutionFormatString {
-                format: Some(substitution_format_string::Format::JsonFormat(json)),
-                ..Default::default()
-            },
-        )),
+    let format = SubstitutionFormatString {
+        format: Some(substitution_format_string::Format::JsonFormat(json)),
+        ..Default::default()
+    };
+    // Under systemd, stdout and stderr are sockets to the journal, which
+    // cannot be opened by path: a file logger on /dev/stdout made Envoy
+    // refuse every listener ("unable to open file '/dev/stdout': No such
+    // device or address"). The stream loggers write to the descriptor.
+    let (name, config) = match opts.access_log_path.as_str() {
+        "/dev/stdout" => (
+            "envoy.access_loggers.stdout",
+            any(&StdoutAccessLog {
+                access_log_format: Some(stdout_access_log::AccessLogFormat::LogFormat(format)),
+            }),
+        ),
+        "/dev/stderr" => (
+            "envoy.access_loggers.stderr",
+            any(&StderrAccessLog {
+                access_log_format: Some(stderr_access_log::AccessLogFormat::LogFormat(format)),
+            }),
+        ),
+        path => (
+            "envoy.access_loggers.file",
+            any(&FileAccessLog {
+                path: path.to_owned(),
+                access_log_format: Some(file_access_log::AccessLogFormat::LogFormat(format)),
+            }),
+        ),
     };
     AccessLog {
-        name: "envoy.access_loggers.file".into(),
+        name: name.into(),
         // Logging everything is a plain log with no filter.
         filter: (opts.access_log_sample_percent < 100)
             .then(|| access_log_filter(opts.access_log_sample_percent)),
-        config_type: Some(access_log::ConfigType::TypedConfig(any(&file))),
+        config_type: Some(access_log::ConfigType::TypedConfig(config)),
     }
 }

@@ -32,6 +32,9 @@ fn emitted_types() -> Vec<String> {
     use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
     use envoy_types::pb::envoy::config::listener::v3::Listener;
     use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
+    use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
+        StderrAccessLog, StdoutAccessLog,
+    };
     use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
     use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit;
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
@@ -54,6 +57,8 @@ fn emitted_types() -> Vec<String> {
         TcpProxy::full_name(),
         ConnectionLimit::full_name(),
         FileAccessLog::full_name(),
+        StdoutAccessLog::full_name(),
+        StderrAccessLog::full_name(),
         DownstreamTlsContext::full_name(),
         UpstreamTlsContext::full_name(),
         HttpProtocolOptions::full_name(),

@@ -258,6 +258,18 @@ impl RunningAgent {
         }
     }
 
+    /// SIGTERM, then the exit status, which must come within `within`.
+    pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        vpsie_lb_testkit::signal(self.child.id(), "TERM");
+        let child = &mut self.child;
+        poll_until("agent exit after SIGTERM", within, || {
+            child
+                .try_wait()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "running".to_owned())
+        })
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
