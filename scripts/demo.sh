@@ -67,7 +67,10 @@ vpsie:
   poll_interval: 2s
 envoy:
   config_dir: $work/envoy
-  admin_address: 127.0.0.1:9901
+  # The admin API on a unix socket, out of reach of proxied traffic;
+  # Envoy's metrics read-only on 127.0.0.1:9901.
+  admin_address: unix:$work/envoy-admin.sock
+  stats_address: 127.0.0.1:9901
   binary_path: $envoy_bin
   listen_address: 127.0.0.1
   manage: true
@@ -75,12 +78,13 @@ envoy:
   access_log: $work/access.log
 state_dir: $work/state
 logging: {level: info, format: text}
+agent: {listen_address: 'unix:$work/agent.sock'}
 # The demo's backends run on this machine; production backends never may.
 allowed_backend_networks: [127.0.0.0/8]
 YAML
 "$bin/vpsie-lb-agent" run --config "$work/agent.yaml" >"$work/agent.log" 2>&1 &
 pids+=($!)
-healthy() { [ "$(curl -fsS http://127.0.0.1:9901/clusters | grep -c '::health_flags::healthy$')" = "$1" ]; }
+healthy() { [ "$(curl -fsS --unix-socket "$work/envoy-admin.sock" http://envoy/clusters | grep -c '^lb_demo::.*::health_flags::healthy$')" = "$1" ]; }
 if ! wait_for 30 healthy 3; then
   echo "demo: the load balancer did not come up; see $work/agent.log" >&2
   exit 1
@@ -102,6 +106,9 @@ echo "== 5. what the agent reported to the API (status, backend health, events)"
 curl -fsS "http://$api/_sim/reports/demo"
 echo
 
+echo "== 6. the agent's own view, over its unix socket"
+"$bin/vpsie-lb-agent" status --address "unix:$work/agent.sock" || true
+
 cat <<TEXT
 
 Try it yourself (with DEMO_KEEP=1 everything keeps running):
@@ -109,6 +116,8 @@ Try it yourself (with DEMO_KEEP=1 everything keeps running):
                        curl -X PUT --data-binary @my.yaml http://$api/_sim/loadbalancers/demo
   watch it move:       for i in \$(seq 30); do curl -s http://127.0.0.1:$lb_port/; done | sort | uniq -c
   see the reports:     curl http://$api/_sim/reports/demo
+  envoy's metrics:     curl http://127.0.0.1:9901/stats/prometheus   (read-only; all else is 404)
+  envoy's admin:       curl --unix-socket $work/envoy-admin.sock http://envoy/clusters
   break the API:       curl -X PUT -d '{"endpoint":"*","kind":"error_5xx"}' http://$api/_sim/faults
   heal it:             curl -X DELETE http://$api/_sim/faults
   agent and envoy log: $work/agent.log
