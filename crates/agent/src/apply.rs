@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use vpsie_lb_envoy::{RenderedFile, XdsLayout};
+use vpsie_lb_envoy::{FileKind, RenderedFile, XdsLayout};
 
 use crate::envoy_admin::{AdminError, EnvoyAdmin, Subscription};
 use crate::fsutil;
@@ -143,10 +143,10 @@ impl Applier {
             self.write_and_confirm(f, confirm.as_deref())?;
         }
         if let Some(f) = &p.clusters_before {
-            self.write_and_confirm(f, Some("cluster_manager.cds"))?;
+            self.write_and_confirm(f, Some(&FileKind::Clusters.stats_prefix()))?;
         }
         if let Some(f) = &p.listeners {
-            self.write_and_confirm(f, Some("listener_manager.lds"))?;
+            self.write_and_confirm(f, Some(&FileKind::Listeners.stats_prefix()))?;
             let errors = self.admin.listener_errors()?;
             if !errors.is_empty() {
                 return Err(ApplyError::Rejected {
@@ -156,7 +156,7 @@ impl Applier {
             }
         }
         if let Some(f) = &p.clusters_after {
-            self.write_and_confirm(f, Some("cluster_manager.cds"))?;
+            self.write_and_confirm(f, Some(&FileKind::Clusters.stats_prefix()))?;
         }
         for dir in &p.prune {
             std::fs::remove_dir_all(dir)?;
@@ -166,13 +166,10 @@ impl Applier {
 
     /// The stats prefix of the EDS or SDS subscription that reads `path`.
     fn subscription_of(&self, path: &Path) -> Option<String> {
-        let dir = path.parent()?;
-        let name = dir.file_name()?.to_str()?;
-        match dir.parent()?.file_name()?.to_str()? {
-            "eds" => Some(format!("cluster.{name}")),
-            "sds" => Some(format!("sds.{name}")),
-            _ => None,
-        }
+        self.layout
+            .kind_of(path)
+            .filter(FileKind::is_per_resource)
+            .map(|k| k.stats_prefix())
     }
 
     /// Writes `f` and, when `prefix` names its subscription, waits until

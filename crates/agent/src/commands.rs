@@ -1,4 +1,5 @@
-//! The command line: `render` and `check`.
+//! The command line: `render`, `check`, `apply`, `plan`, `run` and `status`,
+//! and their exit codes.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -604,7 +605,7 @@ fn plan_command(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let desired = docs_by_id(&args.doc.input)?;
     print!(
         "{}",
-        crate::diff::render(&crate::diff::plan(
+        crate::diff::render(&crate::diff::preview(
             &applied,
             &desired,
             &args.doc.validate_options()

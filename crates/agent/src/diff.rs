@@ -29,9 +29,10 @@ pub enum Impact {
     ListenerDrains,
 }
 
-/// The whole plan.
+/// What `vpsie-lb-agent plan` shows: per load balancer what changes, and
+/// what Envoy would do. (The steps of an apply are `plan::Plan`.)
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Plan {
+pub struct Preview {
     /// Changes by load balancer, in id order.
     pub changes: Vec<Change>,
     /// Envoy's part, by load balancer id (for added and modified ones).
@@ -51,13 +52,13 @@ fn resources(docs: &BTreeMap<String, Value>, opts: &ValidateOptions) -> EnvoyRes
 }
 
 /// Plans `applied` → `desired` (documents by load-balancer id).
-pub fn plan(
+pub fn preview(
     applied: &BTreeMap<String, Value>,
     desired: &BTreeMap<String, Value>,
     opts: &ValidateOptions,
-) -> Plan {
+) -> Preview {
     let (old, new) = (resources(applied, opts), resources(desired, opts));
-    let mut p = Plan::default();
+    let mut p = Preview::default();
     let ids: std::collections::BTreeSet<&String> = applied.keys().chain(desired.keys()).collect();
     for id in ids {
         match (applied.get(id), desired.get(id)) {
@@ -163,7 +164,7 @@ fn describe(a: &Value, d: &Value) -> Vec<String> {
 }
 
 /// The plan as text for humans.
-pub fn render(p: &Plan) -> String {
+pub fn render(p: &Preview) -> String {
     if p.changes.is_empty() {
         return "No changes: envoy already serves this configuration.\n".into();
     }
@@ -224,8 +225,8 @@ mod tests {
         )
     }
 
-    fn check(applied: &[(String, Value)], desired: &[(String, Value)]) -> (Plan, String) {
-        let p = plan(
+    fn check(applied: &[(String, Value)], desired: &[(String, Value)]) -> (Preview, String) {
+        let p = preview(
             &applied.iter().cloned().collect(),
             &desired.iter().cloned().collect(),
             &ValidateOptions::default(),

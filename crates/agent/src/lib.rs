@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod choose;
 pub mod commands;
 pub mod config;
 pub mod controller;

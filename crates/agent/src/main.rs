@@ -1,5 +1,5 @@
 //! `vpsie-lb-agent`: validates VPSie load-balancer documents, renders them
-//! into Envoy configuration, and (later) keeps Envoy in step with the API.
+//! into Envoy configuration, and (`run`) keeps Envoy in step with the API.
 
 use std::process::ExitCode;
 

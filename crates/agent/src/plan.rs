@@ -92,9 +92,8 @@ pub fn plan(layout: &XdsLayout, current: &FileSet, next: &FileSet) -> Result<Pla
 
 /// The EDS and SDS directories the files of `set` live in.
 fn resource_dirs(layout: &XdsLayout, set: &FileSet) -> Vec<PathBuf> {
-    let roots = [layout.root().join("eds"), layout.root().join("sds")];
     set.keys()
-        .filter(|p| roots.iter().any(|r| p.starts_with(r)))
+        .filter(|p| layout.kind_of(p).is_some_and(|k| k.is_per_resource()))
         .filter_map(|p| p.parent().map(Path::to_path_buf))
         .collect()
 }
@@ -155,12 +154,18 @@ fn version_of(contents: &str) -> String {
 /// Reads the dynamic files currently under `layout` (what Envoy was given last).
 pub fn read_file_set(layout: &XdsLayout) -> std::io::Result<FileSet> {
     let mut files = vec![layout.lds_file(), layout.cds_file()];
-    for kind in ["eds", "sds"] {
-        let Ok(entries) = std::fs::read_dir(layout.root().join(kind)) else {
+    // One watched directory per endpoint set and per secret, named after it.
+    for (root, is_eds) in [(layout.eds_root(), true), (layout.sds_root(), false)] {
+        let Ok(entries) = std::fs::read_dir(root) else {
             continue;
         };
         for e in entries {
-            files.push(e?.path().join(format!("{kind}.json")));
+            let name = e?.file_name().to_string_lossy().into_owned();
+            files.push(if is_eds {
+                layout.eds_file(&name)
+            } else {
+                layout.sds_file(&name)
+            });
         }
     }
     let mut set = FileSet::new();

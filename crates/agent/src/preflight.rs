@@ -71,8 +71,10 @@ pub fn check_files_watch_budget(
     layout: &vpsie_lb_envoy::XdsLayout,
     limit: Option<usize>,
 ) -> Result<(), PreflightError> {
-    let sds_dir = layout.root().join("sds");
-    let secrets = files.keys().filter(|p| p.starts_with(&sds_dir)).count();
+    let secrets = files
+        .keys()
+        .filter(|p| matches!(layout.kind_of(p), Some(vpsie_lb_envoy::FileKind::Secret(_))))
+        .count();
     check_watch_budget(watches_needed(files.len() - secrets, secrets), limit)
 }
 

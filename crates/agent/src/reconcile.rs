@@ -407,7 +407,6 @@ impl Reconciler {
         }
         let steps = plan(&self.settings.layout, &current, &files).ok();
         let unchanged = steps.as_ref().is_some_and(|p| p.is_empty());
-        let eds_dir = self.settings.layout.root().join("eds");
         // Backends added, removed or reweighted, and nothing else: only
         // endpoint files change.
         let endpoints_only = steps.as_ref().is_some_and(|p| {
@@ -415,7 +414,12 @@ impl Reconciler {
                 && p.listeners.is_none()
                 && p.clusters_after.is_none()
                 && p.prune.is_empty()
-                && p.dependencies.iter().all(|f| f.path.starts_with(&eds_dir))
+                && p.dependencies.iter().all(|f| {
+                    matches!(
+                        self.settings.layout.kind_of(&f.path),
+                        Some(vpsie_lb_envoy::FileKind::Endpoints(_))
+                    )
+                })
         });
         self.times.plan = clock.elapsed();
         if unchanged {
@@ -621,104 +625,42 @@ impl Reconciler {
         }
     }
 
-    /// Picks, per load balancer, the fetched version if valid, else the last
-    /// good one; then resolves conflicts between load balancers the same way.
+    /// Chooses what to serve from `fetched` (see [`crate::choose`]) and
+    /// reports it: each refusal once per refused document, each failed fetch.
+    /// Returns the candidate and whether anything was refused.
     fn choose(
         &mut self,
         fetched: Fetched,
         reporter: &mut dyn Reporter,
     ) -> (BTreeMap<String, Value>, bool) {
-        let mut rejected = false;
         if let Some(e) = &fetched.failed {
             reporter.error("fetch", &e.to_string());
             return (self.good.clone(), false);
         }
         for problem in &fetched.unattributed {
             reporter.error("fetch", problem);
-            rejected = true;
         }
-        let opts = self.validate_options();
-        let mut candidate = BTreeMap::new();
-        for (id, item) in fetched.items {
-            if let Ok(doc) = &item {
+        for (id, item) in &fetched.items {
+            if let Ok(doc) = item {
                 self.fetched.insert(id.clone(), doc.clone());
             }
-            match item {
-                Ok(doc) => match validate(&doc, &opts) {
-                    Ok(_) => {
-                        self.rejected_docs.remove(&id);
-                        self.valid_now.push(id.clone());
-                        candidate.insert(id, doc);
-                    }
-                    Err(rej) => {
-                        rejected = true;
-                        if self.rejected_docs.get(&id) != Some(&doc) {
-                            self.reject(reporter, &id, &rej.errors);
-                            self.rejected_docs.insert(id.clone(), doc);
-                        }
-                        if let Some(good) = self.good.get(&id) {
-                            candidate.insert(id, good.clone());
-                        }
-                    }
-                },
-                Err(
-                    FetchError::NotFound(msg)
-                    | FetchError::Transient(msg)
-                    | FetchError::Unauthorized(msg),
-                ) => {
-                    reporter.error(&format!("fetch {id}"), &msg);
-                    if let Some(good) = self.good.get(&id) {
-                        candidate.insert(id, good.clone());
-                    }
-                }
+        }
+        let choice = crate::choose::choose(fetched.items, &self.good, &self.validate_options());
+        for (id, msg) in &choice.unfetched {
+            reporter.error(&format!("fetch {id}"), msg);
+        }
+        for id in &choice.valid {
+            self.rejected_docs.remove(id);
+        }
+        let rejected = !fetched.unattributed.is_empty() || !choice.refused.is_empty();
+        for (id, doc, problems) in choice.refused {
+            if self.rejected_docs.get(&id) != Some(&doc) {
+                self.reject(reporter, &id, &problems);
+                self.rejected_docs.insert(id, doc);
             }
         }
-        // Conflicts between load balancers (same port): the changed side
-        // goes back to its last good version, one round per conflict.
-        for _ in 0..=candidate.len() {
-            // Unchanged load balancers first: the validator blames the later
-            // of two conflicting items, and the one that changed must lose.
-            let mut ids: Vec<String> = candidate.keys().cloned().collect();
-            ids.sort_by_key(|id| self.good.get(id) != candidate.get(id));
-            let doc = Value::Array(ids.iter().map(|id| candidate[id].clone()).collect());
-            let Err(rej) = validate(&doc, &opts) else {
-                break;
-            };
-            let mut culprits: BTreeMap<String, Vec<Problem>> = BTreeMap::new();
-            for p in rej.errors {
-                let index = p
-                    .path
-                    .as_str()
-                    .strip_prefix('[')
-                    .and_then(|s| s.split(']').next())
-                    .and_then(|i| i.parse::<usize>().ok());
-                if let Some(id) = index.and_then(|i| ids.get(i)) {
-                    culprits.entry(id.clone()).or_default().push(p);
-                }
-            }
-            if culprits.is_empty() {
-                break;
-            }
-            for (id, problems) in culprits {
-                rejected = true;
-                if let Some(doc) = candidate
-                    .get(&id)
-                    .filter(|d| self.rejected_docs.get(&id) != Some(*d))
-                {
-                    self.rejected_docs.insert(id.clone(), doc.clone());
-                    self.reject(reporter, &id, &problems);
-                }
-                match self.good.get(&id) {
-                    Some(good) if candidate.get(&id) != Some(good) => {
-                        candidate.insert(id, good.clone());
-                    }
-                    _ => {
-                        candidate.remove(&id);
-                    }
-                }
-            }
-        }
-        (candidate, rejected)
+        self.valid_now = choice.valid;
+        (choice.candidate, rejected)
     }
 
     /// Sends `api_unreachable` once when the API stops answering and

@@ -25,7 +25,7 @@ use vpsie_lb_model::Config;
 
 pub use address::LocalAddress;
 pub use bootstrap::{ADMIN_SOCKET_MODE, BootstrapOptions, bootstrap, preflight_bootstrap};
-pub use names::XdsLayout;
+pub use names::{FileKind, XdsLayout};
 pub use render::{
     RenderError, RenderedFile, file_from_json, prune_descriptor_set, render_files, to_json,
     to_yaml, write_json,

@@ -79,4 +79,102 @@ impl XdsLayout {
     pub fn bootstrap_file(&self) -> PathBuf {
         self.root.join("bootstrap.yaml")
     }
+    /// The directory holding one watched directory per cluster's endpoints.
+    pub fn eds_root(&self) -> PathBuf {
+        self.root.join("eds")
+    }
+    /// The directory holding one watched directory per secret.
+    pub fn sds_root(&self) -> PathBuf {
+        self.root.join("sds")
+    }
+    /// What the file at `path` holds, if it is one of this layout's files.
+    pub fn kind_of(&self, path: &Path) -> Option<FileKind> {
+        if path == self.lds_file() {
+            return Some(FileKind::Listeners);
+        }
+        if path == self.cds_file() {
+            return Some(FileKind::Clusters);
+        }
+        let dir = path.parent()?;
+        let name = dir.file_name()?.to_str()?.to_owned();
+        match dir.parent()? {
+            p if p == self.eds_root() && path == self.eds_file(&name) => {
+                Some(FileKind::Endpoints(name))
+            }
+            p if p == self.sds_root() && path == self.sds_file(&name) => {
+                Some(FileKind::Secret(name))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What one file of an [`XdsLayout`] holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileKind {
+    /// Every listener.
+    Listeners,
+    /// Every cluster.
+    Clusters,
+    /// The endpoints of the named cluster.
+    Endpoints(String),
+    /// The named secret.
+    Secret(String),
+}
+
+impl FileKind {
+    /// The prefix of the stats of the subscription that reads this file,
+    /// e.g. `cluster.lb_web` (`update_attempt`, `version_text` below it).
+    pub fn stats_prefix(&self) -> String {
+        match self {
+            FileKind::Listeners => "listener_manager.lds".into(),
+            FileKind::Clusters => "cluster_manager.cds".into(),
+            FileKind::Endpoints(cluster) => format!("cluster.{cluster}"),
+            FileKind::Secret(name) => format!("sds.{name}"),
+        }
+    }
+    /// Whether the file is one of many, each in its own watched directory.
+    pub fn is_per_resource(&self) -> bool {
+        matches!(self, FileKind::Endpoints(_) | FileKind::Secret(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_of_the_layout_has_a_kind_and_a_subscription() {
+        let l = XdsLayout::new("/x");
+        let cases = [
+            (
+                l.lds_file(),
+                Some(FileKind::Listeners),
+                "listener_manager.lds",
+            ),
+            (
+                l.cds_file(),
+                Some(FileKind::Clusters),
+                "cluster_manager.cds",
+            ),
+            (
+                l.eds_file("lb_a"),
+                Some(FileKind::Endpoints("lb_a".into())),
+                "cluster.lb_a",
+            ),
+            (
+                l.sds_file("lb_a_cert"),
+                Some(FileKind::Secret("lb_a_cert".into())),
+                "sds.lb_a_cert",
+            ),
+        ];
+        for (path, kind, prefix) in cases {
+            let got = l.kind_of(&path);
+            assert_eq!(got, kind, "{}", path.display());
+            assert_eq!(got.map(|k| k.stats_prefix()).as_deref(), Some(prefix));
+        }
+        assert_eq!(l.kind_of(Path::new("/x/eds/lb_a/other.json")), None);
+        assert_eq!(l.kind_of(Path::new("/y/lds/lds.json")), None);
+        assert_eq!(l.kind_of(&l.bootstrap_file()), None);
+    }
 }

@@ -33,6 +33,12 @@ impl FieldPath {
         Self(format!("{}[{i}]", self.0))
     }
 
+    /// The index of the item of a top-level array this path is in:
+    /// `Some(1)` for `[1].backends[0].port`, `None` for `port`.
+    pub fn top_index(&self) -> Option<usize> {
+        self.0.strip_prefix('[')?.split(']').next()?.parse().ok()
+    }
+
     /// The path as text; empty for the root.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -125,5 +131,9 @@ mod tests {
         assert!(!evil.to_string().chars().any(char::is_control));
         assert_eq!(FieldPath::root().key("a b").to_string(), "[\"a b\"]");
         assert_eq!(FieldPath::root().key("").to_string(), "[\"\"]");
+        // A quoted key at the top is no index.
+        assert_eq!(FieldPath::root().key("1").top_index(), None);
+        assert_eq!(FieldPath::root().key("[1]").top_index(), None);
+        assert_eq!(FieldPath::root().index(3).key("port").top_index(), Some(3));
     }
 }
