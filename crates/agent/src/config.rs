@@ -177,7 +177,7 @@ const MAX_DURATION_SECS: u64 = 365 * 86_400;
 
 /// Whether `url` is https, or http to a loopback host.
 fn url_problem(url: &str) -> Option<String> {
-    match crate::api::Origin::parse(url) {
+    match crate::origin::Origin::parse(url) {
         Err(e) => Some(format!("vpsie.api_url: {e}")),
         Ok(o) if o.scheme == "http" && !o.is_loopback() => Some(format!(
             "vpsie.api_url: {url:?} must use https unless the host is loopback"

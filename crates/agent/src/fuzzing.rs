@@ -36,8 +36,10 @@ pub fn api_response(data: &[u8]) {
     };
     if (300..400).contains(&status) {
         let location = header("location").unwrap_or_default();
-        let _ =
-            crate::api::redirect_target("https://api.vpsie.com/v1/loadbalancers/lb-1", &location);
+        let _ = crate::origin::redirect_target(
+            "https://api.vpsie.com/v1/loadbalancers/lb-1",
+            &location,
+        );
         return;
     }
     let answer = crate::api::Answer {

@@ -16,6 +16,7 @@ pub mod fuzzing;
 pub mod local_http;
 pub mod metrics;
 pub mod notify;
+pub mod origin;
 pub mod pass;
 pub mod plan;
 pub mod preflight;

@@ -18,7 +18,7 @@ use crate::plan::{FileSet, file_set, plan, read_file_set};
 use crate::preflight::{self, PreflightError};
 use crate::report::{EventKind, Reporter};
 use crate::source::{FetchError, Fetched, Source};
-use crate::status::{AgentStatus, BackendStatus, LbStatus};
+use crate::status::AgentStatus;
 
 /// Most problems one event, log line or status message carries: a document
 /// with 10,000 bad backends must not make a 1 MB event that the API refuses
@@ -74,11 +74,6 @@ pub struct Settings {
     pub verify_timeout: Duration,
     /// The host's inotify instance limit (`None`: unknown, not checked).
     pub watch_limit: Option<usize>,
-}
-
-/// First 12 hex digits of the SHA-256 of `text`: a load balancer's config version.
-fn short_hash(text: &str) -> String {
-    crate::state::short_hash(text.as_bytes())
 }
 
 /// Runs passes and remembers what is known to be good.
@@ -269,87 +264,26 @@ impl Reconciler {
     /// Status per load balancer and backend health as Envoy sees it: to the
     /// reporter, the metrics and the `/status` snapshot.
     fn report_state(&self, reporter: &mut dyn Reporter, result: PassResult) {
-        let hosts = self.applier.admin().host_health();
-        let envoy_reachable = hosts.is_ok();
-        self.observe.metrics.envoy_reachable(envoy_reachable);
-        let hosts = hosts.unwrap_or_default();
-        let now = crate::report::rfc3339_now();
-        let mut snapshot = AgentStatus {
-            envoy_reachable,
-            ..Default::default()
-        };
-        snapshot.ready = snapshot.envoy_reachable && self.serving_verified;
-        let mut health_series = Vec::new();
-        let ids: std::collections::BTreeSet<&String> =
-            self.good.keys().chain(self.problems.keys()).collect();
-        for id in ids {
-            let good = self.good.get(id);
-            let version = good.map(|d| short_hash(&d.to_string())).unwrap_or_default();
-            let (status, message) = match (good.is_some(), self.problems.get(id)) {
-                (true, None) => ("active", "serving the desired configuration".to_owned()),
-                (true, Some(p)) => (
-                    "degraded",
-                    format!("serving the previous configuration: {p}"),
-                ),
-                (false, Some(p)) => ("error", format!("not serving: {p}")),
-                (false, None) => continue,
-            };
-            reporter.status(id, status, &version, &message);
-            let cluster = vpsie_lb_envoy::names::lb(id);
-            let mut backends = Vec::new();
-            for b in good
-                .and_then(|d| d["backends"].as_array())
-                .into_iter()
-                .flatten()
-            {
-                let (Some(bid), Some(addr), Some(port)) =
-                    (b["id"].as_str(), b["address"].as_str(), b["port"].as_u64())
-                else {
-                    continue;
-                };
-                let enabled = b["enabled"].as_bool() != Some(false);
-                let addr_lc = addr.to_ascii_lowercase();
-                let mine: Vec<&crate::envoy_admin::HostHealth> = hosts
-                    .iter()
-                    .filter(|h| {
-                        h.cluster == cluster
-                            && u64::from(h.port) == port
-                            && (h.address == addr_lc || h.hostname == addr_lc)
-                    })
-                    .collect();
-                let healthy = (enabled && !mine.is_empty()).then(|| mine.iter().any(|h| h.healthy));
-                if let Some(h) = healthy {
-                    reporter.health(id, bid, h);
-                    health_series.push((id.clone(), bid.to_owned(), h));
-                }
-                backends.push(BackendStatus {
-                    id: bid.to_owned(),
-                    address: addr.to_owned(),
-                    port: u16::try_from(port).unwrap_or(0),
-                    enabled,
-                    healthy,
-                });
-            }
-            snapshot.load_balancers.insert(
-                id.clone(),
-                LbStatus {
-                    status: status.to_owned(),
-                    desired_version: self
-                        .fetched
-                        .get(id)
-                        .map(|d| short_hash(&d.to_string()))
-                        .unwrap_or_else(|| version.clone()),
-                    applied_version: version,
-                    last_sync: now.clone(),
-                    last_result: format!("{result:?}").to_lowercase(),
-                    last_error: self.problems.get(id).cloned(),
-                    backends,
-                },
-            );
+        let hosts = self.applier.admin().host_health().ok();
+        self.observe.metrics.envoy_reachable(hosts.is_some());
+        let view = crate::status::build(&crate::status::StatusInput {
+            good: &self.good,
+            fetched: &self.fetched,
+            problems: &self.problems,
+            hosts: hosts.as_deref(),
+            serving_verified: self.serving_verified,
+            last_result: format!("{result:?}").to_lowercase(),
+            now: crate::report::rfc3339_now(),
+        });
+        for r in &view.reports {
+            reporter.status(&r.id, r.status, &r.version, &r.message);
         }
-        self.observe.metrics.backends(&health_series);
+        for (lb, backend, healthy) in &view.health {
+            reporter.health(lb, backend, *healthy);
+        }
+        self.observe.metrics.backends(&view.health);
         if let Ok(mut s) = self.observe.status.lock() {
-            *s = snapshot;
+            *s = view.snapshot;
         }
     }
 
@@ -510,7 +444,11 @@ impl Reconciler {
         match outcome {
             Ok(Outcome::Unchanged) | Ok(Outcome::Applied) => {
                 self.promote(&candidate, &files, reporter, &changed);
-                let version = short_hash(&serde_json::to_string(&self.good).unwrap_or_default());
+                let version = crate::state::short_hash(
+                    serde_json::to_string(&self.good)
+                        .unwrap_or_default()
+                        .as_bytes(),
+                );
                 self.observe
                     .metrics
                     .applied(&version, started.elapsed(), verify);
@@ -589,7 +527,7 @@ impl Reconciler {
         for id in changed {
             // The same per-load-balancer version the status reports.
             if let Some(doc) = candidate.get(id) {
-                let version = short_hash(&doc.to_string());
+                let version = crate::status::version_of(doc);
                 reporter.event(
                     id,
                     EventKind::ConfigApplied,

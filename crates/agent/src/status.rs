@@ -49,3 +49,250 @@ pub struct BackendStatus {
     /// Envoy's view: None when Envoy does not know the host (disabled, or not yet resolved).
     pub healthy: Option<bool>,
 }
+
+/// What one pass reports about a load balancer: its status, the version it
+/// serves, and why not the newest (`reporter.status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusReport {
+    /// Load-balancer id.
+    pub id: String,
+    /// `active`, `degraded` or `error`.
+    pub status: &'static str,
+    /// Version of the served document ("" when nothing is served).
+    pub version: String,
+    /// A sentence for humans.
+    pub message: String,
+}
+
+/// Everything a pass tells about the state of things, built without IO.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StatusView {
+    /// One report per load balancer that is served or has a problem.
+    pub reports: Vec<StatusReport>,
+    /// (load balancer, backend, healthy) for each enabled backend Envoy knows.
+    pub health: Vec<(String, String, bool)>,
+    /// The `/status` snapshot.
+    pub snapshot: AgentStatus,
+}
+
+/// What the status of the load balancers is, from the documents served
+/// (`good`), the newest fetched (`fetched`), why some are not served
+/// (`problems`), and Envoy's hosts (`None` when its admin did not answer).
+pub struct StatusInput<'a> {
+    /// The documents served, by id.
+    pub good: &'a BTreeMap<String, serde_json::Value>,
+    /// The newest documents fetched, by id.
+    pub fetched: &'a BTreeMap<String, serde_json::Value>,
+    /// Why a load balancer is not fully served, by id.
+    pub problems: &'a BTreeMap<String, String>,
+    /// Envoy's hosts, or `None` when its admin API did not answer.
+    pub hosts: Option<&'a [crate::envoy_admin::HostHealth]>,
+    /// Whether Envoy serves a config it confirmed.
+    pub serving_verified: bool,
+    /// How the pass ended, lowercase.
+    pub last_result: String,
+    /// Now, RFC 3339.
+    pub now: String,
+}
+
+/// Builds the reports and the snapshot a pass publishes. Pure.
+pub fn build(input: &StatusInput<'_>) -> StatusView {
+    let envoy_reachable = input.hosts.is_some();
+    let mut view = StatusView {
+        snapshot: AgentStatus {
+            envoy_reachable,
+            ready: envoy_reachable && input.serving_verified,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let ids: std::collections::BTreeSet<&String> =
+        input.good.keys().chain(input.problems.keys()).collect();
+    for id in ids {
+        let good = input.good.get(id);
+        let version = good.map(version_of).unwrap_or_default();
+        let problem = input.problems.get(id);
+        let (status, message) = match (good.is_some(), problem) {
+            (true, None) => ("active", "serving the desired configuration".to_owned()),
+            (true, Some(p)) => (
+                "degraded",
+                format!("serving the previous configuration: {p}"),
+            ),
+            (false, Some(p)) => ("error", format!("not serving: {p}")),
+            (false, None) => continue,
+        };
+        let backends = backends(id, good, input.hosts.unwrap_or_default());
+        for b in &backends {
+            if let Some(h) = b.healthy {
+                view.health.push((id.clone(), b.id.clone(), h));
+            }
+        }
+        view.snapshot.load_balancers.insert(
+            id.clone(),
+            LbStatus {
+                status: status.to_owned(),
+                desired_version: input
+                    .fetched
+                    .get(id)
+                    .map_or_else(|| version.clone(), version_of),
+                applied_version: version.clone(),
+                last_sync: input.now.clone(),
+                last_result: input.last_result.clone(),
+                last_error: problem.cloned(),
+                backends,
+            },
+        );
+        view.reports.push(StatusReport {
+            id: id.clone(),
+            status,
+            version,
+            message,
+        });
+    }
+    view
+}
+
+/// A document's version: the first 12 hex digits of the SHA-256 of its JSON.
+pub fn version_of(doc: &serde_json::Value) -> String {
+    crate::state::short_hash(doc.to_string().as_bytes())
+}
+
+/// The backends of a served document, each with Envoy's view of its health:
+/// a backend is matched to Envoy's hosts by cluster, port, and address (or
+/// the host name it was resolved from); healthy when any match is.
+fn backends(
+    id: &str,
+    good: Option<&serde_json::Value>,
+    hosts: &[crate::envoy_admin::HostHealth],
+) -> Vec<BackendStatus> {
+    let cluster = vpsie_lb_envoy::names::lb(id);
+    let mut out = Vec::new();
+    for b in good
+        .and_then(|d| d["backends"].as_array())
+        .into_iter()
+        .flatten()
+    {
+        let (Some(bid), Some(addr), Some(port)) =
+            (b["id"].as_str(), b["address"].as_str(), b["port"].as_u64())
+        else {
+            continue;
+        };
+        let enabled = b["enabled"].as_bool() != Some(false);
+        let addr_lc = addr.to_ascii_lowercase();
+        let mine: Vec<&crate::envoy_admin::HostHealth> = hosts
+            .iter()
+            .filter(|h| {
+                h.cluster == cluster
+                    && u64::from(h.port) == port
+                    && (h.address == addr_lc || h.hostname == addr_lc)
+            })
+            .collect();
+        out.push(BackendStatus {
+            id: bid.to_owned(),
+            address: addr.to_owned(),
+            port: u16::try_from(port).unwrap_or(0),
+            enabled,
+            healthy: (enabled && !mine.is_empty()).then(|| mine.iter().any(|h| h.healthy)),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envoy_admin::HostHealth;
+    use serde_json::json;
+
+    fn host(cluster: &str, address: &str, hostname: &str, healthy: bool) -> HostHealth {
+        HostHealth {
+            cluster: cluster.into(),
+            address: address.into(),
+            port: 80,
+            hostname: hostname.into(),
+            healthy,
+        }
+    }
+
+    fn doc(backends: serde_json::Value) -> serde_json::Value {
+        json!({"id": "web", "backends": backends})
+    }
+
+    fn build_with(
+        good: &[(&str, serde_json::Value)],
+        problems: &[(&str, &str)],
+        hosts: Option<&[HostHealth]>,
+    ) -> StatusView {
+        let good = good
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        let problems = problems
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        build(&StatusInput {
+            good: &good,
+            fetched: &BTreeMap::new(),
+            problems: &problems,
+            hosts,
+            serving_verified: true,
+            last_result: "applied".into(),
+            now: "2026-01-01T00:00:00Z".into(),
+        })
+    }
+
+    #[test]
+    fn active_degraded_and_error_follow_what_is_served_and_why_not() {
+        let v = build_with(
+            &[("a", doc(json!([]))), ("b", doc(json!([])))],
+            &[("b", "port taken"), ("c", "invalid")],
+            Some(&[]),
+        );
+        let got: Vec<(&str, &str)> = v
+            .reports
+            .iter()
+            .map(|r| (r.id.as_str(), r.status))
+            .collect();
+        assert_eq!(got, [("a", "active"), ("b", "degraded"), ("c", "error")]);
+        assert_eq!(v.reports[2].message, "not serving: invalid");
+        assert_eq!(v.reports[2].version, "");
+        assert!(v.snapshot.ready);
+    }
+
+    #[test]
+    fn backend_health_is_matched_by_cluster_port_and_address_or_name() {
+        let good = doc(json!([
+            {"id": "ip", "address": "10.0.0.1", "port": 80},
+            {"id": "name", "address": "App.Example.com", "port": 80},
+            {"id": "off", "address": "10.0.0.3", "port": 80, "enabled": false},
+            {"id": "unknown", "address": "10.0.0.4", "port": 80},
+        ]));
+        let hosts = [
+            host("lb_web", "10.0.0.1", "", false),
+            host("lb_web", "10.9.9.9", "app.example.com", false),
+            host("lb_web", "10.9.9.8", "app.example.com", true),
+            host("lb_web", "10.0.0.3", "", true),
+            host("lb_other", "10.0.0.4", "", true),
+        ];
+        let v = build_with(&[("web", good)], &[], Some(&hosts));
+        let health: Vec<(&str, bool)> = v.health.iter().map(|(_, b, h)| (b.as_str(), *h)).collect();
+        assert_eq!(health, [("ip", false), ("name", true)]);
+        let off = &v.snapshot.load_balancers["web"].backends[2];
+        assert_eq!((off.enabled, off.healthy), (false, None));
+    }
+
+    #[test]
+    fn envoy_unreachable_is_not_ready_and_knows_no_health() {
+        let v = build_with(
+            &[(
+                "web",
+                doc(json!([{"id": "ip", "address": "10.0.0.1", "port": 80}])),
+            )],
+            &[],
+            None,
+        );
+        assert!(!v.snapshot.ready && !v.snapshot.envoy_reachable);
+        assert!(v.health.is_empty());
+    }
+}
