@@ -494,7 +494,8 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(state) = &args.state_dir {
         // The same state `run` keeps, so `plan` and a later `run` see it.
-        crate::state::save(state, &docs_by_id(&args.doc.input)?, &layout, &next)
+        let record = crate::delivery::relative_files(&layout, &next).map_err(anyhow::Error::msg)?;
+        crate::state::save(state, &docs_by_id(&args.doc.input)?, &record)
             .with_context(|| format!("save last-known-good in {}", state.display()))?;
     }
     Ok(ExitCode::SUCCESS)

@@ -179,7 +179,7 @@ impl Jitter {
 
 /// Runs passes until told to stop. Returns after finishing the pass in flight.
 pub fn run(
-    reconciler: &mut Reconciler,
+    reconciler: &mut Reconciler<impl crate::delivery::Delivery>,
     source: &mut dyn Source,
     reporter: &mut dyn Reporter,
     signals: &Inbox,

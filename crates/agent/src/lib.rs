@@ -8,6 +8,7 @@ pub mod choose;
 pub mod commands;
 pub mod config;
 pub mod controller;
+pub mod delivery;
 pub mod diff;
 pub mod endpoints;
 pub mod envoy_admin;
@@ -18,6 +19,8 @@ pub mod metrics;
 pub mod notify;
 pub mod origin;
 pub mod pass;
+#[cfg(test)]
+mod pass_tests;
 pub mod plan;
 pub mod preflight;
 pub mod reconcile;

@@ -7,15 +7,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
-use vpsie_lb_envoy::{
-    BootstrapOptions, Delivery, TranslateOptions, XdsLayout, render_files, translate,
-};
 use vpsie_lb_model::{Config, Problem, ValidateOptions, validate};
 
-use crate::apply::{Applier, Outcome};
+use crate::apply::Outcome;
+use crate::delivery::{ChangeKind, Delivery};
 pub use crate::pass::{PassResult, PhaseTimes, ReconcileError};
-use crate::plan::{FileSet, file_set, plan, read_file_set};
-use crate::preflight::{self, PreflightError};
+use crate::preflight::PreflightError;
 use crate::report::{EventKind, Reporter};
 use crate::source::{FetchError, Fetched, Source};
 use crate::status::AgentStatus;
@@ -57,29 +54,17 @@ fn fetch_error(fetched: &Fetched) -> Option<ReconcileError> {
 
 /// Static inputs of the reconciler.
 pub struct Settings {
-    /// Where Envoy's dynamic files live.
-    pub layout: XdsLayout,
-    /// How resources are translated.
-    pub translate: TranslateOptions,
-    /// The Envoy binary for the pre-flight.
-    pub envoy_bin: PathBuf,
-    /// Envoy's admin address.
-    pub admin: vpsie_lb_envoy::LocalAddress,
     /// Where last-known-good lives.
     pub state_dir: PathBuf,
     /// Validation rules from the agent's config: ports the agent itself
     /// uses, trusted backend networks.
     pub validate: ValidateOptions,
-    /// How long Envoy may take to confirm a step.
-    pub verify_timeout: Duration,
-    /// The host's inotify instance limit (`None`: unknown, not checked).
-    pub watch_limit: Option<usize>,
 }
 
 /// Runs passes and remembers what is known to be good.
-pub struct Reconciler {
+pub struct Reconciler<D: Delivery> {
     settings: Settings,
-    applier: Applier,
+    delivery: D,
     /// Last good raw document of each load balancer.
     good: BTreeMap<String, Value>,
     /// Whether `good` is known: false on a new machine, and when the saved
@@ -87,11 +72,11 @@ pub struct Reconciler {
     /// validated in full is applied, so a lost state never becomes "serve
     /// nothing".
     good_known: bool,
-    /// The files of `good`, while the last-known-good on disk lags behind
-    /// it (a save failed): retried every pass.
-    unsaved: Option<FileSet>,
-    /// Content of the last candidate Envoy refused, so it is not retried every pass.
-    refused: Option<FileSet>,
+    /// What Envoy was handed for `good`, while the last-known-good on disk
+    /// lags behind it (a save failed): retried every pass.
+    unsaved: Option<Vec<(PathBuf, String)>>,
+    /// The last candidate Envoy refused, so it is not handed over every pass.
+    refused: Option<D::Candidate>,
     /// The last document rejected per load balancer, so the same rejection is
     /// reported once, not on every pass.
     rejected_docs: BTreeMap<String, Value>,
@@ -113,7 +98,7 @@ pub struct Reconciler {
     state_error: Option<String>,
     /// The last candidate rendered and what it rendered to: most passes
     /// fetch what they fetched before, and rendering is the costly part.
-    last_render: Option<(BTreeMap<String, Value>, Config, FileSet)>,
+    last_render: Option<(BTreeMap<String, Value>, Config, D::Candidate)>,
 }
 
 /// Where a reconciler publishes what it sees.
@@ -125,11 +110,11 @@ pub struct Observe {
     pub status: std::sync::Arc<std::sync::Mutex<AgentStatus>>,
 }
 
-impl Reconciler {
+impl<D: Delivery> Reconciler<D> {
     /// A reconciler that starts from the last-known-good in `settings.state_dir`.
     /// A state that exists but cannot be read is logged loudly here, and
     /// [`Reconciler::restore_last_known_good`] then refuses to touch Envoy.
-    pub fn new(settings: Settings, applier: Applier, observe: Observe) -> Self {
+    pub fn new(settings: Settings, delivery: D, observe: Observe) -> Self {
         let (good, good_known, state_error) = match crate::state::load(&settings.state_dir) {
             Ok(Some(docs)) => (docs, true, None),
             Ok(None) => (BTreeMap::new(), false, None),
@@ -140,7 +125,7 @@ impl Reconciler {
         }
         Self {
             settings,
-            applier,
+            delivery,
             good,
             good_known,
             unsaved: None,
@@ -174,7 +159,7 @@ impl Reconciler {
         let (_, files) = self
             .render(&self.good.clone())
             .map_err(|e| format!("render last-known-good: {e}"))?;
-        match self.applier.apply(&files) {
+        match self.delivery.apply(&files) {
             Ok(Outcome::Unchanged) => {
                 self.serving_verified = true;
                 Ok(PassResult::Unchanged)
@@ -190,16 +175,18 @@ impl Reconciler {
         }
     }
 
-    /// Validates `docs` together and renders their files; the validated
-    /// config comes back too, for the pre-flight.
-    fn render(&self, docs: &BTreeMap<String, Value>) -> Result<(Config, FileSet), String> {
+    /// The delivery this reconciler hands changes to.
+    pub fn delivery(&self) -> &D {
+        &self.delivery
+    }
+
+    /// Validates `docs` together and prepares what the delivery hands
+    /// Envoy; the validated config comes back too, for the pre-flight.
+    fn render(&self, docs: &BTreeMap<String, Value>) -> Result<(Config, D::Candidate), String> {
         let doc = Value::Array(docs.values().cloned().collect());
         let validated = validate(&doc, &self.validate_options()).map_err(|r| r.to_string())?;
-        let resources = translate(&validated.config, &self.settings.translate);
-        let files = render_files(&resources, &self.settings.layout)
-            .map(file_set)
-            .map_err(|e| e.to_string())?;
-        Ok((validated.config, files))
+        let candidate = self.delivery.prepare(&validated.config)?;
+        Ok((validated.config, candidate))
     }
 
     fn validate_options(&self) -> ValidateOptions {
@@ -264,7 +251,7 @@ impl Reconciler {
     /// Status per load balancer and backend health as Envoy sees it: to the
     /// reporter, the metrics and the `/status` snapshot.
     fn report_state(&self, reporter: &mut dyn Reporter, result: PassResult) {
-        let hosts = self.applier.admin().host_health().ok();
+        let hosts = self.delivery.host_health();
         self.observe.metrics.envoy_reachable(hosts.is_some());
         let view = crate::status::build(&crate::status::StatusInput {
             good: &self.good,
@@ -324,39 +311,18 @@ impl Reconciler {
             // choose() resolved every conflict, so this is a bug; keep serving.
             Err(e) => return (PassResult::Error, Some(ReconcileError::Render(e))),
         };
-        let current = match read_file_set(&self.settings.layout) {
-            Ok(c) => c,
-            Err(e) => {
-                return (
-                    PassResult::Error,
-                    Some(ReconcileError::ReadFiles(e.to_string())),
-                );
-            }
+        let diff = match self.delivery.diff(&files) {
+            Ok(d) => d,
+            Err(e) => return (PassResult::Error, Some(e)),
         };
-        if !self.good_known && (fetch_failed || rejected) && !self.serves_nothing(&current) {
+        if !self.good_known && (fetch_failed || rejected) && !diff.envoy_serves_nothing {
             // The saved state was lost: what failed to fetch or validate has
             // no good version to fall back on, and leaving it out would take
             // it off Envoy. Keep Envoy as it is until a complete config comes.
             return (PassResult::Error, Some(ReconcileError::StateUnknown));
         }
-        let steps = plan(&self.settings.layout, &current, &files).ok();
-        let unchanged = steps.as_ref().is_some_and(|p| p.is_empty());
-        // Backends added, removed or reweighted, and nothing else: only
-        // endpoint files change.
-        let endpoints_only = steps.as_ref().is_some_and(|p| {
-            p.clusters_before.is_none()
-                && p.listeners.is_none()
-                && p.clusters_after.is_none()
-                && p.prune.is_empty()
-                && p.dependencies.iter().all(|f| {
-                    matches!(
-                        self.settings.layout.kind_of(&f.path),
-                        Some(vpsie_lb_envoy::FileKind::Endpoints(_))
-                    )
-                })
-        });
         self.times.plan = clock.elapsed();
-        if unchanged {
+        if diff.kind == ChangeKind::None {
             self.promote(&candidate, &files, reporter, &[]);
             let result = if rejected {
                 PassResult::Rejected
@@ -387,33 +353,10 @@ impl Reconciler {
         // is confirmed (or rolled back) by apply. Spawning `envoy --mode
         // validate` for it cost ~50 ms of CPU per change, which the data
         // plane felt under frequent backend churn on a 2-core VM.
-        if endpoints_only {
+        if diff.kind == ChangeKind::EndpointsOnly {
             checked.load_balancers.clear();
         }
-        let boot = BootstrapOptions {
-            admin: self.settings.admin.clone(),
-            ..Default::default()
-        };
-        let verdict = preflight::check_files_watch_budget(
-            &files,
-            &self.settings.layout,
-            self.settings.watch_limit,
-        )
-        .and_then(|()| {
-            if checked.load_balancers.is_empty() {
-                // Only removals, or only endpoints: nothing new for Envoy to judge.
-                return Ok(());
-            }
-            let static_resources = translate(
-                &checked,
-                &TranslateOptions {
-                    delivery: Delivery::Static,
-                    ..self.settings.translate.clone()
-                },
-            );
-            preflight::validate(&self.settings.envoy_bin, &static_resources, &boot)
-        });
-        match verdict {
+        match self.delivery.check(&files, &checked) {
             Ok(()) => {}
             Err(PreflightError::Rejected(reason)) => {
                 for id in &changed {
@@ -437,8 +380,8 @@ impl Reconciler {
         self.times.preflight = clock.elapsed();
 
         let started = std::time::Instant::now();
-        let outcome = self.applier.apply_over(&current, &files);
-        let verify = self.applier.take_verify_time();
+        let outcome = self.delivery.apply(&files);
+        let verify = self.delivery.take_verify_time();
         self.times.verify = verify;
         self.times.write = started.elapsed().saturating_sub(verify);
         match outcome {
@@ -485,13 +428,6 @@ impl Reconciler {
         }
     }
 
-    /// Whether Envoy's current files are those of no load balancer at all.
-    fn serves_nothing(&self, current: &FileSet) -> bool {
-        self.render(&BTreeMap::new()).is_ok_and(|(_, empty)| {
-            plan(&self.settings.layout, current, &empty).is_ok_and(|p| p.is_empty())
-        })
-    }
-
     fn changed_ids(&self, candidate: &BTreeMap<String, Value>) -> Vec<String> {
         let mut ids: Vec<String> = candidate
             .iter()
@@ -511,7 +447,7 @@ impl Reconciler {
     fn promote(
         &mut self,
         candidate: &BTreeMap<String, Value>,
-        files: &FileSet,
+        files: &D::Candidate,
         reporter: &mut dyn Reporter,
         changed: &[String],
     ) {
@@ -522,7 +458,10 @@ impl Reconciler {
         self.good_known = true;
         self.state_error = None;
         self.refused = None;
-        self.unsaved = Some(files.clone());
+        match self.delivery.record(files) {
+            Ok(record) => self.unsaved = Some(record),
+            Err(e) => reporter.error("save last-known-good", &e),
+        }
         self.save_state(reporter);
         for id in changed {
             // The same per-load-balancer version the status reports.
@@ -545,12 +484,7 @@ impl Reconciler {
         let Some(files) = self.unsaved.take() else {
             return;
         };
-        let saved = crate::state::save(
-            &self.settings.state_dir,
-            &self.good,
-            &self.settings.layout,
-            &files,
-        );
+        let saved = crate::state::save(&self.settings.state_dir, &self.good, &files);
         if let Err(e) = saved {
             reporter.error(
                 "save last-known-good",

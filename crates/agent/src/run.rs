@@ -16,6 +16,7 @@ use crate::apply::Applier;
 use crate::config::read_api_key;
 use crate::config::{Config, SourceKind};
 use crate::controller;
+use crate::delivery::FilesDelivery;
 use crate::envoy_admin::EnvoyAdmin;
 use crate::fsutil;
 use crate::reconcile::{Reconciler, Settings};
@@ -122,6 +123,9 @@ fn prepare_admin_socket(sock: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// How long Envoy may take to confirm one step of a change.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let cfg = match Config::load(config_path) {
@@ -198,15 +202,6 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     };
 
     let settings = Settings {
-        layout: layout.clone(),
-        translate: TranslateOptions {
-            listen_address: cfg.envoy.listen_address,
-            access_log_path: cfg.envoy.access_log.clone(),
-            access_log_sample_percent: cfg.envoy.access_log_sample_percent,
-            ..TranslateOptions::new(Delivery::Files(layout.clone()))
-        },
-        envoy_bin: cfg.envoy.binary_path.clone(),
-        admin: cfg.envoy.admin_address.clone(),
         state_dir: cfg.state_dir.clone(),
         validate: ValidateOptions {
             strict: false,
@@ -217,14 +212,23 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             ),
             allowed_backend_networks: cfg.allowed_backend_networks.clone(),
         },
-        verify_timeout: Duration::from_secs(10),
-        watch_limit: crate::preflight::watch_limit(),
     };
-    let applier = Applier::new(layout, admin, settings.verify_timeout);
+    let delivery = FilesDelivery::new(
+        TranslateOptions {
+            listen_address: cfg.envoy.listen_address,
+            access_log_path: cfg.envoy.access_log.clone(),
+            access_log_sample_percent: cfg.envoy.access_log_sample_percent,
+            ..TranslateOptions::new(Delivery::Files(layout.clone()))
+        },
+        Applier::new(layout, admin, VERIFY_TIMEOUT),
+        cfg.envoy.binary_path.clone(),
+        crate::preflight::watch_limit(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let status = std::sync::Arc::new(std::sync::Mutex::new(crate::status::AgentStatus::default()));
     let mut reconciler = Reconciler::new(
         settings,
-        applier,
+        delivery,
         crate::reconcile::Observe {
             metrics: reconcile_metrics,
             status: status.clone(),

@@ -17,10 +17,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use vpsie_lb_envoy::XdsLayout;
 
 use crate::fsutil;
-use crate::plan::FileSet;
 
 /// The documents Envoy confirmed, by load-balancer id.
 pub type Docs = BTreeMap<String, Value>;
@@ -75,10 +73,10 @@ pub fn load(state_dir: &Path) -> Result<Option<Docs>, StateError> {
         .map_err(|e| fail(format!("{} is corrupt: {e}", desired.display())))
 }
 
-/// Saves `docs` and the `files` they rendered to (under `layout`) as the
-/// new last-known-good, atomically. Saving what is already saved does no IO
-/// beyond reading the link.
-pub fn save(state_dir: &Path, docs: &Docs, layout: &XdsLayout, files: &FileSet) -> io::Result<()> {
+/// Saves `docs` and what Envoy was handed for them (`files`, relative
+/// paths and contents, from the delivery) as the new last-known-good,
+/// atomically. Saving what is already saved does no IO beyond reading the link.
+pub fn save(state_dir: &Path, docs: &Docs, files: &[(PathBuf, String)]) -> io::Result<()> {
     let json = serde_json::to_vec_pretty(docs).map_err(io::Error::other)?;
     let name = format!(".lkg-{}", short_hash(&json));
     let link = state_dir.join(LINK);
@@ -90,17 +88,20 @@ pub fn save(state_dir: &Path, docs: &Docs, layout: &XdsLayout, files: &FileSet) 
     fsutil::ensure_dir(state_dir)?;
     let staging = state_dir.join(format!("{name}.tmp"));
     remove_dir_if_present(&staging)?;
-    for f in files.values() {
-        let rel = f.path.strip_prefix(layout.root()).map_err(|_| {
-            io::Error::other(format!(
-                "{} is outside {}",
-                f.path.display(),
-                layout.root().display()
-            ))
-        })?;
+    for (rel, contents) in files {
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(io::Error::other(format!(
+                "{} is not a path inside the state",
+                rel.display()
+            )));
+        }
         let dest = staging.join(rel);
         fsutil::ensure_dir(dest.parent().unwrap_or(&staging))?;
-        fsutil::write_atomic(&dest, f.contents.as_bytes(), 0o644)?;
+        fsutil::write_atomic(&dest, contents.as_bytes(), 0o644)?;
     }
     fsutil::ensure_dir(&staging)?;
     fsutil::write_atomic(&staging.join(DESIRED), &json, 0o600)?;
@@ -173,20 +174,9 @@ pub fn files_dir(state_dir: &Path) -> PathBuf {
 mod tests {
     use super::*;
     use serde_json::json;
-    use vpsie_lb_envoy::RenderedFile;
 
-    fn files(layout: &XdsLayout, lds: &str) -> FileSet {
-        let path = layout.lds_file();
-        [(
-            path.clone(),
-            RenderedFile {
-                path,
-                contents: lds.to_owned(),
-                version: "v".into(),
-            },
-        )]
-        .into_iter()
-        .collect()
+    fn files(lds: &str) -> Vec<(PathBuf, String)> {
+        vec![(PathBuf::from("lds/lds.json"), lds.to_owned())]
     }
 
     fn docs(port: u16) -> Docs {
@@ -198,10 +188,9 @@ mod tests {
     #[test]
     fn save_then_load_gives_the_documents_and_keeps_the_files_beside_them() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let layout = XdsLayout::new("/envoy");
         assert!(load(dir.path()).expect("empty state").is_none());
-        save(dir.path(), &docs(80), &layout, &files(&layout, "one")).expect("save");
-        save(dir.path(), &docs(81), &layout, &files(&layout, "two")).expect("save");
+        save(dir.path(), &docs(80), &files("one")).expect("save");
+        save(dir.path(), &docs(81), &files("two")).expect("save");
         assert_eq!(load(dir.path()).expect("load"), Some(docs(81)));
         let lds = files_dir(dir.path()).join("lds/lds.json");
         assert_eq!(std::fs::read_to_string(lds).expect("lds"), "two");
@@ -216,8 +205,7 @@ mod tests {
     #[test]
     fn regression_a_lost_desired_json_turned_into_serve_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let layout = XdsLayout::new("/envoy");
-        save(dir.path(), &docs(80), &layout, &files(&layout, "one")).expect("save");
+        save(dir.path(), &docs(80), &files("one")).expect("save");
         std::fs::remove_file(files_dir(dir.path()).join(DESIRED)).expect("remove");
         let err = load(dir.path()).expect_err("documents gone");
         assert!(err.to_string().contains("desired.json"), "{err}");
@@ -235,7 +223,6 @@ mod tests {
     #[test]
     fn the_legacy_layout_is_read_and_replaced_on_the_next_save() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let layout = XdsLayout::new("/envoy");
         std::fs::create_dir_all(dir.path().join("last-known-good/lds")).expect("legacy");
         std::fs::write(
             dir.path().join(LEGACY_DESIRED),
@@ -243,7 +230,7 @@ mod tests {
         )
         .expect("legacy docs");
         assert_eq!(load(dir.path()).expect("legacy"), Some(docs(80)));
-        save(dir.path(), &docs(81), &layout, &files(&layout, "new")).expect("save");
+        save(dir.path(), &docs(81), &files("new")).expect("save");
         assert_eq!(load(dir.path()).expect("new"), Some(docs(81)));
         assert!(!dir.path().join(LEGACY_DESIRED).exists());
         assert!(!dir.path().join(".lkg-legacy").exists());
@@ -252,20 +239,11 @@ mod tests {
     #[test]
     fn a_save_that_fails_halfway_leaves_the_previous_version_whole() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let layout = XdsLayout::new("/envoy");
-        save(dir.path(), &docs(80), &layout, &files(&layout, "one")).expect("save");
-        // A file outside the layout fails the save after the staging began.
-        let mut bad = files(&layout, "two");
-        let outside = PathBuf::from("/elsewhere/x.json");
-        bad.insert(
-            outside.clone(),
-            RenderedFile {
-                path: outside,
-                contents: "x".into(),
-                version: "v".into(),
-            },
-        );
-        assert!(save(dir.path(), &docs(81), &layout, &bad).is_err());
+        save(dir.path(), &docs(80), &files("one")).expect("save");
+        // A path outside the state fails the save after the staging began.
+        let mut bad = files("two");
+        bad.push((PathBuf::from("../elsewhere/x.json"), "x".into()));
+        assert!(save(dir.path(), &docs(81), &bad).is_err());
         assert_eq!(load(dir.path()).expect("load"), Some(docs(80)));
         let lds = files_dir(dir.path()).join("lds/lds.json");
         assert_eq!(std::fs::read_to_string(lds).expect("lds"), "one");

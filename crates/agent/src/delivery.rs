@@ -1,0 +1,206 @@
+//! The boundary between a reconcile pass and the way resources reach Envoy.
+//!
+//! The pass decides *what* Envoy should serve and *whether* to hand it over.
+//! A [`Delivery`] decides *how*: what a candidate looks like to Envoy, what
+//! changing to it involves, the checks only Envoy can make, handing it over
+//! with every step confirmed, and rolling back what Envoy refuses. The pass
+//! never sees a file path; [`FilesDelivery`] is today's file-based delivery,
+//! and a fake one lets a whole pass run in-process in the tests.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vpsie_lb_envoy::{
+    BootstrapOptions, Delivery as Translation, FileKind, TranslateOptions, XdsLayout, render_files,
+    translate,
+};
+use vpsie_lb_model::{Config, ValidateOptions, validate};
+
+use crate::apply::{Applier, ApplyError, Outcome};
+use crate::envoy_admin::HostHealth;
+use crate::pass::ReconcileError;
+use crate::plan::{FileSet, file_set, plan, read_file_set};
+use crate::preflight::{self, PreflightError};
+
+/// What changing from what Envoy has to a candidate involves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Envoy already has exactly this.
+    None,
+    /// Only endpoints change: backends added, removed or reweighted.
+    EndpointsOnly,
+    /// Listeners, clusters or secrets change.
+    Other,
+}
+
+/// What a delivery found when comparing a candidate with Envoy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Diff {
+    /// What changing involves.
+    pub kind: ChangeKind,
+    /// Whether Envoy serves no load balancer at all now (so nothing can be
+    /// lost by applying even an incomplete candidate).
+    pub envoy_serves_nothing: bool,
+}
+
+/// How resources reach Envoy.
+pub trait Delivery {
+    /// What this delivery hands Envoy for one config. Comparable, so a
+    /// candidate Envoy refused is not handed to it again.
+    type Candidate: Clone + PartialEq;
+
+    /// Turns a validated config into a candidate. Fails only on a bug.
+    fn prepare(&self, config: &Config) -> Result<Self::Candidate, String>;
+
+    /// Compares `next` with what Envoy has.
+    fn diff(&mut self, next: &Self::Candidate) -> Result<Diff, ReconcileError>;
+
+    /// The checks only Envoy and the host can make: host limits for `next`,
+    /// and Envoy's verdict on `changed` (the load balancers that changed).
+    fn check(&self, next: &Self::Candidate, changed: &Config) -> Result<(), PreflightError>;
+
+    /// Hands `next` to Envoy, confirming every step; what Envoy refuses is
+    /// rolled back and confirmed before this returns.
+    fn apply(&mut self, next: &Self::Candidate) -> Result<Outcome, ApplyError>;
+
+    /// Time spent waiting for Envoy's confirmations since the last call.
+    fn take_verify_time(&self) -> Duration;
+
+    /// What last-known-good keeps of `candidate`: relative paths and contents.
+    fn record(&self, candidate: &Self::Candidate) -> Result<Vec<(PathBuf, String)>, String>;
+
+    /// Envoy's hosts and their health; `None` when Envoy does not answer.
+    fn host_health(&self) -> Option<Vec<HostHealth>>;
+}
+
+/// A config with no load balancer: what "serve nothing" renders to.
+fn empty_config() -> Config {
+    validate(&serde_json::json!([]), &ValidateOptions::default())
+        .map(|v| v.config)
+        .unwrap_or_else(|_| unreachable!("an empty document is valid"))
+}
+
+/// The delivery of files Envoy watches (`path_config_source`).
+pub struct FilesDelivery {
+    layout: XdsLayout,
+    translate: TranslateOptions,
+    applier: Applier,
+    envoy_bin: PathBuf,
+    /// The host's inotify instance limit (`None`: unknown, not checked).
+    watch_limit: Option<usize>,
+    /// Envoy's files as [`Delivery::diff`] read them, for the apply that follows.
+    current: Option<FileSet>,
+}
+
+impl FilesDelivery {
+    /// Files under `translate`'s layout, applied through `applier`,
+    /// pre-flighted with `envoy_bin`.
+    pub fn new(
+        translate: TranslateOptions,
+        applier: Applier,
+        envoy_bin: PathBuf,
+        watch_limit: Option<usize>,
+    ) -> Result<Self, String> {
+        let Translation::Files(layout) = &translate.delivery else {
+            return Err("the files delivery needs a files layout".into());
+        };
+        Ok(Self {
+            layout: layout.clone(),
+            translate,
+            applier,
+            envoy_bin,
+            watch_limit,
+            current: None,
+        })
+    }
+}
+
+/// The files of `set` relative to `layout`'s root, as last-known-good keeps them.
+pub fn relative_files(layout: &XdsLayout, set: &FileSet) -> Result<Vec<(PathBuf, String)>, String> {
+    set.values()
+        .map(|f| {
+            let rel = f.path.strip_prefix(layout.root()).map_err(|_| {
+                format!(
+                    "{} is outside {}",
+                    f.path.display(),
+                    layout.root().display()
+                )
+            })?;
+            Ok((rel.to_path_buf(), f.contents.clone()))
+        })
+        .collect()
+}
+
+impl Delivery for FilesDelivery {
+    type Candidate = FileSet;
+
+    fn prepare(&self, config: &Config) -> Result<FileSet, String> {
+        render_files(&translate(config, &self.translate), &self.layout)
+            .map(file_set)
+            .map_err(|e| e.to_string())
+    }
+
+    fn diff(&mut self, next: &FileSet) -> Result<Diff, ReconcileError> {
+        let current =
+            read_file_set(&self.layout).map_err(|e| ReconcileError::ReadFiles(e.to_string()))?;
+        let empty = self
+            .prepare(&empty_config())
+            .map_err(ReconcileError::Render)?;
+        let envoy_serves_nothing = plan(&self.layout, &current, &empty).is_ok_and(|p| p.is_empty());
+        let kind = match plan(&self.layout, &current, next) {
+            Ok(p) if p.is_empty() => ChangeKind::None,
+            Ok(p)
+                if p.clusters_before.is_none()
+                    && p.listeners.is_none()
+                    && p.clusters_after.is_none()
+                    && p.prune.is_empty()
+                    && p.dependencies.iter().all(|f| {
+                        matches!(self.layout.kind_of(&f.path), Some(FileKind::Endpoints(_)))
+                    }) =>
+            {
+                ChangeKind::EndpointsOnly
+            }
+            _ => ChangeKind::Other,
+        };
+        self.current = Some(current);
+        Ok(Diff {
+            kind,
+            envoy_serves_nothing,
+        })
+    }
+
+    fn check(&self, next: &FileSet, changed: &Config) -> Result<(), PreflightError> {
+        preflight::check_files_watch_budget(next, &self.layout, self.watch_limit)?;
+        if changed.load_balancers.is_empty() {
+            // Only removals, or only endpoints: nothing new for Envoy to judge.
+            return Ok(());
+        }
+        let resources = translate(
+            changed,
+            &TranslateOptions {
+                delivery: Translation::Static,
+                ..self.translate.clone()
+            },
+        );
+        preflight::validate(&self.envoy_bin, &resources, &BootstrapOptions::default())
+    }
+
+    fn apply(&mut self, next: &FileSet) -> Result<Outcome, ApplyError> {
+        match self.current.take() {
+            Some(current) => self.applier.apply_over(&current, next),
+            None => self.applier.apply(next),
+        }
+    }
+
+    fn take_verify_time(&self) -> Duration {
+        self.applier.take_verify_time()
+    }
+
+    fn record(&self, candidate: &FileSet) -> Result<Vec<(PathBuf, String)>, String> {
+        relative_files(&self.layout, candidate)
+    }
+
+    fn host_health(&self) -> Option<Vec<HostHealth>> {
+        self.applier.admin().host_health().ok()
+    }
+}
