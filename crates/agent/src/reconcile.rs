@@ -280,6 +280,64 @@ impl<D: Delivery> Reconciler<D> {
         reporter: &mut dyn Reporter,
     ) -> (PassResult, Option<ReconcileError>) {
         self.save_state(reporter);
+        let (candidate, rejected, fetch_error) = self.fetch_and_choose(source, reporter);
+        let clock = std::time::Instant::now();
+        let prepared = self.prepare(&candidate);
+        self.times.translate = clock.elapsed();
+        let clock = std::time::Instant::now();
+        let (config, files) = match prepared {
+            Ok(built) => built,
+            // choose() resolved every conflict, so this is a bug; keep serving.
+            Err(e) => return (PassResult::Error, Some(ReconcileError::Render(e))),
+        };
+        let diff = match self.delivery.diff(&files) {
+            Ok(d) => d,
+            Err(e) => return (PassResult::Error, Some(e)),
+        };
+        let incomplete = fetch_error.is_some() || rejected;
+        if !self.good_known && incomplete && !diff.envoy_serves_nothing {
+            // The saved state was lost: what failed to fetch or validate has
+            // no good version to fall back on, and leaving it out would take
+            // it off Envoy. Keep Envoy as it is until a complete config comes.
+            return (PassResult::Error, Some(ReconcileError::StateUnknown));
+        }
+        self.times.plan = clock.elapsed();
+        let served = if rejected {
+            PassResult::Rejected
+        } else {
+            PassResult::Unchanged
+        };
+        if diff.kind == ChangeKind::None {
+            self.promote(&candidate, &files, reporter, &[]);
+            return (served, fetch_error);
+        }
+        if self.refused.as_ref() == Some(&files) {
+            // Same content Envoy already refused: do not hammer it every pass.
+            return (PassResult::RolledBack, fetch_error);
+        }
+        let changed = self.changed_ids(&candidate);
+        let clock = std::time::Instant::now();
+        if let Err(end) = self.check(&config, &files, &changed, diff.kind, reporter) {
+            return match end {
+                Some(e) => (PassResult::Error, Some(e)),
+                None => (PassResult::Rejected, fetch_error),
+            };
+        }
+        self.times.preflight = clock.elapsed();
+        match self.hand_over(&candidate, files, &changed, reporter) {
+            Ok(PassResult::Applied) if rejected => (PassResult::Rejected, fetch_error),
+            Ok(result) => (result, fetch_error),
+            Err(e) => (PassResult::Error, Some(e)),
+        }
+    }
+
+    /// Fetches and chooses what to serve: the candidate documents, whether
+    /// any was refused, and what the fetch left behind.
+    fn fetch_and_choose(
+        &mut self,
+        source: &mut dyn Source,
+        reporter: &mut dyn Reporter,
+    ) -> (BTreeMap<String, Value>, bool, Option<ReconcileError>) {
         let clock = std::time::Instant::now();
         let fetched = source.fetch();
         self.times.fetch = clock.elapsed();
@@ -291,53 +349,36 @@ impl<D: Delivery> Reconciler<D> {
         );
         let clock = std::time::Instant::now();
         let (candidate, rejected) = self.choose(fetched, reporter);
-        let fetch_failed = fetch_error.is_some();
         self.times.validate = clock.elapsed();
+        (candidate, rejected, fetch_error)
+    }
 
-        let clock = std::time::Instant::now();
-        let rendered = match &self.last_render {
-            Some((docs, config, files)) if *docs == candidate => {
-                Ok((config.clone(), files.clone()))
-            }
-            _ => self.render(&candidate),
-        };
-        if let Ok((config, files)) = &rendered {
-            self.last_render = Some((candidate.clone(), config.clone(), files.clone()));
+    /// What the delivery hands Envoy for `candidate`, reusing the last
+    /// render when the documents are the same.
+    fn prepare(
+        &mut self,
+        candidate: &BTreeMap<String, Value>,
+    ) -> Result<(Config, D::Candidate), String> {
+        if let Some((docs, config, files)) = &self.last_render
+            && docs == candidate
+        {
+            return Ok((config.clone(), files.clone()));
         }
-        self.times.translate = clock.elapsed();
-        let clock = std::time::Instant::now();
-        let (config, files) = match rendered {
-            Ok(built) => built,
-            // choose() resolved every conflict, so this is a bug; keep serving.
-            Err(e) => return (PassResult::Error, Some(ReconcileError::Render(e))),
-        };
-        let diff = match self.delivery.diff(&files) {
-            Ok(d) => d,
-            Err(e) => return (PassResult::Error, Some(e)),
-        };
-        if !self.good_known && (fetch_failed || rejected) && !diff.envoy_serves_nothing {
-            // The saved state was lost: what failed to fetch or validate has
-            // no good version to fall back on, and leaving it out would take
-            // it off Envoy. Keep Envoy as it is until a complete config comes.
-            return (PassResult::Error, Some(ReconcileError::StateUnknown));
-        }
-        self.times.plan = clock.elapsed();
-        if diff.kind == ChangeKind::None {
-            self.promote(&candidate, &files, reporter, &[]);
-            let result = if rejected {
-                PassResult::Rejected
-            } else {
-                PassResult::Unchanged
-            };
-            return (result, fetch_error);
-        }
-        if self.refused.as_ref() == Some(&files) {
-            // Same content Envoy already refused: do not hammer it every pass.
-            return (PassResult::RolledBack, fetch_error);
-        }
+        let (config, files) = self.render(candidate)?;
+        self.last_render = Some((candidate.clone(), config.clone(), files.clone()));
+        Ok((config, files))
+    }
 
-        let clock = std::time::Instant::now();
-        let changed = self.changed_ids(&candidate);
+    /// The checks only Envoy and the host can make, on what changed. `Err(None)`:
+    /// refused (reported and parked); `Err(Some(e))`: the check could not run.
+    fn check(
+        &mut self,
+        config: &Config,
+        files: &D::Candidate,
+        changed: &[String],
+        kind: ChangeKind,
+        reporter: &mut dyn Reporter,
+    ) -> Result<(), Option<ReconcileError>> {
         // Envoy accepted every unchanged load balancer when it was applied,
         // and our validation already rules out conflicts between them, so
         // only the changed ones go through the pre-flight: one change among
@@ -349,44 +390,51 @@ impl<D: Delivery> Reconciler<D> {
             checked.load_balancers.retain(|lb| changed.contains(&lb.id));
         }
         // An endpoint-only change is addresses, ports and weights that our
-        // validation already checked, and Envoy's verdict on an endpoint file
-        // is confirmed (or rolled back) by apply. Spawning `envoy --mode
-        // validate` for it cost ~50 ms of CPU per change, which the data
-        // plane felt under frequent backend churn on a 2-core VM.
-        if diff.kind == ChangeKind::EndpointsOnly {
+        // validation already checked, and Envoy's verdict on it is confirmed
+        // (or rolled back) by apply. Spawning `envoy --mode validate` for it
+        // cost ~50 ms of CPU per change, which the data plane felt under
+        // frequent backend churn on a 2-core VM.
+        if kind == ChangeKind::EndpointsOnly {
             checked.load_balancers.clear();
         }
-        match self.delivery.check(&files, &checked) {
-            Ok(()) => {}
+        match self.delivery.check(files, &checked) {
+            Ok(()) => Ok(()),
             Err(PreflightError::Rejected(reason)) => {
-                for id in &changed {
-                    self.problems.insert(
-                        id.clone(),
-                        format!("envoy validate refused the change: {reason}"),
-                    );
+                let message = format!("envoy validate refused the change: {reason}");
+                for id in changed {
+                    self.problems.insert(id.clone(), message.clone());
                     reporter.event(
                         id,
                         EventKind::ConfigRejected,
-                        &format!("envoy validate refused the change: {reason}"),
+                        &message,
                         serde_json::json!({"problems": [reason]}),
                     );
                 }
-                self.refused = Some(files);
-                return (PassResult::Rejected, fetch_error);
+                self.refused = Some(files.clone());
+                Err(None)
             }
-            Err(e) => return (PassResult::Error, Some(ReconcileError::Preflight(e))),
+            Err(e) => Err(Some(ReconcileError::Preflight(e))),
         }
+    }
 
-        self.times.preflight = clock.elapsed();
-
+    /// Hands `files` to Envoy and acts on its verdict: promote what it
+    /// confirmed, park and report what it refused; anything else is an error
+    /// the next pass retries.
+    fn hand_over(
+        &mut self,
+        candidate: &BTreeMap<String, Value>,
+        files: D::Candidate,
+        changed: &[String],
+        reporter: &mut dyn Reporter,
+    ) -> Result<PassResult, ReconcileError> {
         let started = std::time::Instant::now();
         let outcome = self.delivery.apply(&files);
         let verify = self.delivery.take_verify_time();
         self.times.verify = verify;
         self.times.write = started.elapsed().saturating_sub(verify);
         match outcome {
-            Ok(Outcome::Unchanged) | Ok(Outcome::Applied) => {
-                self.promote(&candidate, &files, reporter, &changed);
+            Ok(Outcome::Unchanged | Outcome::Applied) => {
+                self.promote(candidate, &files, reporter, changed);
                 let version = crate::state::short_hash(
                     serde_json::to_string(&self.good)
                         .unwrap_or_default()
@@ -395,15 +443,10 @@ impl<D: Delivery> Reconciler<D> {
                 self.observe
                     .metrics
                     .applied(&version, started.elapsed(), verify);
-                let result = if rejected {
-                    PassResult::Rejected
-                } else {
-                    PassResult::Applied
-                };
-                (result, fetch_error)
+                Ok(PassResult::Applied)
             }
             Ok(Outcome::RolledBack(cause)) => {
-                for id in &changed {
+                for id in changed {
                     self.problems
                         .insert(id.clone(), format!("envoy refused the change: {cause}"));
                     reporter.event(
@@ -417,14 +460,11 @@ impl<D: Delivery> Reconciler<D> {
                 }
                 self.refused = Some(files);
                 self.observe.metrics.rolled_back();
-                (PassResult::RolledBack, fetch_error)
+                Ok(PassResult::RolledBack)
             }
-            Ok(Outcome::Interrupted(cause)) => {
-                // Not Envoy's verdict: the candidate is not parked, and the
-                // next pass tries it again after a backoff.
-                (PassResult::Error, Some(ReconcileError::Apply(cause)))
-            }
-            Err(e) => (PassResult::Error, Some(ReconcileError::Apply(e))),
+            // Not Envoy's verdict: the candidate is not parked, and the next
+            // pass tries it again after a backoff.
+            Ok(Outcome::Interrupted(cause)) | Err(cause) => Err(ReconcileError::Apply(cause)),
         }
     }
 
