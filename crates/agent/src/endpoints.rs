@@ -145,21 +145,39 @@ pub fn spawn(addr: &LocalAddress, endpoints: Endpoints) -> std::io::Result<Local
     }
 }
 
+/// The wait after the first failed accept; it doubles up to [`MAX_ACCEPT_BACKOFF`].
+const FIRST_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+
+/// One accept: the connection, or, after a failure, a wait (`sleep`) that
+/// doubles with every failure in a row and starts over after a success.
+/// EMFILE and friends do not clear by retrying at once: a loop that did
+/// would spin a core.
+fn accept_one<S>(
+    accept: &impl Fn() -> std::io::Result<S>,
+    backoff: &mut Duration,
+    sleep: impl Fn(Duration),
+) -> Option<S> {
+    match accept() {
+        Ok(s) => {
+            *backoff = FIRST_ACCEPT_BACKOFF;
+            Some(s)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "agent endpoints: accept failed");
+            sleep(*backoff);
+            *backoff = (*backoff * 2).min(MAX_ACCEPT_BACKOFF);
+            None
+        }
+    }
+}
+
 fn accept_loop<S: Conn>(accept: impl Fn() -> std::io::Result<S>, endpoints: &Endpoints) {
     let open = Arc::new(AtomicUsize::new(0));
-    let mut backoff = Duration::from_millis(10);
+    let mut backoff = FIRST_ACCEPT_BACKOFF;
     loop {
-        let stream = match accept() {
-            Ok(s) => s,
-            Err(e) => {
-                // EMFILE and friends do not clear by retrying at once.
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "agent endpoints: accept failed");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
-                continue;
-            }
+        let Some(stream) = accept_one(&accept, &mut backoff, std::thread::sleep) else {
+            continue;
         };
-        backoff = Duration::from_millis(10);
         if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             open.fetch_sub(1, Ordering::SeqCst);
             continue; // dropped: closed at once
@@ -301,6 +319,33 @@ mod tests {
         ] {
             assert_eq!(parse_head(bad), Err(HeadError::Malformed), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn accept_failures_back_off_instead_of_spinning() {
+        use std::cell::{Cell, RefCell};
+        let failing = Cell::new(true);
+        let accept = || {
+            if failing.get() {
+                Err(std::io::Error::from_raw_os_error(24)) // EMFILE
+            } else {
+                Ok(())
+            }
+        };
+        let waits = RefCell::new(Vec::new());
+        let sleep = |d: Duration| waits.borrow_mut().push(d.as_millis());
+        let mut backoff = FIRST_ACCEPT_BACKOFF;
+        for _ in 0..9 {
+            assert!(accept_one(&accept, &mut backoff, sleep).is_none());
+        }
+        assert_eq!(
+            *waits.borrow(),
+            [10, 20, 40, 80, 160, 320, 640, 1000, 1000],
+            "every failure waits, doubling to 1 s"
+        );
+        failing.set(false);
+        assert!(accept_one(&accept, &mut backoff, sleep).is_some());
+        assert_eq!(backoff, FIRST_ACCEPT_BACKOFF, "a success starts over");
     }
 
     #[test]
