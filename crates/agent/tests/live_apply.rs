@@ -49,6 +49,15 @@ fn apply_adds_refuses_rolls_back_and_removes() {
         std::fs::read(lab.out_dir().join("lds/lds.json")).expect("lds"),
         "last-known-good is what envoy confirmed"
     );
+    // The same state `run` keeps: the documents beside the files.
+    let saved = vpsie_lb_agent::state::load(&lab.dir.path().join("state"))
+        .expect("state")
+        .expect("saved");
+    assert_eq!(
+        saved.keys().collect::<Vec<_>>(),
+        ["one", "two"],
+        "apply --state-dir keeps the documents as run does"
+    );
 
     // The same document again does no IO at all.
     let attempts = envoy.stat("listener_manager.lds.update_attempt");
