@@ -12,6 +12,7 @@ mod listener;
 pub mod names;
 mod pb;
 mod render;
+mod resources;
 mod stats;
 mod tls;
 
@@ -30,6 +31,7 @@ pub use render::{
     RenderError, RenderedFile, file_from_json, prune_descriptor_set, render_files, to_json,
     to_yaml, write_json,
 };
+pub use resources::{Resource, ResourceSet, ResourceType, Step, make_before_break, resource_set};
 pub use stats::{STATS_NAME, STATS_PATHS};
 
 /// Default cap on concurrent downstream connections across all listeners.
