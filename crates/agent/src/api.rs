@@ -4,6 +4,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use serde_json::Value;
 
 /// Cap on any response body.
@@ -81,6 +86,63 @@ impl ApiError {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiLabels {
+    endpoint: &'static str,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: &'static str,
+}
+
+/// Metrics of calls to the VPSie API.
+#[derive(Clone, Debug)]
+pub struct ApiMetrics {
+    requests: Family<ApiLabels, Counter>,
+    latency: Family<EndpointLabels, Histogram>,
+}
+
+impl ApiMetrics {
+    /// Registers the API client's metrics.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(crate::metrics::seconds_histogram),
+        };
+        registry.register(
+            "api_requests",
+            "Calls to the VPSie API by endpoint and outcome",
+            m.requests.clone(),
+        );
+        registry.register(
+            "api_request_duration_seconds",
+            "Latency of calls to the VPSie API",
+            m.latency.clone(),
+        );
+        m
+    }
+
+    /// Records one call: `status` is None when no answer came.
+    pub fn observe(&self, endpoint: &'static str, status: Option<u16>, took: Duration) {
+        let class = match status {
+            None => "network_error",
+            Some(200..=299) => "2xx",
+            Some(300..=399) => "3xx",
+            Some(400..=499) => "4xx",
+            Some(500..=599) => "5xx",
+            Some(_) => "other",
+        };
+        self.requests
+            .get_or_create(&ApiLabels { endpoint, class })
+            .inc();
+        self.latency
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(took.as_secs_f64());
+    }
+}
+
 /// A client for one API base URL and key.
 pub struct ApiClient {
     base: String,
@@ -88,7 +150,7 @@ pub struct ApiClient {
     agent: ureq::Agent,
     /// Last ETag and body per load balancer, for If-None-Match.
     cache: std::sync::Mutex<HashMap<String, (String, Value)>>,
-    metrics: Option<crate::metrics::ApiMetrics>,
+    metrics: Option<ApiMetrics>,
 }
 
 impl std::fmt::Debug for ApiClient {
@@ -130,7 +192,7 @@ impl ApiClient {
     }
 
     /// Records every call in `metrics`.
-    pub fn with_metrics(mut self, metrics: crate::metrics::ApiMetrics) -> Self {
+    pub fn with_metrics(mut self, metrics: ApiMetrics) -> Self {
         self.metrics = Some(metrics);
         self
     }

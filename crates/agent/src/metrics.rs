@@ -1,5 +1,7 @@
-//! Prometheus metrics. Each component registers its own families into the
-//! registry it is handed (no global statics) and keeps cheap clones.
+//! Prometheus metrics: the reconcile loop's families, the build info, and
+//! the text encoding. Each component registers its own families into the
+//! registry it is handed (no global statics) and keeps cheap clones; the
+//! API client's live in `api.rs`.
 //!
 //! Label cardinality is bounded by configuration: `result` has 5 values,
 //! `endpoint` 4, `class` 6, and `lb_id`/`backend_id` pairs are the backends
@@ -35,22 +37,12 @@ struct BackendLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ApiLabels {
-    endpoint: &'static str,
-    class: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
     phase: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EndpointLabels {
-    endpoint: &'static str,
-}
-
-fn seconds_histogram() -> Histogram {
+/// A latency histogram from 1 ms to about 33 s, shared by the components.
+pub(crate) fn seconds_histogram() -> Histogram {
     // 1 ms to about 33 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
@@ -197,52 +189,6 @@ impl ReconcileMetrics {
     }
 }
 
-/// Metrics of calls to the VPSie API.
-#[derive(Clone, Debug)]
-pub struct ApiMetrics {
-    requests: Family<ApiLabels, Counter>,
-    latency: Family<EndpointLabels, Histogram>,
-}
-
-impl ApiMetrics {
-    /// Registers the API client's metrics.
-    pub fn register(registry: &mut Registry) -> Self {
-        let m = Self {
-            requests: Family::default(),
-            latency: Family::new_with_constructor(seconds_histogram),
-        };
-        registry.register(
-            "api_requests",
-            "Calls to the VPSie API by endpoint and outcome",
-            m.requests.clone(),
-        );
-        registry.register(
-            "api_request_duration_seconds",
-            "Latency of calls to the VPSie API",
-            m.latency.clone(),
-        );
-        m
-    }
-
-    /// Records one call: `status` is None when no answer came.
-    pub fn observe(&self, endpoint: &'static str, status: Option<u16>, took: Duration) {
-        let class = match status {
-            None => "network_error",
-            Some(200..=299) => "2xx",
-            Some(300..=399) => "3xx",
-            Some(400..=499) => "4xx",
-            Some(500..=599) => "5xx",
-            Some(_) => "other",
-        };
-        self.requests
-            .get_or_create(&ApiLabels { endpoint, class })
-            .inc();
-        self.latency
-            .get_or_create(&EndpointLabels { endpoint })
-            .observe(took.as_secs_f64());
-    }
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
@@ -299,7 +245,7 @@ mod tests {
     fn every_family_encodes() {
         let mut r = Registry::with_prefix("vpsie_lb");
         let rec = ReconcileMetrics::register(&mut r);
-        let api = ApiMetrics::register(&mut r);
+        let api = crate::api::ApiMetrics::register(&mut r);
         register_build_info(&mut r);
         rec.pass(PassResult::Applied);
         rec.applied("abc", Duration::from_millis(30), Duration::from_millis(20));

@@ -146,7 +146,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let mut registry = prometheus_client::registry::Registry::with_prefix("vpsie_lb");
     crate::metrics::register_build_info(&mut registry);
     let reconcile_metrics = crate::metrics::ReconcileMetrics::register(&mut registry);
-    let api_metrics = crate::metrics::ApiMetrics::register(&mut registry);
+    let api_metrics = crate::api::ApiMetrics::register(&mut registry);
     let (mut source, mut reporter): (Box<dyn Source>, Box<dyn Reporter>) = match &cfg.source {
         SourceKind::File(path) => (
             Box::new(FileSource::new(path.clone())),
