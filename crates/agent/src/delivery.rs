@@ -73,13 +73,6 @@ pub trait Delivery {
     fn host_health(&self) -> Option<Vec<HostHealth>>;
 }
 
-/// A config with no load balancer: what "serve nothing" renders to.
-fn empty_config() -> Config {
-    validate(&serde_json::json!([]), &ValidateOptions::default())
-        .map(|v| v.config)
-        .unwrap_or_else(|_| unreachable!("an empty document is valid"))
-}
-
 /// The delivery of files Envoy watches (`path_config_source`).
 pub struct FilesDelivery {
     layout: XdsLayout,
@@ -90,6 +83,9 @@ pub struct FilesDelivery {
     watch_limit: Option<usize>,
     /// Envoy's files as [`Delivery::diff`] read them, for the apply that follows.
     current: Option<FileSet>,
+    /// The files of no load balancer at all, rendered once: Envoy serves
+    /// nothing exactly when its files equal these.
+    empty: FileSet,
 }
 
 impl FilesDelivery {
@@ -104,14 +100,19 @@ impl FilesDelivery {
         let Translation::Files(layout) = &translate.delivery else {
             return Err("the files delivery needs a files layout".into());
         };
-        Ok(Self {
+        let mut delivery = Self {
             layout: layout.clone(),
             translate,
             applier,
             envoy_bin,
             watch_limit,
             current: None,
-        })
+            empty: FileSet::new(),
+        };
+        let nothing = validate(&serde_json::json!([]), &ValidateOptions::default())
+            .map_err(|e| e.to_string())?;
+        delivery.empty = delivery.prepare(&nothing.config)?;
+        Ok(delivery)
     }
 }
 
@@ -143,10 +144,8 @@ impl Delivery for FilesDelivery {
     fn diff(&mut self, next: &FileSet) -> Result<Diff, ReconcileError> {
         let current =
             read_file_set(&self.layout).map_err(|e| ReconcileError::ReadFiles(e.to_string()))?;
-        let empty = self
-            .prepare(&empty_config())
-            .map_err(ReconcileError::Render)?;
-        let envoy_serves_nothing = plan(&self.layout, &current, &empty).is_ok_and(|p| p.is_empty());
+        // A comparison of two small maps, not a plan: this runs every pass.
+        let envoy_serves_nothing = current == self.empty;
         let kind = match plan(&self.layout, &current, next) {
             Ok(p) if p.is_empty() => ChangeKind::None,
             Ok(p)

@@ -156,8 +156,11 @@ impl<D: Delivery> Reconciler<D> {
         if !self.good_known {
             return Ok(PassResult::Unchanged);
         }
+        // Through the render cache: the first pass usually fetches these same
+        // documents, and at 1,000 load balancers a render is the costly part.
+        let good = self.good.clone();
         let (_, files) = self
-            .render(&self.good.clone())
+            .prepare(&good)
             .map_err(|e| format!("render last-known-good: {e}"))?;
         match self.delivery.apply(&files) {
             Ok(Outcome::Unchanged) => {
@@ -184,13 +187,9 @@ impl<D: Delivery> Reconciler<D> {
     /// Envoy; the validated config comes back too, for the pre-flight.
     fn render(&self, docs: &BTreeMap<String, Value>) -> Result<(Config, D::Candidate), String> {
         let doc = Value::Array(docs.values().cloned().collect());
-        let validated = validate(&doc, &self.validate_options()).map_err(|r| r.to_string())?;
+        let validated = validate(&doc, &self.settings.validate).map_err(|r| r.to_string())?;
         let candidate = self.delivery.prepare(&validated.config)?;
         Ok((validated.config, candidate))
-    }
-
-    fn validate_options(&self) -> ValidateOptions {
-        self.settings.validate.clone()
     }
 
     /// One pass. Reports events, status and health through `reporter` and
@@ -557,7 +556,7 @@ impl<D: Delivery> Reconciler<D> {
                 self.fetched.insert(id.clone(), doc.clone());
             }
         }
-        let choice = crate::choose::choose(fetched.items, &self.good, &self.validate_options());
+        let choice = crate::choose::choose(fetched.items, &self.good, &self.settings.validate);
         for (id, msg) in &choice.unfetched {
             reporter.error(&format!("fetch {id}"), msg);
         }
