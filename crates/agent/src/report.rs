@@ -62,30 +62,36 @@ struct Changes {
     health: std::collections::HashMap<(String, String), bool>,
 }
 
-impl Changes {
-    fn status_changed(&self, lb: &str, value: &(String, String, String)) -> bool {
-        self.status.get(lb) != Some(value)
+impl LogReporter {
+    /// Logs the status if it changed; says whether it did.
+    fn log_status(&mut self, lb_id: &str, status: &str, version: &str, message: &str) -> bool {
+        let value = (status.to_owned(), version.to_owned(), message.to_owned());
+        if self.last.status.get(lb_id) == Some(&value) {
+            return false;
+        }
+        tracing::info!(lb_id, status, version, "{message}");
+        self.last.status.insert(lb_id.to_owned(), value);
+        true
     }
-    fn health_changed(&self, lb: &str, backend: &str, healthy: bool) -> bool {
-        self.health.get(&(lb.to_owned(), backend.to_owned())) != Some(&healthy)
+
+    /// Logs the backend's health if it changed; says whether it did.
+    fn log_health(&mut self, lb_id: &str, backend_id: &str, healthy: bool) -> bool {
+        let key = (lb_id.to_owned(), backend_id.to_owned());
+        if self.last.health.get(&key) == Some(&healthy) {
+            return false;
+        }
+        tracing::info!(lb_id, backend_id, healthy, "backend health");
+        self.last.health.insert(key, healthy);
+        true
     }
 }
 
 impl Reporter for LogReporter {
     fn status(&mut self, lb_id: &str, status: &str, version: &str, message: &str) {
-        let value = (status.to_owned(), version.to_owned(), message.to_owned());
-        if self.last.status_changed(lb_id, &value) {
-            tracing::info!(lb_id, status, version, "{message}");
-            self.last.status.insert(lb_id.to_owned(), value);
-        }
+        self.log_status(lb_id, status, version, message);
     }
     fn health(&mut self, lb_id: &str, backend_id: &str, healthy: bool) {
-        if self.last.health_changed(lb_id, backend_id, healthy) {
-            tracing::info!(lb_id, backend_id, healthy, "backend health");
-            self.last
-                .health
-                .insert((lb_id.to_owned(), backend_id.to_owned()), healthy);
-        }
+        self.log_health(lb_id, backend_id, healthy);
     }
     fn event(&mut self, lb_id: &str, kind: EventKind, message: &str, _metadata: Value) {
         match kind {
@@ -134,8 +140,6 @@ impl Batch {
 pub struct ApiReporter {
     log: LogReporter,
     batch: Batch,
-    /// What was last handed to the sender, so only changes go over.
-    forwarded: Changes,
     to_sender: std::sync::mpsc::Sender<Batch>,
 }
 
@@ -150,7 +154,6 @@ impl ApiReporter {
         Self {
             log: LogReporter::default(),
             batch: Batch::default(),
-            forwarded: Changes::default(),
             to_sender,
         }
     }
@@ -173,21 +176,16 @@ impl Reporter for ApiReporter {
     fn note(&mut self, message: &str) {
         self.log.note(message);
     }
+    // What changed is logged and forwarded; the log reporter tells which.
     fn status(&mut self, lb_id: &str, status: &str, version: &str, message: &str) {
-        self.log.status(lb_id, status, version, message);
-        let value = (status.to_owned(), version.to_owned(), message.to_owned());
-        if self.forwarded.status_changed(lb_id, &value) {
-            self.forwarded
-                .status
-                .insert(lb_id.to_owned(), value.clone());
+        if self.log.log_status(lb_id, status, version, message) {
+            let value = (status.to_owned(), version.to_owned(), message.to_owned());
             self.batch.status.insert(lb_id.to_owned(), value);
         }
     }
     fn health(&mut self, lb_id: &str, backend_id: &str, healthy: bool) {
-        self.log.health(lb_id, backend_id, healthy);
-        if self.forwarded.health_changed(lb_id, backend_id, healthy) {
+        if self.log.log_health(lb_id, backend_id, healthy) {
             let key = (lb_id.to_owned(), backend_id.to_owned());
-            self.forwarded.health.insert(key.clone(), healthy);
             self.batch.health.insert(key, healthy);
         }
     }
