@@ -12,7 +12,8 @@ use vpsie_lb_envoy::{
     XdsLayout, bootstrap, render_files, to_yaml, translate,
 };
 use vpsie_lb_model::{
-    FieldPath, IpNet, MAX_DOCUMENT_BYTES, Problem, ValidateOptions, Validated, validate_str,
+    FieldPath, IpNet, MAX_DOCUMENT_BYTES, Problem, ValidateOptions, Validated, parse_document,
+    validate,
 };
 
 use crate::apply::{Applier, Outcome};
@@ -128,19 +129,8 @@ fn parse_local(s: &str) -> Result<LocalAddress, String> {
 impl DocumentArgs {
     /// The metrics listener these flags ask for; `Err` names the flag.
     fn stats(&self) -> anyhow::Result<Option<SocketAddr>> {
-        let mut problems = Vec::new();
-        let stats = crate::config::stats_address(
-            &mut problems,
-            &self.admin_address,
-            self.stats_address.as_deref(),
-        );
-        match problems.first() {
-            Some(p) => bail!(
-                "--{}",
-                p.replacen("envoy.stats_address", "stats-address", 1)
-            ),
-            None => Ok(stats),
-        }
+        crate::config::stats_address(&self.admin_address, self.stats_address.as_deref())
+            .map_err(|e| anyhow::anyhow!("--stats-address: {e}"))
     }
 
     /// The validation options these flags ask for.
@@ -261,8 +251,16 @@ fn print_problems(kind: &str, problems: &[Problem]) {
     }
 }
 
+/// A document that passed validation, and its load balancers as given.
+struct Loaded {
+    /// The trusted model.
+    validated: Validated,
+    /// The documents by load-balancer id: the form the agent's state keeps.
+    docs: crate::state::Docs,
+}
+
 /// Reads and validates the document; `Err(code)` when it is invalid (problems already printed).
-fn load(doc: &DocumentArgs) -> anyhow::Result<Result<Validated, ExitCode>> {
+fn load(doc: &DocumentArgs) -> anyhow::Result<Result<Loaded, ExitCode>> {
     if !doc.admin_address.is_local() {
         bail!(
             "--admin-address {}: envoy admin must listen on a unix socket or a loopback address, its endpoints are unauthenticated",
@@ -278,11 +276,16 @@ fn load(doc: &DocumentArgs) -> anyhow::Result<Result<Validated, ExitCode>> {
             return Ok(Err(ExitCode::from(EXIT_INVALID)));
         }
     };
-    match validate_str(&text, &doc.validate_options()) {
-        Ok(v) => {
+    let checked = parse_document(&text)
+        .and_then(|value| validate(&value, &doc.validate_options()).map(|v| (v, value)));
+    match checked {
+        Ok((v, value)) => {
             print_problems("warning", &v.warnings);
             print_problems("warning", &key_permission_problems(&v));
-            Ok(Ok(v))
+            Ok(Ok(Loaded {
+                validated: v,
+                docs: docs_by_id(value),
+            }))
         }
         Err(rejected) => {
             print_problems("warning", &rejected.warnings);
@@ -348,7 +351,7 @@ fn translate_to_files(
 
 fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
     let validated = match load(&args.doc)? {
-        Ok(v) => v,
+        Ok(loaded) => loaded.validated,
         Err(code) => return Ok(code),
     };
     let (layout, files) = translate_to_files(&validated, &args.output)?;
@@ -419,7 +422,7 @@ fn run_preflight(
 
 fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let validated = match load(&args.doc)? {
-        Ok(v) => v,
+        Ok(loaded) => loaded.validated,
         Err(code) => return Ok(code),
     };
     let n = validated.config.load_balancers.len();
@@ -439,12 +442,12 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
 const EXIT_ROLLED_BACK: u8 = 3;
 
 fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
-    let validated = match load(&args.doc)? {
-        Ok(v) => v,
+    let loaded = match load(&args.doc)? {
+        Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
-    if let Some(code) = run_preflight(&validated, &args.preflight, &args.doc.bootstrap_options()?)?
-    {
+    let validated = &loaded.validated;
+    if let Some(code) = run_preflight(validated, &args.preflight, &args.doc.bootstrap_options()?)? {
         return Ok(code);
     }
     if !args.output.out.join("bootstrap.yaml").is_file() {
@@ -453,7 +456,7 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             args.output.out.display()
         );
     }
-    let (layout, files) = translate_to_files(&validated, &args.output)?;
+    let (layout, files) = translate_to_files(validated, &args.output)?;
     // `run` holds this lock for as long as it runs: two writers of one
     // directory would interleave their steps.
     let _lock = fsutil::lock_dir(layout.root())?;
@@ -495,7 +498,7 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     if let Some(state) = &args.state_dir {
         // The same state `run` keeps, so `plan` and a later `run` see it.
         let record = crate::delivery::relative_files(&layout, &next).map_err(anyhow::Error::msg)?;
-        crate::state::save(state, &docs_by_id(&args.doc.input)?, &record)
+        crate::state::save(state, &loaded.docs, &record)
             .with_context(|| format!("save last-known-good in {}", state.display()))?;
     }
     Ok(ExitCode::SUCCESS)
@@ -573,26 +576,24 @@ pub fn status_table(s: &crate::status::AgentStatus) -> String {
     out
 }
 
-/// The documents of a validated input file, by load-balancer id: the form
-/// the agent's state keeps them in.
-fn docs_by_id(input: &Path) -> anyhow::Result<crate::state::Docs> {
-    // load() validated the document, so it parses and every item has an id.
-    let text = std::fs::read_to_string(input)?;
-    let doc = vpsie_lb_model::parse_document(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+/// The load balancers of a validated document by id (validation made
+/// sure every item has a unique one).
+fn docs_by_id(doc: serde_json::Value) -> crate::state::Docs {
     let items = match doc {
         serde_json::Value::Array(items) => items,
         one => vec![one],
     };
-    Ok(items
+    items
         .into_iter()
         .filter_map(|v| Some((v["id"].as_str()?.to_owned(), v)))
-        .collect())
+        .collect()
 }
 
 fn plan_command(args: PlanArgs) -> anyhow::Result<ExitCode> {
-    if let Err(code) = load(&args.doc)? {
-        return Ok(code);
-    }
+    let desired = match load(&args.doc)? {
+        Ok(loaded) => loaded.docs,
+        Err(code) => return Ok(code),
+    };
     let applied = match crate::state::load(&args.state_dir)? {
         Some(docs) => docs,
         None => {
@@ -603,7 +604,6 @@ fn plan_command(args: PlanArgs) -> anyhow::Result<ExitCode> {
             Default::default()
         }
     };
-    let desired = docs_by_id(&args.doc.input)?;
     print!(
         "{}",
         crate::diff::render(&crate::diff::preview(

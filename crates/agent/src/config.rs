@@ -292,8 +292,11 @@ impl Config {
             vpsie_lb_envoy::default_admin_address(),
             "the admin api is unauthenticated",
         );
-        let stats_address =
-            stats_address(&mut problems, &admin_address, e.stats_address.as_deref());
+        let stats_address = stats_address(&admin_address, e.stats_address.as_deref())
+            .unwrap_or_else(|e| {
+                problems.push(format!("envoy.stats_address: {e}"));
+                None
+            });
         let listen_address = match e
             .listen_address
             .as_deref()
@@ -446,32 +449,19 @@ fn local_address(
 /// admin API is on a Unix socket, `off` to disable; with a TCP admin the
 /// admin itself serves the metrics.
 pub(crate) fn stats_address(
-    problems: &mut Vec<String>,
     admin: &LocalAddress,
     value: Option<&str>,
-) -> Option<SocketAddr> {
+) -> Result<Option<SocketAddr>, String> {
     match (admin, value) {
-        (_, Some("off" | "")) => None,
-        (LocalAddress::Tcp(_), None) => None,
-        (LocalAddress::Unix(_), None) => Some(vpsie_lb_envoy::default_stats_address()),
-        (LocalAddress::Tcp(_), Some(_)) => {
-            problems.push(
-                "envoy.stats_address: only with envoy.admin_address on a unix socket (a tcp admin serves the metrics itself)".into(),
-            );
-            None
-        }
+        (_, Some("off" | "")) | (LocalAddress::Tcp(_), None) => Ok(None),
+        (LocalAddress::Unix(_), None) => Ok(Some(vpsie_lb_envoy::default_stats_address())),
+        (LocalAddress::Tcp(_), Some(_)) => Err(
+            "only with the admin on a unix socket (a tcp admin serves the metrics itself)".into(),
+        ),
         (LocalAddress::Unix(_), Some(v)) => match v.parse::<SocketAddr>() {
-            Ok(a) if a.ip().is_loopback() => Some(a),
-            Ok(a) => {
-                problems.push(format!(
-                    "envoy.stats_address: {a} must be a loopback address"
-                ));
-                None
-            }
-            Err(e) => {
-                problems.push(format!("envoy.stats_address: {v:?}: {e}"));
-                None
-            }
+            Ok(a) if a.ip().is_loopback() => Ok(Some(a)),
+            Ok(a) => Err(format!("{a} must be a loopback address")),
+            Err(e) => Err(format!("{v:?}: {e}")),
         },
     }
 }
