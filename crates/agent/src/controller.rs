@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::backoff::Backoff;
 use crate::pass::{PassResult, ReconcileError};
 use crate::reconcile::Reconciler;
 use crate::report::Reporter;
@@ -103,30 +104,6 @@ pub const MIN_SYNC_GAP: Duration = Duration::from_millis(250);
 /// The longest Retry-After honoured: a silly header must not stop us for long.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
-/// Exponential backoff from [`FIRST_BACKOFF`] up to a ceiling.
-struct Backoff {
-    next: Duration,
-    ceiling: Duration,
-}
-
-impl Backoff {
-    fn new(ceiling: Duration) -> Self {
-        Self {
-            next: FIRST_BACKOFF.min(ceiling),
-            ceiling,
-        }
-    }
-    /// The wait for this failure; the one after it is twice as long.
-    fn step(&mut self) -> Duration {
-        let now = self.next;
-        self.next = (self.next * 2).min(self.ceiling);
-        now
-    }
-    fn reset(&mut self) {
-        self.next = FIRST_BACKOFF.min(self.ceiling);
-    }
-}
-
 /// How long to wait after a pass that ended with `error`. Every retry
 /// decision of the agent is made here, from the error's class:
 /// - no error: the poll interval (jittered);
@@ -187,7 +164,7 @@ pub fn run(
     mut on_pass: impl FnMut(PassResult),
 ) {
     let mut jitter = Jitter::new();
-    let mut backoff = Backoff::new(poll_interval);
+    let mut backoff = Backoff::new(FIRST_BACKOFF, poll_interval);
     loop {
         let started = Instant::now();
         let (result, error) = reconciler.pass(source, reporter);
@@ -225,7 +202,10 @@ mod tests {
 
     /// Waits after `errors` in turn, with a 30 s poll interval.
     fn waits(errors: Vec<Option<ReconcileError>>) -> Vec<Duration> {
-        let (mut backoff, mut jitter) = (Backoff::new(Duration::from_secs(30)), Jitter::new());
+        let (mut backoff, mut jitter) = (
+            Backoff::new(FIRST_BACKOFF, Duration::from_secs(30)),
+            Jitter::new(),
+        );
         errors
             .iter()
             .map(|e| {

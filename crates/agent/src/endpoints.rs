@@ -18,6 +18,7 @@ use prometheus_client::registry::Registry;
 
 use vpsie_lb_envoy::LocalAddress;
 
+use crate::backoff::Backoff;
 use crate::controller::Trigger;
 use crate::status::AgentStatus;
 
@@ -124,16 +125,9 @@ pub fn spawn(addr: &LocalAddress, endpoints: Endpoints) -> std::io::Result<Local
             Ok(bound)
         }
         LocalAddress::Unix(path) => {
-            if let Some(dir) = path.parent() {
-                crate::fsutil::ensure_dir(dir)?;
-            }
-            // A socket file left by an earlier run refuses the bind; a live
-            // agent on it holds the Envoy directory's lock, so this one
-            // would not have got this far.
-            match std::fs::remove_file(path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+            // A live agent on this socket holds the Envoy directory's lock,
+            // so this one would not have got this far: a file here is stale.
+            crate::fsutil::prepare_socket_path(path)?;
             let listener = UnixListener::bind(path)?;
             std::fs::set_permissions(
                 path,
@@ -154,18 +148,18 @@ const FIRST_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 /// would spin a core.
 fn accept_one<S>(
     accept: &impl Fn() -> std::io::Result<S>,
-    backoff: &mut Duration,
+    backoff: &mut Backoff,
     sleep: impl Fn(Duration),
 ) -> Option<S> {
     match accept() {
         Ok(s) => {
-            *backoff = FIRST_ACCEPT_BACKOFF;
+            backoff.reset();
             Some(s)
         }
         Err(e) => {
-            tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "agent endpoints: accept failed");
-            sleep(*backoff);
-            *backoff = (*backoff * 2).min(MAX_ACCEPT_BACKOFF);
+            let wait = backoff.step();
+            tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "agent endpoints: accept failed");
+            sleep(wait);
             None
         }
     }
@@ -173,7 +167,7 @@ fn accept_one<S>(
 
 fn accept_loop<S: Conn>(accept: impl Fn() -> std::io::Result<S>, endpoints: &Endpoints) {
     let open = Arc::new(AtomicUsize::new(0));
-    let mut backoff = FIRST_ACCEPT_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_ACCEPT_BACKOFF, MAX_ACCEPT_BACKOFF);
     loop {
         let Some(stream) = accept_one(&accept, &mut backoff, std::thread::sleep) else {
             continue;
@@ -334,7 +328,7 @@ mod tests {
         };
         let waits = RefCell::new(Vec::new());
         let sleep = |d: Duration| waits.borrow_mut().push(d.as_millis());
-        let mut backoff = FIRST_ACCEPT_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_ACCEPT_BACKOFF, MAX_ACCEPT_BACKOFF);
         for _ in 0..9 {
             assert!(accept_one(&accept, &mut backoff, sleep).is_none());
         }
@@ -345,7 +339,11 @@ mod tests {
         );
         failing.set(false);
         assert!(accept_one(&accept, &mut backoff, sleep).is_some());
-        assert_eq!(backoff, FIRST_ACCEPT_BACKOFF, "a success starts over");
+        assert_eq!(
+            backoff,
+            Backoff::new(FIRST_ACCEPT_BACKOFF, MAX_ACCEPT_BACKOFF),
+            "a success starts over"
+        );
     }
 
     #[test]

@@ -96,6 +96,22 @@ pub fn lock_dir(dir: &Path) -> io::Result<DirLock> {
     }
 }
 
+/// Makes room for a Unix socket at `path`: creates its directory, and
+/// removes a socket file a killed process left behind (a bind fails on it).
+/// Callers know no live process owns it.
+pub fn prepare_socket_path(path: &Path) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        ensure_dir(dir)?;
+    }
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io::Error::new(
+            e.kind(),
+            format!("remove stale {}: {e}", path.display()),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Creates `dir` and its parents with mode 0755.
 pub fn ensure_dir(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod backoff;
 pub mod choose;
 pub mod commands;
 pub mod config;

@@ -108,21 +108,6 @@ fn stop_orphan(admin: &EnvoyAdmin) {
     std::thread::sleep(Duration::from_millis(500));
 }
 
-/// Makes the directory of Envoy's admin socket, and removes a socket file an
-/// Envoy killed with its agent left behind (nothing answers on it: the
-/// orphan check just asked).
-fn prepare_admin_socket(sock: &Path) -> anyhow::Result<()> {
-    if let Some(dir) = sock.parent() {
-        fsutil::ensure_dir(dir)?;
-    }
-    match std::fs::remove_file(sock) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(anyhow::Error::new(e).context(format!("remove stale {}", sock.display())))
-        }
-        _ => Ok(()),
-    }
-}
-
 /// How long Envoy may take to confirm one step of a change.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -179,7 +164,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let supervisor = if cfg.envoy.manage {
         stop_orphan(&admin);
         if let vpsie_lb_envoy::LocalAddress::Unix(sock) = &cfg.envoy.admin_address {
-            prepare_admin_socket(sock)?;
+            // An Envoy killed with its agent left its socket behind; nothing
+            // answers on it (the orphan check just asked).
+            fsutil::prepare_socket_path(sock)?;
         }
         let s = Supervisor::start(
             EnvoyCommand {
