@@ -129,7 +129,7 @@ fn parse_local(s: &str) -> Result<LocalAddress, String> {
 impl DocumentArgs {
     /// The metrics listener these flags ask for; `Err` names the flag.
     fn stats(&self) -> anyhow::Result<Option<SocketAddr>> {
-        crate::config::stats_address(&self.admin_address, self.stats_address.as_deref())
+        crate::listen::stats_address(&self.admin_address, self.stats_address.as_deref())
             .map_err(|e| anyhow::anyhow!("--stats-address: {e}"))
     }
 
@@ -137,11 +137,11 @@ impl DocumentArgs {
     fn validate_options(&self) -> ValidateOptions {
         ValidateOptions {
             strict: self.strict,
-            reserved_ports: crate::config::reserved_ports(
+            reserved_ports: crate::listen::reserved_ports(
                 &self.admin_address,
                 self.stats().ok().flatten(),
                 // The agent's endpoints default to a unix socket.
-                &crate::config::default_agent_address(),
+                &crate::listen::default_agent_address(),
             ),
             allowed_backend_networks: self.allow_backend_networks.clone(),
         }
@@ -523,7 +523,7 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         print!("{body}");
     } else {
-        print!("{}", status_table(&s));
+        print!("{}", s.table());
     }
     let healthy = s.ready && s.load_balancers.values().all(|lb| lb.status == "active");
     Ok(if healthy {
@@ -531,49 +531,6 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_INVALID)
     })
-}
-
-/// The status as a table for humans.
-pub fn status_table(s: &crate::status::AgentStatus) -> String {
-    let mut out = format!(
-        "envoy: {}, {}\n",
-        if s.envoy_reachable {
-            "reachable"
-        } else {
-            "UNREACHABLE"
-        },
-        if s.ready {
-            "serving a verified config"
-        } else {
-            "NOT READY"
-        }
-    );
-    out.push_str(&format!(
-        "{:<20} {:<9} {:<13} {:<13} {:<21} {}\n",
-        "LOAD BALANCER", "STATUS", "APPLIED", "DESIRED", "LAST SYNC", "RESULT"
-    ));
-    for (id, lb) in &s.load_balancers {
-        out.push_str(&format!(
-            "{:<20} {:<9} {:<13} {:<13} {:<21} {}\n",
-            id, lb.status, lb.applied_version, lb.desired_version, lb.last_sync, lb.last_result
-        ));
-        if let Some(e) = &lb.last_error {
-            out.push_str(&format!("  error: {e}\n"));
-        }
-        for b in &lb.backends {
-            let health = match (b.enabled, b.healthy) {
-                (false, _) => "disabled",
-                (true, Some(true)) => "healthy",
-                (true, Some(false)) => "UNHEALTHY",
-                (true, None) => "unknown",
-            };
-            out.push_str(&format!(
-                "  {:<18} {:<39} {:<6} {}\n",
-                b.id, b.address, b.port, health
-            ));
-        }
-    }
-    out
 }
 
 /// The load balancers of a validated document by id (validation made

@@ -192,7 +192,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         state_dir: cfg.state_dir.clone(),
         validate: ValidateOptions {
             strict: false,
-            reserved_ports: crate::config::reserved_ports(
+            reserved_ports: crate::listen::reserved_ports(
                 &cfg.envoy.admin_address,
                 cfg.envoy.stats_address,
                 &cfg.agent_listen,

@@ -50,6 +50,52 @@ pub struct BackendStatus {
     pub healthy: Option<bool>,
 }
 
+impl AgentStatus {
+    /// The status as a table for humans (`vpsie-lb-agent status`).
+    pub fn table(&self) -> String {
+        let s = self;
+        let mut out = format!(
+            "envoy: {}, {}\n",
+            if s.envoy_reachable {
+                "reachable"
+            } else {
+                "UNREACHABLE"
+            },
+            if s.ready {
+                "serving a verified config"
+            } else {
+                "NOT READY"
+            }
+        );
+        out.push_str(&format!(
+            "{:<20} {:<9} {:<13} {:<13} {:<21} {}\n",
+            "LOAD BALANCER", "STATUS", "APPLIED", "DESIRED", "LAST SYNC", "RESULT"
+        ));
+        for (id, lb) in &s.load_balancers {
+            out.push_str(&format!(
+                "{:<20} {:<9} {:<13} {:<13} {:<21} {}\n",
+                id, lb.status, lb.applied_version, lb.desired_version, lb.last_sync, lb.last_result
+            ));
+            if let Some(e) = &lb.last_error {
+                out.push_str(&format!("  error: {e}\n"));
+            }
+            for b in &lb.backends {
+                let health = match (b.enabled, b.healthy) {
+                    (false, _) => "disabled",
+                    (true, Some(true)) => "healthy",
+                    (true, Some(false)) => "UNHEALTHY",
+                    (true, None) => "unknown",
+                };
+                out.push_str(&format!(
+                    "  {:<18} {:<39} {:<6} {}\n",
+                    b.id, b.address, b.port, health
+                ));
+            }
+        }
+        out
+    }
+}
+
 /// What one pass reports about a load balancer: its status, the version it
 /// serves, and why not the newest (`reporter.status`).
 #[derive(Debug, Clone, PartialEq, Eq)]

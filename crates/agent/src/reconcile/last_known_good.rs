@@ -1,0 +1,103 @@
+//! The reconciler's last-known-good: restoring it at start, promoting what
+//! Envoy confirmed, and saving it until the disk takes it.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::Reconciler;
+use crate::apply::Outcome;
+use crate::delivery::Delivery;
+use crate::pass::PassResult;
+use crate::report::{EventKind, Reporter};
+
+impl<D: Delivery> Reconciler<D> {
+    /// Makes Envoy serve the last-known-good config if it does not already:
+    /// used at start, before the first fetch, so a restart with the API down
+    /// still serves.
+    pub fn restore_last_known_good(
+        &mut self,
+        reporter: &mut dyn Reporter,
+    ) -> Result<PassResult, String> {
+        if let Some(e) = &self.state_error {
+            return Err(format!("not restoring, envoy is left as it is: {e}"));
+        }
+        if !self.good_known {
+            return Ok(PassResult::Unchanged);
+        }
+        // Through the render cache: the first pass usually fetches these same
+        // documents, and at 1,000 load balancers a render is the costly part.
+        let good = self.good.clone();
+        let (_, files) = self
+            .prepare(&good)
+            .map_err(|e| format!("render last-known-good: {e}"))?;
+        match self.delivery.apply(&files) {
+            Ok(Outcome::Unchanged) => {
+                self.serving_verified = true;
+                Ok(PassResult::Unchanged)
+            }
+            Ok(Outcome::Applied) => {
+                self.serving_verified = true;
+                reporter.note("restored last-known-good config");
+                Ok(PassResult::Applied)
+            }
+            Ok(Outcome::RolledBack(e)) => Err(format!("envoy refused last-known-good: {e}")),
+            Ok(Outcome::Interrupted(e)) => Err(format!("restore last-known-good: {e}")),
+            Err(e) => Err(format!("restore last-known-good: {e}")),
+        }
+    }
+
+    /// Records `candidate` as last-known-good, in memory and on disk.
+    pub(super) fn promote(
+        &mut self,
+        candidate: &BTreeMap<String, Value>,
+        files: &D::Candidate,
+        reporter: &mut dyn Reporter,
+        changed: &[String],
+    ) {
+        if self.good_known && &self.good == candidate {
+            return;
+        }
+        self.good = candidate.clone();
+        self.good_known = true;
+        self.state_error = None;
+        self.refused = None;
+        match self.delivery.record(files) {
+            Ok(record) => self.unsaved = Some(record),
+            Err(e) => reporter.error("save last-known-good", &e),
+        }
+        self.save_state(reporter);
+        for id in changed {
+            // The same per-load-balancer version the status reports.
+            if let Some(doc) = candidate.get(id) {
+                let version = crate::status::version_of(doc);
+                reporter.event(
+                    id,
+                    EventKind::ConfigApplied,
+                    "configuration applied and confirmed by envoy",
+                    serde_json::json!({"config_version": version}),
+                );
+            }
+        }
+    }
+
+    /// Writes `good` and its files as last-known-good if the disk lags
+    /// behind; a failure is reported and tried again on the next pass, so a
+    /// restart never brings back an older copy once the disk recovers.
+    pub(super) fn save_state(&mut self, reporter: &mut dyn Reporter) {
+        let Some(files) = self.unsaved.take() else {
+            return;
+        };
+        let saved = crate::state::save(&self.settings.state_dir, &self.good, &files);
+        if let Err(e) = saved {
+            reporter.error(
+                "save last-known-good",
+                &format!(
+                    "{}: {e}; retrying on the next pass",
+                    self.settings.state_dir.display()
+                ),
+            );
+            self.unsaved = Some(files);
+        }
+    }
+}
