@@ -4,8 +4,6 @@
 //! anything else, it is read as "absent, use the default". The rules are
 //! data, listed in docs/load-balancer-format.md.
 
-use std::borrow::Cow;
-
 use serde_json::Value;
 
 /// A Go zero value.
@@ -44,62 +42,34 @@ fn is_zero(v: &Value, zero: Zero) -> bool {
     }
 }
 
-/// `lb` without the Go zero values that mean "absent". A health check whose
-/// `type` is `""` is no health check at all (Go's zero `HealthCheck`).
-/// Borrows when there is nothing to drop, which is the common case.
-pub fn without_go_zeros(lb: &Value) -> Cow<'_, Value> {
-    let Some(obj) = lb.as_object() else {
-        return Cow::Borrowed(lb);
-    };
-    let unset_check = obj
-        .get("health_check")
-        .and_then(|h| h.get("type"))
-        .is_some_and(|t| is_zero(t, Zero::Text));
-    let drops = |object: &str| -> Vec<&'static str> {
-        let map = if object.is_empty() {
-            Some(obj)
-        } else {
-            obj.get(object).and_then(Value::as_object)
-        };
-        ZERO_MEANS_ABSENT
-            .iter()
-            .filter(|(o, key, zero)| {
-                *o == object
-                    && map
-                        .and_then(|m| m.get(*key))
-                        .is_some_and(|v| is_zero(v, *zero))
-            })
-            .map(|(_, key, _)| *key)
-            .collect()
-    };
-    let objects = ["", "tls_config", "timeouts", "health_check"];
-    if !unset_check && objects.iter().all(|o| drops(o).is_empty()) {
-        return Cow::Borrowed(lb);
+/// Whether `value`, found at `key` of an object of kind `object` (`""` is
+/// the load balancer itself, else the key it sits under), is a Go zero that
+/// means "absent". A health check whose `type` is `""` is no health check at
+/// all (Go's zero `HealthCheck`). Validation asks this where it asks whether
+/// a key is null, so nothing is copied.
+pub fn means_absent(object: &str, key: &str, value: &Value) -> bool {
+    if object.is_empty() && key == "health_check" {
+        return value.get("type").is_some_and(|t| is_zero(t, Zero::Text));
     }
-    let mut out = lb.clone();
-    for object in objects {
-        let keys = drops(object);
-        let target = if object.is_empty() {
-            out.as_object_mut()
-        } else {
-            out.get_mut(object).and_then(Value::as_object_mut)
-        };
-        if let Some(map) = target {
-            for key in keys {
-                map.remove(key);
-            }
-        }
-    }
-    if unset_check && let Some(map) = out.as_object_mut() {
-        map.remove("health_check");
-    }
-    Cow::Owned(out)
+    ZERO_MEANS_ABSENT
+        .iter()
+        .any(|(o, k, zero)| *o == object && *k == key && is_zero(value, *zero))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The keys of `doc` (an object of kind `object`) that read as absent.
+    fn absent(object: &str, doc: &Value) -> Vec<String> {
+        doc.as_object()
+            .expect("object")
+            .iter()
+            .filter(|(k, v)| means_absent(object, k, v))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
 
     #[test]
     fn zeros_that_mean_absent_are_dropped_and_others_kept() {
@@ -110,24 +80,25 @@ mod tests {
             "health_check": {"type": "http", "interval": 0, "timeout": 0, "path": ""},
             "backends": [{"enabled": false, "weight": 0}],
         });
-        let got = without_go_zeros(&doc);
+        assert_eq!(absent("", &doc), ["algorithm", "max_connections", "name"]);
         assert_eq!(
-            *got,
-            json!({
-                "port": 0,
-                "tls_config": {"certificate_path": "/c"},
-                "timeouts": {"idle": 0, "request": 0},
-                "health_check": {"type": "http"},
-                "backends": [{"enabled": false, "weight": 0}],
-            })
+            absent("tls_config", &doc["tls_config"]),
+            ["ca_cert_path", "max_version", "min_version"]
         );
+        assert_eq!(absent("timeouts", &doc["timeouts"]), ["connect"]);
+        assert_eq!(
+            absent("health_check", &doc["health_check"]),
+            ["interval", "path", "timeout"]
+        );
+        assert!(absent("backend", &doc["backends"][0]).is_empty());
     }
 
     #[test]
-    fn a_zero_health_check_is_none_and_a_clean_document_is_borrowed() {
+    fn a_zero_health_check_is_none_and_a_clean_document_has_no_zeros() {
         let doc = json!({"health_check": {"type": "", "interval": 0}, "name": "x"});
-        assert_eq!(*without_go_zeros(&doc), json!({"name": "x"}));
+        assert_eq!(absent("", &doc), ["health_check"]);
         let clean = json!({"name": "x", "timeouts": {"connect": 3}});
-        assert!(matches!(without_go_zeros(&clean), Cow::Borrowed(_)));
+        assert!(absent("", &clean).is_empty());
+        assert!(absent("timeouts", &clean["timeouts"]).is_empty());
     }
 }

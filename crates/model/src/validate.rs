@@ -240,8 +240,7 @@ fn load_balancer(
         id: None,
         port: None,
     };
-    let value = crate::gozero::without_go_zeros(value);
-    let Some(obj) = Obj::new(&value, path, cx) else {
+    let Some(obj) = Obj::new(value, path, cx) else {
         return (None, key);
     };
     obj.check_keys(LB_KEYS, cx);
@@ -296,11 +295,9 @@ fn load_balancer(
             ],
             Need::Optional,
         )
-        .or_else(|| {
-            obj.get("algorithm")
-                .is_none()
-                .then_some(Algorithm::RoundRobin)
-        });
+        // Absent means round robin; an invalid value was reported, and the
+        // load balancer is dropped below before this default is used.
+        .unwrap_or(Algorithm::RoundRobin);
     let max_connections = obj
         .int_in(
             cx,
@@ -341,19 +338,15 @@ fn load_balancer(
     if cx.errors.len() != before {
         return (None, key);
     }
-    let name_absent = obj.get("name").is_none();
     let lb = (|| {
         let id = id?;
         Some(LoadBalancer {
-            name: match name {
-                Some(n) => n,
-                None if name_absent => id.clone(),
-                None => return None,
-            },
+            // No errors past this point, so a missing name is an absent one.
+            name: name.unwrap_or_else(|| id.clone()),
             id,
             protocol: protocol?,
             port: port?,
-            algorithm: algorithm?,
+            algorithm,
             max_connections,
             backends: backends?,
             health_check,
@@ -383,9 +376,10 @@ fn backends(obj: &Obj<'_>, allowed: &[IpNet], cx: &mut Ctx) -> Option<Vec<Backen
     let mut endpoints: HashMap<(Address, u16), usize> = HashMap::new();
     for (i, item) in items.iter().enumerate() {
         let path = list_path.index(i);
-        let Some(b) = Obj::new(item, &path, cx) else {
+        let Some(mut b) = Obj::new(item, &path, cx) else {
             continue;
         };
+        b.kind = "backend";
         b.check_keys(BACKEND_KEYS, cx);
         let id = b.string(cx, "id", Need::Required).and_then(|s| {
             if !is_valid_id(s) {
@@ -816,6 +810,9 @@ enum Need {
 struct Obj<'a> {
     map: &'a Map<String, Value>,
     path: FieldPath,
+    /// Which object this is, for the Go zero rules: `""` for a load
+    /// balancer, else the key it sits under.
+    kind: &'static str,
 }
 
 impl<'a> Obj<'a> {
@@ -824,6 +821,7 @@ impl<'a> Obj<'a> {
             Value::Object(map) => Some(Self {
                 map,
                 path: path.clone(),
+                kind: "",
             }),
             other => {
                 cx.error(path, format!("must be an object, got {}", type_name(other)));
@@ -842,8 +840,11 @@ impl<'a> Obj<'a> {
     }
 
     /// The value under `key`; `null` counts as absent.
+    /// The value at `key`, unless it is null or a Go zero that means absent.
     fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key).filter(|v| !v.is_null())
+        self.map
+            .get(key)
+            .filter(|v| !v.is_null() && !crate::gozero::means_absent(self.kind, key, v))
     }
 
     fn present(&self, cx: &mut Ctx, key: &str, need: Need) -> Option<&'a Value> {
@@ -914,9 +915,11 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn object(&self, cx: &mut Ctx, key: &str) -> Option<Obj<'a>> {
+    fn object(&self, cx: &mut Ctx, key: &'static str) -> Option<Obj<'a>> {
         let v = self.get(key)?;
-        Obj::new(v, &self.path.key(key), cx)
+        let mut child = Obj::new(v, &self.path.key(key), cx)?;
+        child.kind = key;
+        Some(child)
     }
 
     fn enumeration<T: Copy>(
