@@ -7,9 +7,8 @@
 //! One request per connection; the answer closes it. The parser is a pure
 //! function ([`parse_head`]) so it can be fuzzed on its own.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +19,7 @@ use vpsie_lb_envoy::LocalAddress;
 
 use crate::backoff::Backoff;
 use crate::controller::Trigger;
+use crate::local_http::Conn;
 use crate::status::AgentStatus;
 
 /// Connections served at once; more are closed at once.
@@ -88,25 +88,6 @@ pub fn parse_head(buf: &[u8]) -> Result<Head<'_>, HeadError> {
     }
     let path = target.split('?').next().unwrap_or(target);
     Ok(Head { method, path })
-}
-
-/// A connection: a byte stream with read and write deadlines.
-trait Conn: Read + Write + Send + 'static {
-    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> std::io::Result<()>;
-}
-
-impl Conn for TcpStream {
-    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> std::io::Result<()> {
-        self.set_read_timeout(read)?;
-        self.set_write_timeout(write)
-    }
-}
-
-impl Conn for UnixStream {
-    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> std::io::Result<()> {
-        self.set_read_timeout(read)?;
-        self.set_write_timeout(write)
-    }
 }
 
 /// Mode of the agent's socket: its user and group. The endpoints are

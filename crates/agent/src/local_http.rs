@@ -31,32 +31,40 @@ pub fn request(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
     );
     let raw = match addr {
-        LocalAddress::Tcp(a) => {
-            let s = TcpStream::connect_timeout(a, timeout)?;
-            exchange(s, &head, timeout, max_body, |s, t| {
-                s.set_read_timeout(Some(t))?;
-                s.set_write_timeout(Some(t))
-            })?
-        }
-        LocalAddress::Unix(p) => {
-            let s = UnixStream::connect(p)?;
-            exchange(s, &head, timeout, max_body, |s, t| {
-                s.set_read_timeout(Some(t))?;
-                s.set_write_timeout(Some(t))
-            })?
-        }
+        LocalAddress::Tcp(a) => exchange(
+            TcpStream::connect_timeout(a, timeout)?,
+            &head,
+            timeout,
+            max_body,
+        )?,
+        LocalAddress::Unix(p) => exchange(UnixStream::connect(p)?, &head, timeout, max_body)?,
     };
     parse_reply(&raw)
 }
 
-fn exchange<S: Read + Write>(
-    mut s: S,
-    head: &str,
-    timeout: Duration,
-    max_body: u64,
-    set_timeouts: impl Fn(&S, Duration) -> io::Result<()>,
-) -> io::Result<Vec<u8>> {
-    set_timeouts(&s, timeout)?;
+/// A local connection, over TCP or a Unix socket: a byte stream with read
+/// and write deadlines. The endpoints serve them; this client opens them.
+pub trait Conn: Read + Write + Send + 'static {
+    /// Sets both deadlines; `None` waits forever.
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl Conn for TcpStream {
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> std::io::Result<()> {
+        self.set_read_timeout(read)?;
+        self.set_write_timeout(write)
+    }
+}
+
+impl Conn for UnixStream {
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> std::io::Result<()> {
+        self.set_read_timeout(read)?;
+        self.set_write_timeout(write)
+    }
+}
+
+fn exchange(mut s: impl Conn, head: &str, timeout: Duration, max_body: u64) -> io::Result<Vec<u8>> {
+    s.set_timeouts(Some(timeout), Some(timeout))?;
     s.write_all(head.as_bytes())?;
     let mut raw = Vec::new();
     // The head's few KiB on top of the body limit.
