@@ -54,7 +54,7 @@ fn common(opts: &BootstrapOptions, admin: &LocalAddress) -> Bootstrap {
         admin: Some(Admin {
             address: match admin {
                 LocalAddress::Tcp(a) => socket(&a.ip().to_string(), a.port()),
-                LocalAddress::Unix(path) => crate::stats::pipe(path, ADMIN_SOCKET_MODE),
+                LocalAddress::Unix(path) => crate::pb::pipe(path, ADMIN_SOCKET_MODE),
             },
             ..Default::default()
         }),

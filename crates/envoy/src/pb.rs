@@ -1,8 +1,8 @@
 //! Short helpers for building protobuf values; they hide prost's wrapper types.
 
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, ApiVersion, ConfigSource, PathConfigSource, SocketAddress, WatchedDirectory, address,
-    config_source, socket_address,
+    Address, ApiVersion, ConfigSource, PathConfigSource, Pipe, SocketAddress, WatchedDirectory,
+    address, config_source, socket_address,
 };
 use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value, UInt64Value};
 use std::path::Path;
@@ -40,6 +40,16 @@ pub fn socket(ip_or_host: &str, port: u16) -> Option<Address> {
             address: ip_or_host.to_owned(),
             port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
             ..Default::default()
+        })),
+    })
+}
+
+/// An address on a Unix socket.
+pub fn pipe(path: &Path, mode: u32) -> Option<Address> {
+    Some(Address {
+        address: Some(address::Address::Pipe(Pipe {
+            path: path.display().to_string(),
+            mode,
         })),
     })
 }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
-use envoy_types::pb::envoy::config::core::v3::{Address, DataSource, Pipe, address, data_source};
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
@@ -24,22 +24,12 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 
-use crate::pb::{any, secs, socket};
+use crate::pb::{any, pipe, secs, socket};
 
 /// The listener's and the cluster's name; `lb_` names are the load balancers'.
 pub const STATS_NAME: &str = "vpsie_lb_stats";
 /// The admin paths the listener forwards, GET only.
 pub const STATS_PATHS: &[&str] = &["/stats/prometheus", "/ready"];
-
-/// An address on a Unix socket.
-pub(crate) fn pipe(path: &Path, mode: u32) -> Option<Address> {
-    Some(Address {
-        address: Some(address::Address::Pipe(Pipe {
-            path: path.display().to_string(),
-            mode,
-        })),
-    })
-}
 
 /// The read-only listener on `addr` and the cluster of the admin socket at `admin`.
 pub fn stats_listener(addr: SocketAddr, admin: &Path) -> (Listener, Cluster) {
