@@ -183,6 +183,13 @@ struct RenderArgs {
     doc: DocumentArgs,
     #[command(flatten)]
     output: OutputArgs,
+    /// How Envoy gets the resources: `files` it watches, or `xds` from the
+    /// agent's socket (then the resources go to DIR/xds/*.yaml, to read).
+    #[arg(long, value_name = "files|xds", default_value = "files")]
+    delivery: crate::config::DeliveryKind,
+    /// The agent's xDS socket, for the xds bootstrap.
+    #[arg(long, value_name = "PATH", default_value_os_t = crate::config::default_xds_socket())]
+    xds_socket: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -354,6 +361,9 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
         Ok(loaded) => loaded.validated,
         Err(code) => return Ok(code),
     };
+    if args.delivery == crate::config::DeliveryKind::Xds {
+        return render_xds(&validated, &args);
+    }
     let (layout, files) = translate_to_files(&validated, &args.output)?;
     let _lock = fsutil::lock_dir(layout.root())?;
     let boot = bootstrap(
@@ -388,6 +398,52 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
         validated.config.load_balancers.len(),
         layout.root().display(),
         layout.bootstrap_file().display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `render --delivery xds`: the bootstrap that connects to the agent's
+/// socket, and what the agent would serve on it, to read.
+fn render_xds(validated: &Validated, args: &RenderArgs) -> anyhow::Result<ExitCode> {
+    let out = &args.output;
+    fsutil::ensure_dir(&out.out)?;
+    let layout = XdsLayout::new(&out.out);
+    let _lock = fsutil::lock_dir(layout.root())?;
+    let opts = TranslateOptions {
+        listen_address: out.listen_address,
+        access_log_path: out.access_log.clone(),
+        access_log_sample_percent: out.access_log_sample_percent,
+        global_max_connections: out.max_connections,
+        delivery: Delivery::Ads,
+    };
+    let set = vpsie_lb_envoy::resource_set(&translate(&validated.config, &opts))?;
+    let dir = out.out.join("xds");
+    fsutil::ensure_dir(&dir)?;
+    // Whole directory each time: a type with no resource left must not
+    // keep an old file that says otherwise.
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    for (name, text) in vpsie_lb_envoy::render_resource_set(&set)? {
+        fsutil::write_atomic(&dir.join(name), text.as_bytes(), 0o644)?;
+    }
+    let boot = vpsie_lb_envoy::ads_bootstrap(
+        &args.xds_socket,
+        &BootstrapOptions {
+            global_max_connections: out.max_connections,
+            ..args.doc.bootstrap_options()?
+        },
+    );
+    fsutil::write_atomic(&layout.bootstrap_file(), to_yaml(&boot)?.as_bytes(), 0o644)?;
+    println!(
+        "rendered {} load balancer(s): {} connects to the agent on {}; what it would serve is in {}",
+        validated.config.load_balancers.len(),
+        layout.bootstrap_file().display(),
+        args.xds_socket.display(),
+        dir.display()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -54,6 +54,40 @@ pub struct Envoy {
     pub access_log_sample_percent: u32,
     /// Seconds Envoy drains connections on a listener change or shutdown.
     pub drain_time: Duration,
+    /// How resources reach Envoy.
+    pub delivery: DeliveryKind,
+    /// The xDS server's Unix socket, with the xds delivery.
+    pub xds_socket: PathBuf,
+}
+
+/// How resources reach Envoy (`envoy.delivery`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryKind {
+    /// Files Envoy watches.
+    Files,
+    /// The agent's delta ADS server.
+    Xds,
+}
+
+impl std::str::FromStr for DeliveryKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "files" => Ok(DeliveryKind::Files),
+            "xds" => Ok(DeliveryKind::Xds),
+            other => Err(format!("must be xds or files (got {other:?})")),
+        }
+    }
+}
+
+/// The delivery when `envoy.delivery` is not set (see docs/configuration.md
+/// for why).
+pub const DEFAULT_DELIVERY: DeliveryKind = DeliveryKind::Files;
+
+/// Where the xDS server listens by default: in the agent's runtime
+/// directory, which only the agent and Envoy's group can enter.
+pub fn default_xds_socket() -> PathBuf {
+    PathBuf::from("/run/vpsie-lb/xds.sock")
 }
 
 /// Log settings.
@@ -135,6 +169,8 @@ struct RawEnvoy {
     access_log: Option<String>,
     access_log_sample_percent: Option<u32>,
     drain_time: Option<serde_norway::Value>,
+    delivery: Option<String>,
+    xds_socket: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -329,6 +365,21 @@ impl Config {
                 vpsie_lb_envoy::DEFAULT_ACCESS_LOG_SAMPLE_PERCENT
             }
         };
+        let delivery = match e.delivery.as_deref().map(str::parse::<DeliveryKind>) {
+            None => DEFAULT_DELIVERY,
+            Some(Ok(d)) => d,
+            Some(Err(msg)) => {
+                problems.push(format!("envoy.delivery: {msg}"));
+                DEFAULT_DELIVERY
+            }
+        };
+        let xds_socket = e.xds_socket.unwrap_or_else(default_xds_socket);
+        if !xds_socket.is_absolute() {
+            problems.push(format!(
+                "envoy.xds_socket: {} must be an absolute path",
+                xds_socket.display()
+            ));
+        }
         let logging = raw.logging.unwrap_or_default();
         let level = logging.level.unwrap_or_else(|| "info".into());
         if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
@@ -385,6 +436,8 @@ impl Config {
                 access_log: e.access_log.unwrap_or_else(|| "/dev/stdout".into()),
                 access_log_sample_percent,
                 drain_time,
+                delivery,
+                xds_socket,
             },
             state_dir: raw
                 .state_dir

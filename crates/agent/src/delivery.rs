@@ -11,8 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use vpsie_lb_envoy::{
-    BootstrapOptions, Delivery as Translation, FileKind, TranslateOptions, XdsLayout, render_files,
-    translate,
+    Delivery as Translation, FileKind, TranslateOptions, XdsLayout, render_files, translate,
 };
 use vpsie_lb_model::{Config, ValidateOptions, validate};
 
@@ -62,6 +61,13 @@ pub trait Delivery {
     /// Hands `next` to Envoy, confirming every step; what Envoy refuses is
     /// rolled back and confirmed before this returns.
     fn apply(&mut self, next: &Self::Candidate) -> Result<Outcome, ApplyError>;
+
+    /// Makes Envoy serve last-known-good at start, before the first fetch.
+    /// Unlike [`Delivery::apply`], what Envoy cannot confirm yet (it may not
+    /// be up) is not undone: last-known-good was confirmed before.
+    fn restore(&mut self, good: &Self::Candidate) -> Result<Outcome, ApplyError> {
+        self.apply(good)
+    }
 
     /// Time spent waiting for Envoy's confirmations since the last call.
     fn take_verify_time(&self) -> Duration;
@@ -170,18 +176,7 @@ impl Delivery for FilesDelivery {
 
     fn check(&self, next: &FileSet, changed: &Config) -> Result<(), PreflightError> {
         preflight::check_files_watch_budget(next, &self.layout, self.watch_limit)?;
-        if changed.load_balancers.is_empty() {
-            // Only removals, or only endpoints: nothing new for Envoy to judge.
-            return Ok(());
-        }
-        let resources = translate(
-            changed,
-            &TranslateOptions {
-                delivery: Translation::Static,
-                ..self.translate.clone()
-            },
-        );
-        preflight::validate(&self.envoy_bin, &resources, &BootstrapOptions::default())
+        preflight::validate_changed(&self.envoy_bin, &self.translate, changed)
     }
 
     fn apply(&mut self, next: &FileSet) -> Result<Outcome, ApplyError> {

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vpsie_lb_envoy::{BootstrapOptions, EnvoyResources, preflight_bootstrap, write_json};
+use vpsie_lb_envoy::{
+    BootstrapOptions, EnvoyResources, TranslateOptions, preflight_bootstrap, write_json,
+};
+use vpsie_lb_model::Config;
 
 /// How long `envoy --mode validate` may run; 1,000 load balancers take about 0.5 s.
 const VALIDATE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -104,6 +107,27 @@ pub fn find_envoy(explicit: Option<&Path>) -> Result<PathBuf, PreflightError> {
                     .into(),
             )
         })
+}
+
+/// Envoy's verdict on the load balancers of `changed`, translated inline
+/// with `translate`'s settings; nothing to judge when `changed` is empty
+/// (only removals, or only endpoints).
+pub fn validate_changed(
+    envoy: &Path,
+    translate: &TranslateOptions,
+    changed: &Config,
+) -> Result<(), PreflightError> {
+    if changed.load_balancers.is_empty() {
+        return Ok(());
+    }
+    let resources = vpsie_lb_envoy::translate(
+        changed,
+        &TranslateOptions {
+            delivery: vpsie_lb_envoy::Delivery::Static,
+            ..translate.clone()
+        },
+    );
+    validate(envoy, &resources, &BootstrapOptions::default())
 }
 
 /// Runs `envoy --mode validate` on `resources` (translated with `Delivery::Static`).

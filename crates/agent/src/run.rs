@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use vpsie_lb_envoy::{
-    BootstrapOptions, Delivery, EnvoyResources, TranslateOptions, XdsLayout, bootstrap,
-    render_files, to_yaml,
+    BootstrapOptions, Delivery, EnvoyResources, TranslateOptions, XdsLayout, ads_bootstrap,
+    bootstrap, render_files, to_yaml,
 };
 use vpsie_lb_model::ValidateOptions;
 
 use crate::api::ApiClient;
 use crate::apply::Applier;
 use crate::config::read_api_key;
-use crate::config::{Config, SourceKind};
+use crate::config::{Config, DeliveryKind, SourceKind};
 use crate::controller;
 use crate::delivery::FilesDelivery;
 use crate::envoy_admin::EnvoyAdmin;
@@ -61,22 +61,27 @@ fn remove_stale_temp_files(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes the bootstrap when it differs, and empty listener and cluster
-/// files when there are none, so Envoy can start before the first pass.
+/// Writes the bootstrap when it differs and, for the files delivery, empty
+/// listener and cluster files when there are none, so Envoy can start
+/// before the first pass.
 fn prepare_envoy_dir(cfg: &Config, layout: &XdsLayout) -> anyhow::Result<()> {
-    let boot = to_yaml(&bootstrap(
-        layout,
-        &BootstrapOptions {
-            admin: cfg.envoy.admin_address.clone(),
-            stats_address: cfg.envoy.stats_address,
-            ..Default::default()
-        },
-    ))?;
+    let opts = BootstrapOptions {
+        admin: cfg.envoy.admin_address.clone(),
+        stats_address: cfg.envoy.stats_address,
+        ..Default::default()
+    };
+    let boot = to_yaml(&match cfg.envoy.delivery {
+        DeliveryKind::Files => bootstrap(layout, &opts),
+        DeliveryKind::Xds => ads_bootstrap(&cfg.envoy.xds_socket, &opts),
+    })?;
     let path = layout.bootstrap_file();
     if std::fs::read_to_string(&path).ok().as_deref() != Some(boot.as_str()) {
         fsutil::write_atomic(&path, boot.as_bytes(), 0o644)?;
     }
     remove_stale_temp_files(layout.root())?;
+    if cfg.envoy.delivery == DeliveryKind::Xds {
+        return Ok(());
+    }
     let empty = render_files(&EnvoyResources::default(), layout)?;
     for f in empty {
         if !f.path.exists() {
@@ -161,6 +166,18 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     prepare_envoy_dir(&cfg, &layout)?;
     let admin = EnvoyAdmin::new(cfg.envoy.admin_address.clone())?;
 
+    // The xDS server is up before Envoy starts, so Envoy's first
+    // connection finds it; it serves nothing until the reconciler publishes.
+    let xds = match cfg.envoy.delivery {
+        DeliveryKind::Files => None,
+        DeliveryKind::Xds => {
+            let hub = std::sync::Arc::new(crate::xds::hub::Hub::default());
+            let server = crate::xds::server::spawn(&cfg.envoy.xds_socket, hub.clone())
+                .with_context(|| format!("envoy.xds_socket {}", cfg.envoy.xds_socket.display()))?;
+            tracing::info!(phase = "xds", socket = %cfg.envoy.xds_socket.display(), "xds server listening");
+            Some((hub, server))
+        }
+    };
     let supervisor = if cfg.envoy.manage {
         stop_orphan(&admin);
         if let vpsie_lb_envoy::LocalAddress::Unix(sock) = &cfg.envoy.admin_address {
@@ -177,7 +194,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             admin.clone(),
         )
         .with_context(|| format!("start envoy {}", cfg.envoy.binary_path.display()))?;
-        if !s.wait_ready(Duration::from_secs(30)) {
+        // Over xDS, Envoy is ready only after the first push, which comes
+        // from the loop below: waiting here would only delay it.
+        if xds.is_none() && !s.wait_ready(Duration::from_secs(30)) {
             tracing::error!(
                 phase = "envoy",
                 "envoy not ready after 30s; continuing, passes will retry"
@@ -200,86 +219,132 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             allowed_backend_networks: cfg.allowed_backend_networks.clone(),
         },
     };
-    let delivery = FilesDelivery::new(
-        TranslateOptions {
-            listen_address: cfg.envoy.listen_address,
-            access_log_path: cfg.envoy.access_log.clone(),
-            access_log_sample_percent: cfg.envoy.access_log_sample_percent,
-            ..TranslateOptions::new(Delivery::Files(layout.clone()))
-        },
-        Applier::new(layout, admin, VERIFY_TIMEOUT),
-        cfg.envoy.binary_path.clone(),
-        crate::preflight::watch_limit(),
-    )
-    .map_err(anyhow::Error::msg)?;
-    let status = std::sync::Arc::new(std::sync::Mutex::new(crate::status::AgentStatus::default()));
-    let mut reconciler = Reconciler::new(
-        settings,
-        delivery,
-        crate::reconcile::Observe {
-            metrics: reconcile_metrics,
-            status: status.clone(),
-        },
-    );
-    match reconciler.restore_last_known_good(reporter.as_mut()) {
-        Ok(_) => {}
-        Err(e) => {
-            tracing::error!(phase = "restore", error = %e, "could not restore last-known-good")
-        }
-    }
-
-    let inbox = controller::Inbox::new();
-    let status_handle = status.clone();
-    let endpoints = crate::endpoints::Endpoints {
-        registry: std::sync::Arc::new(registry),
-        status,
-        sync: inbox.trigger(),
+    let translate = |delivery| TranslateOptions {
+        listen_address: cfg.envoy.listen_address,
+        access_log_path: cfg.envoy.access_log.clone(),
+        access_log_sample_percent: cfg.envoy.access_log_sample_percent,
+        ..TranslateOptions::new(delivery)
     };
-    let bound = crate::endpoints::spawn(&cfg.agent_listen, endpoints)
-        .with_context(|| format!("agent.listen_address {}", cfg.agent_listen))?;
-    tracing::info!(address = %bound, "agent endpoints listening");
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGHUP,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])?;
-    let signal_handle = signals.handle();
-    let trigger = inbox.trigger();
-    std::thread::spawn(move || {
-        for s in signals.forever() {
-            if s != signal_hook::consts::SIGHUP {
-                trigger.stop();
-                return;
-            }
-            if !trigger.sync() {
-                return;
-            }
-        }
-    });
-    tracing::info!(source = ?cfg.source, poll_interval_ms = cfg.vpsie.poll_interval.as_millis() as u64, "agent started");
-    let mut notified = false;
-    let ready_status = status_handle.clone();
-    controller::run(
-        &mut reconciler,
-        source.as_mut(),
-        reporter.as_mut(),
-        &inbox,
-        cfg.vpsie.poll_interval,
-        |result| {
-            tracing::info!(result = ?result, "pass");
-            // systemd learns we are ready once Envoy serves a confirmed config.
-            if !notified && ready_status.lock().is_ok_and(|s| s.ready) {
-                crate::notify::notify("READY=1");
-                notified = true;
-            }
-        },
-    );
-    crate::notify::notify("STOPPING=1");
-    signal_handle.close();
-    tracing::info!("stopping");
+    let loop_parts = Loop {
+        cfg: &cfg,
+        settings,
+        metrics: reconcile_metrics,
+        registry,
+        source: source.as_mut(),
+        reporter: reporter.as_mut(),
+    };
+    match &xds {
+        Some((hub, _server)) => loop_parts.run(
+            crate::xds::XdsDelivery::new(
+                hub.clone(),
+                translate(Delivery::Ads),
+                admin,
+                cfg.envoy.binary_path.clone(),
+                VERIFY_TIMEOUT,
+            )
+            .map_err(anyhow::Error::msg)?,
+        )?,
+        None => loop_parts.run(
+            FilesDelivery::new(
+                translate(Delivery::Files(layout.clone())),
+                Applier::new(layout, admin, VERIFY_TIMEOUT),
+                cfg.envoy.binary_path.clone(),
+                crate::preflight::watch_limit(),
+            )
+            .map_err(anyhow::Error::msg)?,
+        )?,
+    }
     if let Some(s) = supervisor {
         s.stop();
     }
+    // After Envoy: a stream cut before Envoy stops is only retried.
+    drop(xds);
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the loop needs besides the delivery.
+struct Loop<'a> {
+    cfg: &'a Config,
+    settings: Settings,
+    metrics: crate::metrics::ReconcileMetrics,
+    registry: prometheus_client::registry::Registry,
+    source: &'a mut dyn Source,
+    reporter: &'a mut dyn Reporter,
+}
+
+impl Loop<'_> {
+    /// Restores last-known-good through `delivery`, opens the endpoints,
+    /// and runs passes until SIGTERM or SIGINT.
+    fn run<D: crate::delivery::Delivery>(self, delivery: D) -> anyhow::Result<()> {
+        let Loop {
+            cfg,
+            settings,
+            metrics,
+            registry,
+            source,
+            reporter,
+        } = self;
+        let status =
+            std::sync::Arc::new(std::sync::Mutex::new(crate::status::AgentStatus::default()));
+        let mut reconciler = Reconciler::new(
+            settings,
+            delivery,
+            crate::reconcile::Observe {
+                metrics,
+                status: status.clone(),
+            },
+        );
+        if let Err(e) = reconciler.restore_last_known_good(reporter) {
+            tracing::error!(phase = "restore", error = %e, "could not restore last-known-good");
+        }
+        let inbox = controller::Inbox::new();
+        let endpoints = crate::endpoints::Endpoints {
+            registry: std::sync::Arc::new(registry),
+            status: status.clone(),
+            sync: inbox.trigger(),
+        };
+        let bound = crate::endpoints::spawn(&cfg.agent_listen, endpoints)
+            .with_context(|| format!("agent.listen_address {}", cfg.agent_listen))?;
+        tracing::info!(address = %bound, "agent endpoints listening");
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGHUP,
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+        ])?;
+        let signal_handle = signals.handle();
+        let trigger = inbox.trigger();
+        std::thread::spawn(move || {
+            for s in signals.forever() {
+                if s != signal_hook::consts::SIGHUP {
+                    trigger.stop();
+                    return;
+                }
+                if !trigger.sync() {
+                    return;
+                }
+            }
+        });
+        tracing::info!(source = ?cfg.source, delivery = ?cfg.envoy.delivery, poll_interval_ms = cfg.vpsie.poll_interval.as_millis() as u64, "agent started");
+        let mut notified = false;
+        controller::run(
+            &mut reconciler,
+            source,
+            reporter,
+            &inbox,
+            cfg.vpsie.poll_interval,
+            |result| {
+                tracing::info!(result = ?result, "pass");
+                // systemd learns we are ready once Envoy serves a confirmed config.
+                if !notified && status.lock().is_ok_and(|s| s.ready) {
+                    crate::notify::notify("READY=1");
+                    notified = true;
+                }
+            },
+        );
+        crate::notify::notify("STOPPING=1");
+        signal_handle.close();
+        tracing::info!("stopping");
+        Ok(())
+    }
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::Lab;
+use common::{Lab, Via};
 use vpsie_lb_agent::preflight;
 use vpsie_lb_envoy::{BootstrapOptions, Delivery, TranslateOptions, translate};
 use vpsie_lb_model::{ValidateOptions, parse_document, validate};
@@ -70,8 +70,7 @@ fn every_golden_case_passes_envoy_validate_mode() {
     }
 }
 
-#[test]
-fn every_golden_case_is_accepted_by_a_live_envoy_from_files() {
+fn every_golden_case_is_accepted_by_a_live_envoy(via: Via) {
     let certs_dir = tempfile::tempdir().expect("tempdir");
     let tls = certs(certs_dir.path());
     for (case, text) in golden_inputs() {
@@ -85,7 +84,7 @@ fn every_golden_case_is_accepted_by_a_live_envoy_from_files() {
         for lb in items {
             lb["port"] = serde_json::json!(free_port());
         }
-        let lab = Lab::start(&doc);
+        let lab = Lab::start(via, &doc);
         let envoy = lab.envoy();
         poll_until(
             &format!("{case}: listeners active"),
@@ -121,3 +120,5 @@ fn every_golden_case_is_accepted_by_a_live_envoy_from_files() {
         );
     }
 }
+
+common::over_deliveries!(every_golden_case_is_accepted_by_a_live_envoy);

@@ -4,7 +4,7 @@ mod common;
 
 use std::net::IpAddr;
 
-use common::{Lab, backends, lb, lb_over, share};
+use common::{Lab, Via, backends, lb, lb_over, share};
 use serde_json::json;
 use vpsie_lb_testkit::backend::HttpBackend;
 use vpsie_lb_testkit::free_port;
@@ -14,12 +14,11 @@ fn three() -> Vec<HttpBackend> {
     backends(&["a", "b", "c"])
 }
 
-#[test]
-fn round_robin_spreads_1000_requests_evenly() {
+fn round_robin_spreads_1000_requests_evenly(via: Via) {
     let bs = three();
     let port = free_port();
     let doc = lb_over("rr", "http", port, "round_robin", &bs);
-    let lab = Lab::start(&doc);
+    let lab = Lab::start(via, &doc);
     lab.wait_healthy("rr", 3);
     let counts = count_by_backend(port, 1000);
     for b in &bs {
@@ -33,8 +32,7 @@ fn round_robin_spreads_1000_requests_evenly() {
     }
 }
 
-#[test]
-fn weights_3_to_1_give_75_and_25_percent() {
+fn weights_3_to_1_give_75_and_25_percent(via: Via) {
     let heavy = HttpBackend::start("heavy");
     let light = HttpBackend::start("light");
     let port = free_port();
@@ -45,7 +43,7 @@ fn weights_3_to_1_give_75_and_25_percent() {
         "round_robin",
         &[("heavy", heavy.port(), 3), ("light", light.port(), 1)],
     );
-    let lab = Lab::start(&doc);
+    let lab = Lab::start(via, &doc);
     lab.wait_healthy("w", 2);
     let counts = count_by_backend(port, 1000);
     let h = share(&counts, "heavy");
@@ -59,13 +57,12 @@ fn weights_3_to_1_give_75_and_25_percent() {
     );
 }
 
-#[test]
-fn disabled_backend_gets_no_requests() {
+fn disabled_backend_gets_no_requests(via: Via) {
     let bs = three();
     let port = free_port();
     let mut doc = lb_over("dis", "http", port, "round_robin", &bs);
     doc["backends"][1]["enabled"] = json!(false);
-    let lab = Lab::start(&doc);
+    let lab = Lab::start(via, &doc);
     lab.wait_healthy("dis", 2);
     let counts = count_by_backend(port, 300);
     assert_eq!(
@@ -80,15 +77,14 @@ fn disabled_backend_gets_no_requests() {
     );
 }
 
-#[test]
-fn least_request_and_random_reach_every_backend() {
+fn least_request_and_random_reach_every_backend(via: Via) {
     let bs = three();
     let (p1, p2) = (free_port(), free_port());
     let doc = json!([
         lb_over("lr", "http", p1, "least_request", &bs),
         lb_over("rand", "http", p2, "random", &bs)
     ]);
-    let lab = Lab::start(&doc);
+    let lab = Lab::start(via, &doc);
     lab.wait_healthy("lr", 3);
     lab.wait_healthy("rand", 3);
     for (algo, port) in [("least_request", p1), ("random", p2)] {
@@ -105,12 +101,12 @@ fn least_request_and_random_reach_every_backend() {
 
 /// One client (source IP) always lands on one backend, and different clients
 /// are spread over more than one backend, for both http and tcp.
-fn ring_hash_pins_clients(protocol: &str) {
+fn ring_hash_pins_clients(via: Via, protocol: &str) {
     let bs = three();
     let port = free_port();
     let id = format!("ring_{protocol}");
     let doc = lb_over(&id, protocol, port, "ring_hash", &bs);
-    let lab = Lab::start(&doc);
+    let lab = Lab::start(via, &doc);
     lab.wait_healthy(&id, 3);
     let mut used = std::collections::BTreeSet::new();
     for last in 10..40u8 {
@@ -134,12 +130,19 @@ fn ring_hash_pins_clients(protocol: &str) {
     );
 }
 
-#[test]
-fn ring_hash_keeps_each_http_client_on_one_backend() {
-    ring_hash_pins_clients("http");
+fn ring_hash_keeps_each_http_client_on_one_backend(via: Via) {
+    ring_hash_pins_clients(via, "http");
 }
 
-#[test]
-fn ring_hash_keeps_each_tcp_client_on_one_backend() {
-    ring_hash_pins_clients("tcp");
+fn ring_hash_keeps_each_tcp_client_on_one_backend(via: Via) {
+    ring_hash_pins_clients(via, "tcp");
 }
+
+common::over_deliveries!(
+    round_robin_spreads_1000_requests_evenly,
+    weights_3_to_1_give_75_and_25_percent,
+    disabled_backend_gets_no_requests,
+    least_request_and_random_reach_every_backend,
+    ring_hash_keeps_each_http_client_on_one_backend,
+    ring_hash_keeps_each_tcp_client_on_one_backend,
+);

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{RunningAgent, agent_config, backends, lb_over, serves};
+use common::{RunningAgent, Via, agent_config_via, backends, lb_over, serves};
 use serde_json::{Value, json};
 use vpsie_lb_testkit::http::{self, count_by_backend};
 use vpsie_lb_testkit::{free_port, poll_until};
@@ -81,11 +81,11 @@ impl Api {
     }
 }
 
-fn config(dir: &Path, api: &Api, admin: u16) -> PathBuf {
-    config_polling(dir, api, admin, "1s")
+fn config(via: Via, dir: &Path, api: &Api, admin: u16) -> PathBuf {
+    config_polling(via, dir, api, admin, "1s")
 }
 
-fn config_polling(dir: &Path, api: &Api, admin: u16, poll: &str) -> PathBuf {
+fn config_polling(via: Via, dir: &Path, api: &Api, admin: u16, poll: &str) -> PathBuf {
     let key = dir.join("api-key");
     std::fs::write(&key, format!("{KEY}\n")).expect("write key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
@@ -94,7 +94,7 @@ fn config_polling(dir: &Path, api: &Api, admin: u16, poll: &str) -> PathBuf {
         api.url(),
         key.display()
     );
-    agent_config(dir, admin, &source)
+    agent_config_via(dir, admin, &source, via)
 }
 
 fn with_check(mut doc: Value) -> Value {
@@ -102,8 +102,7 @@ fn with_check(mut doc: Value) -> Value {
     doc
 }
 
-#[test]
-fn agent_follows_the_api_reports_back_and_survives_bad_config() {
+fn agent_follows_the_api_reports_back_and_survives_bad_config(via: Via) {
     let dir = tempfile::tempdir().expect("tempdir");
     let api = Api::start();
     let bs = backends(&["a", "b", "c"]);
@@ -116,7 +115,7 @@ fn agent_follows_the_api_reports_back_and_survives_bad_config() {
         &bs[..1],
     )));
     api.put_other(other_port, &bs[2..]);
-    let agent = RunningAgent::start(dir.path(), &config(dir.path(), &api, free_port()));
+    let agent = RunningAgent::start(dir.path(), &config(via, dir.path(), &api, free_port()));
 
     poll_until("web served", Duration::from_secs(30), || serves(port, "a"));
     api.wait_event("web", "config_applied", "confirmed by envoy");
@@ -246,15 +245,14 @@ fn agent_follows_the_api_reports_back_and_survives_bad_config() {
     );
 }
 
-#[test]
-fn every_api_fault_keeps_envoy_serving_and_the_agent_recovers() {
+fn every_api_fault_keeps_envoy_serving_and_the_agent_recovers(via: Via) {
     let dir = tempfile::tempdir().expect("tempdir");
     let api = Api::start();
     let bs = backends(&["a", "b"]);
     let port = free_port();
     api.put_lb(&lb_over("web", "http", port, "round_robin", &bs[..1]));
     api.put_other(free_port(), &bs[1..]);
-    let agent = RunningAgent::start(dir.path(), &config(dir.path(), &api, free_port()));
+    let agent = RunningAgent::start(dir.path(), &config(via, dir.path(), &api, free_port()));
     poll_until("web served", Duration::from_secs(30), || serves(port, "a"));
 
     let faults: &[(&str, Value, &str)] = &[
@@ -383,16 +381,16 @@ fn assert_no_partial_files(dir: &Path, temp_allowed: bool) {
     }
 }
 
-#[test]
-fn envoy_refusal_rolls_back_and_changes_under_load_drop_nothing_and_a_killed_agent_restarts_on_last_known_good()
- {
+fn envoy_refusal_rolls_back_and_changes_under_load_drop_nothing_and_a_killed_agent_restarts_on_last_known_good(
+    via: Via,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let api = Api::start();
     let bs = backends(&["a", "b", "c"]);
     let port = free_port();
     api.put_lb(&lb_over("web", "http", port, "round_robin", &bs));
     api.put_other(free_port(), &bs[..1]);
-    let cfg = config(dir.path(), &api, free_port());
+    let cfg = config(via, dir.path(), &api, free_port());
     let agent = RunningAgent::start(dir.path(), &cfg);
     poll_until("web served", Duration::from_secs(30), || serves(port, "c"));
 
@@ -513,6 +511,7 @@ fn envoy_refusal_rolls_back_and_changes_under_load_drop_nothing_and_a_killed_age
 /// balancer on b, an agent polling every `poll`, and web served: what
 /// several tests start from. Returns the port of web.
 fn web_on_a(
+    via: Via,
     dir: &Path,
     api: &Api,
     bs: &[vpsie_lb_testkit::backend::HttpBackend],
@@ -521,20 +520,19 @@ fn web_on_a(
     let port = free_port();
     api.put_lb(&lb_over("web", "http", port, "round_robin", &bs[..1]));
     api.put_other(free_port(), &bs[1..]);
-    let agent = RunningAgent::start(dir, &config_polling(dir, api, free_port(), poll));
+    let agent = RunningAgent::start(dir, &config_polling(via, dir, api, free_port(), poll));
     poll_until("first pass served", Duration::from_secs(30), || {
         serves(port, "a")
     });
     (agent, port)
 }
 
-#[test]
-fn sighup_runs_a_pass_at_once() {
+fn sighup_runs_a_pass_at_once(via: Via) {
     let dir = tempfile::tempdir().expect("tempdir");
     let api = Api::start();
     let bs = backends(&["a", "b"]);
     // An hour between polls: only the signal can explain a quick change.
-    let (agent, port) = web_on_a(dir.path(), &api, &bs, "1h");
+    let (agent, port) = web_on_a(via, dir.path(), &api, &bs, "1h");
     api.put_lb(&lb_over("web", "http", port, "round_robin", &bs));
     vpsie_lb_testkit::signal(agent.child.id(), "HUP");
     poll_until("change live after SIGHUP", Duration::from_secs(15), || {
@@ -546,12 +544,11 @@ fn sighup_runs_a_pass_at_once() {
 /// while GET answers), each pass sent every pending report and waited out
 /// each timeout: a second change took 32 s and SIGTERM 42 s. Reports now
 /// go out on their own thread.
-#[test]
-fn regression_blackholed_reporting_stalled_changes_and_sigterm() {
+fn regression_blackholed_reporting_stalled_changes_and_sigterm(via: Via) {
     let dir = tempfile::tempdir().expect("tempdir");
     let api = Api::start();
     let bs = backends(&["a", "b"]);
-    let (agent, port) = web_on_a(dir.path(), &api, &bs, "2s");
+    let (agent, port) = web_on_a(via, dir.path(), &api, &bs, "2s");
     for endpoint in ["put_status", "put_health", "post_event"] {
         api.control(
             "PUT",
@@ -578,3 +575,11 @@ fn regression_blackholed_reporting_stalled_changes_and_sigterm() {
     let status = agent.terminate(Duration::from_secs(6));
     assert!(status.success(), "agent exit {status}\n{}", agent.log());
 }
+
+common::over_deliveries!(
+    agent_follows_the_api_reports_back_and_survives_bad_config,
+    every_api_fault_keeps_envoy_serving_and_the_agent_recovers,
+    envoy_refusal_rolls_back_and_changes_under_load_drop_nothing_and_a_killed_agent_restarts_on_last_known_good,
+    sighup_runs_a_pass_at_once,
+    regression_blackholed_reporting_stalled_changes_and_sigterm,
+);

@@ -1,12 +1,15 @@
 //! Live: `apply` against a running Envoy: ordered steps confirmed through
 //! the admin API, no IO for an unchanged config, rollback when Envoy refuses.
+//! `apply` is the files delivery's one-shot command (over xDS, a one-shot
+//! process could not keep serving), so these run over files only; the xds
+//! counterparts are in `live_xds.rs`.
 
 mod common;
 
 use std::net::TcpListener;
 use std::time::Duration;
 
-use common::{Lab, backends, lb_over};
+use common::{Lab, Via, backends, lb_over};
 use serde_json::json;
 use vpsie_lb_testkit::http::{self, count_by_backend};
 use vpsie_lb_testkit::{free_port, poll_until};
@@ -24,7 +27,7 @@ fn apply_adds_refuses_rolls_back_and_removes() {
     let bs = backends(&["a", "b"]);
     let (p1, p2) = (free_port(), free_port());
     let one = lb_over("one", "http", p1, "round_robin", &bs[..1]);
-    let lab = Lab::start(&one);
+    let lab = Lab::start(Via::Files, &one);
     lab.wait_healthy("one", 1);
     let envoy = lab.envoy();
     let rejected = |e: &vpsie_lb_testkit::envoy::Envoy| {
@@ -153,7 +156,7 @@ fn apply_adds_refuses_rolls_back_and_removes() {
 fn apply_refuses_what_envoy_validate_refuses_without_touching_files() {
     let bs = backends(&["a"]);
     let p = free_port();
-    let lab = Lab::start(&lb_over("v", "http", p, "round_robin", &bs));
+    let lab = Lab::start(Via::Files, &lb_over("v", "http", p, "round_robin", &bs));
     let dir = lab.dir.path();
     let (cert, _) = vpsie_lb_testkit::pki::write_pair(
         dir,

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Lab, backends, lb, lb_over};
+use common::{Lab, Via, backends, lb, lb_over};
 use serde_json::{Value, json};
 use vpsie_lb_testkit::backend::{HttpBackend, TlsHttpBackend};
 use vpsie_lb_testkit::http::count_by_backend;
@@ -31,15 +31,14 @@ fn failed(flags: &str) -> bool {
     flags.contains("failed_active_hc")
 }
 
-#[test]
-fn http_check_ejects_a_backend_answering_503_and_restores_it() {
+fn http_check_ejects_a_backend_answering_503_and_restores_it(via: Via) {
     let bs = backends(&["a", "b", "c"]);
     let port = free_port();
     let doc = with_check(
         lb_over("hc", "http", port, "round_robin", &bs),
         http_check("http"),
     );
-    let lab = Lab::start(&doc);
+    let lab = Lab::start(via, &doc);
     lab.wait_healthy("hc", 3);
 
     bs[1].set_health(503);
@@ -82,8 +81,7 @@ fn http_check_ejects_a_backend_answering_503_and_restores_it() {
     );
 }
 
-#[test]
-fn health_checks_run_at_the_interval_without_any_traffic() {
+fn health_checks_run_at_the_interval_without_any_traffic(via: Via) {
     let b = HttpBackend::start("idle");
     let doc = with_check(
         lb(
@@ -95,7 +93,7 @@ fn health_checks_run_at_the_interval_without_any_traffic() {
         ),
         http_check("http"),
     );
-    let _lab = Lab::start(&doc);
+    let _lab = Lab::start(via, &doc);
     // Envoy's default no_traffic_interval (60 s) would allow one check in
     // this window; the configured 2 s interval gives several.
     let start = b.requests();
@@ -113,13 +111,12 @@ fn health_checks_run_at_the_interval_without_any_traffic() {
     );
 }
 
-#[test]
-fn tcp_check_ejects_a_backend_whose_port_closed() {
+fn tcp_check_ejects_a_backend_whose_port_closed(via: Via) {
     let mut bs = backends(&["a", "b", "c"]);
     let port = free_port();
     let check = json!({"type": "tcp", "interval": INTERVAL, "timeout": 1, "healthy_threshold": 1, "unhealthy_threshold": 2});
     let doc = with_check(lb_over("tcphc", "http", port, "round_robin", &bs), check);
-    let lab = Lab::start(&doc);
+    let lab = Lab::start(via, &doc);
     lab.wait_healthy("tcphc", 3);
     let closed = bs[1].port();
     bs[1].stop();
@@ -140,8 +137,7 @@ fn tcp_check_ejects_a_backend_whose_port_closed() {
     );
 }
 
-#[test]
-fn https_check_passes_against_a_tls_only_health_endpoint() {
+fn https_check_passes_against_a_tls_only_health_endpoint(via: Via) {
     let tls_backend = TlsHttpBackend::start("secure");
     // Two load balancers on the same TLS-only backend: the https check must
     // pass, and a plain http check (the control) must fail.
@@ -167,7 +163,7 @@ fn https_check_passes_against_a_tls_only_health_endpoint() {
             http_check("http")
         ),
     ]);
-    let lab = Lab::start(&doc);
+    let lab = Lab::start(via, &doc);
     lab.wait_healthy("hcs", 1);
     assert!(
         tls_backend.requests() > 0,
@@ -185,3 +181,10 @@ fn https_check_passes_against_a_tls_only_health_endpoint() {
         Some("healthy")
     );
 }
+
+common::over_deliveries!(
+    http_check_ejects_a_backend_answering_503_and_restores_it,
+    health_checks_run_at_the_interval_without_any_traffic,
+    tcp_check_ejects_a_backend_whose_port_closed,
+    https_check_passes_against_a_tls_only_health_endpoint,
+);

@@ -7,23 +7,19 @@ use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Lab, lb};
+use common::{Lab, Via, lb};
 use serde_json::json;
 use vpsie_lb_testkit::backend::{EchoBackend, HttpBackend};
 use vpsie_lb_testkit::http::{self, connect};
 use vpsie_lb_testkit::{free_port, poll_until};
 
-#[test]
-fn http_sets_forwarding_headers_and_a_request_id() {
+fn http_sets_forwarding_headers_and_a_request_id(via: Via) {
     let b = HttpBackend::start("a");
     let port = free_port();
-    let _lab = Lab::start(&lb(
-        "hdr",
-        "http",
-        port,
-        "round_robin",
-        &[("a", b.port(), 0)],
-    ));
+    let _lab = Lab::start(
+        via,
+        &lb("hdr", "http", port, "round_robin", &[("a", b.port(), 0)]),
+    );
     // A client-supplied X-Forwarded-Proto must not survive (we are the edge);
     // a client-supplied X-Forwarded-For is kept, with the peer appended.
     let resp = http::request(
@@ -59,17 +55,13 @@ fn http_sets_forwarding_headers_and_a_request_id() {
     );
 }
 
-#[test]
-fn http_listener_speaks_http2_with_prior_knowledge() {
+fn http_listener_speaks_http2_with_prior_knowledge(via: Via) {
     let b = HttpBackend::start("a");
     let port = free_port();
-    let _lab = Lab::start(&lb(
-        "h2c",
-        "http",
-        port,
-        "round_robin",
-        &[("a", b.port(), 0)],
-    ));
+    let _lab = Lab::start(
+        via,
+        &lb("h2c", "http", port, "round_robin", &[("a", b.port(), 0)]),
+    );
     let out = Command::new("curl")
         .args([
             "-s",
@@ -83,13 +75,12 @@ fn http_listener_speaks_http2_with_prior_knowledge() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "a\n 2");
 }
 
-#[test]
-fn no_enabled_backends_answers_503_over_http() {
+fn no_enabled_backends_answers_503_over_http(via: Via) {
     let b = HttpBackend::start("a");
     let port = free_port();
     let mut doc = lb("empty", "http", port, "round_robin", &[("a", b.port(), 0)]);
     doc["backends"][0]["enabled"] = json!(false);
-    let _lab = Lab::start(&doc);
+    let _lab = Lab::start(via, &doc);
     let resp = http::get(port, "/").expect("request");
     assert_eq!(resp.status, 503);
     assert_eq!(b.requests(), 0);
@@ -99,17 +90,13 @@ fn no_enabled_backends_answers_503_over_http() {
 
 /// Every answer carried `server: envoy`, which outside scanners report as
 /// our banner. The backend's own header passes through unchanged.
-#[test]
-fn regression_every_answer_said_server_envoy() {
+fn regression_every_answer_said_server_envoy(via: Via) {
     let b = HttpBackend::start("a");
     let port = free_port();
-    let _lab = Lab::start(&lb(
-        "srv",
-        "http",
-        port,
-        "round_robin",
-        &[("a", b.port(), 0)],
-    ));
+    let _lab = Lab::start(
+        via,
+        &lb("srv", "http", port, "round_robin", &[("a", b.port(), 0)]),
+    );
     let resp = http::get(port, "/").expect("request");
     assert_eq!(resp.status, 200);
     assert_eq!(
@@ -120,10 +107,9 @@ fn regression_every_answer_said_server_envoy() {
     );
 }
 
-#[test]
-fn no_backends_closes_tcp_connections() {
+fn no_backends_closes_tcp_connections(via: Via) {
     let port = free_port();
-    let _lab = Lab::start(&lb("emptytcp", "tcp", port, "round_robin", &[]));
+    let _lab = Lab::start(via, &lb("emptytcp", "tcp", port, "round_robin", &[]));
     let mut s = connect(None, port).expect("listener accepts");
     let _ = s.write_all(b"hello");
     let mut buf = [0u8; 16];
@@ -131,17 +117,13 @@ fn no_backends_closes_tcp_connections() {
     assert_eq!(n, 0, "got bytes from a pool with no backends");
 }
 
-#[test]
-fn tcp_proxy_round_trips_bytes() {
+fn tcp_proxy_round_trips_bytes(via: Via) {
     let echo = EchoBackend::start();
     let port = free_port();
-    let _lab = Lab::start(&lb(
-        "echo",
-        "tcp",
-        port,
-        "round_robin",
-        &[("e", echo.port(), 0)],
-    ));
+    let _lab = Lab::start(
+        via,
+        &lb("echo", "tcp", port, "round_robin", &[("e", echo.port(), 0)]),
+    );
     let payload: Vec<u8> = (0..256 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
     let mut s = connect(None, port).expect("connect");
     let writer = {
@@ -158,11 +140,11 @@ fn tcp_proxy_round_trips_bytes() {
     assert!(got == payload, "echoed bytes differ");
 }
 
-#[test]
-fn access_log_sampling_everything_has_one_json_line_per_request() {
+fn access_log_sampling_everything_has_one_json_line_per_request(via: Via) {
     let b = HttpBackend::start("a");
     let port = free_port();
     let lab = Lab::start_with(
+        via,
         &lb("logged", "http", port, "round_robin", &[("a", b.port(), 0)]),
         &["--access-log-sample-percent", "100"],
     );
@@ -193,12 +175,12 @@ fn access_log_sampling_everything_has_one_json_line_per_request() {
     assert_eq!(v["listener"], json!("lb_logged"));
 }
 
-#[test]
-fn access_log_always_writes_failures_and_samples_successes() {
+fn access_log_always_writes_failures_and_samples_successes(via: Via) {
     let b = HttpBackend::start("a");
     let port = free_port();
     // 0 %: no success is logged, so the assertion below cannot pass by luck.
     let lab = Lab::start_with(
+        via,
         &lb(
             "sampled",
             "http",
@@ -229,8 +211,7 @@ fn access_log_always_writes_failures_and_samples_successes() {
     assert_eq!(v["status"], json!(503));
 }
 
-#[test]
-fn max_connections_closes_the_sixth_concurrent_connection() {
+fn max_connections_closes_the_sixth_concurrent_connection(via: Via) {
     let b = HttpBackend::start("a");
     let port = free_port();
     let mut doc = lb(
@@ -241,7 +222,7 @@ fn max_connections_closes_the_sixth_concurrent_connection() {
         &[("a", b.port(), 0)],
     );
     doc["max_connections"] = json!(5);
-    let _lab = Lab::start(&doc);
+    let _lab = Lab::start(via, &doc);
 
     // Five keep-alive connections, each proven established by a full exchange.
     let mut held: Vec<_> = (0..5)
@@ -275,3 +256,15 @@ fn max_connections_closes_the_sixth_concurrent_connection() {
         },
     );
 }
+
+common::over_deliveries!(
+    http_sets_forwarding_headers_and_a_request_id,
+    http_listener_speaks_http2_with_prior_knowledge,
+    no_enabled_backends_answers_503_over_http,
+    regression_every_answer_said_server_envoy,
+    no_backends_closes_tcp_connections,
+    tcp_proxy_round_trips_bytes,
+    access_log_sampling_everything_has_one_json_line_per_request,
+    access_log_always_writes_failures_and_samples_successes,
+    max_connections_closes_the_sixth_concurrent_connection,
+);

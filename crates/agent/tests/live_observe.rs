@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{RunningAgent, agent_bin, agent_config, backends, lb_over, serves};
+use common::{RunningAgent, Via, agent_bin, agent_config_via, backends, lb_over, serves};
 use serde_json::{Value, json};
 use vpsie_lb_testkit::http;
 use vpsie_lb_testkit::pki;
@@ -40,8 +40,7 @@ fn status_cmd(port: u16, json: bool) -> std::process::Output {
         .expect("run status")
 }
 
-#[test]
-fn endpoints_metrics_and_status_follow_what_envoy_does() {
+fn endpoints_metrics_and_status_follow_what_envoy_does(via: Via) {
     let dir = tempfile::tempdir().expect("tempdir");
     let bs = backends(&["a", "b"]);
     let (port, agent_port, admin) = (free_port(), free_port(), free_port());
@@ -53,7 +52,10 @@ fn endpoints_metrics_and_status_follow_what_envoy_does() {
         "source: file\nfile: {}\nvpsie: {{poll_interval: 1s}}\nagent: {{listen_address: 127.0.0.1:{agent_port}}}\n",
         desired.display()
     );
-    let agent = RunningAgent::start(dir.path(), &agent_config(dir.path(), admin, &source));
+    let agent = RunningAgent::start(
+        dir.path(),
+        &agent_config_via(dir.path(), admin, &source, via),
+    );
     poll_until("served", Duration::from_secs(30), || serves(port, "b"));
 
     assert_eq!(
@@ -246,8 +248,7 @@ fn endpoints_metrics_and_status_follow_what_envoy_does() {
     drop(agent);
 }
 
-#[test]
-fn no_secret_reaches_logs_status_metrics_or_files() {
+fn no_secret_reaches_logs_status_metrics_or_files(via: Via) {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = "k3y-that-must-never-leak-91c2";
     let sim = vpsie_api_sim::Sim::new(key, None);
@@ -275,7 +276,10 @@ fn no_secret_reaches_logs_status_metrics_or_files() {
         "vpsie:\n  api_url: http://127.0.0.1:{api_port}/v1\n  api_key_file: {}\n  loadbalancer_ids: [sec, missing]\n  poll_interval: 1s\nagent: {{listen_address: 127.0.0.1:{agent_port}}}\n",
         key_file.display()
     );
-    let agent = RunningAgent::start(dir.path(), &agent_config(dir.path(), free_port(), &source));
+    let agent = RunningAgent::start(
+        dir.path(),
+        &agent_config_via(dir.path(), free_port(), &source, via),
+    );
     poll_until("https served", Duration::from_secs(30), || {
         vpsie_lb_testkit::tls::https_get(port, &Default::default(), "/").map(|_| ())
     });
@@ -325,8 +329,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-#[test]
-fn systemd_hears_ready_only_once_envoy_serves() {
+fn systemd_hears_ready_only_once_envoy_serves(via: Via) {
     let dir = tempfile::tempdir().expect("tempdir");
     let bs = backends(&["a"]);
     let port = free_port();
@@ -343,7 +346,7 @@ fn systemd_hears_ready_only_once_envoy_serves() {
     );
     let _agent = RunningAgent::start_with_env(
         dir.path(),
-        &agent_config(dir.path(), free_port(), &source),
+        &agent_config_via(dir.path(), free_port(), &source, via),
         &[("NOTIFY_SOCKET", socket_path.to_str().expect("path"))],
     );
     let mut buf = [0u8; 256];
@@ -381,8 +384,7 @@ fn rss_bytes(pid: u32) -> u64 {
 /// Any local process could flood the endpoints: 2,000 `POST /sync` made 123
 /// fetches (a pass each, queued without bound), a request line was read
 /// without a length limit, and SIGTERM waited behind the queue.
-#[test]
-fn regression_the_agent_endpoints_could_be_flooded_by_any_local_process() {
+fn regression_the_agent_endpoints_could_be_flooded_by_any_local_process(via: Via) {
     let dir = tempfile::tempdir().expect("tempdir");
     let bs = backends(&["a"]);
     let (port, agent_port) = (free_port(), free_port());
@@ -392,7 +394,10 @@ fn regression_the_agent_endpoints_could_be_flooded_by_any_local_process() {
         "source: file\nfile: {}\nvpsie: {{poll_interval: 1h}}\nagent: {{listen_address: 127.0.0.1:{agent_port}}}\n",
         desired.display()
     );
-    let agent = RunningAgent::start(dir.path(), &agent_config(dir.path(), free_port(), &source));
+    let agent = RunningAgent::start(
+        dir.path(),
+        &agent_config_via(dir.path(), free_port(), &source, via),
+    );
     poll_until("served", Duration::from_secs(30), || serves(port, "a"));
 
     // 10,000 syncs in a burst, from 8 clients.
@@ -458,3 +463,10 @@ fn regression_the_agent_endpoints_could_be_flooded_by_any_local_process() {
     let status = agent.terminate(Duration::from_secs(6));
     assert!(status.success(), "agent exit {status}");
 }
+
+common::over_deliveries!(
+    endpoints_metrics_and_status_follow_what_envoy_does,
+    no_secret_reaches_logs_status_metrics_or_files,
+    systemd_hears_ready_only_once_envoy_serves,
+    regression_the_agent_endpoints_could_be_flooded_by_any_local_process,
+);

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use common::{RunningAgent, agent_config, backends, lb_over, serves};
+use common::{RunningAgent, Via, agent_config_via, backends, lb_over, serves};
 use serde_json::json;
 use vpsie_lb_testkit::{free_port, http, poll_until};
 
@@ -71,8 +71,7 @@ fn through(port: u16, method: &str, path: &str) -> http::Response {
     http::send(port, method, path, "").expect("request through the load balancer")
 }
 
-#[test]
-fn proxied_traffic_cannot_reach_envoy_admin_or_the_agent() {
+fn proxied_traffic_cannot_reach_envoy_admin_or_the_agent(via: Via) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (host, ip) = name_of_this_machine();
     let (web, probe, stats) = (free_port(), free_port(), free_port());
@@ -91,7 +90,7 @@ fn proxied_traffic_cannot_reach_envoy_admin_or_the_agent() {
         desired.display(),
         agent_sock.display()
     );
-    let cfg = agent_config(dir.path(), 0, &source);
+    let cfg = agent_config_via(dir.path(), 0, &source, via);
     // Only the test's own backend address is trusted, not all of loopback.
     let text = std::fs::read_to_string(&cfg)
         .expect("config")
@@ -205,3 +204,5 @@ fn proxied_traffic_cannot_reach_envoy_admin_or_the_agent() {
     assert!(agent.log().contains("\"event\":\"config_rejected\""));
     serves(web, "a").expect("the rest keeps serving");
 }
+
+common::over_deliveries!(proxied_traffic_cannot_reach_envoy_admin_or_the_agent,);

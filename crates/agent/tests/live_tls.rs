@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Lab, lb};
+use common::{Lab, Via, lb};
 use rustls::ProtocolVersion;
 use serde_json::{Value, json};
 use vpsie_lb_testkit::backend::HttpBackend;
@@ -39,12 +39,7 @@ fn https_lb(dir: &Path, backend: &HttpBackend, tls_extra: Value) -> (Value, u16,
 fn start(doc: &Value, lab: Lab) -> Lab {
     let mut lab = lab;
     lab.render(doc);
-    let log = lab.dir.path().join("envoy.log");
-    lab.envoy = Some(vpsie_lb_testkit::envoy::Envoy::start(
-        &lab.out_dir().join("bootstrap.yaml"),
-        lab.admin_port,
-        &log,
-    ));
+    lab.start_envoy();
     lab
 }
 
@@ -55,10 +50,9 @@ fn only(v: &'static rustls::SupportedProtocolVersion) -> ClientOptions {
     }
 }
 
-#[test]
-fn tls13_and_tls12_succeed_and_tls11_is_refused() {
+fn tls13_and_tls12_succeed_and_tls11_is_refused(via: Via) {
     let backend = HttpBackend::start("a");
-    let lab = Lab::new();
+    let lab = Lab::new(via);
     let (doc, port, server) = https_lb(lab.dir.path(), &backend, json!({}));
     let lab = start(&doc, lab);
 
@@ -92,10 +86,9 @@ fn tls13_and_tls12_succeed_and_tls11_is_refused() {
     drop(lab);
 }
 
-#[test]
-fn min_version_tls13_refuses_tls12() {
+fn min_version_tls13_refuses_tls12(via: Via) {
     let backend = HttpBackend::start("a");
-    let lab = Lab::new();
+    let lab = Lab::new(via);
     let (doc, port, _) = https_lb(lab.dir.path(), &backend, json!({"min_version": "TLSv1.3"}));
     let _lab = start(&doc, lab);
     assert!(
@@ -112,10 +105,9 @@ fn min_version_tls13_refuses_tls12() {
     );
 }
 
-#[test]
-fn alpn_negotiates_h2_and_serves_http2() {
+fn alpn_negotiates_h2_and_serves_http2(via: Via) {
     let backend = HttpBackend::start("a");
-    let lab = Lab::new();
+    let lab = Lab::new(via);
     let (doc, port, _) = https_lb(lab.dir.path(), &backend, json!({}));
     let _lab = start(&doc, lab);
     let opts = ClientOptions {
@@ -140,10 +132,9 @@ fn alpn_negotiates_h2_and_serves_http2() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
 }
 
-#[test]
-fn alpn_list_is_honoured() {
+fn alpn_list_is_honoured(via: Via) {
     let backend = HttpBackend::start("a");
-    let lab = Lab::new();
+    let lab = Lab::new(via);
     let (doc, port, _) = https_lb(lab.dir.path(), &backend, json!({"alpn": ["http/1.1"]}));
     let _lab = start(&doc, lab);
     let opts = ClientOptions {
@@ -155,10 +146,9 @@ fn alpn_list_is_honoured() {
     assert_eq!(resp.status, 200);
 }
 
-#[test]
-fn replacing_certificate_files_rotates_without_restart_or_drain() {
+fn replacing_certificate_files_rotates_without_restart_or_drain(via: Via) {
     let backend = HttpBackend::start("a");
-    let lab = Lab::new();
+    let lab = Lab::new(via);
     let (doc, port, first) = https_lb(lab.dir.path(), &backend, json!({}));
     let lab = start(&doc, lab);
     let (hs, _) = https_get(port, &ClientOptions::default(), "/").expect("first handshake");
@@ -193,10 +183,9 @@ fn replacing_certificate_files_rotates_without_restart_or_drain() {
     }
 }
 
-#[test]
-fn client_certificate_is_required_when_a_ca_is_set() {
+fn client_certificate_is_required_when_a_ca_is_set(via: Via) {
     let backend = HttpBackend::start("a");
-    let lab = Lab::new();
+    let lab = Lab::new(via);
     let ca = Ca::new("clients");
     let ca_path = common::write(lab.dir.path(), "client-ca.pem", &ca.cert_pem);
     let (doc, port, _) = https_lb(lab.dir.path(), &backend, json!({"ca_cert_path": ca_path}));
@@ -228,3 +217,12 @@ fn client_certificate_is_required_when_a_ca_is_set() {
     let (_, resp) = https_get(port, &trusted, "/").expect("trusted client");
     assert_eq!(resp.status, 200);
 }
+
+common::over_deliveries!(
+    tls13_and_tls12_succeed_and_tls11_is_refused,
+    min_version_tls13_refuses_tls12,
+    alpn_negotiates_h2_and_serves_http2,
+    alpn_list_is_honoured,
+    replacing_certificate_files_rotates_without_restart_or_drain,
+    client_certificate_is_required_when_a_ca_is_set,
+);

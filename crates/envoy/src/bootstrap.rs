@@ -1,17 +1,29 @@
 //! Envoy's bootstrap: admin, where dynamic resources come from, and global limits.
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
 
 use crate::LocalAddress;
 
 use envoy_types::pb::envoy::config::bootstrap::v3::{Admin, Bootstrap, bootstrap};
-use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    ApiConfigSource, ApiVersion, BackoffStrategy, GrpcService, Http2ProtocolOptions, Node,
+    RetryPolicy, api_config_source, grpc_service,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
 use envoy_types::pb::envoy::config::overload::v3::{
     OverloadManager, ResourceMonitor, resource_monitor,
 };
 use envoy_types::pb::envoy::extensions::resource_monitors::downstream_connections::v3::DownstreamConnectionsConfig;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options,
+};
 
-use crate::pb::{any, file_source, socket};
+use crate::pb::{ads_source, any, file_source, secs, socket};
 use crate::{EnvoyResources, XdsLayout};
 
 /// Settings of the bootstrap that do not come from the load-balancer document.
@@ -94,6 +106,111 @@ pub fn bootstrap(layout: &XdsLayout, opts: &BootstrapOptions) -> Bootstrap {
             ..Default::default()
         });
     }
+    b
+}
+
+/// How soon Envoy retries a lost xDS stream; Envoy's own default (500 ms,
+/// growing to 30 s) would leave a restarted agent's Envoy on stale
+/// resources for up to 30 s. The socket is local, so retrying often is cheap.
+pub const XDS_RETRY_BASE: Duration = Duration::from_millis(100);
+/// The longest wait between two tries.
+pub const XDS_RETRY_MAX: Duration = Duration::from_secs(1);
+
+fn duration(d: Duration) -> Option<envoy_types::pb::google::protobuf::Duration> {
+    Some(envoy_types::pb::google::protobuf::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    })
+}
+
+/// The static cluster that reaches the agent's xDS server on `socket`,
+/// over HTTP/2 as gRPC needs.
+fn xds_cluster(socket: &Path) -> Cluster {
+    let h2 = HttpProtocolOptions {
+        upstream_protocol_options: Some(
+            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(
+                        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                            Http2ProtocolOptions::default(),
+                        ),
+                    ),
+                },
+            ),
+        ),
+        ..Default::default()
+    };
+    Cluster {
+        name: crate::names::XDS_CLUSTER.into(),
+        connect_timeout: secs(1),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Static as i32,
+        )),
+        typed_extension_protocol_options: [(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
+            any(&h2),
+        )]
+        .into(),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: crate::names::XDS_CLUSTER.into(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        address: crate::pb::pipe(socket, 0),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The bootstrap for the xDS delivery: listeners, clusters, endpoints and
+/// secrets all come over one delta ADS stream from the agent on `socket`.
+pub fn ads_bootstrap(socket: &Path, opts: &BootstrapOptions) -> Bootstrap {
+    let mut b = common(opts, &opts.admin);
+    let grpc = GrpcService {
+        target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+            grpc_service::EnvoyGrpc {
+                cluster_name: crate::names::XDS_CLUSTER.into(),
+                retry_policy: Some(RetryPolicy {
+                    retry_back_off: Some(BackoffStrategy {
+                        base_interval: duration(XDS_RETRY_BASE),
+                        max_interval: duration(XDS_RETRY_MAX),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    };
+    b.dynamic_resources = Some(bootstrap::DynamicResources {
+        ads_config: Some(ApiConfigSource {
+            api_type: api_config_source::ApiType::DeltaGrpc as i32,
+            transport_api_version: ApiVersion::V3 as i32,
+            set_node_on_first_message_only: true,
+            grpc_services: vec![grpc],
+            ..Default::default()
+        }),
+        lds_config: ads_source(),
+        cds_config: ads_source(),
+        ..Default::default()
+    });
+    let mut statics = bootstrap::StaticResources {
+        clusters: vec![xds_cluster(socket)],
+        ..Default::default()
+    };
+    if let (LocalAddress::Unix(path), Some(addr)) = (&opts.admin, opts.stats_address) {
+        let (listener, cluster) = crate::stats::stats_listener(addr, path);
+        statics.listeners.push(listener);
+        statics.clusters.push(cluster);
+    }
+    b.static_resources = Some(statics);
     b
 }
 

@@ -111,6 +111,13 @@ pub(crate) fn cluster(
             });
             (cluster::DiscoveryType::Eds, Some(assignment))
         }
+        Delivery::Ads => {
+            c.eds_cluster_config = Some(cluster::EdsClusterConfig {
+                eds_config: crate::pb::ads_source(),
+                service_name: String::new(),
+            });
+            (cluster::DiscoveryType::Eds, Some(assignment))
+        }
     };
     c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(kind as i32));
     (c, eds)

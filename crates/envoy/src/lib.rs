@@ -22,16 +22,21 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
-use vpsie_lb_model::Config;
+use vpsie_lb_model::{Config, LoadBalancer};
 
 pub use address::LocalAddress;
-pub use bootstrap::{ADMIN_SOCKET_MODE, BootstrapOptions, bootstrap, preflight_bootstrap};
+pub use bootstrap::{
+    ADMIN_SOCKET_MODE, BootstrapOptions, XDS_RETRY_BASE, XDS_RETRY_MAX, ads_bootstrap, bootstrap,
+    preflight_bootstrap,
+};
 pub use names::{FileKind, XdsLayout};
 pub use render::{
     RenderError, RenderedFile, file_from_json, prune_descriptor_set, render_files, to_json,
     to_yaml, write_json,
 };
-pub use resources::{Resource, ResourceSet, ResourceType, Step, make_before_break, resource_set};
+pub use resources::{
+    Resource, ResourceSet, ResourceType, Step, make_before_break, render_resource_set, resource_set,
+};
 pub use stats::{STATS_NAME, STATS_PATHS};
 
 /// Default cap on concurrent downstream connections across all listeners.
@@ -46,6 +51,9 @@ pub enum Delivery {
     /// Everything inline, for a bootstrap's `static_resources`. Used for the
     /// `envoy --mode validate` pre-flight, which ignores dynamic files.
     Static,
+    /// Over the agent's aggregated xDS stream: clusters take endpoints, and
+    /// listeners certificates, from the same stream (`ads: {}`).
+    Ads,
 }
 
 /// Default share of successful requests written to the access log, in
@@ -101,11 +109,11 @@ pub struct EnvoyResources {
 pub fn translate(config: &Config, opts: &TranslateOptions) -> EnvoyResources {
     let mut out = EnvoyResources::default();
     for lb in &config.load_balancers {
-        out.listeners.push(listener::listener(lb, opts));
-        let (cluster, endpoints) = cluster::cluster(lb, opts);
-        out.clusters.push(cluster);
-        out.endpoints.extend(endpoints);
-        out.secrets.extend(tls::secrets(lb));
+        let one = translate_lb(lb, opts);
+        out.listeners.extend(one.listeners);
+        out.clusters.extend(one.clusters);
+        out.endpoints.extend(one.endpoints);
+        out.secrets.extend(one.secrets);
     }
     out.listeners.sort_by(|a, b| a.name.cmp(&b.name));
     out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
@@ -113,6 +121,18 @@ pub fn translate(config: &Config, opts: &TranslateOptions) -> EnvoyResources {
         .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
     out.secrets.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// The resources of one load balancer: what a per-load-balancer cache keeps,
+/// so a change to one of 1,000 translates one.
+pub fn translate_lb(lb: &LoadBalancer, opts: &TranslateOptions) -> EnvoyResources {
+    let (cluster, endpoints) = cluster::cluster(lb, opts);
+    EnvoyResources {
+        listeners: vec![listener::listener(lb, opts)],
+        clusters: vec![cluster],
+        endpoints: endpoints.into_iter().collect(),
+        secrets: tls::secrets(lb).into_iter().collect(),
+    }
 }
 
 /// Where Envoy's admin API listens by default: a Unix socket, which no

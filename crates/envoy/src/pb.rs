@@ -1,8 +1,8 @@
 //! Short helpers for building protobuf values; they hide prost's wrapper types.
 
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, ApiVersion, ConfigSource, PathConfigSource, Pipe, SocketAddress, WatchedDirectory,
-    address, config_source, socket_address,
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, PathConfigSource, Pipe,
+    SocketAddress, WatchedDirectory, address, config_source, socket_address,
 };
 use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value, UInt64Value};
 use std::path::Path;
@@ -67,6 +67,17 @@ pub fn file_source(file: &Path, dir: &Path) -> Option<ConfigSource> {
                 }),
                 ..Default::default()
             },
+        )),
+        ..Default::default()
+    })
+}
+
+/// A config source that is the bootstrap's aggregated xDS stream.
+pub fn ads_source() -> Option<ConfigSource> {
+    Some(ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+            AggregatedConfigSource {},
         )),
         ..Default::default()
     })

@@ -23,6 +23,19 @@ pub enum ResourceType {
 }
 
 impl ResourceType {
+    /// Every type, in the order a stream is served them.
+    pub const ALL: [ResourceType; 4] = [
+        ResourceType::Secret,
+        ResourceType::Cluster,
+        ResourceType::Endpoints,
+        ResourceType::Listener,
+    ];
+
+    /// The type Envoy means by `url`, if it is one we serve.
+    pub fn from_type_url(url: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.type_url() == url)
+    }
+
     /// The type URL Envoy subscribes with.
     pub fn type_url(self) -> &'static str {
         match self {
@@ -74,11 +87,59 @@ pub fn resource_set(r: &EnvoyResources) -> Result<ResourceSet, RenderError> {
     }
     for e in &r.endpoints {
         insert(&mut set, ResourceType::Endpoints, &e.cluster_name, e)?;
+        // A changed cluster is a new cluster to Envoy, warming until its
+        // endpoints arrive; over delta xDS they arrive only if their version
+        // changed. So the endpoints' version carries their cluster's.
+        let cluster = set
+            .get(&(ResourceType::Cluster, e.cluster_name.clone()))
+            .map(|c| c.version.clone());
+        if let (Some(cluster), Some(ep)) = (
+            cluster,
+            set.get_mut(&(ResourceType::Endpoints, e.cluster_name.clone())),
+        ) {
+            ep.version = content_hash(format!("{}{cluster}", ep.version).as_bytes());
+        }
     }
     for l in &r.listeners {
         insert(&mut set, ResourceType::Listener, &l.name, l)?;
     }
     Ok(set)
+}
+
+impl ResourceType {
+    /// A plural noun for files and messages: `listeners`, `clusters`, …
+    pub fn plural(self) -> &'static str {
+        match self {
+            ResourceType::Secret => "secrets",
+            ResourceType::Cluster => "clusters",
+            ResourceType::Endpoints => "endpoints",
+            ResourceType::Listener => "listeners",
+        }
+    }
+}
+
+/// What an xDS server would serve for `set`, for people to read: one YAML
+/// document per type (`<plural>.yaml`), each a list of name, version and
+/// resource. Types with no resource are left out.
+pub fn render_resource_set(set: &ResourceSet) -> Result<Vec<(String, String)>, RenderError> {
+    let mut by_type: BTreeMap<ResourceType, Vec<serde_json::Value>> = BTreeMap::new();
+    for ((kind, name), r) in set {
+        by_type.entry(*kind).or_default().push(serde_json::json!({
+            "name": name,
+            "version": r.version,
+            "resource": to_json(&r.any)?,
+        }));
+    }
+    by_type
+        .into_iter()
+        .map(|(kind, items)| {
+            let yaml = serde_norway::to_string(&items).map_err(|e| RenderError::Convert {
+                message: kind.plural().into(),
+                reason: e.to_string(),
+            })?;
+            Ok((format!("{}.yaml", kind.plural()), yaml))
+        })
+        .collect()
 }
 
 /// One step of a change: resources of one type to add or update, and
@@ -146,10 +207,15 @@ mod tests {
 
     /// The resources of load balancers given as (id, port, backend weights).
     fn set(lbs: &[(&str, u16, &[u32])]) -> ResourceSet {
+        set_with("round_robin", lbs)
+    }
+
+    /// [`set`] with another algorithm.
+    fn set_with(algorithm: &str, lbs: &[(&str, u16, &[u32])]) -> ResourceSet {
         let docs: Vec<serde_json::Value> = lbs
             .iter()
             .map(|(id, port, weights)| {
-                json!({"id": id, "name": id, "protocol": "http", "port": port, "algorithm": "round_robin",
+                json!({"id": id, "name": id, "protocol": "http", "port": port, "algorithm": algorithm,
                        "backends": weights.iter().enumerate().map(|(i, w)| json!({
                            "id": format!("b{i}"), "address": format!("10.0.0.{}", i + 1), "port": 80, "weight": w
                        })).collect::<Vec<_>>()})
@@ -196,6 +262,24 @@ mod tests {
             "a weight is an endpoint matter"
         );
         assert_eq!(a[&key].any.type_url, ResourceType::Cluster.type_url());
+    }
+
+    #[test]
+    fn regression_a_changed_cluster_warmed_forever_waiting_for_its_endpoints() {
+        // Over delta xDS, Envoy rebuilds a changed cluster and waits for its
+        // endpoints, which it is sent only when their version changes.
+        let a = set(&[("web", 80, &[1])]);
+        let b = set_with("random", &[("web", 80, &[1])]);
+        let key = |kind| (kind, "lb_web".to_owned());
+        assert_ne!(
+            a[&key(ResourceType::Cluster)].version,
+            b[&key(ResourceType::Cluster)].version
+        );
+        assert_ne!(
+            a[&key(ResourceType::Endpoints)].version,
+            b[&key(ResourceType::Endpoints)].version,
+            "same endpoints, new cluster: the endpoints must be sent again"
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ fn protocol(v: TlsVersion) -> i32 {
 fn sds(name: String, opts: &TranslateOptions) -> SdsSecretConfig {
     let sds_config = match &opts.delivery {
         Delivery::Files(layout) => pb::file_source(&layout.sds_file(&name), &layout.sds_dir(&name)),
+        Delivery::Ads => pb::ads_source(),
         // No config source: the secret comes from the bootstrap's static_resources.
         Delivery::Static => None,
     };

@@ -8,10 +8,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use vpsie_lb_envoy::{
-    BootstrapOptions, Delivery, TranslateOptions, XdsLayout, bootstrap, render_files, to_yaml,
-    translate,
+    BootstrapOptions, Delivery, TranslateOptions, XdsLayout, ads_bootstrap, bootstrap,
+    render_files, render_resource_set, resource_set, to_yaml, translate,
 };
 use vpsie_lb_model::{ReservedPort, ValidateOptions, validate_str};
+
+/// Cases also rendered as the xDS delivery serves them
+/// (`<case>.ads.<kind>.yaml`): where the two deliveries differ is in
+/// config sources only, so two cases show it.
+const ADS_CASES: [&str; 2] = ["http-round-robin", "https-mtls-tls13"];
+
+/// The xDS socket the ADS bootstrap golden points at.
+const GOLDEN_XDS_SOCKET: &str = "/run/vpsie-lb/xds.sock";
 
 /// The xDS root the goldens are rendered for.
 pub const GOLDEN_ROOT: &str = "/etc/envoy/xds";
@@ -69,6 +77,13 @@ fn outputs(case: &str, text: &str) -> BTreeMap<String, String> {
     for (kind, doc) in by_kind {
         out.insert(format!("{case}.{kind}.yaml"), doc);
     }
+    if ADS_CASES.contains(&case) {
+        let ads = translate(&validated.config, &TranslateOptions::new(Delivery::Ads));
+        let set = resource_set(&ads).expect("resource set");
+        for (file, yaml) in render_resource_set(&set).expect("render ads") {
+            out.insert(format!("{case}.ads.{file}"), yaml);
+        }
+    }
     out
 }
 
@@ -98,12 +113,22 @@ fn check_file(path: &Path, want: &str, update: bool) -> Option<String> {
 fn golden() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let out_dir = dir().join("out");
-    let mut expected_files = vec!["_bootstrap.yaml".to_owned()];
+    let mut expected_files = vec![
+        "_bootstrap.yaml".to_owned(),
+        "_bootstrap.ads.yaml".to_owned(),
+    ];
     let mut failures = Vec::new();
 
     let layout = XdsLayout::new(GOLDEN_ROOT);
     let boot = to_yaml(&bootstrap(&layout, &BootstrapOptions::default())).expect("bootstrap yaml");
     failures.extend(check_file(&out_dir.join("_bootstrap.yaml"), &boot, update));
+    let ads = ads_bootstrap(Path::new(GOLDEN_XDS_SOCKET), &BootstrapOptions::default());
+    let ads = to_yaml(&ads).expect("ads bootstrap yaml");
+    failures.extend(check_file(
+        &out_dir.join("_bootstrap.ads.yaml"),
+        &ads,
+        update,
+    ));
 
     for (case, path) in cases() {
         let text = std::fs::read_to_string(&path).expect("read case");

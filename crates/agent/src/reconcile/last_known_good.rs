@@ -31,7 +31,7 @@ impl<D: Delivery> Reconciler<D> {
         let (_, files) = self
             .prepare(&good)
             .map_err(|e| format!("render last-known-good: {e}"))?;
-        match self.delivery.apply(&files) {
+        match self.delivery.restore(&files) {
             Ok(Outcome::Unchanged) => {
                 self.serving_verified = true;
                 Ok(PassResult::Unchanged)

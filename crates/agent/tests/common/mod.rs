@@ -25,19 +25,63 @@ pub fn agent(args: &[&str]) -> Output {
         .expect("run vpsie-lb-agent")
 }
 
+/// How a live test's Envoy gets its resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Files Envoy watches, written by `render` (or the agent).
+    Files,
+    /// The agent's xDS server: `vpsie-lb-agent run` serves the document.
+    Xds,
+}
+
+/// Turns each `fn name(via: Via)` into two tests, `files::name` and
+/// `xds::name`: every live test runs under both deliveries, written once.
+#[allow(unused_macros)]
+macro_rules! over_deliveries {
+    ($($name:ident),* $(,)?) => {
+        mod files {
+            $(#[test]
+            fn $name() {
+                super::$name(crate::common::Via::Files)
+            })*
+        }
+        mod xds {
+            $(#[test]
+            fn $name() {
+                super::$name(crate::common::Via::Xds)
+            })*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use over_deliveries;
+
 /// A temp dir with a rendered config and, once started, an Envoy serving it.
+///
+/// With [`Via::Xds`], "render" hands the document to a running agent (file
+/// source, Envoy not managed) and the Envoy started here connects to it.
 pub struct Lab {
     pub dir: tempfile::TempDir,
     pub admin_port: u16,
     pub envoy: Option<Envoy>,
+    pub via: Via,
+    /// With xds: the agent serving this lab's Envoy, and its endpoints' port.
+    agent: Option<RunningAgent>,
+    agent_port: u16,
+    /// An agent killed by the test, kept so its log outlives it.
+    killed: Option<RunningAgent>,
 }
 
 impl Lab {
-    pub fn new() -> Lab {
+    pub fn new(via: Via) -> Lab {
         Lab {
             dir: tempfile::tempdir().expect("tempdir"),
             admin_port: free_port(),
             envoy: None,
+            via,
+            agent: None,
+            agent_port: free_port(),
+            killed: None,
         }
     }
 
@@ -50,12 +94,18 @@ impl Lab {
     }
 
     /// Renders `doc` with the real binary; panics unless it exits 0.
-    pub fn render(&self, doc: &Value) {
+    pub fn render(&mut self, doc: &Value) {
         self.render_with(doc, &[]);
     }
 
-    /// Renders `doc` with `extra` flags; panics unless it exits 0.
-    pub fn render_with(&self, doc: &Value, extra: &[&str]) {
+    /// Renders `doc` with `extra` flags; panics unless it exits 0. With
+    /// xds, hands `doc` to the agent and, once Envoy runs, waits until
+    /// Envoy confirmed it.
+    pub fn render_with(&mut self, doc: &Value, extra: &[&str]) {
+        if self.via == Via::Xds {
+            self.serve_over_xds(doc, extra);
+            return;
+        }
         let out = self.run("render", doc, extra);
         assert!(
             out.status.success(),
@@ -101,18 +151,142 @@ impl Lab {
     }
 
     /// Renders `doc` and starts Envoy on it.
-    pub fn start(doc: &Value) -> Lab {
-        Lab::start_with(doc, &[])
+    pub fn start(via: Via, doc: &Value) -> Lab {
+        Lab::start_with(via, doc, &[])
     }
 
     /// Renders `doc` with `extra` render flags and starts Envoy on it.
-    pub fn start_with(doc: &Value, extra: &[&str]) -> Lab {
-        let mut lab = Lab::new();
+    pub fn start_with(via: Via, doc: &Value, extra: &[&str]) -> Lab {
+        let mut lab = Lab::new(via);
         lab.render_with(doc, extra);
-        let boot = lab.out_dir().join("bootstrap.yaml");
-        let log = lab.dir.path().join("envoy.log");
-        lab.envoy = Some(Envoy::start(&boot, lab.admin_port, &log));
+        lab.start_envoy();
         lab
+    }
+
+    /// Starts Envoy on the rendered bootstrap; with xds, waits until it
+    /// confirmed the document the agent serves.
+    pub fn start_envoy(&mut self) {
+        let boot = self.out_dir().join("bootstrap.yaml");
+        let log = self.dir.path().join("envoy.log");
+        self.envoy = Some(Envoy::start(&boot, self.admin_port, &log));
+        if self.via == Via::Xds {
+            let doc: Value = serde_json::from_slice(
+                &std::fs::read(self.dir.path().join("desired.json")).expect("desired.json"),
+            )
+            .expect("json");
+            self.wait_confirmed(&doc);
+        }
+    }
+
+    /// The xds half of [`Lab::render_with`]: writes the agent's source
+    /// file, starts the agent on first use and asks it to sync after.
+    fn serve_over_xds(&mut self, doc: &Value, extra: &[&str]) {
+        self.offer(doc, extra);
+        if self.envoy.is_some() {
+            self.wait_confirmed(doc);
+        }
+    }
+
+    /// With xds: hands `doc` to the agent (started on first use with
+    /// `extra` render flags) without waiting for Envoy's verdict.
+    pub fn offer(&mut self, doc: &Value, extra: &[&str]) {
+        let desired = self.dir.path().join("desired.json");
+        let tmp = desired.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(doc).expect("json")).expect("write doc");
+        std::fs::rename(&tmp, &desired).expect("rename doc");
+        match &self.agent {
+            Some(agent) => vpsie_lb_testkit::signal(agent.child.id(), "HUP"),
+            None => {
+                let config = self.xds_agent_config(extra);
+                let agent = RunningAgent::start(self.dir.path(), &config);
+                let boot = self.out_dir().join("bootstrap.yaml");
+                poll_until("the agent's bootstrap", Duration::from_secs(20), || {
+                    if boot.exists() {
+                        Ok(())
+                    } else {
+                        Err(agent.log())
+                    }
+                });
+                self.agent = Some(agent);
+            }
+        }
+    }
+
+    /// With xds: the port of the agent's endpoints (`/status`, `/metrics`).
+    pub fn agent_port(&self) -> u16 {
+        self.agent_port
+    }
+
+    /// With xds: the agent serving this lab.
+    pub fn agent(&self) -> &RunningAgent {
+        self.agent.as_ref().expect("the xds lab's agent")
+    }
+
+    /// With xds: SIGKILLs the agent (Envoy runs on, it is not the agent's child).
+    pub fn kill_agent(&mut self) {
+        let mut agent = self.agent.take().expect("the xds lab's agent");
+        let _ = agent.child.kill();
+        let _ = agent.child.wait();
+        self.killed = Some(agent);
+    }
+
+    /// With xds: starts the agent again on the same config and state.
+    pub fn restart_agent(&mut self) {
+        let config = self.dir.path().join("agent.yaml");
+        self.agent = Some(RunningAgent::start(self.dir.path(), &config));
+    }
+
+    /// The agent's config for a lab over xds; `extra` are render flags.
+    fn xds_agent_config(&self, extra: &[&str]) -> PathBuf {
+        let mut envoy_extra = String::new();
+        for pair in extra.chunks(2) {
+            match pair {
+                ["--access-log-sample-percent", p] => {
+                    envoy_extra.push_str(&format!("  access_log_sample_percent: {p}\n"));
+                }
+                other => panic!("render flags {other:?} have no agent setting in the xds lab"),
+            }
+        }
+        let d = self.dir.path().display();
+        let text = format!(
+            "source: file\nfile: {d}/desired.json\nvpsie: {{poll_interval: 1s}}\nagent: {{listen_address: 127.0.0.1:{agent}}}\nenvoy:\n  config_dir: {out}\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: 127.0.0.1\n  manage: false\n  access_log: {log}\n  delivery: xds\n  xds_socket: {d}/xds.sock\n{envoy_extra}state_dir: {d}/state\nlogging: {{level: info, format: json}}\nallowed_backend_networks: [127.0.0.0/8]\n",
+            agent = self.agent_port,
+            out = self.out_dir().display(),
+            admin = self.admin_port,
+            bin = vpsie_lb_testkit::envoy::envoy_bin().display(),
+            log = self.access_log().display(),
+        );
+        let path = self.dir.path().join("agent.yaml");
+        std::fs::write(&path, text).expect("write agent config");
+        path
+    }
+
+    /// Waits until the agent says Envoy confirmed every load balancer of `doc`.
+    pub fn wait_confirmed(&self, doc: &Value) {
+        let lbs = match doc {
+            Value::Array(items) => items.clone(),
+            one => vec![one.clone()],
+        };
+        let agent = self.agent.as_ref().expect("the xds lab's agent");
+        poll_until(
+            "envoy confirmed the document",
+            Duration::from_secs(30),
+            || {
+                let status = vpsie_lb_testkit::http::get(self.agent_port, "/status")
+                    .map_err(|e| e.to_string())?;
+                let status: Value =
+                    serde_json::from_str(&status.body).map_err(|e| e.to_string())?;
+                for lb in &lbs {
+                    let id = lb["id"].as_str().unwrap_or_default();
+                    let want = vpsie_lb_agent::status::version_of(lb);
+                    let have = &status["load_balancers"][id]["applied_version"];
+                    if have != &Value::String(want) {
+                        return Err(format!("{id}: {have}; {}", agent.log()));
+                    }
+                }
+                Ok(())
+            },
+        );
     }
 
     pub fn envoy(&self) -> &Envoy {
@@ -313,6 +487,11 @@ pub fn serves(port: u16, backend: &str) -> Result<(), String> {
 /// Writes `dir/agent.yaml`: `source` (the source and vpsie keys) plus a
 /// managed Envoy with its admin on `admin`, state and logs under `dir`.
 pub fn agent_config(dir: &Path, admin: u16, source: &str) -> PathBuf {
+    agent_config_via(dir, admin, source, Via::Files)
+}
+
+/// [`agent_config`] with the delivery `via`.
+pub fn agent_config_via(dir: &Path, admin: u16, source: &str, via: Via) -> PathBuf {
     let path = dir.join("agent.yaml");
     // Tests run in parallel: each agent's endpoints need their own port.
     let own_port;
@@ -325,11 +504,80 @@ pub fn agent_config(dir: &Path, admin: u16, source: &str) -> PathBuf {
         );
         own_port.as_str()
     };
+    let delivery = match via {
+        Via::Files => String::new(),
+        Via::Xds => format!(
+            "  delivery: xds\n  xds_socket: {}/xds.sock\n",
+            dir.display()
+        ),
+    };
     let text = format!(
-        "{source}envoy:\n  config_dir: {d}/envoy\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: 127.0.0.1\n  manage: true\n  drain_time: 1s\n  access_log: {d}/access.log\nstate_dir: {d}/state\nlogging: {{level: info, format: json}}\nallowed_backend_networks: [127.0.0.0/8]\n",
+        "{source}envoy:\n  config_dir: {d}/envoy\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: 127.0.0.1\n  manage: true\n  drain_time: 1s\n  access_log: {d}/access.log\n{delivery}state_dir: {d}/state\nlogging: {{level: info, format: json}}\nallowed_backend_networks: [127.0.0.0/8]\n",
         d = dir.display(),
         bin = vpsie_lb_testkit::envoy::envoy_bin().display(),
     );
     std::fs::write(&path, text).expect("write config");
     path
+}
+
+/// Requests to one port in a loop until stopped, counting what failed.
+/// Bounded: it stops by itself after 5 minutes.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: std::thread::JoinHandle<(u64, Vec<String>)>,
+}
+
+impl Load {
+    /// Starts requesting `GET /` on `port`.
+    pub fn start(port: u16) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = answered.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            let deadline = std::time::Instant::now() + Duration::from_secs(300);
+            while !flag.load(std::sync::atomic::Ordering::SeqCst)
+                && std::time::Instant::now() < deadline
+            {
+                match vpsie_lb_testkit::http::get(port, "/") {
+                    Ok(r) if r.status == 200 => {
+                        ok += 1;
+                        count.store(ok, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    other => failed.push(format!("{:?}", other.map(|r| r.status))),
+                }
+            }
+            (ok, failed)
+        });
+        Load {
+            stop,
+            answered,
+            thread,
+        }
+    }
+
+    /// Waits until `n` more requests were answered 200 than now.
+    pub fn wait_for_more(&self, n: u64) {
+        let want = self.answered.load(std::sync::atomic::Ordering::SeqCst) + n;
+        poll_until(
+            &format!("{n} more requests answered"),
+            Duration::from_secs(60),
+            || {
+                let now = self.answered.load(std::sync::atomic::Ordering::SeqCst);
+                if now >= want {
+                    Ok(())
+                } else {
+                    Err(format!("{now} of {want}"))
+                }
+            },
+        );
+    }
+
+    /// Stops and returns (requests answered 200, what the others got).
+    pub fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().expect("load thread")
+    }
 }

@@ -1,0 +1,516 @@
+//! What the xDS server shares between the agent's thread and Envoy's
+//! streams: the snapshot every stream converges to, and what each stream's
+//! Envoy has confirmed or refused. The agent publishes and waits; the
+//! streams send and record Envoy's answers. No IO here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use vpsie_lb_envoy::{ResourceSet, ResourceType};
+
+/// A (type, name) key of one resource.
+pub type Key = (ResourceType, String);
+
+/// The snapshot streams serve, and its generation.
+#[derive(Clone)]
+pub struct Snapshot {
+    /// Bumped by every publish, so a stream and a waiter can tell which
+    /// snapshot an answer of Envoy's was about.
+    pub generation: u64,
+    /// The resources.
+    pub resources: Arc<ResourceSet>,
+}
+
+/// One response sent on a stream, awaiting Envoy's ACK or NACK.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// The snapshot it was computed from.
+    pub generation: u64,
+    /// Names sent, with their versions.
+    pub upserts: BTreeMap<Key, String>,
+    /// Names removed.
+    pub removed: Vec<Key>,
+}
+
+/// Envoy's refusal of a response, with its words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nack {
+    /// The snapshot the refused response came from.
+    pub generation: u64,
+    /// `error_detail.message`.
+    pub message: String,
+}
+
+/// What one stream's Envoy has, as far as the server knows.
+#[derive(Debug, Default)]
+pub struct StreamView {
+    /// Types Envoy asked for: listeners and clusters are wildcard; for
+    /// endpoints and secrets, the names it subscribed to.
+    pub subscribed: BTreeMap<ResourceType, BTreeSet<String>>,
+    /// Versions Envoy confirmed (ACKed, or declared on reconnect in
+    /// `initial_resource_versions`).
+    pub acked: BTreeMap<Key, String>,
+    /// Versions sent and not refused: what Envoy has or is about to have.
+    pub known: BTreeMap<Key, String>,
+    /// Versions Envoy refused; never sent to this stream again.
+    pub refused: BTreeSet<(Key, String)>,
+    /// Responses awaiting an answer, by nonce.
+    pub in_flight: BTreeMap<String, Sent>,
+    /// The newest refusal.
+    pub nack: Option<Nack>,
+    /// Types this stream was answered on at least once: the first request
+    /// of a type is always answered, even with nothing, or Envoy would wait
+    /// out its initial fetch timeout before starting.
+    pub answered: BTreeSet<ResourceType>,
+}
+
+impl StreamView {
+    /// Whether Envoy asked for `name` of type `kind`.
+    pub fn wants(&self, kind: ResourceType, name: &str) -> bool {
+        match kind {
+            ResourceType::Cluster | ResourceType::Listener => self.subscribed.contains_key(&kind),
+            _ => self
+                .subscribed
+                .get(&kind)
+                .is_some_and(|names| names.contains(name)),
+        }
+    }
+
+    /// What to send this stream of type `kind` to converge on `snapshot`:
+    /// resources it wants and lacks (except versions it refused), and
+    /// removals of what it has that the snapshot no longer holds.
+    pub fn pending(&self, kind: ResourceType, snapshot: &ResourceSet) -> Sent {
+        let mut out = Sent::default();
+        for ((k, name), r) in snapshot.range((kind, String::new())..) {
+            if *k != kind {
+                break;
+            }
+            let key = (kind, name.clone());
+            if self.wants(kind, name)
+                && self.known.get(&key) != Some(&r.version)
+                && !self.refused.contains(&(key.clone(), r.version.clone()))
+            {
+                out.upserts.insert(key, r.version.clone());
+            }
+        }
+        for key in self.known.keys().filter(|(k, _)| *k == kind) {
+            if !snapshot.contains_key(key) {
+                out.removed.push(key.clone());
+            }
+        }
+        out
+    }
+
+    /// Records `sent` as on its way under `nonce`.
+    pub fn record_sent(&mut self, nonce: String, sent: Sent) {
+        for (key, version) in &sent.upserts {
+            self.known.insert(key.clone(), version.clone());
+        }
+        for key in &sent.removed {
+            self.known.remove(key);
+        }
+        self.in_flight.insert(nonce, sent);
+    }
+
+    /// Records Envoy's answer to `nonce`: an ACK, or a NACK with `error`.
+    /// Answers to nonces this stream never sent are ignored.
+    pub fn record_answer(&mut self, nonce: &str, error: Option<String>) {
+        let Some(sent) = self.in_flight.remove(nonce) else {
+            return;
+        };
+        match error {
+            None => {
+                for (key, version) in sent.upserts {
+                    self.acked.insert(key, version);
+                }
+                for key in sent.removed {
+                    self.acked.remove(&key);
+                }
+            }
+            Some(message) => {
+                // Envoy may have taken part of the response (a cluster or
+                // listener update applies per resource), so what it has is
+                // unknown until the next push says it again.
+                for (key, version) in sent.upserts {
+                    self.known.remove(&key);
+                    self.refused.insert((key, version));
+                }
+                for key in sent.removed {
+                    self.known.remove(&key);
+                }
+                self.nack = Some(Nack {
+                    generation: sent.generation,
+                    message,
+                });
+            }
+        }
+    }
+
+    /// Applies a subscription change for `kind`.
+    pub fn subscribe(&mut self, kind: ResourceType, add: &[String], remove: &[String]) {
+        let names = self.subscribed.entry(kind).or_default();
+        names.extend(add.iter().filter(|n| *n != "*").cloned());
+        for name in remove {
+            names.remove(name);
+            // No longer wanted: Envoy dropped it, and a later subscription
+            // must get it again.
+            let key = (kind, name.clone());
+            self.known.remove(&key);
+            self.acked.remove(&key);
+        }
+    }
+
+    /// Whether this stream's Envoy confirmed `key` at `version` (`None`:
+    /// confirmed that it does not have it). A resource Envoy has not asked
+    /// for (a secret no listener uses yet) needs no confirmation.
+    fn confirmed(&self, key: &Key, version: Option<&String>) -> bool {
+        let unasked_secret = key.0 == ResourceType::Secret && !self.wants(key.0, &key.1);
+        match version {
+            Some(v) => unasked_secret || self.acked.get(key) == Some(v),
+            None => !self.acked.contains_key(key),
+        }
+    }
+}
+
+/// Every resource of `set`, to be confirmed at its version.
+pub fn confirm_all(set: &ResourceSet) -> Vec<(Key, Option<String>)> {
+    set.iter()
+        .map(|(k, r)| (k.clone(), Some(r.version.clone())))
+        .collect()
+}
+
+/// Why a wait for Envoy's confirmation ended without one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitError {
+    /// Envoy refused a response of the awaited generation or later.
+    Refused(String),
+    /// No confirmation in time; `connected` tells whether any Envoy was.
+    Timeout {
+        /// Whether a stream was connected when the time ran out.
+        connected: bool,
+    },
+}
+
+#[derive(Default)]
+struct State {
+    /// `None` until the agent publishes: a stream is served nothing before,
+    /// so a restarted agent never tells Envoy to remove what it serves.
+    snapshot: Option<Snapshot>,
+    streams: BTreeMap<u64, StreamView>,
+    next_stream: u64,
+}
+
+/// The shared state, and the signals between its two sides.
+pub struct Hub {
+    state: Mutex<State>,
+    /// Wakes the agent's waits when a stream records an answer.
+    answered: Condvar,
+    /// Wakes the streams when a snapshot is published.
+    published: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            answered: Condvar::new(),
+            published: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+impl Hub {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic in a stream task must not take the agent down with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The published snapshot, `None` before the first publish.
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        self.lock().snapshot.clone()
+    }
+
+    /// Makes `resources` what every stream converges to; returns its generation.
+    pub fn publish(&self, resources: Arc<ResourceSet>) -> u64 {
+        let mut state = self.lock();
+        let generation = state.snapshot.as_ref().map_or(1, |s| s.generation + 1);
+        state.snapshot = Some(Snapshot {
+            generation,
+            resources,
+        });
+        drop(state);
+        self.published.send_replace(generation);
+        generation
+    }
+
+    /// Stops serving: streams send nothing until the next publish, so
+    /// Envoy keeps what it has.
+    pub fn retract(&self) {
+        self.lock().snapshot = None;
+    }
+
+    /// Whether every connected Envoy (at least one) has the whole snapshot.
+    pub fn settled(&self) -> bool {
+        let state = self.lock();
+        let Some(snapshot) = &state.snapshot else {
+            return false;
+        };
+        Self::check(
+            &state,
+            snapshot.generation,
+            &confirm_all(&snapshot.resources),
+        )
+        .is_none()
+    }
+
+    /// Whether the connected Envoys (at least one) told us they have no
+    /// cluster (so no load balancer) at all: on a fresh start, an Envoy
+    /// declares what it kept in its first cluster request.
+    pub fn envoy_has_nothing(&self) -> bool {
+        let state = self.lock();
+        !state.streams.is_empty()
+            && state.streams.values().all(|s| {
+                s.subscribed.contains_key(&ResourceType::Cluster)
+                    && !s.acked.keys().any(|(k, _)| *k == ResourceType::Cluster)
+            })
+    }
+
+    /// A receiver that changes on every publish.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published.subscribe()
+    }
+
+    /// Registers a new stream; returns its id.
+    pub fn connect(&self) -> u64 {
+        let mut state = self.lock();
+        state.next_stream += 1;
+        let id = state.next_stream;
+        state.streams.insert(id, StreamView::default());
+        drop(state);
+        self.answered.notify_all();
+        id
+    }
+
+    /// Forgets a stream that ended.
+    pub fn disconnect(&self, id: u64) {
+        self.lock().streams.remove(&id);
+        self.answered.notify_all();
+    }
+
+    /// How many streams are connected.
+    pub fn streams(&self) -> usize {
+        self.lock().streams.len()
+    }
+
+    /// Runs `f` on stream `id`'s view and the snapshot, then wakes waiters.
+    pub fn with_stream<T>(
+        &self,
+        id: u64,
+        f: impl FnOnce(&mut StreamView, Option<&Snapshot>) -> T,
+    ) -> Option<T> {
+        let mut state = self.lock();
+        let State {
+            snapshot, streams, ..
+        } = &mut *state;
+        let out = streams.get_mut(&id).map(|view| f(view, snapshot.as_ref()));
+        drop(state);
+        self.answered.notify_all();
+        out
+    }
+
+    /// Whether every connected Envoy confirmed the resources of `want`
+    /// (`None`: removed), or why not.
+    fn check(state: &State, generation: u64, want: &[(Key, Option<String>)]) -> Option<WaitError> {
+        if let Some(nack) = state
+            .streams
+            .values()
+            .filter_map(|s| s.nack.as_ref())
+            .find(|n| n.generation >= generation)
+        {
+            return Some(WaitError::Refused(nack.message.clone()));
+        }
+        let done = !state.streams.is_empty()
+            && state
+                .streams
+                .values()
+                .all(|s| want.iter().all(|(k, v)| s.confirmed(k, v.as_ref())));
+        if done {
+            None
+        } else {
+            Some(WaitError::Timeout {
+                connected: !state.streams.is_empty(),
+            })
+        }
+    }
+
+    /// Waits until every connected Envoy (at least one) confirmed `want`,
+    /// or one refused a response of `generation` or later, or `timeout` passed.
+    pub fn wait(
+        &self,
+        generation: u64,
+        want: &[(Key, Option<String>)],
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        loop {
+            match Self::check(&state, generation, want) {
+                None => return Ok(()),
+                Some(e @ WaitError::Refused(_)) => return Err(e),
+                Some(e) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(e);
+                    }
+                    state = self
+                        .answered
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::protobuf::Any;
+    use vpsie_lb_envoy::Resource;
+
+    fn set(items: &[(ResourceType, &str, &str)]) -> ResourceSet {
+        items
+            .iter()
+            .map(|(k, n, v)| {
+                (
+                    (*k, (*n).to_owned()),
+                    Resource {
+                        any: Any::default(),
+                        version: (*v).to_owned(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn key(k: ResourceType, n: &str) -> Key {
+        (k, n.to_owned())
+    }
+
+    use ResourceType::{Cluster, Endpoints, Secret};
+
+    #[test]
+    fn a_stream_gets_what_it_wants_and_lacks_and_loses_what_is_gone() {
+        let mut view = StreamView::default();
+        view.subscribe(Cluster, &[], &[]);
+        view.subscribe(Endpoints, &["lb_a".into()], &[]);
+        view.known.insert(key(Cluster, "lb_a"), "1".into());
+        view.known.insert(key(Cluster, "lb_old"), "1".into());
+        let snap = set(&[
+            (Cluster, "lb_a", "1"),
+            (Cluster, "lb_b", "2"),
+            (Endpoints, "lb_a", "3"),
+            (Endpoints, "lb_b", "4"),
+        ]);
+        let clusters = view.pending(Cluster, &snap);
+        assert_eq!(
+            clusters.upserts,
+            BTreeMap::from([(key(Cluster, "lb_b"), "2".into())])
+        );
+        assert_eq!(clusters.removed, vec![key(Cluster, "lb_old")]);
+        let endpoints = view.pending(Endpoints, &snap);
+        assert_eq!(
+            endpoints.upserts.keys().collect::<Vec<_>>(),
+            [&key(Endpoints, "lb_a")],
+            "only what envoy subscribed to"
+        );
+    }
+
+    #[test]
+    fn a_refused_version_is_never_sent_again_but_the_previous_one_is() {
+        let mut view = StreamView::default();
+        view.subscribe(Cluster, &[], &[]);
+        let bad = set(&[(Cluster, "lb_a", "bad")]);
+        let sent = view.pending(Cluster, &bad);
+        view.record_sent(
+            "n1".into(),
+            Sent {
+                generation: 2,
+                ..sent
+            },
+        );
+        view.record_answer("n1", Some("port in use".into()));
+        assert_eq!(
+            view.nack,
+            Some(Nack {
+                generation: 2,
+                message: "port in use".into()
+            })
+        );
+        assert!(view.pending(Cluster, &bad).upserts.is_empty());
+        let good = set(&[(Cluster, "lb_a", "good")]);
+        assert_eq!(view.pending(Cluster, &good).upserts.len(), 1);
+    }
+
+    #[test]
+    fn an_ack_confirms_and_an_unknown_nonce_is_ignored() {
+        let mut view = StreamView::default();
+        view.subscribe(Cluster, &[], &[]);
+        let snap = set(&[(Cluster, "lb_a", "1")]);
+        view.record_sent("n1".into(), view.pending(Cluster, &snap));
+        view.record_answer("other", None);
+        assert!(!view.confirmed(&key(Cluster, "lb_a"), Some(&"1".into())));
+        view.record_answer("n1", None);
+        assert!(view.confirmed(&key(Cluster, "lb_a"), Some(&"1".into())));
+        assert!(view.confirmed(&key(Cluster, "lb_b"), None));
+    }
+
+    #[test]
+    fn a_secret_nothing_uses_yet_needs_no_confirmation() {
+        let view = StreamView::default();
+        assert!(view.confirmed(&key(Secret, "lb_a_cert"), Some(&"1".into())));
+        assert!(!view.confirmed(&key(Cluster, "lb_a"), Some(&"1".into())));
+    }
+
+    #[test]
+    fn a_wait_ends_on_the_ack_on_a_refusal_or_on_time() {
+        let hub = Arc::new(Hub::default());
+        let want = vec![(key(Cluster, "lb_a"), Some("1".to_owned()))];
+        assert_eq!(
+            hub.wait(1, &want, Duration::ZERO),
+            Err(WaitError::Timeout { connected: false })
+        );
+        let id = hub.connect();
+        let generation = hub.publish(Arc::new(set(&[(Cluster, "lb_a", "1")])));
+        let answer = {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                hub.with_stream(id, |view, snap| {
+                    view.subscribe(Cluster, &[], &[]);
+                    let snap = snap.expect("published");
+                    let sent = view.pending(Cluster, &snap.resources);
+                    view.record_sent("n1".into(), sent);
+                    view.record_answer("n1", None);
+                });
+            })
+        };
+        assert_eq!(hub.wait(generation, &want, Duration::from_secs(30)), Ok(()));
+        answer.join().expect("thread");
+        hub.with_stream(id, |view, _| {
+            view.record_sent(
+                "n2".into(),
+                Sent {
+                    generation: generation + 1,
+                    ..Sent::default()
+                },
+            );
+            view.record_answer("n2", Some("no".into()));
+        });
+        assert_eq!(
+            hub.wait(generation + 1, &want, Duration::from_secs(30)),
+            Err(WaitError::Refused("no".into()))
+        );
+    }
+}
