@@ -23,6 +23,9 @@ pub struct Choice {
     /// Load balancers that could not be fetched, with why; each keeps its
     /// last good version.
     pub unfetched: Vec<(String, String)>,
+    /// The candidate, validated as a whole (the last check of the conflict
+    /// rounds), so the pass need not validate it a third time.
+    pub config: Option<vpsie_lb_model::Config>,
 }
 
 /// Chooses from `items` (fetched per id) against `good` (the last good
@@ -68,8 +71,12 @@ fn resolve_conflicts(out: &mut Choice, good: &BTreeMap<String, Value>, opts: &Va
         let mut ids: Vec<String> = out.candidate.keys().cloned().collect();
         ids.sort_by_key(|id| good.get(id) != out.candidate.get(id));
         let doc = Value::Array(ids.iter().map(|id| out.candidate[id].clone()).collect());
-        let Err(rej) = validate(&doc, opts) else {
-            return;
+        let rej = match validate(&doc, opts) {
+            Ok(v) => {
+                out.config = Some(v.config);
+                return;
+            }
+            Err(rej) => rej,
         };
         let mut culprits: BTreeMap<String, Vec<Problem>> = BTreeMap::new();
         for p in rej.errors {

@@ -171,7 +171,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let xds = match cfg.envoy.delivery {
         DeliveryKind::Files => None,
         DeliveryKind::Xds => {
-            let hub = std::sync::Arc::new(crate::xds::hub::Hub::default());
+            let metrics = crate::xds::metrics::XdsMetrics::register(&mut registry);
+            let hub = std::sync::Arc::new(crate::xds::hub::Hub::new(metrics));
             let server = crate::xds::server::spawn(&cfg.envoy.xds_socket, hub.clone())
                 .with_context(|| format!("envoy.xds_socket {}", cfg.envoy.xds_socket.display()))?;
             tracing::info!(phase = "xds", socket = %cfg.envoy.xds_socket.display(), "xds server listening");

@@ -122,3 +122,38 @@ fn every_golden_case_is_accepted_by_a_live_envoy(via: Via) {
 }
 
 common::over_deliveries!(every_golden_case_is_accepted_by_a_live_envoy);
+
+/// 250 load balancers are judged in chunks of 100, side by side: a refusal
+/// in the last chunk is still found, and named, and 250 good ones pass.
+#[test]
+fn a_large_pre_flight_is_judged_in_chunks_and_a_refusal_in_any_chunk_counts() {
+    let envoy = vpsie_lb_testkit::envoy::envoy_bin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = vpsie_lb_testkit::pki::self_signed("one.test");
+    let (cert, key) = vpsie_lb_testkit::pki::write_pair(dir.path(), "one", &pair);
+    let other = vpsie_lb_testkit::pki::self_signed("two.test");
+    let (_, other_key) = vpsie_lb_testkit::pki::write_pair(dir.path(), "two", &other);
+    let docs = |bad: Option<usize>| {
+        let lbs: Vec<serde_json::Value> = (0..250)
+            .map(|i| {
+                let mut lb = serde_json::json!({"id": format!("c{i:03}"), "name": "c", "protocol": "https",
+                    "port": 20_000 + i, "algorithm": "round_robin",
+                    "backends": [{"id": "a", "address": "10.0.0.1", "port": 80}]});
+                let key = if Some(i) == bad { &other_key } else { &key };
+                lb["tls_config"] = serde_json::json!({"certificate_path": cert, "private_key_path": key});
+                lb
+            })
+            .collect();
+        validate(&serde_json::Value::Array(lbs), &ValidateOptions::default())
+            .expect("valid to us")
+            .config
+    };
+    let opts = TranslateOptions::new(Delivery::Ads);
+    preflight::validate_changed(&envoy, &opts, &docs(None)).expect("250 good ones pass");
+    match preflight::validate_changed(&envoy, &opts, &docs(Some(230))) {
+        Err(preflight::PreflightError::Rejected(reason)) => {
+            assert!(reason.to_lowercase().contains("private key"), "{reason}");
+        }
+        other => panic!("the refusal in the last chunk was missed: {other:?}"),
+    }
+}

@@ -73,6 +73,19 @@ fn a_refused_push_is_rolled_back_reported_and_never_sent_again() {
         agent_log()
     );
     serves(port, "a").expect("the previous listener serves");
+    let metrics = vpsie_lb_testkit::http::get(lab.agent_port(), "/metrics").expect("metrics");
+    assert!(
+        metrics
+            .body
+            .contains("vpsie_lb_xds_nacks_total{type=\"listeners\"} 1\n"),
+        "{}",
+        metrics.body
+    );
+    assert!(
+        metrics.body.contains("vpsie_lb_xds_streams 1\n"),
+        "{}",
+        metrics.body
+    );
     // The rollback was confirmed: the agent reports the old document as
     // applied, with Envoy's words as the reason.
     let status = vpsie_lb_testkit::http::get(lab.agent_port(), "/status").expect("status");

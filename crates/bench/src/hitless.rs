@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use serde_json::Value;
 use vpsie_lb_testkit::free_port;
 
-use crate::lab::{Agent, Api, Nginx, Rng, lb_doc};
+use crate::lab::{Agent, Api, Delivery, Nginx, Rng, lb_doc};
 use crate::report::{Table, fmt_num, percentile, verdict};
 use crate::wrk::{self, Load, WrkResult};
 use crate::{Ctx, Failures, Findings};
@@ -28,10 +28,25 @@ const COUNTERS: [&str; 5] = [
     "cluster_manager.cluster_modified",
 ];
 
-/// Runs scenario 3 and returns its tables.
+/// Runs scenario 3 once per delivery and returns its tables.
 pub fn run(ctx: &Ctx, findings: &mut Findings, failures: &mut Failures) -> Result<Vec<Table>> {
+    let mut tables = Vec::new();
+    for via in Delivery::BOTH {
+        tables.extend(run_via(ctx, via, findings, failures)?);
+    }
+    Ok(tables)
+}
+
+/// Scenario 3 with the agent delivering `via`.
+fn run_via(
+    ctx: &Ctx,
+    via: Delivery,
+    findings: &mut Findings,
+    failures: &mut Failures,
+) -> Result<Vec<Table>> {
     let changes = if ctx.smoke { 6 } else { 500 };
-    let dir = ctx.dir.join("hitless");
+    let name = via.name();
+    let dir = ctx.dir.join(format!("hitless-{name}"));
     std::fs::create_dir_all(&dir)?;
     let ports: Vec<u16> = (0..STEADY + EXTRA).map(|_| free_port()).collect();
     let _nginx = Nginx::start(&dir.join("nginx"), &ports, None)?;
@@ -50,7 +65,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, failures: &mut Failures) -> Resul
         api.put_lb(&d)?;
     }
     let ids = ["hl-http".to_owned(), "hl-tcp".to_owned()];
-    let mut agent = Agent::start(&dir, &api.source_yaml(&dir, &ids, "30s")?)?;
+    let mut agent = Agent::start_via(&dir, &api.source_yaml(&dir, &ids, "30s")?, via)?;
     agent.wait_serving(http_port, Duration::from_secs(60))?;
     agent.wait_serving(tcp_port, Duration::from_secs(10))?;
 
@@ -146,7 +161,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, failures: &mut Failures) -> Resul
             }
             if Instant::now() >= deadline {
                 failures.push(format!(
-                    "hitless: change {i} ({kind}) not served after 10 s"
+                    "hitless ({name}): change {i} ({kind}) not served after 10 s"
                 ));
                 break;
             }
@@ -163,11 +178,11 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, failures: &mut Failures) -> Resul
         .map(|c| agent.stat(c))
         .collect::<Result<_>>()?;
     if during.iter().any(|w| w.requests == 0) {
-        bail!("hitless: wrk served no requests: {during:?}");
+        bail!("hitless ({name}): wrk served no requests: {during:?}");
     }
 
     let mut summary = Table::new(
-        &format!("Hitless: {changes} backend changes under load"),
+        &format!("Hitless ({name}): {changes} backend changes under load"),
         &["", "HTTP keep-alive", "TCP"],
     );
     let both = |f: &dyn Fn(usize) -> String| vec![f(0), f(1)];
@@ -218,11 +233,11 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, failures: &mut Failures) -> Resul
         both(&|i| fmt_num((cx1[i] - cx0[i]) as f64 / base_len.as_secs_f64(), 2)),
     );
     for (i, w) in during.iter().enumerate() {
-        let what = ["http", "tcp"][i];
+        let what = format!("{name}, {}", ["http", "tcp"][i]);
         if w.failed() > 0 {
             failures.push(format!("hitless ({what}): {} failed requests", w.failed()));
         }
-        check_p99(findings, what, &during[i], &base[i]);
+        check_p99(findings, &what, &during[i], &base[i]);
     }
     summary.note(format!(
         "Changes: {} ({}), the same change to both load balancers, each stored in the emulator, pushed with `POST /sync`, and the next one sent once Envoy's `/clusters` showed it (looked at every 20 ms). {} s in all; convergence under load p50 {} s, p99 {} s.",
@@ -236,14 +251,14 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, failures: &mut Failures) -> Resul
     summary.note("A new backend needs new connections (one per Envoy worker and client connection that picks it), so some churn per added backend is expected; what must not happen is the whole pool re-opening, which a cluster (CDS) update instead of an endpoint (EDS) update would cause.");
 
     let mut counters = Table::new(
-        "Hitless: Envoy's listener and cluster counters across the changes",
+        &format!("Hitless ({name}): Envoy's listener and cluster counters across the changes"),
         &["counter", "change", "target"],
     );
     for (i, c) in COUNTERS.iter().enumerate() {
         let delta = after[i].saturating_sub(before[i]);
         if delta > 0 {
             failures.push(format!(
-                "hitless: {c} went up by {delta} for backend-only changes"
+                "hitless ({name}): {c} went up by {delta} for backend-only changes"
             ));
         }
         counters.row(vec![
@@ -259,7 +274,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, failures: &mut Failures) -> Resul
     ]);
     if max_draining > 0 {
         failures.push(format!(
-            "hitless: {max_draining} listeners draining during backend-only changes"
+            "hitless ({name}): {max_draining} listeners draining during backend-only changes"
         ));
     }
     Ok(vec![summary, counters])

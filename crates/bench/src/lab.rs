@@ -69,6 +69,45 @@ pub fn file_source_yaml(path: &Path) -> String {
     )
 }
 
+/// How the agent hands resources to Envoy (`envoy.delivery`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Files Envoy watches.
+    Files,
+    /// The agent's delta ADS server on a Unix socket.
+    Xds,
+}
+
+impl Delivery {
+    /// The agent's default (`envoy.delivery` unset).
+    pub fn default_of_agent() -> Delivery {
+        match vpsie_lb_agent::config::DEFAULT_DELIVERY {
+            vpsie_lb_agent::config::DeliveryKind::Files => Delivery::Files,
+            vpsie_lb_agent::config::DeliveryKind::Xds => Delivery::Xds,
+        }
+    }
+
+    /// Both, in the order tables show them.
+    pub const BOTH: [Delivery; 2] = [Delivery::Files, Delivery::Xds];
+
+    /// Its name in tables and in `envoy.delivery`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Delivery::Files => "files",
+            Delivery::Xds => "xds",
+        }
+    }
+
+    /// The `envoy` section's lines that select it, for an agent under `dir`.
+    pub fn envoy_yaml(self, dir: &Path) -> String {
+        format!(
+            "  delivery: {}\n  xds_socket: {}/xds.sock\n",
+            self.name(),
+            dir.display()
+        )
+    }
+}
+
 /// `vpsie-lb-agent run` with a managed Envoy, as an operator would run it.
 pub struct Agent {
     /// The agent process.
@@ -82,24 +121,61 @@ pub struct Agent {
 
 impl Agent {
     /// Writes `dir/agent.yaml` from `source` and starts the agent built
-    /// beside this runner.
-    pub fn start(dir: &Path, source: &str) -> Result<Agent> {
-        Agent::start_with(dir, source, "")
+    /// beside this runner, delivering `via`, with the Envoy it manages.
+    pub fn start_via(dir: &Path, source: &str, via: Delivery) -> Result<Agent> {
+        Agent::configure(dir, source, via, true, "")?.spawn()
     }
 
-    /// Like [`Agent::start`], with `envoy_extra` (indented YAML lines) added
-    /// to the `envoy` section.
-    pub fn start_with(dir: &Path, source: &str, envoy_extra: &str) -> Result<Agent> {
+    /// Writes `dir/agent.yaml` without starting anything; `manage`: whether
+    /// the agent starts Envoy itself; `extra`: indented lines added to the
+    /// `envoy` section. [`AgentConfig::spawn`] starts it.
+    pub fn configure(
+        dir: &Path,
+        source: &str,
+        via: Delivery,
+        manage: bool,
+        extra: &str,
+    ) -> Result<AgentConfig> {
         let (admin, endpoints) = (free_port(), free_port());
         let config = dir.join("agent.yaml");
         let text = format!(
-            "{source}agent: {{listen_address: 127.0.0.1:{endpoints}}}\nenvoy:\n  config_dir: {d}/envoy\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: 127.0.0.1\n  manage: true\n  drain_time: 1s\n  access_log: {d}/access.log\n{envoy_extra}state_dir: {d}/state\nlogging: {{level: info, format: json}}\nallowed_backend_networks: [127.0.0.0/8]\n",
+            "{source}agent: {{listen_address: 127.0.0.1:{endpoints}}}\nenvoy:\n  config_dir: {d}/envoy\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: 127.0.0.1\n  manage: {manage}\n  drain_time: 1s\n  access_log: {d}/access.log\n{extra}state_dir: {d}/state\nlogging: {{level: info, format: json}}\nallowed_backend_networks: [127.0.0.0/8]\n",
             d = dir.display(),
             bin = vpsie_lb_testkit::envoy::envoy_bin().display(),
+            extra = via.envoy_yaml(dir) + extra,
         );
         std::fs::write(&config, text)?;
+        Ok(AgentConfig {
+            dir: dir.to_path_buf(),
+            config,
+            admin,
+            endpoints,
+        })
+    }
+}
+
+/// An agent's config file, written; the agent may be started from it any
+/// number of times.
+pub struct AgentConfig {
+    dir: PathBuf,
+    config: PathBuf,
+    /// Envoy's admin port.
+    pub admin: u16,
+    /// The agent's own endpoints.
+    pub endpoints: u16,
+}
+
+impl AgentConfig {
+    /// The bootstrap the agent writes for Envoy.
+    pub fn bootstrap(&self) -> PathBuf {
+        self.dir.join("envoy/bootstrap.yaml")
+    }
+
+    /// Starts an agent on this config; its log is `agent.log` (replaced).
+    pub fn spawn(&self) -> Result<Agent> {
+        let (dir, config, admin, endpoints) = (&self.dir, &self.config, self.admin, self.endpoints);
         let mut cmd = Command::new(sibling_binary("vpsie-lb-agent")?);
-        cmd.args(["run", "--config"]).arg(&config);
+        cmd.args(["run", "--config"]).arg(config);
         // As packaging/systemd/vpsie-lb-agent.service runs it.
         cmd.env("MALLOC_ARENA_MAX", "2");
         let proc = Proc::spawn("vpsie-lb-agent", &mut cmd, &dir.join("agent.log"))?;
@@ -107,10 +183,26 @@ impl Agent {
             proc,
             admin,
             endpoints,
-            bootstrap: dir.join("envoy/bootstrap.yaml"),
+            bootstrap: self.bootstrap(),
         })
     }
 
+    /// Starts Envoy on the agent's bootstrap, as systemd's unit would
+    /// (for agents that do not manage it).
+    pub fn spawn_envoy(&self, log: &Path) -> Result<Proc> {
+        let mut cmd = Command::new(vpsie_lb_testkit::envoy::envoy_bin());
+        cmd.arg("-c").arg(self.bootstrap()).args([
+            "--disable-hot-restart",
+            "--concurrency",
+            "2",
+            "-l",
+            "warning",
+        ]);
+        Proc::spawn("envoy", &mut cmd, log)
+    }
+}
+
+impl Agent {
     /// The Envoy the agent started, once it runs.
     pub fn envoy_pid(&self) -> Option<u32> {
         vpsie_lb_testkit::pids_with_arg(self.bootstrap.to_str()?)
@@ -182,6 +274,18 @@ impl Agent {
             .collect())
     }
 
+    /// When each pass that applied a change ended (after Envoy confirmed
+    /// it), as Unix seconds, from the agent's log.
+    pub fn applied_at(&self) -> Vec<f64> {
+        self.proc
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["message"] == "pass applied a change")
+            .filter_map(|v| unix_seconds(v["timestamp"].as_str()?))
+            .collect()
+    }
+
     /// The phase times (ms, in [`PHASES`] order, NaN when absent) of every
     /// pass that applied a change, from the agent's log.
     pub fn phase_times(&self) -> Vec<[f64; 7]> {
@@ -193,6 +297,34 @@ impl Agent {
             .map(|v| PHASES.map(|ph| v[format!("{ph}_ms")].as_f64().unwrap_or(f64::NAN)))
             .collect()
     }
+}
+
+/// Unix seconds of an RFC 3339 UTC time such as `2026-11-29T01:02:03.456789Z`.
+pub fn unix_seconds(ts: &str) -> Option<f64> {
+    let (date, time) = ts.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-').map(str::parse::<i64>);
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (h, min) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let sec: f64 = t.next()?.parse().ok()?;
+    // Days from 1970-01-01 to the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3600 + min * 60) as f64 + sec)
+}
+
+/// Now, as Unix seconds.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// A binary built in the same target directory as this runner.
@@ -283,5 +415,16 @@ impl Rng {
     /// The next value in 0..n.
     pub fn below(&mut self, n: usize) -> usize {
         ((self.unit() * n as f64) as usize).min(n.saturating_sub(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_times_become_unix_seconds() {
+        assert_eq!(super::unix_seconds("1970-01-01T00:00:00Z"), Some(0.0));
+        let t = super::unix_seconds("2026-11-29T01:02:03.5Z").expect("parses");
+        assert!((t - 1_795_914_123.5).abs() < 1e-6, "{t}");
+        assert_eq!(super::unix_seconds("yesterday"), None);
     }
 }

@@ -10,6 +10,7 @@ mod hitless;
 mod lab;
 mod procs;
 mod report;
+mod restart;
 mod scale;
 mod wrk;
 
@@ -30,7 +31,7 @@ struct Args {
     /// Tiny durations and counts: proves every scenario still runs, measures nothing.
     #[arg(long)]
     smoke: bool,
-    /// Only these scenarios (comma-separated): dataplane, convergence, hitless, scale, footprint.
+    /// Only these scenarios (comma-separated): dataplane, convergence, hitless, scale, footprint, restart.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the report.
@@ -60,7 +61,14 @@ pub type Findings = Vec<String>;
 /// Problems that must never happen, whatever the machine's speed.
 pub type Failures = Vec<String>;
 
-const SCENARIOS: [&str; 5] = ["dataplane", "convergence", "hitless", "scale", "footprint"];
+const SCENARIOS: [&str; 6] = [
+    "dataplane",
+    "convergence",
+    "hitless",
+    "scale",
+    "footprint",
+    "restart",
+];
 
 fn main() -> std::process::ExitCode {
     match run(Args::parse()) {
@@ -109,6 +117,7 @@ fn run(args: Args) -> Result<std::process::ExitCode> {
             "convergence" => convergence::run(&ctx, &mut findings, &mut failures)?,
             "hitless" => hitless::run(&ctx, &mut findings, &mut failures)?,
             "scale" => scale::run(&ctx, &mut findings)?,
+            "restart" => restart::run(&ctx, &mut findings, &mut failures)?,
             _ => footprint::run(&ctx, &mut findings)?,
         };
         for t in &tables {

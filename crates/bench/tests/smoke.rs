@@ -32,9 +32,11 @@ fn smoke_run_writes_every_scenario_and_records_no_failure() {
         "### Data plane: ours against hand-tuned Envoy and HAProxy",
         "### Convergence: from the change stored in the API to Envoy serving it",
         "### The agent's own share of a push-triggered change, per phase (ms)",
-        "### Hitless: 6 backend changes under load",
+        "### Hitless (files): 6 backend changes under load",
+        "### Hitless (xds): 6 backend changes under load",
         "### Scale: time per phase of one pass",
         "### Footprint: the agent with 5 load balancers",
+        "### Restarts: time a load balancer answers nothing",
     ] {
         assert!(md.contains(heading), "report lacks {heading:?}:\n{md}");
     }

@@ -3,6 +3,7 @@
 //! the make-before-break order of a change between two sets. Pure.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use envoy_types::pb::google::protobuf::Any;
 
@@ -61,8 +62,23 @@ pub struct Resource {
     pub version: String,
 }
 
-/// Every resource of a config, by type and name.
-pub type ResourceSet = BTreeMap<(ResourceType, String), Resource>;
+/// Every resource of a config, by type and name. Shared, so the copies a
+/// server keeps (a per-load-balancer cache, the snapshot it serves, the
+/// steps of a change) cost a pointer each, not the resource.
+pub type ResourceSet = BTreeMap<(ResourceType, String), Arc<Resource>>;
+
+/// `msg` packed, with its content version (`salt` mixed in when given).
+fn pack<M: prost::Message + prost::Name>(
+    msg: &M,
+    salt: Option<&str>,
+) -> Result<Arc<Resource>, RenderError> {
+    let any = pb::any(msg);
+    let mut version = content_hash(to_json(&any)?.to_string().as_bytes());
+    if let Some(salt) = salt {
+        version = content_hash(format!("{version}{salt}").as_bytes());
+    }
+    Ok(Arc::new(Resource { any, version }))
+}
 
 fn insert<M: prost::Message + prost::Name>(
     set: &mut ResourceSet,
@@ -70,9 +86,7 @@ fn insert<M: prost::Message + prost::Name>(
     name: &str,
     msg: &M,
 ) -> Result<(), RenderError> {
-    let any = pb::any(msg);
-    let version = content_hash(to_json(&any)?.to_string().as_bytes());
-    set.insert((kind, name.to_owned()), Resource { any, version });
+    set.insert((kind, name.to_owned()), pack(msg, None)?);
     Ok(())
 }
 
@@ -86,19 +100,14 @@ pub fn resource_set(r: &EnvoyResources) -> Result<ResourceSet, RenderError> {
         insert(&mut set, ResourceType::Cluster, &c.name, c)?;
     }
     for e in &r.endpoints {
-        insert(&mut set, ResourceType::Endpoints, &e.cluster_name, e)?;
         // A changed cluster is a new cluster to Envoy, warming until its
         // endpoints arrive; over delta xDS they arrive only if their version
         // changed. So the endpoints' version carries their cluster's.
         let cluster = set
             .get(&(ResourceType::Cluster, e.cluster_name.clone()))
             .map(|c| c.version.clone());
-        if let (Some(cluster), Some(ep)) = (
-            cluster,
-            set.get_mut(&(ResourceType::Endpoints, e.cluster_name.clone())),
-        ) {
-            ep.version = content_hash(format!("{}{cluster}", ep.version).as_bytes());
-        }
+        let packed = pack(e, cluster.as_deref())?;
+        set.insert((ResourceType::Endpoints, e.cluster_name.clone()), packed);
     }
     for l in &r.listeners {
         insert(&mut set, ResourceType::Listener, &l.name, l)?;

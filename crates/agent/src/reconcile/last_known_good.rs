@@ -29,7 +29,7 @@ impl<D: Delivery> Reconciler<D> {
         // documents, and at 1,000 load balancers a render is the costly part.
         let good = self.good.clone();
         let (_, files) = self
-            .prepare(&good)
+            .prepare(&good, None)
             .map_err(|e| format!("render last-known-good: {e}"))?;
         match self.delivery.restore(&files) {
             Ok(Outcome::Unchanged) => {

@@ -150,13 +150,25 @@ impl<D: Delivery> Reconciler<D> {
         &self.delivery
     }
 
-    /// Validates `docs` together and prepares what the delivery hands
-    /// Envoy; the validated config comes back too, for the pre-flight.
-    fn render(&self, docs: &BTreeMap<String, Value>) -> Result<(Config, D::Candidate), String> {
-        let doc = Value::Array(docs.values().cloned().collect());
-        let validated = validate(&doc, &self.settings.validate).map_err(|r| r.to_string())?;
-        let candidate = self.delivery.prepare(&validated.config)?;
-        Ok((validated.config, candidate))
+    /// Validates `docs` together (unless `validated` already is that) and
+    /// prepares what the delivery hands Envoy; the validated config comes
+    /// back too, for the pre-flight.
+    fn render(
+        &self,
+        docs: &BTreeMap<String, Value>,
+        validated: Option<Config>,
+    ) -> Result<(Config, D::Candidate), String> {
+        let config = match validated {
+            Some(config) => config,
+            None => {
+                let doc = Value::Array(docs.values().cloned().collect());
+                validate(&doc, &self.settings.validate)
+                    .map_err(|r| r.to_string())?
+                    .config
+            }
+        };
+        let candidate = self.delivery.prepare(&config)?;
+        Ok((config, candidate))
     }
 
     /// One pass. Reports events, status and health through `reporter` and
@@ -246,9 +258,9 @@ impl<D: Delivery> Reconciler<D> {
         reporter: &mut dyn Reporter,
     ) -> (PassResult, Option<ReconcileError>) {
         self.save_state(reporter);
-        let (candidate, rejected, fetch_error) = self.fetch_and_choose(source, reporter);
+        let (candidate, validated, rejected, fetch_error) = self.fetch_and_choose(source, reporter);
         let clock = std::time::Instant::now();
-        let prepared = self.prepare(&candidate);
+        let prepared = self.prepare(&candidate, validated);
         self.times.translate = clock.elapsed();
         let clock = std::time::Instant::now();
         let (config, files) = match prepared {
@@ -297,13 +309,19 @@ impl<D: Delivery> Reconciler<D> {
         }
     }
 
-    /// Fetches and chooses what to serve: the candidate documents, whether
-    /// any was refused, and what the fetch left behind.
+    /// Fetches and chooses what to serve: the candidate documents (and, if
+    /// choosing validated them as a whole, the result), whether any was
+    /// refused, and what the fetch left behind.
     fn fetch_and_choose(
         &mut self,
         source: &mut dyn Source,
         reporter: &mut dyn Reporter,
-    ) -> (BTreeMap<String, Value>, bool, Option<ReconcileError>) {
+    ) -> (
+        BTreeMap<String, Value>,
+        Option<Config>,
+        bool,
+        Option<ReconcileError>,
+    ) {
         let clock = std::time::Instant::now();
         let fetched = source.fetch();
         self.times.fetch = clock.elapsed();
@@ -314,23 +332,25 @@ impl<D: Delivery> Reconciler<D> {
             reporter,
         );
         let clock = std::time::Instant::now();
-        let (candidate, rejected) = self.choose(fetched, reporter);
+        let (candidate, validated, rejected) = self.choose(fetched, reporter);
         self.times.validate = clock.elapsed();
-        (candidate, rejected, fetch_error)
+        (candidate, validated, rejected, fetch_error)
     }
 
     /// What the delivery hands Envoy for `candidate`, reusing the last
-    /// render when the documents are the same.
+    /// render when the documents are the same; `validated`, when given, is
+    /// `candidate` already validated as a whole.
     fn prepare(
         &mut self,
         candidate: &BTreeMap<String, Value>,
+        validated: Option<Config>,
     ) -> Result<(Config, D::Candidate), String> {
         if let Some((docs, config, files)) = &self.last_render
             && docs == candidate
         {
             return Ok((config.clone(), files.clone()));
         }
-        let (config, files) = self.render(candidate)?;
+        let (config, files) = self.render(candidate, validated)?;
         self.last_render = Some((candidate.clone(), config.clone(), files.clone()));
         Ok((config, files))
     }
@@ -451,15 +471,16 @@ impl<D: Delivery> Reconciler<D> {
 
     /// Chooses what to serve from `fetched` (see [`crate::choose`]) and
     /// reports it: each refusal once per refused document, each failed fetch.
-    /// Returns the candidate and whether anything was refused.
+    /// Returns the candidate, its whole validation if choosing made one,
+    /// and whether anything was refused.
     fn choose(
         &mut self,
         fetched: Fetched,
         reporter: &mut dyn Reporter,
-    ) -> (BTreeMap<String, Value>, bool) {
+    ) -> (BTreeMap<String, Value>, Option<Config>, bool) {
         if let Some(e) = &fetched.failed {
             reporter.error("fetch", &e.to_string());
-            return (self.good.clone(), false);
+            return (self.good.clone(), None, false);
         }
         for problem in &fetched.unattributed {
             reporter.error("fetch", problem);
@@ -484,7 +505,7 @@ impl<D: Delivery> Reconciler<D> {
             }
         }
         self.valid_now = choice.valid;
-        (choice.candidate, rejected)
+        (choice.candidate, choice.config, rejected)
     }
 
     /// Sends `api_unreachable` once when the API stops answering and

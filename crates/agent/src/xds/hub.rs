@@ -203,6 +203,8 @@ struct State {
 
 /// The shared state, and the signals between its two sides.
 pub struct Hub {
+    /// What the streams count.
+    pub metrics: super::metrics::XdsMetrics,
     state: Mutex<State>,
     /// Wakes the agent's waits when a stream records an answer.
     answered: Condvar,
@@ -212,7 +214,15 @@ pub struct Hub {
 
 impl Default for Hub {
     fn default() -> Self {
+        Self::new(super::metrics::XdsMetrics::default())
+    }
+}
+
+impl Hub {
+    /// A hub whose streams count in `metrics`.
+    pub fn new(metrics: super::metrics::XdsMetrics) -> Self {
         Self {
+            metrics,
             state: Mutex::default(),
             answered: Condvar::new(),
             published: tokio::sync::watch::channel(0).0,
@@ -386,10 +396,10 @@ mod tests {
             .map(|(k, n, v)| {
                 (
                     (*k, (*n).to_owned()),
-                    Resource {
+                    Arc::new(Resource {
                         any: Any::default(),
                         version: (*v).to_owned(),
-                    },
+                    }),
                 )
             })
             .collect()

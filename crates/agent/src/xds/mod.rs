@@ -10,6 +10,7 @@
 //! that stream again ([`hub::StreamView::refused`]).
 
 pub mod hub;
+pub mod metrics;
 pub mod server;
 
 use std::cell::{Cell, RefCell};
@@ -96,10 +97,10 @@ impl XdsDelivery {
     /// Publishes `set`, waits for `want`, and says how it went.
     fn publish_and_wait(
         &self,
-        set: &ResourceSet,
+        set: Arc<ResourceSet>,
         want: &[(Key, Option<String>)],
     ) -> Result<(), WaitError> {
-        let generation = self.hub.publish(Arc::new(set.clone()));
+        let generation = self.hub.publish(set);
         let started = Instant::now();
         let waited = self.hub.wait(generation, want, self.timeout);
         self.verify_time
@@ -114,19 +115,19 @@ impl XdsDelivery {
         let mut cur = at.clone();
         for phase in phases(make_before_break(at, old)) {
             let want = take_phase(&mut cur, old, &phase);
-            if let Err(e) = self.publish_and_wait(&cur, &want) {
+            if let Err(e) = self.publish_and_wait(Arc::new(cur.clone()), &want) {
                 tracing::error!(phase = "xds", step = %describe(&phase), error = ?e, "rollback step not confirmed by envoy");
             }
         }
     }
 
     /// Brings Envoy from `old` (`None`: nothing published yet) to `next`.
-    fn converge(&self, old: Option<Arc<ResourceSet>>, next: &ResourceSet) -> Outcome {
+    fn converge(&self, old: Option<Arc<ResourceSet>>, next: &Arc<ResourceSet>) -> Outcome {
         let Some(base) = old else {
             // The first publish goes whole: there is no earlier set to keep
             // serving while the new one is made, and Envoy orders a first
             // fetch itself (clusters and their endpoints before listeners).
-            return match self.publish_and_wait(next, &confirm_all(next)) {
+            return match self.publish_and_wait(next.clone(), &confirm_all(next)) {
                 Ok(()) => Outcome::Applied,
                 Err(e) => {
                     let refused = matches!(e, WaitError::Refused(_));
@@ -146,15 +147,23 @@ impl XdsDelivery {
         if steps.is_empty() {
             // Nothing to change; still, the change is done only once every
             // connected Envoy has all of it (a new Envoy may be catching up).
-            return match self.publish_and_wait(next, &confirm_all(next)) {
+            return match self.publish_and_wait(next.clone(), &confirm_all(next)) {
                 Ok(()) => Outcome::Unchanged,
                 Err(e) => Outcome::Interrupted(self.error("the whole config", e)),
             };
         }
         let mut cur = (*base).clone();
-        for phase in &steps {
+        let last = steps.len() - 1;
+        for (i, phase) in steps.iter().enumerate() {
             let want = take_phase(&mut cur, next, phase);
-            if let Err(e) = self.publish_and_wait(&cur, &want) {
+            // After the last phase `cur` is `next`: serve the candidate's
+            // own set rather than keep a second copy of it.
+            let set = if i == last {
+                next.clone()
+            } else {
+                Arc::new(cur.clone())
+            };
+            if let Err(e) = self.publish_and_wait(set, &want) {
                 let refused = matches!(e, WaitError::Refused(_));
                 let error = self.error(&describe(phase), e);
                 self.roll_back(&cur, &base);
@@ -311,7 +320,7 @@ impl Delivery for XdsDelivery {
         // Last-known-good was confirmed by an Envoy before: it becomes what
         // streams serve at once, with no rollback to "nothing" if no Envoy
         // is connected yet (one that connects later is served it).
-        match self.publish_and_wait(&good.0, &confirm_all(&good.0)) {
+        match self.publish_and_wait(good.0.clone(), &confirm_all(&good.0)) {
             Ok(()) => Ok(Outcome::Applied),
             Err(e) => Ok(Outcome::Interrupted(self.error("last-known-good", e))),
         }

@@ -18,7 +18,7 @@ use vpsie_lb_envoy::ResourceType;
 
 use super::hub::{Hub, Sent, Snapshot, StreamView};
 
-/// Mode of the xDS socket: the agent and Envoy's group, nobody else.
+/// Mode of the xDS socket: the agent's user and group, nobody else.
 pub const SOCKET_MODE: u32 = 0o660;
 
 /// Responses a stream may queue before it waits for Envoy to read them.
@@ -43,26 +43,15 @@ impl Drop for XdsServer {
     }
 }
 
-/// The group id of `name` in /etc/group, if the group exists.
-fn group_id(name: &str) -> Option<u32> {
-    let groups = std::fs::read_to_string("/etc/group").ok()?;
-    groups.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        (fields.next()? == name).then_some(())?;
-        fields.nth(1)?.parse().ok()
-    })
-}
-
-/// Binds `socket` so that only the agent and Envoy's group can connect:
-/// mode 0660, and group `envoy` when that group exists (the packaged units).
+/// Binds `socket` so that only the agent's user and group can connect
+/// (mode 0660). The packaged units put Envoy's user in the agent's group;
+/// the agent cannot hand the socket to Envoy's group itself, because its
+/// unit's private user namespace does not map that group.
 fn bind(socket: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     crate::fsutil::prepare_socket_path(socket)?;
     let listener = std::os::unix::net::UnixListener::bind(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(SOCKET_MODE))?;
-    if let Some(gid) = group_id("envoy") {
-        std::os::unix::fs::chown(socket, None, Some(gid))?;
-    }
     listener.set_nonblocking(true)?;
     Ok(listener)
 }
@@ -142,13 +131,14 @@ type Tx = tokio::sync::mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
 /// Serves one Envoy until its stream ends.
 async fn serve_stream(hub: Arc<Hub>, mut incoming: Streaming<DeltaDiscoveryRequest>, tx: Tx) {
     let id = hub.connect();
+    hub.metrics.stream(1);
     let mut published = hub.watch();
     let mut nonces = 0u64;
     tracing::info!(phase = "xds", stream = id, "envoy connected");
     loop {
         let kinds: Vec<ResourceType> = tokio::select! {
             message = incoming.message() => match message {
-                Ok(Some(request)) => match hub.with_stream(id, |view, _| on_request(view, request)) {
+                Ok(Some(request)) => match hub.with_stream(id, |view, _| on_request(view, request, &hub.metrics)) {
                     Some(Some(kind)) => vec![kind],
                     _ => continue,
                 },
@@ -176,18 +166,26 @@ async fn serve_stream(hub: Arc<Hub>, mut incoming: Streaming<DeltaDiscoveryReque
             .flatten()
             .unwrap_or_default();
         for r in responses {
+            if let Some(kind) = ResourceType::from_type_url(&r.type_url) {
+                hub.metrics.responded(kind);
+            }
             if tx.send(Ok(r)).await.is_err() {
                 break;
             }
         }
     }
+    hub.metrics.stream(-1);
     hub.disconnect(id);
     tracing::info!(phase = "xds", stream = id, "envoy disconnected");
 }
 
 /// Records what a request says: a subscription change, what Envoy has on
 /// reconnect, and its answer to a response. Returns the type to answer.
-fn on_request(view: &mut StreamView, request: DeltaDiscoveryRequest) -> Option<ResourceType> {
+fn on_request(
+    view: &mut StreamView,
+    request: DeltaDiscoveryRequest,
+    metrics: &super::metrics::XdsMetrics,
+) -> Option<ResourceType> {
     let Some(kind) = ResourceType::from_type_url(&request.type_url) else {
         tracing::debug!(phase = "xds", type_url = %request.type_url, "a type we do not serve");
         return None;
@@ -207,6 +205,7 @@ fn on_request(view: &mut StreamView, request: DeltaDiscoveryRequest) -> Option<R
     if !request.response_nonce.is_empty() {
         let error = request.error_detail.map(|s| s.message.trim().to_owned());
         if let Some(message) = &error {
+            metrics.nacked(kind);
             tracing::warn!(phase = "xds", type_url = %request.type_url, nonce = %request.response_nonce, error = %message, "envoy refused a push");
         }
         view.record_answer(&request.response_nonce, error);
