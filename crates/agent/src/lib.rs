@@ -1,6 +1,7 @@
-//! The IO side of vpsie-lb: the command line, file writes and the Envoy
-//! pre-flight. Everything that touches the world lives in this crate; the
-//! model and the translation it calls are pure.
+//! The IO side of vpsie-lb: the command line, the reconcile loop, file
+//! writes, the xDS server and the Envoy pre-flight. Everything that touches
+//! the world lives in this crate; the model and the translation it calls
+//! are pure.
 
 pub mod api;
 pub mod apply;

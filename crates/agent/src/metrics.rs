@@ -1,197 +1,29 @@
-//! Prometheus metrics: the reconcile loop's families, the build info, and
-//! the text encoding. Each component registers its own families into the
-//! registry it is handed (no global statics) and keeps cheap clones; the
-//! API client's live in `api.rs`.
+//! Prometheus metrics: the build info, the text encoding and a shared
+//! histogram shape. Each component registers its own families into the
+//! registry it is handed (no global statics) and keeps cheap clones: the
+//! reconcile loop's in `reconcile/metrics.rs`, the API client's in `api.rs`,
+//! the xDS server's in `xds/metrics.rs`.
 //!
 //! Label cardinality is bounded by configuration: `result` has 5 values,
 //! `endpoint` 4, `class` 6, and `lb_id`/`backend_id` pairs are the backends
 //! of the configured load balancers (the only unbounded-looking labels, and
 //! they are bounded by what the operator configures).
 
-use std::sync::atomic::AtomicU64;
-use std::time::Duration;
-
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::pass::PassResult;
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabels {
-    result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct VersionLabels {
-    version: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BackendLabels {
-    lb_id: String,
-    backend_id: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PhaseLabels {
-    phase: &'static str,
+struct BuildLabels {
+    version: &'static str,
 }
 
 /// A latency histogram from 1 ms to about 33 s, shared by the components.
 pub(crate) fn seconds_histogram() -> Histogram {
     // 1 ms to about 33 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
-}
-
-/// Metrics of the reconcile loop and of Envoy as the loop sees it.
-#[derive(Clone, Debug)]
-pub struct ReconcileMetrics {
-    passes: Family<ResultLabels, Counter>,
-    last_apply: Gauge<f64, AtomicU64>,
-    config_info: Family<VersionLabels, Gauge>,
-    apply_seconds: Histogram,
-    verify_seconds: Histogram,
-    phase_seconds: Family<PhaseLabels, Histogram>,
-    rollbacks: Counter,
-    backend_healthy: Family<BackendLabels, Gauge>,
-    envoy_reachable: Gauge,
-}
-
-impl ReconcileMetrics {
-    /// Registers the loop's metrics.
-    pub fn register(registry: &mut Registry) -> Self {
-        let m = Self {
-            passes: Family::default(),
-            last_apply: Gauge::default(),
-            config_info: Family::default(),
-            apply_seconds: seconds_histogram(),
-            verify_seconds: seconds_histogram(),
-            phase_seconds: Family::new_with_constructor(seconds_histogram),
-            rollbacks: Counter::default(),
-            backend_healthy: Family::default(),
-            envoy_reachable: Gauge::default(),
-        };
-        registry.register(
-            "reconcile_passes",
-            "Reconcile passes by result",
-            m.passes.clone(),
-        );
-        registry.register(
-            "last_successful_apply_timestamp_seconds",
-            "Unix time of the last config Envoy confirmed",
-            m.last_apply.clone(),
-        );
-        registry.register(
-            "config",
-            "The config version Envoy serves (value 1)",
-            m.config_info.clone(),
-        );
-        registry.register(
-            "apply_duration_seconds",
-            "Time to apply a change, verification included",
-            m.apply_seconds.clone(),
-        );
-        registry.register(
-            "verify_duration_seconds",
-            "Time Envoy took to confirm the steps of a change",
-            m.verify_seconds.clone(),
-        );
-        registry.register(
-            "pass_phase_duration_seconds",
-            "Time each phase of a pass that changed Envoy took",
-            m.phase_seconds.clone(),
-        );
-        registry.register(
-            "rollbacks",
-            "Changes Envoy refused and that were rolled back",
-            m.rollbacks.clone(),
-        );
-        registry.register(
-            "backend_healthy",
-            "1 when Envoy would send the backend traffic, 0 when not",
-            m.backend_healthy.clone(),
-        );
-        registry.register(
-            "envoy_reachable",
-            "1 when Envoy's admin API answers",
-            m.envoy_reachable.clone(),
-        );
-        m
-    }
-
-    /// Counts a finished pass.
-    pub fn pass(&self, result: PassResult) {
-        let result = match result {
-            PassResult::Applied => "applied",
-            PassResult::Unchanged => "unchanged",
-            PassResult::Rejected => "rejected",
-            PassResult::RolledBack => "rolled_back",
-            PassResult::Error => "error",
-        };
-        self.passes.get_or_create(&ResultLabels { result }).inc();
-    }
-
-    /// Records a confirmed apply of `version`, taking `took`, of which `verify` waiting on Envoy.
-    pub fn applied(&self, version: &str, took: Duration, verify: Duration) {
-        self.apply_seconds.observe(took.as_secs_f64());
-        self.verify_seconds.observe(verify.as_secs_f64());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::SystemTime::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        self.last_apply.set(now);
-        self.serving(version);
-    }
-
-    /// Records the version Envoy serves (one series at a time).
-    pub fn serving(&self, version: &str) {
-        self.config_info.clear();
-        self.config_info
-            .get_or_create(&VersionLabels {
-                version: version.to_owned(),
-            })
-            .set(1);
-    }
-
-    /// Records the phase times of a pass that applied a change.
-    pub fn phases(&self, times: &crate::pass::PhaseTimes) {
-        for (phase, took) in times.named() {
-            self.phase_seconds
-                .get_or_create(&PhaseLabels { phase })
-                .observe(took.as_secs_f64());
-        }
-    }
-
-    /// Counts a rollback.
-    pub fn rolled_back(&self) {
-        self.rollbacks.inc();
-    }
-
-    /// Sets one backend's health, after dropping backends no longer configured.
-    pub fn backends(&self, health: &[(String, String, bool)]) {
-        self.backend_healthy.clear();
-        for (lb_id, backend_id, healthy) in health {
-            self.backend_healthy
-                .get_or_create(&BackendLabels {
-                    lb_id: lb_id.clone(),
-                    backend_id: backend_id.clone(),
-                })
-                .set(i64::from(*healthy));
-        }
-    }
-
-    /// Whether Envoy's admin answered.
-    pub fn envoy_reachable(&self, up: bool) {
-        self.envoy_reachable.set(i64::from(up));
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BuildLabels {
-    version: &'static str,
 }
 
 /// Registers `build_info{version}` = 1.
@@ -240,12 +72,19 @@ pub fn encode(registry: &Registry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pass::PassResult;
+    use crate::reconcile::ReconcileMetrics;
+    use std::time::Duration;
 
     #[test]
     fn every_family_encodes() {
         let mut r = Registry::with_prefix("vpsie_lb");
         let rec = ReconcileMetrics::register(&mut r);
         let api = crate::api::ApiMetrics::register(&mut r);
+        let xds = crate::xds::metrics::XdsMetrics::register(&mut r);
+        xds.stream(1);
+        xds.responded(vpsie_lb_envoy::ResourceType::Cluster);
+        xds.nacked(vpsie_lb_envoy::ResourceType::Listener);
         register_build_info(&mut r);
         rec.pass(PassResult::Applied);
         rec.applied("abc", Duration::from_millis(30), Duration::from_millis(20));
@@ -265,6 +104,9 @@ mod tests {
             "vpsie_lb_api_requests_total{endpoint=\"get_loadbalancer\",class=\"network_error\"} 1",
             "vpsie_lb_config{version=\"abc\"} 1",
             "vpsie_lb_build_info{version=",
+            "vpsie_lb_xds_streams 1",
+            "vpsie_lb_xds_responses_total{type=\"clusters\"} 1",
+            "vpsie_lb_xds_nacks_total{type=\"listeners\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

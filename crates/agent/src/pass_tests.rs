@@ -122,7 +122,7 @@ fn reconciler(dir: &std::path::Path, envoy: FakeEnvoy) -> Reconciler<FakeEnvoy> 
         },
         envoy,
         Observe {
-            metrics: crate::metrics::ReconcileMetrics::register(&mut registry),
+            metrics: crate::reconcile::ReconcileMetrics::register(&mut registry),
             status: Default::default(),
         },
     )

@@ -135,7 +135,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     init_logging(&cfg);
     let mut registry = prometheus_client::registry::Registry::with_prefix("vpsie_lb");
     crate::metrics::register_build_info(&mut registry);
-    let reconcile_metrics = crate::metrics::ReconcileMetrics::register(&mut registry);
+    let reconcile_metrics = crate::reconcile::ReconcileMetrics::register(&mut registry);
     let api_metrics = crate::api::ApiMetrics::register(&mut registry);
     let (mut source, mut reporter): (Box<dyn Source>, Box<dyn Reporter>) = match &cfg.source {
         SourceKind::File(path) => (
@@ -268,7 +268,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
 struct Loop<'a> {
     cfg: &'a Config,
     settings: Settings,
-    metrics: crate::metrics::ReconcileMetrics,
+    metrics: crate::reconcile::ReconcileMetrics,
     registry: prometheus_client::registry::Registry,
     source: &'a mut dyn Source,
     reporter: &'a mut dyn Reporter,

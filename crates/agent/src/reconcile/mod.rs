@@ -18,6 +18,9 @@ use crate::source::{FetchError, Fetched, Source};
 use crate::status::AgentStatus;
 
 mod last_known_good;
+mod metrics;
+
+pub use metrics::ReconcileMetrics;
 
 /// Most problems one event, log line or status message carries: a document
 /// with 10,000 bad backends must not make a 1 MB event that the API refuses
@@ -107,7 +110,7 @@ pub struct Reconciler<D: Delivery> {
 #[derive(Clone)]
 pub struct Observe {
     /// The loop's metrics.
-    pub metrics: crate::metrics::ReconcileMetrics,
+    pub metrics: ReconcileMetrics,
     /// The snapshot `/status` and `/readyz` serve.
     pub status: std::sync::Arc<std::sync::Mutex<AgentStatus>>,
 }
