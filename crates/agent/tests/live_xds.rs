@@ -29,6 +29,18 @@ fn stats(envoy: &Envoy, names: &[&str]) -> Vec<(String, Option<u64>)> {
         .collect()
 }
 
+/// Waits until the lab's agent reported a rollback for a port in use.
+fn wait_rolled_back(lab: &Lab) {
+    poll_until("the rollback reported", Duration::from_secs(30), || {
+        let log = lab.agent().log();
+        if log.contains("config_rolled_back") && log.contains("Address already in use") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
+}
+
 /// How many passes ended with `result` in the agent's log.
 fn passes(log: &str, result: &str) -> usize {
     log.matches(&format!("\"result\":\"{result}\"")).count()
@@ -46,15 +58,8 @@ fn a_refused_push_is_rolled_back_reported_and_never_sent_again() {
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken = squatter.local_addr().expect("addr").port();
     lab.offer(&lb_over("web", "http", taken, "round_robin", &bs), &[]);
+    wait_rolled_back(&lab);
     let agent_log = || lab.agent().log();
-    poll_until("the rollback reported", Duration::from_secs(30), || {
-        let log = agent_log();
-        if log.contains("config_rolled_back") && log.contains("Address already in use") {
-            Ok(())
-        } else {
-            Err(log)
-        }
-    });
     // Three more passes over the same refused document: none re-sends it.
     let before = passes(&agent_log(), "RolledBack");
     poll_until("three more passes", Duration::from_secs(30), || {
@@ -261,4 +266,55 @@ fn a_thousand_load_balancers_need_no_inotify_instance_each() {
         "1000 load balancers over xds: envoy holds {held} inotify instances; the host allows {limit} per user"
     );
     assert!(held < 10, "envoy holds {held} inotify instances");
+}
+
+#[test]
+fn state_of_the_world_is_served_when_a_bootstrap_asks_for_it() {
+    let bs = backends(&["a", "b"]);
+    let port = free_port();
+    let mut lab = Lab::new(Via::Xds);
+    lab.render(&lb_over("web", "http", port, "round_robin", &bs[..1]));
+    // An operator's bootstrap that asks for the state-of-the-world variant.
+    let boot = lab.out_dir().join("bootstrap.yaml");
+    let text = std::fs::read_to_string(&boot).expect("bootstrap");
+    assert!(text.contains("api_type: DELTA_GRPC"), "{text}");
+    std::fs::write(
+        &boot,
+        text.replace("api_type: DELTA_GRPC", "api_type: GRPC"),
+    )
+    .expect("write");
+    lab.start_envoy();
+    serves(port, "a").expect("served over state of the world");
+    assert!(
+        lab.agent().log().contains("\"variant\":\"sotw\""),
+        "{}",
+        lab.agent().log()
+    );
+
+    // A backend added, then the cluster itself changed (its endpoints must
+    // come again, or the rebuilt cluster warms until Envoy's timeout).
+    lab.render(&lb_over("web", "http", port, "round_robin", &bs));
+    serves(port, "b").expect("the added backend");
+    lab.render(&lb_over("web", "http", port, "random", &bs));
+    // Well under Envoy's 15 s initial fetch timeout, which would end the
+    // warming without us.
+    poll_until("no cluster warming", Duration::from_secs(5), || {
+        match lab.envoy().stat("cluster_manager.warming_clusters") {
+            Some(0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    serves(port, "a").expect("served after the cluster changed");
+
+    // A refusal rolls back here too.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = squatter.local_addr().expect("addr").port();
+    lab.offer(&lb_over("web", "http", taken, "random", &bs), &[]);
+    wait_rolled_back(&lab);
+    serves(port, "a").expect("the previous listener serves");
+    assert_eq!(
+        lab.envoy().stat("listener_manager.lds.update_rejected"),
+        Some(1)
+    );
+    drop(squatter);
 }

@@ -9,9 +9,11 @@
 //! parks it exactly as a refused file. A refused version is never sent to
 //! that stream again ([`hub::StreamView::refused`]).
 
+pub mod delta;
 pub mod hub;
 pub mod metrics;
 pub mod server;
+pub mod sotw;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;

@@ -1,7 +1,10 @@
-//! The aggregated discovery service Envoy connects to: delta xDS over a
-//! Unix socket, on a tokio runtime of its own thread. Each stream serves
-//! the hub's snapshot and records Envoy's answers in the hub; deciding what
-//! to publish, and waiting for the answers, is the delivery's business.
+//! The aggregated discovery service Envoy connects to, over a Unix socket,
+//! on a tokio runtime of its own thread: delta xDS (what our bootstrap
+//! asks for) and state of the world (if an operator's does). Each stream
+//! serves the hub's snapshot and records Envoy's answers in the hub;
+//! deciding what to publish, and waiting for the answers, is the
+//! delivery's business. What differs between the two variants is in
+//! `delta.rs` and `sotw.rs`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,13 +13,14 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use vpsie_lb_envoy::ResourceType;
 
 use super::hub::{Hub, Sent, Snapshot, StreamView};
+use super::metrics::XdsMetrics;
 
 /// Mode of the xDS socket: the agent's user and group, nobody else.
 pub const SOCKET_MODE: u32 = 0o660;
@@ -107,11 +111,15 @@ impl AggregatedDiscoveryService for Ads {
 
     async fn stream_aggregated_resources(
         &self,
-        _request: Request<Streaming<DiscoveryRequest>>,
+        request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "this server speaks delta xds only: set ads_config.api_type to DELTA_GRPC",
-        ))
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+        tokio::spawn(serve_stream::<super::sotw::Sotw>(
+            self.hub.clone(),
+            request.into_inner(),
+            tx,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
@@ -121,24 +129,107 @@ impl AggregatedDiscoveryService for Ads {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
-        tokio::spawn(serve_stream(self.hub.clone(), request.into_inner(), tx));
+        tokio::spawn(serve_stream::<super::delta::Delta>(
+            self.hub.clone(),
+            request.into_inner(),
+            tx,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
-type Tx = tokio::sync::mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
+/// What differs between the two variants of the protocol.
+pub trait Protocol {
+    /// Its name in logs: `delta` or `sotw`.
+    const NAME: &'static str;
+    /// What Envoy sends.
+    type Request: Send + 'static;
+    /// What we answer.
+    type Response: Send + 'static;
+
+    /// Records what `request` says in `view` (subscriptions, what Envoy
+    /// holds, its answer to a response); returns the type to answer.
+    fn on_request(
+        view: &mut StreamView,
+        request: Self::Request,
+        metrics: &XdsMetrics,
+    ) -> Option<ResourceType>;
+
+    /// The response that brings `view` to `snapshot` for `kind`, if one
+    /// is due, recorded in `view` as sent under a nonce from `nonces`.
+    fn respond(
+        view: &mut StreamView,
+        snapshot: &Snapshot,
+        kind: ResourceType,
+        nonces: &mut u64,
+    ) -> Option<(ResourceType, Self::Response)>;
+}
+
+/// What `view` lacks of `snapshot` for `kind` (with `generation` set), if
+/// a response is due: Envoy asked for the type, and something changed or
+/// the type was never answered (a first request is always answered, even
+/// with nothing, or Envoy waits out its initial fetch timeout).
+pub fn due(view: &mut StreamView, snapshot: &Snapshot, kind: ResourceType) -> Option<Sent> {
+    if !view.subscribed.contains_key(&kind) {
+        return None;
+    }
+    let pending = view.pending(kind, &snapshot.resources);
+    let first = view.answered.insert(kind);
+    if pending.upserts.is_empty() && pending.removed.is_empty() && !first {
+        return None;
+    }
+    Some(Sent {
+        generation: snapshot.generation,
+        ..pending
+    })
+}
+
+/// The next nonce of a stream.
+pub fn next_nonce(nonces: &mut u64) -> String {
+    *nonces += 1;
+    nonces.to_string()
+}
+
+/// Records Envoy's answer to `nonce` (a NACK when `error` is set), counted
+/// and logged; shared by both variants.
+pub fn record_answer(
+    view: &mut StreamView,
+    kind: ResourceType,
+    nonce: &str,
+    error: Option<String>,
+    metrics: &XdsMetrics,
+) {
+    if nonce.is_empty() {
+        return;
+    }
+    let error = error.map(|m| m.trim().to_owned());
+    if let Some(message) = &error {
+        metrics.nacked(kind);
+        tracing::warn!(phase = "xds", type_url = %kind.type_url(), nonce = %nonce, error = %message, "envoy refused a push");
+    }
+    view.record_answer(nonce, error);
+}
 
 /// Serves one Envoy until its stream ends.
-async fn serve_stream(hub: Arc<Hub>, mut incoming: Streaming<DeltaDiscoveryRequest>, tx: Tx) {
+async fn serve_stream<P: Protocol>(
+    hub: Arc<Hub>,
+    mut incoming: Streaming<P::Request>,
+    tx: tokio::sync::mpsc::Sender<Result<P::Response, Status>>,
+) {
     let id = hub.connect();
     hub.metrics.stream(1);
     let mut published = hub.watch();
     let mut nonces = 0u64;
-    tracing::info!(phase = "xds", stream = id, "envoy connected");
+    tracing::info!(
+        phase = "xds",
+        stream = id,
+        variant = P::NAME,
+        "envoy connected"
+    );
     loop {
         let kinds: Vec<ResourceType> = tokio::select! {
             message = incoming.message() => match message {
-                Ok(Some(request)) => match hub.with_stream(id, |view, _| on_request(view, request, &hub.metrics)) {
+                Ok(Some(request)) => match hub.with_stream(id, |view, _| P::on_request(view, request, &hub.metrics)) {
                     Some(Some(kind)) => vec![kind],
                     _ => continue,
                 },
@@ -159,16 +250,14 @@ async fn serve_stream(hub: Arc<Hub>, mut incoming: Streaming<DeltaDiscoveryReque
                 Some(
                     kinds
                         .iter()
-                        .filter_map(|kind| respond(view, snapshot, *kind, &mut nonces))
+                        .filter_map(|kind| P::respond(view, snapshot, *kind, &mut nonces))
                         .collect::<Vec<_>>(),
                 )
             })
             .flatten()
             .unwrap_or_default();
-        for r in responses {
-            if let Some(kind) = ResourceType::from_type_url(&r.type_url) {
-                hub.metrics.responded(kind);
-            }
+        for (kind, r) in responses {
+            hub.metrics.responded(kind);
             if tx.send(Ok(r)).await.is_err() {
                 break;
             }
@@ -177,85 +266,4 @@ async fn serve_stream(hub: Arc<Hub>, mut incoming: Streaming<DeltaDiscoveryReque
     hub.metrics.stream(-1);
     hub.disconnect(id);
     tracing::info!(phase = "xds", stream = id, "envoy disconnected");
-}
-
-/// Records what a request says: a subscription change, what Envoy has on
-/// reconnect, and its answer to a response. Returns the type to answer.
-fn on_request(
-    view: &mut StreamView,
-    request: DeltaDiscoveryRequest,
-    metrics: &super::metrics::XdsMetrics,
-) -> Option<ResourceType> {
-    let Some(kind) = ResourceType::from_type_url(&request.type_url) else {
-        tracing::debug!(phase = "xds", type_url = %request.type_url, "a type we do not serve");
-        return None;
-    };
-    for (name, version) in request.initial_resource_versions {
-        // Envoy kept these from an earlier stream: same name and version
-        // means the same content, so they are not sent again.
-        let key = (kind, name);
-        view.known.insert(key.clone(), version.clone());
-        view.acked.insert(key, version);
-    }
-    view.subscribe(
-        kind,
-        &request.resource_names_subscribe,
-        &request.resource_names_unsubscribe,
-    );
-    if !request.response_nonce.is_empty() {
-        let error = request.error_detail.map(|s| s.message.trim().to_owned());
-        if let Some(message) = &error {
-            metrics.nacked(kind);
-            tracing::warn!(phase = "xds", type_url = %request.type_url, nonce = %request.response_nonce, error = %message, "envoy refused a push");
-        }
-        view.record_answer(&request.response_nonce, error);
-    }
-    Some(kind)
-}
-
-/// The response that brings `view` to `snapshot` for `kind`, if one is due.
-fn respond(
-    view: &mut StreamView,
-    snapshot: &Snapshot,
-    kind: ResourceType,
-    nonces: &mut u64,
-) -> Option<DeltaDiscoveryResponse> {
-    if !view.subscribed.contains_key(&kind) {
-        return None;
-    }
-    let pending = view.pending(kind, &snapshot.resources);
-    let first = view.answered.insert(kind);
-    if pending.upserts.is_empty() && pending.removed.is_empty() && !first {
-        return None;
-    }
-    *nonces += 1;
-    let nonce = nonces.to_string();
-    let response = DeltaDiscoveryResponse {
-        system_version_info: snapshot.generation.to_string(),
-        type_url: kind.type_url().into(),
-        nonce: nonce.clone(),
-        resources: pending
-            .upserts
-            .iter()
-            .filter_map(|(key, version)| {
-                let r = snapshot.resources.get(key)?;
-                Some(Resource {
-                    name: key.1.clone(),
-                    version: version.clone(),
-                    resource: Some(r.any.clone()),
-                    ..Default::default()
-                })
-            })
-            .collect(),
-        removed_resources: pending.removed.iter().map(|(_, n)| n.clone()).collect(),
-        ..Default::default()
-    };
-    view.record_sent(
-        nonce,
-        Sent {
-            generation: snapshot.generation,
-            ..pending
-        },
-    );
-    Some(response)
 }
