@@ -9,7 +9,7 @@ use vpsie_lb_envoy::ResourceType;
 
 use super::hub::{Snapshot, StreamView};
 use super::metrics::XdsMetrics;
-use super::server::{Protocol, due, next_nonce, record_answer};
+use super::server::{Protocol, due, next_nonce, record_answer, served_type};
 
 /// The delta variant.
 pub struct Delta;
@@ -24,10 +24,7 @@ impl Protocol for Delta {
         request: DeltaDiscoveryRequest,
         metrics: &XdsMetrics,
     ) -> Option<ResourceType> {
-        let Some(kind) = ResourceType::from_type_url(&request.type_url) else {
-            tracing::debug!(phase = "xds", type_url = %request.type_url, "a type we do not serve");
-            return None;
-        };
+        let kind = served_type(&request.type_url)?;
         for (name, version) in request.initial_resource_versions {
             // Envoy kept these from an earlier stream: same name and version
             // means the same content, so they are not sent again.

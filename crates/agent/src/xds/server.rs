@@ -165,6 +165,17 @@ pub trait Protocol {
     ) -> Option<(ResourceType, Self::Response)>;
 }
 
+/// The resource type Envoy means by `type_url`, if we serve it; a type we
+/// do not serve (Envoy may ask for route or runtime discovery) is logged
+/// and left unanswered.
+pub fn served_type(type_url: &str) -> Option<ResourceType> {
+    let kind = ResourceType::from_type_url(type_url);
+    if kind.is_none() {
+        tracing::debug!(phase = "xds", type_url = %type_url, "a type we do not serve");
+    }
+    kind
+}
+
 /// What `view` lacks of `snapshot` for `kind` (with `generation` set), if
 /// a response is due: Envoy asked for the type, and something changed or
 /// the type was never answered (a first request is always answered, even

@@ -13,7 +13,7 @@ use vpsie_lb_envoy::ResourceType;
 
 use super::hub::{Sent, Snapshot, StreamView};
 use super::metrics::XdsMetrics;
-use super::server::{Protocol, due, next_nonce, record_answer};
+use super::server::{Protocol, due, next_nonce, record_answer, served_type};
 
 /// The state-of-the-world variant.
 pub struct Sotw;
@@ -28,10 +28,7 @@ impl Protocol for Sotw {
         request: DiscoveryRequest,
         metrics: &XdsMetrics,
     ) -> Option<ResourceType> {
-        let Some(kind) = ResourceType::from_type_url(&request.type_url) else {
-            tracing::debug!(phase = "xds", type_url = %request.type_url, "a type we do not serve");
-            return None;
-        };
+        let kind = served_type(&request.type_url)?;
         // Each request names the whole subscription: what it no longer
         // names is unsubscribed.
         let now = view.subscribed.get(&kind).cloned().unwrap_or_default();
