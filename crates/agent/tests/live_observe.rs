@@ -8,17 +8,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{RunningAgent, Via, agent_bin, agent_config_via, backends, lb_over, serves};
+use common::{
+    RunningAgent, Via, agent_bin, agent_config_via, backends, lb_over, serves, write_doc,
+};
 use serde_json::{Value, json};
 use vpsie_lb_testkit::http;
 use vpsie_lb_testkit::pki;
 use vpsie_lb_testkit::{free_port, poll_until};
-
-fn write_doc(path: &Path, doc: &Value) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(doc).expect("json")).expect("write");
-    std::fs::rename(&tmp, path).expect("rename");
-}
 
 fn metric(port: u16, series: &str) -> f64 {
     let body = http::get(port, "/metrics").expect("metrics").body;

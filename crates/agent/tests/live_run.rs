@@ -5,16 +5,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{RunningAgent, Via, agent_config_via, backends, lb_over, serves};
-use serde_json::{Value, json};
+use common::{RunningAgent, Via, agent_config_via, backends, lb_over, serves, write_doc};
+use serde_json::json;
 use vpsie_lb_testkit::http::count_by_backend;
 use vpsie_lb_testkit::{free_port, poll_until, signal};
-
-fn write_doc(path: &Path, doc: &Value) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(doc).expect("json")).expect("write doc");
-    std::fs::rename(&tmp, path).expect("rename doc");
-}
 
 fn config(via: Via, dir: &Path, admin: u16) -> PathBuf {
     let source = format!(

@@ -132,16 +132,10 @@ impl XdsDelivery {
             return match self.publish_and_wait(next.clone(), &confirm_all(next)) {
                 Ok(()) => Outcome::Applied,
                 Err(e) => {
-                    let refused = matches!(e, WaitError::Refused(_));
                     // Stop serving rather than hand a refused or unconfirmed
                     // set to the next Envoy that connects.
                     self.hub.retract();
-                    let error = self.error("the first config", e);
-                    if refused {
-                        Outcome::RolledBack(error)
-                    } else {
-                        Outcome::Interrupted(error)
-                    }
+                    self.failed("the first config", e)
                 }
             };
         };
@@ -166,17 +160,20 @@ impl XdsDelivery {
                 Arc::new(cur.clone())
             };
             if let Err(e) = self.publish_and_wait(set, &want) {
-                let refused = matches!(e, WaitError::Refused(_));
-                let error = self.error(&describe(phase), e);
                 self.roll_back(&cur, &base);
-                return if refused {
-                    Outcome::RolledBack(error)
-                } else {
-                    Outcome::Interrupted(error)
-                };
+                return self.failed(&describe(phase), e);
             }
         }
         Outcome::Applied
+    }
+
+    /// The outcome of a change whose step `what` failed with `e`, once it
+    /// is undone: Envoy's refusal parks it, anything else is retried.
+    fn failed(&self, what: &str, e: WaitError) -> Outcome {
+        match e {
+            WaitError::Refused(_) => Outcome::RolledBack(self.error(what, e)),
+            WaitError::Timeout { .. } => Outcome::Interrupted(self.error(what, e)),
+        }
     }
 
     fn error(&self, what: &str, e: WaitError) -> ApplyError {

@@ -190,10 +190,7 @@ impl Lab {
     /// With xds: hands `doc` to the agent (started on first use with
     /// `extra` render flags) without waiting for Envoy's verdict.
     pub fn offer(&mut self, doc: &Value, extra: &[&str]) {
-        let desired = self.dir.path().join("desired.json");
-        let tmp = desired.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(doc).expect("json")).expect("write doc");
-        std::fs::rename(&tmp, &desired).expect("rename doc");
+        write_doc(&self.dir.path().join("desired.json"), doc);
         match &self.agent {
             Some(agent) => vpsie_lb_testkit::signal(agent.child.id(), "HUP"),
             None => {
@@ -345,6 +342,14 @@ pub fn lb(
 pub fn share(counts: &std::collections::BTreeMap<String, usize>, key: &str) -> f64 {
     let total: usize = counts.values().sum();
     100.0 * *counts.get(key).unwrap_or(&0) as f64 / total as f64
+}
+
+/// Replaces the document at `path` by rename, as an operator's tool would,
+/// so a file source never reads half of it.
+pub fn write_doc(path: &Path, doc: &Value) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(doc).expect("json")).expect("write doc");
+    std::fs::rename(&tmp, path).expect("rename doc");
 }
 
 /// Writes `text` to `dir/name` and returns the path.
