@@ -133,18 +133,11 @@ impl Applier {
         // its file when its cluster or listener arrives, so new files are
         // only written. At a cold start there are a thousand of them: written
         // on a few threads, their fsyncs overlap.
-        let (existing, fresh): (Vec<&RenderedFile>, Vec<&RenderedFile>) = p
-            .dependencies
-            .iter()
-            .partition(|f| current.contains_key(&f.path));
-        write_files_in_parallel(&fresh)?;
-        for f in existing {
-            let confirm = self.subscription_of(&f.path);
-            self.write_and_confirm(f, confirm.as_deref())?;
-        }
+        self.write_per_resource(current, &p.dependencies)?;
         if let Some(f) = &p.clusters_before {
             self.write_and_confirm(f, Some(&FileKind::Clusters.stats_prefix()))?;
         }
+        self.write_per_resource(current, &p.routes)?;
         if let Some(f) = &p.listeners {
             self.write_and_confirm(f, Some(&FileKind::Listeners.stats_prefix()))?;
             let errors = self.admin.listener_errors()?;
@@ -164,7 +157,24 @@ impl Applier {
         Ok(())
     }
 
-    /// The stats prefix of the EDS or SDS subscription that reads `path`.
+    /// Writes per-resource files: those Envoy already reads one by one,
+    /// each confirmed; new ones all at once.
+    fn write_per_resource(
+        &self,
+        current: &FileSet,
+        files: &[RenderedFile],
+    ) -> Result<(), ApplyError> {
+        let (existing, fresh): (Vec<&RenderedFile>, Vec<&RenderedFile>) =
+            files.iter().partition(|f| current.contains_key(&f.path));
+        write_files_in_parallel(&fresh)?;
+        for f in existing {
+            let confirm = self.subscription_of(&f.path);
+            self.write_and_confirm(f, confirm.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// The stats prefix of the EDS, SDS or RDS subscription that reads `path`.
     fn subscription_of(&self, path: &Path) -> Option<String> {
         self.layout
             .kind_of(path)

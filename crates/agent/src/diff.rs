@@ -23,7 +23,9 @@ pub enum Change {
 pub enum Impact {
     /// Only endpoints change: no drain, connections stay.
     EndpointsOnly,
-    /// The cluster is rebuilt: upstream connections re-open, no listener drain.
+    /// Routes change (a canary weight, a new route): no drain, connections stay.
+    RoutesOnly,
+    /// A cluster is rebuilt: upstream connections re-open, no listener drain.
     ClusterRebuilt,
     /// The listener changes: open client connections drain.
     ListenerDrains,
@@ -51,6 +53,56 @@ fn resources(docs: &BTreeMap<String, Value>, opts: &ValidateOptions) -> EnvoyRes
     }
 }
 
+/// What Envoy does for a change of load balancer `id`: the largest of the
+/// kinds of its resources that differ. Compares canonical JSON, never prost
+/// values: protobuf map fields inside an `Any` encode in random order.
+fn impact(id: &str, old: &EnvoyResources, new: &EnvoyResources) -> Impact {
+    use vpsie_lb_envoy::names;
+    let main = names::lb(id);
+    let pools = format!("{main}{}", names::SEP);
+    let redirect = names::redirect_listener(id);
+    let ours = |n: &str| n == main || n.starts_with(&pools) || n == redirect;
+    let json = |items: Vec<Result<Value, vpsie_lb_envoy::RenderError>>| -> Vec<Value> {
+        items.into_iter().filter_map(Result::ok).collect()
+    };
+    let listeners = |r: &EnvoyResources| {
+        json(
+            r.listeners
+                .iter()
+                .filter(|l| ours(&l.name))
+                .map(vpsie_lb_envoy::to_json)
+                .collect(),
+        )
+    };
+    let clusters = |r: &EnvoyResources| {
+        json(
+            r.clusters
+                .iter()
+                .filter(|c| ours(&c.name))
+                .map(vpsie_lb_envoy::to_json)
+                .collect(),
+        )
+    };
+    let routes = |r: &EnvoyResources| {
+        json(
+            r.routes
+                .iter()
+                .filter(|c| ours(&c.name))
+                .map(vpsie_lb_envoy::to_json)
+                .collect(),
+        )
+    };
+    if listeners(old) != listeners(new) {
+        Impact::ListenerDrains
+    } else if clusters(old) != clusters(new) {
+        Impact::ClusterRebuilt
+    } else if routes(old) != routes(new) {
+        Impact::RoutesOnly
+    } else {
+        Impact::EndpointsOnly
+    }
+}
+
 /// Plans `applied` → `desired` (documents by load-balancer id).
 pub fn preview(
     applied: &BTreeMap<String, Value>,
@@ -69,33 +121,7 @@ pub fn preview(
             (Some(_), None) => p.changes.push(Change::Removed(id.clone())),
             (Some(a), Some(d)) if a != d => {
                 p.changes.push(Change::Modified(id.clone(), describe(a, d)));
-                let name = vpsie_lb_envoy::names::lb(id);
-                // Compare canonical JSON, never prost values: protobuf map
-                // fields inside an `Any` encode in random order.
-                let json_of = |r: &EnvoyResources, listeners: bool| {
-                    if listeners {
-                        r.listeners
-                            .iter()
-                            .find(|l| l.name == name)
-                            .map(vpsie_lb_envoy::to_json)
-                    } else {
-                        r.clusters
-                            .iter()
-                            .find(|c| c.name == name)
-                            .map(vpsie_lb_envoy::to_json)
-                    }
-                    .and_then(Result::ok)
-                };
-                let same = |o: &EnvoyResources, n: &EnvoyResources, listeners: bool| {
-                    json_of(o, listeners) == json_of(n, listeners)
-                };
-                let impact = if !same(&old, &new, true) {
-                    Impact::ListenerDrains
-                } else if !same(&old, &new, false) {
-                    Impact::ClusterRebuilt
-                } else {
-                    Impact::EndpointsOnly
-                };
+                let impact = impact(id, &old, &new);
                 p.impact.insert(id.clone(), impact);
             }
             _ => {}
@@ -195,8 +221,9 @@ pub fn render(p: &Preview) -> String {
                         "the listener changes: open connections drain"
                     }
                     Some(Impact::ClusterRebuilt) => {
-                        "the cluster is rebuilt: upstream connections re-open; no listener drains"
+                        "a cluster is rebuilt: upstream connections re-open; no listener drains"
                     }
+                    Some(Impact::RoutesOnly) => "routes only: no drain, connections stay",
                     _ => "endpoints only: no drain, connections stay",
                 };
                 out.push_str(&format!("    envoy: {what}\n"));
@@ -277,6 +304,39 @@ mod tests {
             text.contains("algorithm: round_robin -> least_request"),
             "{text}"
         );
+    }
+
+    /// `web` with pool `next` and a canary route sending `next` of 100 to it.
+    fn canary(next: u32, sticky: bool) -> (String, Value) {
+        let (id, mut doc) = lb("web", 80, "round_robin", &[("a", 8080, 1)]);
+        doc["pools"] =
+            json!([{"id": "next", "backends": [{"id": "n", "address": "10.0.0.2", "port": 80}]}]);
+        doc["routes"] = json!([{"id": "c", "forward": [
+            {"pool": "default", "weight": 100 - next}, {"pool": "next", "weight": next}]}]);
+        if sticky {
+            doc["pools"][0]["sticky_sessions"] = json!({"cookie_name": "s"});
+        }
+        (id, doc)
+    }
+
+    #[test]
+    fn a_canary_weight_change_is_routes_only_and_a_new_filter_drains() {
+        let (p, text) = check(&[canary(10, false)], &[canary(50, false)]);
+        assert_eq!(p.impact["web"], Impact::RoutesOnly);
+        assert!(text.contains("routes only: no drain"), "{text}");
+        assert!(text.contains("0 listener(s) drain"), "{text}");
+        // Sticky sessions add a filter to the listener's connection manager.
+        let (p, _) = check(&[canary(10, false)], &[canary(10, true)]);
+        assert_eq!(p.impact["web"], Impact::ListenerDrains);
+    }
+
+    #[test]
+    fn adding_a_pool_builds_its_cluster_without_draining() {
+        let (p, _) = check(
+            &[lb("web", 80, "round_robin", &[("a", 8080, 1)])],
+            &[canary(10, false)],
+        );
+        assert_eq!(p.impact["web"], Impact::ClusterRebuilt);
     }
 
     #[test]

@@ -3,15 +3,16 @@
 //! cluster. Pure: file sets in, steps out.
 //!
 //! Order: changed secrets and endpoints first; then clusters as the union of
-//! old and new (so every listener, old or new, finds its cluster); then
-//! listeners; then clusters without the ones no longer used; then removal of
-//! stale endpoint and secret directories. A step is present only when it
+//! old and new (so every route and listener, old or new, finds its
+//! cluster); then route configurations; then listeners; then clusters
+//! without the ones no longer used; then removal of stale endpoint, secret
+//! and route directories. A step is present only when it
 //! changes something, so an unchanged config does no IO at all.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use vpsie_lb_envoy::{RenderedFile, XdsLayout, file_from_json};
+use vpsie_lb_envoy::{FileKind, RenderedFile, XdsLayout, file_from_json};
 
 /// Dynamic files by path.
 pub type FileSet = BTreeMap<PathBuf, RenderedFile>;
@@ -26,13 +27,16 @@ pub fn file_set(files: Vec<RenderedFile>) -> FileSet {
 pub struct Plan {
     /// New or changed SDS and EDS files.
     pub dependencies: Vec<RenderedFile>,
-    /// Old clusters plus new ones, before any listener may use a new one.
+    /// Old clusters plus new ones, before any route may use a new one.
     pub clusters_before: Option<RenderedFile>,
+    /// New or changed route configurations: after the clusters they name,
+    /// before the listeners that read them.
+    pub routes: Vec<RenderedFile>,
     /// The new listeners.
     pub listeners: Option<RenderedFile>,
     /// Exactly the new clusters, once no listener uses the old ones.
     pub clusters_after: Option<RenderedFile>,
-    /// EDS and SDS directories that nothing refers to any more.
+    /// EDS, SDS and RDS directories that nothing refers to any more.
     pub prune: Vec<PathBuf>,
 }
 
@@ -60,8 +64,12 @@ pub fn plan(layout: &XdsLayout, current: &FileSet, next: &FileSet) -> Result<Pla
     let cds = layout.cds_file();
 
     for f in next.values() {
-        if f.path != lds && f.path != cds && changed(f) {
-            p.dependencies.push(f.clone());
+        if f.path == lds || f.path == cds || !changed(f) {
+            continue;
+        }
+        match layout.kind_of(&f.path) {
+            Some(FileKind::Routes(_)) => p.routes.push(f.clone()),
+            _ => p.dependencies.push(f.clone()),
         }
     }
     if let Some(f) = next.get(&lds).filter(|f| changed(f)) {
@@ -151,21 +159,26 @@ fn version_of(contents: &str) -> String {
     })
 }
 
+/// Where a per-resource file of a given name lives (`XdsLayout::eds_file`, …).
+type FileOf = fn(&XdsLayout, &str) -> PathBuf;
+
 /// Reads the dynamic files currently under `layout` (what Envoy was given last).
 pub fn read_file_set(layout: &XdsLayout) -> std::io::Result<FileSet> {
     let mut files = vec![layout.lds_file(), layout.cds_file()];
-    // One watched directory per endpoint set and per secret, named after it.
-    for (root, is_eds) in [(layout.eds_root(), true), (layout.sds_root(), false)] {
+    // One watched directory per endpoint set, secret and route
+    // configuration, named after it.
+    let per_resource: [(PathBuf, FileOf); 3] = [
+        (layout.eds_root(), XdsLayout::eds_file),
+        (layout.sds_root(), XdsLayout::sds_file),
+        (layout.rds_root(), XdsLayout::rds_file),
+    ];
+    for (root, file) in per_resource {
         let Ok(entries) = std::fs::read_dir(root) else {
             continue;
         };
         for e in entries {
             let name = e?.file_name().to_string_lossy().into_owned();
-            files.push(if is_eds {
-                layout.eds_file(&name)
-            } else {
-                layout.sds_file(&name)
-            });
+            files.push(file(layout, &name));
         }
     }
     let mut set = FileSet::new();
@@ -191,6 +204,26 @@ pub fn read_file_set(layout: &XdsLayout) -> std::io::Result<FileSet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regression_route_files_were_not_read_back_so_every_apply_rewrote_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = XdsLayout::new(dir.path());
+        let rds = file_from_json(
+            layout.rds_file("lb_a"),
+            "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            vec![serde_json::json!({"name": "lb_a"})],
+        );
+        std::fs::create_dir_all(layout.rds_dir("lb_a")).expect("mkdir");
+        std::fs::write(&rds.path, &rds.contents).expect("write");
+        let current = read_file_set(&layout).expect("read");
+        assert_eq!(current.get(&rds.path), Some(&rds));
+        let next = file_set(vec![rds]);
+        assert!(plan(&layout, &current, &next).expect("plan").is_empty());
+        // And a route configuration nothing renders any more is pruned.
+        let gone = plan(&layout, &current, &FileSet::new()).expect("plan");
+        assert_eq!(gone.prune, [layout.rds_dir("lb_a")]);
+    }
 
     #[test]
     fn version_of_reads_the_last_key_and_falls_back_to_parsing() {

@@ -48,6 +48,9 @@ pub struct BackendStatus {
     pub enabled: bool,
     /// Envoy's view: None when Envoy does not know the host (disabled, or not yet resolved).
     pub healthy: Option<bool>,
+    /// The pool it belongs to (`default` for the top-level backends).
+    #[serde(default)]
+    pub pool: String,
 }
 
 impl AgentStatus {
@@ -87,8 +90,8 @@ impl AgentStatus {
                     (true, None) => "unknown",
                 };
                 out.push_str(&format!(
-                    "  {:<18} {:<39} {:<6} {}\n",
-                    b.id, b.address, b.port, health
+                    "  {:<18} {:<12} {:<39} {:<6} {}\n",
+                    b.id, b.pool, b.address, b.port, health
                 ));
             }
         }
@@ -211,37 +214,55 @@ fn backends(
     good: Option<&serde_json::Value>,
     hosts: &[crate::envoy_admin::HostHealth],
 ) -> Vec<BackendStatus> {
-    let cluster = vpsie_lb_envoy::names::lb(id);
-    let mut out = Vec::new();
-    for b in good
-        .and_then(|d| d["backends"].as_array())
+    let Some(doc) = good else {
+        return vec![];
+    };
+    let default = (vpsie_lb_model::DEFAULT_POOL, &doc["backends"]);
+    let pools = doc["pools"]
+        .as_array()
         .into_iter()
         .flatten()
-    {
-        let (Some(bid), Some(addr), Some(port)) =
-            (b["id"].as_str(), b["address"].as_str(), b["port"].as_u64())
-        else {
-            continue;
-        };
-        let enabled = b["enabled"].as_bool() != Some(false);
-        let addr_lc = addr.to_ascii_lowercase();
-        let mine: Vec<&crate::envoy_admin::HostHealth> = hosts
-            .iter()
-            .filter(|h| {
-                h.cluster == cluster
-                    && u64::from(h.port) == port
-                    && (h.address == addr_lc || h.hostname == addr_lc)
-            })
-            .collect();
-        out.push(BackendStatus {
-            id: bid.to_owned(),
-            address: addr.to_owned(),
-            port: u16::try_from(port).unwrap_or(0),
-            enabled,
-            healthy: (enabled && !mine.is_empty()).then(|| mine.iter().any(|h| h.healthy)),
-        });
+        .filter_map(|p| p["id"].as_str().map(|pid| (pid, &p["backends"])));
+    let mut out = Vec::new();
+    for (pool, members) in std::iter::once(default).chain(pools) {
+        let cluster = vpsie_lb_envoy::names::pool_cluster(id, pool);
+        for b in members.as_array().into_iter().flatten() {
+            out.extend(backend(b, pool, &cluster, hosts));
+        }
     }
     out
+}
+
+/// One backend of `pool` (Envoy cluster `cluster`) with its health.
+fn backend(
+    b: &serde_json::Value,
+    pool: &str,
+    cluster: &str,
+    hosts: &[crate::envoy_admin::HostHealth],
+) -> Option<BackendStatus> {
+    let (Some(bid), Some(addr), Some(port)) =
+        (b["id"].as_str(), b["address"].as_str(), b["port"].as_u64())
+    else {
+        return None;
+    };
+    let enabled = b["enabled"].as_bool() != Some(false);
+    let addr_lc = addr.to_ascii_lowercase();
+    let mine: Vec<&crate::envoy_admin::HostHealth> = hosts
+        .iter()
+        .filter(|h| {
+            h.cluster == cluster
+                && u64::from(h.port) == port
+                && (h.address == addr_lc || h.hostname == addr_lc)
+        })
+        .collect();
+    Some(BackendStatus {
+        id: bid.to_owned(),
+        address: addr.to_owned(),
+        port: u16::try_from(port).unwrap_or(0),
+        enabled,
+        healthy: (enabled && !mine.is_empty()).then(|| mine.iter().any(|h| h.healthy)),
+        pool: pool.to_owned(),
+    })
 }
 
 #[cfg(test)]

@@ -125,18 +125,18 @@ fn check_reports_what_only_envoy_can_see_a_key_that_does_not_match_the_certifica
 fn unknown_keys_warn_and_strict_makes_them_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut doc = lb("u", "http", 8080, "round_robin", &[("a", 9000, 1)]);
-    doc["sticky_sessions"] = json!(true);
+    doc["cors_policy"] = json!(true);
     let input = write_json(dir.path(), "u.json", &doc);
     let out = agent(&["check", "--no-envoy", "--input", &input]);
     assert_eq!(out.status.code(), Some(0));
     assert!(
-        stderr(&out).contains("warning: sticky_sessions: unknown key (ignored)"),
+        stderr(&out).contains("warning: cors_policy: unknown key (ignored)"),
         "{}",
         stderr(&out)
     );
     let out = agent(&["check", "--no-envoy", "--strict", "--input", &input]);
     assert_eq!(out.status.code(), Some(2));
-    assert_eq!(stdout(&out), "sticky_sessions: unknown key (ignored)\n");
+    assert_eq!(stdout(&out), "cors_policy: unknown key (ignored)\n");
 }
 
 #[test]

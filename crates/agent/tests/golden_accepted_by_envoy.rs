@@ -80,9 +80,13 @@ fn every_golden_case_is_accepted_by_a_live_envoy(via: Via) {
             Some(a) => a.iter_mut().collect(),
             None => vec![&mut doc],
         };
-        let n = items.len();
+        let mut n = items.len();
         for lb in items {
             lb["port"] = serde_json::json!(free_port());
+            if lb.get("redirect_http_port").is_some() {
+                lb["redirect_http_port"] = serde_json::json!(free_port());
+                n += 1;
+            }
         }
         let lab = Lab::start(via, &doc);
         let envoy = lab.envoy();

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use crate::LocalAddress;
 
-use envoy_types::pb::envoy::config::bootstrap::v3::{Admin, Bootstrap, bootstrap};
+use envoy_types::pb::envoy::config::bootstrap::v3::{
+    Admin, Bootstrap, LayeredRuntime, RuntimeLayer, bootstrap, runtime_layer,
+};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     ApiConfigSource, ApiVersion, BackoffStrategy, GrpcService, Http2ProtocolOptions, Node,
@@ -86,7 +88,40 @@ fn common(opts: &BootstrapOptions, admin: &LocalAddress) -> Bootstrap {
             }],
             ..Default::default()
         }),
+        layered_runtime: Some(runtime()),
         ..Default::default()
+    }
+}
+
+/// Envoy's RE2 refuses, by default, any expression whose program is larger
+/// than 100 steps: a plain list of twenty path words is already past it.
+/// Validation bounds every expression we send (`limits::MAX_REGEX_COST`)
+/// far below the limit set here. The admin layer is what Envoy has when no
+/// runtime is configured.
+fn runtime() -> LayeredRuntime {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value};
+    let limit = vpsie_lb_model::limits::MAX_REGEX_COST * 20;
+    let fields = [(
+        "re2.max_program_size.error_level".to_owned(),
+        Value {
+            kind: Some(value::Kind::NumberValue(limit as f64)),
+        },
+    )];
+    LayeredRuntime {
+        layers: vec![
+            RuntimeLayer {
+                name: "vpsie-lb".into(),
+                layer_specifier: Some(runtime_layer::LayerSpecifier::StaticLayer(Struct {
+                    fields: fields.into_iter().collect(),
+                })),
+            },
+            RuntimeLayer {
+                name: "admin".into(),
+                layer_specifier: Some(runtime_layer::LayerSpecifier::AdminLayer(
+                    runtime_layer::AdminLayer {},
+                )),
+            },
+        ],
     }
 }
 

@@ -1,4 +1,4 @@
-//! One cluster per load balancer, with its endpoints and health checks.
+//! One cluster per pool, with its endpoints and health checks.
 
 use std::collections::HashMap;
 
@@ -19,7 +19,9 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 };
 use envoy_types::pb::envoy::r#type::v3::{Int64Range, Percent};
 use envoy_types::pb::google::protobuf::{Struct, Value, value};
-use vpsie_lb_model::{Address, Algorithm, HealthCheckKind, HttpCheck, LoadBalancer, Protocol};
+use vpsie_lb_model::{
+    Address, Algorithm, HealthCheckKind, HttpCheck, LoadBalancer, Pool, Protocol,
+};
 
 use crate::listener::BUFFER_LIMIT_BYTES;
 use crate::pb::{any, secs, u32v};
@@ -39,17 +41,18 @@ const UPSTREAM_IDLE_TIMEOUT: u32 = 60;
 /// all of its addresses, re-resolving as the TTL says.
 pub(crate) fn cluster(
     lb: &LoadBalancer,
+    pool: &Pool,
     opts: &TranslateOptions,
 ) -> (Cluster, Option<ClusterLoadAssignment>) {
-    let name = names::lb(&lb.id);
-    let assignment = load_assignment(lb);
-    let has_hostname = lb
+    let name = names::pool_cluster(&lb.id, &pool.id);
+    let assignment = load_assignment(&name, pool);
+    let has_hostname = pool
         .enabled_backends()
         .any(|b| matches!(b.address, Address::Hostname(_)));
     let mut c = Cluster {
         name: name.clone(),
         connect_timeout: secs(lb.timeouts.connect),
-        lb_policy: match lb.algorithm {
+        lb_policy: match pool.algorithm {
             Algorithm::RoundRobin => cluster::LbPolicy::RoundRobin,
             Algorithm::LeastRequest => cluster::LbPolicy::LeastRequest,
             Algorithm::Random => cluster::LbPolicy::Random,
@@ -58,7 +61,7 @@ pub(crate) fn cluster(
         per_connection_buffer_limit_bytes: u32v(BUFFER_LIMIT_BYTES),
         circuit_breakers: Some(circuit_breakers_for(lb, opts)),
         outlier_detection: Some(outlier_detection()),
-        health_checks: lb.health_check.iter().map(health_check).collect(),
+        health_checks: pool.health_check.iter().map(health_check).collect(),
         // "Removed" must mean removed: without this, a host dropped from EDS
         // keeps getting traffic for as long as it passes health checks.
         ignore_health_on_host_removal: true,
@@ -81,7 +84,8 @@ pub(crate) fn cluster(
             any(&upstream_http_options()),
         )]);
     }
-    if let Some(HealthCheckKind::Https(_)) = lb.health_check.as_ref().map(|h| &h.kind) {
+    c.lb_config = pool.slow_start.and_then(|s| slow_start(pool.algorithm, s));
+    if let Some(HealthCheckKind::Https(_)) = pool.health_check.as_ref().map(|h| &h.kind) {
         c.transport_socket_matches = vec![cluster::TransportSocketMatch {
             name: "health_check_tls".into(),
             r#match: Some(hc_tls_match()),
@@ -123,9 +127,33 @@ pub(crate) fn cluster(
     (c, eds)
 }
 
+/// A new backend's share grows linearly (aggression 1) from 10 % of its
+/// weight over `window` seconds; validation allows it only where Envoy
+/// implements it.
+fn slow_start(algorithm: Algorithm, window: u32) -> Option<cluster::LbConfig> {
+    let config = Some(cluster::SlowStartConfig {
+        slow_start_window: secs(window),
+        ..Default::default()
+    });
+    match algorithm {
+        Algorithm::RoundRobin => Some(cluster::LbConfig::RoundRobinLbConfig(
+            cluster::RoundRobinLbConfig {
+                slow_start_config: config,
+            },
+        )),
+        Algorithm::LeastRequest => Some(cluster::LbConfig::LeastRequestLbConfig(
+            cluster::LeastRequestLbConfig {
+                slow_start_config: config,
+                ..Default::default()
+            },
+        )),
+        Algorithm::Random | Algorithm::RingHash => None,
+    }
+}
+
 /// The enabled backends as one locality. An empty list is valid: HTTP answers 503.
-fn load_assignment(lb: &LoadBalancer) -> ClusterLoadAssignment {
-    let lb_endpoints: Vec<LbEndpoint> = lb
+fn load_assignment(cluster_name: &str, pool: &Pool) -> ClusterLoadAssignment {
+    let lb_endpoints: Vec<LbEndpoint> = pool
         .enabled_backends()
         .map(|b| LbEndpoint {
             host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
@@ -137,7 +165,7 @@ fn load_assignment(lb: &LoadBalancer) -> ClusterLoadAssignment {
         })
         .collect();
     ClusterLoadAssignment {
-        cluster_name: names::lb(&lb.id),
+        cluster_name: cluster_name.to_owned(),
         endpoints: if lb_endpoints.is_empty() {
             vec![]
         } else {

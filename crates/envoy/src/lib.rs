@@ -13,6 +13,7 @@ pub mod names;
 mod pb;
 mod render;
 mod resources;
+mod routes;
 mod stats;
 mod tls;
 
@@ -21,8 +22,9 @@ use std::net::{IpAddr, SocketAddr};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
-use vpsie_lb_model::{Config, LoadBalancer};
+use vpsie_lb_model::{Config, LoadBalancer, Protocol};
 
 pub use address::LocalAddress;
 pub use bootstrap::{
@@ -94,9 +96,12 @@ impl TranslateOptions {
 /// Envoy resources for a whole config, each list sorted by name.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct EnvoyResources {
-    /// One listener per load balancer.
+    /// One listener per load balancer, two with `redirect_http_port`.
     pub listeners: Vec<Listener>,
-    /// One cluster per load balancer.
+    /// Route configurations of HTTP listeners (empty with
+    /// [`Delivery::Static`], whose listeners carry them inline).
+    pub routes: Vec<RouteConfiguration>,
+    /// One cluster per pool.
     pub clusters: Vec<Cluster>,
     /// Endpoints of the EDS clusters (empty with [`Delivery::Static`]).
     pub endpoints: Vec<ClusterLoadAssignment>,
@@ -111,11 +116,13 @@ pub fn translate(config: &Config, opts: &TranslateOptions) -> EnvoyResources {
     for lb in &config.load_balancers {
         let one = translate_lb(lb, opts);
         out.listeners.extend(one.listeners);
+        out.routes.extend(one.routes);
         out.clusters.extend(one.clusters);
         out.endpoints.extend(one.endpoints);
         out.secrets.extend(one.secrets);
     }
     out.listeners.sort_by(|a, b| a.name.cmp(&b.name));
+    out.routes.sort_by(|a, b| a.name.cmp(&b.name));
     out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
     out.endpoints
         .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
@@ -126,13 +133,20 @@ pub fn translate(config: &Config, opts: &TranslateOptions) -> EnvoyResources {
 /// The resources of one load balancer: what a per-load-balancer cache keeps,
 /// so a change to one of 1,000 translates one.
 pub fn translate_lb(lb: &LoadBalancer, opts: &TranslateOptions) -> EnvoyResources {
-    let (cluster, endpoints) = cluster::cluster(lb, opts);
-    EnvoyResources {
-        listeners: vec![listener::listener(lb, opts)],
-        clusters: vec![cluster],
-        endpoints: endpoints.into_iter().collect(),
-        secrets: tls::secrets(lb).into_iter().collect(),
+    let mut out = EnvoyResources {
+        listeners: listener::listeners(lb, opts),
+        secrets: tls::secrets(lb),
+        ..Default::default()
+    };
+    if lb.protocol != Protocol::Tcp && opts.delivery != Delivery::Static {
+        out.routes.push(routes::route_config(lb));
     }
+    for pool in lb.all_pools() {
+        let (cluster, endpoints) = cluster::cluster(lb, pool, opts);
+        out.clusters.push(cluster);
+        out.endpoints.extend(endpoints);
+    }
+    out
 }
 
 /// Where Envoy's admin API listens by default: a Unix socket, which no

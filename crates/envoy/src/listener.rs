@@ -5,10 +5,8 @@ use envoy_types::pb::envoy::config::core::v3::{
     Http2ProtocolOptions, HttpProtocolOptions, SubstitutionFormatString, TransportSocket,
     substitution_format_string, transport_socket,
 };
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
-use envoy_types::pb::envoy::config::route::v3::{
-    RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route,
-    route_action, route_match,
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
     FileAccessLog, file_access_log,
@@ -17,9 +15,11 @@ use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
     StderrAccessLog, StdoutAccessLog, stderr_access_log, stdout_access_log,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::http::stateful_session::v3::StatefulSession;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, http_connection_manager, http_filter,
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::envoy::r#type::v3::{HashPolicy, hash_policy};
@@ -27,26 +27,24 @@ use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value, value};
 use vpsie_lb_model::{Algorithm, LoadBalancer, Protocol};
 
 use crate::pb::{any, secs, socket, u32v, u64v};
-use crate::{TranslateOptions, names, tls};
+use crate::{Delivery, TranslateOptions, names, routes, tls};
 
 /// Per-connection read/write buffer cap; Envoy's edge guidance, instead of the 1 MiB default.
 pub(crate) const BUFFER_LIMIT_BYTES: u32 = 32 * 1024;
 
-pub(crate) fn listener(lb: &LoadBalancer, opts: &TranslateOptions) -> Listener {
-    let name = names::lb(&lb.id);
-    let mut filters = Vec::new();
-    if let Some(max) = lb.max_connections {
-        // The connection_limit filter closes connections beyond the limit as
-        // soon as they are accepted; the listener itself has no such field.
-        filters.push(typed_filter(
-            "envoy.filters.network.connection_limit",
-            any(&ConnectionLimit {
-                stat_prefix: name.clone(),
-                max_connections: u64v(u64::from(max)),
-                ..Default::default()
-            }),
-        ));
+/// The load balancer's listeners: its own, and the redirect listener on
+/// `redirect_http_port` when it has one.
+pub(crate) fn listeners(lb: &LoadBalancer, opts: &TranslateOptions) -> Vec<Listener> {
+    let mut out = vec![main_listener(lb, opts)];
+    if let Some(port) = lb.redirect_http_port {
+        out.push(redirect_listener(lb, port, opts));
     }
+    out
+}
+
+fn main_listener(lb: &LoadBalancer, opts: &TranslateOptions) -> Listener {
+    let name = names::lb(&lb.id);
+    let mut filters = connection_limit(lb);
     filters.push(match lb.protocol {
         Protocol::Http | Protocol::Https => typed_filter(
             "envoy.filters.network.http_connection_manager",
@@ -54,18 +52,94 @@ pub(crate) fn listener(lb: &LoadBalancer, opts: &TranslateOptions) -> Listener {
         ),
         Protocol::Tcp => typed_filter("envoy.filters.network.tcp_proxy", any(&tcp_proxy(lb, opts))),
     });
-    let transport_socket = tls::downstream_context(lb, opts).map(|ctx| TransportSocket {
-        name: "envoy.transport_sockets.tls".into(),
-        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&ctx))),
+    let tls_socket = |secret: String| {
+        tls::downstream_context(lb, secret, opts).map(|ctx| TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(any(&ctx))),
+        })
+    };
+    // One chain per certificate chosen by SNI, then the default chain that
+    // serves every other name and clients that send none.
+    let sni = lb.tls.iter().flat_map(|t| &t.certificates);
+    let mut filter_chains: Vec<FilterChain> = sni
+        .enumerate()
+        .map(|(i, c)| FilterChain {
+            name: format!("sni-{}", i + 1),
+            filter_chain_match: Some(FilterChainMatch {
+                server_names: c.server_names.clone(),
+                ..Default::default()
+            }),
+            filters: filters.clone(),
+            transport_socket: tls_socket(names::sni_secret(&lb.id, i + 1)),
+            ..Default::default()
+        })
+        .collect();
+    let listener_filters = if filter_chains.is_empty() {
+        vec![]
+    } else {
+        vec![ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".into(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(any(
+                &TlsInspector::default(),
+            ))),
+            ..Default::default()
+        }]
+    };
+    filter_chains.push(FilterChain {
+        name: "default".into(),
+        filters,
+        transport_socket: tls_socket(names::cert_secret(&lb.id)),
+        ..Default::default()
     });
     Listener {
         name,
         address: socket(&opts.listen_address.to_string(), lb.port),
         per_connection_buffer_limit_bytes: u32v(BUFFER_LIMIT_BYTES),
+        listener_filters,
+        filter_chains,
+        ..Default::default()
+    }
+}
+
+/// The connection_limit filter closes connections beyond `max_connections`
+/// as soon as they are accepted; the listener itself has no such field.
+fn connection_limit(lb: &LoadBalancer) -> Vec<Filter> {
+    lb.max_connections
+        .map(|max| {
+            typed_filter(
+                "envoy.filters.network.connection_limit",
+                any(&ConnectionLimit {
+                    stat_prefix: names::lb(&lb.id),
+                    max_connections: u64v(u64::from(max)),
+                    ..Default::default()
+                }),
+            )
+        })
+        .into_iter()
+        .collect()
+}
+
+/// Plain HTTP on `port`, answering every request with a 301 to https.
+fn redirect_listener(lb: &LoadBalancer, port: u16, opts: &TranslateOptions) -> Listener {
+    let name = names::redirect_listener(&lb.id);
+    let mut hcm = connection_manager(lb, &name, opts);
+    // Fixed for the listener's life, so inline: a change of it is a change
+    // of the listener anyway.
+    hcm.route_specifier = Some(http_connection_manager::RouteSpecifier::RouteConfig(
+        routes::redirect_config(lb),
+    ));
+    let mut filters = connection_limit(lb);
+    filters.push(typed_filter(
+        "envoy.filters.network.http_connection_manager",
+        any(&hcm),
+    ));
+    Listener {
+        name,
+        address: socket(&opts.listen_address.to_string(), port),
+        per_connection_buffer_limit_bytes: u32v(BUFFER_LIMIT_BYTES),
         filter_chains: vec![FilterChain {
             name: "default".into(),
             filters,
-            transport_socket,
             ..Default::default()
         }],
         ..Default::default()
@@ -79,53 +153,50 @@ fn typed_filter(name: &str, config: envoy_types::pb::google::protobuf::Any) -> F
     }
 }
 
+/// The main listener's connection manager: routes from RDS (inline for the
+/// static pre-flight, which has no RDS), sticky sessions when a pool asks.
 fn http_connection_manager(lb: &LoadBalancer, opts: &TranslateOptions) -> HttpConnectionManager {
     let name = names::lb(&lb.id);
-    let mut action = RouteAction {
-        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(name.clone())),
-        // Zero disables the timeout; leaving it unset would mean Envoy's 15 s.
-        timeout: secs(lb.timeouts.request.unwrap_or(0)),
-        // Retry only what never reached a backend, so no request runs twice.
-        retry_policy: Some(RetryPolicy {
-            retry_on: "connect-failure,refused-stream,reset-before-request".into(),
-            num_retries: u32v(2),
-            ..Default::default()
+    let mut hcm = connection_manager(lb, &name, opts);
+    hcm.route_specifier = Some(match &opts.delivery {
+        Delivery::Static => {
+            http_connection_manager::RouteSpecifier::RouteConfig(routes::route_config(lb))
+        }
+        Delivery::Files(layout) => http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: crate::pb::file_source(&layout.rds_file(&name), &layout.rds_dir(&name)),
+            route_config_name: name.clone(),
         }),
-        ..Default::default()
-    };
-    if lb.algorithm == Algorithm::RingHash {
-        action.hash_policy = vec![route_action::HashPolicy {
-            policy_specifier: Some(
-                route_action::hash_policy::PolicySpecifier::ConnectionProperties(
-                    route_action::hash_policy::ConnectionProperties { source_ip: true },
-                ),
-            ),
-            terminal: false,
-        }];
-    }
-    let route_config = RouteConfiguration {
-        name: name.clone(),
-        virtual_hosts: vec![VirtualHost {
-            name: name.clone(),
-            domains: vec!["*".into()],
-            routes: vec![Route {
-                r#match: Some(RouteMatch {
-                    path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
-                    ..Default::default()
-                }),
-                action: Some(route::Action::Route(action)),
+        Delivery::Ads => http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: crate::pb::ads_source(),
+            route_config_name: name.clone(),
+        }),
+    });
+    if routes::uses_sticky_sessions(lb) {
+        // Off unless a route turns it on: each route carries its pool's cookie.
+        hcm.http_filters.insert(
+            0,
+            HttpFilter {
+                name: routes::STATEFUL_SESSION.into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                    &StatefulSession::default(),
+                ))),
                 ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+            },
+        );
+    }
+    hcm
+}
+
+/// What every connection manager of the load balancer shares; the caller
+/// sets where routes come from.
+fn connection_manager(
+    lb: &LoadBalancer,
+    stat_prefix: &str,
+    opts: &TranslateOptions,
+) -> HttpConnectionManager {
     HttpConnectionManager {
-        stat_prefix: name,
+        stat_prefix: stat_prefix.to_owned(),
         codec_type: http_connection_manager::CodecType::Auto as i32,
-        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
-            route_config,
-        )),
         http_filters: vec![HttpFilter {
             name: "envoy.filters.http.router".into(),
             config_type: Some(http_filter::ConfigType::TypedConfig(
@@ -162,7 +233,7 @@ fn http_connection_manager(lb: &LoadBalancer, opts: &TranslateOptions) -> HttpCo
 
 fn tcp_proxy(lb: &LoadBalancer, opts: &TranslateOptions) -> TcpProxy {
     let name = names::lb(&lb.id);
-    let hash_policy = if lb.algorithm == Algorithm::RingHash {
+    let hash_policy = if lb.default_pool.algorithm == Algorithm::RingHash {
         vec![HashPolicy {
             policy_specifier: Some(hash_policy::PolicySpecifier::SourceIp(
                 hash_policy::SourceIp {},

@@ -10,6 +10,32 @@ pub fn lb(id: &str) -> String {
     format!("lb_{id}")
 }
 
+/// Separates a load balancer's name from the part that names one of its
+/// pools, extra listeners or certificates. It is outside the id alphabet,
+/// so `lb_a` + pool `b_c` never meets `lb_a_b` + pool `c`, and Envoy keeps
+/// it in stat names (it rewrites `:`, and `.` would split the name).
+pub const SEP: char = '~';
+
+/// Name of the cluster of one pool: the default pool's is [`lb`], so
+/// documents without pools keep their names, stats and dashboards.
+pub fn pool_cluster(lb_id: &str, pool: &str) -> String {
+    if pool == vpsie_lb_model::DEFAULT_POOL {
+        lb(lb_id)
+    } else {
+        format!("lb_{lb_id}{SEP}{pool}")
+    }
+}
+
+/// Name (and stat prefix) of the listener on `redirect_http_port`.
+pub fn redirect_listener(id: &str) -> String {
+    format!("lb_{id}{SEP}redirect")
+}
+
+/// Name of the SDS secret of the `n`-th (from 1) certificate chosen by SNI.
+pub fn sni_secret(id: &str, n: usize) -> String {
+    format!("lb_{id}_cert{SEP}{n}")
+}
+
 /// Name of the SDS secret holding a load balancer's certificate and key.
 pub fn cert_secret(id: &str) -> String {
     format!("lb_{id}_cert")
@@ -79,6 +105,18 @@ impl XdsLayout {
     pub fn sds_file(&self, secret: &str) -> PathBuf {
         self.sds_dir(secret).join("sds.json")
     }
+    /// The watched directory of one route configuration.
+    pub fn rds_dir(&self, name: &str) -> PathBuf {
+        self.root.join("rds").join(name)
+    }
+    /// One route configuration's file.
+    pub fn rds_file(&self, name: &str) -> PathBuf {
+        self.rds_dir(name).join("rds.json")
+    }
+    /// The directory holding one watched directory per route configuration.
+    pub fn rds_root(&self) -> PathBuf {
+        self.root.join("rds")
+    }
     /// The bootstrap file.
     pub fn bootstrap_file(&self) -> PathBuf {
         self.root.join("bootstrap.yaml")
@@ -108,6 +146,9 @@ impl XdsLayout {
             p if p == self.sds_root() && path == self.sds_file(&name) => {
                 Some(FileKind::Secret(name))
             }
+            p if p == self.rds_root() && path == self.rds_file(&name) => {
+                Some(FileKind::Routes(name))
+            }
             _ => None,
         }
     }
@@ -124,6 +165,8 @@ pub enum FileKind {
     Endpoints(String),
     /// The named secret.
     Secret(String),
+    /// The named route configuration.
+    Routes(String),
 }
 
 impl FileKind {
@@ -135,11 +178,17 @@ impl FileKind {
             FileKind::Clusters => "cluster_manager.cds".into(),
             FileKind::Endpoints(cluster) => format!("cluster.{cluster}"),
             FileKind::Secret(name) => format!("sds.{name}"),
+            // Each route configuration is read by the connection manager
+            // whose stat prefix is the same name.
+            FileKind::Routes(name) => format!("http.{name}.rds.{name}"),
         }
     }
     /// Whether the file is one of many, each in its own watched directory.
     pub fn is_per_resource(&self) -> bool {
-        matches!(self, FileKind::Endpoints(_) | FileKind::Secret(_))
+        matches!(
+            self,
+            FileKind::Endpoints(_) | FileKind::Secret(_) | FileKind::Routes(_)
+        )
     }
 }
 
@@ -170,6 +219,11 @@ mod tests {
                 l.sds_file("lb_a_cert"),
                 Some(FileKind::Secret("lb_a_cert".into())),
                 "sds.lb_a_cert",
+            ),
+            (
+                l.rds_file("lb_a"),
+                Some(FileKind::Routes("lb_a".into())),
+                "http.lb_a.rds.lb_a",
             ),
         ];
         for (path, kind, prefix) in cases {

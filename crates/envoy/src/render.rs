@@ -31,14 +31,20 @@ fn emitted_types() -> Vec<String> {
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
     use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
     use envoy_types::pb::envoy::config::listener::v3::Listener;
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
     use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
     use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
         StderrAccessLog, StdoutAccessLog,
     };
     use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+    use envoy_types::pb::envoy::extensions::filters::http::stateful_session::v3::{
+        StatefulSession, StatefulSessionPerRoute,
+    };
+    use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
     use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit;
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
     use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+    use envoy_types::pb::envoy::extensions::http::stateful_session::cookie::v3::CookieBasedSessionState;
     use envoy_types::pb::envoy::extensions::resource_monitors::downstream_connections::v3::DownstreamConnectionsConfig;
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
         DownstreamTlsContext, Secret, UpstreamTlsContext,
@@ -49,6 +55,11 @@ fn emitted_types() -> Vec<String> {
         DiscoveryResponse::full_name(),
         Bootstrap::full_name(),
         Listener::full_name(),
+        RouteConfiguration::full_name(),
+        StatefulSession::full_name(),
+        StatefulSessionPerRoute::full_name(),
+        CookieBasedSessionState::full_name(),
+        TlsInspector::full_name(),
         Cluster::full_name(),
         ClusterLoadAssignment::full_name(),
         Secret::full_name(),
@@ -401,6 +412,12 @@ pub fn render_files(
         )?);
     }
     out.push(discovery_file(layout.cds_file(), &resources.clusters)?);
+    for r in &resources.routes {
+        out.push(discovery_file(
+            layout.rds_file(&r.name),
+            std::slice::from_ref(r),
+        )?);
+    }
     out.push(discovery_file(layout.lds_file(), &resources.listeners)?);
     Ok(out)
 }

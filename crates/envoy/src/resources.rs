@@ -19,16 +19,19 @@ pub enum ResourceType {
     Cluster,
     /// Endpoints of EDS clusters.
     Endpoints,
+    /// Route configurations (RDS).
+    Route,
     /// Listeners (LDS).
     Listener,
 }
 
 impl ResourceType {
     /// Every type, in the order a stream is served them.
-    pub const ALL: [ResourceType; 4] = [
+    pub const ALL: [ResourceType; 5] = [
         ResourceType::Secret,
         ResourceType::Cluster,
         ResourceType::Endpoints,
+        ResourceType::Route,
         ResourceType::Listener,
     ];
 
@@ -47,6 +50,7 @@ impl ResourceType {
             ResourceType::Endpoints => {
                 "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
             }
+            ResourceType::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
             ResourceType::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
         }
     }
@@ -109,6 +113,9 @@ pub fn resource_set(r: &EnvoyResources) -> Result<ResourceSet, RenderError> {
         let packed = pack(e, cluster.as_deref())?;
         set.insert((ResourceType::Endpoints, e.cluster_name.clone()), packed);
     }
+    for rc in &r.routes {
+        insert(&mut set, ResourceType::Route, &rc.name, rc)?;
+    }
     for l in &r.listeners {
         insert(&mut set, ResourceType::Listener, &l.name, l)?;
     }
@@ -122,6 +129,7 @@ impl ResourceType {
             ResourceType::Secret => "secrets",
             ResourceType::Cluster => "clusters",
             ResourceType::Endpoints => "endpoints",
+            ResourceType::Route => "routes",
             ResourceType::Listener => "listeners",
         }
     }
@@ -192,12 +200,14 @@ pub fn make_before_break(old: &ResourceSet, new: &ResourceSet) -> Vec<Step> {
         upsert,
         remove,
     };
-    use ResourceType::{Cluster, Endpoints, Listener, Secret};
+    use ResourceType::{Cluster, Endpoints, Listener, Route, Secret};
     [
         step(Secret, changed(Secret), vec![]),
         step(Cluster, changed(Cluster), vec![]),
         step(Endpoints, changed(Endpoints), vec![]),
+        step(Route, changed(Route), vec![]),
         step(Listener, changed(Listener), gone(Listener)),
+        step(Route, vec![], gone(Route)),
         step(Cluster, vec![], gone(Cluster)),
         step(Endpoints, vec![], gone(Endpoints)),
         step(Secret, vec![], gone(Secret)),
@@ -292,7 +302,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_load_balancer_brings_its_cluster_and_endpoints_before_its_listener() {
+    fn a_new_load_balancer_brings_its_cluster_endpoints_and_routes_before_its_listener() {
         use ResourceType::*;
         let web = names(&["lb_web"]);
         assert_eq!(
@@ -300,6 +310,7 @@ mod tests {
             [
                 (Cluster, web.clone(), vec![]),
                 (Endpoints, web.clone(), vec![]),
+                (Route, web.clone(), vec![]),
                 (Listener, web, vec![]),
             ]
         );
@@ -316,7 +327,7 @@ mod tests {
     }
 
     #[test]
-    fn removal_drops_the_listener_before_its_cluster_and_endpoints() {
+    fn removal_drops_the_listener_before_its_routes_cluster_and_endpoints() {
         use ResourceType::*;
         let old = set(&[("api", 81, &[1]), ("web", 80, &[1])]);
         let api = names(&["lb_api"]);
@@ -324,6 +335,7 @@ mod tests {
             steps(&old, &set(&[("web", 80, &[1])])),
             [
                 (Listener, vec![], api.clone()),
+                (Route, vec![], api.clone()),
                 (Cluster, vec![], api.clone()),
                 (Endpoints, vec![], api),
             ]

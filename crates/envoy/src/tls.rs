@@ -34,9 +34,11 @@ fn sds(name: String, opts: &TranslateOptions) -> SdsSecretConfig {
     SdsSecretConfig { name, sds_config }
 }
 
-/// The listener's TLS context, for https load balancers.
+/// A TLS context of the listener serving the certificate in `secret`, for
+/// https load balancers.
 pub(crate) fn downstream_context(
     lb: &LoadBalancer,
+    secret: String,
     opts: &TranslateOptions,
 ) -> Option<DownstreamTlsContext> {
     let tls = lb.tls.as_ref()?;
@@ -61,7 +63,7 @@ pub(crate) fn downstream_context(
                 },
                 ..Default::default()
             }),
-            tls_certificate_sds_secret_configs: vec![sds(names::cert_secret(&lb.id), opts)],
+            tls_certificate_sds_secret_configs: vec![sds(secret, opts)],
             alpn_protocols: tls.alpn.clone(),
             validation_context_type,
             ..Default::default()
@@ -93,20 +95,37 @@ fn watched_dir(paths: &[&str]) -> Option<WatchedDirectory> {
     }
 }
 
-/// The SDS secrets of one load balancer: its certificate, and its client CA if any.
+fn certificate(name: String, cert: &str, key: &str) -> Secret {
+    Secret {
+        name,
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: file(cert),
+            private_key: file(key),
+            watched_directory: watched_dir(&[cert, key]),
+            ..Default::default()
+        })),
+    }
+}
+
+/// The SDS secrets of one load balancer: its certificate, those chosen by
+/// SNI, and its client CA if any. Each is its own secret, so replacing one
+/// file rotates one certificate.
 pub(crate) fn secrets(lb: &LoadBalancer) -> Vec<Secret> {
     let Some(tls) = &lb.tls else {
         return vec![];
     };
-    let mut out = vec![Secret {
-        name: names::cert_secret(&lb.id),
-        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
-            certificate_chain: file(&tls.certificate_path),
-            private_key: file(&tls.private_key_path),
-            watched_directory: watched_dir(&[&tls.certificate_path, &tls.private_key_path]),
-            ..Default::default()
-        })),
-    }];
+    let mut out = vec![certificate(
+        names::cert_secret(&lb.id),
+        &tls.certificate_path,
+        &tls.private_key_path,
+    )];
+    for (i, c) in tls.certificates.iter().enumerate() {
+        out.push(certificate(
+            names::sni_secret(&lb.id, i + 1),
+            &c.certificate_path,
+            &c.private_key_path,
+        ));
+    }
     if let Some(ca) = &tls.ca_cert_path {
         out.push(Secret {
             name: names::ca_secret(&lb.id),

@@ -64,6 +64,7 @@ fn outputs(case: &str, text: &str) -> BTreeMap<String, String> {
             Some("cds") => "clusters",
             Some("eds") => "endpoints",
             Some("sds") => "secrets",
+            Some("rds") => "routes",
             other => panic!("unexpected file {rel:?} ({other:?})"),
         };
         let json: serde_json::Value = serde_json::from_str(&f.contents).expect("rendered json");

@@ -33,6 +33,10 @@ const ZERO_MEANS_ABSENT: &[(&str, &str, Zero)] = &[
     ("health_check", "healthy_threshold", Zero::Number),
     ("health_check", "unhealthy_threshold", Zero::Number),
     ("health_check", "path", Zero::Text),
+    ("", "slow_start", Zero::Number),
+    ("", "redirect_http_port", Zero::Number),
+    ("pool", "algorithm", Zero::Text),
+    ("pool", "slow_start", Zero::Number),
 ];
 
 fn is_zero(v: &Value, zero: Zero) -> bool {
@@ -48,8 +52,16 @@ fn is_zero(v: &Value, zero: Zero) -> bool {
 /// all (Go's zero `HealthCheck`). Validation asks this where it asks whether
 /// a key is null, so nothing is copied.
 pub fn means_absent(object: &str, key: &str, value: &Value) -> bool {
-    if object.is_empty() && key == "health_check" {
-        return value.get("type").is_some_and(|t| is_zero(t, Zero::Text));
+    // Go's zero struct of an optional section is no section at all.
+    if object.is_empty() || object == "pool" {
+        let marker = match key {
+            "health_check" => Some("type"),
+            "sticky_sessions" => Some("cookie_name"),
+            _ => None,
+        };
+        if let Some(marker) = marker {
+            return value.get(marker).is_some_and(|t| is_zero(t, Zero::Text));
+        }
     }
     ZERO_MEANS_ABSENT
         .iter()

@@ -49,6 +49,36 @@ pub mod limits {
     pub const MAX_HC_THRESHOLD: u32 = 100;
     /// Longest health-check path, bytes.
     pub const MAX_HC_PATH: usize = 1024;
+    /// Most pools in one load balancer, the default pool included.
+    pub const MAX_POOLS: usize = 50;
+    /// Most routes in one load balancer (AWS ALB allows 100 rules a listener).
+    pub const MAX_ROUTES: usize = 100;
+    /// Most host names in one route.
+    pub const MAX_ROUTE_HOSTS: usize = 50;
+    /// Most header conditions in one route.
+    pub const MAX_HEADER_MATCHES: usize = 16;
+    /// Most pools one route forwards to.
+    pub const MAX_FORWARD_POOLS: usize = 10;
+    /// Longest regular expression, bytes. With the repetition cap below it
+    /// keeps every expression well inside Envoy's RE2 program-size limit.
+    pub const MAX_REGEX: usize = 256;
+    /// Largest counted repetition (`x{n}`) in a regular expression.
+    pub const MAX_REGEX_REPEAT: u32 = 20;
+    /// Largest estimated size of a compiled regular expression; the
+    /// bootstrap lets Envoy's RE2 go twenty times further.
+    pub const MAX_REGEX_COST: usize = 5_000;
+    /// Longest path or prefix a route matches or redirects to, bytes.
+    pub const MAX_ROUTE_PATH: usize = 1024;
+    /// Largest fixed-response body, bytes.
+    pub const MAX_RESPONSE_BODY: usize = 4096;
+    /// Most extra certificates on one listener (AWS ALB's default is 25).
+    pub const MAX_CERTIFICATES: usize = 25;
+    /// Most server names on one extra certificate.
+    pub const MAX_SERVER_NAMES: usize = 100;
+    /// Longest slow start, seconds.
+    pub const MAX_SLOW_START: u32 = 3600;
+    /// Longest sticky-session cookie lifetime, seconds (30 days).
+    pub const MAX_STICKY_TTL: u32 = 30 * 86_400;
 }
 
 /// A validated set of load balancers that can share one Envoy.
@@ -59,7 +89,8 @@ pub struct Config {
     pub load_balancers: Vec<LoadBalancer>,
 }
 
-/// One load balancer: one listener in front of one pool of backends.
+/// One load balancer: one listener (two with `redirect_http_port`) in front
+/// of one or more pools of backends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LoadBalancer {
@@ -71,14 +102,19 @@ pub struct LoadBalancer {
     pub protocol: Protocol,
     /// Listener port, unique in the config and never a reserved port.
     pub port: u16,
-    /// How requests are spread over backends.
-    pub algorithm: Algorithm,
     /// Per-listener concurrent connection limit.
     pub max_connections: Option<u32>,
-    /// Every backend, enabled or not, in input order; ids are unique.
-    pub backends: Vec<Backend>,
-    /// Active health checking, if configured.
-    pub health_check: Option<HealthCheck>,
+    /// The pool the top-level fields describe, id [`DEFAULT_POOL`]: where
+    /// a request goes when no route matches.
+    pub default_pool: Pool,
+    /// The other pools, in input order; ids unique and never [`DEFAULT_POOL`].
+    /// Empty for tcp.
+    pub pools: Vec<Pool>,
+    /// HTTP routes, in order: the first match wins. Empty for tcp.
+    pub routes: Vec<Route>,
+    /// https only: a plain-HTTP port that answers every request with a 301
+    /// to the same URL on the https listener. Unique like `port`.
+    pub redirect_http_port: Option<u16>,
     /// TLS termination; `Some` exactly when the protocol is https.
     pub tls: Option<Tls>,
     /// Timeouts with defaults filled in.
@@ -86,10 +122,172 @@ pub struct LoadBalancer {
 }
 
 impl LoadBalancer {
+    /// The default pool first, then the others in input order.
+    pub fn all_pools(&self) -> impl Iterator<Item = &Pool> {
+        std::iter::once(&self.default_pool).chain(&self.pools)
+    }
+    /// The pool with id `id`, if there is one.
+    pub fn pool(&self, id: &str) -> Option<&Pool> {
+        self.all_pools().find(|p| p.id == id)
+    }
+    /// Whether the default pool has no backend that may receive traffic, and
+    /// routes exist: a request that matches no route then gets 404, not 503.
+    pub fn unrouted_is_not_found(&self) -> bool {
+        !self.routes.is_empty() && self.default_pool.enabled_backends().next().is_none()
+    }
+}
+
+/// Id of the pool the top-level `algorithm`, `backends`, `health_check`,
+/// `sticky_sessions` and `slow_start` describe.
+pub const DEFAULT_POOL: &str = "default";
+
+/// A set of backends with one algorithm and one health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Pool {
+    /// `[A-Za-z0-9_-]{1,64}`, unique in the load balancer.
+    pub id: String,
+    /// How requests are spread over the backends.
+    pub algorithm: Algorithm,
+    /// Every backend, enabled or not, in input order. Ids are unique across
+    /// every pool of the load balancer.
+    pub backends: Vec<Backend>,
+    /// Active health checking, if configured.
+    pub health_check: Option<HealthCheck>,
+    /// Cookie-based session affinity (http and https only).
+    pub sticky_sessions: Option<StickySessions>,
+    /// Seconds a newly added backend takes to reach its full share; only
+    /// with round robin and least request.
+    pub slow_start: Option<u32>,
+}
+
+impl Pool {
     /// The backends that may receive traffic.
     pub fn enabled_backends(&self) -> impl Iterator<Item = &Backend> {
         self.backends.iter().filter(|b| b.enabled)
     }
+}
+
+/// Session affinity by cookie: a client that carries the cookie returns to
+/// the backend it names while that backend is enabled and healthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StickySessions {
+    /// The cookie's name: an HTTP token, 1..=64 bytes.
+    pub cookie_name: String,
+    /// Cookie lifetime in seconds; 0 makes it a session cookie.
+    pub ttl: u32,
+}
+
+/// One routing rule: what it matches, and what a matching request gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Route {
+    /// `[A-Za-z0-9_-]{1,64}`, unique in the load balancer.
+    pub id: String,
+    /// Lowercased host names, exact or `*.suffix`; empty matches any host.
+    pub hosts: Vec<String>,
+    /// How the path must match; `None` matches every path.
+    pub path: Option<PathMatch>,
+    /// Header conditions, all of which must hold.
+    pub headers: Vec<HeaderMatch>,
+    /// Upper-case methods, one of which must be the request's; empty matches any.
+    pub methods: Vec<String>,
+    /// What a matching request gets.
+    pub action: RouteAction,
+}
+
+/// How a route matches the request path (the query is not part of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// The path starts with this.
+    Prefix(String),
+    /// The path is exactly this.
+    Exact(String),
+    /// The whole path matches this RE2 expression.
+    Regex(String),
+}
+
+/// One header condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HeaderMatch {
+    /// The lowercased header name.
+    pub name: String,
+    /// What its value must be.
+    pub value: HeaderValueMatch,
+    /// Match when the condition does not hold.
+    pub invert: bool,
+}
+
+/// How a header value must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderValueMatch {
+    /// Exactly this value.
+    Exact(String),
+    /// A value starting with this.
+    Prefix(String),
+    /// A value the RE2 expression matches whole.
+    Regex(String),
+    /// Any value: the header is present.
+    Present,
+}
+
+/// What a matching request gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAction {
+    /// Forwarded to one of these pools, chosen by relative weight.
+    Forward(Vec<WeightedPool>),
+    /// A redirect.
+    Redirect(Redirect),
+    /// A fixed response from the load balancer itself.
+    Respond(Respond),
+}
+
+/// A pool and its share of a forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WeightedPool {
+    /// The id of a pool of this load balancer.
+    pub pool: String,
+    /// Relative weight, 1..=[`limits::MAX_WEIGHT`].
+    pub weight: u32,
+}
+
+/// A redirect; fields left `None` keep the request's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Redirect {
+    /// The new scheme.
+    pub scheme: Option<Scheme>,
+    /// The new host name.
+    pub host: Option<String>,
+    /// The new path, starting with `/`, without query or fragment: the
+    /// request's query is kept.
+    pub path: Option<String>,
+    /// The new port.
+    pub port: Option<u16>,
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
+}
+
+/// A URL scheme a redirect may set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `http`.
+    Http,
+    /// `https`.
+    Https,
+}
+
+/// A fixed response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Respond {
+    /// 200..=599.
+    pub status: u16,
+    /// The body, at most [`limits::MAX_RESPONSE_BODY`] bytes.
+    pub body: String,
 }
 
 /// Listener protocol.
@@ -218,6 +416,21 @@ pub struct Tls {
     pub cipher_suites: Vec<String>,
     /// ALPN protocols, in preference order.
     pub alpn: Vec<String>,
+    /// More certificates, each served to clients whose SNI it names; the
+    /// default one above serves everything else.
+    pub certificates: Vec<SniCertificate>,
+}
+
+/// A certificate chosen by the client's SNI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SniCertificate {
+    /// Lowercased names, exact or `*.suffix`, unique across the listener.
+    pub server_names: Vec<String>,
+    /// Absolute path of the PEM certificate chain.
+    pub certificate_path: String,
+    /// Absolute path of the PEM private key.
+    pub private_key_path: String,
 }
 
 /// Timeouts in seconds, defaults filled in.

@@ -2,96 +2,22 @@
 
 use serde_json::{Value, json};
 use vpsie_lb_model::{
-    Address, HealthCheckKind, ReservedPort, TlsVersion, ValidateOptions, Validated, validate,
-    validate_str,
+    Address, HealthCheckKind, TlsVersion, ValidateOptions, validate, validate_str,
 };
 
-fn base() -> Value {
-    json!({
-        "id": "lb-1",
-        "name": "web",
-        "protocol": "https",
-        "port": 443,
-        "algorithm": "round_robin",
-        "backends": [
-            {"id": "b1", "address": "10.0.0.1", "port": 8080},
-            {"id": "b2", "address": "10.0.0.2", "port": 8080, "weight": 3},
-        ],
-        "health_check": {"type": "http", "path": "/health", "interval": 10, "timeout": 2,
-                         "healthy_threshold": 2, "unhealthy_threshold": 3},
-        "tls_config": {"certificate_path": "/etc/tls/cert.pem", "private_key_path": "/etc/tls/key.pem"},
-    })
-}
+mod common;
 
-/// `base()` with the value at JSON pointer `at` replaced (or removed when `v` is None).
-fn with(at: &str, v: Option<Value>) -> Value {
-    let mut doc = base();
-    let (parent, key) = at.rsplit_once('/').expect("pointer has a slash");
-    let target = doc.pointer_mut(parent).expect("parent exists");
-    match (target, v) {
-        (Value::Object(m), Some(v)) => {
-            m.insert(key.to_owned(), v);
-        }
-        (Value::Object(m), None) => {
-            m.remove(key);
-        }
-        (Value::Array(a), Some(v)) => a[key.parse::<usize>().expect("index")] = v,
-        _ => panic!("cannot set {at}"),
-    }
-    doc
-}
-
-fn opts() -> ValidateOptions {
-    ValidateOptions {
-        strict: false,
-        reserved_ports: vec![ReservedPort {
-            port: 9901,
-            owner: "envoy admin".into(),
-        }],
-        ..Default::default()
-    }
-}
-
-/// `expect` empty: the document must be valid. Otherwise every entry
-/// ("path: text") must match one error (path equal, message containing the
-/// text), and there must be no other errors.
-fn check(doc: Value, expect: &[&str]) -> Option<Validated> {
-    match validate(&doc, &opts()) {
-        Ok(v) => {
-            assert!(
-                expect.is_empty(),
-                "expected {expect:?}, but the document is valid"
-            );
-            Some(v)
-        }
-        Err(rej) => {
-            let got: Vec<String> = rej.errors.iter().map(ToString::to_string).collect();
-            assert!(!expect.is_empty(), "expected valid, got {got:#?}");
-            for e in expect {
-                let (path, text) = e.split_once(": ").expect("expectation is 'path: text'");
-                assert!(
-                    rej.errors
-                        .iter()
-                        .any(|p| p.path.to_string() == path && p.message.contains(text)),
-                    "missing {e:?} in {got:#?}"
-                );
-            }
-            assert_eq!(got.len(), expect.len(), "unexpected extra errors: {got:#?}");
-            None
-        }
-    }
-}
-
-fn ok(doc: Value) -> Validated {
-    check(doc, &[]).expect("valid")
-}
+use common::{base, check, ok, opts, with};
 
 #[test]
 fn base_document_is_valid_and_sorted_defaults_apply() {
     let v = ok(base());
     let lb = &v.config.load_balancers[0];
-    assert_eq!(lb.backends[0].weight, 1, "absent weight is the default");
-    assert_eq!(lb.backends[1].weight, 3);
+    assert_eq!(
+        lb.default_pool.backends[0].weight, 1,
+        "absent weight is the default"
+    );
+    assert_eq!(lb.default_pool.backends[1].weight, 3);
     let tls = lb.tls.as_ref().expect("tls");
     assert_eq!(tls.min_version, TlsVersion::Tls12);
     assert_eq!(tls.alpn, vec!["h2", "http/1.1"]);
@@ -194,7 +120,7 @@ fn algorithm() {
     ] {
         let v = ok(doc);
         assert_eq!(
-            v.config.load_balancers[0].algorithm,
+            v.config.load_balancers[0].default_pool.algorithm,
             vpsie_lb_model::Algorithm::RoundRobin
         );
     }
@@ -320,7 +246,7 @@ fn backend_address() {
     );
     let v = ok(with("/backends/0/address", Some(json!("API.Example.com"))));
     assert_eq!(
-        v.config.load_balancers[0].backends[0].address,
+        v.config.load_balancers[0].default_pool.backends[0].address,
         Address::Hostname("api.example.com".into())
     );
 }
@@ -341,7 +267,7 @@ fn backend_port() {
 fn backend_weight() {
     let v = ok(with("/backends/0/weight", Some(json!(0))));
     assert_eq!(
-        v.config.load_balancers[0].backends[0].weight, 1,
+        v.config.load_balancers[0].default_pool.backends[0].weight, 1,
         "0 means the default"
     );
     ok(with("/backends/0/weight", Some(json!(1000))));
@@ -362,7 +288,7 @@ fn backend_weight() {
 #[test]
 fn backend_enabled_and_duplicate_endpoints() {
     let v = ok(with("/backends/0/enabled", Some(json!(false))));
-    assert!(!v.config.load_balancers[0].backends[0].enabled);
+    assert!(!v.config.load_balancers[0].default_pool.backends[0].enabled);
     check(
         with("/backends/0/enabled", Some(json!("yes"))),
         &["backends[0].enabled: must be true or false"],
@@ -429,6 +355,7 @@ fn health_check_timings_default_when_absent() {
     doc["health_check"] = json!({"type": "tcp"});
     let v = ok(doc);
     let hc = v.config.load_balancers[0]
+        .default_pool
         .health_check
         .clone()
         .expect("check");
@@ -444,6 +371,7 @@ fn health_check_timings_default_when_absent() {
     let mut doc = base();
     doc["health_check"] = json!({"type": "tcp", "interval": 3});
     let hc = ok(doc).config.load_balancers[0]
+        .default_pool
         .health_check
         .clone()
         .expect("check");
@@ -465,6 +393,7 @@ fn health_check_tcp_ignores_http_fields_with_a_warning() {
     let v = ok(with("/health_check/type", Some(json!("tcp"))));
     assert_eq!(
         v.config.load_balancers[0]
+            .default_pool
             .health_check
             .as_ref()
             .map(|h| &h.kind),
@@ -484,6 +413,7 @@ fn health_check_expected_status() {
         Some(json!([204, 200, 200])),
     ));
     let HealthCheckKind::Http(h) = &v.config.load_balancers[0]
+        .default_pool
         .health_check
         .as_ref()
         .expect("hc")
@@ -494,6 +424,7 @@ fn health_check_expected_status() {
     assert_eq!(h.expected_status, vec![200, 204]);
     let v = ok(with("/health_check/expected_status", Some(json!([]))));
     let HealthCheckKind::Http(h) = &v.config.load_balancers[0]
+        .default_pool
         .health_check
         .as_ref()
         .expect("hc")
@@ -518,6 +449,7 @@ fn health_check_headers() {
         Some(json!({"Host": "app.example.com", "X-Probe": "lb"})),
     ));
     let HealthCheckKind::Http(h) = &v.config.load_balancers[0]
+        .default_pool
         .health_check
         .as_ref()
         .expect("hc")

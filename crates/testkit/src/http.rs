@@ -43,9 +43,27 @@ pub fn request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> io::Result<Response> {
+    request_to(
+        source,
+        port,
+        &format!("127.0.0.1:{port}"),
+        method,
+        path,
+        headers,
+    )
+}
+
+/// Like [`request`], with `host` as the Host header.
+pub fn request_to(
+    source: Option<IpAddr>,
+    port: u16,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> io::Result<Response> {
     let mut stream = connect(source, port)?;
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }

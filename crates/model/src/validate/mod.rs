@@ -1,0 +1,435 @@
+//! Turns a parsed document into the trusted [`Config`], collecting every problem.
+//!
+//! The document is walked as a `serde_json::Value` instead of being
+//! deserialized into structs, so that a wrong type in one field is reported
+//! next to every other problem instead of stopping at the first one.
+
+mod backend;
+mod obj;
+mod regex;
+mod routing;
+mod tls;
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::Value;
+
+use crate::model::{Config, DEFAULT_POOL, LoadBalancer, Protocol, Timeouts, Tls, limits};
+use crate::network::IpNet;
+use crate::problem::{FieldPath, Problem, Rejected};
+
+pub use obj::is_valid_id;
+use obj::{Ctx, Need, Obj, type_name};
+use routing::{PoolIndex, pool_body, pools, routes, unique_backend_ids};
+use tls::tls;
+
+/// A port the load balancers may not use, and who holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservedPort {
+    /// The port.
+    pub port: u16,
+    /// Who uses it, e.g. "envoy admin".
+    pub owner: String,
+}
+
+/// Knobs for [`validate`].
+#[derive(Debug, Clone, Default)]
+pub struct ValidateOptions {
+    /// Turn unknown-key warnings into errors.
+    pub strict: bool,
+    /// Ports no listener may take.
+    pub reserved_ports: Vec<ReservedPort>,
+    /// Networks the operator trusts as backends although they reach the VM
+    /// itself (loopback, link-local, ...): `allowed_backend_networks`.
+    pub allowed_backend_networks: Vec<IpNet>,
+}
+
+/// A document that passed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validated {
+    /// The trusted model.
+    pub config: Config,
+    /// Things worth telling that did not reject the document.
+    pub warnings: Vec<Problem>,
+}
+
+/// The largest document accepted, in bytes. The agent caps API bodies at the same size.
+pub const MAX_DOCUMENT_BYTES: usize = 10 * 1024 * 1024;
+
+/// Parses JSON or YAML text into a document tree.
+///
+/// Text that starts with `{` or `[` is read as JSON, anything else as YAML.
+pub fn parse_document(text: &str) -> Result<Value, Rejected> {
+    let fail = |message: String| Rejected {
+        errors: vec![Problem::new(&FieldPath::root(), message)],
+        warnings: vec![],
+    };
+    if text.len() > MAX_DOCUMENT_BYTES {
+        return Err(fail(format!(
+            "document is {} bytes, more than the {MAX_DOCUMENT_BYTES}-byte limit",
+            text.len()
+        )));
+    }
+    let trimmed = text.trim_start();
+    if trimmed.is_empty() {
+        return Err(fail("document is empty".into()));
+    }
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        serde_json::from_str(text).map_err(|e| fail(format!("invalid json: {e}")))
+    } else {
+        serde_norway::from_str(text).map_err(|e| fail(format!("invalid yaml: {e}")))
+    }
+}
+
+/// Parses and validates in one step.
+pub fn validate_str(text: &str, opts: &ValidateOptions) -> Result<Validated, Rejected> {
+    validate(&parse_document(text)?, opts)
+}
+
+/// Validates a document: one load-balancer object, or an array of them.
+///
+/// Every problem is collected. On success the load balancers come back sorted by id.
+pub fn validate(doc: &Value, opts: &ValidateOptions) -> Result<Validated, Rejected> {
+    let mut cx = Ctx::default();
+    let root = FieldPath::root();
+    let items: Vec<(FieldPath, &Value)> = match doc {
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (root.index(i), v))
+            .collect(),
+        Value::Object(_) => vec![(root.clone(), doc)],
+        other => {
+            cx.error(
+                &root,
+                format!(
+                    "must be a load-balancer object or an array of them, got {}",
+                    type_name(other)
+                ),
+            );
+            vec![]
+        }
+    };
+
+    if items.len() > limits::MAX_LOAD_BALANCERS {
+        cx.error(
+            &root,
+            format!(
+                "has {} load balancers, more than the {} one agent serves",
+                items.len(),
+                limits::MAX_LOAD_BALANCERS
+            ),
+        );
+        return Err(cx.into_rejected());
+    }
+    let mut lbs: Vec<LoadBalancer> = Vec::new();
+    let mut keys: Vec<Identity> = Vec::new();
+    for (path, value) in items {
+        let (lb, key) = load_balancer(value, &path, opts, &mut cx);
+        lbs.extend(lb);
+        keys.push(key);
+    }
+    cross_document(&keys, opts, &mut cx);
+
+    if opts.strict {
+        let unknown = std::mem::take(&mut cx.unknown);
+        cx.errors.extend(unknown);
+    } else {
+        let unknown = std::mem::take(&mut cx.unknown);
+        cx.warnings.extend(unknown);
+    }
+    if !cx.errors.is_empty() {
+        return Err(cx.into_rejected());
+    }
+    let mut load_balancers = lbs;
+    load_balancers.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Validated {
+        config: Config { load_balancers },
+        warnings: cx.warnings,
+    })
+}
+
+/// The fields of one load balancer that cross-document rules look at. They
+/// are checked even when the rest of that load balancer is invalid, so every
+/// conflict is reported in one pass.
+struct Identity {
+    path: FieldPath,
+    id: Option<String>,
+    /// The ports it listens on, by the key that names each.
+    ports: Vec<(&'static str, u16)>,
+}
+
+/// Rules that span load balancers: unique ids, unique ports, reserved ports.
+fn cross_document(items: &[Identity], opts: &ValidateOptions, cx: &mut Ctx) {
+    let mut ids: HashMap<&str, &FieldPath> = HashMap::new();
+    let mut ports: HashMap<u16, (&FieldPath, &str, Option<&str>)> = HashMap::new();
+    for item in items {
+        if let Some(id) = &item.id {
+            match ids.get(id.as_str()) {
+                Some(first) => cx.error(
+                    &item.path.key("id"),
+                    format!("id {id:?} is already used by {first}"),
+                ),
+                None => {
+                    ids.insert(id, &item.path);
+                }
+            }
+        }
+        for &(key, port) in &item.ports {
+            let at = item.path.key(key);
+            if let Some(r) = opts.reserved_ports.iter().find(|r| r.port == port) {
+                cx.error(&at, format!("port {port} is reserved for {}", r.owner));
+            }
+            let Some(&(first, first_key, first_id)) = ports.get(&port) else {
+                ports.insert(port, (&item.path, key, item.id.as_deref()));
+                continue;
+            };
+            let whose = match first_key {
+                "port" => String::new(),
+                k => format!(" as its {k}"),
+            };
+            let owner = match first_id {
+                Some(id) => format!(" (load balancer {id:?}{whose})"),
+                None if whose.is_empty() => String::new(),
+                None => format!(" ({})", whose.trim_start()),
+            };
+            cx.error(
+                &at,
+                format!("port {port} is already used by {first}{owner}"),
+            );
+        }
+    }
+}
+
+const LB_KEYS: &[&str] = &[
+    "id",
+    "name",
+    "protocol",
+    "port",
+    "algorithm",
+    "max_connections",
+    "backends",
+    "health_check",
+    "tls_config",
+    "timeouts",
+    "sticky_sessions",
+    "slow_start",
+    "redirect_http_port",
+    "pools",
+    "routes",
+    // Sent by the API, deliberately ignored.
+    "created_at",
+    "updated_at",
+];
+
+const TIMEOUT_KEYS: &[&str] = &["connect", "idle", "request"];
+
+fn load_balancer(
+    value: &Value,
+    path: &FieldPath,
+    opts: &ValidateOptions,
+    cx: &mut Ctx,
+) -> (Option<LoadBalancer>, Identity) {
+    let mut key = Identity {
+        path: path.clone(),
+        id: None,
+        ports: vec![],
+    };
+    let Some(obj) = Obj::new(value, path, cx) else {
+        return (None, key);
+    };
+    obj.check_keys(LB_KEYS, cx);
+    let before = cx.errors.len();
+
+    let id = obj.string(cx, "id", Need::Required).and_then(|s| {
+        if is_valid_id(s) {
+            Some(s.to_owned())
+        } else {
+            cx.error(
+                &path.key("id"),
+                format!("must match [A-Za-z0-9_-]{{1,64}} (got {s:?})"),
+            );
+            None
+        }
+    });
+    let name = obj.string(cx, "name", Need::Optional).and_then(|s| {
+        let len = s.chars().count();
+        if !(1..=255).contains(&len) {
+            cx.error(
+                &path.key("name"),
+                format!("must be 1..=255 characters (got {len})"),
+            );
+            None
+        } else if s.chars().any(char::is_control) {
+            cx.error(&path.key("name"), "must not contain control characters");
+            None
+        } else {
+            Some(s.to_owned())
+        }
+    });
+    let protocol = obj.enumeration(
+        cx,
+        "protocol",
+        &[
+            ("http", Protocol::Http),
+            ("https", Protocol::Https),
+            ("tcp", Protocol::Tcp),
+        ],
+        Need::Required,
+    );
+    let port = obj.port(cx, "port");
+    let redirect_http_port = redirect_port(&obj, protocol, port, cx);
+    let max_connections = obj
+        .int_in(
+            cx,
+            "max_connections",
+            1..=i64::from(limits::MAX_CONNECTIONS),
+            Need::Optional,
+        )
+        .map(|n| n as u32);
+    let allowed = &opts.allowed_backend_networks;
+    let default_pool = pool_body(&obj, Some(DEFAULT_POOL.to_owned()), protocol, allowed, cx);
+    let mut declared = HashSet::from([DEFAULT_POOL.to_owned()]);
+    let pools = pools(&obj, protocol, allowed, cx, &mut declared);
+    if let (Some(d), Some(more)) = (&default_pool, &pools) {
+        let mut all = vec![(path.clone(), d)];
+        all.extend(more.iter().map(|(p, pool)| (p.clone(), pool)));
+        unique_backend_ids(&all, cx);
+    }
+    let index = PoolIndex {
+        declared,
+        sticky: default_pool
+            .iter()
+            .chain(pools.iter().flatten().map(|(_, p)| p))
+            .filter(|p| p.sticky_sessions.is_some())
+            .map(|p| p.id.clone())
+            .collect(),
+    };
+    let routes = routes(&obj, protocol, &index, cx);
+    let tls = tls_for(&obj, protocol, cx);
+    let timeouts = match obj.object(cx, "timeouts") {
+        Some(t) => timeouts(&t, protocol, cx),
+        None => Some(default_timeouts()),
+    };
+
+    key.id.clone_from(&id);
+    key.ports.extend(port.map(|p| ("port", p)));
+    key.ports
+        .extend(redirect_http_port.map(|p| ("redirect_http_port", p)));
+    if cx.errors.len() != before {
+        return (None, key);
+    }
+    let lb = (|| {
+        let id = id?;
+        Some(LoadBalancer {
+            // No errors past this point, so a missing name is an absent one.
+            name: name.unwrap_or_else(|| id.clone()),
+            id,
+            protocol: protocol?,
+            port: port?,
+            max_connections,
+            default_pool: default_pool?,
+            pools: pools?.into_iter().map(|(_, p)| p).collect(),
+            routes: routes?,
+            redirect_http_port,
+            tls,
+            timeouts: timeouts?,
+        })
+    })();
+    (lb, key)
+}
+
+/// `redirect_http_port`: https only, and not the listener's own port.
+fn redirect_port(
+    obj: &Obj<'_>,
+    protocol: Option<Protocol>,
+    port: Option<u16>,
+    cx: &mut Ctx,
+) -> Option<u16> {
+    obj.get("redirect_http_port")?;
+    let at = obj.path.key("redirect_http_port");
+    let p = obj.port(cx, "redirect_http_port")?;
+    match protocol {
+        Some(Protocol::Https) if port == Some(p) => {
+            cx.error(&at, format!("must differ from port ({p})"));
+            None
+        }
+        Some(Protocol::Https) => Some(p),
+        Some(other) => {
+            cx.error(
+                &at,
+                format!("needs protocol https (got {})", protocol_name(other)),
+            );
+            None
+        }
+        None => None,
+    }
+}
+
+/// `tls_config`: required for https, ignored with a warning otherwise.
+fn tls_for(obj: &Obj<'_>, protocol: Option<Protocol>, cx: &mut Ctx) -> Option<Tls> {
+    match (protocol, obj.object(cx, "tls_config")) {
+        (Some(Protocol::Https), Some(t)) => tls(&t, cx),
+        (Some(Protocol::Https), None) => {
+            cx.error(
+                &obj.path.key("tls_config"),
+                "is required when protocol is https",
+            );
+            None
+        }
+        (Some(p), Some(t)) => {
+            cx.warn(
+                &t.path,
+                format!("ignored because protocol is {}", protocol_name(p)),
+            );
+            None
+        }
+        _ => None,
+    }
+}
+
+fn default_timeouts() -> Timeouts {
+    Timeouts {
+        connect: limits::DEFAULT_CONNECT_TIMEOUT,
+        idle: Some(limits::DEFAULT_IDLE_TIMEOUT),
+        request: Some(limits::DEFAULT_REQUEST_TIMEOUT),
+    }
+}
+
+fn timeouts(obj: &Obj<'_>, protocol: Option<Protocol>, cx: &mut Ctx) -> Option<Timeouts> {
+    obj.check_keys(TIMEOUT_KEYS, cx);
+    let d = default_timeouts();
+    let before = cx.errors.len();
+    let connect = obj
+        .int_in(
+            cx,
+            "connect",
+            1..=i64::from(limits::MAX_CONNECT_TIMEOUT),
+            Need::Optional,
+        )
+        .map_or(d.connect, |v| v as u32);
+    let span = 0..=i64::from(limits::MAX_TIMEOUT);
+    let disabled_if_zero = |v: i64| (v > 0).then_some(v as u32);
+    let idle = obj
+        .int_in(cx, "idle", span.clone(), Need::Optional)
+        .map_or(d.idle, disabled_if_zero);
+    let request = obj
+        .int_in(cx, "request", span, Need::Optional)
+        .map_or(d.request, disabled_if_zero);
+    if protocol == Some(Protocol::Tcp) && obj.get("request").is_some() {
+        cx.warn(&obj.path.key("request"), "ignored for a tcp load balancer");
+    }
+    (cx.errors.len() == before).then_some(Timeouts {
+        connect,
+        idle,
+        request,
+    })
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Http => "http",
+        Protocol::Https => "https",
+        Protocol::Tcp => "tcp",
+    }
+}
