@@ -102,11 +102,24 @@ if ! wait_for 15 healthy 2; then
 fi
 for _ in $(seq 1 300); do curl -fsS "http://127.0.0.1:$lb_port/"; done | sort | uniq -c
 
-echo "== 5. what the agent reported to the API (status, backend health, events)"
+echo "== 5. routing: api.demo.test gets its own pool (web-3), www.demo.test the default one"
+curl -fsS -X PUT --data-binary @examples/demo-routed.yaml "http://$api/_sim/loadbalancers/demo" >/dev/null
+routed() { [ "$(curl -fsS -H 'Host: api.demo.test' "http://127.0.0.1:$lb_port/")" = "web-3" ]; }
+if ! wait_for 15 routed; then
+  echo "demo: the routed config did not arrive; see $work/agent.log" >&2
+  exit 1
+fi
+echo "Host: api.demo.test ->"
+for _ in $(seq 1 10); do curl -fsS -H 'Host: api.demo.test' "http://127.0.0.1:$lb_port/"; done | sort | uniq -c
+echo "Host: www.demo.test ->"
+for _ in $(seq 1 10); do curl -fsS -H 'Host: www.demo.test' "http://127.0.0.1:$lb_port/"; done | sort | uniq -c
+echo "GET /old/page?x=1 -> $(curl -sS -o /dev/null -w '%{http_code} %{redirect_url}' "http://127.0.0.1:$lb_port/old/page?x=1")"
+
+echo "== 6. what the agent reported to the API (status, backend health, events)"
 curl -fsS "http://$api/_sim/reports/demo"
 echo
 
-echo "== 6. the agent's own view, over its unix socket"
+echo "== 7. the agent's own view, over its unix socket"
 "$bin/vpsie-lb-agent" status --address "unix:$work/agent.sock" || true
 
 cat <<TEXT

@@ -7,13 +7,17 @@
 //! never sees a file path; [`FilesDelivery`] is today's file-based delivery,
 //! and a fake one lets a whole pass run in-process in the tests.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use vpsie_lb_envoy::{
-    Delivery as Translation, FileKind, TranslateOptions, XdsLayout, render_files, translate,
+    Delivery as Translation, FileKind, FileParts, TranslateOptions, XdsLayout, assemble_files,
+    render_parts, translate_lb,
 };
-use vpsie_lb_model::{Config, ValidateOptions, validate};
+use vpsie_lb_model::{Config, LoadBalancer, ValidateOptions, validate};
 
 use crate::apply::{Applier, ApplyError, Outcome};
 use crate::envoy_admin::HostHealth;
@@ -92,6 +96,9 @@ pub struct FilesDelivery {
     /// The files of no load balancer at all, rendered once: Envoy serves
     /// nothing exactly when its files equal these.
     empty: FileSet,
+    /// Each load balancer's rendered parts, kept while it is unchanged: a
+    /// change to one of many renders one.
+    cache: RefCell<BTreeMap<String, (LoadBalancer, Arc<FileParts>)>>,
 }
 
 impl FilesDelivery {
@@ -114,6 +121,7 @@ impl FilesDelivery {
             watch_limit,
             current: None,
             empty: FileSet::new(),
+            cache: RefCell::new(BTreeMap::new()),
         };
         let nothing = validate(&serde_json::json!([]), &ValidateOptions::default())
             .map_err(|e| e.to_string())?;
@@ -142,9 +150,21 @@ impl Delivery for FilesDelivery {
     type Candidate = FileSet;
 
     fn prepare(&self, config: &Config) -> Result<FileSet, String> {
-        render_files(&translate(config, &self.translate), &self.layout)
-            .map(file_set)
-            .map_err(|e| e.to_string())
+        let mut cache = self.cache.borrow_mut();
+        let mut fresh = BTreeMap::new();
+        for lb in &config.load_balancers {
+            let parts = match cache.remove(&lb.id) {
+                Some((cached, parts)) if cached == *lb => parts,
+                _ => Arc::new(
+                    render_parts(&translate_lb(lb, &self.translate), &self.layout)
+                        .map_err(|e| e.to_string())?,
+                ),
+            };
+            fresh.insert(lb.id.clone(), (lb.clone(), parts));
+        }
+        let files = assemble_files(fresh.values().map(|(_, p)| p.as_ref()), &self.layout);
+        *cache = fresh;
+        Ok(file_set(files))
     }
 
     fn diff(&mut self, next: &FileSet) -> Result<Diff, ReconcileError> {
@@ -158,6 +178,7 @@ impl Delivery for FilesDelivery {
                 if p.clusters_before.is_none()
                     && p.listeners.is_none()
                     && p.clusters_after.is_none()
+                    && p.routes.is_empty()
                     && p.prune.is_empty()
                     && p.dependencies.iter().all(|f| {
                         matches!(self.layout.kind_of(&f.path), Some(FileKind::Endpoints(_)))
@@ -196,5 +217,69 @@ impl Delivery for FilesDelivery {
 
     fn host_health(&self) -> Option<Vec<HostHealth>> {
         self.applier.admin().host_health().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envoy_admin::EnvoyAdmin;
+    use vpsie_lb_envoy::LocalAddress;
+
+    /// A files delivery under `dir` whose Envoy is never asked anything.
+    fn files(dir: &std::path::Path) -> FilesDelivery {
+        let layout = XdsLayout::new(dir);
+        let admin = EnvoyAdmin::new(LocalAddress::Unix(dir.join("admin.sock"))).expect("admin");
+        FilesDelivery::new(
+            TranslateOptions::new(Translation::Files(layout.clone())),
+            Applier::new(layout, admin, Duration::from_secs(1)),
+            PathBuf::from("/nonexistent/envoy"),
+            None,
+        )
+        .expect("delivery")
+    }
+
+    fn config(weight: u32, canary: u32) -> Config {
+        let doc = serde_json::json!({"id": "web", "protocol": "http", "port": 80,
+            "backends": [{"id": "a", "address": "10.0.0.1", "port": 80, "weight": weight}],
+            "pools": [{"id": "next", "backends": [{"id": "n", "address": "10.0.0.2", "port": 80}]}],
+            "routes": [{"id": "c", "forward": [
+                {"pool": "default", "weight": 100 - canary}, {"pool": "next", "weight": canary}]}]});
+        validate(&doc, &ValidateOptions::default())
+            .expect("valid")
+            .config
+    }
+
+    /// Writes `set` where Envoy would read it.
+    fn install(set: &FileSet) {
+        for f in set.values() {
+            std::fs::create_dir_all(f.path.parent().expect("dir")).expect("mkdir");
+            std::fs::write(&f.path, &f.contents).expect("write");
+        }
+    }
+
+    #[test]
+    fn regression_a_route_only_change_was_taken_for_endpoints_only() {
+        // Endpoints-only changes skip Envoy's validate mode; a route change must not.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut d = files(dir.path());
+        install(&d.prepare(&config(1, 10)).expect("prepare"));
+        let weight = d.prepare(&config(3, 10)).expect("prepare");
+        assert_eq!(
+            d.diff(&weight).expect("diff").kind,
+            ChangeKind::EndpointsOnly
+        );
+        let canary = d.prepare(&config(1, 50)).expect("prepare");
+        assert_eq!(d.diff(&canary).expect("diff").kind, ChangeKind::Other);
+    }
+
+    #[test]
+    fn cached_parts_give_the_same_files_as_a_fresh_render() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let warm = files(dir.path());
+        warm.prepare(&config(1, 10)).expect("prepare");
+        let again = warm.prepare(&config(1, 50)).expect("prepare");
+        let fresh = files(dir.path()).prepare(&config(1, 50)).expect("prepare");
+        assert_eq!(again, fresh);
     }
 }

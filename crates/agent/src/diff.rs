@@ -148,7 +148,7 @@ fn describe(a: &Value, d: &Value) -> Vec<String> {
         .flat_map(|m| m.keys())
         .collect();
     for k in keys {
-        if k == "backends" || a.get(k) == d.get(k) {
+        if ["backends", "pools", "routes"].contains(&k.as_str()) || a.get(k) == d.get(k) {
             continue;
         }
         out.push(format!(
@@ -184,6 +184,59 @@ fn describe(a: &Value, d: &Value) -> Vec<String> {
     for (id, b) in &ab {
         if !db.contains_key(id) {
             out.push(format!("- backend {id} ({})", endpoint(b)));
+        }
+    }
+    out.extend(describe_list(a, d, "pools", "pool"));
+    out.extend(describe_list(a, d, "routes", "route"));
+    out
+}
+
+/// Items of the list under `key` added, removed or changed, by id; a
+/// changed item names the fields that differ (with both values when short).
+fn describe_list(a: &Value, d: &Value, key: &str, noun: &str) -> Vec<String> {
+    let items = |v: &Value| -> Vec<(String, Value)> {
+        v[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| Some((i["id"].as_str()?.to_owned(), i.clone())))
+            .collect()
+    };
+    let (old, new) = (items(a), items(d));
+    let find = |list: &[(String, Value)], id: &str| {
+        list.iter().find(|(i, _)| i == id).map(|(_, v)| v.clone())
+    };
+    let mut out = Vec::new();
+    for (id, item) in &new {
+        match find(&old, id) {
+            None => out.push(format!("+ {noun} {id}")),
+            Some(was) if was != *item => {
+                let fields: std::collections::BTreeSet<&String> = was
+                    .as_object()
+                    .into_iter()
+                    .chain(item.as_object())
+                    .flat_map(|m| m.keys())
+                    .filter(|f| was.get(*f) != item.get(*f))
+                    .collect();
+                let said: Vec<String> = fields
+                    .into_iter()
+                    .map(|f| {
+                        let (x, y) = (show(&was[f]), show(&item[f]));
+                        if x.len() + y.len() <= 120 {
+                            format!("{f} {x} -> {y}")
+                        } else {
+                            f.clone()
+                        }
+                    })
+                    .collect();
+                out.push(format!("~ {noun} {id}: {}", said.join(", ")));
+            }
+            _ => {}
+        }
+    }
+    for (id, _) in &old {
+        if find(&new, id).is_none() {
+            out.push(format!("- {noun} {id}"));
         }
     }
     out
@@ -323,6 +376,10 @@ mod tests {
     fn a_canary_weight_change_is_routes_only_and_a_new_filter_drains() {
         let (p, text) = check(&[canary(10, false)], &[canary(50, false)]);
         assert_eq!(p.impact["web"], Impact::RoutesOnly);
+        assert!(
+            text.contains(r#"~ route c: forward [{"pool":"default","weight":90},{"pool":"next","weight":10}] -> [{"pool":"default","weight":50},{"pool":"next","weight":50}]"#),
+            "{text}"
+        );
         assert!(text.contains("routes only: no drain"), "{text}");
         assert!(text.contains("0 listener(s) drain"), "{text}");
         // Sticky sessions add a filter to the listener's connection manager.

@@ -350,6 +350,32 @@ mod tests {
     }
 
     #[test]
+    fn backends_of_every_pool_are_shown_with_their_pool_and_its_cluster() {
+        let mut good = doc(json!([{"id": "www", "address": "10.0.0.1", "port": 80}]));
+        good["pools"] = json!([{"id": "api", "backends": [
+            {"id": "api-1", "address": "10.0.0.1", "port": 80},
+        ]}]);
+        // The same address in both pools: each is judged by its own cluster.
+        let hosts = [
+            host("lb_web", "10.0.0.1", "", true),
+            host("lb_web~api", "10.0.0.1", "", false),
+        ];
+        let v = build_with(&[("web", good)], &[], Some(&hosts));
+        let shown: Vec<(&str, &str, Option<bool>)> = v.snapshot.load_balancers["web"]
+            .backends
+            .iter()
+            .map(|b| (b.id.as_str(), b.pool.as_str(), b.healthy))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("www", "default", Some(true)),
+                ("api-1", "api", Some(false))
+            ]
+        );
+    }
+
+    #[test]
     fn envoy_unreachable_is_not_ready_and_knows_no_health() {
         let v = build_with(
             &[(

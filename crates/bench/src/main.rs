@@ -11,6 +11,7 @@ mod lab;
 mod procs;
 mod report;
 mod restart;
+mod routing;
 mod scale;
 mod wrk;
 
@@ -31,7 +32,7 @@ struct Args {
     /// Tiny durations and counts: proves every scenario still runs, measures nothing.
     #[arg(long)]
     smoke: bool,
-    /// Only these scenarios (comma-separated): dataplane, convergence, hitless, scale, footprint, restart.
+    /// Only these scenarios (comma-separated): dataplane, convergence, hitless, scale, footprint, restart, routing.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the report.
@@ -64,13 +65,14 @@ pub type Findings = Vec<String>;
 /// Problems that must never happen, whatever the machine's speed.
 pub type Failures = Vec<String>;
 
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "dataplane",
     "convergence",
     "hitless",
     "scale",
     "footprint",
     "restart",
+    "routing",
 ];
 
 fn main() -> std::process::ExitCode {
@@ -122,6 +124,7 @@ fn run(args: Args) -> Result<std::process::ExitCode> {
             "hitless" => hitless::run(&ctx, &mut findings, &mut failures)?,
             "scale" => scale::run(&ctx, &mut findings)?,
             "restart" => restart::run(&ctx, &mut findings, &mut failures)?,
+            "routing" => routing::run(&ctx, &mut findings)?,
             _ => footprint::run(&ctx, &mut findings)?,
         };
         for t in &tables {

@@ -46,7 +46,7 @@ fn document(lbs: usize, backends: usize) -> Value {
 }
 
 /// Phase times (ms) of the `n`th change the agent applied, waiting for it.
-fn wait_pass(agent: &mut Agent, n: usize, timeout: Duration) -> Result<Vec<f64>> {
+pub(crate) fn wait_pass(agent: &mut Agent, n: usize, timeout: Duration) -> Result<Vec<f64>> {
     let deadline = Instant::now() + timeout;
     loop {
         agent.proc.check_alive()?;

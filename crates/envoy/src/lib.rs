@@ -8,6 +8,7 @@
 mod address;
 mod bootstrap;
 mod cluster;
+mod files;
 mod listener;
 pub mod names;
 mod pb;
@@ -31,10 +32,10 @@ pub use bootstrap::{
     ADMIN_SOCKET_MODE, BootstrapOptions, XDS_RETRY_BASE, XDS_RETRY_MAX, ads_bootstrap, bootstrap,
     preflight_bootstrap,
 };
+pub use files::{FileParts, assemble_files, render_files, render_parts};
 pub use names::{FileKind, XdsLayout};
 pub use render::{
-    RenderError, RenderedFile, file_from_json, prune_descriptor_set, render_files, to_json,
-    to_yaml, write_json,
+    RenderError, RenderedFile, file_from_json, prune_descriptor_set, to_json, to_yaml, write_json,
 };
 pub use resources::{
     Resource, ResourceSet, ResourceType, Step, make_before_break, render_resource_set, resource_set,

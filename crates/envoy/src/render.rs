@@ -12,8 +12,6 @@ use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use sha2::{Digest, Sha256};
 
-use crate::{EnvoyResources, XdsLayout};
-
 /// The part of envoy-types' descriptor set that the messages we emit need,
 /// vendored pre-pruned (the crate does not export the set). Decoding the
 /// whole set at start-up left some 25 MB of heap behind in the agent; the
@@ -355,7 +353,7 @@ pub struct RenderedFile {
 }
 
 /// Wraps resources in a DiscoveryResponse whose version is their content hash.
-fn discovery_file<M: Message + prost::Name>(
+pub(crate) fn discovery_file<M: Message + prost::Name>(
     path: PathBuf,
     items: &[M],
 ) -> Result<RenderedFile, RenderError> {
@@ -389,35 +387,4 @@ pub fn file_from_json(
 pub(crate) fn content_hash(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
-/// Every dynamic file, in the order they must reach Envoy: secrets and
-/// endpoints before the clusters and listeners that refer to them, clusters
-/// before listeners.
-pub fn render_files(
-    resources: &EnvoyResources,
-    layout: &XdsLayout,
-) -> Result<Vec<RenderedFile>, RenderError> {
-    let mut out = Vec::new();
-    for s in &resources.secrets {
-        out.push(discovery_file(
-            layout.sds_file(&s.name),
-            std::slice::from_ref(s),
-        )?);
-    }
-    for e in &resources.endpoints {
-        out.push(discovery_file(
-            layout.eds_file(&e.cluster_name),
-            std::slice::from_ref(e),
-        )?);
-    }
-    out.push(discovery_file(layout.cds_file(), &resources.clusters)?);
-    for r in &resources.routes {
-        out.push(discovery_file(
-            layout.rds_file(&r.name),
-            std::slice::from_ref(r),
-        )?);
-    }
-    out.push(discovery_file(layout.lds_file(), &resources.listeners)?);
-    Ok(out)
 }

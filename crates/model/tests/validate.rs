@@ -381,10 +381,11 @@ fn health_check_timings_default_when_absent() {
         "the default timeout fits the interval"
     );
     let mut doc = base();
+    // Regression: the error named a timeout the document never wrote.
     doc["health_check"] = json!({"type": "tcp", "interval": 1});
     check(
         doc,
-        &["health_check.timeout: must be smaller than interval (1 >= 1)"],
+        &["health_check.interval: must be at least 2: the timeout (at least 1 s) must be shorter"],
     );
 }
 

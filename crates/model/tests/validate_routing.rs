@@ -338,6 +338,12 @@ fn sticky_sessions_and_slow_start() {
         set(&[("slow_start", json!(3601))]),
         &["slow_start: must be 1..=3600"],
     );
+    let mut unchecked = set(&[("slow_start", json!(30))]);
+    unchecked.as_object_mut().map(|o| o.remove("health_check"));
+    check(
+        unchecked,
+        &["slow_start: needs a health_check: the ramp starts when a new backend first passes it"],
+    );
     check(
         set(&[("slow_start", json!(10)), ("algorithm", json!("ring_hash"))]),
         &["slow_start: needs algorithm round_robin or least_request (got ring_hash)"],

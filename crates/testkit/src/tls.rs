@@ -88,6 +88,8 @@ pub struct ClientOptions {
     pub alpn: Vec<String>,
     /// A client certificate to present.
     pub client_cert: Option<Pair>,
+    /// The name sent as SNI and as the Host header; an IP address sends no SNI.
+    pub server_name: String,
 }
 
 impl Default for ClientOptions {
@@ -96,6 +98,7 @@ impl Default for ClientOptions {
             versions: vec![&rustls::version::TLS13, &rustls::version::TLS12],
             alpn: vec![],
             client_cert: None,
+            server_name: "lb.test".into(),
         }
     }
 }
@@ -137,7 +140,7 @@ pub fn https_get(
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = opts.alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
-    let name = ServerName::try_from("lb.test").map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(opts.server_name.clone()).map_err(|e| e.to_string())?;
     let conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
     let sock = http::connect(None, port).map_err(|e| e.to_string())?;
     let mut tls = rustls::StreamOwned::new(conn, sock);
@@ -170,7 +173,10 @@ pub fn https_get(
             },
         ));
     }
-    let req = format!("GET {path} HTTP/1.1\r\nHost: lb.test\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        opts.server_name
+    );
     tls.write_all(req.as_bytes())
         .map_err(|e| format!("send request: {e}"))?;
     let mut raw = Vec::new();

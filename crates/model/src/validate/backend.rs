@@ -143,8 +143,18 @@ pub(super) fn health_check(obj: &Obj<'_>, cx: &mut Ctx) -> Option<HealthCheck> {
         Some(_) => obj.int_in(cx, "interval", span.clone(), Need::Required),
     };
     let timeout = match (obj.get("timeout"), interval) {
+        // Timeouts are whole seconds, at least 1, and shorter than the
+        // interval: an interval of 1 can never be met. Said here, where the
+        // document is wrong, not on a timeout it never wrote.
+        (None, Some(1)) => {
+            cx.error(
+                &obj.path.key("interval"),
+                "must be at least 2: the timeout (at least 1 s) must be shorter",
+            );
+            return None;
+        }
         // The default, shortened to fit an interval the document chose.
-        (None, Some(i)) => Some(i64::from(limits::DEFAULT_HC_TIMEOUT).min(i - 1).max(1)),
+        (None, Some(i)) => Some(i64::from(limits::DEFAULT_HC_TIMEOUT).min(i - 1)),
         (None, None) => None,
         (Some(_), _) => obj.int_in(cx, "timeout", span, Need::Required),
     };

@@ -78,6 +78,14 @@ pub(super) fn pool_body(
             ),
         );
     }
+    // Envoy starts the ramp at a backend's first passed active check; with
+    // none it applies no ramp at all, which must not pass silently.
+    if slow_start.is_some() && obj.get("health_check").is_none() {
+        cx.error(
+            &obj.path.key("slow_start"),
+            "needs a health_check: the ramp starts when a new backend first passes it",
+        );
+    }
     if cx.errors.len() != before {
         return None;
     }
