@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use crate::model::{Address, Backend, HealthCheck, HealthCheckKind, HttpCheck, limits};
 use crate::network::{IpNet, forbidden_class, is_localhost_name};
 
-use super::obj::{Ctx, Need, Obj, int_value, is_token_byte, is_valid_id, type_name};
+use super::obj::{Ctx, IdList, Need, Obj, int_value, is_token_byte, type_name};
 
 const BACKEND_KEYS: &[&str] = &["id", "address", "port", "weight", "enabled", "status"];
 const HC_KEYS: &[&str] = &[
@@ -35,32 +35,12 @@ pub(super) fn backends(obj: &Obj<'_>, allowed: &[IpNet], cx: &mut Ctx) -> Option
         return None;
     }
     let mut out = Vec::new();
-    let mut ids: HashMap<String, usize> = HashMap::new();
     let mut endpoints: HashMap<(Address, u16), usize> = HashMap::new();
+    let mut reader = IdList::new(&list_path, "backend", BACKEND_KEYS, None);
     for (i, item) in items.iter().enumerate() {
-        let path = list_path.index(i);
-        let Some(mut b) = Obj::new(item, &path, cx) else {
+        let Some((path, b, id)) = reader.read(i, item, cx) else {
             continue;
         };
-        b.kind = "backend";
-        b.check_keys(BACKEND_KEYS, cx);
-        let id = b.string(cx, "id", Need::Required).and_then(|s| {
-            if !is_valid_id(s) {
-                cx.error(
-                    &path.key("id"),
-                    format!("must match [A-Za-z0-9_-]{{1,64}} (got {s:?})"),
-                );
-                return None;
-            }
-            if let Some(first) = ids.insert(s.to_owned(), i) {
-                cx.error(
-                    &path.key("id"),
-                    format!("id {s:?} is already used by {}", list_path.index(first)),
-                );
-                return None;
-            }
-            Some(s.to_owned())
-        });
         let address = b.string(cx, "address", Need::Required).and_then(|s| {
             match parse_address(s).and_then(|a| reachable(a, allowed)) {
                 Ok(a) => Some(a),

@@ -19,7 +19,7 @@ use crate::network::IpNet;
 use crate::problem::{FieldPath, Problem, Rejected};
 
 pub use obj::is_valid_id;
-use obj::{Ctx, Need, Obj, type_name};
+use obj::{Ctx, Need, Obj, type_name, valid_id};
 use routing::{PoolIndex, pool_body, pools, routes, unique_backend_ids};
 use tls::tls;
 
@@ -241,17 +241,9 @@ fn load_balancer(
     obj.check_keys(LB_KEYS, cx);
     let before = cx.errors.len();
 
-    let id = obj.string(cx, "id", Need::Required).and_then(|s| {
-        if is_valid_id(s) {
-            Some(s.to_owned())
-        } else {
-            cx.error(
-                &path.key("id"),
-                format!("must match [A-Za-z0-9_-]{{1,64}} (got {s:?})"),
-            );
-            None
-        }
-    });
+    let id = obj
+        .string(cx, "id", Need::Required)
+        .and_then(|s| valid_id(s, &path.key("id"), cx));
     let name = obj.string(cx, "name", Need::Optional).and_then(|s| {
         let len = s.chars().count();
         if !(1..=255).contains(&len) {

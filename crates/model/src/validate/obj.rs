@@ -1,6 +1,7 @@
 //! The reading machinery: a problem collector and a typed view of one JSON
 //! object that reports, with its path, every value it cannot use.
 
+use std::collections::HashMap;
 use std::ops::RangeInclusive;
 
 use serde_json::{Map, Value};
@@ -264,6 +265,81 @@ pub fn is_valid_id(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Reads the objects of a list (backends, pools, routes) one at a time,
+/// each with its id checked: valid, unique in the list, and not `reserved`
+/// (an id and why: reported, but still returned, so the caller knows it
+/// was declared). One item at a time, so problems come in document order.
+pub(crate) struct IdList<'l> {
+    list: &'l FieldPath,
+    kind: &'static str,
+    known: &'l [&'l str],
+    reserved: Option<(&'l str, &'l str)>,
+    ids: HashMap<String, usize>,
+}
+
+impl<'l> IdList<'l> {
+    /// A reader for the list at `list` of objects of `kind` with `known` keys.
+    pub(crate) fn new(
+        list: &'l FieldPath,
+        kind: &'static str,
+        known: &'l [&'l str],
+        reserved: Option<(&'l str, &'l str)>,
+    ) -> Self {
+        Self {
+            list,
+            kind,
+            known,
+            reserved,
+            ids: HashMap::new(),
+        }
+    }
+
+    /// Item `i`: its path, the object and its id; `None` (reported) when
+    /// it is not an object.
+    pub(crate) fn read<'a>(
+        &mut self,
+        i: usize,
+        item: &'a Value,
+        cx: &mut Ctx,
+    ) -> Option<(FieldPath, Obj<'a>, Option<String>)> {
+        let path = self.list.index(i);
+        let mut o = Obj::new(item, &path, cx)?;
+        o.kind = self.kind;
+        o.check_keys(self.known, cx);
+        let at = path.key("id");
+        let id = o
+            .string(cx, "id", Need::Required)
+            .and_then(|s| valid_id(s, &at, cx))
+            .filter(|s| {
+                if let Some((taken, why)) = self.reserved
+                    && taken == s
+                {
+                    cx.error(&at, format!("{s:?} {why}"));
+                    return true;
+                }
+                match self.ids.insert(s.clone(), i) {
+                    Some(first) => {
+                        let first = self.list.index(first);
+                        cx.error(&at, format!("id {s:?} is already used by {first}"));
+                        false
+                    }
+                    None => true,
+                }
+            });
+        Some((path, o, id))
+    }
+}
+
+/// `s` when it is a valid id; else reports why at `at`.
+pub(crate) fn valid_id(s: &str, at: &FieldPath, cx: &mut Ctx) -> Option<String> {
+    if is_valid_id(s) {
+        Some(s.to_owned())
+    } else {
+        cx.error(at, format!("must match [A-Za-z0-9_-]{{1,64}} (got {s:?})"));
+        None
+    }
 }
 
 pub(crate) fn is_token_byte(b: u8) -> bool {

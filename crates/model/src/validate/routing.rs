@@ -12,7 +12,7 @@ use crate::network::IpNet;
 use crate::problem::FieldPath;
 
 use super::backend::{backends, health_check};
-use super::obj::{Ctx, Need, Obj, is_token_byte, is_valid_id, type_name};
+use super::obj::{Ctx, IdList, Need, Obj, is_token_byte, type_name};
 use super::regex::regex;
 
 const POOL_KEYS: &[&str] = &[
@@ -23,6 +23,8 @@ const POOL_KEYS: &[&str] = &[
     "sticky_sessions",
     "slow_start",
 ];
+/// Why a pool may not be called `default`.
+const RESERVED_POOL: &str = "is the pool the top-level backends describe; choose another id";
 const STICKY_KEYS: &[&str] = &["cookie_name", "ttl"];
 const ROUTE_KEYS: &[&str] = &[
     "id",
@@ -186,37 +188,20 @@ pub(super) fn pools(
     }
     let before = cx.errors.len();
     let mut out = Vec::new();
-    let mut ids: HashMap<String, usize> = HashMap::new();
+    let mut reader = IdList::new(
+        &list,
+        "pool",
+        POOL_KEYS,
+        Some((DEFAULT_POOL, RESERVED_POOL)),
+    );
     for (i, item) in items.iter().enumerate() {
-        let path = list.index(i);
-        let Some(mut p) = Obj::new(item, &path, cx) else {
+        let Some((path, p, id)) = reader.read(i, item, cx) else {
             continue;
         };
-        p.kind = "pool";
-        p.check_keys(POOL_KEYS, cx);
-        let id = p.string(cx, "id", Need::Required).and_then(|s| {
-            let at = path.key("id");
-            if !is_valid_id(s) {
-                cx.error(&at, format!("must match [A-Za-z0-9_-]{{1,64}} (got {s:?})"));
-                return None;
-            }
-            declared.insert(s.to_owned());
-            if s == DEFAULT_POOL {
-                cx.error(
-                    &at,
-                    "\"default\" is the pool the top-level backends describe; choose another id",
-                );
-                return None;
-            }
-            if let Some(first) = ids.insert(s.to_owned(), i) {
-                cx.error(
-                    &at,
-                    format!("id {s:?} is already used by {}", list.index(first)),
-                );
-                return None;
-            }
-            Some(s.to_owned())
-        });
+        if let Some(id) = &id {
+            declared.insert(id.clone());
+        }
+        let id = id.filter(|id| id != DEFAULT_POOL);
         if let Some(pool) = pool_body(&p, id, protocol, allowed, cx) {
             out.push((path, pool));
         }
@@ -281,31 +266,14 @@ pub(super) fn routes(
     }
     let before = cx.errors.len();
     let mut out = Vec::new();
-    let mut ids: HashMap<String, usize> = HashMap::new();
+    let last = items.len().saturating_sub(1);
+    let mut reader = IdList::new(&list, "route", ROUTE_KEYS, None);
     for (i, item) in items.iter().enumerate() {
-        let path = list.index(i);
-        let Some(mut r) = Obj::new(item, &path, cx) else {
+        let Some((path, r, id)) = reader.read(i, item, cx) else {
             continue;
         };
-        r.kind = "route";
-        r.check_keys(ROUTE_KEYS, cx);
-        let id = r.string(cx, "id", Need::Required).and_then(|s| {
-            let at = path.key("id");
-            if !is_valid_id(s) {
-                cx.error(&at, format!("must match [A-Za-z0-9_-]{{1,64}} (got {s:?})"));
-                None
-            } else if let Some(first) = ids.insert(s.to_owned(), i) {
-                cx.error(
-                    &at,
-                    format!("id {s:?} is already used by {}", list.index(first)),
-                );
-                None
-            } else {
-                Some(s.to_owned())
-            }
-        });
         if let Some(route) = route(&r, id, pools, cx) {
-            if i + 1 < items.len() && matches_everything(&route) {
+            if i < last && matches_everything(&route) {
                 cx.warn(
                     &path,
                     "matches every request, so the routes after it are never used",
