@@ -4,23 +4,27 @@
 //! deserialized into structs, so that a wrong type in one field is reported
 //! next to every other problem instead of stopping at the first one.
 
+mod action;
 mod backend;
+mod hosts;
 mod obj;
+mod pool;
 mod regex;
-mod routing;
+mod route;
 mod tls;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::model::{Config, DEFAULT_POOL, LoadBalancer, Protocol, Timeouts, Tls, limits};
+use crate::model::{Config, LoadBalancer, Protocol, Timeouts, Tls, limits};
 use crate::network::IpNet;
 use crate::problem::{FieldPath, Problem, Rejected};
 
 pub use obj::is_valid_id;
 use obj::{Ctx, Need, Obj, type_name, valid_id};
-use routing::{PoolIndex, pool_body, pools, routes, unique_backend_ids};
+use pool::every_pool;
+use route::routes;
 use tls::tls;
 
 /// A port the load balancers may not use, and who holds it.
@@ -279,24 +283,8 @@ fn load_balancer(
             Need::Optional,
         )
         .map(|n| n as u32);
-    let allowed = &opts.allowed_backend_networks;
-    let default_pool = pool_body(&obj, Some(DEFAULT_POOL.to_owned()), protocol, allowed, cx);
-    let mut declared = HashSet::from([DEFAULT_POOL.to_owned()]);
-    let pools = pools(&obj, protocol, allowed, cx, &mut declared);
-    if let (Some(d), Some(more)) = (&default_pool, &pools) {
-        let mut all = vec![(path.clone(), d)];
-        all.extend(more.iter().map(|(p, pool)| (p.clone(), pool)));
-        unique_backend_ids(&all, cx);
-    }
-    let index = PoolIndex {
-        declared,
-        sticky: default_pool
-            .iter()
-            .chain(pools.iter().flatten().map(|(_, p)| p))
-            .filter(|p| p.sticky_sessions.is_some())
-            .map(|p| p.id.clone())
-            .collect(),
-    };
+    let (default_pool, pools, index) =
+        every_pool(&obj, protocol, &opts.allowed_backend_networks, cx);
     let routes = routes(&obj, protocol, &index, cx);
     let tls = tls_for(&obj, protocol, cx);
     let timeouts = match obj.object(cx, "timeouts") {
@@ -321,7 +309,7 @@ fn load_balancer(
             port: port?,
             max_connections,
             default_pool: default_pool?,
-            pools: pools?.into_iter().map(|(_, p)| p).collect(),
+            pools: pools?,
             routes: routes?,
             redirect_http_port,
             tls,

@@ -5,8 +5,8 @@ use crate::model::{
     limits,
 };
 
+use super::hosts::{host_list, unique_server_names};
 use super::obj::{Ctx, Need, Obj, type_name};
-use super::routing::{host_list, unique_server_names};
 
 const TLS_KEYS: &[&str] = &[
     "certificate_path",
