@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vpsie_lb_envoy::{
-    Delivery as Translation, FileKind, FileParts, TranslateOptions, XdsLayout, assemble_files,
-    render_parts, translate_lb,
+    Delivery as Translation, FileParts, TranslateOptions, XdsLayout, assemble_files, render_parts,
+    translate_lb,
 };
 use vpsie_lb_model::{Config, LoadBalancer, ValidateOptions, validate};
 
@@ -174,18 +174,7 @@ impl Delivery for FilesDelivery {
         let envoy_serves_nothing = current == self.empty;
         let kind = match plan(&self.layout, &current, next) {
             Ok(p) if p.is_empty() => ChangeKind::None,
-            Ok(p)
-                if p.clusters_before.is_none()
-                    && p.listeners.is_none()
-                    && p.clusters_after.is_none()
-                    && p.routes.is_empty()
-                    && p.prune.is_empty()
-                    && p.dependencies.iter().all(|f| {
-                        matches!(self.layout.kind_of(&f.path), Some(FileKind::Endpoints(_)))
-                    }) =>
-            {
-                ChangeKind::EndpointsOnly
-            }
+            Ok(p) if p.is_endpoints_only(&self.layout) => ChangeKind::EndpointsOnly,
             _ => ChangeKind::Other,
         };
         self.current = Some(current);

@@ -45,6 +45,22 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         *self == Plan::default()
     }
+
+    /// Whether the plan writes endpoint files and nothing else. Judged by
+    /// comparing with a plan of only its dependencies, so a step added to
+    /// `Plan` later counts as "something else" without being listed here
+    /// (route configurations once slipped through such a list).
+    pub fn is_endpoints_only(&self, layout: &XdsLayout) -> bool {
+        let only_dependencies = Plan {
+            dependencies: self.dependencies.clone(),
+            ..Plan::default()
+        };
+        *self == only_dependencies
+            && self
+                .dependencies
+                .iter()
+                .all(|f| matches!(layout.kind_of(&f.path), Some(FileKind::Endpoints(_))))
+    }
 }
 
 /// Something in a file set is not what `render_files` makes.

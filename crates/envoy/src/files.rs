@@ -82,7 +82,7 @@ pub fn assemble_files<'a>(
         };
         (kind, f.path.clone())
     };
-    own.sort_by_key(rank);
+    own.sort_by_cached_key(rank);
     let routes_at = own.partition_point(|f| rank(f).0 < 2);
     let routes = own.split_off(routes_at);
     let list = |mut items: Vec<(String, serde_json::Value)>| {
