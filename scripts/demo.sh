@@ -3,6 +3,8 @@
 # three demo backends, all on 127.0.0.1. It shows traffic balanced, changes
 # the config through the emulator, and shows the change live and reported.
 # Everything it starts is stopped on exit; DEMO_KEEP=1 keeps it running.
+# DEMO_API=public makes the load balancer through VPSie's public API
+# (rules and domains) instead of the agent API.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -55,6 +57,11 @@ umask 022
 "$bin/vpsie-api-sim" --port 8480 --api-key-file "$work/api-key" 2>>"$work/api-sim.log" &
 pids+=($!)
 wait_for 10 curl -fsS "http://$api/_sim/loadbalancers"
+if [ "${DEMO_API:-agent}" = public ]; then
+  # shellcheck source=scripts/demo-public.sh
+  . "$root/scripts/demo-public.sh"
+  exit 0
+fi
 curl -fsS -X PUT --data-binary @examples/demo.yaml "http://$api/_sim/loadbalancers/demo" >/dev/null
 echo "load balancer 'demo' created in the emulator from examples/demo.yaml"
 

@@ -54,7 +54,10 @@ pub fn choose(
                 if let Some(g) = good.get(&id) {
                     out.candidate.insert(id.clone(), g.clone());
                 }
-                out.unfetched.push((id, e.to_string()));
+                match e {
+                    FetchError::Refused { raw, problems } => out.refused.push((id, raw, problems)),
+                    e => out.unfetched.push((id, e.to_string())),
+                }
             }
         }
     }

@@ -52,8 +52,19 @@ pub fn api_response(data: &[u8]) {
         text: body.to_owned(),
         what: "GET /loadbalancers/lb-1".into(),
     };
-    if let Err(e) = crate::api::loadbalancer_answer("lb-1", answer) {
+    if let Err(e) = crate::api::loadbalancer_answer("lb-1", answer.clone()) {
         let _ = (e.to_string(), e.is_retryable(), e.retry_after());
+    }
+    // The same bytes as a public-API answer, mapped as the source maps it.
+    match crate::api::public_answer(answer) {
+        Ok(Some(data)) => {
+            let env = vpsie_lb_model::public::MapEnv::default();
+            let _ = vpsie_lb_model::public::map_load_balancer("lb-1", &data, &env);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            let _ = (e.to_string(), e.is_retryable());
+        }
     }
 }
 

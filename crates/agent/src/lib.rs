@@ -26,6 +26,7 @@ pub mod pass;
 mod pass_tests;
 pub mod plan;
 pub mod preflight;
+pub mod public_source;
 pub mod reconcile;
 pub mod report;
 pub mod run;

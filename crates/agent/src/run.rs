@@ -19,6 +19,7 @@ use crate::controller;
 use crate::delivery::FilesDelivery;
 use crate::envoy_admin::EnvoyAdmin;
 use crate::fsutil;
+use crate::public_source::PublicSource;
 use crate::reconcile::{Reconciler, Settings};
 use crate::report::{ApiReporter, LogReporter, Reporter};
 use crate::source::{FileSource, Source, VpsieSource};
@@ -142,6 +143,25 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             Box::new(FileSource::new(path.clone())),
             Box::new(LogReporter::default()),
         ),
+        SourceKind::VpsiePublic => {
+            let key = read_api_key(&cfg.vpsie.api_key_file).map_err(anyhow::Error::msg)?;
+            let reporter: Box<dyn Reporter> = match &cfg.vpsie.agent_api_url {
+                // The public API takes no reports; the agent API may.
+                Some(url) => Box::new(ApiReporter::new(
+                    ApiClient::new(url, key.clone()).with_metrics(api_metrics.clone()),
+                )),
+                None => Box::new(LogReporter::default()),
+            };
+            (
+                Box::new(PublicSource::new(
+                    ApiClient::public(&cfg.vpsie.api_url, key).with_metrics(api_metrics.clone()),
+                    cfg.vpsie.loadbalancer_ids.clone(),
+                    cfg.vpsie.certificate_dir.clone(),
+                    cfg.vpsie.redirect_port,
+                )),
+                reporter,
+            )
+        }
         SourceKind::Vpsie => {
             let key = read_api_key(&cfg.vpsie.api_key_file).map_err(anyhow::Error::msg)?;
             (

@@ -17,6 +17,16 @@ pub enum FetchError {
     /// The source says this load balancer does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The source answered, but what it said cannot become a document
+    /// (the public API's rule that cannot be mapped): refused like an
+    /// invalid document, with problems in the source's own terms.
+    #[error("{} problem(s) in what the api sent", problems.len())]
+    Refused {
+        /// What the source sent, so the same refusal is reported once.
+        raw: Value,
+        /// Why.
+        problems: Vec<vpsie_lb_model::Problem>,
+    },
 }
 
 /// What one fetch returned: a raw document per load-balancer id, or why not.
@@ -33,6 +43,78 @@ pub struct Fetched {
     pub retry_after: Option<std::time::Duration>,
     /// For remote sources: whether the API answered at all this time.
     pub reachable: Option<bool>,
+    /// Groups of load balancers that could not be fetched, by the prefix
+    /// of their ids: every last good one with such an id keeps serving
+    /// (the public API gives several per fetch, and which ones is known
+    /// only from an answer).
+    pub failed_groups: Vec<(String, FetchError)>,
+    /// How each document's paths lead back to the source's own, for
+    /// documents the source made from something else.
+    pub paths: BTreeMap<String, vpsie_lb_model::public::PathMap>,
+}
+
+impl Fetched {
+    /// Adds a failed item for each id in `known` that a failed group
+    /// covers and the fetch did not return, so it keeps its good version.
+    pub fn expand_failed_groups<'a>(&mut self, known: impl Iterator<Item = &'a String>) {
+        for id in known {
+            if let Some((_, e)) = self
+                .failed_groups
+                .iter()
+                .find(|(prefix, _)| id.starts_with(prefix.as_str()))
+                && !self.items.contains_key(id)
+            {
+                self.items.insert(id.clone(), Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Runs `call` for every id, at most [`FETCH_CONCURRENCY`] at once, so one
+/// slow answer (up to the 10 s timeout) does not hold back every other.
+pub(crate) fn fetch_parallel<T: Send>(
+    ids: &[String],
+    call: impl Fn(&str) -> Result<T, crate::api::ApiError> + Sync,
+) -> Vec<(String, Result<T, crate::api::ApiError>)> {
+    let call = &call;
+    let mut results = Vec::new();
+    for chunk in ids.chunks(FETCH_CONCURRENCY) {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|id| (id.clone(), scope.spawn(move || call(id))))
+                .collect();
+            for (id, h) in handles {
+                let r = h.join().unwrap_or_else(|_| {
+                    Err(crate::api::ApiError::Body {
+                        what: format!("fetching {id}"),
+                        reason: "the fetch thread panicked".into(),
+                    })
+                });
+                results.push((id, r));
+            }
+        });
+    }
+    results
+}
+
+/// The fetch error an API error stands for, noting a Retry-After and
+/// whether the API answered at all.
+pub(crate) fn classify(
+    e: crate::api::ApiError,
+    out: &mut Fetched,
+    answered: &mut bool,
+) -> FetchError {
+    if let Some(d) = e.retry_after() {
+        out.retry_after = Some(out.retry_after.map_or(d, |o| o.max(d)));
+    }
+    // Anything but a network failure means the API is there.
+    *answered |= !matches!(e, crate::api::ApiError::Network { .. });
+    match e {
+        crate::api::ApiError::Unauthorized { .. } => FetchError::Unauthorized(e.to_string()),
+        e if e.is_not_found() => FetchError::NotFound(e.to_string()),
+        e => FetchError::Transient(e.to_string()),
+    }
 }
 
 /// A source of desired state.
@@ -146,44 +228,12 @@ const FETCH_CONCURRENCY: usize = 8;
 
 impl Source for VpsieSource {
     fn fetch(&mut self) -> Fetched {
-        // In parallel, so one slow answer (up to the 10 s timeout) does not
-        // hold back every other load balancer of the pass.
         let client = &self.client;
-        let mut results: Vec<(String, Result<Value, crate::api::ApiError>)> = Vec::new();
-        for chunk in self.ids.chunks(FETCH_CONCURRENCY) {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = chunk
-                    .iter()
-                    .map(|id| (id.clone(), scope.spawn(move || client.get_loadbalancer(id))))
-                    .collect();
-                for (id, h) in handles {
-                    let r = h.join().unwrap_or_else(|_| {
-                        Err(crate::api::ApiError::Body {
-                            what: format!("GET /loadbalancers/{id}"),
-                            reason: "the fetch thread panicked".into(),
-                        })
-                    });
-                    results.push((id, r));
-                }
-            });
-        }
+        let results = fetch_parallel(&self.ids, |id| client.get_loadbalancer(id));
         let mut out = Fetched::default();
         let mut answered = false;
         for (id, result) in results {
-            let result = result.map_err(|e| {
-                if let Some(d) = e.retry_after() {
-                    out.retry_after = Some(out.retry_after.map_or(d, |o| o.max(d)));
-                }
-                // Anything but a network failure means the API is there.
-                answered |= !matches!(e, crate::api::ApiError::Network { .. });
-                match e {
-                    crate::api::ApiError::Unauthorized { .. } => {
-                        FetchError::Unauthorized(e.to_string())
-                    }
-                    e if e.is_not_found() => FetchError::NotFound(e.to_string()),
-                    e => FetchError::Transient(e.to_string()),
-                }
-            });
+            let result = result.map_err(|e| classify(e, &mut out, &mut answered));
             answered |= result.is_ok();
             out.items.insert(id, result);
         }

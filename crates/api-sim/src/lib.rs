@@ -6,14 +6,26 @@
 //! `GET /loadbalancers/{id}` (ETag, If-None-Match), `PUT .../status`,
 //! `PUT .../backends/{backend}/health`, `POST .../events`.
 //!
+//! VPSie's public API (`Vpsie-Auth`, `{error, data}` envelope): `GET
+//! /api/v1/lb/all`, `GET|DELETE /api/v1/lb/{id}`, `POST /api/v1/lb/create`
+//! (pending in `GET /api/v2/lbs/pending` for a while, then active),
+//! `POST /api/v1/lb/{rule,domain,backend}/...`, `DELETE
+//! /api/v1/lb/delete/{rule,domain,backend}` with the id in the body,
+//! `GET /api/v1/lb/datacenter`, `POST /api/v1/lb/offers`, and the DNS
+//! zones at `GET /apps/v2/domains`.
+//!
 //! Control surface (no auth, for operators and tests), under `/_sim`:
 //! `PUT|DELETE /_sim/loadbalancers/{id}`, `GET /_sim/loadbalancers`,
 //! `GET /_sim/reports/{id}`, `PUT /_sim/faults` (one fault rule as JSON),
 //! `DELETE /_sim/faults`, `GET /_sim/requests` (counts per endpoint, and
-//! `not_modified` for answers of 304 to If-None-Match).
+//! `not_modified` for answers of 304 to If-None-Match); for the public
+//! API `GET /_sim/public`, `PUT /_sim/public/{identifier}` (a details
+//! object as `GET` shows it, any shape), `PUT /_sim/zones/{id}`
+//! (`{"domain_name": …}`) and `PUT /_sim/public_settings`
+//! (`{"create_delay_ms": N}`, 1000 by default).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -28,8 +40,26 @@ const MAX_REQUEST_BODY: usize = 10 * 1024 * 1024;
 /// Size of the `huge_body` fault's response.
 pub const HUGE_BODY_BYTES: usize = 50 * 1024 * 1024;
 
+mod faults;
+mod public;
+mod wire;
+
+use faults::{FAULT_KINDS, Fault, inject, parse_fault, take_fault};
+use wire::{hex, respond};
+
 /// Which API endpoint a request is for (faults and counters key on this).
-pub const ENDPOINTS: &[&str] = &["get_loadbalancer", "put_status", "put_health", "post_event"];
+/// The `public_*` ones are the public API's: one load balancer, the lists
+/// (all, datacenters, pending), the DNS zones, and every change.
+pub const ENDPOINTS: &[&str] = &[
+    "get_loadbalancer",
+    "put_status",
+    "put_health",
+    "post_event",
+    "public_get_lb",
+    "public_list",
+    "public_zones",
+    "public_change",
+];
 
 /// Everything the emulator holds.
 #[derive(Debug, Default)]
@@ -40,16 +70,7 @@ struct State {
     events: BTreeMap<String, Vec<Value>>,
     faults: Vec<Fault>,
     requests: BTreeMap<String, u64>,
-}
-
-/// One injected fault.
-#[derive(Debug, Clone)]
-struct Fault {
-    endpoint: String,
-    kind: String,
-    ms: u64,
-    retry_after: u64,
-    remaining: Option<u64>,
+    public: public::PublicState,
 }
 
 /// The emulator: state plus settings.
@@ -65,9 +86,18 @@ impl Sim {
         let mut state = State::default();
         if let Some(p) = &persist
             && let Ok(v) = std::fs::read(p).map(|b| serde_json::from_slice::<Value>(&b))
-            && let Ok(Value::Object(lbs)) = v.map(|v| v["loadbalancers"].clone())
+            && let Ok(saved) = v
         {
-            state.loadbalancers = lbs.into_iter().collect();
+            let map = |key: &str| match &saved[key] {
+                Value::Object(m) => m.clone().into_iter().collect(),
+                _ => BTreeMap::new(),
+            };
+            state.loadbalancers = map("loadbalancers");
+            state.public.lbs = map("public");
+            state.public.zones = map("zones")
+                .into_iter()
+                .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_owned()))
+                .collect();
         }
         Arc::new(Sim {
             state: Mutex::new(state),
@@ -104,7 +134,8 @@ impl Sim {
 
     fn save(&self, state: &State) {
         let Some(path) = &self.persist else { return };
-        let doc = json!({ "loadbalancers": state.loadbalancers });
+        let doc = json!({ "loadbalancers": state.loadbalancers, "public": state.public.lbs,
+                          "zones": state.public.zones });
         let tmp = path.with_extension("tmp");
         if std::fs::write(&tmp, doc.to_string()).is_ok() {
             let _ = std::fs::rename(&tmp, path);
@@ -154,6 +185,9 @@ impl Sim {
         if segs.first() == Some(&"_sim") {
             return self.control(stream, &method, &segs[1..], &body);
         }
+        if let Some(endpoint) = public::endpoint(&method, &segs) {
+            return self.public_api(stream, endpoint, &method, &segs, &headers, &body);
+        }
         self.api(stream, &method, &segs, &headers, &body)
     }
 
@@ -200,9 +234,39 @@ impl Sim {
                 }
                 None => (
                     400,
-                    json!({"error": "fault needs endpoint (one of get_loadbalancer, put_status, put_health, post_event, *) and kind (latency, error_5xx, error_4xx, rate_limit, reset, malformed_json, huge_body, wrong_content_type, unauthorized)"}),
+                    json!({"error": format!("fault needs endpoint (one of {}, *) and kind (one of {})", ENDPOINTS.join(", "), FAULT_KINDS.join(", "))}),
                 ),
             },
+            ("GET", ["public"]) => (200, json!(st.public.lbs)),
+            ("PUT", ["public", id]) => match parsed {
+                Some(doc) => {
+                    st.public.lbs.insert((*id).to_owned(), doc);
+                    self.save(&st);
+                    (200, json!({"ok": true}))
+                }
+                None => (400, json!({"error": "body must be json"})),
+            },
+            ("PUT", ["zones", id]) => match parsed.as_ref().and_then(|v| v["domain_name"].as_str())
+            {
+                Some(name) => {
+                    st.public.zones.insert((*id).to_owned(), name.to_owned());
+                    self.save(&st);
+                    (200, json!({"ok": true}))
+                }
+                None => (400, json!({"error": "body must be {\"domain_name\": ...}"})),
+            },
+            ("PUT", ["public_settings"]) => {
+                match parsed.as_ref().and_then(|v| v["create_delay_ms"].as_u64()) {
+                    Some(ms) => {
+                        st.public.create_delay = Duration::from_millis(ms);
+                        (200, json!({"ok": true}))
+                    }
+                    None => (
+                        400,
+                        json!({"error": "body must be {\"create_delay_ms\": N}"}),
+                    ),
+                }
+            }
             ("DELETE", ["faults"]) => {
                 st.faults.clear();
                 (200, json!({"ok": true}))
@@ -217,6 +281,73 @@ impl Sim {
             reply.to_string().as_bytes(),
             &[],
         )
+    }
+
+    /// 200 with `text` and its ETag, or 304 when the client sent that ETag.
+    fn respond_tagged(
+        &self,
+        stream: TcpStream,
+        headers: &BTreeMap<String, String>,
+        text: &str,
+    ) -> std::io::Result<()> {
+        let etag = format!("\"{}\"", hex(&Sha256::digest(text.as_bytes())[..8]));
+        let tag = [("ETag", etag.as_str())];
+        if headers.get("if-none-match") == Some(&etag) {
+            *self
+                .lock()
+                .requests
+                .entry("not_modified".to_owned())
+                .or_insert(0) += 1;
+            return respond(stream, 304, "application/json", b"", &tag);
+        }
+        respond(stream, 200, "application/json", text.as_bytes(), &tag)
+    }
+
+    /// The public API: `Vpsie-Auth` (or a bearer token), the envelope,
+    /// ETags on `GET /api/v1/lb/{id}`.
+    fn public_api(
+        &self,
+        stream: TcpStream,
+        endpoint: &str,
+        method: &str,
+        segs: &[&str],
+        headers: &BTreeMap<String, String>,
+        body: &[u8],
+    ) -> std::io::Result<()> {
+        let fault = {
+            let mut st = self.lock();
+            *st.requests.entry(endpoint.to_owned()).or_insert(0) += 1;
+            take_fault(&mut st.faults, endpoint)
+        };
+        let Some(stream) = inject(fault.as_ref(), stream)? else {
+            return Ok(());
+        };
+        let authorized = headers.get("vpsie-auth") == Some(&self.api_key)
+            || headers.get("authorization") == Some(&format!("Bearer {}", self.api_key));
+        let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let (status, reply) = if !authorized {
+            (
+                401,
+                json!({"error": true, "code": 401, "message": "invalid or missing Vpsie-Auth token"}),
+            )
+        } else if method != "GET" && !parsed.is_object() {
+            (
+                400,
+                json!({"error": true, "code": 400, "message": "body must be a json object"}),
+            )
+        } else {
+            let mut st = self.lock();
+            let reply = st.public.handle(method, segs, &parsed);
+            if method != "GET" {
+                self.save(&st);
+            }
+            reply
+        };
+        let text = reply.to_string();
+        if endpoint != "public_get_lb" || status != 200 {
+            return respond(stream, status, "application/json", text.as_bytes(), &[]);
+        }
+        self.respond_tagged(stream, headers, &text)
     }
 
     fn api(
@@ -247,67 +378,9 @@ impl Sim {
             *st.requests.entry(endpoint.to_owned()).or_insert(0) += 1;
             take_fault(&mut st.faults, endpoint)
         };
-        if let Some(f) = &fault {
-            match f.kind.as_str() {
-                "latency" => thread::sleep(Duration::from_millis(f.ms)),
-                "error_5xx" => {
-                    return respond(
-                        stream,
-                        503,
-                        "application/json",
-                        b"{\"error\":\"injected 503\"}",
-                        &[],
-                    );
-                }
-                "error_4xx" => {
-                    return respond(
-                        stream,
-                        422,
-                        "application/json",
-                        b"{\"error\":\"injected 422\"}",
-                        &[],
-                    );
-                }
-                "rate_limit" => {
-                    let ra = f.retry_after.to_string();
-                    return respond(
-                        stream,
-                        429,
-                        "application/json",
-                        b"{\"error\":\"slow down\"}",
-                        &[("Retry-After", &ra)],
-                    );
-                }
-                "reset" => {
-                    let sock = socket2::Socket::from(stream);
-                    let _ = sock.set_linger(Some(Duration::ZERO));
-                    return Ok(()); // dropping with linger 0 sends RST
-                }
-                "malformed_json" => {
-                    return respond(
-                        stream,
-                        200,
-                        "application/json",
-                        b"{\"id\": \"lb\", \"backends\": [",
-                        &[],
-                    );
-                }
-                "huge_body" => return respond_huge(stream),
-                "wrong_content_type" => {
-                    return respond(stream, 200, "text/html", b"<html>maintenance</html>", &[]);
-                }
-                "unauthorized" => {
-                    return respond(
-                        stream,
-                        401,
-                        "application/json",
-                        b"{\"error\":\"invalid token\"}",
-                        &[],
-                    );
-                }
-                _ => {}
-            }
-        }
+        let Some(stream) = inject(fault.as_ref(), stream)? else {
+            return Ok(());
+        };
         let authorized = headers.get("authorization").map(String::as_str)
             == Some(&format!("Bearer {}", self.api_key));
         if !authorized {
@@ -344,22 +417,7 @@ impl Sim {
                 };
                 drop(st);
                 let text = doc.to_string();
-                let etag = format!("\"{}\"", hex(&Sha256::digest(text.as_bytes())[..8]));
-                if headers.get("if-none-match") == Some(&etag) {
-                    *self
-                        .lock()
-                        .requests
-                        .entry("not_modified".to_owned())
-                        .or_insert(0) += 1;
-                    return respond(stream, 304, "application/json", b"", &[("ETag", &etag)]);
-                }
-                respond(
-                    stream,
-                    200,
-                    "application/json",
-                    text.as_bytes(),
-                    &[("ETag", &etag)],
-                )
+                self.respond_tagged(stream, headers, &text)
             }
             "put_status" => {
                 let v = parsed.unwrap_or_default(); // checked above: never null here
@@ -387,105 +445,10 @@ impl Sim {
     }
 }
 
-fn parse_fault(v: &Value) -> Option<Fault> {
-    let endpoint = v["endpoint"].as_str()?;
-    let kind = v["kind"].as_str()?;
-    let kinds = [
-        "latency",
-        "error_5xx",
-        "error_4xx",
-        "rate_limit",
-        "reset",
-        "malformed_json",
-        "huge_body",
-        "wrong_content_type",
-        "unauthorized",
-    ];
-    if !(endpoint == "*" || ENDPOINTS.contains(&endpoint)) || !kinds.contains(&kind) {
-        return None;
-    }
-    Some(Fault {
-        endpoint: endpoint.to_owned(),
-        kind: kind.to_owned(),
-        ms: v["ms"].as_u64().unwrap_or(1000),
-        retry_after: v["retry_after"].as_u64().unwrap_or(1),
-        remaining: v["count"].as_u64(),
-    })
-}
-
-/// The first fault that applies to `endpoint`, using up one of its count.
-fn take_fault(faults: &mut Vec<Fault>, endpoint: &str) -> Option<Fault> {
-    let i = faults
-        .iter()
-        .position(|f| f.endpoint == "*" || f.endpoint == endpoint)?;
-    let f = faults[i].clone();
-    if let Some(n) = faults[i].remaining.as_mut() {
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            faults.remove(i);
-        }
-    }
-    Some(f)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        413 => "Payload Too Large",
-        429 => "Too Many Requests",
-        _ => "Service Unavailable",
-    }
-}
-
-fn respond(
-    mut s: TcpStream,
-    status: u16,
-    content_type: &str,
-    body: &[u8],
-    extra: &[(&str, &str)],
-) -> std::io::Result<()> {
-    let mut head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        reason(status),
-        body.len()
-    );
-    for (k, v) in extra {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes())?;
-    s.write_all(body)?;
-    s.flush()
-}
-
-fn respond_huge(mut s: TcpStream) -> std::io::Result<()> {
-    write!(
-        s,
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {HUGE_BODY_BYTES}\r\nConnection: close\r\n\r\n"
-    )?;
-    let chunk = vec![b' '; 64 * 1024];
-    for _ in 0..HUGE_BODY_BYTES / chunk.len() {
-        // The client may hang up once it has read its limit; that is the point.
-        if s.write_all(&chunk).is_err() {
-            return Ok(());
-        }
-    }
-    s.flush()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn call(port: u16, method: &str, path: &str, body: &str) -> String {
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -550,5 +513,94 @@ mod tests {
         let mut second = String::new();
         s.read_to_string(&mut second).expect("read");
         assert!(second.starts_with("HTTP/1.1 304"), "{second}");
+    }
+
+    fn public(port: u16, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nVpsie-Auth: k\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("send");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        let status = out[9..12].parse().expect("status");
+        let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    #[test]
+    fn the_public_api_creates_asynchronously_and_deletes_by_ids_in_bodies() {
+        let sim = Sim::new("k", None);
+        let port = sim.spawn(0).expect("spawn").port();
+        call(
+            port,
+            "PUT",
+            "/_sim/public_settings",
+            "{\"create_delay_ms\": 200}",
+        );
+        let create = r#"{"lbName":"web","rules":[{"scheme":"tcp","frontPort":"5432","backPort":"5432",
+            "backends":[{"ip":"10.0.0.5","vmIdentifier":"vm-1"}]},{"scheme":"http","frontPort":80,
+            "domains":[{"domainName":"www.example.com","backPort":"8080","backends":[{"ip":"10.0.0.6"}]}]}]}"#;
+        assert_eq!(public(port, "POST", "/api/v1/lb/create", create).0, 200);
+        assert_eq!(
+            public(port, "POST", "/api/v1/lb/create", create).0,
+            409,
+            "lbName is unique"
+        );
+        let (_, pending) = public(port, "GET", "/api/v2/lbs/pending", "");
+        assert_eq!(pending["data"][0][0]["data"]["lbName"], "web");
+        assert_eq!(public(port, "GET", "/api/v1/lb/all", "").1["total"], 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let list = loop {
+            let (_, list) = public(port, "GET", "/api/v1/lb/all", "");
+            if list["total"] == 1 || std::time::Instant::now() > deadline {
+                break list;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let id = list["data"][0]["identifier"]
+            .as_str()
+            .expect("active")
+            .to_owned();
+        let (_, lb) = public(port, "GET", &format!("/api/v1/lb/{id}"), "");
+        let rules = &lb["data"]["rules"];
+        assert_eq!(
+            (
+                rules[0]["frontPort"].as_i64(),
+                rules[0]["backPort"].as_i64()
+            ),
+            (Some(5432), Some(5432))
+        );
+        assert_eq!(rules[1]["domains"][0]["backPort"], 8080);
+        assert_eq!(rules[1]["domains"][0]["cookieCheck"], 0);
+        let backend = rules[0]["backends"][0]["identifier"]
+            .as_str()
+            .expect("backend id")
+            .to_owned();
+        let body = format!("{{\"backendId\":\"{backend}\"}}");
+        assert_eq!(
+            public(port, "DELETE", "/api/v1/lb/delete/backend", &body).0,
+            200
+        );
+        let rule = rules[1]["ruleId"].as_str().expect("rule id").to_owned();
+        let body = format!("{{\"ruleId\":\"{rule}\"}}");
+        assert_eq!(
+            public(port, "DELETE", "/api/v1/lb/delete/rule", &body).0,
+            200
+        );
+        let (_, lb) = public(port, "GET", &format!("/api/v1/lb/{id}"), "");
+        assert_eq!(lb["data"]["rules"].as_array().map(Vec::len), Some(1));
+        assert_eq!(lb["data"]["rules"][0]["backends"], serde_json::json!([]));
+        let (status, missing) = public(port, "GET", "/api/v1/lb/nope", "");
+        assert_eq!(status, 404);
+        assert!(
+            missing["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("not found"))
+        );
+        let anon = call(port, "GET", &format!("/api/v1/lb/{id}"), "");
+        assert!(anon.starts_with("HTTP/1.1 401"), "{anon}");
     }
 }

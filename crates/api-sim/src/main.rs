@@ -4,14 +4,14 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-/// Emulates the VPSie load-balancer agent API, with fault injection.
+/// Emulates the VPSie load-balancer agent API and the public `/api/v1/lb` API, with fault injection.
 #[derive(Parser)]
 #[command(version, about)]
 struct Args {
     /// Port on 127.0.0.1.
     #[arg(long, default_value_t = 8480)]
     port: u16,
-    /// File holding the API key clients must send as `Authorization: Bearer <key>`.
+    /// File holding the API key clients must send as `Authorization: Bearer <key>` (or `Vpsie-Auth: <key>`).
     #[arg(long, value_name = "FILE")]
     api_key_file: PathBuf,
     /// Keep the load balancers in this JSON file across restarts.
@@ -41,7 +41,7 @@ fn main() {
         }
     };
     eprintln!(
-        "vpsie-api-sim: api at http://127.0.0.1:{}/v1, control at /_sim",
+        "vpsie-api-sim: agent api at http://127.0.0.1:{0}/v1, public api at http://127.0.0.1:{0}/api/v1/lb, control at /_sim",
         args.port
     );
     sim.serve(listener);

@@ -24,7 +24,7 @@ use vpsie_lb_model::{
 };
 
 use crate::listener::BUFFER_LIMIT_BYTES;
-use crate::pb::{any, secs, u32v};
+use crate::pb::{any, millis, secs, u32v};
 use crate::{Delivery, TranslateOptions, names, tls};
 
 /// Seconds Envoy keeps an idle upstream HTTP connection; shorter than common
@@ -261,14 +261,15 @@ fn health_check(hc: &vpsie_lb_model::HealthCheck) -> HealthCheck {
         HealthCheckKind::Https(h) => (http_checker(h), true),
     };
     HealthCheck {
-        timeout: secs(hc.timeout),
-        interval: secs(hc.interval),
+        timeout: millis(hc.timeout_ms),
+        interval: millis(hc.interval_ms),
+        unhealthy_interval: hc.unhealthy_interval_ms.and_then(millis),
         unhealthy_threshold: u32v(hc.unhealthy_threshold),
         healthy_threshold: u32v(hc.healthy_threshold),
         // Envoy checks idle clusters only every 60 s by default; an LB that
         // has had no traffic yet must still learn its backends' health.
-        no_traffic_interval: secs(hc.interval),
-        no_traffic_healthy_interval: secs(hc.interval),
+        no_traffic_interval: millis(hc.interval_ms),
+        no_traffic_healthy_interval: millis(hc.interval_ms),
         health_checker: Some(checker),
         transport_socket_match_criteria: tls.then(hc_tls_match),
         ..Default::default()

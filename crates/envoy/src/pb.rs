@@ -23,6 +23,14 @@ pub fn secs(s: u32) -> Option<Duration> {
     })
 }
 
+/// Milliseconds.
+pub fn millis(ms: u32) -> Option<Duration> {
+    Some(Duration {
+        seconds: i64::from(ms / 1000),
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    })
+}
+
 /// A `UInt32Value`.
 pub fn u32v(v: u32) -> Option<UInt32Value> {
     Some(UInt32Value { value: v })

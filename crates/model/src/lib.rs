@@ -9,6 +9,7 @@ mod gozero;
 mod model;
 mod network;
 mod problem;
+pub mod public;
 mod validate;
 
 pub use model::*;

@@ -31,7 +31,8 @@ pub mod limits {
     /// Health-check interval when the document names none, seconds.
     pub const DEFAULT_HC_INTERVAL: u32 = 10;
     /// Health-check timeout when the document names none, seconds (shortened
-    /// to `interval - 1` when the interval is shorter).
+    /// to `interval - 1` when the interval is shorter, and to half the
+    /// interval below 2 s).
     pub const DEFAULT_HC_TIMEOUT: u32 = 5;
     /// Passes that mark a backend healthy when the document names none.
     pub const DEFAULT_HC_HEALTHY: u32 = 2;
@@ -45,6 +46,9 @@ pub mod limits {
     /// Most errors (and, separately, warnings) listed for one document; a
     /// last line counts the rest.
     pub const MAX_PROBLEMS: usize = 100;
+    /// Shortest health-check interval or timeout, milliseconds: faster
+    /// checks load the backends more than they tell.
+    pub const MIN_HC_MS: u32 = 100;
     /// Largest health-check threshold.
     pub const MAX_HC_THRESHOLD: u32 = 100;
     /// Longest health-check path, bytes.
@@ -354,10 +358,13 @@ impl std::fmt::Display for Address {
 pub struct HealthCheck {
     /// What a check sends.
     pub kind: HealthCheckKind,
-    /// Seconds between checks, 1..=[`limits::MAX_HC_INTERVAL`].
-    pub interval: u32,
-    /// Seconds a check may take; always smaller than `interval`.
-    pub timeout: u32,
+    /// Milliseconds between checks, [`limits::MIN_HC_MS`]..=[`limits::MAX_HC_INTERVAL`] s.
+    pub interval_ms: u32,
+    /// Milliseconds a check may take; always smaller than `interval_ms`.
+    pub timeout_ms: u32,
+    /// Milliseconds between checks of a backend marked unhealthy, when it
+    /// differs from `interval_ms` (HAProxy's `fastinter`).
+    pub unhealthy_interval_ms: Option<u32>,
     /// Passes needed to mark a backend healthy.
     pub healthy_threshold: u32,
     /// Failures needed to mark a backend unhealthy.

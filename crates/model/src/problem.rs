@@ -33,6 +33,15 @@ impl FieldPath {
         Self(format!("{}[{i}]", self.0))
     }
 
+    /// This path with `rest` (`.port`, `[0].ip`) written after it.
+    pub(crate) fn join_raw(&self, rest: &str) -> Self {
+        if self.0.is_empty() {
+            Self(rest.trim_start_matches('.').to_owned())
+        } else {
+            Self(format!("{}{rest}", self.0))
+        }
+    }
+
     /// The index of the item of a top-level array this path is in:
     /// `Some(1)` for `[1].backends[0].port`, `None` for `port`.
     pub fn top_index(&self) -> Option<usize> {

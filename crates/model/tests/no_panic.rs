@@ -21,7 +21,13 @@ fn arb_json() -> impl Strategy<Value = Value> {
             "10.0.0.1",
             "/x",
             "TLSv1.3",
-            "h2"
+            "h2",
+            "http2",
+            "roundrobin",
+            "leastconn",
+            "www.example.com",
+            "www",
+            "1000",
         ])
         .prop_map(|s| json!(s)),
     ];
@@ -80,6 +86,27 @@ fn arb_json() -> impl Strategy<Value = Value> {
         "redirect_http_port",
         "certificates",
         "server_names",
+        // The public API's load balancers.
+        "rules",
+        "ruleId",
+        "scheme",
+        "frontPort",
+        "backPort",
+        "domains",
+        "domainName",
+        "domainId",
+        "subdomain",
+        "backendScheme",
+        "redirectHTTP",
+        "cookieCheck",
+        "cookieName",
+        "healthCheckPath",
+        "checkInterval",
+        "fastInterval",
+        "rise",
+        "fall",
+        "ip",
+        "identifier",
         "other",
     ]);
     leaf.prop_recursive(4, 64, 8, move |inner| {
@@ -99,6 +126,22 @@ proptest! {
     fn arbitrary_json_never_panics(doc in arb_json()) {
         let _ = validate(&doc, &ValidateOptions::default());
         let _ = validate(&json!([doc.clone(), doc]), &ValidateOptions { strict: true, ..Default::default() });
+    }
+
+    #[test]
+    fn arbitrary_public_api_answers_never_panic(data in arb_json()) {
+        let env = vpsie_lb_model::public::MapEnv::default();
+        for rule in vpsie_lb_model::public::map_load_balancer("lb-1", &data, &env).rules {
+            if let Ok(doc) = rule.doc
+                && let Err(rej) = validate(&doc, &ValidateOptions::default())
+            {
+                for p in &rej.errors {
+                    let _ = rule.paths.translate(p).to_string();
+                }
+            }
+        }
+        let wrapped = json!({"identifier": "lb-1", "rules": [data]});
+        let _ = vpsie_lb_model::public::map_load_balancer("lb-1", &wrapped, &env);
     }
 
     #[test]

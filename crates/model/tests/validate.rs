@@ -321,11 +321,11 @@ fn health_check_fields() {
     );
     check(
         with("/health_check/interval", Some(json!(-1))),
-        &["health_check.interval: must be 1..=3600"],
+        &["health_check.interval: must be 0.1..=3600 seconds"],
     );
     check(
         with("/health_check/interval", Some(json!(3601))),
-        &["health_check.interval: must be 1..=3600"],
+        &["health_check.interval: must be 0.1..=3600 seconds"],
     );
     check(
         with("/health_check/timeout", Some(json!(10))),
@@ -361,12 +361,12 @@ fn health_check_timings_default_when_absent() {
         .expect("check");
     assert_eq!(
         (
-            hc.interval,
-            hc.timeout,
+            hc.interval_ms,
+            hc.timeout_ms,
             hc.healthy_threshold,
             hc.unhealthy_threshold
         ),
-        (10, 5, 2, 3)
+        (10_000, 5_000, 2, 3)
     );
     let mut doc = base();
     doc["health_check"] = json!({"type": "tcp", "interval": 3});
@@ -376,17 +376,64 @@ fn health_check_timings_default_when_absent() {
         .clone()
         .expect("check");
     assert_eq!(
-        (hc.interval, hc.timeout),
-        (3, 2),
+        (hc.interval_ms, hc.timeout_ms),
+        (3000, 2000),
         "the default timeout fits the interval"
     );
+    // Below 2 s the default timeout is half the interval, so the public
+    // API's 1000 ms default is a valid check.
     let mut doc = base();
-    // Regression: the error named a timeout the document never wrote.
-    doc["health_check"] = json!({"type": "tcp", "interval": 1});
-    check(
-        doc,
-        &["health_check.interval: must be at least 2: the timeout (at least 1 s) must be shorter"],
+    doc["health_check"] = json!({"type": "tcp", "interval": 1, "unhealthy_interval": 0.5});
+    let hc = ok(doc).config.load_balancers[0]
+        .default_pool
+        .health_check
+        .clone()
+        .expect("check");
+    assert_eq!(
+        (hc.interval_ms, hc.timeout_ms, hc.unhealthy_interval_ms),
+        (1000, 500, Some(500))
     );
+}
+
+#[test]
+fn health_check_times_are_seconds_with_millisecond_precision() {
+    for (key, value, want) in [
+        (
+            "interval",
+            json!(0.05),
+            "health_check.interval: must be 0.1..=3600 seconds (got 0.05)",
+        ),
+        (
+            "interval",
+            json!(1.0005),
+            "health_check.interval: must be seconds with at most 3 decimals (got 1.0005)",
+        ),
+        (
+            "interval",
+            json!("2s"),
+            "health_check.interval: must be a number of seconds, got a string",
+        ),
+        ("timeout", json!(0.25), ""),
+        (
+            "timeout",
+            json!(10),
+            "health_check.timeout: must be smaller than interval (10 >= 10)",
+        ),
+        (
+            "unhealthy_interval",
+            json!(3601),
+            "health_check.unhealthy_interval: must be 0.1..=3600 seconds (got 3601)",
+        ),
+        ("unhealthy_interval", json!(1.5), ""),
+    ] {
+        let mut doc = base();
+        doc["health_check"][key] = value;
+        if want.is_empty() {
+            ok(doc);
+        } else {
+            check(doc, &[want]);
+        }
+    }
 }
 
 #[test]

@@ -110,11 +110,17 @@ impl HttpBackend {
 
     /// Starts on `port` (0 picks one).
     pub fn start_on(name: &str, port: u16) -> io::Result<HttpBackend> {
+        Self::start_at(name, std::net::Ipv4Addr::LOCALHOST, port)
+    }
+
+    /// Starts on `ip:port`, `ip` a loopback address (127.0.0.2, …), so two
+    /// backends can share a port as the public API's backends do.
+    pub fn start_at(name: &str, ip: std::net::Ipv4Addr, port: u16) -> io::Result<HttpBackend> {
         let state = Arc::new(State::default());
         state.health_status.store(200, Ordering::SeqCst);
         let server = {
             let (state, name) = (state.clone(), name.to_owned());
-            Server::start(bind_loopback(port)?, move |s| {
+            Server::start(TcpListener::bind((ip, port))?, move |s| {
                 let _ = serve_http(s, &name, &state);
             })?
         };

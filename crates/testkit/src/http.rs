@@ -169,9 +169,18 @@ pub fn count_by_backend(port: u16, n: usize) -> BTreeMap<String, usize> {
 
 /// Like [`count_by_backend`], from a chosen loopback source address.
 pub fn count_from(source: Option<IpAddr>, port: u16, n: usize) -> BTreeMap<String, usize> {
+    count_with(n, || request(source, port, "GET", "/", &[]))
+}
+
+/// Like [`count_by_backend`], with `host` as the Host header.
+pub fn count_by_backend_to(port: u16, host: &str, n: usize) -> BTreeMap<String, usize> {
+    count_with(n, || request_to(None, port, host, "GET", "/", &[]))
+}
+
+fn count_with(n: usize, send: impl Fn() -> io::Result<Response>) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for _ in 0..n {
-        let key = match request(source, port, "GET", "/", &[]) {
+        let key = match send() {
             Ok(r) if r.status == 200 => r.body.trim().to_owned(),
             Ok(r) => format!("status {}", r.status),
             Err(_) => "error".to_owned(),

@@ -45,7 +45,12 @@ fn fetch_error(fetched: &Fetched) -> Option<ReconcileError> {
         None => fetched
             .items
             .iter()
-            .find_map(|(id, r)| r.as_ref().err().map(|e| format!("{id}: {e}")))?,
+            .find_map(|(id, r)| match r {
+                // The api answered; what it said is reported as a refusal.
+                Err(FetchError::Refused { .. }) | Ok(_) => None,
+                Err(e) => Some(format!("{id}: {e}")),
+            })
+            .or_else(|| Some(fetched.failed_groups.first()?.1.to_string()))?,
     };
     Some(ReconcileError::Fetch {
         message,
@@ -53,7 +58,9 @@ fn fetch_error(fetched: &Fetched) -> Option<ReconcileError> {
         key_refused: fetched
             .items
             .values()
-            .any(|r| matches!(r, Err(FetchError::Unauthorized(_)))),
+            .filter_map(|r| r.as_ref().err())
+            .chain(fetched.failed_groups.iter().map(|(_, e)| e))
+            .any(|e| matches!(e, FetchError::Unauthorized(_))),
     })
 }
 
@@ -478,13 +485,23 @@ impl<D: Delivery> Reconciler<D> {
     /// and whether anything was refused.
     fn choose(
         &mut self,
-        fetched: Fetched,
+        mut fetched: Fetched,
         reporter: &mut dyn Reporter,
     ) -> (BTreeMap<String, Value>, Option<Config>, bool) {
         if let Some(e) = &fetched.failed {
             reporter.error("fetch", &e.to_string());
             return (self.good.clone(), None, false);
         }
+        fetched.expand_failed_groups(self.good.keys());
+        // A group's failure is said once, not once per load balancer in it.
+        for (_, e) in &fetched.failed_groups {
+            reporter.error("fetch", &e.to_string());
+        }
+        let groups: Vec<String> = fetched
+            .failed_groups
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect();
         for problem in &fetched.unattributed {
             reporter.error("fetch", problem);
         }
@@ -493,9 +510,19 @@ impl<D: Delivery> Reconciler<D> {
                 self.fetched.insert(id.clone(), doc.clone());
             }
         }
-        let choice = crate::choose::choose(fetched.items, &self.good, &self.settings.validate);
+        let mut choice = crate::choose::choose(fetched.items, &self.good, &self.settings.validate);
+        // Problems in the source's own terms: the public API's paths.
+        for (id, _, problems) in &mut choice.refused {
+            if let Some(map) = fetched.paths.get(id) {
+                for p in problems.iter_mut() {
+                    *p = map.translate(p);
+                }
+            }
+        }
         for (id, msg) in &choice.unfetched {
-            reporter.error(&format!("fetch {id}"), msg);
+            if !groups.iter().any(|p| id.starts_with(p.as_str())) {
+                reporter.error(&format!("fetch {id}"), msg);
+            }
         }
         for id in &choice.valid {
             self.rejected_docs.remove(id);

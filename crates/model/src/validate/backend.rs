@@ -6,13 +6,17 @@ use std::net::IpAddr;
 use crate::model::{Address, Backend, HealthCheck, HealthCheckKind, HttpCheck, limits};
 use crate::network::{IpNet, forbidden_class, is_localhost_name};
 
+use serde_json::Value;
+
 use super::obj::{Ctx, IdList, Need, Obj, int_value, is_token_byte, type_name};
+use crate::problem::FieldPath;
 
 const BACKEND_KEYS: &[&str] = &["id", "address", "port", "weight", "enabled", "status"];
 const HC_KEYS: &[&str] = &[
     "type",
     "interval",
     "timeout",
+    "unhealthy_interval",
     "healthy_threshold",
     "unhealthy_threshold",
     "path",
@@ -117,35 +121,37 @@ pub(super) fn health_check(obj: &Obj<'_>, cx: &mut Ctx) -> Option<HealthCheck> {
         ],
         Need::Required,
     );
-    let span = 1..=i64::from(limits::MAX_HC_INTERVAL);
+    let max_ms = i64::from(limits::MAX_HC_INTERVAL) * 1000;
+    let span = i64::from(limits::MIN_HC_MS)..=max_ms;
     let interval = match obj.get("interval") {
-        None => Some(i64::from(limits::DEFAULT_HC_INTERVAL)),
-        Some(_) => obj.int_in(cx, "interval", span.clone(), Need::Required),
+        None => Some(i64::from(limits::DEFAULT_HC_INTERVAL) * 1000),
+        Some(v) => millis_value(v, &obj.path.key("interval"), span.clone(), cx),
     };
     let timeout = match (obj.get("timeout"), interval) {
-        // Timeouts are whole seconds, at least 1, and shorter than the
-        // interval: an interval of 1 can never be met. Said here, where the
-        // document is wrong, not on a timeout it never wrote.
-        (None, Some(1)) => {
-            cx.error(
-                &obj.path.key("interval"),
-                "must be at least 2: the timeout (at least 1 s) must be shorter",
-            );
-            return None;
+        // The default, shortened to fit an interval the document chose:
+        // one second less down to 2 s, half the interval below.
+        (None, Some(i)) if i >= 2000 => {
+            Some(i64::from(limits::DEFAULT_HC_TIMEOUT * 1000).min(i - 1000))
         }
-        // The default, shortened to fit an interval the document chose.
-        (None, Some(i)) => Some(i64::from(limits::DEFAULT_HC_TIMEOUT).min(i - 1)),
+        (None, Some(i)) => Some(i / 2),
         (None, None) => None,
-        (Some(_), _) => obj.int_in(cx, "timeout", span, Need::Required),
+        (Some(v), _) => millis_value(v, &obj.path.key("timeout"), span.clone(), cx),
     };
     if let (Some(i), Some(t)) = (interval, timeout)
         && t >= i
     {
         cx.error(
             &obj.path.key("timeout"),
-            format!("must be smaller than interval ({t} >= {i})"),
+            format!(
+                "must be smaller than interval ({} >= {})",
+                show_secs(t),
+                show_secs(i)
+            ),
         );
     }
+    let unhealthy_interval = obj
+        .get("unhealthy_interval")
+        .map(|v| millis_value(v, &obj.path.key("unhealthy_interval"), span, cx));
     let threshold = 1..=i64::from(limits::MAX_HC_THRESHOLD);
     let threshold_or = |cx: &mut Ctx, key: &str, default: u32| match obj.get(key) {
         None => Some(i64::from(default)),
@@ -175,10 +181,15 @@ pub(super) fn health_check(obj: &Obj<'_>, cx: &mut Ctx) -> Option<HealthCheck> {
     if timeout >= interval {
         return None;
     }
+    let unhealthy_interval = match unhealthy_interval {
+        Some(ms) => Some(ms? as u32),
+        None => None,
+    };
     Some(HealthCheck {
         kind,
-        interval: interval as u32,
-        timeout: timeout as u32,
+        interval_ms: interval as u32,
+        timeout_ms: timeout as u32,
+        unhealthy_interval_ms: unhealthy_interval,
         healthy_threshold: healthy? as u32,
         unhealthy_threshold: unhealthy? as u32,
     })
@@ -325,4 +336,50 @@ fn parse_address(s: &str) -> Result<Address, String> {
         ));
     }
     Ok(Address::Hostname(host.to_ascii_lowercase()))
+}
+
+/// Seconds with at most three decimals (`0.5`, `10`), as milliseconds in `range`.
+fn millis_value(
+    v: &Value,
+    path: &FieldPath,
+    range: std::ops::RangeInclusive<i64>,
+    cx: &mut Ctx,
+) -> Option<i64> {
+    let Some(secs) = v.as_f64().filter(|_| v.is_number()) else {
+        cx.error(
+            path,
+            format!("must be a number of seconds, got {}", type_name(v)),
+        );
+        return None;
+    };
+    let ms = secs * 1000.0;
+    if !ms.is_finite() || (ms - ms.round()).abs() > 1e-6 {
+        cx.error(
+            path,
+            format!("must be seconds with at most 3 decimals (got {v})"),
+        );
+        return None;
+    }
+    let ms = ms.round();
+    if ms < *range.start() as f64 || ms > *range.end() as f64 {
+        cx.error(
+            path,
+            format!(
+                "must be {}..={} seconds (got {v})",
+                show_secs(*range.start()),
+                show_secs(*range.end())
+            ),
+        );
+        return None;
+    }
+    Some(ms as i64)
+}
+
+/// Milliseconds as seconds the way a document writes them: `2`, `0.5`.
+pub(crate) fn show_secs(ms: i64) -> String {
+    if ms % 1000 == 0 {
+        (ms / 1000).to_string()
+    } else {
+        format!("{}", ms as f64 / 1000.0)
+    }
 }

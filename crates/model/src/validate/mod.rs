@@ -22,7 +22,8 @@ use crate::network::IpNet;
 use crate::problem::{FieldPath, Problem, Rejected};
 
 pub use obj::is_valid_id;
-use obj::{Ctx, Need, Obj, type_name, valid_id};
+pub(crate) use obj::type_name;
+use obj::{Ctx, Need, Obj, valid_id};
 use pool::every_pool;
 use route::routes;
 use tls::tls;

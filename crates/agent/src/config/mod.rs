@@ -2,20 +2,28 @@
 //! before anything starts. Every key is documented in docs/configuration.md.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use vpsie_lb_envoy::LocalAddress;
 
-use crate::listen::{default_agent_address, local_address, stats_address};
+mod envoy;
+mod vpsie;
+
+use crate::listen::{default_agent_address, local_address};
+pub use vpsie::read_api_key;
+#[cfg(test)]
+use vpsie::url_problem;
 
 /// Where desired state comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceKind {
-    /// The VPSie API.
+    /// The VPSie agent API (`GET /loadbalancers/{id}`).
     Vpsie,
+    /// VPSie's public load-balancer API (`GET /api/v1/lb/{identifier}`),
+    /// mapped onto documents.
+    VpsiePublic,
     /// A local file in the load-balancer document format.
     File(PathBuf),
 }
@@ -31,6 +39,19 @@ pub struct Vpsie {
     pub loadbalancer_ids: Vec<String>,
     /// Time between passes.
     pub poll_interval: Duration,
+    /// With `vpsie_public`: where certificates live, certbot's layout.
+    pub certificate_dir: PathBuf,
+    /// With `vpsie_public`: the agent API that gets events and health, if any.
+    pub agent_api_url: Option<String>,
+    /// With `vpsie_public`: the plain-HTTP port `redirectHTTP` redirects from.
+    pub redirect_port: u16,
+}
+
+impl SourceKind {
+    /// Whether this source talks to the VPSie API (and so needs a key).
+    pub fn is_remote(&self) -> bool {
+        matches!(self, SourceKind::Vpsie | SourceKind::VpsiePublic)
+    }
 }
 
 /// Settings for the local Envoy.
@@ -155,6 +176,9 @@ struct RawVpsie {
     loadbalancer_ids: Option<Vec<String>>,
     loadbalancer_id: Option<String>,
     poll_interval: Option<serde_norway::Value>,
+    certificate_dir: Option<PathBuf>,
+    agent_api_url: Option<String>,
+    redirect_port: Option<u16>,
 }
 
 #[derive(Deserialize, Default)]
@@ -213,17 +237,6 @@ pub fn parse_duration(v: &serde_norway::Value) -> Result<Duration, String> {
 /// and would overflow `Instant` arithmetic in the loop.
 const MAX_DURATION_SECS: u64 = 365 * 86_400;
 
-/// Whether `url` is https, or http to a loopback host.
-fn url_problem(url: &str) -> Option<String> {
-    match crate::origin::Origin::parse(url) {
-        Err(e) => Some(format!("vpsie.api_url: {e}")),
-        Ok(o) if o.scheme == "http" && !o.is_loopback() => Some(format!(
-            "vpsie.api_url: {url:?} must use https unless the host is loopback"
-        )),
-        Ok(_) => None,
-    }
-}
-
 impl Config {
     /// Reads and validates `path`, collecting every problem.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -256,130 +269,13 @@ impl Config {
 
     fn from_raw(raw: RawConfig) -> Result<Config, Vec<String>> {
         let mut problems = Vec::new();
-        let v = raw.vpsie.unwrap_or_default();
-        let e = raw.envoy.unwrap_or_default();
-
-        let source = match raw.source.as_deref().unwrap_or("vpsie") {
-            "vpsie" => SourceKind::Vpsie,
-            "file" => match raw.file {
-                Some(f) => SourceKind::File(f),
-                None => {
-                    problems.push("file: is required when source is file".into());
-                    SourceKind::File(PathBuf::new())
-                }
-            },
-            other => {
-                problems.push(format!("source: must be vpsie or file (got {other:?})"));
-                SourceKind::Vpsie
-            }
-        };
-        let api_url = v
-            .api_url
-            .unwrap_or_else(|| "https://api.vpsie.com/v1".into());
-        if let Some(p) = url_problem(&api_url) {
-            problems.push(p);
-        }
-        let mut ids = v.loadbalancer_ids.unwrap_or_default();
-        ids.extend(v.loadbalancer_id);
-        ids.sort();
-        ids.dedup();
-        for id in &ids {
-            if !vpsie_lb_model::is_valid_id(id) {
-                problems.push(format!(
-                    "vpsie.loadbalancer_ids: {id:?} must match [A-Za-z0-9_-]{{1,64}}"
-                ));
-            }
-        }
-        if ids.len() > vpsie_lb_model::limits::MAX_LOAD_BALANCERS {
-            problems.push(format!(
-                "vpsie.loadbalancer_ids: {} ids, more than the {} one agent serves",
-                ids.len(),
-                vpsie_lb_model::limits::MAX_LOAD_BALANCERS
-            ));
-        }
-        if source == SourceKind::Vpsie && ids.is_empty() {
-            problems.push(
-                "vpsie.loadbalancer_ids: at least one id is required when source is vpsie".into(),
-            );
-        }
-        let poll_interval = match v.poll_interval.as_ref().map(parse_duration) {
-            None => Duration::from_secs(30),
-            Some(Ok(d)) if d >= Duration::from_millis(100) => d,
-            Some(Ok(_)) => {
-                problems.push("vpsie.poll_interval: must be at least 100ms".into());
-                Duration::from_secs(30)
-            }
-            Some(Err(msg)) => {
-                problems.push(format!("vpsie.poll_interval: {msg}"));
-                Duration::from_secs(30)
-            }
-        };
-        let api_key_file = v
-            .api_key_file
-            .unwrap_or_else(|| PathBuf::from("/etc/vpsie-lb/api-key"));
-        if source == SourceKind::Vpsie
-            && let Some(p) = key_file_problem(&api_key_file)
-        {
-            problems.push(p);
-        }
-
-        let admin_address = local_address(
+        let (source, vpsie) = vpsie::read(
+            raw.source.as_deref(),
+            raw.file,
+            raw.vpsie.unwrap_or_default(),
             &mut problems,
-            "envoy.admin_address",
-            e.admin_address.as_deref(),
-            vpsie_lb_envoy::default_admin_address(),
-            "the admin api is unauthenticated",
         );
-        let stats_address = stats_address(&admin_address, e.stats_address.as_deref())
-            .unwrap_or_else(|e| {
-                problems.push(format!("envoy.stats_address: {e}"));
-                None
-            });
-        let listen_address = match e
-            .listen_address
-            .as_deref()
-            .unwrap_or("0.0.0.0")
-            .parse::<IpAddr>()
-        {
-            Ok(a) => a,
-            Err(err) => {
-                problems.push(format!("envoy.listen_address: {err}"));
-                IpAddr::from([0, 0, 0, 0])
-            }
-        };
-        let drain_time = match e.drain_time.as_ref().map(parse_duration) {
-            None => Duration::from_secs(30),
-            Some(Ok(d)) => d,
-            Some(Err(msg)) => {
-                problems.push(format!("envoy.drain_time: {msg}"));
-                Duration::from_secs(30)
-            }
-        };
-        let access_log_sample_percent = match e.access_log_sample_percent {
-            None => vpsie_lb_envoy::DEFAULT_ACCESS_LOG_SAMPLE_PERCENT,
-            Some(p) if p <= 100 => p,
-            Some(p) => {
-                problems.push(format!(
-                    "envoy.access_log_sample_percent: must be 0..=100 (got {p})"
-                ));
-                vpsie_lb_envoy::DEFAULT_ACCESS_LOG_SAMPLE_PERCENT
-            }
-        };
-        let delivery = match e.delivery.as_deref().map(str::parse::<DeliveryKind>) {
-            None => DEFAULT_DELIVERY,
-            Some(Ok(d)) => d,
-            Some(Err(msg)) => {
-                problems.push(format!("envoy.delivery: {msg}"));
-                DEFAULT_DELIVERY
-            }
-        };
-        let xds_socket = e.xds_socket.unwrap_or_else(default_xds_socket);
-        if !xds_socket.is_absolute() {
-            problems.push(format!(
-                "envoy.xds_socket: {} must be an absolute path",
-                xds_socket.display()
-            ));
-        }
+        let envoy = envoy::read(raw.envoy.unwrap_or_default(), &mut problems);
         let logging = raw.logging.unwrap_or_default();
         let level = logging.level.unwrap_or_else(|| "info".into());
         if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
@@ -418,27 +314,8 @@ impl Config {
             agent_listen,
             allowed_backend_networks,
             source,
-            vpsie: Vpsie {
-                api_url: api_url.trim_end_matches('/').to_owned(),
-                api_key_file,
-                loadbalancer_ids: ids,
-                poll_interval,
-            },
-            envoy: Envoy {
-                config_dir: e.config_dir.unwrap_or_else(|| PathBuf::from("/etc/envoy")),
-                admin_address,
-                stats_address,
-                binary_path: e
-                    .binary_path
-                    .unwrap_or_else(|| PathBuf::from("/usr/bin/envoy")),
-                listen_address,
-                manage: e.manage.unwrap_or(false),
-                access_log: e.access_log.unwrap_or_else(|| "/dev/stdout".into()),
-                access_log_sample_percent,
-                drain_time,
-                delivery,
-                xds_socket,
-            },
+            vpsie,
+            envoy,
             state_dir: raw
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from("/var/lib/vpsie-lb")),
@@ -447,34 +324,10 @@ impl Config {
     }
 }
 
-/// The API key file must exist and be readable by its owner (and group) only.
-fn key_file_problem(path: &Path) -> Option<String> {
-    match std::fs::metadata(path) {
-        Err(e) => Some(format!("vpsie.api_key_file: {}: {e}", path.display())),
-        Ok(m) if m.permissions().mode() & 0o004 != 0 => Some(format!(
-            "vpsie.api_key_file: {} is readable by every user (mode {:04o}); run chmod 600 {}",
-            path.display(),
-            m.permissions().mode() & 0o777,
-            path.display()
-        )),
-        Ok(_) => None,
-    }
-}
-
-/// Reads the API key (trimmed). The key is never logged or put in an error.
-pub fn read_api_key(path: &Path) -> Result<String, String> {
-    let key = std::fs::read_to_string(path)
-        .map_err(|e| format!("vpsie.api_key_file: {}: {e}", path.display()))?;
-    let key = key.trim().to_owned();
-    if key.is_empty() {
-        return Err(format!("vpsie.api_key_file: {} is empty", path.display()));
-    }
-    Ok(key)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn load(yaml: &str) -> Result<Config, Vec<String>> {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -521,6 +374,50 @@ mod tests {
     }
 
     #[test]
+    fn the_public_source_takes_an_origin_and_its_own_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("key");
+        std::fs::write(&key, "k").expect("key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let yaml = |extra: &str| {
+            format!(
+                "source: vpsie_public\nvpsie: {{api_key_file: {}, loadbalancer_ids: [8152952c-87ca-11eb-9353-0242ac110004]{extra}}}\n",
+                key.display()
+            )
+        };
+        let c = load(&yaml("")).expect("defaults");
+        assert_eq!(c.source, SourceKind::VpsiePublic);
+        assert_eq!(c.vpsie.api_url, "https://api.vpsie.com");
+        assert_eq!(
+            c.vpsie.certificate_dir,
+            PathBuf::from("/etc/vpsie-lb/certs")
+        );
+        assert_eq!((c.vpsie.redirect_port, c.vpsie.agent_api_url), (80, None));
+        let c = load(&yaml(", api_url: 'https://api.vpsie.com/', certificate_dir: /etc/letsencrypt/live, redirect_port: 8080, agent_api_url: 'https://api.vpsie.com/v1'")).expect("set");
+        assert_eq!(
+            c.vpsie.certificate_dir,
+            PathBuf::from("/etc/letsencrypt/live")
+        );
+        assert_eq!(c.vpsie.redirect_port, 8080);
+        assert_eq!(
+            c.vpsie.agent_api_url.as_deref(),
+            Some("https://api.vpsie.com/v1")
+        );
+        let errs = load(&yaml(
+            ", api_url: 'https://api.vpsie.com/v1', agent_api_url: 'http://10.0.0.1/v1'",
+        ))
+        .expect_err("bad");
+        assert!(
+            errs[0].contains("has a path; with source vpsie_public it is the origin alone"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("vpsie.agent_api_url: \"http://10.0.0.1/v1\" must use https"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_refused_with_their_path() {
         let errs = load("envoy: {admin_adress: '127.0.0.1:9901'}\n").expect_err("typo");
         assert!(
@@ -537,7 +434,7 @@ mod tests {
             "http://localhost/v1",
             "http://[::1]:9/v1",
         ] {
-            assert_eq!(url_problem(ok), None, "{ok}");
+            assert_eq!(url_problem("vpsie.api_url", ok), None, "{ok}");
         }
         for bad in [
             "http://10.0.0.1/v1",
@@ -547,7 +444,7 @@ mod tests {
             "HTTP://10.0.0.1/v1",
             "api.vpsie.com/v1",
         ] {
-            assert!(url_problem(bad).is_some(), "{bad}");
+            assert!(url_problem("vpsie.api_url", bad).is_some(), "{bad}");
         }
     }
 

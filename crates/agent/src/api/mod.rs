@@ -11,6 +11,13 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 
+mod answer;
+
+use answer::check;
+pub use answer::{
+    Answer, PUBLIC_LB_PATH, ZONES_PATH, loadbalancer_answer, parse_retry_after, public_answer,
+};
+
 /// Cap on any response body.
 pub const MAX_BODY: u64 = 10 * 1024 * 1024;
 /// Connect timeout.
@@ -53,6 +60,15 @@ pub enum ApiError {
         /// At most 200 characters of the body.
         body: String,
     },
+    /// The public API answered 2xx with `{"error": true, "message": …}`.
+    /// Retryable: it is how that API reports its own trouble.
+    #[error("{what}: the api reported an error: {message}")]
+    Reported {
+        /// Method and path.
+        what: String,
+        /// Its message (at most 200 characters).
+        message: String,
+    },
     /// The answer was unusable: too big, not JSON, wrong content type, a
     /// redirect we refuse. Retryable (the next answer may be fine).
     #[error("{what}: {reason}")]
@@ -68,7 +84,7 @@ impl ApiError {
     /// Whether trying again later could help.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ApiError::Network { .. } | ApiError::Body { .. } => true,
+            ApiError::Network { .. } | ApiError::Body { .. } | ApiError::Reported { .. } => true,
             ApiError::Status { status, .. } => *status >= 500 || *status == 429,
             ApiError::Unauthorized { .. } => false,
         }
@@ -143,10 +159,20 @@ impl ApiMetrics {
     }
 }
 
+/// How a client presents its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// `Authorization: Bearer <key>`: the agent API.
+    Bearer,
+    /// `Vpsie-Auth: <key>`: the public API, as VPSie's own clients send it.
+    VpsieAuth,
+}
+
 /// A client for one API base URL and key.
 pub struct ApiClient {
     base: String,
     key: String,
+    auth: Auth,
     agent: ureq::Agent,
     /// Last ETag and body per load balancer, for If-None-Match.
     cache: std::sync::Mutex<HashMap<String, (String, Value)>>,
@@ -159,15 +185,6 @@ impl std::fmt::Debug for ApiClient {
         f.debug_struct("ApiClient")
             .field("base", &self.base)
             .finish_non_exhaustive()
-    }
-}
-
-fn excerpt(s: &str) -> String {
-    let t: String = s.chars().take(200).collect();
-    if t.len() < s.len() {
-        format!("{t}…")
-    } else {
-        t
     }
 }
 
@@ -185,9 +202,18 @@ impl ApiClient {
         Self {
             base: base.trim_end_matches('/').to_owned(),
             key,
+            auth: Auth::Bearer,
             agent: ureq::Agent::new_with_config(config),
             cache: std::sync::Mutex::new(HashMap::new()),
             metrics: None,
+        }
+    }
+
+    /// A client of the public API at `origin`, sending `Vpsie-Auth`.
+    pub fn public(origin: &str, key: String) -> Self {
+        Self {
+            auth: Auth::VpsieAuth,
+            ..Self::new(origin, key)
         }
     }
 
@@ -209,6 +235,8 @@ impl ApiClient {
         let result = self.call_once(method, path, body, etag);
         if let Some(m) = &self.metrics {
             let endpoint = match (method, path.rsplit('/').next()) {
+                ("GET", _) if path.starts_with(PUBLIC_LB_PATH) => "get_public_lb",
+                ("GET", _) if path.starts_with(ZONES_PATH) => "get_zones",
                 ("GET", _) => "get_loadbalancer",
                 (_, Some("status")) => "put_status",
                 (_, Some("health")) => "put_health",
@@ -220,7 +248,7 @@ impl ApiClient {
                 Err(ApiError::Status { status, .. } | ApiError::Unauthorized { status, .. }) => {
                     Some(*status)
                 }
-                Err(ApiError::Body { .. }) => Some(200),
+                Err(ApiError::Body { .. } | ApiError::Reported { .. }) => Some(200),
             };
             m.observe(endpoint, status, started.elapsed());
         }
@@ -238,13 +266,16 @@ impl ApiClient {
         let what = format!("{method} {path}");
         let mut url = format!("{}{path}", self.base);
         for _ in 0..=MAX_REDIRECTS {
-            let auth = format!("Bearer {}", self.key);
+            let (auth_header, auth) = match self.auth {
+                Auth::Bearer => ("Authorization", format!("Bearer {}", self.key)),
+                Auth::VpsieAuth => ("Vpsie-Auth", self.key.clone()),
+            };
             let result = match (method, body) {
                 ("GET", _) => {
                     let mut req = self
                         .agent
                         .get(&url)
-                        .header("Authorization", &auth)
+                        .header(auth_header, &auth)
                         .header("Accept", "application/json");
                     if let Some(tag) = etag {
                         req = req.header("If-None-Match", tag);
@@ -254,19 +285,19 @@ impl ApiClient {
                 ("PUT", Some(b)) => self
                     .agent
                     .put(&url)
-                    .header("Authorization", &auth)
+                    .header(auth_header, &auth)
                     .header("Content-Type", "application/json")
                     .send(b.to_string().as_bytes()),
                 (_, Some(b)) => self
                     .agent
                     .post(&url)
-                    .header("Authorization", &auth)
+                    .header(auth_header, &auth)
                     .header("Content-Type", "application/json")
                     .send(b.to_string().as_bytes()),
                 _ => self
                     .agent
                     .post(&url)
-                    .header("Authorization", &auth)
+                    .header(auth_header, &auth)
                     .send_empty(),
             };
             let mut resp = result.map_err(|e| ApiError::Network {
@@ -325,32 +356,46 @@ impl ApiClient {
         })
     }
 
-    /// An error for any status but 2xx and 304.
-    fn check(a: Answer) -> Result<Answer, ApiError> {
-        match a.status {
-            200..=299 | 304 => Ok(a),
-            401 | 403 => Err(ApiError::Unauthorized {
-                what: a.what,
-                status: a.status,
-                body: excerpt(&a.text),
-            }),
-            s => Err(ApiError::Status {
-                what: a.what,
-                status: s,
-                body: excerpt(&a.text),
-                retry_after: a.retry_after,
-            }),
-        }
-    }
-
     /// `GET /loadbalancers/{id}`, with If-None-Match when an ETag is known.
     /// Safe to call from several threads at once.
     pub fn get_loadbalancer(&self, id: &str) -> Result<Value, ApiError> {
-        let path = format!("/loadbalancers/{id}");
-        let cached = self.cache.lock().ok().and_then(|c| c.get(id).cloned());
-        let a = self.call("GET", &path, None, cached.as_ref().map(|c| c.0.as_str()))?;
+        self.get_cached(&format!("/loadbalancers/{id}"), |a| {
+            loadbalancer_answer(id, a)
+        })
+    }
+
+    /// `GET /api/v1/lb/{identifier}` of the public API: the `data` of its
+    /// envelope. Safe to call from several threads at once.
+    pub fn get_public_lb(&self, identifier: &str) -> Result<Value, ApiError> {
+        self.get_cached(&format!("{PUBLIC_LB_PATH}{identifier}"), public_answer)
+    }
+
+    /// `GET /apps/v2/domains`: the account's DNS zones by identifier.
+    pub fn get_zones(&self) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+        let data = self.get_cached(ZONES_PATH, public_answer)?;
+        Ok(data
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|z| {
+                let id = z.get("identifier")?.as_str()?;
+                let name = z.get("domain_name")?.as_str()?;
+                Some((id.to_owned(), name.to_owned()))
+            })
+            .collect())
+    }
+
+    /// A GET whose answer `parse` reads (`None` for 304), sending the ETag
+    /// of the last answer to `path` and answering 304s from it.
+    fn get_cached(
+        &self,
+        path: &str,
+        parse: impl FnOnce(Answer) -> Result<Option<Value>, ApiError>,
+    ) -> Result<Value, ApiError> {
+        let cached = self.cache.lock().ok().and_then(|c| c.get(path).cloned());
+        let a = self.call("GET", path, None, cached.as_ref().map(|c| c.0.as_str()))?;
         let etag = a.etag.clone();
-        let Some(v) = loadbalancer_answer(id, a)? else {
+        let Some(v) = parse(a)? else {
             // 304: what we cached under the ETag we sent.
             return cached.map(|(_, v)| v).ok_or_else(|| ApiError::Body {
                 what: format!("GET {path}"),
@@ -360,14 +405,14 @@ impl ApiClient {
         if let Some(tag) = etag
             && let Ok(mut c) = self.cache.lock()
         {
-            c.insert(id.to_owned(), (tag, v.clone()));
+            c.insert(path.to_owned(), (tag, v.clone()));
         }
         Ok(v)
     }
 
     /// `PUT /loadbalancers/{id}/status`.
     pub fn put_status(&self, id: &str, body: &Value) -> Result<(), ApiError> {
-        Self::check(self.call(
+        check(self.call(
             "PUT",
             &format!("/loadbalancers/{id}/status"),
             Some(body),
@@ -379,7 +424,7 @@ impl ApiClient {
     /// `PUT /loadbalancers/{id}/backends/{backend}/health`.
     pub fn put_health(&self, id: &str, backend: &str, healthy: bool) -> Result<(), ApiError> {
         let body = serde_json::json!({"status": if healthy { "healthy" } else { "unhealthy" }});
-        Self::check(self.call(
+        check(self.call(
             "PUT",
             &format!("/loadbalancers/{id}/backends/{backend}/health"),
             Some(&body),
@@ -390,68 +435,13 @@ impl ApiClient {
 
     /// `POST /loadbalancers/{id}/events`.
     pub fn post_event(&self, id: &str, event: &Value) -> Result<(), ApiError> {
-        Self::check(self.call(
+        check(self.call(
             "POST",
             &format!("/loadbalancers/{id}/events"),
             Some(event),
             None,
         )?)
         .map(|_| ())
-    }
-}
-
-/// One answer of the API, as far as the client reads it.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    /// The status code.
-    pub status: u16,
-    /// The ETag header.
-    pub etag: Option<String>,
-    /// The Retry-After header, when it is a number of seconds.
-    pub retry_after: Option<Duration>,
-    /// The Content-Type header ("" when absent).
-    pub content_type: String,
-    /// The body, at most [`MAX_BODY`] bytes.
-    pub text: String,
-    /// Method and path, for messages.
-    pub what: String,
-}
-
-/// Retry-After as a number of seconds; the HTTP-date form is not used by
-/// the API and counts as absent.
-pub fn parse_retry_after(v: &str) -> Option<Duration> {
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
-/// What an answer to `GET /loadbalancers/{id}` means: the document, `None`
-/// for 304 Not Modified, or why it is unusable. Pure, so it can be fuzzed.
-pub fn loadbalancer_answer(id: &str, a: Answer) -> Result<Option<Value>, ApiError> {
-    let a = ApiClient::check(a)?;
-    if a.status == 304 {
-        return Ok(None);
-    }
-    let body_error = |reason: String| ApiError::Body {
-        what: a.what.clone(),
-        reason,
-    };
-    if !a.content_type.starts_with("application/json") {
-        return Err(body_error(format!(
-            "content type {:?}, expected application/json",
-            excerpt(&a.content_type)
-        )));
-    }
-    let v: Value =
-        serde_json::from_str(&a.text).map_err(|e| body_error(format!("malformed json: {e}")))?;
-    // An answer about another load balancer would configure that one here.
-    match v.get("id").and_then(Value::as_str) {
-        Some(got) if got == id => Ok(Some(v)),
-        Some(other) => Err(body_error(format!(
-            "the answer is about load balancer {:?}, not {id:?}",
-            excerpt(other)
-        ))),
-        None => Err(body_error(format!(
-            "the answer is not one load-balancer object with id {id:?}"
-        ))),
     }
 }
 
@@ -506,16 +496,5 @@ mod tests {
             text.contains("api.vpsie.com") && !text.contains("super-secret-key"),
             "{text}"
         );
-    }
-
-    #[test]
-    fn error_bodies_are_cut_to_200_characters() {
-        let long = "x".repeat(500);
-        assert_eq!(
-            excerpt(&long).chars().count(),
-            201,
-            "200 characters and an ellipsis"
-        );
-        assert_eq!(excerpt("short"), "short");
     }
 }

@@ -1,0 +1,84 @@
+//! The `envoy` keys: the local Envoy and how resources reach it.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{DEFAULT_DELIVERY, DeliveryKind, Envoy, RawEnvoy, default_xds_socket, parse_duration};
+use crate::listen::{local_address, stats_address};
+
+/// Reads `envoy`, adding what is wrong to `problems`.
+pub(super) fn read(e: RawEnvoy, problems: &mut Vec<String>) -> Envoy {
+    let admin_address = local_address(
+        problems,
+        "envoy.admin_address",
+        e.admin_address.as_deref(),
+        vpsie_lb_envoy::default_admin_address(),
+        "the admin api is unauthenticated",
+    );
+    let stats_address =
+        stats_address(&admin_address, e.stats_address.as_deref()).unwrap_or_else(|e| {
+            problems.push(format!("envoy.stats_address: {e}"));
+            None
+        });
+    let listen_address = match e
+        .listen_address
+        .as_deref()
+        .unwrap_or("0.0.0.0")
+        .parse::<IpAddr>()
+    {
+        Ok(a) => a,
+        Err(err) => {
+            problems.push(format!("envoy.listen_address: {err}"));
+            IpAddr::from([0, 0, 0, 0])
+        }
+    };
+    let drain_time = match e.drain_time.as_ref().map(parse_duration) {
+        None => Duration::from_secs(30),
+        Some(Ok(d)) => d,
+        Some(Err(msg)) => {
+            problems.push(format!("envoy.drain_time: {msg}"));
+            Duration::from_secs(30)
+        }
+    };
+    let access_log_sample_percent = match e.access_log_sample_percent {
+        None => vpsie_lb_envoy::DEFAULT_ACCESS_LOG_SAMPLE_PERCENT,
+        Some(p) if p <= 100 => p,
+        Some(p) => {
+            problems.push(format!(
+                "envoy.access_log_sample_percent: must be 0..=100 (got {p})"
+            ));
+            vpsie_lb_envoy::DEFAULT_ACCESS_LOG_SAMPLE_PERCENT
+        }
+    };
+    let delivery = match e.delivery.as_deref().map(str::parse::<DeliveryKind>) {
+        None => DEFAULT_DELIVERY,
+        Some(Ok(d)) => d,
+        Some(Err(msg)) => {
+            problems.push(format!("envoy.delivery: {msg}"));
+            DEFAULT_DELIVERY
+        }
+    };
+    let xds_socket = e.xds_socket.unwrap_or_else(default_xds_socket);
+    if !xds_socket.is_absolute() {
+        problems.push(format!(
+            "envoy.xds_socket: {} must be an absolute path",
+            xds_socket.display()
+        ));
+    }
+    Envoy {
+        config_dir: e.config_dir.unwrap_or_else(|| PathBuf::from("/etc/envoy")),
+        admin_address,
+        stats_address,
+        binary_path: e
+            .binary_path
+            .unwrap_or_else(|| PathBuf::from("/usr/bin/envoy")),
+        listen_address,
+        manage: e.manage.unwrap_or(false),
+        access_log: e.access_log.unwrap_or_else(|| "/dev/stdout".into()),
+        access_log_sample_percent,
+        drain_time,
+        delivery,
+        xds_socket,
+    }
+}
