@@ -175,6 +175,11 @@ struct OutputArgs {
     /// Global cap on concurrent downstream connections.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_GLOBAL_MAX_CONNECTIONS)]
     max_connections: u64,
+    /// Client buckets Envoy keeps per rate limit (the least recently seen
+    /// client is forgotten first, and comes back with a full bucket).
+    #[arg(long, value_name = "N", default_value_t = vpsie_lb_envoy::DEFAULT_TRACKED_CLIENTS,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    rate_limit_tracked_clients: u32,
 }
 
 #[derive(Debug, Args)]
@@ -350,7 +355,8 @@ fn translate_to_files(
         access_log_path: output.access_log.clone(),
         access_log_sample_percent: output.access_log_sample_percent,
         global_max_connections: output.max_connections,
-        delivery: Delivery::Files(layout.clone()),
+        rate_limit_tracked_clients: output.rate_limit_tracked_clients,
+        ..TranslateOptions::new(Delivery::Files(layout.clone()))
     };
     let files = render_files(&translate(&validated.config, &opts), &layout)?;
     Ok((layout, files))
@@ -414,7 +420,8 @@ fn render_xds(validated: &Validated, args: &RenderArgs) -> anyhow::Result<ExitCo
         access_log_path: out.access_log.clone(),
         access_log_sample_percent: out.access_log_sample_percent,
         global_max_connections: out.max_connections,
-        delivery: Delivery::Ads,
+        rate_limit_tracked_clients: out.rate_limit_tracked_clients,
+        ..TranslateOptions::new(Delivery::Ads)
     };
     let set = vpsie_lb_envoy::resource_set(&translate(&validated.config, &opts))?;
     let dir = out.out.join("xds");

@@ -397,6 +397,43 @@ mod tests {
     }
 
     #[test]
+    fn http_rate_limits_and_access_lists_change_routes_only_tcp_access_drains() {
+        let with = |protocol: &str, key: &str, v: serde_json::Value| {
+            let (id, mut doc) = lb("web", 80, "round_robin", &[("a", 8080, 1)]);
+            doc["protocol"] = json!(protocol);
+            doc[key] = v;
+            (id, doc)
+        };
+        for (key, old, new) in [
+            (
+                "rate_limit",
+                json!({"requests_per_second": 5}),
+                json!({"requests_per_second": 9}),
+            ),
+            (
+                "access",
+                json!({"deny": ["10.0.0.0/8"]}),
+                json!({"allow": ["10.1.0.0/16"]}),
+            ),
+        ] {
+            let (p, _) = check(
+                &[with("http", key, old.clone())],
+                &[with("http", key, new.clone())],
+            );
+            assert_eq!(p.impact["web"], Impact::RoutesOnly, "http {key}");
+        }
+        let (p, _) = check(
+            &[with("tcp", "access", json!({"deny": ["10.0.0.0/8"]}))],
+            &[with("tcp", "access", json!({"deny": ["10.9.0.0/16"]}))],
+        );
+        assert_eq!(
+            p.impact["web"],
+            Impact::ListenerDrains,
+            "tcp access is a listener filter"
+        );
+    }
+
+    #[test]
     fn a_port_change_drains_the_listener() {
         let (p, text) = check(
             &[lb("web", 80, "round_robin", &[("a", 8080, 1)])],

@@ -244,6 +244,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         listen_address: cfg.envoy.listen_address,
         access_log_path: cfg.envoy.access_log.clone(),
         access_log_sample_percent: cfg.envoy.access_log_sample_percent,
+        rate_limit_tracked_clients: cfg.envoy.rate_limit_tracked_clients,
         ..TranslateOptions::new(delivery)
     };
     let loop_parts = Loop {

@@ -3,12 +3,14 @@
 //! `BENCHMARKS.md`. Everything runs on 127.0.0.1 and every load is bounded
 //! in time. `scripts/bench.sh` installs the tools and runs it.
 
+mod ab;
 mod convergence;
 mod dataplane;
 mod footprint;
 mod hitless;
 mod lab;
 mod procs;
+mod protect;
 mod report;
 mod restart;
 mod routing;
@@ -32,7 +34,7 @@ struct Args {
     /// Tiny durations and counts: proves every scenario still runs, measures nothing.
     #[arg(long)]
     smoke: bool,
-    /// Only these scenarios (comma-separated): dataplane, convergence, hitless, scale, footprint, restart, routing.
+    /// Only these scenarios (comma-separated): dataplane, convergence, hitless, scale, footprint, restart, routing, protect.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the report.
@@ -65,7 +67,7 @@ pub type Findings = Vec<String>;
 /// Problems that must never happen, whatever the machine's speed.
 pub type Failures = Vec<String>;
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "dataplane",
     "convergence",
     "hitless",
@@ -73,6 +75,7 @@ const SCENARIOS: [&str; 7] = [
     "footprint",
     "restart",
     "routing",
+    "protect",
 ];
 
 fn main() -> std::process::ExitCode {
@@ -125,6 +128,7 @@ fn run(args: Args) -> Result<std::process::ExitCode> {
             "scale" => scale::run(&ctx, &mut findings)?,
             "restart" => restart::run(&ctx, &mut findings, &mut failures)?,
             "routing" => routing::run(&ctx, &mut findings)?,
+            "protect" => protect::run(&ctx, &mut findings)?,
             _ => footprint::run(&ctx, &mut findings)?,
         };
         for t in &tables {

@@ -7,10 +7,10 @@ use anyhow::{Result, bail};
 use serde_json::{Value, json};
 use vpsie_lb_testkit::free_port;
 
+use crate::ab::{Side, compare};
 use crate::lab::{Agent, Delivery, Nginx, PHASES, file_source_yaml, lb_doc, unix_now};
-use crate::report::{Summary, Table, fmt_num, verdict};
+use crate::report::{Table, fmt_num, verdict};
 use crate::scale::wait_pass;
-use crate::wrk::Load;
 use crate::{Ctx, Findings};
 
 /// Host routes and path routes on the routed listener.
@@ -56,98 +56,35 @@ pub fn run(ctx: &Ctx, findings: &mut Findings) -> Result<Vec<Table>> {
 /// and 20 path routes, whose request matches the last path route.
 fn data_plane(ctx: &Ctx, findings: &mut Findings) -> Result<Table> {
     let dir = ctx.dir.join("routing-dataplane");
-    std::fs::create_dir_all(&dir)?;
     let backends = [free_port(), free_port()];
     let _nginx = Nginx::start(&dir.join("nginx"), &backends, None)?;
     let pool: Vec<(u16, u32)> = backends.iter().map(|p| (*p, 1)).collect();
-    let (plain_port, routed_port) = (free_port(), free_port());
-    let routed = with_routes(
-        lb_doc("routed", "http", routed_port, &pool),
-        &pool,
-        HOST_ROUTES,
-        PATH_ROUTES,
-    );
-    let docs = json!([lb_doc("plain", "http", plain_port, &pool), routed]);
-    let desired = dir.join("desired.json");
-    std::fs::write(&desired, serde_json::to_vec(&docs)?)?;
-    let via = Delivery::default_of_agent();
-    let mut agent = Agent::configure(&dir, &file_source_yaml(&desired), via, true, "")?.spawn()?;
-    agent.wait_serving(plain_port, Duration::from_secs(60))?;
-    agent.wait_serving(routed_port, Duration::from_secs(10))?;
     let last = format!("/p{}/x", PATH_ROUTES - 1);
-    let load = |port: u16, path: &str, d: Duration| Load {
-        url: format!("http://127.0.0.1:{port}{path}"),
-        threads: 2,
-        connections: 64,
-        duration: d,
-        close: false,
-    };
-    if !ctx.smoke {
-        load(plain_port, "/", Duration::from_secs(1)).run()?;
-        load(routed_port, &last, Duration::from_secs(1)).run()?;
-    }
-    let (mut plain, mut routed, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for run in 0..ctx.runs {
-        // Alternate which goes first, so neither always runs on a warmer machine.
-        let order = if run % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        let mut pair = [0.0; 2];
-        for is_routed in order {
-            let w = if is_routed {
-                load(routed_port, &last, ctx.duration).run()?
-            } else {
-                load(plain_port, "/", ctx.duration).run()?
-            };
-            if w.failed() > 0 {
-                findings.push(format!(
-                    "routing data plane: {} failed requests",
-                    w.failed()
-                ));
-            }
-            eprintln!(
-                "bench: routing run {} routed={is_routed}: {:.0} req/s, p99 {:.2} ms",
-                run + 1,
-                w.rps,
-                w.p99_ms
-            );
-            pair[usize::from(is_routed)] = w.rps;
-            if is_routed {
-                routed.push(w.p99_ms);
-            } else {
-                plain.push(w.p99_ms);
-            }
-        }
-        ratios.push(pair[1] / pair[0]);
-    }
-    let ratio = Summary::of(&ratios);
-    let met = ratio.is_some_and(|s| s.median >= 0.95);
-    if !met {
-        findings.push(format!(
-            "routing data plane: routed / plain req/s {} misses ≥ 0.95",
-            ratio.map_or("-".into(), |s| s.show(3))
-        ));
-    }
-    let mut t = Table::new(
+    let sides = [
+        Side {
+            doc: lb_doc("plain", "http", free_port(), &pool),
+            path: "/".into(),
+        },
+        Side {
+            doc: with_routes(
+                lb_doc("routed", "http", free_port(), &pool),
+                &pool,
+                HOST_ROUTES,
+                PATH_ROUTES,
+            ),
+            path: last.clone(),
+        },
+    ];
+    let out = compare(ctx, findings, "routing", &dir, sides)?;
+    let mut t = out.table(
+        findings,
         "Routing: the data plane with 20 host and 20 path routes per listener",
-        &[
-            "routed / plain req/s",
-            "plain p99 ms",
-            "routed p99 ms",
-            "target ≥ 0.95×",
-        ],
+        "routing data plane",
+        ["plain", "routed"],
     );
-    t.row(vec![
-        ratio.map_or("-".into(), |s| s.show(3)),
-        Summary::of(&plain).map_or("-".into(), |s| s.show(2)),
-        Summary::of(&routed).map_or("-".into(), |s| s.show(2)),
-        verdict(met),
-    ]);
     t.note(format!(
         "Two http load balancers on one agent ({} delivery) over the same two nginx ports: `plain` has no routes; `routed` has {HOST_ROUTES} host routes and {PATH_ROUTES} path routes over two pools (the path routes are 90/10 canaries), and the load asks for `{last}`, which only the last path route matches. `wrk -t2 -c64 -d{}s`, {} runs, the two interleaved; the ratio is per run, median (min–max).",
-        via.name(),
+        out.via.name(),
         ctx.duration.as_secs(),
         ctx.runs
     ));

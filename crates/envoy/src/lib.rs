@@ -12,6 +12,7 @@ mod files;
 mod listener;
 pub mod names;
 mod pb;
+mod protect;
 mod render;
 mod resources;
 mod routes;
@@ -34,6 +35,7 @@ pub use bootstrap::{
 };
 pub use files::{FileParts, assemble_files, render_files, render_parts};
 pub use names::{FileKind, XdsLayout};
+pub use protect::DEFAULT_TRACKED_CLIENTS;
 pub use render::{
     RenderError, RenderedFile, file_from_json, prune_descriptor_set, to_json, to_yaml, write_json,
 };
@@ -79,6 +81,8 @@ pub struct TranslateOptions {
     pub global_max_connections: u64,
     /// How the resources reach Envoy.
     pub delivery: Delivery,
+    /// Client buckets Envoy keeps per rate limit (least recently seen forgotten first).
+    pub rate_limit_tracked_clients: u32,
 }
 
 impl TranslateOptions {
@@ -90,6 +94,7 @@ impl TranslateOptions {
             access_log_sample_percent: DEFAULT_ACCESS_LOG_SAMPLE_PERCENT,
             global_max_connections: DEFAULT_GLOBAL_MAX_CONNECTIONS,
             delivery,
+            rate_limit_tracked_clients: DEFAULT_TRACKED_CLIENTS,
         }
     }
 }
@@ -140,7 +145,7 @@ pub fn translate_lb(lb: &LoadBalancer, opts: &TranslateOptions) -> EnvoyResource
         ..Default::default()
     };
     if lb.protocol != Protocol::Tcp && opts.delivery != Delivery::Static {
-        out.routes.push(routes::route_config(lb));
+        out.routes.push(routes::route_config(lb, opts));
     }
     for pool in lb.all_pools() {
         let (cluster, endpoints) = cluster::cluster(lb, pool, opts);

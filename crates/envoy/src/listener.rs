@@ -44,7 +44,12 @@ pub(crate) fn listeners(lb: &LoadBalancer, opts: &TranslateOptions) -> Vec<Liste
 
 fn main_listener(lb: &LoadBalancer, opts: &TranslateOptions) -> Listener {
     let name = names::lb(&lb.id);
-    let mut filters = connection_limit(lb);
+    // On tcp a refused client is closed before it counts against the limit.
+    let mut filters: Vec<Filter> = crate::protect::tcp_access(lb)
+        .map(|rbac| typed_filter("envoy.filters.network.rbac", any(&rbac)))
+        .into_iter()
+        .collect();
+    filters.extend(connection_limit(lb));
     filters.push(match lb.protocol {
         Protocol::Http | Protocol::Https => typed_filter(
             "envoy.filters.network.http_connection_manager",
@@ -74,17 +79,18 @@ fn main_listener(lb: &LoadBalancer, opts: &TranslateOptions) -> Listener {
             ..Default::default()
         })
         .collect();
-    let listener_filters = if filter_chains.is_empty() {
-        vec![]
-    } else {
-        vec![ListenerFilter {
+    // The connection rate first: a refused connection is closed unread.
+    let mut listener_filters: Vec<ListenerFilter> =
+        crate::protect::connection_rate(lb).into_iter().collect();
+    if !filter_chains.is_empty() {
+        listener_filters.push(ListenerFilter {
             name: "envoy.filters.listener.tls_inspector".into(),
             config_type: Some(listener_filter::ConfigType::TypedConfig(any(
                 &TlsInspector::default(),
             ))),
             ..Default::default()
-        }]
-    };
+        });
+    }
     filter_chains.push(FilterChain {
         name: "default".into(),
         filters,
@@ -160,7 +166,7 @@ fn http_connection_manager(lb: &LoadBalancer, opts: &TranslateOptions) -> HttpCo
     let mut hcm = connection_manager(lb, &name, opts);
     hcm.route_specifier = Some(match &opts.delivery {
         Delivery::Static => {
-            http_connection_manager::RouteSpecifier::RouteConfig(routes::route_config(lb))
+            http_connection_manager::RouteSpecifier::RouteConfig(routes::route_config(lb, opts))
         }
         Delivery::Files(layout) => http_connection_manager::RouteSpecifier::Rds(Rds {
             config_source: crate::pb::file_source(&layout.rds_file(&name), &layout.rds_dir(&name)),
@@ -171,10 +177,14 @@ fn http_connection_manager(lb: &LoadBalancer, opts: &TranslateOptions) -> HttpCo
             route_config_name: name.clone(),
         }),
     });
+    // Access and rate limits first, so a refused request costs nothing more.
+    let router = hcm.http_filters.len() - 1;
+    hcm.http_filters
+        .splice(router..router, crate::protect::http_filters(lb));
     if routes::uses_sticky_sessions(lb) {
         // Off unless a route turns it on: each route carries its pool's cookie.
         hcm.http_filters.insert(
-            0,
+            hcm.http_filters.len() - 1,
             HttpFilter {
                 name: routes::STATEFUL_SESSION.into(),
                 config_type: Some(http_filter::ConfigType::TypedConfig(any(

@@ -34,13 +34,17 @@ fn emitted_types() -> Vec<String> {
     use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
         StderrAccessLog, StdoutAccessLog,
     };
+    use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::{Rbac, RbacPerRoute};
     use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
     use envoy_types::pb::envoy::extensions::filters::http::stateful_session::v3::{
         StatefulSession, StatefulSessionPerRoute,
     };
+    use envoy_types::pb::envoy::extensions::filters::listener::local_ratelimit::v3::LocalRateLimit as ConnectionRate;
     use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
     use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit;
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
     use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
     use envoy_types::pb::envoy::extensions::http::stateful_session::cookie::v3::CookieBasedSessionState;
     use envoy_types::pb::envoy::extensions::resource_monitors::downstream_connections::v3::DownstreamConnectionsConfig;
@@ -58,6 +62,11 @@ fn emitted_types() -> Vec<String> {
         StatefulSessionPerRoute::full_name(),
         CookieBasedSessionState::full_name(),
         TlsInspector::full_name(),
+        Rbac::full_name(),
+        RbacPerRoute::full_name(),
+        NetworkRbac::full_name(),
+        LocalRateLimit::full_name(),
+        ConnectionRate::full_name(),
         Cluster::full_name(),
         ClusterLoadAssignment::full_name(),
         Secret::full_name(),

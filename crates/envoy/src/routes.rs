@@ -27,15 +27,16 @@ use vpsie_lb_model::{
     RouteAction as Action, Scheme, StickySessions,
 };
 
-use crate::names;
 use crate::pb::{any, secs, u32v};
+use crate::{TranslateOptions, names};
 
 /// Name the stateful-session filter is registered under in the connection
 /// manager; per-route settings refer to it.
 pub(crate) const STATEFUL_SESSION: &str = "envoy.filters.http.stateful_session";
 
 /// The route configuration of the load balancer's main listener.
-pub(crate) fn route_config(lb: &LoadBalancer) -> RouteConfiguration {
+pub(crate) fn route_config(lb: &LoadBalancer, opts: &TranslateOptions) -> RouteConfiguration {
+    let tracked = opts.rate_limit_tracked_clients;
     let name = names::lb(&lb.id);
     let mut domains: Vec<&str> = Vec::new();
     for h in lb.routes.iter().flat_map(|r| &r.hosts) {
@@ -48,14 +49,14 @@ pub(crate) fn route_config(lb: &LoadBalancer) -> RouteConfiguration {
         .map(|d| VirtualHost {
             name: (*d).to_owned(),
             domains: vec![(*d).to_owned()],
-            routes: routes_for(lb, Some(d)),
+            routes: routes_for(lb, Some(d), tracked),
             ..Default::default()
         })
         .collect();
     virtual_hosts.push(VirtualHost {
         name: name.clone(),
         domains: vec!["*".into()],
-        routes: routes_for(lb, None),
+        routes: routes_for(lb, None, tracked),
         ..Default::default()
     });
     RouteConfiguration {
@@ -63,6 +64,7 @@ pub(crate) fn route_config(lb: &LoadBalancer) -> RouteConfiguration {
         virtual_hosts,
         // `Host: api.example.com:8443` is api.example.com.
         ignore_port_in_host_matching: true,
+        typed_per_filter_config: crate::protect::for_route_config(lb, tracked),
         ..Default::default()
     }
 }
@@ -79,20 +81,20 @@ fn covers(pattern: &str, domain: &str) -> bool {
 
 /// The routes of the virtual host for `domain` (`None`: the catch-all),
 /// in document order, then the default.
-fn routes_for(lb: &LoadBalancer, domain: Option<&str>) -> Vec<Route> {
+fn routes_for(lb: &LoadBalancer, domain: Option<&str>, tracked: u32) -> Vec<Route> {
     let mut out: Vec<Route> = lb
         .routes
         .iter()
         .filter(|r| {
             r.hosts.is_empty() || domain.is_some_and(|d| r.hosts.iter().any(|p| covers(p, d)))
         })
-        .map(|r| route(lb, r))
+        .map(|r| route(lb, r, tracked))
         .collect();
     out.push(default_route(lb));
     out
 }
 
-fn route(lb: &LoadBalancer, r: &vpsie_lb_model::Route) -> Route {
+fn route(lb: &LoadBalancer, r: &vpsie_lb_model::Route, tracked: u32) -> Route {
     let mut m = RouteMatch {
         path_specifier: Some(match &r.path {
             None => route_match::PathSpecifier::Prefix("/".into()),
@@ -151,6 +153,8 @@ fn route(lb: &LoadBalancer, r: &vpsie_lb_model::Route) -> Route {
             out.action = Some(route::Action::DirectResponse(direct(rs.status, &rs.body)));
         }
     }
+    out.typed_per_filter_config
+        .extend(crate::protect::for_route(lb, r, tracked));
     out
 }
 

@@ -77,6 +77,12 @@ pub mod limits {
     pub const MAX_RESPONSE_BODY: usize = 4096;
     /// Most extra certificates on one listener (AWS ALB's default is 25).
     pub const MAX_CERTIFICATES: usize = 25;
+    /// Largest request rate per client, per second.
+    pub const MAX_REQUESTS_PER_SECOND: u32 = 1_000_000;
+    /// Largest new-connection rate of a listener, per second.
+    pub const MAX_CONNECTIONS_PER_SECOND: u32 = 1_000_000;
+    /// Most networks in one allow or deny list.
+    pub const MAX_ACCESS_NETWORKS: usize = 1_000;
     /// Most server names on one extra certificate.
     pub const MAX_SERVER_NAMES: usize = 100;
     /// Longest slow start, seconds.
@@ -123,6 +129,40 @@ pub struct LoadBalancer {
     pub tls: Option<Tls>,
     /// Timeouts with defaults filled in.
     pub timeouts: Timeouts,
+    /// Per-client request limit (http/https) and new-connection rate.
+    pub rate_limit: RateLimit,
+    /// Which clients may connect at all.
+    pub access: Option<Access>,
+}
+
+/// Limits on what clients may send; each part is off when `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateLimit {
+    /// Requests per second per client IP, with its bucket (http/https only).
+    pub requests: Option<RequestRate>,
+    /// New connections per second on the listener, all clients together.
+    pub connections_per_second: Option<u32>,
+}
+
+/// A token bucket per client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RequestRate {
+    /// Tokens added per second.
+    pub per_second: u32,
+    /// The bucket's size: requests a client may send at once.
+    pub burst: u32,
+}
+
+/// An access list over the client's own address (never X-Forwarded-For).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Access {
+    /// When not empty, only clients in these networks get in.
+    pub allow: Vec<crate::IpNet>,
+    /// Clients in these networks never get in; checked before `allow`.
+    pub deny: Vec<crate::IpNet>,
 }
 
 impl LoadBalancer {
@@ -199,6 +239,12 @@ pub struct Route {
     pub methods: Vec<String>,
     /// What a matching request gets.
     pub action: RouteAction,
+    /// A per-client request limit of this route's own, replacing the load
+    /// balancer's for requests it matches.
+    pub rate_limit: Option<RequestRate>,
+    /// An access list of this route's own, applied on top of the load
+    /// balancer's (a client must pass both).
+    pub access: Option<Access>,
 }
 
 /// How a route matches the request path (the query is not part of it).

@@ -15,6 +15,16 @@ pub struct IpNet {
 }
 
 impl IpNet {
+    /// The network's address, as written (IPv4-mapped IPv6 as IPv4).
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     /// Whether `ip` (IPv4-mapped IPv6 compared as IPv4) is inside this network.
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip.to_canonical()) {

@@ -28,6 +28,8 @@ fn arb_json() -> impl Strategy<Value = Value> {
             "www.example.com",
             "www",
             "1000",
+            "10.0.0.0/8",
+            "::/0",
         ])
         .prop_map(|s| json!(s)),
     ];
@@ -86,6 +88,14 @@ fn arb_json() -> impl Strategy<Value = Value> {
         "redirect_http_port",
         "certificates",
         "server_names",
+        // Protection.
+        "rate_limit",
+        "requests_per_second",
+        "burst",
+        "connections_per_second",
+        "access",
+        "allow",
+        "deny",
         // The public API's load balancers.
         "rules",
         "ruleId",

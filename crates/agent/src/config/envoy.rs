@@ -66,6 +66,16 @@ pub(super) fn read(e: RawEnvoy, problems: &mut Vec<String>) -> Envoy {
             xds_socket.display()
         ));
     }
+    let rate_limit_tracked_clients = match e.rate_limit_tracked_clients {
+        None => vpsie_lb_envoy::DEFAULT_TRACKED_CLIENTS,
+        Some(n) if (1..=MAX_TRACKED_CLIENTS).contains(&n) => n,
+        Some(n) => {
+            problems.push(format!(
+                "envoy.rate_limit_tracked_clients: must be 1..={MAX_TRACKED_CLIENTS} (got {n})"
+            ));
+            vpsie_lb_envoy::DEFAULT_TRACKED_CLIENTS
+        }
+    };
     Envoy {
         config_dir: e.config_dir.unwrap_or_else(|| PathBuf::from("/etc/envoy")),
         admin_address,
@@ -80,5 +90,9 @@ pub(super) fn read(e: RawEnvoy, problems: &mut Vec<String>) -> Envoy {
         drain_time,
         delivery,
         xds_socket,
+        rate_limit_tracked_clients,
     }
 }
+
+/// Most client buckets per rate limit.
+const MAX_TRACKED_CLIENTS: u32 = 1_000_000;

@@ -79,6 +79,8 @@ pub struct Envoy {
     pub delivery: DeliveryKind,
     /// The xDS server's Unix socket, with the xds delivery.
     pub xds_socket: PathBuf,
+    /// Client buckets Envoy keeps per rate limit.
+    pub rate_limit_tracked_clients: u32,
 }
 
 /// How resources reach Envoy (`envoy.delivery`).
@@ -195,6 +197,7 @@ struct RawEnvoy {
     drain_time: Option<serde_norway::Value>,
     delivery: Option<String>,
     xds_socket: Option<PathBuf>,
+    rate_limit_tracked_clients: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]

@@ -333,8 +333,11 @@ impl<D: Delivery> Reconciler<D> {
         Option<ReconcileError>,
     ) {
         let clock = std::time::Instant::now();
-        let fetched = source.fetch();
+        let mut fetched = source.fetch();
         self.times.fetch = clock.elapsed();
+        // Before anything reads the items: a failed group stands for every
+        // load balancer it served.
+        fetched.expand_failed_groups(self.good.keys());
         let fetch_error = fetch_error(&fetched);
         self.track_reachability(
             fetched.reachable,
@@ -485,14 +488,13 @@ impl<D: Delivery> Reconciler<D> {
     /// and whether anything was refused.
     fn choose(
         &mut self,
-        mut fetched: Fetched,
+        fetched: Fetched,
         reporter: &mut dyn Reporter,
     ) -> (BTreeMap<String, Value>, Option<Config>, bool) {
         if let Some(e) = &fetched.failed {
             reporter.error("fetch", &e.to_string());
             return (self.good.clone(), None, false);
         }
-        fetched.expand_failed_groups(self.good.keys());
         // A group's failure is said once, not once per load balancer in it.
         for (_, e) in &fetched.failed_groups {
             reporter.error("fetch", &e.to_string());

@@ -241,6 +241,9 @@ impl Lab {
                 ["--access-log-sample-percent", p] => {
                     envoy_extra.push_str(&format!("  access_log_sample_percent: {p}\n"));
                 }
+                ["--rate-limit-tracked-clients", n] => {
+                    envoy_extra.push_str(&format!("  rate_limit_tracked_clients: {n}\n"));
+                }
                 other => panic!("render flags {other:?} have no agent setting in the xds lab"),
             }
         }

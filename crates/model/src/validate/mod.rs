@@ -9,6 +9,7 @@ mod backend;
 mod hosts;
 mod obj;
 mod pool;
+mod protect;
 mod regex;
 mod route;
 mod tls;
@@ -222,6 +223,8 @@ const LB_KEYS: &[&str] = &[
     "redirect_http_port",
     "pools",
     "routes",
+    "rate_limit",
+    "access",
     // Sent by the API, deliberately ignored.
     "created_at",
     "updated_at",
@@ -292,6 +295,8 @@ fn load_balancer(
         Some(t) => timeouts(&t, protocol, cx),
         None => Some(default_timeouts()),
     };
+    let rate_limit = protect::rate_limit(&obj, protocol, cx);
+    let access = protect::access(&obj, cx);
 
     key.id.clone_from(&id);
     key.ports.extend(port.map(|p| ("port", p)));
@@ -315,6 +320,8 @@ fn load_balancer(
             redirect_http_port,
             tls,
             timeouts: timeouts?,
+            rate_limit: rate_limit?,
+            access: access?,
         })
     })();
     (lb, key)

@@ -19,6 +19,8 @@ const ROUTE_KEYS: &[&str] = &[
     "forward",
     "redirect",
     "respond",
+    "rate_limit",
+    "access",
 ];
 const HEADER_KEYS: &[&str] = &["name", "exact", "prefix", "regex", "present", "invert"];
 
@@ -87,6 +89,8 @@ fn route(r: &Obj<'_>, id: Option<String>, pools: &PoolIndex, cx: &mut Ctx) -> Op
     let headers = header_matches(r, cx);
     let methods = methods(r, cx);
     let action = action(r, pools, cx);
+    let rate_limit = super::protect::route_rate_limit(r, cx);
+    let access = super::protect::access(r, cx);
     if cx.errors.len() != before {
         return None;
     }
@@ -97,6 +101,8 @@ fn route(r: &Obj<'_>, id: Option<String>, pools: &PoolIndex, cx: &mut Ctx) -> Op
         headers: headers?,
         methods: methods?,
         action: action?,
+        rate_limit: rate_limit?,
+        access: access?,
     })
 }
 

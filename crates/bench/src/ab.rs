@@ -1,0 +1,125 @@
+//! Two load balancers on one agent over the same backends, loaded in
+//! turn (the order alternating per run, so neither always runs on a warmer
+//! machine): the second's req/s over the first's, per run.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use crate::lab::{Agent, Delivery, file_source_yaml};
+use crate::report::{Summary, Table, verdict};
+use crate::wrk::Load;
+use crate::{Ctx, Findings};
+
+/// One side of the comparison: its document, and the path the load asks for.
+pub struct Side {
+    /// The load balancer; its `port` is where the load goes.
+    pub doc: Value,
+    /// The request path.
+    pub path: String,
+}
+
+/// What the runs gave.
+pub struct Outcome {
+    /// The second's req/s over the first's, per run.
+    pub ratio: Option<Summary>,
+    /// p99 latency of each side, ms, per run.
+    pub p99: [Option<Summary>; 2],
+    /// The delivery the agent used.
+    pub via: Delivery,
+}
+
+/// Serves `sides` from one agent in `dir` and loads each in turn.
+pub fn compare(
+    ctx: &Ctx,
+    findings: &mut Findings,
+    name: &str,
+    dir: &std::path::Path,
+    sides: [Side; 2],
+) -> Result<Outcome> {
+    std::fs::create_dir_all(dir)?;
+    let port = |s: &Side| s.doc["port"].as_u64().unwrap_or(0) as u16;
+    let docs = Value::Array(sides.iter().map(|s| s.doc.clone()).collect());
+    let desired = dir.join("desired.json");
+    std::fs::write(&desired, serde_json::to_vec(&docs)?)?;
+    let via = Delivery::default_of_agent();
+    let mut agent = Agent::configure(dir, &file_source_yaml(&desired), via, true, "")?.spawn()?;
+    agent.wait_serving(port(&sides[0]), Duration::from_secs(60))?;
+    agent.wait_serving(port(&sides[1]), Duration::from_secs(10))?;
+    let load = |s: &Side, d: Duration| Load {
+        url: format!("http://127.0.0.1:{}{}", port(s), s.path),
+        threads: 2,
+        connections: 64,
+        duration: d,
+        close: false,
+    };
+    if !ctx.smoke {
+        for s in &sides {
+            load(s, Duration::from_secs(1)).run()?;
+        }
+    }
+    let (mut p99, mut ratios) = ([Vec::new(), Vec::new()], Vec::new());
+    for run in 0..ctx.runs {
+        let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+        let mut pair = [0.0; 2];
+        for i in order {
+            let w = load(&sides[i], ctx.duration).run()?;
+            if w.failed() > 0 {
+                findings.push(format!("{name}: {} failed requests", w.failed()));
+            }
+            eprintln!(
+                "bench: {name} run {} side {i}: {:.0} req/s, p99 {:.2} ms",
+                run + 1,
+                w.rps,
+                w.p99_ms
+            );
+            pair[i] = w.rps;
+            p99[i].push(w.p99_ms);
+        }
+        ratios.push(pair[1] / pair[0]);
+    }
+    Ok(Outcome {
+        ratio: Summary::of(&ratios),
+        p99: [Summary::of(&p99[0]), Summary::of(&p99[1])],
+        via,
+    })
+}
+
+impl Outcome {
+    /// The table of one comparison against the ≥ 0.95× target, `names`
+    /// being the two sides; a miss goes to `findings` under `what`.
+    pub fn table(
+        &self,
+        findings: &mut Findings,
+        title: &str,
+        what: &str,
+        names: [&str; 2],
+    ) -> Table {
+        let [base, other] = names;
+        let ratio = self.ratio.map_or("-".into(), |s| s.show(3));
+        let met = self.ratio.is_some_and(|s| s.median >= 0.95);
+        if !met {
+            findings.push(format!(
+                "{what}: {other} / {base} req/s {ratio} misses ≥ 0.95"
+            ));
+        }
+        let mut t = Table::new(
+            title,
+            &[
+                &format!("{other} / {base} req/s"),
+                &format!("{base} p99 ms"),
+                &format!("{other} p99 ms"),
+                "target ≥ 0.95×",
+            ],
+        );
+        let p99 = |s: Option<Summary>| s.map_or("-".into(), |s| s.show(2));
+        t.row(vec![
+            ratio,
+            p99(self.p99[0]),
+            p99(self.p99[1]),
+            verdict(met),
+        ]);
+        t
+    }
+}

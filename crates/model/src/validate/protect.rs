@@ -1,0 +1,145 @@
+//! What protects the backends: per-client request limits, the listener's
+//! new-connection rate, and access lists over the client's own address.
+
+use serde_json::Value;
+
+use crate::model::{Access, Protocol, RateLimit, RequestRate, limits};
+use crate::network::IpNet;
+
+use super::obj::{Ctx, Need, Obj, type_name};
+
+const RATE_KEYS: &[&str] = &["requests_per_second", "burst", "connections_per_second"];
+const ACCESS_KEYS: &[&str] = &["allow", "deny"];
+
+/// A load balancer's `rate_limit`: `None` when it is wrong.
+pub(super) fn rate_limit(
+    obj: &Obj<'_>,
+    protocol: Option<Protocol>,
+    cx: &mut Ctx,
+) -> Option<RateLimit> {
+    let Some(r) = obj.object(cx, "rate_limit") else {
+        return Some(RateLimit::default());
+    };
+    r.check_keys(RATE_KEYS, cx);
+    let before = cx.errors.len();
+    if protocol == Some(Protocol::Tcp) && r.get("requests_per_second").is_some() {
+        cx.error(
+            &r.path.key("requests_per_second"),
+            "tcp has no requests to count; limit new connections with connections_per_second",
+        );
+    }
+    let requests = request_rate(&r, cx);
+    let connections_per_second = r
+        .int_in(
+            cx,
+            "connections_per_second",
+            1..=i64::from(limits::MAX_CONNECTIONS_PER_SECOND),
+            Need::Optional,
+        )
+        .map(|n| n as u32);
+    (cx.errors.len() == before).then_some(RateLimit {
+        requests,
+        connections_per_second,
+    })
+}
+
+/// A route's `rate_limit`: requests only, since connections belong to the
+/// listener. `Some(None)` when absent, `None` when wrong.
+pub(super) fn route_rate_limit(obj: &Obj<'_>, cx: &mut Ctx) -> Option<Option<RequestRate>> {
+    let Some(r) = obj.object(cx, "rate_limit") else {
+        return Some(None);
+    };
+    r.check_keys(RATE_KEYS, cx);
+    let before = cx.errors.len();
+    if r.get("connections_per_second").is_some() {
+        cx.error(
+            &r.path.key("connections_per_second"),
+            "a route sees requests, not connections; set it on the load balancer",
+        );
+    }
+    if r.get("requests_per_second").is_none() {
+        cx.error(&r.path.key("requests_per_second"), "is required on a route");
+    }
+    let rate = request_rate(&r, cx);
+    (cx.errors.len() == before).then_some(rate)
+}
+
+/// `requests_per_second` and `burst` (which defaults to the rate).
+fn request_rate(r: &Obj<'_>, cx: &mut Ctx) -> Option<RequestRate> {
+    let span = 1..=i64::from(limits::MAX_REQUESTS_PER_SECOND);
+    let per_second = r.int_in(cx, "requests_per_second", span.clone(), Need::Optional);
+    let burst = r.int_in(cx, "burst", span, Need::Optional);
+    match (per_second, burst) {
+        (Some(rate), burst) => Some(RequestRate {
+            per_second: rate as u32,
+            burst: burst.unwrap_or(rate) as u32,
+        }),
+        (None, Some(_)) => {
+            cx.error(
+                &r.path.key("burst"),
+                "needs requests_per_second, the rate that refills it",
+            );
+            None
+        }
+        (None, None) => None,
+    }
+}
+
+/// `access`: `Some(None)` when absent, `None` when wrong.
+pub(super) fn access(obj: &Obj<'_>, cx: &mut Ctx) -> Option<Option<Access>> {
+    let Some(a) = obj.object(cx, "access") else {
+        return Some(None);
+    };
+    a.check_keys(ACCESS_KEYS, cx);
+    let before = cx.errors.len();
+    let allow = networks(&a, "allow", cx);
+    let deny = networks(&a, "deny", cx);
+    // Judged on what was written, not on what parsed.
+    if a.get("allow")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+    {
+        cx.error(
+            &a.path.key("allow"),
+            "is empty, so it would refuse every client; leave it out to allow everyone",
+        );
+    }
+    if cx.errors.len() != before {
+        return None;
+    }
+    Some(Some(Access {
+        allow: allow.unwrap_or_default(),
+        deny: deny.unwrap_or_default(),
+    }))
+}
+
+/// A list of networks (`10.0.0.0/8`, `2001:db8::/32`, or one address).
+fn networks(a: &Obj<'_>, key: &str, cx: &mut Ctx) -> Option<Vec<IpNet>> {
+    let items = a.array(cx, key, Need::Optional)?;
+    let at = a.path.key(key);
+    if items.len() > limits::MAX_ACCESS_NETWORKS {
+        cx.error(
+            &at,
+            format!(
+                "has {} networks, more than {}",
+                items.len(),
+                limits::MAX_ACCESS_NETWORKS
+            ),
+        );
+        return None;
+    }
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match item {
+            Value::String(s) => match s.trim().parse::<IpNet>() {
+                Ok(net) => out.push(net),
+                Err(e) => cx.error(&at.index(i), e),
+            },
+            other => cx.error(
+                &at.index(i),
+                format!("must be a network as a string, got {}", type_name(other)),
+            ),
+        }
+    }
+    Some(out)
+}
