@@ -14,5 +14,5 @@ if [ "$(cat /proc/sys/fs/inotify/max_user_instances)" -lt 8192 ]; then
   if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
   $sudo sysctl -q -w fs.inotify.max_user_instances=8192
 fi
-cargo build --release --locked -p vpsie-lb-agent -p vpsie-lb-bench
+cargo build --release --locked -p vpsie-lb-agent -p vpsie-lb-bench -p vpsie-lb-waf
 ENVOY_BIN="$(cat .local/envoy-bin)" exec ./target/release/vpsie-lb-bench "$@"

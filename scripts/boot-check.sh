@@ -4,7 +4,8 @@
 # packaged units serve an https load balancer whose key sits in the
 # documented layout (/etc/vpsie-lb/tls, root:envoy 0640): Envoy runs as
 # `envoy`, the agent as `vpsie-lb`, they talk over /run/envoy/admin.sock, and
-# the agent tells systemd it is ready only once Envoy confirmed the config.
+# the agent tells systemd it is ready only once Envoy confirmed the config;
+# the WAF service (its own user and socket) refuses an injection.
 # The container shares this machine's network, so everything is on 127.0.0.1.
 #   scripts/boot-check.sh ROOT
 set -euo pipefail
@@ -33,6 +34,8 @@ port: $lb_port
 algorithm: round_robin
 backends: [{id: b1, address: 127.0.0.1, port: $backend_port}]
 tls_config: {certificate_path: /etc/vpsie-lb/tls/lb.crt, private_key_path: /etc/vpsie-lb/tls/lb.key}
+# Inspected by the packaged WAF service, over its socket, as its own user.
+waf: {mode: block}
 YAML
 cat > "$R/etc/vpsie-lb/agent.yaml" <<YAML
 source: file
@@ -93,3 +96,14 @@ metrics="$(curl -sf --max-time 2 "http://127.0.0.1:$stats_port/stats/prometheus"
 [[ "$metrics" == *envoy_server_live* ]] || {
   say "no metrics on the read-only listener"; exit 1; }
 say "envoy's metrics served read-only on 127.0.0.1:$stats_port"
+# The WAF: the ordinary request above passed it; an injection does not.
+code=""
+for _ in $(seq 1 40); do
+  code="$(curl -sk -o /dev/null -w '%{http_code}' --max-time 2 "https://127.0.0.1:$lb_port/item?id=1'%20OR%20'1'='1" || true)"
+  [ "$code" = 403 ] && break
+  sleep 0.5
+done
+[ "$code" = 403 ] || {
+  say "the packaged WAF did not refuse an injection (status $code)"
+  journal -u vpsie-lb-waf | tail -n 30 >&2; exit 1; }
+say "the packaged WAF service refused an injection with 403"

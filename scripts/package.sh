@@ -17,10 +17,13 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 command -v cargo-deb >/dev/null 2>&1 || cargo install --locked --quiet cargo-deb
 
-echo "package: building the .deb (release)" >&2
+echo "package: building the .debs (release)" >&2
 deb="$(cargo deb --locked -p vpsie-lb-agent 2>/dev/null | tail -n 1)"
 [ -f "$deb" ] || { echo "package: cargo deb produced no package" >&2; exit 1; }
 echo "package: $deb"
+waf_deb="$(cargo deb --locked -p vpsie-lb-waf 2>/dev/null | tail -n 1)"
+[ -f "$waf_deb" ] || { echo "package: cargo deb produced no WAF package" >&2; exit 1; }
+echo "package: $waf_deb"
 
 passed=0; failed=0
 check() { # check DESCRIPTION COMMAND...
@@ -29,12 +32,12 @@ check() { # check DESCRIPTION COMMAND...
 }
 
 echo "== lintian (errors fail; warnings listed)"
-lintian_out="$(lintian --fail-on error "$deb" 2>&1)" && lint_rc=0 || lint_rc=$?
+lintian_out="$(lintian --fail-on error "$deb" "$waf_deb" 2>&1)" && lint_rc=0 || lint_rc=$?
 printf '%s\n' "$lintian_out" | sed 's/^/   /'
 check "lintian reports no errors" test "$lint_rc" = 0
 
 # The root holds the package's dependencies; its name changes with them.
-include=adduser,procps,systemd
+include=adduser,procps,systemd,libmodsecurity3,modsecurity-crs
 base=".local/debroot-bookworm-${include//,/-}.tar"
 if [ ! -f "$base" ]; then
   echo "package: debootstrap of a Debian 12 root (once; cached in $base)" >&2
@@ -49,6 +52,7 @@ R="$work/root"
 mkdir -p "$R"
 tar -C "$R" -xf "$base"
 cp "$deb" "$R/tmp/vpsie-lb.deb"
+cp "$waf_deb" "$R/tmp/vpsie-lb-waf.deb"
 in_root() { chroot "$R" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive "$@"; }
 
 echo "== install into a throwaway root"
@@ -83,6 +87,15 @@ check "/var/lib/vpsie-lb vpsie-lb:vpsie-lb 750" expect_mode /var/lib/vpsie-lb "v
 check "no agent config installed, so nothing starts" test ! -e "$R/etc/vpsie-lb/agent.yaml"
 check "limits drop-in is a conffile" grep -qx /etc/security/limits.d/vpsie-lb.conf "$R/var/lib/dpkg/info/vpsie-lb.conffiles"
 
+echo "== the WAF package"
+check "dpkg installs the WAF package" in_root dpkg -i /tmp/vpsie-lb-waf.deb
+check "the WAF binary runs" in_root /usr/bin/vpsie-lb-waf --version
+check "WAF binary root:root 755" expect_mode /usr/bin/vpsie-lb-waf "root:root 755"
+check "WAF unit installed 644" expect_mode /lib/systemd/system/vpsie-lb-waf.service "root:root 644"
+check "user vpsie-lb-waf exists" in_root getent passwd vpsie-lb-waf
+check "envoy is in group vpsie-lb-waf" sh -c "chroot '$R' id -nG envoy | grep -qw vpsie-lb-waf"
+check "the WAF compiles the packaged rule set" in_root /usr/bin/vpsie-lb-waf --check
+
 echo "== upgrade keeps the operator's files"
 echo "# operator edit" >> "$R/etc/security/limits.d/vpsie-lb.conf"
 echo "source: file" > "$R/etc/vpsie-lb/agent.yaml"
@@ -93,8 +106,8 @@ check "agent config kept" grep -qx "source: file" "$R/etc/vpsie-lb/agent.yaml"
 echo "== installed units"
 # Envoy is installed separately (docs/operations.md); put the pinned one in place to verify.
 cp "$(cat .local/envoy-bin)" "$R/usr/bin/envoy"
-check "systemd-analyze verify is clean" sh -c "out=\$(systemd-analyze --root='$R' verify '$R/lib/systemd/system/vpsie-lb-agent.service' '$R/lib/systemd/system/envoy.service' 2>&1) && [ -z \"\$out\" ]"
-for unit in vpsie-lb-agent envoy; do
+check "systemd-analyze verify is clean" sh -c "out=\$(systemd-analyze --root='$R' verify '$R/lib/systemd/system/vpsie-lb-agent.service' '$R/lib/systemd/system/envoy.service' '$R/lib/systemd/system/vpsie-lb-waf.service' 2>&1) && [ -z \"\$out\" ]"
+for unit in vpsie-lb-agent envoy vpsie-lb-waf; do
   line="$(systemd-analyze security --offline=true "$R/lib/systemd/system/$unit.service" 2>/dev/null | grep 'Overall exposure' || true)"
   echo "   $line"
   check "$unit exposure <= 4.0" systemd-analyze security --offline=true --threshold=40 "$R/lib/systemd/system/$unit.service"

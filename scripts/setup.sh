@@ -28,6 +28,11 @@ command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)
+# The WAF service links Debian's libmodsecurity (found through pkg-config
+# at build time) and loads the OWASP Core Rule Set.
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+[ -f /usr/include/modsecurity/modsecurity.h ] || need_apt+=(libmodsecurity-dev)
+[ -d /usr/share/modsecurity-crs/rules ] || need_apt+=(modsecurity-crs)
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   need_apt+=(python3-venv)
 fi

@@ -116,6 +116,9 @@ struct DocumentArgs {
     /// in the agent config.
     #[arg(long = "allow-backend-network", value_name = "CIDR", value_parser = parse_network)]
     allow_backend_networks: Vec<IpNet>,
+    /// The WAF service's unix socket, for the bootstrap's `vpsie_lb_waf` cluster.
+    #[arg(long, value_name = "PATH", default_value = vpsie_lb_envoy::DEFAULT_WAF_SOCKET)]
+    waf_socket: PathBuf,
 }
 
 fn parse_network(s: &str) -> Result<IpNet, String> {
@@ -152,6 +155,7 @@ impl DocumentArgs {
         Ok(BootstrapOptions {
             admin: self.admin_address.clone(),
             stats_address: self.stats()?,
+            waf_socket: self.waf_socket.clone(),
             ..Default::default()
         })
     }
@@ -398,6 +402,10 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
     for dir in stale {
         std::fs::remove_dir_all(&dir).with_context(|| format!("remove stale {}", dir.display()))?;
     }
+    crate::waf::write_policies(
+        &layout.root().join(crate::waf::POLICY_FILE),
+        &validated.config,
+    )?;
     fsutil::write_atomic(&layout.bootstrap_file(), boot_yaml.as_bytes(), 0o644)?;
     println!(
         "rendered {} load balancer(s) into {}; run: envoy -c {}",
@@ -530,6 +538,11 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         println!("{e}");
         return Ok(ExitCode::from(2));
     }
+    // Before Envoy learns of a load balancer's WAF, the service knows its policy.
+    crate::waf::write_policies(
+        &layout.root().join(crate::waf::POLICY_FILE),
+        &validated.config,
+    )?;
     let admin = EnvoyAdmin::new(args.doc.admin_address.clone())?;
     let applier = Applier::new(
         layout.clone(),

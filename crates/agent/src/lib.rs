@@ -34,4 +34,5 @@ pub mod source;
 pub mod state;
 pub mod status;
 pub mod supervisor;
+pub mod waf;
 pub mod xds;

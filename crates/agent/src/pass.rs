@@ -98,6 +98,10 @@ pub enum ReconcileError {
     /// previous files are back.
     #[error("apply: {0}")]
     Apply(ApplyError),
+    /// The WAF service's policy file could not be written; nothing was
+    /// handed to Envoy.
+    #[error("waf policies: {0}")]
+    WafPolicies(String),
     /// The saved state is lost and the desired config is incomplete, so
     /// nothing is applied.
     #[error(
@@ -112,7 +116,9 @@ impl ReconcileError {
         match self {
             ReconcileError::Fetch { key_refused, .. } => !key_refused,
             ReconcileError::Render(_) => false,
-            ReconcileError::ReadFiles(_) | ReconcileError::StateUnknown => true,
+            ReconcileError::ReadFiles(_)
+            | ReconcileError::StateUnknown
+            | ReconcileError::WafPolicies(_) => true,
             ReconcileError::Preflight(e) => e.is_retryable(),
             ReconcileError::Apply(e) => e.is_retryable(),
         }

@@ -119,6 +119,7 @@ fn reconciler(dir: &std::path::Path, envoy: FakeEnvoy) -> Reconciler<FakeEnvoy> 
         Settings {
             state_dir: dir.to_path_buf(),
             validate: Default::default(),
+            waf_policies: None,
         },
         envoy,
         Observe {

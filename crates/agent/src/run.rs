@@ -69,6 +69,7 @@ fn prepare_envoy_dir(cfg: &Config, layout: &XdsLayout) -> anyhow::Result<()> {
     let opts = BootstrapOptions {
         admin: cfg.envoy.admin_address.clone(),
         stats_address: cfg.envoy.stats_address,
+        waf_socket: cfg.envoy.waf_socket.clone(),
         ..Default::default()
     };
     let boot = to_yaml(&match cfg.envoy.delivery {
@@ -239,6 +240,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             ),
             allowed_backend_networks: cfg.allowed_backend_networks.clone(),
         },
+        waf_policies: Some(cfg.envoy.config_dir.join(crate::waf::POLICY_FILE)),
     };
     let translate = |delivery| TranslateOptions {
         listen_address: cfg.envoy.listen_address,

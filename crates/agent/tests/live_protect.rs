@@ -218,6 +218,51 @@ fn access_lists_on_http(via: Via) {
     );
 }
 
+/// The status of a request to `[::1]:port`, 0 when the connection closed.
+fn status_v6(port: u16) -> u16 {
+    let Ok(mut s) = std::net::TcpStream::connect(("::1", port)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    vpsie_lb_testkit::http::read_response(&mut s).map_or(0, |r| r.status)
+}
+
+/// IPv6 clients are matched by IPv6 networks: a listener on `::1`, its
+/// one client allowed, then denied, then outside an allow list.
+fn access_lists_match_ipv6_clients(via: Via) {
+    let port = free_port();
+    let bs = backends(&["a"]);
+    let doc = |access: Value| {
+        let mut d = lb_over("six", "http", port, "round_robin", &bs);
+        d["access"] = access;
+        d
+    };
+    let v6 = ["--listen-address", "::1"];
+    let mut lab = Lab::start_with(via, &doc(json!({"allow": ["::1/128", "10.0.0.0/8"]})), &v6);
+    poll_until("::1 allowed", Duration::from_secs(30), || {
+        match status_v6(port) {
+            200 => Ok(()),
+            s => Err(format!("status {s}")),
+        }
+    });
+    for (access, want) in [
+        (json!({"deny": ["::1"]}), 403),
+        (json!({"allow": ["2001:db8::/32"]}), 403),
+        (json!({"allow": ["::/0"], "deny": ["2001:db8::/32"]}), 200),
+    ] {
+        lab.render_with(&doc(access.clone()), &v6);
+        poll_until(
+            &format!("{access} gives {want}"),
+            Duration::from_secs(20),
+            || match status_v6(port) {
+                s if s == want => Ok(()),
+                s => Err(format!("status {s}")),
+            },
+        );
+    }
+}
+
 /// Whether a connection from `from` to `port` gets an answer to a request.
 fn served(from: u8, port: u16) -> bool {
     let Ok(mut s) = connect(client(from), port) else {
@@ -315,6 +360,7 @@ over_deliveries!(
     a_route_limit_applies_to_its_route_only,
     access_lists_on_http,
     access_lists_on_tcp,
+    access_lists_match_ipv6_clients,
     connection_rate_refuses_the_excess,
     protection_changes_are_hitless,
 );

@@ -1,7 +1,7 @@
 //! Envoy's bootstrap: admin, where dynamic resources come from, and global limits.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::LocalAddress;
@@ -41,6 +41,8 @@ pub struct BootstrapOptions {
     pub node_id: String,
     /// Cap on concurrent downstream connections across all listeners.
     pub global_max_connections: u64,
+    /// The WAF service's Unix socket (the `vpsie_lb_waf` cluster).
+    pub waf_socket: PathBuf,
 }
 
 impl Default for BootstrapOptions {
@@ -50,6 +52,7 @@ impl Default for BootstrapOptions {
             stats_address: Some(crate::default_stats_address()),
             node_id: "vpsie-lb".into(),
             global_max_connections: crate::DEFAULT_GLOBAL_MAX_CONNECTIONS,
+            waf_socket: PathBuf::from(crate::DEFAULT_WAF_SOCKET),
         }
     }
 }
@@ -89,6 +92,11 @@ fn common(opts: &BootstrapOptions, admin: &LocalAddress) -> Bootstrap {
             ..Default::default()
         }),
         layered_runtime: Some(runtime()),
+        // Unused (and never connected to) until a load balancer has a WAF.
+        static_resources: Some(bootstrap::StaticResources {
+            clusters: vec![grpc_cluster(crate::names::WAF_CLUSTER, &opts.waf_socket)],
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -135,11 +143,9 @@ pub fn bootstrap(layout: &XdsLayout, opts: &BootstrapOptions) -> Bootstrap {
     });
     if let (LocalAddress::Unix(path), Some(addr)) = (&opts.admin, opts.stats_address) {
         let (listener, cluster) = crate::stats::stats_listener(addr, path);
-        b.static_resources = Some(bootstrap::StaticResources {
-            listeners: vec![listener],
-            clusters: vec![cluster],
-            ..Default::default()
-        });
+        let statics = b.static_resources.get_or_insert_with(Default::default);
+        statics.listeners.push(listener);
+        statics.clusters.push(cluster);
     }
     b
 }
@@ -161,9 +167,9 @@ fn duration(d: Duration) -> Option<envoy_types::pb::google::protobuf::Duration> 
     })
 }
 
-/// The static cluster that reaches the agent's xDS server on `socket`,
-/// over HTTP/2 as gRPC needs.
-fn xds_cluster(socket: &Path) -> Cluster {
+/// A static cluster `name` that reaches a gRPC server on the Unix socket
+/// `socket`, over HTTP/2 as gRPC needs: the agent's xDS server, the WAF.
+fn grpc_cluster(name: &str, socket: &Path) -> Cluster {
     let h2 = HttpProtocolOptions {
         upstream_protocol_options: Some(
             http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
@@ -179,7 +185,7 @@ fn xds_cluster(socket: &Path) -> Cluster {
         ..Default::default()
     };
     Cluster {
-        name: crate::names::XDS_CLUSTER.into(),
+        name: name.into(),
         connect_timeout: secs(1),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
             cluster::DiscoveryType::Static as i32,
@@ -190,7 +196,7 @@ fn xds_cluster(socket: &Path) -> Cluster {
         )]
         .into(),
         load_assignment: Some(ClusterLoadAssignment {
-            cluster_name: crate::names::XDS_CLUSTER.into(),
+            cluster_name: name.into(),
             endpoints: vec![LocalityLbEndpoints {
                 lb_endpoints: vec![LbEndpoint {
                     host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
@@ -239,16 +245,15 @@ pub fn ads_bootstrap(socket: &Path, opts: &BootstrapOptions) -> Bootstrap {
         cds_config: ads_source(),
         ..Default::default()
     });
-    let mut statics = bootstrap::StaticResources {
-        clusters: vec![xds_cluster(socket)],
-        ..Default::default()
-    };
+    let statics = b.static_resources.get_or_insert_with(Default::default);
+    statics
+        .clusters
+        .push(grpc_cluster(crate::names::XDS_CLUSTER, socket));
     if let (LocalAddress::Unix(path), Some(addr)) = (&opts.admin, opts.stats_address) {
         let (listener, cluster) = crate::stats::stats_listener(addr, path);
         statics.listeners.push(listener);
         statics.clusters.push(cluster);
     }
-    b.static_resources = Some(statics);
     b
 }
 
@@ -260,10 +265,9 @@ pub fn preflight_bootstrap(resources: &EnvoyResources, opts: &BootstrapOptions) 
         opts,
         &LocalAddress::Tcp(SocketAddr::from(([127, 0, 0, 1], 0))),
     );
-    b.static_resources = Some(bootstrap::StaticResources {
-        listeners: resources.listeners.clone(),
-        clusters: resources.clusters.clone(),
-        secrets: resources.secrets.clone(),
-    });
+    let statics = b.static_resources.get_or_insert_with(Default::default);
+    statics.listeners = resources.listeners.clone();
+    statics.clusters.extend(resources.clusters.iter().cloned());
+    statics.secrets = resources.secrets.clone();
     b
 }

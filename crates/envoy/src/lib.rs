@@ -18,6 +18,7 @@ mod resources;
 mod routes;
 mod stats;
 mod tls;
+mod waf;
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -43,9 +44,14 @@ pub use resources::{
     Resource, ResourceSet, ResourceType, Step, make_before_break, render_resource_set, resource_set,
 };
 pub use stats::{STATS_NAME, STATS_PATHS};
+pub use waf::{WAF_BODY_BYTES, WAF_TIMEOUT, waf_policies};
 
 /// Default cap on concurrent downstream connections across all listeners.
 pub const DEFAULT_GLOBAL_MAX_CONNECTIONS: u64 = 50_000;
+
+/// Where the WAF service listens by default: in its own runtime directory,
+/// which only its user and Envoy (a member of its group) can enter.
+pub const DEFAULT_WAF_SOCKET: &str = "/run/vpsie-lb-waf/waf.sock";
 
 /// How the resources will reach Envoy.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -100,10 +100,20 @@ fn main_listener(lb: &LoadBalancer, opts: &TranslateOptions) -> Listener {
     Listener {
         name,
         address: socket(&opts.listen_address.to_string(), lb.port),
-        per_connection_buffer_limit_bytes: u32v(BUFFER_LIMIT_BYTES),
+        per_connection_buffer_limit_bytes: u32v(buffer_limit(lb)),
         listener_filters,
         filter_chains,
         ..Default::default()
+    }
+}
+
+/// The per-connection buffer: room for the body the WAF inspects, which
+/// Envoy holds whole before it asks (a smaller buffer would answer 413).
+fn buffer_limit(lb: &LoadBalancer) -> u32 {
+    if lb.waf.is_some() {
+        BUFFER_LIMIT_BYTES.max(crate::waf::WAF_BODY_BYTES + BUFFER_LIMIT_BYTES)
+    } else {
+        BUFFER_LIMIT_BYTES
     }
 }
 
@@ -179,8 +189,10 @@ fn http_connection_manager(lb: &LoadBalancer, opts: &TranslateOptions) -> HttpCo
     });
     // Access and rate limits first, so a refused request costs nothing more.
     let router = hcm.http_filters.len() - 1;
-    hcm.http_filters
-        .splice(router..router, crate::protect::http_filters(lb));
+    let mut first = crate::protect::http_filters(lb);
+    // The WAF after them: the cheap refusals come before the costly one.
+    first.extend(crate::waf::http_filter(lb));
+    hcm.http_filters.splice(router..router, first);
     if routes::uses_sticky_sessions(lb) {
         // Off unless a route turns it on: each route carries its pool's cookie.
         hcm.http_filters.insert(
@@ -325,6 +337,19 @@ fn access_log(lb: &LoadBalancer, opts: &TranslateOptions, http: bool) -> AccessL
             ("request_id", "%REQ(X-REQUEST-ID)%".into()),
             ("user_agent", "%REQ(USER-AGENT)%".into()),
         ]);
+        if lb.waf.is_some() {
+            // What the WAF service said (see waf.rs): its action and rule ids.
+            fields.extend([
+                (
+                    "waf_action",
+                    "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:waf_action)%".to_owned(),
+                ),
+                (
+                    "waf_rules",
+                    "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:waf_rules)%".into(),
+                ),
+            ]);
+        }
     }
     let json = Struct {
         fields: fields

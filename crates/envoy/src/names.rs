@@ -49,6 +49,8 @@ pub fn ca_secret(id: &str) -> String {
 /// Name of the bootstrap's static cluster that reaches the agent's xDS
 /// server. Load-balancer names all start with `lb_`, so it cannot clash.
 pub const XDS_CLUSTER: &str = "vpsie_lb_xds";
+/// The static cluster that reaches the WAF service.
+pub const WAF_CLUSTER: &str = "vpsie_lb_waf";
 
 /// Metadata key that selects the TLS transport socket for https health checks.
 pub const HC_TLS_MATCH: &str = "vpsie_hc_tls";

@@ -34,6 +34,9 @@ fn emitted_types() -> Vec<String> {
     use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
         StderrAccessLog, StdoutAccessLog,
     };
+    use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{
+        ExtAuthz, ExtAuthzPerRoute,
+    };
     use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
     use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::{Rbac, RbacPerRoute};
     use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
@@ -64,6 +67,8 @@ fn emitted_types() -> Vec<String> {
         TlsInspector::full_name(),
         Rbac::full_name(),
         RbacPerRoute::full_name(),
+        ExtAuthz::full_name(),
+        ExtAuthzPerRoute::full_name(),
         NetworkRbac::full_name(),
         LocalRateLimit::full_name(),
         ConnectionRate::full_name(),

@@ -64,7 +64,11 @@ pub(crate) fn route_config(lb: &LoadBalancer, opts: &TranslateOptions) -> RouteC
         virtual_hosts,
         // `Host: api.example.com:8443` is api.example.com.
         ignore_port_in_host_matching: true,
-        typed_per_filter_config: crate::protect::for_route_config(lb, tracked),
+        typed_per_filter_config: {
+            let mut c = crate::protect::for_route_config(lb, tracked);
+            c.extend(crate::waf::for_route_config(lb));
+            c
+        },
         ..Default::default()
     }
 }

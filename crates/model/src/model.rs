@@ -81,6 +81,8 @@ pub mod limits {
     pub const MAX_REQUESTS_PER_SECOND: u32 = 1_000_000;
     /// Largest new-connection rate of a listener, per second.
     pub const MAX_CONNECTIONS_PER_SECOND: u32 = 1_000_000;
+    /// Largest rule id a WAF exclusion may name.
+    pub const MAX_WAF_RULE_ID: u32 = 9_999_999;
     /// Most networks in one allow or deny list.
     pub const MAX_ACCESS_NETWORKS: usize = 1_000;
     /// Most server names on one extra certificate.
@@ -133,6 +135,33 @@ pub struct LoadBalancer {
     pub rate_limit: RateLimit,
     /// Which clients may connect at all.
     pub access: Option<Access>,
+    /// Request inspection by the WAF service (http/https).
+    pub waf: Option<Waf>,
+}
+
+/// A load balancer's web application firewall.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Waf {
+    /// Off, detect or block.
+    pub mode: WafMode,
+    /// The Core Rule Set's paranoia level, 1..=4.
+    pub paranoia_level: u8,
+    /// Rule ids disabled, sorted and unique.
+    pub exclusions: Vec<u32>,
+    /// Whether requests pass when the WAF service is down or slow.
+    pub fail_open: bool,
+}
+
+/// What the WAF does with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WafMode {
+    /// Nothing: requests are not sent to the service.
+    Off,
+    /// Matches are logged and counted; every request passes.
+    Detect,
+    /// Requests the rule set refuses get 403.
+    Block,
 }
 
 /// Limits on what clients may send; each part is off when `None`.

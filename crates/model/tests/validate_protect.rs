@@ -172,3 +172,65 @@ fn bad_access_lists_name_the_entry() {
         &["access.deny: has 1001 networks, more than 1000"],
     );
 }
+
+#[test]
+fn the_waf_is_read_with_its_defaults() {
+    let v = ok(set(
+        "waf",
+        json!({"mode": "block", "exclusions": [942100, 920350, 942100]}),
+    ));
+    let w = v.config.load_balancers[0].waf.clone().expect("waf");
+    assert_eq!(w.mode, vpsie_lb_model::WafMode::Block);
+    assert_eq!((w.paranoia_level, w.fail_open), (1, true), "defaults");
+    assert_eq!(w.exclusions, [920350, 942100], "sorted, unique");
+    let v = ok(set(
+        "waf",
+        json!({"mode": "detect", "paranoia_level": 4, "fail_open": false}),
+    ));
+    let w = v.config.load_balancers[0].waf.clone().expect("waf");
+    assert_eq!(
+        (w.mode, w.paranoia_level, w.fail_open),
+        (vpsie_lb_model::WafMode::Detect, 4, false)
+    );
+    assert!(
+        ok(set("waf", json!({"mode": "off"}))).config.load_balancers[0]
+            .waf
+            .is_some()
+    );
+}
+
+#[test]
+fn bad_waf_settings_name_the_field() {
+    let cases: &[(Value, &[&str])] = &[
+        (
+            set("waf", json!({"paranoia_level": 2})),
+            &["waf.mode: is required"],
+        ),
+        (
+            set("waf", json!({"mode": "loud"})),
+            &["waf.mode: must be one of"],
+        ),
+        (
+            set("waf", json!({"mode": "block", "paranoia_level": 5})),
+            &["waf.paranoia_level: must be 1..=4 (got 5)"],
+        ),
+        (
+            set("waf", json!({"mode": "block", "exclusions": [0, "x"]})),
+            &[
+                "waf.exclusions[0]: must be 1..=9999999",
+                "waf.exclusions[1]: must be an integer",
+            ],
+        ),
+        (
+            set("waf", json!({"mode": "block", "fail_open": "yes"})),
+            &["waf.fail_open: must be true or false"],
+        ),
+        (
+            tcp("waf", json!({"mode": "block"})),
+            &["waf: a tcp load balancer has no requests to inspect"],
+        ),
+    ];
+    for (doc, want) in cases {
+        check(doc.clone(), want);
+    }
+}

@@ -91,6 +91,9 @@ pub(super) fn read(e: RawEnvoy, problems: &mut Vec<String>) -> Envoy {
         delivery,
         xds_socket,
         rate_limit_tracked_clients,
+        waf_socket: e
+            .waf_socket
+            .unwrap_or_else(|| PathBuf::from(vpsie_lb_envoy::DEFAULT_WAF_SOCKET)),
     }
 }
 

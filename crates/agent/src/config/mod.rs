@@ -81,6 +81,8 @@ pub struct Envoy {
     pub xds_socket: PathBuf,
     /// Client buckets Envoy keeps per rate limit.
     pub rate_limit_tracked_clients: u32,
+    /// The WAF service's Unix socket (Envoy's `vpsie_lb_waf` cluster).
+    pub waf_socket: PathBuf,
 }
 
 /// How resources reach Envoy (`envoy.delivery`).
@@ -198,6 +200,7 @@ struct RawEnvoy {
     delivery: Option<String>,
     xds_socket: Option<PathBuf>,
     rate_limit_tracked_clients: Option<u32>,
+    waf_socket: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]

@@ -71,6 +71,8 @@ pub struct Settings {
     /// Validation rules from the agent's config: ports the agent itself
     /// uses, trusted backend networks.
     pub validate: ValidateOptions,
+    /// Where the WAF service reads its policies; `None` writes none.
+    pub waf_policies: Option<PathBuf>,
 }
 
 /// Runs passes and remembers what is known to be good.
@@ -278,6 +280,18 @@ impl<D: Delivery> Reconciler<D> {
             // choose() resolved every conflict, so this is a bug; keep serving.
             Err(e) => return (PassResult::Error, Some(ReconcileError::Render(e))),
         };
+        // The service's policies follow the chosen documents on every pass,
+        // before Envoy is handed anything: a mode or an exclusion changes
+        // nothing in Envoy, and a new load balancer's policy must be there
+        // before its first request.
+        if let Some(path) = &self.settings.waf_policies
+            && let Err(e) = crate::waf::write_policies(path, &config)
+        {
+            return (
+                PassResult::Error,
+                Some(ReconcileError::WafPolicies(e.to_string())),
+            );
+        }
         let diff = match self.delivery.diff(&files) {
             Ok(d) => d,
             Err(e) => return (PassResult::Error, Some(e)),

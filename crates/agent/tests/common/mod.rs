@@ -137,8 +137,6 @@ impl Lab {
             input.to_str().expect("utf-8 path"),
             "--out",
             out_dir.to_str().expect("utf-8 path"),
-            "--listen-address",
-            "127.0.0.1",
             "--admin-address",
             &admin,
             "--access-log",
@@ -146,6 +144,9 @@ impl Lab {
             "--allow-backend-network",
             "127.0.0.0/8",
         ];
+        if !extra.contains(&"--listen-address") {
+            args.extend(["--listen-address", "127.0.0.1"]);
+        }
         args.extend(extra);
         agent(&args)
     }
@@ -236,20 +237,25 @@ impl Lab {
     /// The agent's config for a lab over xds; `extra` are render flags.
     fn xds_agent_config(&self, extra: &[&str]) -> PathBuf {
         let mut envoy_extra = String::new();
+        let mut listen = "127.0.0.1";
         for pair in extra.chunks(2) {
             match pair {
+                ["--listen-address", a] => listen = a,
                 ["--access-log-sample-percent", p] => {
                     envoy_extra.push_str(&format!("  access_log_sample_percent: {p}\n"));
                 }
                 ["--rate-limit-tracked-clients", n] => {
                     envoy_extra.push_str(&format!("  rate_limit_tracked_clients: {n}\n"));
                 }
+                ["--waf-socket", p] => {
+                    envoy_extra.push_str(&format!("  waf_socket: {p}\n"));
+                }
                 other => panic!("render flags {other:?} have no agent setting in the xds lab"),
             }
         }
         let d = self.dir.path().display();
         let text = format!(
-            "source: file\nfile: {d}/desired.json\nvpsie: {{poll_interval: 1s}}\nagent: {{listen_address: 127.0.0.1:{agent}}}\nenvoy:\n  config_dir: {out}\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: 127.0.0.1\n  manage: false\n  access_log: {log}\n  delivery: xds\n  xds_socket: {d}/xds.sock\n{envoy_extra}state_dir: {d}/state\nlogging: {{level: info, format: json}}\nallowed_backend_networks: [127.0.0.0/8]\n",
+            "source: file\nfile: {d}/desired.json\nvpsie: {{poll_interval: 1s}}\nagent: {{listen_address: 127.0.0.1:{agent}}}\nenvoy:\n  config_dir: {out}\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: '{listen}'\n  manage: false\n  access_log: {log}\n  delivery: xds\n  xds_socket: {d}/xds.sock\n{envoy_extra}state_dir: {d}/state\nlogging: {{level: info, format: json}}\nallowed_backend_networks: [127.0.0.0/8]\n",
             agent = self.agent_port,
             out = self.out_dir().display(),
             admin = self.admin_port,

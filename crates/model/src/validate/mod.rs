@@ -225,6 +225,7 @@ const LB_KEYS: &[&str] = &[
     "routes",
     "rate_limit",
     "access",
+    "waf",
     // Sent by the API, deliberately ignored.
     "created_at",
     "updated_at",
@@ -297,6 +298,7 @@ fn load_balancer(
     };
     let rate_limit = protect::rate_limit(&obj, protocol, cx);
     let access = protect::access(&obj, cx);
+    let waf = protect::waf(&obj, protocol, cx);
 
     key.id.clone_from(&id);
     key.ports.extend(port.map(|p| ("port", p)));
@@ -322,6 +324,7 @@ fn load_balancer(
             timeouts: timeouts?,
             rate_limit: rate_limit?,
             access: access?,
+            waf: waf?,
         })
     })();
     (lb, key)

@@ -3,13 +3,63 @@
 
 use serde_json::Value;
 
-use crate::model::{Access, Protocol, RateLimit, RequestRate, limits};
+use crate::model::{Access, Protocol, RateLimit, RequestRate, Waf, WafMode, limits};
 use crate::network::IpNet;
 
 use super::obj::{Ctx, Need, Obj, type_name};
 
 const RATE_KEYS: &[&str] = &["requests_per_second", "burst", "connections_per_second"];
 const ACCESS_KEYS: &[&str] = &["allow", "deny"];
+const WAF_KEYS: &[&str] = &["mode", "paranoia_level", "exclusions", "fail_open"];
+
+/// `waf`: `Some(None)` when absent, `None` when wrong.
+pub(super) fn waf(obj: &Obj<'_>, protocol: Option<Protocol>, cx: &mut Ctx) -> Option<Option<Waf>> {
+    let Some(w) = obj.object(cx, "waf") else {
+        return Some(None);
+    };
+    w.check_keys(WAF_KEYS, cx);
+    let before = cx.errors.len();
+    if protocol == Some(Protocol::Tcp) {
+        cx.error(&w.path, "a tcp load balancer has no requests to inspect");
+    }
+    let mode = w.enumeration(
+        cx,
+        "mode",
+        &[
+            ("off", WafMode::Off),
+            ("detect", WafMode::Detect),
+            ("block", WafMode::Block),
+        ],
+        Need::Required,
+    );
+    let paranoia_level = w
+        .int_in(cx, "paranoia_level", 1..=4, Need::Optional)
+        .unwrap_or(1) as u8;
+    let fail_open = w.boolean(cx, "fail_open").unwrap_or(true);
+    let mut exclusions = Vec::new();
+    if let Some(items) = w.array(cx, "exclusions", Need::Optional) {
+        let at = w.path.key("exclusions");
+        for (i, item) in items.iter().enumerate() {
+            let id = super::obj::int_value(
+                item,
+                &at.index(i),
+                1..=i64::from(limits::MAX_WAF_RULE_ID),
+                cx,
+            );
+            exclusions.extend(id.map(|n| n as u32));
+        }
+    }
+    exclusions.sort_unstable();
+    exclusions.dedup();
+    (cx.errors.len() == before).then(|| {
+        mode.map(|mode| Waf {
+            mode,
+            paranoia_level,
+            exclusions,
+            fail_open,
+        })
+    })
+}
 
 /// A load balancer's `rate_limit`: `None` when it is wrong.
 pub(super) fn rate_limit(
