@@ -52,6 +52,8 @@ impl Waf {
             .arg(socket)
             .arg("--config")
             .arg(policies)
+            .arg("--metrics-socket")
+            .arg(socket.with_file_name("waf-metrics.sock"))
             .stdout(out.try_clone().expect("dup"))
             .stderr(out)
             .stdin(Stdio::null())
@@ -67,6 +69,20 @@ impl Waf {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The service's counters (`GET /metrics` on its metrics socket).
+    fn metrics(&self) -> String {
+        use std::io::Read;
+        let Ok(mut s) =
+            std::os::unix::net::UnixStream::connect(self.socket.with_file_name("waf-metrics.sock"))
+        else {
+            return String::new();
+        };
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: waf\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
     }
 
     fn kill(&mut self) {
@@ -313,6 +329,14 @@ fn the_waf_blocks_detects_and_excludes(via: Via) {
         waf.log().contains("waf rules matched; passed"),
         "{}",
         waf.log()
+    );
+    // Counted, per load balancer and rule: the only count of a detect match.
+    let counted = waf.metrics();
+    assert!(
+        counted.contains(
+            "vpsie_lb_waf_rule_matches_total{lb_id=\"shop\",rule=\"942100\",action=\"detect\"}"
+        ) && counted.contains("vpsie_lb_waf_requests_total{lb_id=\"shop\",verdict=\"block\"}"),
+        "{counted}"
     );
     assert_eq!(
         lab.envoy()

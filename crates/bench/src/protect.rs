@@ -77,7 +77,8 @@ fn waf(ctx: &Ctx, findings: &mut Findings, dir: &Path, pool: &[(u16, u32)]) -> R
                 .arg("--socket")
                 .arg(&socket)
                 .arg("--config")
-                .arg(d.join("envoy").join("waf.json")),
+                .arg(d.join("envoy").join("waf.json"))
+                .args(["--metrics-socket", "off"]),
             &d.join("waf.log"),
         )?;
         let mut doc = lb_doc("guarded", "http", free_port(), pool);

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod metrics;
 pub mod service;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +33,8 @@ pub struct Settings {
     pub crs_dir: PathBuf,
     /// The rule set's setup file.
     pub crs_setup: PathBuf,
+    /// Where `GET /metrics` is served; `None` serves none.
+    pub metrics_socket: Option<PathBuf>,
 }
 
 /// Reads the policy file and compiles the rule sets it needs, so no
@@ -92,6 +95,15 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             }
         }
     });
+    let metrics = metrics::Metrics::default();
+    if let Some(path) = settings.metrics_socket.clone() {
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = m.serve(&path).await {
+                tracing::error!(error = %e, socket = %path.display(), "metrics socket failed");
+            }
+        });
+    }
     let _ = std::fs::remove_file(&settings.socket);
     let listener = tokio::net::UnixListener::bind(&settings.socket)?;
     // Envoy's group may connect; nobody else.
@@ -105,6 +117,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             engine,
             config,
             settings.config.clone(),
+            metrics,
         )))
         .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
         .await?;

@@ -20,6 +20,9 @@ struct Args {
     /// The rule set's setup file.
     #[arg(long, default_value = vpsie_lb_waf::engine::DEFAULT_CRS_SETUP)]
     crs_setup: PathBuf,
+    /// Where `GET /metrics` (Prometheus text) is served; `off` serves none.
+    #[arg(long, default_value = "/run/vpsie-lb-waf/metrics.sock")]
+    metrics_socket: String,
     /// `json` (for journald) or `text`.
     #[arg(long, default_value = "json")]
     log_format: String,
@@ -66,6 +69,7 @@ fn main() -> std::process::ExitCode {
         config: args.config,
         crs_dir: args.crs_dir,
         crs_setup: args.crs_setup,
+        metrics_socket: (args.metrics_socket != "off").then(|| PathBuf::from(&args.metrics_socket)),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -28,6 +28,7 @@ pub struct Waf {
     /// The policy file, read again at once for a load balancer it does not
     /// know yet (the agent writes it just before Envoy learns of one).
     path: std::path::PathBuf,
+    metrics: crate::metrics::Metrics,
 }
 
 impl Waf {
@@ -37,11 +38,13 @@ impl Waf {
         engine: Arc<Engine>,
         config: Arc<RwLock<WafConfig>>,
         path: std::path::PathBuf,
+        metrics: crate::metrics::Metrics,
     ) -> Self {
         Self {
             engine,
             config,
             path,
+            metrics,
         }
     }
 
@@ -92,8 +95,19 @@ impl Authorization for Waf {
             .map_err(|e| Status::internal(format!("inspection task: {e}")))?
             .map_err(|e| {
                 tracing::error!(lb_id = %lb, error = %e, "inspection failed");
+                self.metrics.record(&lb, "error", &[]);
                 Status::internal(e)
             })?;
+        let rules: &[u32] = match &verdict {
+            Verdict::Pass => &[],
+            Verdict::Detected(r) | Verdict::Blocked { rules: r, .. } => r,
+        };
+        let name = match verdict {
+            Verdict::Pass => "pass",
+            Verdict::Detected(_) => "detect",
+            Verdict::Blocked { .. } => "block",
+        };
+        self.metrics.record(&lb, name, rules);
         Ok(Response::new(match verdict {
             Verdict::Pass => allow(&[]),
             Verdict::Detected(rules) => {
