@@ -59,12 +59,22 @@ impl Waf {
             .stdin(Stdio::null())
             .spawn()
             .expect("start vpsie-lb-waf");
-        Waf {
+        let waf = Waf {
             child,
             log: log.to_owned(),
             socket: socket.to_owned(),
             policies: policies.to_owned(),
-        }
+        };
+        // Until it listens, a fail-open load balancer would pass everything
+        // uninspected and prove nothing.
+        poll_until("the waf service listens", Duration::from_secs(30), || {
+            if waf.log().contains("serving ext_authz") {
+                Ok(())
+            } else {
+                Err(waf.log())
+            }
+        });
+        waf
     }
 
     fn log(&self) -> String {
@@ -267,6 +277,17 @@ fn the_waf_blocks_detects_and_excludes(via: Via) {
         || match send(port, "GET", "/", &[], b"").status {
             200 => Ok(()),
             s => Err(format!("status {s}: {}", waf.log())),
+        },
+    );
+    // The service answered for this load balancer (not a fail-open pass).
+    poll_until(
+        "the waf inspected a request",
+        Duration::from_secs(10),
+        || {
+            waf.metrics()
+                .contains("vpsie_lb_waf_requests_total{lb_id=\"shop\",verdict=\"pass\"}")
+                .then_some(())
+                .ok_or_else(|| waf.log())
         },
     );
     assert!(
