@@ -405,6 +405,7 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
     crate::waf::write_policies(
         &layout.root().join(crate::waf::POLICY_FILE),
         &validated.config,
+        &mut None,
     )?;
     fsutil::write_atomic(&layout.bootstrap_file(), boot_yaml.as_bytes(), 0o644)?;
     println!(
@@ -542,6 +543,7 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     crate::waf::write_policies(
         &layout.root().join(crate::waf::POLICY_FILE),
         &validated.config,
+        &mut None,
     )?;
     let admin = EnvoyAdmin::new(args.doc.admin_address.clone())?;
     let applier = Applier::new(

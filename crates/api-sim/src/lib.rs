@@ -283,6 +283,21 @@ impl Sim {
         )
     }
 
+    /// Counts a request to `endpoint` and plays the first fault for it:
+    /// the stream back when the request goes on, `None` when answered.
+    fn count_and_inject(
+        &self,
+        endpoint: &str,
+        stream: TcpStream,
+    ) -> std::io::Result<Option<TcpStream>> {
+        let fault = {
+            let mut st = self.lock();
+            *st.requests.entry(endpoint.to_owned()).or_insert(0) += 1;
+            take_fault(&mut st.faults, endpoint)
+        };
+        inject(fault.as_ref(), stream)
+    }
+
     /// 200 with `text` and its ETag, or 304 when the client sent that ETag.
     fn respond_tagged(
         &self,
@@ -314,12 +329,7 @@ impl Sim {
         headers: &BTreeMap<String, String>,
         body: &[u8],
     ) -> std::io::Result<()> {
-        let fault = {
-            let mut st = self.lock();
-            *st.requests.entry(endpoint.to_owned()).or_insert(0) += 1;
-            take_fault(&mut st.faults, endpoint)
-        };
-        let Some(stream) = inject(fault.as_ref(), stream)? else {
+        let Some(stream) = self.count_and_inject(endpoint, stream)? else {
             return Ok(());
         };
         let authorized = headers.get("vpsie-auth") == Some(&self.api_key)
@@ -373,12 +383,7 @@ impl Sim {
                 );
             }
         };
-        let fault = {
-            let mut st = self.lock();
-            *st.requests.entry(endpoint.to_owned()).or_insert(0) += 1;
-            take_fault(&mut st.faults, endpoint)
-        };
-        let Some(stream) = inject(fault.as_ref(), stream)? else {
+        let Some(stream) = self.count_and_inject(endpoint, stream)? else {
             return Ok(());
         };
         let authorized = headers.get("authorization").map(String::as_str)

@@ -113,6 +113,9 @@ pub struct Reconciler<D: Delivery> {
     /// The last candidate rendered and what it rendered to: most passes
     /// fetch what they fetched before, and rendering is the costly part.
     last_render: Option<(BTreeMap<String, Value>, Config, D::Candidate)>,
+    /// The WAF policies last written, so a pass that changes none does
+    /// not read the file back.
+    waf_written: Option<String>,
 }
 
 /// Where a reconciler publishes what it sees.
@@ -154,6 +157,7 @@ impl<D: Delivery> Reconciler<D> {
             observe,
             times: PhaseTimes::default(),
             last_render: None,
+            waf_written: None,
         }
     }
 
@@ -285,7 +289,7 @@ impl<D: Delivery> Reconciler<D> {
         // nothing in Envoy, and a new load balancer's policy must be there
         // before its first request.
         if let Some(path) = &self.settings.waf_policies
-            && let Err(e) = crate::waf::write_policies(path, &config)
+            && let Err(e) = crate::waf::write_policies(path, &config, &mut self.waf_written)
         {
             return (
                 PassResult::Error,
