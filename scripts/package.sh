@@ -66,6 +66,9 @@ check "envoy unit installed 644" expect_mode /lib/systemd/system/envoy.service "
 check "sysctl drop-in installed" expect_mode /usr/lib/sysctl.d/60-vpsie-lb.conf "root:root 644"
 check "limits drop-in installed" expect_mode /etc/security/limits.d/vpsie-lb.conf "root:root 644"
 check "example config installed" test -f "$R/usr/share/doc/vpsie-lb/examples/agent.yaml"
+check "HA example installed" test -f "$R/usr/share/doc/vpsie-lb/examples/agent-ha.yaml"
+check "keepalived drop-in installed 644" expect_mode /lib/systemd/system/keepalived.service.d/vpsie-lb.conf "root:root 644"
+check "the package recommends keepalived" sh -c "dpkg-deb -f '$deb' Recommends | grep -qw keepalived"
 check "user envoy exists" in_root getent passwd envoy
 check "user vpsie-lb exists" in_root getent passwd vpsie-lb
 check "vpsie-lb is in group envoy" sh -c "chroot '$R' id -nG vpsie-lb | grep -qw envoy"

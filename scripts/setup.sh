@@ -33,6 +33,11 @@ command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 [ -f /usr/include/modsecurity/modsecurity.h ] || need_apt+=(libmodsecurity-dev)
 [ -d /usr/share/modsecurity-crs/rules ] || need_apt+=(modsecurity-crs)
+# HA pairs: keepalived (VRRP), and ip(8) for the network namespaces the
+# HA tests and benchmark build; setpriv runs the check as keepalived would.
+command -v keepalived >/dev/null 2>&1 || need_apt+=(keepalived)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   need_apt+=(python3-venv)
 fi

@@ -64,6 +64,10 @@ enum Command {
     /// backends added, removed or changed, and which listeners would drain.
     /// Touches nothing. Exits 0, or 2 when the document is invalid.
     Plan(PlanArgs),
+    /// High availability with keepalived: render its config, and the
+    /// check and notify scripts it runs. See docs/operations.md.
+    #[command(subcommand)]
+    Ha(crate::ha::cli::HaCommand),
 }
 
 #[derive(Debug, Args)]
@@ -244,6 +248,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => crate::run::run(&args.config),
         Command::Status(args) => status(args),
         Command::Plan(args) => plan_command(args),
+        Command::Ha(cmd) => crate::ha::cli::run(cmd),
     }
 }
 
@@ -575,7 +580,10 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(state) = &args.state_dir {
         // The same state `run` keeps, so `plan` and a later `run` see it.
-        let record = crate::delivery::relative_files(&layout, &next).map_err(anyhow::Error::msg)?;
+        let record = crate::state::Unsaved {
+            files: crate::delivery::relative_files(&layout, &next).map_err(anyhow::Error::msg)?,
+            listeners: crate::delivery::file_listener_names(&layout, &next),
+        };
         crate::state::save(state, &loaded.docs, &record)
             .with_context(|| format!("save last-known-good in {}", state.display()))?;
     }

@@ -79,6 +79,10 @@ pub trait Delivery {
     /// What last-known-good keeps of `candidate`: relative paths and contents.
     fn record(&self, candidate: &Self::Candidate) -> Result<Vec<(PathBuf, String)>, String>;
 
+    /// The names of the listeners `candidate` gives Envoy: what `ha check`
+    /// later expects Envoy to hold.
+    fn listener_names(&self, candidate: &Self::Candidate) -> Vec<String>;
+
     /// Envoy's hosts and their health; `None` when Envoy does not answer.
     fn host_health(&self) -> Option<Vec<HostHealth>>;
 }
@@ -146,6 +150,22 @@ pub fn relative_files(layout: &XdsLayout, set: &FileSet) -> Result<Vec<(PathBuf,
         .collect()
 }
 
+/// The listeners in `set`'s listener file (none if it has none).
+pub fn file_listener_names(layout: &XdsLayout, set: &FileSet) -> Vec<String> {
+    let Some(file) = set.get(&layout.lds_file()) else {
+        return Vec::new();
+    };
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(&file.contents) else {
+        return Vec::new();
+    };
+    json["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
 impl Delivery for FilesDelivery {
     type Candidate = FileSet;
 
@@ -202,6 +222,10 @@ impl Delivery for FilesDelivery {
 
     fn record(&self, candidate: &FileSet) -> Result<Vec<(PathBuf, String)>, String> {
         relative_files(&self.layout, candidate)
+    }
+
+    fn listener_names(&self, candidate: &FileSet) -> Vec<String> {
+        file_listener_names(&self.layout, candidate)
     }
 
     fn host_health(&self) -> Option<Vec<HostHealth>> {

@@ -40,6 +40,9 @@ pub struct Endpoints {
     pub status: Arc<Mutex<AgentStatus>>,
     /// Where `POST /sync` asks for a pass.
     pub sync: Trigger,
+    /// The HA gauges and records, when this node is in a pair: read at
+    /// each request, since keepalived reports between passes.
+    pub ha: Option<crate::ha::HaMetrics>,
 }
 
 /// A request head that parsed.
@@ -227,13 +230,22 @@ fn plain(status: u16, body: &str) -> Answer {
 fn route(head: &Head<'_>, e: &Endpoints) -> Answer {
     // `/readyz` reads one flag; only `/status` needs the whole snapshot.
     let ready = || e.status.lock().is_ok_and(|s| s.ready);
-    let snapshot = || e.status.lock().map(|s| s.clone()).unwrap_or_default();
+    let snapshot = || {
+        let mut s = e.status.lock().map(|s| s.clone()).unwrap_or_default();
+        s.ha = e.ha.as_ref().map(|h| crate::ha::status(h.ha()));
+        s
+    };
     match (head.method, head.path) {
-        ("GET", "/metrics") => (
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            crate::metrics::encode(&e.registry),
-        ),
+        ("GET", "/metrics") => {
+            if let Some(h) = &e.ha {
+                h.refresh();
+            }
+            (
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                crate::metrics::encode(&e.registry),
+            )
+        }
         ("GET", "/healthz") => plain(200, "ok\n"),
         ("GET", "/readyz") if ready() => plain(200, "ready: envoy serves a verified config\n"),
         ("GET", "/readyz") => plain(

@@ -66,6 +66,7 @@ pub struct HostHealth {
 #[derive(Debug, Clone)]
 pub struct EnvoyAdmin {
     addr: LocalAddress,
+    timeout: Duration,
 }
 
 impl EnvoyAdmin {
@@ -74,11 +75,19 @@ impl EnvoyAdmin {
         if !addr.is_local() {
             return Err(AdminError::NotLoopback(addr));
         }
-        Ok(Self { addr })
+        Ok(Self {
+            addr,
+            timeout: TIMEOUT,
+        })
+    }
+
+    /// The same client, waiting at most `timeout` for each read or write.
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        Self { timeout, ..self }
     }
 
     fn call(&self, method: &str, path: &str) -> Result<crate::local_http::Reply, AdminError> {
-        crate::local_http::request(&self.addr, method, path, TIMEOUT, MAX_BODY).map_err(|e| {
+        crate::local_http::request(&self.addr, method, path, self.timeout, MAX_BODY).map_err(|e| {
             AdminError::Request {
                 path: path.to_owned(),
                 reason: format!("{}: {e}", self.addr),
@@ -201,6 +210,17 @@ impl EnvoyAdmin {
             }
         }
         Ok(out)
+    }
+
+    /// The names of the listeners Envoy has active (warmed, not draining).
+    pub fn active_listeners(&self) -> Result<std::collections::BTreeSet<String>, AdminError> {
+        let json = self.get_json("/listeners?format=json")?;
+        Ok(json["listener_statuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["name"].as_str().map(str::to_owned))
+            .collect())
     }
 
     /// Listeners whose last update Envoy refused, with Envoy's reason.

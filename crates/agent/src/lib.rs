@@ -16,6 +16,7 @@ pub mod endpoints;
 pub mod envoy_admin;
 pub mod fsutil;
 pub mod fuzzing;
+pub mod ha;
 pub mod listen;
 pub mod local_http;
 pub mod metrics;

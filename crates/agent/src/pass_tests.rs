@@ -74,6 +74,10 @@ impl Delivery for FakeEnvoy {
         Ok(vec![(PathBuf::from("fake.txt"), format!("{c:?}"))])
     }
 
+    fn listener_names(&self, c: &Self::Candidate) -> Vec<String> {
+        c.iter().map(|(id, _)| format!("lb_{id}")).collect()
+    }
+
     fn host_health(&self) -> Option<Vec<HostHealth>> {
         Some(vec![])
     }

@@ -305,10 +305,14 @@ impl Loop<'_> {
             cfg,
             settings,
             metrics,
-            registry,
+            mut registry,
             source,
             reporter,
         } = self;
+        let ha = cfg
+            .ha
+            .as_ref()
+            .map(|h| crate::ha::HaMetrics::register(&mut registry, h));
         let status =
             std::sync::Arc::new(std::sync::Mutex::new(crate::status::AgentStatus::default()));
         let mut reconciler = Reconciler::new(
@@ -327,6 +331,7 @@ impl Loop<'_> {
             registry: std::sync::Arc::new(registry),
             status: status.clone(),
             sync: inbox.trigger(),
+            ha,
         };
         let bound = crate::endpoints::spawn(&cfg.agent_listen, endpoints)
             .with_context(|| format!("agent.listen_address {}", cfg.agent_listen))?;

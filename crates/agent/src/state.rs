@@ -4,6 +4,7 @@
 //! ```text
 //! state_dir/last-known-good -> .lkg-<hash>     a symlink, replaced by rename
 //! state_dir/.lkg-<hash>/desired.json            the documents, by load-balancer id
+//! state_dir/.lkg-<hash>/confirmed.json          the listeners Envoy confirmed (`ha check`)
 //! state_dir/.lkg-<hash>/lds/lds.json, cds/...   the files Envoy confirmed
 //! ```
 //!
@@ -27,6 +28,8 @@ pub type Docs = BTreeMap<String, Value>;
 const LINK: &str = "last-known-good";
 /// The documents inside a version.
 const DESIRED: &str = "desired.json";
+/// The listeners of a version, for `ha check`; readable by its user.
+const CONFIRMED: &str = "confirmed.json";
 /// Where versions 0.1 kept the documents, beside a plain `last-known-good/`.
 const LEGACY_DESIRED: &str = "desired.json";
 
@@ -73,16 +76,69 @@ pub fn load(state_dir: &Path) -> Result<Option<Docs>, StateError> {
         .map_err(|e| fail(format!("{} is corrupt: {e}", desired.display())))
 }
 
-/// Saves `docs` and what Envoy was handed for them (`files`, relative
-/// paths and contents, from the delivery) as the new last-known-good,
-/// atomically. Saving what is already saved does no IO beyond reading the link.
-pub fn save(state_dir: &Path, docs: &Docs, files: &[(PathBuf, String)]) -> io::Result<()> {
-    let json = serde_json::to_vec_pretty(docs).map_err(io::Error::other)?;
+/// What a confirmed config leaves to save beside its documents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsaved {
+    /// What Envoy was handed (relative paths and contents, from the delivery).
+    pub files: Vec<(PathBuf, String)>,
+    /// The names of the listeners Envoy confirmed.
+    pub listeners: Vec<String>,
+}
+
+/// What `ha check` reads of the current version: no documents, no secrets.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Confirmed {
+    /// The version: a hash of every document it holds.
+    #[serde(default)]
+    pub version: String,
+    /// The listeners Envoy confirmed.
+    pub listeners: Vec<String>,
+}
+
+/// The current version's summary. `Ok(None)`: nothing was ever confirmed
+/// here (or by an agent older than `confirmed.json`).
+pub fn confirmed(state_dir: &Path) -> Result<Option<Confirmed>, StateError> {
+    let path = state_dir.join(LINK).join(CONFIRMED);
+    let fail = |reason: String| StateError {
+        dir: state_dir.display().to_string(),
+        reason,
+    };
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(fail(format!("{}: {e}", path.display()))),
+    };
+    let mut c: Confirmed = serde_json::from_slice(&bytes)
+        .map_err(|e| fail(format!("{} is corrupt: {e}", path.display())))?;
+    c.version = version(state_dir).unwrap_or_default();
+    Ok(Some(c))
+}
+
+/// The current version's name (the hash in `.lkg-<hash>`), if there is one.
+pub fn version(state_dir: &Path) -> Option<String> {
+    let target = std::fs::read_link(state_dir.join(LINK)).ok()?;
+    let name = target.file_name()?.to_str()?;
+    name.strip_prefix(".lkg-").map(str::to_owned)
+}
+
+/// Saves `docs` and what Envoy was handed for them as the new
+/// last-known-good, atomically. Saving what is already saved does no IO
+/// beyond reading the link.
+pub fn save(state_dir: &Path, docs: &Docs, unsaved: &Unsaved) -> io::Result<()> {
+    let files = &unsaved.files;
+    let json = docs_json(docs)?;
     let name = format!(".lkg-{}", short_hash(&json));
     let link = state_dir.join(LINK);
     if std::fs::read_link(&link).is_ok_and(|t| t == Path::new(&name))
         && std::fs::read(state_dir.join(&name).join(DESIRED)).is_ok_and(|b| b == json)
     {
+        // A version saved before `confirmed.json` existed gets one now, in
+        // place: rebuilding the version would remove the directory the
+        // link points at.
+        let path = state_dir.join(&name).join(CONFIRMED);
+        if !path.exists() {
+            fsutil::write_atomic(&path, &summary_json(&json, unsaved)?, 0o644)?;
+        }
         return Ok(());
     }
     fsutil::ensure_dir(state_dir)?;
@@ -124,6 +180,11 @@ pub fn save(state_dir: &Path, docs: &Docs, files: &[(PathBuf, String)]) -> io::R
         std::fs::File::open(dir)?.sync_all()?;
     }
     fsutil::ensure_dir(&staging)?;
+    fsutil::write_atomic(
+        &staging.join(CONFIRMED),
+        &summary_json(&json, unsaved)?,
+        0o644,
+    )?;
     fsutil::write_atomic(&staging.join(DESIRED), &json, 0o600)?;
     let version = state_dir.join(&name);
     remove_dir_if_present(&version)?;
@@ -131,6 +192,26 @@ pub fn save(state_dir: &Path, docs: &Docs, files: &[(PathBuf, String)]) -> io::R
     swap_link(state_dir, &name)?;
     remove_other_versions(state_dir, &name);
     Ok(())
+}
+
+/// The bytes a version's documents are saved as, and hashed for its name.
+fn docs_json(docs: &Docs) -> io::Result<Vec<u8>> {
+    serde_json::to_vec_pretty(docs).map_err(io::Error::other)
+}
+
+/// The version `save` would name `docs` (what `/status` shows as
+/// `config_version`); empty if they cannot be serialized.
+pub fn docs_version(docs: &Docs) -> String {
+    docs_json(docs).map(|j| short_hash(&j)).unwrap_or_default()
+}
+
+/// `confirmed.json` for the documents `docs_json`.
+fn summary_json(docs_json: &[u8], unsaved: &Unsaved) -> io::Result<Vec<u8>> {
+    let summary = Confirmed {
+        version: short_hash(docs_json),
+        listeners: unsaved.listeners.clone(),
+    };
+    serde_json::to_vec_pretty(&summary).map_err(io::Error::other)
 }
 
 /// Points `last-known-good` at `name` with one rename.
@@ -195,8 +276,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn files(lds: &str) -> Vec<(PathBuf, String)> {
-        vec![(PathBuf::from("lds/lds.json"), lds.to_owned())]
+    fn files(lds: &str) -> Unsaved {
+        Unsaved {
+            files: vec![(PathBuf::from("lds/lds.json"), lds.to_owned())],
+            listeners: vec![format!("lb_{lds}")],
+        }
     }
 
     fn docs(port: u16) -> Docs {
@@ -223,12 +307,43 @@ mod tests {
     }
 
     #[test]
+    fn the_confirmed_listeners_and_version_are_readable_without_the_documents() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(confirmed(dir.path()).expect("nothing"), None);
+        save(dir.path(), &docs(80), &files("one")).expect("save");
+        let c = confirmed(dir.path()).expect("read").expect("some");
+        assert_eq!(c.listeners, vec!["lb_one"]);
+        assert_eq!(Some(c.version.clone()), version(dir.path()));
+        assert_eq!(c.version.len(), 12);
+        // Only the documents are private; the summary is for `ha check`.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |f: &str| {
+            std::fs::metadata(files_dir(dir.path()).join(f))
+                .expect("meta")
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!((mode(CONFIRMED), mode(DESIRED)), (0o644, 0o600));
+    }
+
+    #[test]
+    fn regression_a_version_saved_before_confirmed_json_got_none_until_the_docs_changed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        save(dir.path(), &docs(80), &files("one")).expect("save");
+        std::fs::remove_file(files_dir(dir.path()).join(CONFIRMED)).expect("remove");
+        save(dir.path(), &docs(80), &files("one")).expect("save again");
+        assert!(confirmed(dir.path()).expect("read").is_some());
+    }
+
+    #[test]
     fn an_unchanged_file_is_linked_from_the_version_before_not_written_again() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let two = |lds: &str| {
             let mut f = files(lds);
-            f.push((PathBuf::from("rds/lb_web/rds.json"), "routes".to_owned()));
+            f.files
+                .push((PathBuf::from("rds/lb_web/rds.json"), "routes".to_owned()));
             f
         };
         save(dir.path(), &docs(80), &two("one")).expect("save");
@@ -281,7 +396,8 @@ mod tests {
         save(dir.path(), &docs(80), &files("one")).expect("save");
         // A path outside the state fails the save after the staging began.
         let mut bad = files("two");
-        bad.push((PathBuf::from("../elsewhere/x.json"), "x".into()));
+        bad.files
+            .push((PathBuf::from("../elsewhere/x.json"), "x".into()));
         assert!(save(dir.path(), &docs(81), &bad).is_err());
         assert_eq!(load(dir.path()).expect("load"), Some(docs(80)));
         let lds = files_dir(dir.path()).join("lds/lds.json");

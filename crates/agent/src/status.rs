@@ -12,8 +12,41 @@ pub struct AgentStatus {
     pub ready: bool,
     /// Envoy's admin API answered on the last pass.
     pub envoy_reachable: bool,
+    /// The version of everything served: the same on both nodes of an HA
+    /// pair exactly when they serve the same documents (the hash in
+    /// last-known-good's name).
+    #[serde(default)]
+    pub config_version: String,
+    /// This node's keepalived instances, when it is in an HA pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaStatus>,
     /// Per load balancer.
     pub load_balancers: BTreeMap<String, LbStatus>,
+}
+
+/// This node's part in an HA pair.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaStatus {
+    /// `active_passive` or `active_active`.
+    pub mode: String,
+    /// Each VRRP instance, as keepalived last reported it.
+    pub instances: Vec<HaInstanceStatus>,
+}
+
+/// One keepalived instance on this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaInstanceStatus {
+    /// `vpsie_lb_1`.
+    pub name: String,
+    /// The addresses it moves.
+    pub virtual_ips: Vec<String>,
+    /// `master`, `backup`, `fault`, `stop`, or `unknown` before keepalived reported.
+    pub state: String,
+    /// Since when, RFC 3339 (empty when unknown).
+    pub since: String,
+    /// How `notify_command` ended the last time it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_command: Option<String>,
 }
 
 /// One load balancer.
@@ -70,6 +103,24 @@ impl AgentStatus {
                 "NOT READY"
             }
         );
+        if !s.config_version.is_empty() {
+            out.push_str(&format!("config version: {}\n", s.config_version));
+        }
+        if let Some(ha) = &s.ha {
+            out.push_str(&format!("ha: {}\n", ha.mode));
+            for i in &ha.instances {
+                out.push_str(&format!(
+                    "  {:<12} {:<8} {:<30} since {}\n",
+                    i.name,
+                    i.state.to_uppercase(),
+                    i.virtual_ips.join(" "),
+                    if i.since.is_empty() { "-" } else { &i.since }
+                ));
+                if let Some(hook) = &i.notify_command {
+                    out.push_str(&format!("    notify_command: {hook}\n"));
+                }
+            }
+        }
         out.push_str(&format!(
             "{:<20} {:<9} {:<13} {:<13} {:<21} {}\n",
             "LOAD BALANCER", "STATUS", "APPLIED", "DESIRED", "LAST SYNC", "RESULT"
@@ -151,6 +202,11 @@ pub fn build(input: &StatusInput<'_>) -> StatusView {
         snapshot: AgentStatus {
             envoy_reachable,
             ready: envoy_reachable && input.serving_verified,
+            config_version: if input.good.is_empty() {
+                String::new()
+            } else {
+                crate::state::docs_version(input.good)
+            },
             ..Default::default()
         },
         ..Default::default()

@@ -53,6 +53,18 @@ fn units_verify_with_the_real_binaries_in_place() {
         std::fs::copy(packaging().join("systemd").join(unit), &dest).expect("unit");
         units.push(dest);
     }
+    // Debian's keepalived unit with our drop-in (scripts/setup.sh installs
+    // keepalived, so its unit is among those copied above).
+    std::fs::create_dir_all(r.join("usr/sbin")).expect("mkdir");
+    std::fs::copy("/usr/sbin/keepalived", r.join("usr/sbin/keepalived")).expect("keepalived");
+    let drop_in = r.join("etc/systemd/system/keepalived.service.d");
+    std::fs::create_dir_all(&drop_in).expect("mkdir");
+    std::fs::copy(
+        packaging().join("systemd/keepalived.service.d/vpsie-lb.conf"),
+        drop_in.join("vpsie-lb.conf"),
+    )
+    .expect("drop-in");
+    units.push(r.join("lib/systemd/system/keepalived.service"));
     let out = Command::new("systemd-analyze")
         .arg(format!("--root={}", r.display()))
         .arg("verify")
@@ -144,6 +156,32 @@ fn the_example_config_is_valid_once_an_id_is_filled_in() {
             .stats_address
             .is_some_and(|a| a.ip().is_loopback())
     );
+}
+
+#[test]
+fn the_ha_example_is_a_valid_ha_section_that_renders() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ha = std::fs::read_to_string(packaging().join("config/agent-ha.yaml")).expect("example");
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(
+        &path,
+        format!("source: file\nfile: /etc/vpsie-lb/lb.yaml\n{ha}"),
+    )
+    .expect("write");
+    let cfg = vpsie_lb_agent::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let ha = cfg.ha.expect("an ha section");
+    let conf = vpsie_lb_agent::ha::render(&ha, &path);
+    assert!(
+        conf.contains("nopreempt") && conf.contains("script_user vpsie-lb"),
+        "{conf}"
+    );
+    // The drop-in renders from the config the agent's unit reads.
+    let drop_in =
+        std::fs::read_to_string(packaging().join("systemd/keepalived.service.d/vpsie-lb.conf"))
+            .expect("drop-in");
+    assert!(drop_in.contains(
+        "ExecStartPre=/usr/bin/vpsie-lb-agent ha render --config /etc/vpsie-lb/agent.yaml --out /etc/keepalived/keepalived.conf"
+    ));
 }
 
 /// Any local process can flood the agent's endpoints; the unit bounds what

@@ -7,6 +7,7 @@ mod ab;
 mod convergence;
 mod dataplane;
 mod footprint;
+mod ha;
 mod hitless;
 mod lab;
 mod procs;
@@ -34,7 +35,7 @@ struct Args {
     /// Tiny durations and counts: proves every scenario still runs, measures nothing.
     #[arg(long)]
     smoke: bool,
-    /// Only these scenarios (comma-separated): dataplane, convergence, hitless, scale, footprint, restart, routing, protect.
+    /// Only these scenarios (comma-separated): dataplane, convergence, hitless, scale, footprint, restart, routing, protect, ha.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the report.
@@ -67,7 +68,7 @@ pub type Findings = Vec<String>;
 /// Problems that must never happen, whatever the machine's speed.
 pub type Failures = Vec<String>;
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "dataplane",
     "convergence",
     "hitless",
@@ -76,6 +77,7 @@ const SCENARIOS: [&str; 8] = [
     "restart",
     "routing",
     "protect",
+    "ha",
 ];
 
 fn main() -> std::process::ExitCode {
@@ -129,6 +131,7 @@ fn run(args: Args) -> Result<std::process::ExitCode> {
             "restart" => restart::run(&ctx, &mut findings, &mut failures)?,
             "routing" => routing::run(&ctx, &mut findings)?,
             "protect" => protect::run(&ctx, &mut findings)?,
+            "ha" => ha::run(&ctx, &mut findings, &mut failures)?,
             _ => footprint::run(&ctx, &mut findings)?,
         };
         for t in &tables {

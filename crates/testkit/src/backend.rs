@@ -209,9 +209,14 @@ fn serve_http(stream: TcpStream, name: &str, state: &State) -> io::Result<()> {
             *state.last_headers.lock().expect("headers lock") = headers;
             (200, format!("{name}\n"))
         };
+        // Who connected: the HA lab tells the nodes apart by it.
+        let peer = out
+            .peer_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
         write!(
             out,
-            "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Backend: {name}\r\nServer: backend-{name}\r\n{}\r\n{text}",
+            "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Backend: {name}\r\nX-Peer: {peer}\r\nServer: backend-{name}\r\n{}\r\n{text}",
             text.len(),
             if close { "Connection: close\r\n" } else { "" }
         )?;

@@ -7,7 +7,9 @@
 
 pub mod backend;
 pub mod envoy;
+pub mod ha_pair;
 pub mod http;
+pub mod netns;
 pub mod pki;
 pub mod tls;
 

@@ -9,7 +9,10 @@ use serde::Deserialize;
 use vpsie_lb_envoy::LocalAddress;
 
 mod envoy;
+mod ha;
 mod vpsie;
+
+pub use ha::{Ha, HaMode, script_path};
 
 use crate::listen::{default_agent_address, local_address};
 pub use vpsie::read_api_key;
@@ -141,6 +144,8 @@ pub struct Config {
     pub agent_listen: LocalAddress,
     /// Backend networks trusted although they reach this VM (loopback, link-local, ...).
     pub allowed_backend_networks: Vec<vpsie_lb_model::IpNet>,
+    /// This node's half of a keepalived pair, if it is in one.
+    pub ha: Option<Ha>,
 }
 
 /// The configuration file is unusable; nothing was started.
@@ -164,6 +169,7 @@ struct RawConfig {
     logging: Option<RawLogging>,
     agent: Option<RawAgent>,
     allowed_backend_networks: Option<Vec<String>>,
+    ha: Option<ha::RawHa>,
 }
 
 #[derive(Deserialize, Default)]
@@ -313,6 +319,18 @@ impl Config {
                 Err(e) => problems.push(format!("allowed_backend_networks: {e}")),
             }
         }
+        let state_dir = raw
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/vpsie-lb"));
+        let ha = raw.ha.and_then(|h| ha::read(h, &state_dir, &mut problems));
+        if ha.is_some() && !envoy.listen_address.is_unspecified() {
+            // A listener bound to one address would need an Envoy change (or
+            // freebind) each time a virtual IP moved; the wildcard needs none.
+            problems.push(format!(
+                "envoy.listen_address: {} must be 0.0.0.0 or :: in an ha pair, so that a virtual IP can move without an envoy change",
+                envoy.listen_address
+            ));
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -322,10 +340,9 @@ impl Config {
             source,
             vpsie,
             envoy,
-            state_dir: raw
-                .state_dir
-                .unwrap_or_else(|| PathBuf::from("/var/lib/vpsie-lb")),
+            state_dir,
             logging: Logging { level, json },
+            ha,
         })
     }
 }

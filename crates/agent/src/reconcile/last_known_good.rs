@@ -63,7 +63,12 @@ impl<D: Delivery> Reconciler<D> {
         self.state_error = None;
         self.refused = None;
         match self.delivery.record(files) {
-            Ok(record) => self.unsaved = Some(record),
+            Ok(files_kept) => {
+                self.unsaved = Some(crate::state::Unsaved {
+                    files: files_kept,
+                    listeners: self.delivery.listener_names(files),
+                })
+            }
             Err(e) => reporter.error("save last-known-good", &e),
         }
         self.save_state(reporter);
@@ -85,10 +90,10 @@ impl<D: Delivery> Reconciler<D> {
     /// behind; a failure is reported and tried again on the next pass, so a
     /// restart never brings back an older copy once the disk recovers.
     pub(super) fn save_state(&mut self, reporter: &mut dyn Reporter) {
-        let Some(files) = self.unsaved.take() else {
+        let Some(unsaved) = self.unsaved.take() else {
             return;
         };
-        let saved = crate::state::save(&self.settings.state_dir, &self.good, &files);
+        let saved = crate::state::save(&self.settings.state_dir, &self.good, &unsaved);
         if let Err(e) = saved {
             reporter.error(
                 "save last-known-good",
@@ -97,7 +102,7 @@ impl<D: Delivery> Reconciler<D> {
                     self.settings.state_dir.display()
                 ),
             );
-            self.unsaved = Some(files);
+            self.unsaved = Some(unsaved);
         }
     }
 }

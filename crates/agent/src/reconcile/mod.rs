@@ -88,7 +88,7 @@ pub struct Reconciler<D: Delivery> {
     good_known: bool,
     /// What Envoy was handed for `good`, while the last-known-good on disk
     /// lags behind it (a save failed): retried every pass.
-    unsaved: Option<Vec<(PathBuf, String)>>,
+    unsaved: Option<crate::state::Unsaved>,
     /// The last candidate Envoy refused, so it is not handed over every pass.
     refused: Option<D::Candidate>,
     /// The last document rejected per load balancer, so the same rejection is
@@ -452,11 +452,9 @@ impl<D: Delivery> Reconciler<D> {
         match outcome {
             Ok(Outcome::Unchanged | Outcome::Applied) => {
                 self.promote(candidate, &files, reporter, changed);
-                let version = crate::state::short_hash(
-                    serde_json::to_string(&self.good)
-                        .unwrap_or_default()
-                        .as_bytes(),
-                );
+                // The same version `/status` shows and last-known-good is
+                // named by, so the two nodes of a pair compare in any of them.
+                let version = crate::state::docs_version(&self.good);
                 self.observe
                     .metrics
                     .applied(&version, started.elapsed(), verify);

@@ -343,6 +343,15 @@ impl Delivery for XdsDelivery {
         Ok(vec![(PathBuf::from("xds-versions.json"), json)])
     }
 
+    fn listener_names(&self, candidate: &Resources) -> Vec<String> {
+        candidate
+            .0
+            .keys()
+            .filter(|(kind, _)| *kind == ResourceType::Listener)
+            .map(|(_, name)| name.clone())
+            .collect()
+    }
+
     fn host_health(&self) -> Option<Vec<HostHealth>> {
         self.admin.host_health().ok()
     }

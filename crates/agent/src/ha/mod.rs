@@ -1,0 +1,214 @@
+//! High availability with keepalived: what this node tells keepalived
+//! (`ha render`, `ha check`), what keepalived tells it back (`ha notify`),
+//! and how the agent shows the result (`/status`, `vpsie_lb_ha_state`).
+//!
+//! keepalived owns the virtual IPs; the agent never moves one. The record
+//! `ha notify` writes is the only channel between them, so an agent that
+//! is down changes nothing about who holds an address.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Ha;
+use crate::envoy_admin::EnvoyAdmin;
+
+pub mod cli;
+mod hook;
+mod metrics;
+mod render;
+
+pub use metrics::HaMetrics;
+pub use render::{CHECK_SCRIPT, Instance, instances, render};
+
+/// A VRRP state keepalived reports through `ha notify`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Holds the instance's addresses.
+    Master,
+    /// Ready to take them over.
+    Backup,
+    /// Must not hold them (its check fails, or its interface is down).
+    Fault,
+    /// keepalived stopped.
+    Stop,
+}
+
+impl State {
+    /// Every state, in the order metrics list them.
+    pub const ALL: [State; 4] = [State::Master, State::Backup, State::Fault, State::Stop];
+
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Master => "master",
+            State::Backup => "backup",
+            State::Fault => "fault",
+            State::Stop => "stop",
+        }
+    }
+}
+
+/// What `ha notify` records for one VRRP instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The instance (`vpsie_lb_1`).
+    pub instance: String,
+    /// Its state on this node.
+    pub state: State,
+    /// When keepalived reported it, RFC 3339.
+    pub since: String,
+    /// The addresses the instance moves.
+    pub virtual_ips: Vec<String>,
+    /// How `notify_command` ended, when it ran for this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_command: Option<String>,
+}
+
+/// Where `ha notify` keeps an instance's record.
+pub fn record_path(status_dir: &Path, instance: &str) -> PathBuf {
+    status_dir.join(format!("{instance}.json"))
+}
+
+/// Every instance `ha` has, with its record (`None`: keepalived has not
+/// reported it yet, or the record is unreadable).
+pub fn records(ha: &Ha) -> Vec<(Instance, Option<Record>)> {
+    instances(ha)
+        .into_iter()
+        .map(|i| {
+            let record = std::fs::read(record_path(&ha.status_dir, &i.name))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            (i, record)
+        })
+        .collect()
+}
+
+/// This node's HA status for `/status`, from the records.
+pub fn status(ha: &Ha) -> crate::status::HaStatus {
+    crate::status::HaStatus {
+        mode: match ha.mode {
+            crate::config::HaMode::ActivePassive => "active_passive",
+            crate::config::HaMode::ActiveActive => "active_active",
+        }
+        .to_owned(),
+        instances: records(ha)
+            .into_iter()
+            .map(|(i, r)| crate::status::HaInstanceStatus {
+                name: i.name,
+                virtual_ips: i.addresses,
+                state: r
+                    .as_ref()
+                    .map_or("unknown", |r| r.state.as_str())
+                    .to_owned(),
+                since: r.as_ref().map(|r| r.since.clone()).unwrap_or_default(),
+                notify_command: r.and_then(|r| r.notify_command),
+            })
+            .collect(),
+    }
+}
+
+/// What `ha check` concluded: this node may hold the virtual IPs, and
+/// serves the confirmed config `version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fit {
+    /// The confirmed config Envoy serves.
+    pub version: String,
+    /// Its listeners, all active in Envoy.
+    pub listeners: usize,
+}
+
+/// The whole check, given up after this: keepalived kills a script that
+/// outlives its `timeout` (at least a second), and a kill reads as a failure
+/// without a reason.
+pub const CHECK_DEADLINE: Duration = Duration::from_millis(800);
+
+/// Whether this node may hold the virtual IPs: Envoy says it is ready, and
+/// it has every listener of the config confirmed last on this node, which
+/// has at least one. Reads
+/// Envoy's admin and the state directory only, never the agent, so an agent
+/// that is down while Envoy serves does not move an address.
+pub fn check(admin: &EnvoyAdmin, state_dir: &Path) -> Result<Fit, String> {
+    let admin = admin.clone().with_timeout(CHECK_DEADLINE / 2);
+    let ready = admin
+        .get("/ready")
+        .map_err(|e| format!("envoy is not ready: {e}"))?;
+    if ready.trim() != "LIVE" {
+        return Err(format!("envoy is not ready: it says {:?}", ready.trim()));
+    }
+    let confirmed = crate::state::confirmed(state_dir)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "no config was ever confirmed on this node (nothing in {})",
+                state_dir.display()
+            )
+        })?;
+    if confirmed.listeners.is_empty() {
+        // Holding the address would answer every client with a refusal;
+        // the peer may serve something.
+        return Err(format!(
+            "the config confirmed on this node (version {}) has no listeners",
+            confirmed.version
+        ));
+    }
+    let active = admin
+        .active_listeners()
+        .map_err(|e| format!("envoy's listeners: {e}"))?;
+    let missing: Vec<&String> = confirmed
+        .listeners
+        .iter()
+        .filter(|l| !active.contains(*l))
+        .collect();
+    if !missing.is_empty() {
+        let shown: Vec<&str> = missing.iter().take(5).map(|s| s.as_str()).collect();
+        return Err(format!(
+            "envoy lacks {} of the {} confirmed listeners ({}{}) of version {}",
+            missing.len(),
+            confirmed.listeners.len(),
+            shown.join(", "),
+            if missing.len() > 5 { ", ..." } else { "" },
+            confirmed.version
+        ));
+    }
+    Ok(Fit {
+        version: confirmed.version,
+        listeners: confirmed.listeners.len(),
+    })
+}
+
+/// Records `state` for `instance` and, on becoming master, runs the
+/// configured `notify_command`; returns the record written.
+pub fn notify(ha: &Ha, instance: &str, state: State) -> Result<Record, String> {
+    let Some(found) = instances(ha).into_iter().find(|i| i.name == instance) else {
+        let known: Vec<String> = instances(ha).into_iter().map(|i| i.name).collect();
+        return Err(format!(
+            "instance {instance:?} is not in this node's ha config ({})",
+            known.join(", ")
+        ));
+    };
+    let mut record = Record {
+        instance: instance.to_owned(),
+        state,
+        since: crate::report::rfc3339_now(),
+        virtual_ips: found.addresses.clone(),
+        notify_command: None,
+    };
+    write_record(ha, &record)?;
+    if let (State::Master, Some(command)) = (state, &ha.notify_command) {
+        let outcome = hook::run(command, &record, ha.notify_timeout);
+        record.notify_command = Some(outcome);
+        write_record(ha, &record)?;
+    }
+    Ok(record)
+}
+
+fn write_record(ha: &Ha, record: &Record) -> Result<(), String> {
+    let path = record_path(&ha.status_dir, &record.instance);
+    let json = serde_json::to_vec_pretty(record).map_err(|e| e.to_string())?;
+    crate::fsutil::ensure_dir(&ha.status_dir)
+        .and_then(|()| crate::fsutil::write_atomic(&path, &json, 0o644))
+        .map_err(|e| format!("record the ha state in {}: {e}", path.display()))
+}
