@@ -107,19 +107,7 @@ impl AgentStatus {
             out.push_str(&format!("config version: {}\n", s.config_version));
         }
         if let Some(ha) = &s.ha {
-            out.push_str(&format!("ha: {}\n", ha.mode));
-            for i in &ha.instances {
-                out.push_str(&format!(
-                    "  {:<12} {:<8} {:<30} since {}\n",
-                    i.name,
-                    i.state.to_uppercase(),
-                    i.virtual_ips.join(" "),
-                    if i.since.is_empty() { "-" } else { &i.since }
-                ));
-                if let Some(hook) = &i.notify_command {
-                    out.push_str(&format!("    notify_command: {hook}\n"));
-                }
-            }
+            out.push_str(&ha.lines());
         }
         out.push_str(&format!(
             "{:<20} {:<9} {:<13} {:<13} {:<21} {}\n",
@@ -144,6 +132,26 @@ impl AgentStatus {
                     "  {:<18} {:<12} {:<39} {:<6} {}\n",
                     b.id, b.pool, b.address, b.port, health
                 ));
+            }
+        }
+        out
+    }
+}
+
+impl HaStatus {
+    /// The HA part of the table: the mode, then a line per instance.
+    fn lines(&self) -> String {
+        let mut out = format!("ha: {}\n", self.mode);
+        for i in &self.instances {
+            out.push_str(&format!(
+                "  {:<12} {:<8} {:<30} since {}\n",
+                i.name,
+                i.state.to_uppercase(),
+                i.virtual_ips.join(" "),
+                if i.since.is_empty() { "-" } else { &i.since }
+            ));
+            if let Some(hook) = &i.notify_command {
+                out.push_str(&format!("    notify_command: {hook}\n"));
             }
         }
         out
@@ -326,6 +334,36 @@ mod tests {
     use super::*;
     use crate::envoy_admin::HostHealth;
     use serde_json::json;
+
+    #[test]
+    fn the_table_shows_the_config_version_and_each_ha_instance() {
+        let s = AgentStatus {
+            ready: true,
+            envoy_reachable: true,
+            config_version: "0123456789ab".into(),
+            ha: Some(HaStatus {
+                mode: "active_passive".into(),
+                instances: vec![HaInstanceStatus {
+                    name: "vpsie_lb_1".into(),
+                    virtual_ips: vec!["192.0.2.10/24".into()],
+                    state: "master".into(),
+                    since: "2026-11-29T10:00:00Z".into(),
+                    notify_command: Some("exit 3: api said no".into()),
+                }],
+            }),
+            ..Default::default()
+        };
+        let table = s.table();
+        for want in [
+            "config version: 0123456789ab\n",
+            "ha: active_passive\n",
+            "  vpsie_lb_1   MASTER   192.0.2.10/24                  since 2026-11-29T10:00:00Z\n",
+            "    notify_command: exit 3: api said no\n",
+        ] {
+            assert!(table.contains(want), "missing {want:?} in:\n{table}");
+        }
+        assert!(!AgentStatus::default().table().contains("ha:"));
+    }
 
     fn host(cluster: &str, address: &str, hostname: &str, healthy: bool) -> HostHealth {
         HostHealth {

@@ -38,6 +38,22 @@ fn write_config(dir: &Path, admin_port: u16, mode: &str, extra: &str) -> String 
     path.to_string_lossy().into_owned()
 }
 
+/// An active-passive config whose `notify_command` is a shell script of
+/// `body`, given `arg`.
+fn with_hook(dir: &Path, body: &str, arg: &str) -> String {
+    let hook = dir.join("hook.sh");
+    std::fs::write(&hook, format!("#!/bin/sh\n{body}\n")).expect("hook");
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let command = format!("[{}, '{arg}']", hook.display());
+    write_config(
+        dir,
+        9901,
+        "active_passive",
+        &format!("  notify_command: {command}\n"),
+    )
+}
+
 /// keepalived 2.2.7's `--config-test` ends by killing itself (fixed in
 /// 2.2.8), so its exit code says nothing: what it wrote is the verdict.
 fn keepalived_verdict(lan: &Lan, conf: &Path) -> String {
@@ -130,15 +146,13 @@ fn ha_render_refuses_a_config_without_ha_or_with_problems() {
 fn ha_notify_records_the_state_and_runs_the_hook_only_on_master() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hook_out = dir.path().join("hook.out");
-    let hook = dir.path().join("hook.sh");
-    std::fs::write(&hook, format!("#!/bin/sh\necho \"$VPSIE_LB_HA_INSTANCE $VPSIE_LB_HA_STATE $VPSIE_LB_HA_VIRTUAL_IPS $1\" >> {}\n", hook_out.display())).expect("hook");
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
-    let config = write_config(
+    let config = with_hook(
         dir.path(),
-        9901,
-        "active_passive",
-        &format!("  notify_command: [{}, moved]\n", hook.display()),
+        &format!(
+            "echo \"$VPSIE_LB_HA_INSTANCE $VPSIE_LB_HA_STATE $VPSIE_LB_HA_VIRTUAL_IPS $1\" >> {}",
+            hook_out.display()
+        ),
+        "moved",
     );
     let notify = |instance: &str, state: &str| {
         agent(&[
@@ -238,4 +252,31 @@ fn ha_check_refuses_until_envoy_is_ready_and_holds_the_confirmed_listeners() {
         why.contains("envoy lacks 1 of the 1 confirmed listeners (lb_web)"),
         "{why}"
     );
+}
+
+#[test]
+fn regression_a_hook_still_running_overwrote_the_state_keepalived_reported_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The hook takes so long that keepalived reports the next state first.
+    let script = format!(
+        "{} ha notify --config {} --instance vpsie_lb_1 backup",
+        common::agent_bin(),
+        dir.path().join("agent.yaml").display()
+    );
+    let config = with_hook(dir.path(), &script, "");
+    let out = agent(&[
+        "ha",
+        "notify",
+        "--config",
+        &config,
+        "--instance",
+        "vpsie_lb_1",
+        "master",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("ha/vpsie_lb_1.json")).expect("record"),
+    )
+    .expect("json");
+    assert_eq!(record["state"], "backup", "{record}");
 }

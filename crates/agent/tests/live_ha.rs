@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::{Via, over_deliveries};
+
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -23,11 +25,15 @@ static ONE_LAB: Mutex<()> = Mutex::new(());
 
 /// A pair (one lab at a time), the client at 200 new connections a second
 /// to each address, and the split-brain watcher.
-fn lab(mode: Mode, prefix: &str) -> (MutexGuard<'static, ()>, Arc<Pair>, Client, Watcher) {
+fn lab(
+    mode: Mode,
+    prefix: &str,
+    via: Via,
+) -> (MutexGuard<'static, ()>, Arc<Pair>, Client, Watcher) {
     let one = ONE_LAB
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let pair = start(mode, prefix);
+    let pair = start(mode, prefix, via);
     let client = pair.client(200).expect("client");
     let watcher = pair.watch_holders(Duration::from_millis(100));
     (one, pair, client, watcher)
@@ -43,13 +49,14 @@ fn assert_no_split_brain(client: Client, watcher: Watcher) {
     assert!(split <= 1, "split brain: {split} samples in a row");
 }
 
-fn start(mode: Mode, prefix: &str) -> Arc<Pair> {
+fn start(mode: Mode, prefix: &str, via: Via) -> Arc<Pair> {
     let opts = PairOptions {
         mode,
         advert_ms: 100,
         agent_bin: common::agent_bin().into(),
         envoy_bin: vpsie_lb_testkit::envoy::envoy_bin(),
         prefix: prefix.to_owned(),
+        xds: via == Via::Xds,
     };
     Arc::new(Pair::start(opts).unwrap_or_else(|e| panic!("start the ha pair: {e}")))
 }
@@ -67,9 +74,13 @@ fn status(pair: &Pair, node: usize) -> Result<AgentStatus, String> {
     serde_json::from_str(&reply.body).map_err(|e| e.to_string())
 }
 
-#[test]
-fn active_passive_fails_over_never_fails_back_and_ignores_a_dead_agent() {
-    let (_one, pair, client, watcher) = lab(Mode::ActivePassive, "hap");
+over_deliveries!(active_passive_fails_over_never_fails_back_and_ignores_a_dead_agent);
+
+/// Over files and over xDS: the agent's death must not move the address
+/// either way, though over xDS Envoy loses its management stream.
+fn active_passive_fails_over_never_fails_back_and_ignores_a_dead_agent(via: Via) {
+    let prefix = if via == Via::Xds { "hapx" } else { "hapf" };
+    let (_one, pair, client, watcher) = lab(Mode::ActivePassive, prefix, via);
 
     // Both nodes show their state and serve the same confirmed config.
     let versions = wait_for("both agents ready", Duration::from_secs(30), || {
@@ -161,7 +172,7 @@ fn active_passive_fails_over_never_fails_back_and_ignores_a_dead_agent() {
 
 #[test]
 fn active_active_serves_both_addresses_and_one_node_serves_both_when_the_other_dies() {
-    let (_one, pair, client, watcher) = lab(Mode::ActiveActive, "haa");
+    let (_one, pair, client, watcher) = lab(Mode::ActiveActive, "haa", Via::Files);
     let t = pair.both_serve_through_one(&client).expect("active-active");
     eprintln!("{t:?}");
     assert!(t.vip1_moved.failover.is_some(), "{t:?}");

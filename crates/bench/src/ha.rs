@@ -69,6 +69,7 @@ fn start(mode: Mode, prefix: &str) -> Result<Pair> {
         agent_bin: sibling_binary("vpsie-lb-agent")?,
         envoy_bin: vpsie_lb_testkit::envoy::envoy_bin(),
         prefix: prefix.to_owned(),
+        xds: false,
     })
     .map_err(|e| anyhow!("start the ha pair: {e}"))
 }

@@ -78,9 +78,7 @@ pub fn records(ha: &Ha) -> Vec<(Instance, Option<Record>)> {
     instances(ha)
         .into_iter()
         .map(|i| {
-            let record = std::fs::read(record_path(&ha.status_dir, &i.name))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
+            let record = read_record(&ha.status_dir, &i.name);
             (i, record)
         })
         .collect()
@@ -127,9 +125,9 @@ pub const CHECK_DEADLINE: Duration = Duration::from_millis(800);
 
 /// Whether this node may hold the virtual IPs: Envoy says it is ready, and
 /// it has every listener of the config confirmed last on this node, which
-/// has at least one. Reads
-/// Envoy's admin and the state directory only, never the agent, so an agent
-/// that is down while Envoy serves does not move an address.
+/// has at least one. Reads Envoy's admin and the state directory only,
+/// never the agent, so an agent that is down while Envoy serves does not
+/// move an address.
 pub fn check(admin: &EnvoyAdmin, state_dir: &Path) -> Result<Fit, String> {
     let admin = admin.clone().with_timeout(CHECK_DEADLINE / 2);
     let ready = admin
@@ -199,10 +197,20 @@ pub fn notify(ha: &Ha, instance: &str, state: State) -> Result<Record, String> {
     write_record(ha, &record)?;
     if let (State::Master, Some(command)) = (state, &ha.notify_command) {
         let outcome = hook::run(command, &record, ha.notify_timeout);
+        // keepalived may have reported a newer state while the hook ran
+        // (it does not wait for us): that record stays.
+        let unchanged = read_record(&ha.status_dir, instance).as_ref() == Some(&record);
         record.notify_command = Some(outcome);
-        write_record(ha, &record)?;
+        if unchanged {
+            write_record(ha, &record)?;
+        }
     }
     Ok(record)
+}
+
+fn read_record(status_dir: &Path, instance: &str) -> Option<Record> {
+    let bytes = std::fs::read(record_path(status_dir, instance)).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 fn write_record(ha: &Ha, record: &Record) -> Result<(), String> {

@@ -67,6 +67,8 @@ pub struct PairOptions {
     pub envoy_bin: PathBuf,
     /// Namespace and link prefix (at most 6 characters), unique per lab.
     pub prefix: String,
+    /// Deliver over the agent's xDS socket instead of files.
+    pub xds: bool,
 }
 
 /// A fault injected into a node, and healed later.
@@ -228,7 +230,7 @@ impl Pair {
             ),
         };
         let text = format!(
-            "source: file\nfile: {dir}/lb.yaml\nstate_dir: {n}/state\nlogging: {{level: info, format: text}}\nagent: {{listen_address: 'unix:{n}/agent.sock'}}\nenvoy:\n  config_dir: {n}/envoy\n  admin_address: 127.0.0.1:9901\n  binary_path: {envoy}\n  manage: false\n  drain_time: 1s\n  access_log: /dev/null\nha:\n  mode: {mode}\n  priority: {prio}\n  interface: eth0\n  virtual_ips: {vips}\n{primary}  peers: [{peer}]\n  source_address: {me}\n  advert_interval: {advert}ms\n  script_user: {SCRIPT_USER}\n  agent_path: {bin}\n  status_dir: {status}\n  preempt_delay: 2s\n",
+            "source: file\nfile: {dir}/lb.yaml\nstate_dir: {n}/state\nlogging: {{level: info, format: text}}\nagent: {{listen_address: 'unix:{n}/agent.sock'}}\nenvoy:\n  config_dir: {n}/envoy\n  admin_address: 127.0.0.1:9901\n  binary_path: {envoy}\n  manage: false\n  drain_time: 1s\n  access_log: /dev/null\n{delivery}ha:\n  mode: {mode}\n  priority: {prio}\n  interface: eth0\n  virtual_ips: {vips}\n{primary}  peers: [{peer}]\n  source_address: {me}\n  advert_interval: {advert}ms\n  script_user: {SCRIPT_USER}\n  agent_path: {bin}\n  status_dir: {status}\n  preempt_delay: 2s\n",
             dir = self.dir.display(),
             n = node.dir.display(),
             envoy = self.opts.envoy_bin.display(),
@@ -238,6 +240,14 @@ impl Pair {
             advert = self.opts.advert_ms,
             bin = self.agent_bin.display(),
             status = status.display(),
+            delivery = if self.opts.xds {
+                format!(
+                    "  delivery: xds\n  xds_socket: {}/xds.sock\n",
+                    node.dir.display()
+                )
+            } else {
+                String::new()
+            },
         );
         let text = if self.opts.mode == Mode::ActivePassive {
             text.replace("  preempt_delay: 2s\n", "")
