@@ -165,7 +165,7 @@ fn failover_table(trials: &[Trial], findings: &mut Findings, failures: &mut Fail
         "Runs per row: {}. The time is the median (min–max), counts are per run. A request is counted in the window from the fault until the other node served and the traffic settled; requests time out after 0.5 s (connect) and 1 s (read). Scenario 5 is each fault's return (Envoy started again, the link mended, keepalived started again, the agent started again): with `nopreempt` the address stays where it is.",
         runs_of(trials)
     ));
-    t.note("A keep-alive client loses its connection on failover: Envoy terminates TCP, and the other node has no state for it (a reset, or a timeout while the link is cut). It sees one error per connection and reconnects.");
+    t.note("A keep-alive client loses its connection on failover: Envoy terminates TCP, and the other node has no state for it (a reset, or a timeout while the link is cut). It reconnects at once; while the address still leads to a node whose Envoy is dead (scenario 1), every reconnect is refused too, which is why that row counts dozens.");
     t
 }
 
