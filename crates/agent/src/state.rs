@@ -88,8 +88,8 @@ pub struct Unsaved {
 /// What `ha check` reads of the current version: no documents, no secrets.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Confirmed {
-    /// The version: a hash of every document it holds.
-    #[serde(default)]
+    /// The version: a hash of every document it holds, the one its
+    /// directory is named by.
     pub version: String,
     /// The listeners Envoy confirmed.
     pub listeners: Vec<String>,
@@ -108,17 +108,9 @@ pub fn confirmed(state_dir: &Path) -> Result<Option<Confirmed>, StateError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(fail(format!("{}: {e}", path.display()))),
     };
-    let mut c: Confirmed = serde_json::from_slice(&bytes)
-        .map_err(|e| fail(format!("{} is corrupt: {e}", path.display())))?;
-    c.version = version(state_dir).unwrap_or_default();
-    Ok(Some(c))
-}
-
-/// The current version's name (the hash in `.lkg-<hash>`), if there is one.
-pub fn version(state_dir: &Path) -> Option<String> {
-    let target = std::fs::read_link(state_dir.join(LINK)).ok()?;
-    let name = target.file_name()?.to_str()?;
-    name.strip_prefix(".lkg-").map(str::to_owned)
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| fail(format!("{} is corrupt: {e}", path.display())))
 }
 
 /// Saves `docs` and what Envoy was handed for them as the new
@@ -313,7 +305,8 @@ mod tests {
         save(dir.path(), &docs(80), &files("one")).expect("save");
         let c = confirmed(dir.path()).expect("read").expect("some");
         assert_eq!(c.listeners, vec!["lb_one"]);
-        assert_eq!(Some(c.version.clone()), version(dir.path()));
+        let link = std::fs::read_link(dir.path().join(LINK)).expect("link");
+        assert_eq!(link.to_str(), Some(format!(".lkg-{}", c.version).as_str()));
         assert_eq!(c.version.len(), 12);
         // Only the documents are private; the summary is for `ha check`.
         use std::os::unix::fs::PermissionsExt;

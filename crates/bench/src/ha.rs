@@ -47,7 +47,10 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, failures: &mut Failures) -> Resul
     let split = longest_split_brain(&watcher.stop());
     drop(pair);
     let (shared_table, split_aa) = shared(ctx)?;
-    let mut tables = vec![failover_table(&trials, findings, failures), shared_table];
+    let mut tables = vec![
+        failover_table(&trials, ctx.runs, findings, failures),
+        shared_table,
+    ];
     for (what, n) in [("active-passive", split), ("active-active", split_aa)] {
         if n > 1 {
             failures.push(format!(
@@ -87,7 +90,12 @@ fn secs(o: &Outcome) -> Option<f64> {
     o.failover.map(|d| d.as_secs_f64())
 }
 
-fn failover_table(trials: &[Trial], findings: &mut Findings, failures: &mut Failures) -> Table {
+fn failover_table(
+    trials: &[Trial],
+    runs_per_row: usize,
+    findings: &mut Findings,
+    failures: &mut Failures,
+) -> Table {
     let mut t = Table::new(
         &format!(
             "HA, active-passive: failover (VRRPv3, advert {ADVERT_MS} ms, check every 1 s, fall 2; {RATE} new connections/s)"
@@ -111,25 +119,7 @@ fn failover_table(trials: &[Trial], findings: &mut Findings, failures: &mut Fail
         let times: Vec<f64> = runs.iter().filter_map(|t| secs(&t.failover)).collect();
         let per_run =
             |f: &dyn Fn(&Trial) -> String| runs.iter().map(|t| f(t)).collect::<Vec<_>>().join(", ");
-        let (target, met) = match fault {
-            Fault::CutLink => (
-                format!("≤ {LINK_TARGET} s"),
-                times.iter().all(|s| *s <= LINK_TARGET) && times.len() == runs.len(),
-            ),
-            Fault::StopKeepalived => (
-                format!("≤ {GRACEFUL_TARGET} s"),
-                times.iter().all(|s| *s <= GRACEFUL_TARGET) && times.len() == runs.len(),
-            ),
-            Fault::KillAgent => (
-                "no failover, 0 failed".into(),
-                runs.iter().all(|t| {
-                    t.failover.failed == 0
-                        && t.failover.failover.is_none()
-                        && t.holders_after == vec![t.master]
-                }),
-            ),
-            Fault::KillEnvoy => ("fails over".into(), times.len() == runs.len()),
-        };
+        let (target, met) = judge(fault, &runs, &times);
         if !met {
             findings.push(format!(
                 "ha: {} missed its target ({target}): {:?}",
@@ -138,16 +128,7 @@ fn failover_table(trials: &[Trial], findings: &mut Findings, failures: &mut Fail
             ));
         }
         for r in &runs {
-            if r.comeback.failed + r.comeback.keep_alive_failed > 0
-                || (fault != Fault::KillAgent && r.holders_after != vec![1 - r.master])
-            {
-                failures.push(format!("ha: {}: the old master's return failed requests or took the address back: {:?}", name(fault), r.comeback));
-            }
-            if fault == Fault::KillAgent
-                && (r.failover.failed > 0 || r.holders_after != vec![r.master])
-            {
-                failures.push(format!("ha: an agent killed while Envoy served failed requests or moved the address: {:?}", r.failover));
-            }
+            never(fault, r, failures);
         }
         t.row(vec![
             name(fault).into(),
@@ -163,14 +144,53 @@ fn failover_table(trials: &[Trial], findings: &mut Findings, failures: &mut Fail
     }
     t.note(format!(
         "Runs per row: {}. The time is the median (min–max), counts are per run. A request is counted in the window from the fault until the other node served and the traffic settled; requests time out after 0.5 s (connect) and 1 s (read). Scenario 5 is each fault's return (Envoy started again, the link mended, keepalived started again, the agent started again): with `nopreempt` the address stays where it is.",
-        runs_of(trials)
+        runs_per_row
     ));
     t.note("A keep-alive client loses its connection on failover: Envoy terminates TCP, and the other node has no state for it (a reset, or a timeout while the link is cut). It reconnects at once; while the address still leads to a node whose Envoy is dead (scenario 1), every reconnect is refused too, which is why that row counts dozens.");
     t
 }
 
-fn runs_of(trials: &[Trial]) -> usize {
-    trials.iter().filter(|t| t.fault == Fault::CutLink).count()
+/// A fault's target, and whether every run met it.
+fn judge(fault: Fault, runs: &[&Trial], times: &[f64]) -> (String, bool) {
+    let every_run_within =
+        |limit: f64| times.len() == runs.len() && times.iter().all(|s| *s <= limit);
+    match fault {
+        Fault::CutLink => (format!("≤ {LINK_TARGET} s"), every_run_within(LINK_TARGET)),
+        Fault::StopKeepalived => (
+            format!("≤ {GRACEFUL_TARGET} s"),
+            every_run_within(GRACEFUL_TARGET),
+        ),
+        Fault::KillAgent => (
+            "no failover, 0 failed".into(),
+            runs.iter().all(|t| {
+                t.failover.failed == 0
+                    && t.failover.failover.is_none()
+                    && t.holders_after == vec![t.master]
+            }),
+        ),
+        Fault::KillEnvoy => ("fails over".into(), times.len() == runs.len()),
+    }
+}
+
+/// What must never happen in a run, whatever the machine: the old master's
+/// return failing requests or taking the address back, and a dead agent
+/// failing requests or moving the address.
+fn never(fault: Fault, r: &Trial, failures: &mut Failures) {
+    if r.comeback.failed + r.comeback.keep_alive_failed > 0
+        || (fault != Fault::KillAgent && r.holders_after != vec![1 - r.master])
+    {
+        failures.push(format!(
+            "ha: {}: the old master's return failed requests or took the address back: {:?}",
+            name(fault),
+            r.comeback
+        ));
+    }
+    if fault == Fault::KillAgent && (r.failover.failed > 0 || r.holders_after != vec![r.master]) {
+        failures.push(format!(
+            "ha: an agent killed while Envoy served failed requests or moved the address: {:?}",
+            r.failover
+        ));
+    }
 }
 
 /// Active-active: both addresses served; node 0 cut; node 1 serves both.

@@ -52,15 +52,28 @@ pub fn free_port() -> u16 {
     panic!("no free port in {FIRST}..{}", FIRST + SPAN)
 }
 
-/// Calls `f` every 50 ms until it returns `Some`, or panics after `timeout`
+/// Calls `f` every 50 ms until it returns `Ok`, or panics after `timeout`
 /// naming `what` and the last reason `f` gave.
-pub fn poll_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+pub fn poll_until<T>(what: &str, timeout: Duration, f: impl FnMut() -> Result<T, String>) -> T {
+    try_poll_until(what, timeout, f).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`poll_until`] for callers that report instead of panicking (the
+/// benchmark runner): the timeout is an `Err` naming `what` and the last
+/// reason `f` gave.
+pub fn try_poll_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
     let deadline = Instant::now() + timeout;
     loop {
         match f() {
-            Ok(v) => return v,
+            Ok(v) => return Ok(v),
             Err(why) if Instant::now() >= deadline => {
-                panic!("timed out after {timeout:?} waiting for {what}: {why}")
+                return Err(format!(
+                    "timed out after {timeout:?} waiting for {what}: {why}"
+                ));
             }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }

@@ -98,23 +98,18 @@ impl Authorization for Waf {
                 self.metrics.record(&lb, "error", &[]);
                 Status::internal(e)
             })?;
-        let rules: &[u32] = match &verdict {
-            Verdict::Pass => &[],
-            Verdict::Detected(r) | Verdict::Blocked { rules: r, .. } => r,
-        };
-        let name = match verdict {
-            Verdict::Pass => "pass",
-            Verdict::Detected(_) => "detect",
-            Verdict::Blocked { .. } => "block",
-        };
-        self.metrics.record(&lb, name, rules);
         Ok(Response::new(match verdict {
-            Verdict::Pass => allow(&[]),
+            Verdict::Pass => {
+                self.metrics.record(&lb, "pass", &[]);
+                allow(&[])
+            }
             Verdict::Detected(rules) => {
+                self.metrics.record(&lb, "detect", &rules);
                 tracing::info!(lb_id = %lb, client = %client, request = %what, rules = ?rules, action = "detect", "waf rules matched; passed");
                 allow(&rules)
             }
             Verdict::Blocked { status, rules } => {
+                self.metrics.record(&lb, "block", &rules);
                 tracing::warn!(lb_id = %lb, client = %client, request = %what, rules = ?rules, action = "block", "waf refused the request");
                 deny(status, &rules)
             }

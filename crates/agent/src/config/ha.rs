@@ -141,7 +141,23 @@ pub(super) fn read(raw: RawHa, state_dir: &Path, problems: &mut Vec<String>) -> 
             None
         }
     };
-    let advert_interval = advert(&mut p, raw.advert_interval.as_ref());
+    let advert_interval = duration(
+        &mut p,
+        "advert_interval",
+        raw.advert_interval.as_ref(),
+        Duration::from_millis(200),
+        |d| {
+            let centis = d.as_millis() / 10;
+            (d.as_millis() % 10 == 0 && (1..=MAX_ADVERT_CENTIS).contains(&centis))
+                .then_some(())
+                .ok_or_else(|| {
+                    format!(
+                        "{}ms: must be 10ms..=40950ms in steps of 10ms (VRRPv3 counts centiseconds)",
+                        d.as_millis()
+                    )
+                })
+        },
+    );
     let virtual_router_id = int_in(
         &mut p,
         "virtual_router_id",
@@ -151,24 +167,38 @@ pub(super) fn read(raw: RawHa, state_dir: &Path, problems: &mut Vec<String>) -> 
         Some(51),
     )
     .unwrap_or(51) as u8;
-    let check_interval_secs = whole_seconds(&mut p, "check_interval", raw.check_interval.as_ref());
+    let check_interval_secs = duration(
+        &mut p,
+        "check_interval",
+        raw.check_interval.as_ref(),
+        Duration::from_secs(1),
+        |d| {
+            whole_seconds(
+                d,
+                1,
+                3600,
+                "whole seconds from 1s to 1h (keepalived runs scripts at most once a second)",
+            )
+        },
+    )
+    .as_secs() as u32;
     let check_fall = int_in(&mut p, "check_fall", raw.check_fall, 1, 100, Some(2)).unwrap_or(2);
     let check_rise = int_in(&mut p, "check_rise", raw.check_rise, 1, 100, Some(2)).unwrap_or(2);
-    let preempt_delay_secs = match raw.preempt_delay.as_ref().map(parse_duration) {
-        None => 10,
-        Some(Ok(d)) if d.as_secs() <= 1000 && d.subsec_nanos() == 0 => d.as_secs() as u32,
-        Some(Ok(_)) => {
-            p.push(
-                "preempt_delay",
-                "must be whole seconds, at most 1000s (keepalived's range)",
-            );
-            10
-        }
-        Some(Err(e)) => {
-            p.push("preempt_delay", e);
-            10
-        }
-    };
+    let preempt_delay_secs = duration(
+        &mut p,
+        "preempt_delay",
+        raw.preempt_delay.as_ref(),
+        Duration::from_secs(10),
+        |d| {
+            whole_seconds(
+                d,
+                0,
+                1000,
+                "whole seconds, at most 1000s (keepalived's range)",
+            )
+        },
+    )
+    .as_secs() as u32;
     if raw.preempt_delay.is_some() && mode == HaMode::ActivePassive {
         p.push(
             "preempt_delay",
@@ -176,18 +206,17 @@ pub(super) fn read(raw: RawHa, state_dir: &Path, problems: &mut Vec<String>) -> 
         );
     }
     let notify_command = raw.notify_command.as_ref().and_then(|v| command(&mut p, v));
-    let notify_timeout = match raw.notify_timeout.as_ref().map(parse_duration) {
-        None => Duration::from_secs(30),
-        Some(Ok(d)) if !d.is_zero() => d,
-        Some(Ok(_)) => {
-            p.push("notify_timeout", "must be more than 0s");
-            Duration::from_secs(30)
-        }
-        Some(Err(e)) => {
-            p.push("notify_timeout", e);
-            Duration::from_secs(30)
-        }
-    };
+    let notify_timeout = duration(
+        &mut p,
+        "notify_timeout",
+        raw.notify_timeout.as_ref(),
+        Duration::from_secs(30),
+        |d| {
+            (!d.is_zero())
+                .then_some(())
+                .ok_or_else(|| "must be more than 0s".to_owned())
+        },
+    );
     let script_user = raw.script_user.unwrap_or_else(|| "vpsie-lb".into());
     if script_user == "root" || script_user.is_empty() || !script_user.chars().all(user_char) {
         p.push(
@@ -243,6 +272,32 @@ pub(super) fn read(raw: RawHa, state_dir: &Path, problems: &mut Vec<String>) -> 
         agent_path,
         status_dir,
     })
+}
+
+/// A duration key: `default` when absent; a value `rule` refuses, or one
+/// that does not parse, is a problem (and `default` stands in).
+fn duration(
+    p: &mut Problems<'_>,
+    key: &str,
+    v: Option<&serde_norway::Value>,
+    default: Duration,
+    rule: impl Fn(Duration) -> Result<(), String>,
+) -> Duration {
+    let Some(v) = v else { return default };
+    match parse_duration(v).and_then(|d| rule(d).map(|()| d)) {
+        Ok(d) => d,
+        Err(e) => {
+            p.push(key, e);
+            default
+        }
+    }
+}
+
+/// `d` is whole seconds in `lo..=hi`; `what` says so when it is not.
+fn whole_seconds(d: Duration, lo: u64, hi: u64, what: &str) -> Result<(), String> {
+    (d.subsec_nanos() == 0 && (lo..=hi).contains(&d.as_secs()))
+        .then_some(())
+        .ok_or_else(|| format!("must be {what}"))
 }
 
 /// An integer key within `lo..=hi`; `default` when absent (`None`: required).
@@ -327,51 +382,6 @@ fn addresses(p: &mut Problems<'_>, key: &str, raw: Vec<String>) -> Vec<IpAddr> {
         }
     }
     out
-}
-
-/// The advert interval: 10 ms steps from 10 ms to 40.95 s (VRRPv3).
-fn advert(p: &mut Problems<'_>, v: Option<&serde_norway::Value>) -> Duration {
-    let default = Duration::from_millis(200);
-    let Some(v) = v else { return default };
-    match parse_duration(v) {
-        Ok(d)
-            if d.as_millis() % 10 == 0
-                && (1..=MAX_ADVERT_CENTIS).contains(&(d.as_millis() / 10)) =>
-        {
-            d
-        }
-        Ok(d) => {
-            p.push(
-                "advert_interval",
-                format!(
-                    "{}ms: must be 10ms..=40950ms in steps of 10ms (VRRPv3 counts centiseconds)",
-                    d.as_millis()
-                ),
-            );
-            default
-        }
-        Err(e) => {
-            p.push("advert_interval", e);
-            default
-        }
-    }
-}
-
-fn whole_seconds(p: &mut Problems<'_>, key: &str, v: Option<&serde_norway::Value>) -> u32 {
-    match v.map(parse_duration) {
-        None => 1,
-        Some(Ok(d)) if d.subsec_nanos() == 0 && (1..=3600).contains(&d.as_secs()) => {
-            d.as_secs() as u32
-        }
-        Some(Ok(_)) => {
-            p.push(key, "must be whole seconds from 1s to 1h (keepalived runs scripts at most once a second)");
-            1
-        }
-        Some(Err(e)) => {
-            p.push(key, e);
-            1
-        }
-    }
 }
 
 /// `notify_command`: a list of words, or one string split on whitespace;

@@ -59,6 +59,7 @@ impl<D: Delivery> Reconciler<D> {
             return;
         }
         self.good = candidate.clone();
+        self.good_version = crate::state::docs_version(&self.good);
         self.good_known = true;
         self.state_error = None;
         self.refused = None;

@@ -81,6 +81,11 @@ pub struct Reconciler<D: Delivery> {
     delivery: D,
     /// Last good raw document of each load balancer.
     good: BTreeMap<String, Value>,
+    /// `good`'s version as a whole (`state::docs_version`), worked out when
+    /// `good` changes: status, metrics and last-known-good's name all show
+    /// it, and hashing every document on every pass would cost each pass a
+    /// serialization of everything served.
+    good_version: String,
     /// Whether `good` is known: false on a new machine, and when the saved
     /// state could not be read. While unknown, only a candidate fetched and
     /// validated in full is applied, so a lost state never becomes "serve
@@ -143,6 +148,7 @@ impl<D: Delivery> Reconciler<D> {
         Self {
             settings,
             delivery,
+            good_version: crate::state::docs_version(&good),
             good,
             good_known,
             unsaved: None,
@@ -249,6 +255,7 @@ impl<D: Delivery> Reconciler<D> {
         self.observe.metrics.envoy_reachable(hosts.is_some());
         let view = crate::status::build(&crate::status::StatusInput {
             good: &self.good,
+            good_version: &self.good_version,
             fetched: &self.fetched,
             problems: &self.problems,
             hosts: hosts.as_deref(),
@@ -452,12 +459,9 @@ impl<D: Delivery> Reconciler<D> {
         match outcome {
             Ok(Outcome::Unchanged | Outcome::Applied) => {
                 self.promote(candidate, &files, reporter, changed);
-                // The same version `/status` shows and last-known-good is
-                // named by, so the two nodes of a pair compare in any of them.
-                let version = crate::state::docs_version(&self.good);
                 self.observe
                     .metrics
-                    .applied(&version, started.elapsed(), verify);
+                    .applied(&self.good_version, started.elapsed(), verify);
                 Ok(PassResult::Applied)
             }
             Ok(Outcome::RolledBack(cause)) => {

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::HttpBackend;
 use crate::netns::{Lan, in_netns};
+use crate::try_poll_until;
 
 mod client;
 mod trial;
@@ -307,7 +308,7 @@ impl Pair {
     /// Starts (or restarts) the node's Envoy, once the agent wrote its bootstrap.
     pub fn start_envoy(&self, i: usize) -> Result<(), String> {
         let bootstrap = self.nodes[i].dir.join("envoy/bootstrap.yaml");
-        wait_for("the agent's bootstrap", Duration::from_secs(30), || {
+        try_poll_until("the agent's bootstrap", Duration::from_secs(30), || {
             bootstrap
                 .exists()
                 .then_some(())
@@ -399,7 +400,7 @@ impl Pair {
 
     /// Waits until `ha check` passes on node `i`.
     pub fn wait_fit(&self, i: usize, timeout: Duration) -> Result<String, String> {
-        wait_for(&format!("node {i} fit to serve"), timeout, || self.check(i))
+        try_poll_until(&format!("node {i} fit to serve"), timeout, || self.check(i))
     }
 
     /// The state `ha notify` last recorded for `instance` on node `i`.
@@ -420,7 +421,7 @@ impl Pair {
         state: &str,
         timeout: Duration,
     ) -> Result<(), String> {
-        wait_for(
+        try_poll_until(
             &format!("node {i} {instance} {state}"),
             timeout,
             || match self.state(i, instance) {
@@ -507,24 +508,4 @@ fn chown_to(dir: &Path, user: &str) -> Result<(), String> {
     ok.success()
         .then_some(())
         .ok_or_else(|| format!("chown {user} {}", dir.display()))
-}
-
-/// Polls `f` every 20 ms until it succeeds or `timeout` passes.
-pub fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Result<T, String>,
-) -> Result<T, String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match f() {
-            Ok(v) => return Ok(v),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(format!(
-                    "timed out after {timeout:?} waiting for {what}: {e}"
-                ));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
 }

@@ -4,7 +4,8 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use super::{Client, Fault, Outcome, Pair, VIP1, VIP2, outcome, wait_for};
+use super::{Client, Fault, Outcome, Pair, VIP1, VIP2, outcome};
+use crate::try_poll_until;
 
 /// One fault on the master and the master's return, as measured.
 #[derive(Debug, Clone)]
@@ -30,7 +31,7 @@ const SETTLE_REQUESTS: usize = 400;
 impl Pair {
     /// The node that alone holds `vip`, once one does.
     pub fn sole_holder(&self, vip: Ipv4Addr, timeout: Duration) -> Result<usize, String> {
-        wait_for(&format!("one holder of {vip}"), timeout, || {
+        try_poll_until(&format!("one holder of {vip}"), timeout, || {
             match self.holders(vip).as_slice() {
                 [one] => Ok(*one),
                 other => Err(format!("held by {other:?}")),
@@ -155,7 +156,7 @@ pub fn wait_served_by(
     addr: Ipv4Addr,
     t0: Instant,
 ) -> Result<(), String> {
-    wait_for(
+    try_poll_until(
         &format!("{vip} served by {addr}"),
         Duration::from_secs(30),
         || {
@@ -172,7 +173,7 @@ pub fn wait_served_by(
 /// Waits until `n` requests started after `t`: a stretch of traffic
 /// measured in requests, not in sleep.
 pub fn wait_requests(client: &Client, t: Instant, n: usize) -> Result<(), String> {
-    wait_for(&format!("{n} requests"), Duration::from_secs(60), || {
+    try_poll_until(&format!("{n} requests"), Duration::from_secs(60), || {
         let c = client.count_since(t);
         (c >= n).then_some(()).ok_or_else(|| format!("{c} so far"))
     })
