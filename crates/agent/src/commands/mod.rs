@@ -20,6 +20,10 @@ use crate::apply::{Applier, Outcome};
 use crate::envoy_admin::EnvoyAdmin;
 use crate::{fsutil, plan, preflight};
 
+mod inspect;
+
+use inspect::{PlanArgs, StatusArgs};
+
 /// Exit code for a document that is not valid.
 const EXIT_INVALID: u8 = 2;
 
@@ -68,26 +72,6 @@ enum Command {
     /// check and notify scripts it runs. See docs/operations.md.
     #[command(subcommand)]
     Ha(crate::ha::cli::HaCommand),
-}
-
-#[derive(Debug, Args)]
-struct PlanArgs {
-    #[command(flatten)]
-    doc: DocumentArgs,
-    /// The agent's state directory.
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/vpsie-lb")]
-    state_dir: PathBuf,
-}
-
-#[derive(Debug, Args)]
-struct StatusArgs {
-    /// The agent's endpoints: `unix:/PATH` or a loopback `HOST:PORT`.
-    #[arg(long, value_name = "ADDR", default_value = "unix:/run/vpsie-lb/agent.sock",
-          value_parser = parse_local)]
-    address: LocalAddress,
-    /// Print the agent's JSON as it is.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -246,8 +230,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => check(args),
         Command::Apply(args) => apply(args),
         Command::Run(args) => crate::run::run(&args.config),
-        Command::Status(args) => status(args),
-        Command::Plan(args) => plan_command(args),
+        Command::Status(args) => inspect::status(args),
+        Command::Plan(args) => inspect::plan(args),
         Command::Ha(cmd) => crate::ha::cli::run(cmd),
     }
 }
@@ -590,35 +574,6 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let timeout = std::time::Duration::from_secs(5);
-    let body = match crate::local_http::request(&args.address, "GET", "/status", timeout, 64 << 20)
-    {
-        Ok(r) if r.status == 200 => r.body,
-        Ok(r) => {
-            eprintln!("agent at {} answered {}", args.address, r.status);
-            return Ok(ExitCode::from(1));
-        }
-        Err(e) => {
-            eprintln!("agent unreachable at {}: {e}", args.address);
-            return Ok(ExitCode::from(1));
-        }
-    };
-    let s: crate::status::AgentStatus =
-        serde_json::from_str(&body).context("agent status is not the expected json")?;
-    if args.json {
-        print!("{body}");
-    } else {
-        print!("{}", s.table());
-    }
-    let healthy = s.ready && s.load_balancers.values().all(|lb| lb.status == "active");
-    Ok(if healthy {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_INVALID)
-    })
-}
-
 /// The load balancers of a validated document by id (validation made
 /// sure every item has a unique one).
 fn docs_by_id(doc: serde_json::Value) -> crate::state::Docs {
@@ -630,30 +585,4 @@ fn docs_by_id(doc: serde_json::Value) -> crate::state::Docs {
         .into_iter()
         .filter_map(|v| Some((v["id"].as_str()?.to_owned(), v)))
         .collect()
-}
-
-fn plan_command(args: PlanArgs) -> anyhow::Result<ExitCode> {
-    let desired = match load(&args.doc)? {
-        Ok(loaded) => loaded.docs,
-        Err(code) => return Ok(code),
-    };
-    let applied = match crate::state::load(&args.state_dir)? {
-        Some(docs) => docs,
-        None => {
-            eprintln!(
-                "note: {} holds no last-known-good; planning against an empty envoy",
-                args.state_dir.display()
-            );
-            Default::default()
-        }
-    };
-    print!(
-        "{}",
-        crate::diff::render(&crate::diff::preview(
-            &applied,
-            &desired,
-            &args.doc.validate_options()
-        ))
-    );
-    Ok(ExitCode::SUCCESS)
 }
