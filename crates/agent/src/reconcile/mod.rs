@@ -15,12 +15,13 @@ pub use crate::pass::{PassResult, PhaseTimes, ReconcileError};
 use crate::preflight::PreflightError;
 use crate::report::{EventKind, Reporter};
 use crate::source::{FetchError, Fetched, Source};
-use crate::status::AgentStatus;
 
 mod last_known_good;
 mod metrics;
+mod observe;
 
 pub use metrics::ReconcileMetrics;
+pub use observe::Observe;
 
 /// Most problems one event, log line or status message carries: a document
 /// with 10,000 bad backends must not make a 1 MB event that the API refuses
@@ -121,15 +122,6 @@ pub struct Reconciler<D: Delivery> {
     /// The WAF policies last written, so a pass that changes none does
     /// not read the file back.
     waf_written: Option<String>,
-}
-
-/// Where a reconciler publishes what it sees.
-#[derive(Clone)]
-pub struct Observe {
-    /// The loop's metrics.
-    pub metrics: ReconcileMetrics,
-    /// The snapshot `/status` and `/readyz` serve.
-    pub status: std::sync::Arc<std::sync::Mutex<AgentStatus>>,
 }
 
 impl<D: Delivery> Reconciler<D> {
@@ -246,33 +238,6 @@ impl<D: Delivery> Reconciler<D> {
         self.report_state(reporter, result);
         reporter.flush();
         (result, error)
-    }
-
-    /// Status per load balancer and backend health as Envoy sees it: to the
-    /// reporter, the metrics and the `/status` snapshot.
-    fn report_state(&self, reporter: &mut dyn Reporter, result: PassResult) {
-        let hosts = self.delivery.host_health();
-        self.observe.metrics.envoy_reachable(hosts.is_some());
-        let view = crate::status::build(&crate::status::StatusInput {
-            good: &self.good,
-            good_version: &self.good_version,
-            fetched: &self.fetched,
-            problems: &self.problems,
-            hosts: hosts.as_deref(),
-            serving_verified: self.serving_verified,
-            last_result: format!("{result:?}").to_lowercase(),
-            now: crate::report::rfc3339_now(),
-        });
-        for r in &view.reports {
-            reporter.status(&r.id, r.status, &r.version, &r.message);
-        }
-        for (lb, backend, healthy) in &view.health {
-            reporter.health(lb, backend, *healthy);
-        }
-        self.observe.metrics.backends(&view.health);
-        if let Ok(mut s) = self.observe.status.lock() {
-            *s = view.snapshot;
-        }
     }
 
     fn pass_inner(
@@ -558,52 +523,6 @@ impl<D: Delivery> Reconciler<D> {
         }
         self.valid_now = choice.valid;
         (choice.candidate, choice.config, rejected)
-    }
-
-    /// Sends `api_unreachable` once when the API stops answering and
-    /// `api_recovered` once when it answers again.
-    fn track_reachability(
-        &mut self,
-        reachable: Option<bool>,
-        ids: Vec<String>,
-        reporter: &mut dyn Reporter,
-    ) {
-        let Some(now) = reachable else { return };
-        let was = self.api_up.replace(now);
-        let (kind, message) = match (was, now) {
-            (Some(true) | None, false) => (
-                EventKind::ApiUnreachable,
-                "the vpsie api is unreachable; serving the last known good configuration",
-            ),
-            (Some(false), true) => (EventKind::ApiRecovered, "the vpsie api answers again"),
-            _ => return,
-        };
-        for id in ids {
-            reporter.event(&id, kind, message, serde_json::json!({}));
-        }
-    }
-
-    fn reject(&mut self, reporter: &mut dyn Reporter, id: &str, problems: &[Problem]) {
-        let (lines, more) = capped_problems(problems);
-        let tail = if more > 0 {
-            format!("; and {more} more")
-        } else {
-            String::new()
-        };
-        self.problems.insert(
-            id.to_owned(),
-            format!("configuration rejected: {}{tail}", lines.join("; ")),
-        );
-        reporter.event(
-            id,
-            EventKind::ConfigRejected,
-            &format!(
-                "configuration rejected, {} problem(s): {}{tail}",
-                problems.len(),
-                lines.join("; ")
-            ),
-            serde_json::json!({ "problems": lines, "more_problems": more }),
-        );
     }
 }
 
