@@ -321,6 +321,19 @@ mod tests {
     }
 
     #[test]
+    fn a_corrupt_confirmed_json_is_an_error_never_nothing_confirmed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        save(dir.path(), &docs(80), &files("one")).expect("save");
+        std::fs::write(files_dir(dir.path()).join(CONFIRMED), "{\"listeners\": [")
+            .expect("corrupt");
+        let err = confirmed(dir.path()).expect_err("corrupt");
+        assert!(
+            err.to_string().contains("confirmed.json is corrupt"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn regression_a_version_saved_before_confirmed_json_got_none_until_the_docs_changed() {
         let dir = tempfile::tempdir().expect("tempdir");
         save(dir.path(), &docs(80), &files("one")).expect("save");
