@@ -157,6 +157,18 @@ impl Jitter {
     }
 }
 
+/// The least wait for a drain's end: a clock step back must not make a
+/// tight loop of passes.
+const MIN_DRAIN_WAIT: Duration = Duration::from_millis(100);
+
+/// How long until `wake` (a backend's drain ends), when there is one. Only
+/// after a pass without error: a failing pass keeps its backoff, and the
+/// drain ends on the first pass that succeeds.
+fn until_wake(wake: Option<SystemTime>, now: SystemTime) -> Option<Duration> {
+    let left = wake?.duration_since(now).unwrap_or(Duration::ZERO);
+    Some(left.max(MIN_DRAIN_WAIT))
+}
+
 /// Runs passes until told to stop. Returns after finishing the pass in flight.
 pub fn run(
     reconciler: &mut Reconciler<impl crate::delivery::Delivery>,
@@ -173,7 +185,12 @@ pub fn run(
         let (result, error) = reconciler.pass(source, reporter);
         tracing::debug!(result = ?result, took_ms = started.elapsed().as_millis() as u64, "pass done");
         on_pass(result);
-        let wait = error_policy(error.as_ref(), &mut backoff, poll_interval, &mut jitter);
+        let mut wait = error_policy(error.as_ref(), &mut backoff, poll_interval, &mut jitter);
+        if error.is_none()
+            && let Some(drain) = until_wake(reconciler.next_wake(), SystemTime::now())
+        {
+            wait = wait.min(drain);
+        }
         let mut deadline = Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -292,6 +309,16 @@ mod tests {
             w[5] <= FIRST_BACKOFF,
             "a timeout backs off from the start again: {w:?}"
         );
+    }
+
+    #[test]
+    fn a_drain_ending_shortens_the_wait_but_never_to_nothing() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        assert_eq!(until_wake(None, now), None);
+        let soon = now + Duration::from_secs(3);
+        assert_eq!(until_wake(Some(soon), now), Some(Duration::from_secs(3)));
+        let past = now - Duration::from_secs(3);
+        assert_eq!(until_wake(Some(past), now), Some(MIN_DRAIN_WAIT));
     }
 
     #[test]

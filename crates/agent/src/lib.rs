@@ -12,6 +12,7 @@ pub mod config;
 pub mod controller;
 pub mod delivery;
 pub mod diff;
+pub mod drain;
 pub mod endpoints;
 pub mod envoy_admin;
 pub mod fsutil;

@@ -16,6 +16,9 @@ pub enum EventKind {
     ApiUnreachable,
     /// The API answers again.
     ApiRecovered,
+    /// A backend's deregistration delay ended: it is removed, and what
+    /// was still open on it closed.
+    BackendDrained,
 }
 
 impl EventKind {
@@ -27,6 +30,7 @@ impl EventKind {
             EventKind::ConfigRolledBack => "config_rolled_back",
             EventKind::ApiUnreachable => "api_unreachable",
             EventKind::ApiRecovered => "api_recovered",
+            EventKind::BackendDrained => "backend_drained",
         }
     }
 }
@@ -95,7 +99,7 @@ impl Reporter for LogReporter {
     }
     fn event(&mut self, lb_id: &str, kind: EventKind, message: &str, _metadata: Value) {
         match kind {
-            EventKind::ConfigApplied | EventKind::ApiRecovered => {
+            EventKind::ConfigApplied | EventKind::ApiRecovered | EventKind::BackendDrained => {
                 tracing::info!(lb_id, event = kind.as_str(), "{message}")
             }
             _ => tracing::warn!(lb_id, event = kind.as_str(), "{message}"),

@@ -367,10 +367,26 @@ pub struct Nginx {
 impl Nginx {
     /// Starts nginx with its files under `dir`.
     pub fn start(dir: &Path, ports: &[u16], tls: Option<(u16, &Path, &Path)>) -> Result<Nginx> {
+        Nginx::start_with(dir, ports, &[], tls)
+    }
+
+    /// [`Nginx::start`], plus `proxied` ports that expect a PROXY protocol
+    /// header (`listen … proxy_protocol`) and answer the same way.
+    pub fn start_with(
+        dir: &Path,
+        ports: &[u16],
+        proxied: &[u16],
+        tls: Option<(u16, &Path, &Path)>,
+    ) -> Result<Nginx> {
         std::fs::create_dir_all(dir)?;
         let mut listen = String::new();
         for p in ports {
             listen.push_str(&format!("    listen 127.0.0.1:{p} reuseport;\n"));
+        }
+        for p in proxied {
+            listen.push_str(&format!(
+                "    listen 127.0.0.1:{p} reuseport proxy_protocol;\n"
+            ));
         }
         let mut tls_server = String::new();
         if let Some((port, cert, key)) = tls {
@@ -389,7 +405,12 @@ impl Nginx {
         let mut cmd = Command::new("nginx");
         cmd.arg("-c").arg(&path).arg("-p").arg(dir);
         let mut proc = Proc::spawn("nginx", &mut cmd, &dir.join("nginx.out"))?;
-        let all: Vec<u16> = ports.iter().copied().chain(tls.map(|t| t.0)).collect();
+        let all: Vec<u16> = ports
+            .iter()
+            .chain(proxied)
+            .copied()
+            .chain(tls.map(|t| t.0))
+            .collect();
         proc.wait_listening(&all)?;
         Ok(Nginx { _proc: proc })
     }

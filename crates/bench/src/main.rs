@@ -9,6 +9,7 @@ mod dataplane;
 mod footprint;
 mod ha;
 mod hitless;
+mod l4;
 mod lab;
 mod procs;
 mod protect;
@@ -68,7 +69,7 @@ pub type Findings = Vec<String>;
 /// Problems that must never happen, whatever the machine's speed.
 pub type Failures = Vec<String>;
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "dataplane",
     "convergence",
     "hitless",
@@ -78,6 +79,7 @@ const SCENARIOS: [&str; 9] = [
     "routing",
     "protect",
     "ha",
+    "l4",
 ];
 
 fn main() -> std::process::ExitCode {
@@ -132,6 +134,7 @@ fn run(args: Args) -> Result<std::process::ExitCode> {
             "routing" => routing::run(&ctx, &mut findings)?,
             "protect" => protect::run(&ctx, &mut findings)?,
             "ha" => ha::run(&ctx, &mut findings, &mut failures)?,
+            "l4" => l4::run(&ctx, &mut findings)?,
             _ => footprint::run(&ctx, &mut findings)?,
         };
         for t in &tables {

@@ -7,20 +7,22 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     cluster,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    HeaderValue, HeaderValueOption, HealthCheck, Http1ProtocolOptions,
-    HttpProtocolOptions as CommonHttpOptions, RoutingPriority, TcpKeepalive, TransportSocket,
-    header_value_option, health_check, transport_socket,
+    HeaderValue, HeaderValueOption, HealthCheck, HealthStatus, Http1ProtocolOptions,
+    HttpProtocolOptions as CommonHttpOptions, ProxyProtocolConfig, RoutingPriority, TcpKeepalive,
+    TransportSocket, header_value_option, health_check, proxy_protocol_config, transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
-    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, endpoint, lb_endpoint,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
+use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
 use envoy_types::pb::envoy::r#type::v3::{Int64Range, Percent};
 use envoy_types::pb::google::protobuf::{Struct, Value, value};
 use vpsie_lb_model::{
-    Address, Algorithm, HealthCheckKind, HttpCheck, LoadBalancer, Pool, Protocol,
+    Address, Algorithm, Backend, HealthCheckKind, HttpCheck, LoadBalancer, Pool, ProxyProtocol,
 };
 
 use crate::listener::BUFFER_LIMIT_BYTES;
@@ -78,7 +80,8 @@ pub(crate) fn cluster(
         }),
         ..Default::default()
     };
-    if lb.protocol != Protocol::Tcp {
+    c.transport_socket = lb.proxy_protocol.map(|v| proxy_protocol(v, raw_buffer()));
+    if lb.protocol.is_http() {
         c.typed_extension_protocol_options = HashMap::from([(
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
             any(&upstream_http_options()),
@@ -89,12 +92,7 @@ pub(crate) fn cluster(
         c.transport_socket_matches = vec![cluster::TransportSocketMatch {
             name: "health_check_tls".into(),
             r#match: Some(hc_tls_match()),
-            transport_socket: Some(TransportSocket {
-                name: "envoy.transport_sockets.tls".into(),
-                config_type: Some(transport_socket::ConfigType::TypedConfig(any(
-                    &tls::health_check_context(),
-                ))),
-            }),
+            transport_socket: Some(health_check_tls(lb.proxy_protocol)),
         }];
     }
 
@@ -127,6 +125,55 @@ pub(crate) fn cluster(
     (c, eds)
 }
 
+/// The socket https health checks use: TLS, inside the PROXY protocol when
+/// the backends expect it, since such a backend refuses a connection that
+/// does not start with the header.
+fn health_check_tls(proxy: Option<ProxyProtocol>) -> TransportSocket {
+    let tls = TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(
+            &tls::health_check_context(),
+        ))),
+    };
+    match proxy {
+        Some(v) => proxy_protocol(v, tls),
+        None => tls,
+    }
+}
+
+/// `inner` with a PROXY protocol header before its first byte. Envoy fills
+/// it from the downstream connection; a connection with none behind it (a
+/// health check) gets the header's LOCAL form (v2) or `PROXY UNKNOWN` (v1),
+/// which a backend that expects the header accepts and reads as "no client".
+fn proxy_protocol(version: ProxyProtocol, inner: TransportSocket) -> TransportSocket {
+    let version = match version {
+        ProxyProtocol::V1 => proxy_protocol_config::Version::V1,
+        ProxyProtocol::V2 => proxy_protocol_config::Version::V2,
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.upstream_proxy_protocol".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(
+            &ProxyProtocolUpstreamTransport {
+                config: Some(ProxyProtocolConfig {
+                    version: version as i32,
+                    ..Default::default()
+                }),
+                transport_socket: Some(inner),
+                ..Default::default()
+            },
+        ))),
+    }
+}
+
+fn raw_buffer() -> TransportSocket {
+    TransportSocket {
+        name: "envoy.transport_sockets.raw_buffer".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(
+            &RawBuffer::default(),
+        ))),
+    }
+}
+
 /// A new backend's share grows linearly (aggression 1) from 10 % of its
 /// weight over `window` seconds; validation allows it only where Envoy
 /// implements it.
@@ -151,18 +198,37 @@ fn slow_start(algorithm: Algorithm, window: u32) -> Option<cluster::LbConfig> {
     }
 }
 
-/// The enabled backends as one locality. An empty list is valid: HTTP answers 503.
+/// The enabled backends as one locality, then the draining ones, which
+/// Envoy sends no new connection or request and whose open ones it keeps.
+/// An empty list is valid: HTTP answers 503.
 fn load_assignment(cluster_name: &str, pool: &Pool) -> ClusterLoadAssignment {
+    // Checks go to the backend's own port unless the pool names another.
+    let health_check_config =
+        pool.health_check
+            .as_ref()
+            .and_then(|h| h.port)
+            .map(|port| endpoint::HealthCheckConfig {
+                port_value: u32::from(port),
+                ..Default::default()
+            });
+    let endpoint = |b: &Backend, health: HealthStatus| LbEndpoint {
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+            address: crate::pb::socket(&b.address.to_string(), b.port),
+            health_check_config: health_check_config.clone(),
+            ..Default::default()
+        })),
+        load_balancing_weight: u32v(b.weight),
+        health_status: health as i32,
+        ..Default::default()
+    };
     let lb_endpoints: Vec<LbEndpoint> = pool
         .enabled_backends()
-        .map(|b| LbEndpoint {
-            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
-                address: crate::pb::socket(&b.address.to_string(), b.port),
-                ..Default::default()
-            })),
-            load_balancing_weight: u32v(b.weight),
-            ..Default::default()
-        })
+        .map(|b| endpoint(b, HealthStatus::Unknown))
+        .chain(
+            pool.draining
+                .iter()
+                .map(|d| endpoint(&d.backend, HealthStatus::Draining)),
+        )
         .collect();
     ClusterLoadAssignment {
         cluster_name: cluster_name.to_owned(),

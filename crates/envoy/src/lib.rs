@@ -18,6 +18,7 @@ mod resources;
 mod routes;
 mod stats;
 mod tls;
+mod udp;
 mod waf;
 
 use std::net::{IpAddr, SocketAddr};
@@ -27,7 +28,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
-use vpsie_lb_model::{Config, LoadBalancer, Protocol};
+use vpsie_lb_model::{Config, LoadBalancer};
 
 pub use address::LocalAddress;
 pub use bootstrap::{
@@ -150,7 +151,7 @@ pub fn translate_lb(lb: &LoadBalancer, opts: &TranslateOptions) -> EnvoyResource
         secrets: tls::secrets(lb),
         ..Default::default()
     };
-    if lb.protocol != Protocol::Tcp && opts.delivery != Delivery::Static {
+    if lb.protocol.is_http() && opts.delivery != Delivery::Static {
         out.routes.push(routes::route_config(lb, opts));
     }
     for pool in lb.all_pools() {

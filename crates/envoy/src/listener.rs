@@ -24,7 +24,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::envoy::r#type::v3::{HashPolicy, hash_policy};
 use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value, value};
-use vpsie_lb_model::{Algorithm, LoadBalancer, Protocol};
+use vpsie_lb_model::{Algorithm, DEFAULT_POOL, LoadBalancer, Protocol, RouteAction};
 
 use crate::pb::{any, secs, socket, u32v, u64v};
 use crate::{Delivery, TranslateOptions, names, routes, tls};
@@ -35,6 +35,9 @@ pub(crate) const BUFFER_LIMIT_BYTES: u32 = 32 * 1024;
 /// The load balancer's listeners: its own, and the redirect listener on
 /// `redirect_http_port` when it has one.
 pub(crate) fn listeners(lb: &LoadBalancer, opts: &TranslateOptions) -> Vec<Listener> {
+    if lb.protocol == Protocol::Udp {
+        return vec![crate::udp::listener(lb, opts)];
+    }
     let mut out = vec![main_listener(lb, opts)];
     if let Some(port) = lb.redirect_http_port {
         out.push(redirect_listener(lb, port, opts));
@@ -50,12 +53,20 @@ fn main_listener(lb: &LoadBalancer, opts: &TranslateOptions) -> Listener {
         .into_iter()
         .collect();
     filters.extend(connection_limit(lb));
-    filters.push(match lb.protocol {
-        Protocol::Http | Protocol::Https => typed_filter(
+    if lb.protocol == Protocol::TlsPassthrough {
+        return passthrough_listener(lb, opts, filters);
+    }
+    filters.push(if lb.protocol.is_http() {
+        typed_filter(
             "envoy.filters.network.http_connection_manager",
             any(&http_connection_manager(lb, opts)),
-        ),
-        Protocol::Tcp => typed_filter("envoy.filters.network.tcp_proxy", any(&tcp_proxy(lb, opts))),
+        )
+    } else {
+        let default = [(DEFAULT_POOL, 1)];
+        typed_filter(
+            "envoy.filters.network.tcp_proxy",
+            any(&tcp_proxy(lb, &default, opts)),
+        )
     });
     let tls_socket = |secret: String| {
         tls::downstream_context(lb, secret, opts).map(|ctx| TransportSocket {
@@ -79,18 +90,7 @@ fn main_listener(lb: &LoadBalancer, opts: &TranslateOptions) -> Listener {
             ..Default::default()
         })
         .collect();
-    // The connection rate first: a refused connection is closed unread.
-    let mut listener_filters: Vec<ListenerFilter> =
-        crate::protect::connection_rate(lb).into_iter().collect();
-    if !filter_chains.is_empty() {
-        listener_filters.push(ListenerFilter {
-            name: "envoy.filters.listener.tls_inspector".into(),
-            config_type: Some(listener_filter::ConfigType::TypedConfig(any(
-                &TlsInspector::default(),
-            ))),
-            ..Default::default()
-        });
-    }
+    let sni = !filter_chains.is_empty();
     filter_chains.push(FilterChain {
         name: "default".into(),
         filters,
@@ -101,7 +101,72 @@ fn main_listener(lb: &LoadBalancer, opts: &TranslateOptions) -> Listener {
         name,
         address: socket(&opts.listen_address.to_string(), lb.port),
         per_connection_buffer_limit_bytes: u32v(buffer_limit(lb)),
-        listener_filters,
+        listener_filters: listener_filters(lb, sni),
+        filter_chains,
+        ..Default::default()
+    }
+}
+
+/// The connection rate first, so a refused connection is closed unread;
+/// then, when chains are chosen by server name, the TLS inspector that reads
+/// it from the ClientHello.
+fn listener_filters(lb: &LoadBalancer, sni: bool) -> Vec<ListenerFilter> {
+    let mut out: Vec<ListenerFilter> = crate::protect::connection_rate(lb).into_iter().collect();
+    if sni {
+        out.push(ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".into(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(any(
+                &TlsInspector::default(),
+            ))),
+            ..Default::default()
+        });
+    }
+    out
+}
+
+/// TLS passed through untouched: one chain per route, taken by the server
+/// names of the ClientHello, each proxying to the route's pools; the default
+/// chain takes other names, and clients that send none, to the default pool.
+fn passthrough_listener(
+    lb: &LoadBalancer,
+    opts: &TranslateOptions,
+    front: Vec<Filter>,
+) -> Listener {
+    let chain = |name: String, server_names: Vec<String>, pools: &[(&str, u32)]| {
+        let mut filters = front.clone();
+        filters.push(typed_filter(
+            "envoy.filters.network.tcp_proxy",
+            any(&tcp_proxy(lb, pools, opts)),
+        ));
+        FilterChain {
+            name,
+            filter_chain_match: (!server_names.is_empty()).then(|| FilterChainMatch {
+                server_names,
+                ..Default::default()
+            }),
+            filters,
+            ..Default::default()
+        }
+    };
+    let mut filter_chains: Vec<FilterChain> = lb
+        .routes
+        .iter()
+        .filter_map(|r| match &r.action {
+            RouteAction::Forward(pools) => {
+                let pools: Vec<(&str, u32)> =
+                    pools.iter().map(|p| (p.pool.as_str(), p.weight)).collect();
+                Some(chain(format!("route-{}", r.id), r.hosts.clone(), &pools))
+            }
+            // Validation allows only forwards here.
+            RouteAction::Redirect(_) | RouteAction::Respond(_) => None,
+        })
+        .collect();
+    filter_chains.push(chain("default".into(), vec![], &[(DEFAULT_POOL, 1)]));
+    Listener {
+        name: names::lb(&lb.id),
+        address: socket(&opts.listen_address.to_string(), lb.port),
+        per_connection_buffer_limit_bytes: u32v(BUFFER_LIMIT_BYTES),
+        listener_filters: listener_filters(lb, true),
         filter_chains,
         ..Default::default()
     }
@@ -253,9 +318,28 @@ fn connection_manager(
     }
 }
 
-fn tcp_proxy(lb: &LoadBalancer, opts: &TranslateOptions) -> TcpProxy {
+/// A TCP proxy to `pools` (ids and weights): one pool by name, several by weight.
+fn tcp_proxy(lb: &LoadBalancer, pools: &[(&str, u32)], opts: &TranslateOptions) -> TcpProxy {
     let name = names::lb(&lb.id);
-    let hash_policy = if lb.default_pool.algorithm == Algorithm::RingHash {
+    let cluster = |id: &str| names::pool_cluster(&lb.id, id);
+    let cluster_specifier = match pools {
+        [(one, _)] => tcp_proxy::ClusterSpecifier::Cluster(cluster(one)),
+        many => tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster {
+            clusters: many
+                .iter()
+                .map(|&(id, weight)| tcp_proxy::weighted_cluster::ClusterWeight {
+                    name: cluster(id),
+                    weight,
+                    ..Default::default()
+                })
+                .collect(),
+        }),
+    };
+    let ring_hash = pools
+        .iter()
+        .filter_map(|(id, _)| lb.pool(id))
+        .any(|p| p.algorithm == Algorithm::RingHash);
+    let hash_policy = if ring_hash {
         vec![HashPolicy {
             policy_specifier: Some(hash_policy::PolicySpecifier::SourceIp(
                 hash_policy::SourceIp {},
@@ -265,8 +349,8 @@ fn tcp_proxy(lb: &LoadBalancer, opts: &TranslateOptions) -> TcpProxy {
         vec![]
     };
     TcpProxy {
-        stat_prefix: name.clone(),
-        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(name)),
+        stat_prefix: name,
+        cluster_specifier: Some(cluster_specifier),
         idle_timeout: secs(lb.timeouts.idle.unwrap_or(0)),
         // One more try on another backend when a connect fails.
         max_connect_attempts: u32v(2),
@@ -316,7 +400,7 @@ fn access_log_filter(sample_percent: u32) -> AccessLogFilter {
 
 /// A JSON access log line per request (HTTP) or per connection (TCP), for
 /// failures and a sample of the rest.
-fn access_log(lb: &LoadBalancer, opts: &TranslateOptions, http: bool) -> AccessLog {
+pub(crate) fn access_log(lb: &LoadBalancer, opts: &TranslateOptions, http: bool) -> AccessLog {
     let mut fields: Vec<(&str, String)> = vec![
         ("time", "%START_TIME%".into()),
         ("lb_id", lb.id.clone()),
@@ -328,6 +412,10 @@ fn access_log(lb: &LoadBalancer, opts: &TranslateOptions, http: bool) -> AccessL
         ("bytes_sent", "%BYTES_SENT%".into()),
         ("duration_ms", "%DURATION%".into()),
     ];
+    if lb.protocol == Protocol::TlsPassthrough {
+        // The name the client asked for: what chose the pool.
+        fields.push(("server_name", "%REQUESTED_SERVER_NAME%".into()));
+    }
     if http {
         fields.extend([
             ("status", "%RESPONSE_CODE%".to_owned()),

@@ -164,10 +164,11 @@ fn per_route_rbac(lists: &[&Access]) -> RbacPerRoute {
     }
 }
 
-/// The network RBAC filter of a tcp listener with an access list (http
-/// and https answer 403 from the route configuration instead).
+/// The network RBAC filter of a tcp or tls_passthrough listener with an
+/// access list (http and https answer 403 from the route configuration
+/// instead).
 pub(crate) fn tcp_access(lb: &LoadBalancer) -> Option<NetworkRbac> {
-    if lb.protocol != vpsie_lb_model::Protocol::Tcp {
+    if lb.protocol.is_http() {
         return None;
     }
     let access = lb.access.as_ref()?;

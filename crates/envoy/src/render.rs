@@ -49,8 +49,13 @@ fn emitted_types() -> Vec<String> {
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
     use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
     use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+    use envoy_types::pb::envoy::extensions::filters::udp::udp_proxy::v3::{
+        Route as UdpRoute, UdpProxyConfig,
+    };
     use envoy_types::pb::envoy::extensions::http::stateful_session::cookie::v3::CookieBasedSessionState;
     use envoy_types::pb::envoy::extensions::resource_monitors::downstream_connections::v3::DownstreamConnectionsConfig;
+    use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
+    use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
         DownstreamTlsContext, Secret, UpstreamTlsContext,
     };
@@ -86,6 +91,10 @@ fn emitted_types() -> Vec<String> {
         UpstreamTlsContext::full_name(),
         HttpProtocolOptions::full_name(),
         DownstreamConnectionsConfig::full_name(),
+        ProxyProtocolUpstreamTransport::full_name(),
+        RawBuffer::full_name(),
+        UdpProxyConfig::full_name(),
+        UdpRoute::full_name(),
     ]
 }
 

@@ -231,7 +231,7 @@ fn forward(lb: &LoadBalancer, pools: &[(&str, u32)], out: &mut Route) {
 
 /// Whether any pool asks for sticky sessions, so the listener needs the filter.
 pub(crate) fn uses_sticky_sessions(lb: &LoadBalancer) -> bool {
-    lb.protocol != Protocol::Tcp && lb.all_pools().any(|p| p.sticky_sessions.is_some())
+    lb.protocol.is_http() && lb.all_pools().any(|p| p.sticky_sessions.is_some())
 }
 
 /// Sticky sessions for a forward: the pool's own when it forwards to one

@@ -22,6 +22,9 @@ pub mod limits {
     pub const MAX_CONNECT_TIMEOUT: u32 = 300;
     /// Default idle timeout, seconds: Envoy's own default, long so clients reuse connections.
     pub const DEFAULT_IDLE_TIMEOUT: u32 = 3600;
+    /// Default idle timeout of a UDP session, seconds (Envoy's udp_proxy
+    /// default): a session holds a socket, and UDP never says it ended.
+    pub const DEFAULT_UDP_IDLE_TIMEOUT: u32 = 60;
     /// Default per-request timeout, seconds (Envoy's 15 s cuts off ordinary uploads).
     pub const DEFAULT_REQUEST_TIMEOUT: u32 = 60;
     /// Largest idle or request timeout, seconds (one day).
@@ -91,6 +94,8 @@ pub mod limits {
     pub const MAX_SLOW_START: u32 = 3600;
     /// Longest sticky-session cookie lifetime, seconds (30 days).
     pub const MAX_STICKY_TTL: u32 = 30 * 86_400;
+    /// Longest deregistration delay, seconds (AWS allows one hour too).
+    pub const MAX_DEREGISTRATION_DELAY: u32 = 3600;
 }
 
 /// A validated set of load balancers that can share one Envoy.
@@ -137,6 +142,22 @@ pub struct LoadBalancer {
     pub access: Option<Access>,
     /// Request inspection by the WAF service (http/https).
     pub waf: Option<Waf>,
+    /// The PROXY protocol header sent to backends at the start of each
+    /// upstream connection, if any.
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Seconds a backend removed or disabled in the document keeps its
+    /// in-flight connections, taking no new ones, before they are closed;
+    /// 0 removes it at once.
+    pub deregistration_delay: u32,
+}
+
+/// The PROXY protocol version sent to backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// The human-readable version 1 header.
+    V1,
+    /// The binary version 2 header.
+    V2,
 }
 
 /// A load balancer's web application firewall.
@@ -232,6 +253,20 @@ pub struct Pool {
     /// Seconds a newly added backend takes to reach its full share; only
     /// with round robin and least request.
     pub slow_start: Option<u32>,
+    /// Backends the document no longer serves whose deregistration delay
+    /// has not ended: they take no new connections. Validation leaves this
+    /// empty; only [`crate::drain::overlay`] fills it.
+    pub draining: Vec<Draining>,
+}
+
+/// A backend on its way out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Draining {
+    /// The backend as it was last served.
+    pub backend: Backend,
+    /// When its connections are closed, in milliseconds since the Unix epoch.
+    pub until_ms: u64,
 }
 
 impl Pool {
@@ -378,6 +413,29 @@ pub enum Protocol {
     Https,
     /// Opaque TCP.
     Tcp,
+    /// TLS that is not terminated here: the client's server name (SNI)
+    /// chooses the pool, and the bytes pass through unchanged.
+    TlsPassthrough,
+    /// UDP datagrams, each client address and port a session held to one
+    /// backend.
+    Udp,
+}
+
+impl Protocol {
+    /// The name the document uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+            Protocol::Tcp => "tcp",
+            Protocol::TlsPassthrough => "tls_passthrough",
+            Protocol::Udp => "udp",
+        }
+    }
+    /// Whether requests are seen (and routed, limited, inspected) one by one.
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Https)
+    }
 }
 
 /// Load-balancing algorithm.
@@ -444,6 +502,9 @@ pub struct HealthCheck {
     pub healthy_threshold: u32,
     /// Failures needed to mark a backend unhealthy.
     pub unhealthy_threshold: u32,
+    /// The port checks go to, when not the backend's own (a UDP service's
+    /// TCP or HTTP status port).
+    pub port: Option<u16>,
 }
 
 /// The kind of health check.

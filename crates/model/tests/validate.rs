@@ -73,8 +73,8 @@ fn protocol() {
     tcp.as_object_mut().expect("object").remove("tls_config");
     ok(tcp);
     check(
-        with("/protocol", Some(json!("udp"))),
-        &["protocol: must be one of http, https, tcp (got \"udp\")"],
+        with("/protocol", Some(json!("sctp"))),
+        &["protocol: must be one of http, https, tcp, tls_passthrough, udp (got \"sctp\")"],
     );
 }
 

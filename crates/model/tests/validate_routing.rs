@@ -101,8 +101,8 @@ fn pools_routes_and_sticky_sessions_need_http() {
     check(
         doc,
         &[
-            "pools: needs protocol http or https",
-            "routes: needs protocol http or https",
+            "pools: needs protocol http, https or tls_passthrough",
+            "routes: needs protocol http, https or tls_passthrough",
             "sticky_sessions: needs protocol http or https",
         ],
     );

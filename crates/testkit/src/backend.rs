@@ -14,22 +14,22 @@ pub const HEALTH_PATH: &str = "/healthz";
 
 /// What a backend has seen, shared with its connection threads.
 #[derive(Default)]
-struct State {
-    health_status: AtomicU16,
+pub(crate) struct State {
+    pub(crate) health_status: AtomicU16,
     requests: AtomicU64,
     last_headers: Mutex<Vec<(String, String)>>,
 }
 
 /// The accept loop and the open connections, so `stop` can really close the port.
-struct Server {
-    addr: SocketAddr,
+pub(crate) struct Server {
+    pub(crate) addr: SocketAddr,
     stop: Arc<AtomicBool>,
     conns: Arc<Mutex<HashMap<u64, TcpStream>>>,
     accept: Option<thread::JoinHandle<()>>,
 }
 
 impl Server {
-    fn start(
+    pub(crate) fn start(
         listener: TcpListener,
         handle: impl Fn(TcpStream) + Send + Sync + 'static,
     ) -> io::Result<Server> {
@@ -79,7 +79,7 @@ impl Server {
         })
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.accept.take() {
             let _ = t.join();
@@ -168,7 +168,7 @@ impl Drop for HttpBackend {
 }
 
 /// Serves keep-alive HTTP/1.1 requests on one connection.
-fn serve_http(stream: TcpStream, name: &str, state: &State) -> io::Result<()> {
+pub(crate) fn serve_http(stream: TcpStream, name: &str, state: &State) -> io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
     loop {
@@ -262,12 +262,13 @@ impl Drop for EchoBackend {
 pub struct TlsHttpBackend {
     state: Arc<State>,
     server: Server,
+    cert_der: Vec<u8>,
 }
 
 impl TlsHttpBackend {
-    /// Starts on a free port.
+    /// Starts on a free port, with a certificate of its own for `name`.test.
     pub fn start(name: &str) -> TlsHttpBackend {
-        let pair = crate::pki::self_signed("backend.test");
+        let pair = crate::pki::self_signed(&format!("{name}.test"));
         let config = crate::tls::server_config(&pair.cert_pem, &pair.key_pem);
         let state = Arc::new(State::default());
         state.health_status.store(200, Ordering::SeqCst);
@@ -282,7 +283,16 @@ impl TlsHttpBackend {
             })
             .expect("start tls backend")
         };
-        TlsHttpBackend { state, server }
+        TlsHttpBackend {
+            state,
+            server,
+            cert_der: pair.cert_der,
+        }
+    }
+    /// Its certificate, DER: what a client that reached it through a
+    /// passthrough must see.
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
     }
     /// Its port on 127.0.0.1.
     pub fn port(&self) -> u16 {
@@ -331,6 +341,11 @@ fn serve_tls_http(
                 text.len()
             )?;
             tls.flush()?;
+            if head.to_ascii_lowercase().contains("connection: close") {
+                tls.conn.send_close_notify();
+                tls.flush()?;
+                return Ok(());
+            }
         }
     }
 }

@@ -11,7 +11,9 @@ pub mod ha_pair;
 pub mod http;
 pub mod netns;
 pub mod pki;
+pub mod proxy_backend;
 pub mod tls;
+pub mod udp_backend;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

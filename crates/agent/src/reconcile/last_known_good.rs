@@ -28,16 +28,18 @@ impl<D: Delivery> Reconciler<D> {
         // Through the render cache: the first pass usually fetches these same
         // documents, and at 1,000 load balancers a render is the costly part.
         let good = self.good.clone();
-        let (_, files) = self
+        let (config, files) = self
             .prepare(&good, None)
             .map_err(|e| format!("render last-known-good: {e}"))?;
         match self.delivery.restore(&files) {
             Ok(Outcome::Unchanged) => {
                 self.serving_verified = true;
+                self.served = Some(config);
                 Ok(PassResult::Unchanged)
             }
             Ok(Outcome::Applied) => {
                 self.serving_verified = true;
+                self.served = Some(config);
                 reporter.note("restored last-known-good config");
                 Ok(PassResult::Applied)
             }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
-use vpsie_lb_model::{Config, Problem, ValidateOptions, validate};
+use vpsie_lb_model::{Config, Problem, ValidateOptions, drain, validate};
 
 use crate::apply::Outcome;
 use crate::delivery::{ChangeKind, Delivery};
@@ -76,6 +76,18 @@ pub struct Settings {
     pub waf_policies: Option<PathBuf>,
 }
 
+/// A rendered candidate, kept to be reused.
+struct Rendered<C> {
+    /// The documents.
+    docs: BTreeMap<String, Value>,
+    /// Their validated config.
+    base: Config,
+    /// That config with the backends that drained when it was rendered.
+    config: Config,
+    /// What it rendered to.
+    files: C,
+}
+
 /// Runs passes and remembers what is known to be good.
 pub struct Reconciler<D: Delivery> {
     settings: Settings,
@@ -116,9 +128,13 @@ pub struct Reconciler<D: Delivery> {
     times: PhaseTimes,
     /// Why the saved state could not be read at start, if it could not.
     state_error: Option<String>,
-    /// The last candidate rendered and what it rendered to: most passes
-    /// fetch what they fetched before, and rendering is the costly part.
-    last_render: Option<(BTreeMap<String, Value>, Config, D::Candidate)>,
+    /// The last candidate rendered: most passes fetch what they fetched
+    /// before, and rendering is the costly part.
+    last_render: Option<Rendered<D::Candidate>>,
+    /// The config Envoy confirmed last, with its draining backends: the
+    /// deregistration delay's state across passes. Unknown (`None`) after
+    /// a start until last-known-good is restored.
+    served: Option<Config>,
     /// The WAF policies last written, so a pass that changes none does
     /// not read the file back.
     waf_written: Option<String>,
@@ -155,6 +171,7 @@ impl<D: Delivery> Reconciler<D> {
             observe,
             times: PhaseTimes::default(),
             last_render: None,
+            served: None,
             waf_written: None,
         }
     }
@@ -164,25 +181,12 @@ impl<D: Delivery> Reconciler<D> {
         &self.delivery
     }
 
-    /// Validates `docs` together (unless `validated` already is that) and
-    /// prepares what the delivery hands Envoy; the validated config comes
-    /// back too, for the pre-flight.
-    fn render(
-        &self,
-        docs: &BTreeMap<String, Value>,
-        validated: Option<Config>,
-    ) -> Result<(Config, D::Candidate), String> {
-        let config = match validated {
-            Some(config) => config,
-            None => {
-                let doc = Value::Array(docs.values().cloned().collect());
-                validate(&doc, &self.settings.validate)
-                    .map_err(|r| r.to_string())?
-                    .config
-            }
-        };
-        let candidate = self.delivery.prepare(&config)?;
-        Ok((config, candidate))
+    /// Validates `docs` together.
+    fn validate_all(&self, docs: &BTreeMap<String, Value>) -> Result<Config, String> {
+        let doc = Value::Array(docs.values().cloned().collect());
+        validate(&doc, &self.settings.validate)
+            .map(|v| v.config)
+            .map_err(|r| r.to_string())
     }
 
     /// One pass. Reports events, status and health through `reporter` and
@@ -287,6 +291,7 @@ impl<D: Delivery> Reconciler<D> {
         };
         if diff.kind == ChangeKind::None {
             self.promote(&candidate, &files, reporter, &[]);
+            self.settle(config, reporter);
             return (served, fetch_error);
         }
         if self.refused.as_ref() == Some(&files) {
@@ -303,7 +308,15 @@ impl<D: Delivery> Reconciler<D> {
         }
         self.times.preflight = clock.elapsed();
         match self.hand_over(&candidate, files, &changed, reporter) {
-            Ok(PassResult::Applied) if rejected => (PassResult::Rejected, fetch_error),
+            Ok(PassResult::Applied) => {
+                self.settle(config, reporter);
+                let result = if rejected {
+                    PassResult::Rejected
+                } else {
+                    PassResult::Applied
+                };
+                (result, fetch_error)
+            }
             Ok(result) => (result, fetch_error),
             Err(e) => (PassResult::Error, Some(e)),
         }
@@ -340,22 +353,75 @@ impl<D: Delivery> Reconciler<D> {
         (candidate, validated, rejected, fetch_error)
     }
 
-    /// What the delivery hands Envoy for `candidate`, reusing the last
-    /// render when the documents are the same; `validated`, when given, is
+    /// What the delivery hands Envoy for `candidate` with the backends
+    /// still draining now, reusing the last render when neither the
+    /// documents nor the drains changed; `validated`, when given, is
     /// `candidate` already validated as a whole.
     fn prepare(
         &mut self,
         candidate: &BTreeMap<String, Value>,
         validated: Option<Config>,
     ) -> Result<(Config, D::Candidate), String> {
-        if let Some((docs, config, files)) = &self.last_render
-            && docs == candidate
+        let cached = self.last_render.as_ref().filter(|r| &r.docs == candidate);
+        let base = match (cached, validated) {
+            (Some(r), _) => r.base.clone(),
+            (None, Some(config)) => config,
+            (None, None) => self.validate_all(candidate)?,
+        };
+        let config = drain::overlay(self.served.as_ref(), base.clone(), crate::drain::now_ms());
+        if let Some(r) = cached
+            && r.config == config
         {
-            return Ok((config.clone(), files.clone()));
+            return Ok((config, r.files.clone()));
         }
-        let (config, files) = self.render(candidate, validated)?;
-        self.last_render = Some((candidate.clone(), config.clone(), files.clone()));
+        let files = self.delivery.prepare(&config)?;
+        self.last_render = Some(Rendered {
+            docs: candidate.clone(),
+            base,
+            config: config.clone(),
+            files: files.clone(),
+        });
         Ok((config, files))
+    }
+
+    /// When the next drain ends, if a backend drains: the controller runs
+    /// a pass then, whatever its poll interval.
+    pub fn next_wake(&self) -> Option<std::time::SystemTime> {
+        drain::next_deadline(self.served.as_ref()?).map(crate::drain::at)
+    }
+
+    /// Records `config` as what Envoy serves, and closes what is left on the
+    /// backends whose drain it ended.
+    fn settle(&mut self, config: Config, reporter: &mut dyn Reporter) {
+        let Some(before) = self.served.replace(config) else {
+            return;
+        };
+        let Some(after) = &self.served else { return };
+        for (lb, backend) in drain::ended(&before, after) {
+            let vpsie_lb_model::Address::Ip(ip) = backend.address else {
+                continue;
+            };
+            let (message, closed) = match crate::drain::close_connections(ip, backend.port) {
+                Ok(n) => (
+                    format!(
+                        "backend {} ({ip}:{}) drained: {n} connections left were closed",
+                        backend.id, backend.port
+                    ),
+                    Some(n),
+                ),
+                Err(e) => {
+                    reporter.error("drain", &format!("backend {}: {e}", backend.id));
+                    (format!("backend {} drained: {e}", backend.id), None)
+                }
+            };
+            reporter.event(
+                &lb,
+                EventKind::BackendDrained,
+                &message,
+                serde_json::json!({"backend_id": backend.id, "address": ip.to_string(),
+                                   "port": backend.port, "closed": closed}),
+            );
+        }
     }
 
     /// The checks only Envoy and the host can make, on what changed. `Err(None)`:

@@ -22,6 +22,7 @@ const HC_KEYS: &[&str] = &[
     "path",
     "expected_status",
     "headers",
+    "port",
 ];
 
 pub(super) fn backends(obj: &Obj<'_>, allowed: &[IpNet], cx: &mut Ctx) -> Option<Vec<Backend>> {
@@ -157,6 +158,7 @@ pub(super) fn health_check(obj: &Obj<'_>, cx: &mut Ctx) -> Option<HealthCheck> {
         None => Some(i64::from(default)),
         Some(_) => obj.int_in(cx, key, threshold.clone(), Need::Required),
     };
+    let port = obj.get("port").and_then(|_| obj.port(cx, "port"));
     let healthy = threshold_or(cx, "healthy_threshold", limits::DEFAULT_HC_HEALTHY);
     let unhealthy = threshold_or(cx, "unhealthy_threshold", limits::DEFAULT_HC_UNHEALTHY);
 
@@ -192,6 +194,7 @@ pub(super) fn health_check(obj: &Obj<'_>, cx: &mut Ctx) -> Option<HealthCheck> {
         unhealthy_interval_ms: unhealthy_interval,
         healthy_threshold: healthy? as u32,
         unhealthy_threshold: unhealthy? as u32,
+        port,
     })
 }
 

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::model::{Config, LoadBalancer, Protocol, Timeouts, Tls, limits};
+use crate::model::{Config, LoadBalancer, Protocol, ProxyProtocol, Timeouts, Tls, limits};
 use crate::network::IpNet;
 use crate::problem::{FieldPath, Problem, Rejected};
 
@@ -226,6 +226,8 @@ const LB_KEYS: &[&str] = &[
     "rate_limit",
     "access",
     "waf",
+    "proxy_protocol",
+    "deregistration_delay",
     // Sent by the API, deliberately ignored.
     "created_at",
     "updated_at",
@@ -275,6 +277,8 @@ fn load_balancer(
             ("http", Protocol::Http),
             ("https", Protocol::Https),
             ("tcp", Protocol::Tcp),
+            ("tls_passthrough", Protocol::TlsPassthrough),
+            ("udp", Protocol::Udp),
         ],
         Need::Required,
     );
@@ -294,12 +298,29 @@ fn load_balancer(
     let tls = tls_for(&obj, protocol, cx);
     let timeouts = match obj.object(cx, "timeouts") {
         Some(t) => timeouts(&t, protocol, cx),
-        None => Some(default_timeouts()),
+        None => Some(default_timeouts(protocol)),
     };
     let rate_limit = protect::rate_limit(&obj, protocol, cx);
     let access = protect::access(&obj, cx);
     let waf = protect::waf(&obj, protocol, cx);
+    let proxy_protocol = obj.enumeration(
+        cx,
+        "proxy_protocol",
+        &[("v1", ProxyProtocol::V1), ("v2", ProxyProtocol::V2)],
+        Need::Optional,
+    );
+    let deregistration_delay = obj
+        .int_in(
+            cx,
+            "deregistration_delay",
+            0..=i64::from(limits::MAX_DEREGISTRATION_DELAY),
+            Need::Optional,
+        )
+        .map_or(0, |d| d as u32);
 
+    if protocol == Some(Protocol::Udp) {
+        udp_rules(&obj, cx);
+    }
     key.id.clone_from(&id);
     key.ports.extend(port.map(|p| ("port", p)));
     key.ports
@@ -325,9 +346,43 @@ fn load_balancer(
             rate_limit: rate_limit?,
             access: access?,
             waf: waf?,
+            proxy_protocol,
+            deregistration_delay,
         })
     })();
     (lb, key)
+}
+
+/// What a udp load balancer cannot have: Envoy's UDP proxy sends no PROXY
+/// header, and its listener runs no connection filters, so access lists and
+/// connection rates would silently do nothing.
+fn udp_rules(obj: &Obj<'_>, cx: &mut Ctx) {
+    let refused: [(&str, &str); 3] = [
+        ("proxy_protocol", "is not sent over udp"),
+        ("access", "needs a connection to judge; udp has none"),
+        (
+            "rate_limit",
+            "needs connections or requests to count; udp has neither",
+        ),
+    ];
+    for (key, why) in refused {
+        if obj.get(key).is_some() {
+            cx.error(&obj.path.key(key), why);
+        }
+    }
+    let idle = obj.get("timeouts").and_then(|t| t.get("idle"));
+    if idle.and_then(Value::as_i64) == Some(0) {
+        cx.error(
+            &obj.path.key("timeouts").key("idle"),
+            "must be at least 1 for udp: a session is over only when it idles out",
+        );
+    }
+    if obj.get("algorithm").and_then(Value::as_str) == Some("least_request") {
+        cx.error(
+            &obj.path.key("algorithm"),
+            "least_request counts requests, which udp has none of; use round_robin, random or ring_hash",
+        );
+    }
 }
 
 /// `redirect_http_port`: https only, and not the listener's own port.
@@ -347,10 +402,7 @@ fn redirect_port(
         }
         Some(Protocol::Https) => Some(p),
         Some(other) => {
-            cx.error(
-                &at,
-                format!("needs protocol https (got {})", protocol_name(other)),
-            );
+            cx.error(&at, format!("needs protocol https (got {})", other.name()));
             None
         }
         None => None,
@@ -369,27 +421,28 @@ fn tls_for(obj: &Obj<'_>, protocol: Option<Protocol>, cx: &mut Ctx) -> Option<Tl
             None
         }
         (Some(p), Some(t)) => {
-            cx.warn(
-                &t.path,
-                format!("ignored because protocol is {}", protocol_name(p)),
-            );
+            cx.warn(&t.path, format!("ignored because protocol is {}", p.name()));
             None
         }
         _ => None,
     }
 }
 
-fn default_timeouts() -> Timeouts {
+fn default_timeouts(protocol: Option<Protocol>) -> Timeouts {
+    let idle = match protocol {
+        Some(Protocol::Udp) => limits::DEFAULT_UDP_IDLE_TIMEOUT,
+        _ => limits::DEFAULT_IDLE_TIMEOUT,
+    };
     Timeouts {
         connect: limits::DEFAULT_CONNECT_TIMEOUT,
-        idle: Some(limits::DEFAULT_IDLE_TIMEOUT),
+        idle: Some(idle),
         request: Some(limits::DEFAULT_REQUEST_TIMEOUT),
     }
 }
 
 fn timeouts(obj: &Obj<'_>, protocol: Option<Protocol>, cx: &mut Ctx) -> Option<Timeouts> {
     obj.check_keys(TIMEOUT_KEYS, cx);
-    let d = default_timeouts();
+    let d = default_timeouts(protocol);
     let before = cx.errors.len();
     let connect = obj
         .int_in(
@@ -407,20 +460,17 @@ fn timeouts(obj: &Obj<'_>, protocol: Option<Protocol>, cx: &mut Ctx) -> Option<T
     let request = obj
         .int_in(cx, "request", span, Need::Optional)
         .map_or(d.request, disabled_if_zero);
-    if protocol == Some(Protocol::Tcp) && obj.get("request").is_some() {
-        cx.warn(&obj.path.key("request"), "ignored for a tcp load balancer");
+    if let Some(p) = protocol.filter(|p| !p.is_http())
+        && obj.get("request").is_some()
+    {
+        cx.warn(
+            &obj.path.key("request"),
+            format!("ignored for a {} load balancer", p.name()),
+        );
     }
     (cx.errors.len() == before).then_some(Timeouts {
         connect,
         idle,
         request,
     })
-}
-
-fn protocol_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Http => "http",
-        Protocol::Https => "https",
-        Protocol::Tcp => "tcp",
-    }
 }

@@ -104,6 +104,7 @@ fn pool_body(
         health_check,
         sticky_sessions,
         slow_start,
+        draining: vec![],
     })
 }
 
@@ -131,7 +132,7 @@ fn algorithm(obj: &Obj<'_>, cx: &mut Ctx) -> Option<Algorithm> {
 
 fn sticky(obj: &Obj<'_>, protocol: Option<Protocol>, cx: &mut Ctx) -> Option<StickySessions> {
     obj.check_keys(STICKY_KEYS, cx);
-    if protocol == Some(Protocol::Tcp) {
+    if protocol.is_some_and(|p| !p.is_http()) {
         cx.error(&obj.path, "needs protocol http or https");
         return None;
     }
@@ -177,8 +178,8 @@ fn pools(
         return Some(vec![]);
     };
     let list = obj.path.key("pools");
-    if protocol == Some(Protocol::Tcp) {
-        cx.error(&list, "needs protocol http or https");
+    if matches!(protocol, Some(Protocol::Tcp | Protocol::Udp)) {
+        cx.error(&list, "needs protocol http, https or tls_passthrough");
         return None;
     }
     if items.len() + 1 > limits::MAX_POOLS {

@@ -19,8 +19,11 @@ pub(super) fn waf(obj: &Obj<'_>, protocol: Option<Protocol>, cx: &mut Ctx) -> Op
     };
     w.check_keys(WAF_KEYS, cx);
     let before = cx.errors.len();
-    if protocol == Some(Protocol::Tcp) {
-        cx.error(&w.path, "a tcp load balancer has no requests to inspect");
+    if let Some(p) = protocol.filter(|p| !p.is_http()) {
+        cx.error(
+            &w.path,
+            format!("a {} load balancer has no requests to inspect", p.name()),
+        );
     }
     let mode = w.enumeration(
         cx,
@@ -72,10 +75,15 @@ pub(super) fn rate_limit(
     };
     r.check_keys(RATE_KEYS, cx);
     let before = cx.errors.len();
-    if protocol == Some(Protocol::Tcp) && r.get("requests_per_second").is_some() {
+    if let Some(p) = protocol.filter(|p| !p.is_http())
+        && r.get("requests_per_second").is_some()
+    {
         cx.error(
             &r.path.key("requests_per_second"),
-            "tcp has no requests to count; limit new connections with connections_per_second",
+            format!(
+                "{} has no requests to count; limit new connections with connections_per_second",
+                p.name()
+            ),
         );
     }
     let requests = request_rate(&r, cx);

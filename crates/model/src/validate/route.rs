@@ -22,6 +22,8 @@ const ROUTE_KEYS: &[&str] = &[
     "rate_limit",
     "access",
 ];
+/// What a tls_passthrough route may say: it sees only the server name.
+const PASSTHROUGH_KEYS: &[&str] = &["id", "hosts", "forward"];
 const HEADER_KEYS: &[&str] = &["name", "exact", "prefix", "regex", "present", "invert"];
 
 /// The routes, in order.
@@ -35,10 +37,11 @@ pub(super) fn routes(
         return Some(vec![]);
     };
     let list = obj.path.key("routes");
-    if protocol == Some(Protocol::Tcp) {
-        cx.error(&list, "needs protocol http or https");
+    if matches!(protocol, Some(Protocol::Tcp | Protocol::Udp)) {
+        cx.error(&list, "needs protocol http, https or tls_passthrough");
         return None;
     }
+    let passthrough = protocol == Some(Protocol::TlsPassthrough);
     if items.len() > limits::MAX_ROUTES {
         cx.error(
             &list,
@@ -52,14 +55,20 @@ pub(super) fn routes(
     }
     let before = cx.errors.len();
     let mut out = Vec::new();
+    let mut server_names = Vec::new();
     let last = items.len().saturating_sub(1);
     let mut reader = IdList::new(&list, "route", ROUTE_KEYS, None);
     for (i, item) in items.iter().enumerate() {
         let Some((path, r, id)) = reader.read(i, item, cx) else {
             continue;
         };
+        if passthrough {
+            passthrough_only(&r, cx);
+        }
         if let Some(route) = route(&r, id, pools, cx) {
-            if i < last && matches_everything(&route) {
+            if passthrough {
+                server_names.push((path.key("hosts"), route.hosts.clone()));
+            } else if i < last && matches_everything(&route) {
                 cx.warn(
                     &path,
                     "matches every request, so the routes after it are never used",
@@ -68,7 +77,33 @@ pub(super) fn routes(
             out.push(route);
         }
     }
+    // Each name chooses one filter chain; Envoy refuses a listener that
+    // matches a name twice.
+    super::hosts::unique_server_names(&server_names, cx);
     (cx.errors.len() == before).then_some(out)
+}
+
+/// A tls_passthrough route sees the server name and nothing else: it needs
+/// `hosts`, and every request-level key is refused by name.
+fn passthrough_only(r: &Obj<'_>, cx: &mut Ctx) {
+    for key in ROUTE_KEYS.iter().filter(|k| !PASSTHROUGH_KEYS.contains(k)) {
+        if r.get(key).is_some() {
+            cx.error(
+                &r.path.key(key),
+                "needs protocol http or https: a tls_passthrough route matches the server name (SNI) only",
+            );
+        }
+    }
+    let named = r
+        .get("hosts")
+        .and_then(|h| h.as_array())
+        .is_some_and(|a| !a.is_empty());
+    if !named {
+        cx.error(
+            &r.path.key("hosts"),
+            "is required for a tls_passthrough route: the server names it takes",
+        );
+    }
 }
 
 fn matches_everything(r: &Route) -> bool {

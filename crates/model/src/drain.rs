@@ -1,0 +1,117 @@
+//! Deregistration delay: a backend that a new document removes or disables
+//! keeps its in-flight connections for the load balancer's delay, taking no
+//! new ones, and is then dropped.
+//!
+//! The state across passes is the config last served: its pools carry the
+//! backends still draining and when each one ends. [`overlay`] works out the
+//! next one from it, the new document and the time, so the agent keeps no
+//! other record and every step is a pure function of its inputs.
+
+use std::collections::BTreeSet;
+
+use crate::model::{Address, Backend, Config, Draining, LoadBalancer, Pool};
+
+/// Where a backend is, as Envoy tells hosts apart.
+type Endpoint = (Address, u16);
+
+fn endpoint(b: &Backend) -> Endpoint {
+    (b.address.clone(), b.port)
+}
+
+/// `next` as it should be served at `now_ms`, given what was served before.
+///
+/// For each load balancer with a delay, each pool it still has gains as
+/// draining: the backends the served pool had enabled that `next` does
+/// not, until now plus the delay; and those already draining whose time has
+/// not come, at most the (possibly shortened) delay from now. A backend that
+/// is enabled again is simply active. Host-name backends and pools that
+/// resolve names are not drained (Envoy takes health states from EDS, which
+/// carries addresses only); a whole pool or load balancer that goes away is
+/// removed at once.
+pub fn overlay(served: Option<&Config>, mut next: Config, now_ms: u64) -> Config {
+    let Some(served) = served else {
+        return next;
+    };
+    for lb in &mut next.load_balancers {
+        if lb.deregistration_delay == 0 {
+            continue;
+        }
+        let Some(old) = served.load_balancers.iter().find(|o| o.id == lb.id) else {
+            continue;
+        };
+        let until = now_ms.saturating_add(u64::from(lb.deregistration_delay) * 1000);
+        for pool in pools_mut(lb) {
+            if let Some(old_pool) = old.pool(&pool.id) {
+                pool.draining = draining(old_pool, pool, now_ms, until);
+            }
+        }
+    }
+    next
+}
+
+/// The draining list of `pool`, which replaces `old` in the served config.
+fn draining(old: &Pool, pool: &Pool, now_ms: u64, until: u64) -> Vec<Draining> {
+    let resolves_names = pool
+        .enabled_backends()
+        .any(|b| matches!(b.address, Address::Hostname(_)));
+    if resolves_names {
+        return vec![];
+    }
+    let mut taken: BTreeSet<Endpoint> = pool.enabled_backends().map(endpoint).collect();
+    let mut out = Vec::new();
+    let still = old
+        .draining
+        .iter()
+        .filter(|d| d.until_ms > now_ms)
+        .map(|d| (&d.backend, d.until_ms.min(until)));
+    let newly = old.enabled_backends().map(|b| (b, until));
+    for (b, until_ms) in still.chain(newly) {
+        if matches!(b.address, Address::Ip(_)) && taken.insert(endpoint(b)) {
+            out.push(Draining {
+                backend: b.clone(),
+                until_ms,
+            });
+        }
+    }
+    out
+}
+
+fn pools_mut(lb: &mut LoadBalancer) -> impl Iterator<Item = &mut Pool> {
+    std::iter::once(&mut lb.default_pool).chain(lb.pools.iter_mut())
+}
+
+/// When the next draining backend of `config` ends, if any drains.
+pub fn next_deadline(config: &Config) -> Option<u64> {
+    pools(config)
+        .flat_map(|(_, p)| &p.draining)
+        .map(|d| d.until_ms)
+        .min()
+}
+
+/// Backends whose drain `before` was serving and `after` ends, with the id
+/// of their load balancer, one per endpoint: draining there, and in no pool
+/// of any load balancer of `after`, active or draining. Their remaining
+/// connections are the ones to close; an endpoint another pool still uses
+/// is left alone, since a connection does not say which pool opened it.
+pub fn ended(before: &Config, after: &Config) -> Vec<(String, Backend)> {
+    let mut kept: BTreeSet<Endpoint> = pools(after)
+        .flat_map(|(_, p)| {
+            p.enabled_backends()
+                .chain(p.draining.iter().map(|d| &d.backend))
+        })
+        .map(endpoint)
+        .collect();
+    pools(before)
+        .flat_map(|(lb, p)| p.draining.iter().map(move |d| (lb, &d.backend)))
+        // Inserting marks it taken, so an endpoint is reported once.
+        .filter(|(_, b)| kept.insert(endpoint(b)))
+        .map(|(lb, b)| (lb.to_owned(), b.clone()))
+        .collect()
+}
+
+/// Every pool of `c`, with its load balancer's id.
+fn pools(c: &Config) -> impl Iterator<Item = (&str, &Pool)> {
+    c.load_balancers
+        .iter()
+        .flat_map(|lb| lb.all_pools().map(move |p| (lb.id.as_str(), p)))
+}

@@ -1,0 +1,234 @@
+//! The fields that close the gap with the managed load balancers, as data:
+//! PROXY protocol, TLS passthrough and the deregistration delay, a good and
+//! a bad case for each.
+
+mod common;
+
+use common::{base, check, ok};
+use serde_json::{Value, json};
+use vpsie_lb_model::{Protocol, ProxyProtocol, RouteAction};
+
+/// `base()` (https) with these top-level keys set.
+fn set(pairs: &[(&str, Value)]) -> Value {
+    let mut doc = base();
+    for (k, v) in pairs {
+        doc[*k] = v.clone();
+    }
+    doc
+}
+
+/// A tls_passthrough load balancer with a `shop` pool and these routes.
+fn passthrough(routes: Value) -> Value {
+    let mut doc = set(&[
+        ("protocol", json!("tls_passthrough")),
+        (
+            "pools",
+            json!([{"id": "shop", "backends": [{"id": "s1", "address": "10.0.2.1", "port": 443}]}]),
+        ),
+        ("routes", routes),
+    ]);
+    doc.as_object_mut().expect("object").remove("tls_config");
+    doc.as_object_mut().expect("object").remove("health_check");
+    doc
+}
+
+#[test]
+fn proxy_protocol_takes_v1_or_v2_on_every_protocol() {
+    for (text, want) in [("v1", ProxyProtocol::V1), ("v2", ProxyProtocol::V2)] {
+        for protocol in ["https", "tcp"] {
+            let mut doc = set(&[("proxy_protocol", json!(text))]);
+            doc["protocol"] = json!(protocol);
+            let v = ok(doc);
+            assert_eq!(v.config.load_balancers[0].proxy_protocol, Some(want));
+        }
+    }
+    assert_eq!(ok(base()).config.load_balancers[0].proxy_protocol, None);
+    check(
+        set(&[("proxy_protocol", json!("v3"))]),
+        &["proxy_protocol: must be one of"],
+    );
+    check(
+        set(&[("proxy_protocol", json!(2))]),
+        &["proxy_protocol: must be a string"],
+    );
+}
+
+#[test]
+fn deregistration_delay_is_whole_seconds_up_to_an_hour() {
+    let v = ok(set(&[("deregistration_delay", json!(30))]));
+    assert_eq!(v.config.load_balancers[0].deregistration_delay, 30);
+    assert_eq!(ok(base()).config.load_balancers[0].deregistration_delay, 0);
+    check(
+        set(&[("deregistration_delay", json!(-1))]),
+        &["deregistration_delay: must be"],
+    );
+    check(
+        set(&[("deregistration_delay", json!(3601))]),
+        &["deregistration_delay: must be"],
+    );
+    check(
+        set(&[("deregistration_delay", json!("30s"))]),
+        &["deregistration_delay: must be"],
+    );
+}
+
+#[test]
+fn tls_passthrough_routes_choose_pools_by_server_name() {
+    let v = ok(passthrough(json!([
+        {"id": "shop", "hosts": ["Shop.Example.com", "*.shop.example.com"], "forward": [{"pool": "shop"}]}
+    ])));
+    let lb = &v.config.load_balancers[0];
+    assert_eq!(lb.protocol, Protocol::TlsPassthrough);
+    assert_eq!(
+        lb.routes[0].hosts,
+        ["shop.example.com", "*.shop.example.com"]
+    );
+    assert!(matches!(&lb.routes[0].action, RouteAction::Forward(p) if p[0].pool == "shop"));
+    assert!(lb.tls.is_none());
+}
+
+#[test]
+fn a_tls_passthrough_route_sees_only_the_server_name() {
+    check(
+        passthrough(json!([{"id": "r", "forward": [{"pool": "shop"}]}])),
+        &["routes[0].hosts: is required for a tls_passthrough route"],
+    );
+    check(
+        passthrough(
+            json!([{"id": "r", "hosts": ["a.example"], "path_prefix": "/x",
+                            "forward": [{"pool": "shop"}]}]),
+        ),
+        &["routes[0].path_prefix: needs protocol http or https"],
+    );
+    check(
+        passthrough(json!([{"id": "r", "hosts": ["a.example"], "respond": {"status": 200}}])),
+        &["routes[0].respond: needs protocol http or https"],
+    );
+    check(
+        passthrough(json!([
+            {"id": "r1", "hosts": ["a.example"], "forward": [{"pool": "shop"}]},
+            {"id": "r2", "hosts": ["A.example"], "forward": [{"pool": "default"}]}
+        ])),
+        &["routes[1].hosts: \"a.example\" is already named by routes[0].hosts"],
+    );
+}
+
+#[test]
+fn tls_passthrough_has_no_requests_and_no_certificate() {
+    let mut doc = passthrough(json!([]));
+    doc["sticky_sessions"] = json!({"cookie_name": "s"});
+    check(doc, &["sticky_sessions: needs protocol http or https"]);
+    let mut doc = passthrough(json!([]));
+    doc["waf"] = json!({"mode": "block"});
+    check(
+        doc,
+        &["waf: a tls_passthrough load balancer has no requests to inspect"],
+    );
+    let mut doc = passthrough(json!([]));
+    doc["rate_limit"] = json!({"requests_per_second": 5});
+    check(
+        doc,
+        &["rate_limit.requests_per_second: tls_passthrough has no requests"],
+    );
+    let mut doc = passthrough(json!([]));
+    doc["tls_config"] = base()["tls_config"].clone();
+    let v = ok(doc);
+    assert!(
+        v.warnings
+            .iter()
+            .any(|w| w.to_string() == "tls_config: ignored because protocol is tls_passthrough"),
+        "{:?}",
+        v.warnings
+    );
+    let mut doc = passthrough(json!([]));
+    doc["redirect_http_port"] = json!(80);
+    check(
+        doc,
+        &["redirect_http_port: needs protocol https (got tls_passthrough)"],
+    );
+}
+
+#[test]
+fn tcp_still_has_no_pools_or_routes() {
+    let mut doc = passthrough(json!([]));
+    doc["protocol"] = json!("tcp");
+    check(
+        doc,
+        &[
+            "pools: needs protocol http, https or tls_passthrough",
+            "routes: needs protocol http, https or tls_passthrough",
+        ],
+    );
+}
+
+/// A udp load balancer: `base()` made udp, without TLS.
+fn udp(pairs: &[(&str, Value)]) -> Value {
+    let mut doc = set(pairs);
+    doc["protocol"] = json!("udp");
+    doc.as_object_mut().expect("object").remove("tls_config");
+    doc
+}
+
+#[test]
+fn udp_sessions_idle_out_after_a_minute_by_default() {
+    let v = ok(udp(&[]));
+    let lb = &v.config.load_balancers[0];
+    assert_eq!(lb.protocol, Protocol::Udp);
+    assert_eq!(lb.timeouts.idle, Some(60));
+    let v = ok(udp(&[("timeouts", json!({"idle": 5}))]));
+    assert_eq!(v.config.load_balancers[0].timeouts.idle, Some(5));
+    check(
+        udp(&[("timeouts", json!({"idle": 0}))]),
+        &["timeouts.idle: must be at least 1 for udp"],
+    );
+}
+
+#[test]
+fn udp_refuses_what_needs_connections_or_requests() {
+    check(
+        udp(&[("proxy_protocol", json!("v2"))]),
+        &["proxy_protocol: is not sent over udp"],
+    );
+    check(
+        udp(&[("access", json!({"deny": ["10.0.0.0/8"]}))]),
+        &["access: needs a connection to judge"],
+    );
+    check(
+        udp(&[("rate_limit", json!({"connections_per_second": 10}))]),
+        &["rate_limit: needs connections or requests to count"],
+    );
+    check(
+        udp(&[("algorithm", json!("least_request"))]),
+        &["algorithm: least_request counts requests"],
+    );
+    check(
+        udp(&[("pools", json!([]))]),
+        &["pools: needs protocol http, https or tls_passthrough"],
+    );
+    for algorithm in ["round_robin", "random", "ring_hash"] {
+        ok(udp(&[("algorithm", json!(algorithm))]));
+    }
+}
+
+#[test]
+fn a_health_check_may_go_to_another_port() {
+    let mut doc = udp(&[]);
+    doc["health_check"]["port"] = json!(8053);
+    let v = ok(doc);
+    let hc = v.config.load_balancers[0]
+        .default_pool
+        .health_check
+        .as_ref();
+    assert_eq!(hc.and_then(|h| h.port), Some(8053));
+    assert_eq!(
+        ok(base()).config.load_balancers[0]
+            .default_pool
+            .health_check
+            .as_ref()
+            .and_then(|h| h.port),
+        None
+    );
+    let mut doc = base();
+    doc["health_check"]["port"] = json!(0);
+    check(doc, &["health_check.port: must be 1..=65535"]);
+}
