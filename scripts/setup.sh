@@ -9,6 +9,8 @@
 set -euo pipefail
 
 ENVOY_VERSION=1.40.0
+# The HTTP/3 client of the tests and the benchmark (crates/testkit/py).
+AIOQUIC_VERSION=1.7.2
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 local_dir="$root/.local"
 venv="$local_dir/venv"
@@ -28,6 +30,8 @@ command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)
+# HTTP/2 load for the HTTP/3 comparison (Debian's h2load has no HTTP/3).
+command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
 # The WAF service links Debian's libmodsecurity (found through pkg-config
 # at build time) and loads the OWASP Core Rule Set.
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
@@ -76,4 +80,12 @@ else
   is_pinned_envoy "$bin" || { say "$bin is not envoy $ENVOY_VERSION"; exit 1; }
   printf '%s\n' "$bin" > "$record"
   say "envoy recorded in $record"
+fi
+
+# aioquic, for HTTP/3: Debian's curl and h2load have none.
+if "$venv/bin/python" -c "import aioquic, sys; sys.exit(aioquic.__version__ != '$AIOQUIC_VERSION')" >/dev/null 2>&1; then
+  say "aioquic $AIOQUIC_VERSION already installed"
+else
+  say "installing aioquic==$AIOQUIC_VERSION into $venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "aioquic==$AIOQUIC_VERSION"
 fi

@@ -87,6 +87,10 @@ fn every_golden_case_is_accepted_by_a_live_envoy(via: Via) {
                 lb["redirect_http_port"] = serde_json::json!(free_port());
                 n += 1;
             }
+            // HTTP/3 is a second listener on the same port, over UDP.
+            if lb.get("http3") == Some(&serde_json::json!(true)) {
+                n += 1;
+            }
         }
         let lab = Lab::start(via, &doc);
         let envoy = lab.envoy();

@@ -13,6 +13,7 @@ mod listener;
 pub mod names;
 mod pb;
 mod protect;
+mod quic;
 mod render;
 mod resources;
 mod routes;

@@ -42,6 +42,9 @@ pub(crate) fn listeners(lb: &LoadBalancer, opts: &TranslateOptions) -> Vec<Liste
     if let Some(port) = lb.redirect_http_port {
         out.push(redirect_listener(lb, port, opts));
     }
+    if lb.http3 {
+        out.push(crate::quic::listener(lb, opts));
+    }
     out
 }
 
@@ -227,7 +230,7 @@ fn redirect_listener(lb: &LoadBalancer, port: u16, opts: &TranslateOptions) -> L
     }
 }
 
-fn typed_filter(name: &str, config: envoy_types::pb::google::protobuf::Any) -> Filter {
+pub(crate) fn typed_filter(name: &str, config: envoy_types::pb::google::protobuf::Any) -> Filter {
     Filter {
         name: name.into(),
         config_type: Some(filter::ConfigType::TypedConfig(config)),
@@ -236,7 +239,10 @@ fn typed_filter(name: &str, config: envoy_types::pb::google::protobuf::Any) -> F
 
 /// The main listener's connection manager: routes from RDS (inline for the
 /// static pre-flight, which has no RDS), sticky sessions when a pool asks.
-fn http_connection_manager(lb: &LoadBalancer, opts: &TranslateOptions) -> HttpConnectionManager {
+pub(crate) fn http_connection_manager(
+    lb: &LoadBalancer,
+    opts: &TranslateOptions,
+) -> HttpConnectionManager {
     let name = names::lb(&lb.id);
     let mut hcm = connection_manager(lb, &name, opts);
     hcm.route_specifier = Some(match &opts.delivery {

@@ -31,6 +31,12 @@ pub fn redirect_listener(id: &str) -> String {
     format!("lb_{id}{SEP}redirect")
 }
 
+/// Name (and stat prefix) of the QUIC listener of an https load balancer
+/// with `http3`.
+pub fn quic_listener(id: &str) -> String {
+    format!("lb_{id}{SEP}quic")
+}
+
 /// Name of the SDS secret of the `n`-th (from 1) certificate chosen by SNI.
 pub fn sni_secret(id: &str, n: usize) -> String {
     format!("lb_{id}_cert{SEP}{n}")

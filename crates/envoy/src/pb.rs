@@ -52,6 +52,18 @@ pub fn socket(ip_or_host: &str, port: u16) -> Option<Address> {
     })
 }
 
+/// A UDP socket address.
+pub fn udp_socket(ip: &str, port: u16) -> Option<Address> {
+    Some(Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            protocol: socket_address::Protocol::Udp as i32,
+            address: ip.to_owned(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
+            ..Default::default()
+        })),
+    })
+}
+
 /// An address on a Unix socket.
 pub fn pipe(path: &Path, mode: u32) -> Option<Address> {
     Some(Address {

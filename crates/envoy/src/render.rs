@@ -55,6 +55,7 @@ fn emitted_types() -> Vec<String> {
     use envoy_types::pb::envoy::extensions::http::stateful_session::cookie::v3::CookieBasedSessionState;
     use envoy_types::pb::envoy::extensions::resource_monitors::downstream_connections::v3::DownstreamConnectionsConfig;
     use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
+    use envoy_types::pb::envoy::extensions::transport_sockets::quic::v3::QuicDownstreamTransport;
     use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
         DownstreamTlsContext, Secret, UpstreamTlsContext,
@@ -95,6 +96,7 @@ fn emitted_types() -> Vec<String> {
         RawBuffer::full_name(),
         UdpProxyConfig::full_name(),
         UdpRoute::full_name(),
+        QuicDownstreamTransport::full_name(),
     ]
 }
 

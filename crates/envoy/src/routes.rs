@@ -69,6 +69,7 @@ pub(crate) fn route_config(lb: &LoadBalancer, opts: &TranslateOptions) -> RouteC
             c.extend(crate::waf::for_route_config(lb));
             c
         },
+        response_headers_to_add: crate::quic::alt_svc(lb).into_iter().collect(),
         ..Default::default()
     }
 }

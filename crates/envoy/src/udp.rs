@@ -2,7 +2,6 @@
 //! Envoy's UDP proxy. Each client address and port is a session held to one
 //! backend of the default pool until it idles out.
 
-use envoy_types::pb::envoy::config::core::v3::{SocketAddress, socket_address};
 use envoy_types::pb::envoy::config::listener::v3::{
     Listener, ListenerFilter, UdpListenerConfig, listener_filter,
 };
@@ -19,16 +18,9 @@ use crate::{TranslateOptions, names};
 /// The load balancer's UDP listener.
 pub(crate) fn listener(lb: &LoadBalancer, opts: &TranslateOptions) -> Listener {
     let name = names::lb(&lb.id);
-    let mut address = crate::pb::socket(&opts.listen_address.to_string(), lb.port);
-    if let Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(
-        SocketAddress { protocol, .. },
-    )) = address.as_mut().and_then(|a| a.address.as_mut())
-    {
-        *protocol = socket_address::Protocol::Udp as i32;
-    }
     Listener {
         name,
-        address,
+        address: crate::pb::udp_socket(&opts.listen_address.to_string(), lb.port),
         udp_listener_config: Some(UdpListenerConfig::default()),
         listener_filters: vec![ListenerFilter {
             name: "envoy.filters.udp_listener.udp_proxy".into(),

@@ -232,3 +232,16 @@ fn a_health_check_may_go_to_another_port() {
     doc["health_check"]["port"] = json!(0);
     check(doc, &["health_check.port: must be 1..=65535"]);
 }
+
+#[test]
+fn http3_is_for_https_only() {
+    let v = ok(set(&[("http3", json!(true))]));
+    assert!(v.config.load_balancers[0].http3);
+    assert!(!ok(base()).config.load_balancers[0].http3);
+    ok(set(&[("http3", json!(false))]));
+    let mut doc = set(&[("http3", json!(true))]);
+    doc["protocol"] = json!("tcp");
+    doc.as_object_mut().expect("object").remove("tls_config");
+    check(doc, &["http3: needs protocol https (got tcp)"]);
+    check(set(&[("http3", json!("yes"))]), &["http3: must be"]);
+}

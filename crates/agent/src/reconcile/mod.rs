@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
-use vpsie_lb_model::{Config, Problem, ValidateOptions, drain, validate};
+use vpsie_lb_model::{Config, Problem, ValidateOptions};
 
 use crate::apply::Outcome;
 use crate::delivery::{ChangeKind, Delivery};
@@ -19,6 +19,9 @@ use crate::source::{FetchError, Fetched, Source};
 mod last_known_good;
 mod metrics;
 mod observe;
+mod serve;
+
+use serve::Rendered;
 
 pub use metrics::ReconcileMetrics;
 pub use observe::Observe;
@@ -74,18 +77,6 @@ pub struct Settings {
     pub validate: ValidateOptions,
     /// Where the WAF service reads its policies; `None` writes none.
     pub waf_policies: Option<PathBuf>,
-}
-
-/// A rendered candidate, kept to be reused.
-struct Rendered<C> {
-    /// The documents.
-    docs: BTreeMap<String, Value>,
-    /// Their validated config.
-    base: Config,
-    /// That config with the backends that drained when it was rendered.
-    config: Config,
-    /// What it rendered to.
-    files: C,
 }
 
 /// Runs passes and remembers what is known to be good.
@@ -179,14 +170,6 @@ impl<D: Delivery> Reconciler<D> {
     /// The delivery this reconciler hands changes to.
     pub fn delivery(&self) -> &D {
         &self.delivery
-    }
-
-    /// Validates `docs` together.
-    fn validate_all(&self, docs: &BTreeMap<String, Value>) -> Result<Config, String> {
-        let doc = Value::Array(docs.values().cloned().collect());
-        validate(&doc, &self.settings.validate)
-            .map(|v| v.config)
-            .map_err(|r| r.to_string())
     }
 
     /// One pass. Reports events, status and health through `reporter` and
@@ -351,77 +334,6 @@ impl<D: Delivery> Reconciler<D> {
         let (candidate, validated, rejected) = self.choose(fetched, reporter);
         self.times.validate = clock.elapsed();
         (candidate, validated, rejected, fetch_error)
-    }
-
-    /// What the delivery hands Envoy for `candidate` with the backends
-    /// still draining now, reusing the last render when neither the
-    /// documents nor the drains changed; `validated`, when given, is
-    /// `candidate` already validated as a whole.
-    fn prepare(
-        &mut self,
-        candidate: &BTreeMap<String, Value>,
-        validated: Option<Config>,
-    ) -> Result<(Config, D::Candidate), String> {
-        let cached = self.last_render.as_ref().filter(|r| &r.docs == candidate);
-        let base = match (cached, validated) {
-            (Some(r), _) => r.base.clone(),
-            (None, Some(config)) => config,
-            (None, None) => self.validate_all(candidate)?,
-        };
-        let config = drain::overlay(self.served.as_ref(), base.clone(), crate::drain::now_ms());
-        if let Some(r) = cached
-            && r.config == config
-        {
-            return Ok((config, r.files.clone()));
-        }
-        let files = self.delivery.prepare(&config)?;
-        self.last_render = Some(Rendered {
-            docs: candidate.clone(),
-            base,
-            config: config.clone(),
-            files: files.clone(),
-        });
-        Ok((config, files))
-    }
-
-    /// When the next drain ends, if a backend drains: the controller runs
-    /// a pass then, whatever its poll interval.
-    pub fn next_wake(&self) -> Option<std::time::SystemTime> {
-        drain::next_deadline(self.served.as_ref()?).map(crate::drain::at)
-    }
-
-    /// Records `config` as what Envoy serves, and closes what is left on the
-    /// backends whose drain it ended.
-    fn settle(&mut self, config: Config, reporter: &mut dyn Reporter) {
-        let Some(before) = self.served.replace(config) else {
-            return;
-        };
-        let Some(after) = &self.served else { return };
-        for (lb, backend) in drain::ended(&before, after) {
-            let vpsie_lb_model::Address::Ip(ip) = backend.address else {
-                continue;
-            };
-            let (message, closed) = match crate::drain::close_connections(ip, backend.port) {
-                Ok(n) => (
-                    format!(
-                        "backend {} ({ip}:{}) drained: {n} connections left were closed",
-                        backend.id, backend.port
-                    ),
-                    Some(n),
-                ),
-                Err(e) => {
-                    reporter.error("drain", &format!("backend {}: {e}", backend.id));
-                    (format!("backend {} drained: {e}", backend.id), None)
-                }
-            };
-            reporter.event(
-                &lb,
-                EventKind::BackendDrained,
-                &message,
-                serde_json::json!({"backend_id": backend.id, "address": ip.to_string(),
-                                   "port": backend.port, "closed": closed}),
-            );
-        }
     }
 
     /// The checks only Envoy and the host can make, on what changed. `Err(None)`:

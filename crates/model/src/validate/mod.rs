@@ -228,6 +228,7 @@ const LB_KEYS: &[&str] = &[
     "waf",
     "proxy_protocol",
     "deregistration_delay",
+    "http3",
     // Sent by the API, deliberately ignored.
     "created_at",
     "updated_at",
@@ -309,6 +310,7 @@ fn load_balancer(
         &[("v1", ProxyProtocol::V1), ("v2", ProxyProtocol::V2)],
         Need::Optional,
     );
+    let http3 = http3(&obj, protocol, cx);
     let deregistration_delay = obj
         .int_in(
             cx,
@@ -348,6 +350,7 @@ fn load_balancer(
             waf: waf?,
             proxy_protocol,
             deregistration_delay,
+            http3: http3?,
         })
     })();
     (lb, key)
@@ -382,6 +385,27 @@ fn udp_rules(obj: &Obj<'_>, cx: &mut Ctx) {
             &obj.path.key("algorithm"),
             "least_request counts requests, which udp has none of; use round_robin, random or ring_hash",
         );
+    }
+}
+
+/// `http3`: https only, since QUIC always carries TLS; `None` when wrong.
+fn http3(obj: &Obj<'_>, protocol: Option<Protocol>, cx: &mut Ctx) -> Option<bool> {
+    if obj.get("http3").is_none() {
+        return Some(false);
+    }
+    let on = obj.boolean(cx, "http3")?;
+    match protocol {
+        Some(p) if on && p != Protocol::Https => {
+            cx.error(
+                &obj.path.key("http3"),
+                format!(
+                    "needs protocol https (got {}): QUIC always carries TLS",
+                    p.name()
+                ),
+            );
+            None
+        }
+        _ => Some(on),
     }
 }
 

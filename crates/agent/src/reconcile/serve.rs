@@ -1,0 +1,105 @@
+//! What a pass hands Envoy, and what Envoy serves: the render cache, the
+//! deregistration delay's drains worked out from the config Envoy confirmed
+//! last, and closing what is left when a drain ends.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use vpsie_lb_model::{Config, drain, validate};
+
+use super::Reconciler;
+use crate::delivery::Delivery;
+use crate::report::{EventKind, Reporter};
+
+/// A rendered candidate, kept to be reused.
+pub(super) struct Rendered<C> {
+    /// The documents.
+    docs: BTreeMap<String, Value>,
+    /// Their validated config.
+    base: Config,
+    /// That config with the backends that drained when it was rendered.
+    config: Config,
+    /// What it rendered to.
+    files: C,
+}
+
+impl<D: Delivery> Reconciler<D> {
+    /// Validates `docs` together.
+    fn validate_all(&self, docs: &BTreeMap<String, Value>) -> Result<Config, String> {
+        let doc = Value::Array(docs.values().cloned().collect());
+        validate(&doc, &self.settings.validate)
+            .map(|v| v.config)
+            .map_err(|r| r.to_string())
+    }
+
+    /// What the delivery hands Envoy for `candidate` with the backends
+    /// still draining now, reusing the last render when neither the
+    /// documents nor the drains changed; `validated`, when given, is
+    /// `candidate` already validated as a whole.
+    pub(super) fn prepare(
+        &mut self,
+        candidate: &BTreeMap<String, Value>,
+        validated: Option<Config>,
+    ) -> Result<(Config, D::Candidate), String> {
+        let cached = self.last_render.as_ref().filter(|r| &r.docs == candidate);
+        let base = match (cached, validated) {
+            (Some(r), _) => r.base.clone(),
+            (None, Some(config)) => config,
+            (None, None) => self.validate_all(candidate)?,
+        };
+        let config = drain::overlay(self.served.as_ref(), base.clone(), crate::drain::now_ms());
+        if let Some(r) = cached
+            && r.config == config
+        {
+            return Ok((config, r.files.clone()));
+        }
+        let files = self.delivery.prepare(&config)?;
+        self.last_render = Some(Rendered {
+            docs: candidate.clone(),
+            base,
+            config: config.clone(),
+            files: files.clone(),
+        });
+        Ok((config, files))
+    }
+
+    /// When the next drain ends, if a backend drains: the controller runs
+    /// a pass then, whatever its poll interval.
+    pub fn next_wake(&self) -> Option<std::time::SystemTime> {
+        drain::next_deadline(self.served.as_ref()?).map(crate::drain::at)
+    }
+
+    /// Records `config` as what Envoy serves, and closes what is left on the
+    /// backends whose drain it ended.
+    pub(super) fn settle(&mut self, config: Config, reporter: &mut dyn Reporter) {
+        let Some(before) = self.served.replace(config) else {
+            return;
+        };
+        let Some(after) = &self.served else { return };
+        for (lb, backend) in drain::ended(&before, after) {
+            let vpsie_lb_model::Address::Ip(ip) = backend.address else {
+                continue;
+            };
+            let (message, closed) = match crate::drain::close_connections(ip, backend.port) {
+                Ok(n) => (
+                    format!(
+                        "backend {} ({ip}:{}) drained: {n} connections left were closed",
+                        backend.id, backend.port
+                    ),
+                    Some(n),
+                ),
+                Err(e) => {
+                    reporter.error("drain", &format!("backend {}: {e}", backend.id));
+                    (format!("backend {} drained: {e}", backend.id), None)
+                }
+            };
+            reporter.event(
+                &lb,
+                EventKind::BackendDrained,
+                &message,
+                serde_json::json!({"backend_id": backend.id, "address": ip.to_string(),
+                                   "port": backend.port, "closed": closed}),
+            );
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! HTTP/3 for an https load balancer with `http3`: a QUIC listener on the
+//! same port over UDP, with the same certificates (SNI chains included),
+//! connection manager and route configuration as the TCP listener, and the
+//! `alt-svc` header that tells HTTP/1.1 and HTTP/2 clients it is there.
+
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, Http3ProtocolOptions, TransportSocket, header_value_option,
+    transport_socket,
+};
+use envoy_types::pb::envoy::config::listener::v3::{
+    FilterChain, FilterChainMatch, Listener, QuicProtocolOptions, UdpListenerConfig,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager;
+use envoy_types::pb::envoy::extensions::transport_sockets::quic::v3::QuicDownstreamTransport;
+use vpsie_lb_model::LoadBalancer;
+
+use crate::pb::{any, u32v};
+use crate::{TranslateOptions, names, tls};
+
+/// How long a client may remember that HTTP/3 is offered, seconds (a day,
+/// as the common deployments announce it).
+const ALT_SVC_MAX_AGE: u32 = 86_400;
+
+/// The QUIC listener. Its chains carry only the connection manager: the
+/// access list, rate limits and WAF live in it (http filters and the route
+/// configuration), so they hold for HTTP/3 too; `max_connections` and the
+/// new-connection rate are TCP filters and do not.
+pub(crate) fn listener(lb: &LoadBalancer, opts: &TranslateOptions) -> Listener {
+    let mut hcm = crate::listener::http_connection_manager(lb, opts);
+    hcm.codec_type = http_connection_manager::CodecType::Http3 as i32;
+    hcm.http3_protocol_options = Some(Http3ProtocolOptions::default());
+    let filters = vec![crate::listener::typed_filter(
+        "envoy.filters.network.http_connection_manager",
+        any(&hcm),
+    )];
+    let chain = |name: String, server_names: Vec<String>, secret: String| FilterChain {
+        name,
+        filter_chain_match: (!server_names.is_empty()).then(|| FilterChainMatch {
+            server_names,
+            ..Default::default()
+        }),
+        filters: filters.clone(),
+        transport_socket: quic_socket(lb, secret, opts),
+        ..Default::default()
+    };
+    let sni = lb.tls.iter().flat_map(|t| &t.certificates);
+    let mut filter_chains: Vec<FilterChain> = sni
+        .enumerate()
+        .map(|(i, c)| {
+            chain(
+                format!("sni-{}", i + 1),
+                c.server_names.clone(),
+                names::sni_secret(&lb.id, i + 1),
+            )
+        })
+        .collect();
+    filter_chains.push(chain("default".into(), vec![], names::cert_secret(&lb.id)));
+    Listener {
+        name: names::quic_listener(&lb.id),
+        address: crate::pb::udp_socket(&opts.listen_address.to_string(), lb.port),
+        per_connection_buffer_limit_bytes: u32v(crate::listener::BUFFER_LIMIT_BYTES),
+        udp_listener_config: Some(UdpListenerConfig {
+            quic_options: Some(QuicProtocolOptions::default()),
+            ..Default::default()
+        }),
+        filter_chains,
+        ..Default::default()
+    }
+}
+
+/// The TCP listener's TLS context, offering `h3` as QUIC requires.
+fn quic_socket(
+    lb: &LoadBalancer,
+    secret: String,
+    opts: &TranslateOptions,
+) -> Option<TransportSocket> {
+    let mut context = tls::downstream_context(lb, secret, opts)?;
+    if let Some(common) = context.common_tls_context.as_mut() {
+        common.alpn_protocols = vec!["h3".into()];
+    }
+    Some(TransportSocket {
+        name: "envoy.transport_sockets.quic".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(
+            &QuicDownstreamTransport {
+                downstream_tls_context: Some(context),
+                ..Default::default()
+            },
+        ))),
+    })
+}
+
+/// The `alt-svc` header of a load balancer that serves HTTP/3, replacing
+/// any a backend sent (ours is the one that serves this port).
+pub(crate) fn alt_svc(lb: &LoadBalancer) -> Option<HeaderValueOption> {
+    lb.http3.then(|| HeaderValueOption {
+        header: Some(HeaderValue {
+            key: "alt-svc".into(),
+            value: format!("h3=\":{}\"; ma={ALT_SVC_MAX_AGE}", lb.port),
+            ..Default::default()
+        }),
+        append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    })
+}
