@@ -177,9 +177,15 @@ fn udp_sessions_idle_out_after_a_minute_by_default() {
     assert_eq!(lb.timeouts.idle, Some(60));
     let v = ok(udp(&[("timeouts", json!({"idle": 5}))]));
     assert_eq!(v.config.load_balancers[0].timeouts.idle, Some(5));
-    check(
-        udp(&[("timeouts", json!({"idle": 0}))]),
-        &["timeouts.idle: must be at least 1 for udp"],
+    // Go clients send 0 for unset: the default, with a warning.
+    let v = ok(udp(&[("timeouts", json!({"idle": 0}))]));
+    assert_eq!(v.config.load_balancers[0].timeouts.idle, Some(60));
+    assert!(
+        v.warnings
+            .iter()
+            .any(|w| w.to_string().starts_with("timeouts.idle: 0 cannot disable")),
+        "{:?}",
+        v.warnings
     );
 }
 

@@ -373,13 +373,6 @@ fn udp_rules(obj: &Obj<'_>, cx: &mut Ctx) {
             cx.error(&obj.path.key(key), why);
         }
     }
-    let idle = obj.get("timeouts").and_then(|t| t.get("idle"));
-    if idle.and_then(Value::as_i64) == Some(0) {
-        cx.error(
-            &obj.path.key("timeouts").key("idle"),
-            "must be at least 1 for udp: a session is over only when it idles out",
-        );
-    }
     if obj.get("algorithm").and_then(Value::as_str) == Some("least_request") {
         cx.error(
             &obj.path.key("algorithm"),
@@ -478,9 +471,18 @@ fn timeouts(obj: &Obj<'_>, protocol: Option<Protocol>, cx: &mut Ctx) -> Option<T
         .map_or(d.connect, |v| v as u32);
     let span = 0..=i64::from(limits::MAX_TIMEOUT);
     let disabled_if_zero = |v: i64| (v > 0).then_some(v as u32);
-    let idle = obj
-        .int_in(cx, "idle", span.clone(), Need::Optional)
-        .map_or(d.idle, disabled_if_zero);
+    let idle = match obj.int_in(cx, "idle", span.clone(), Need::Optional) {
+        // A UDP session is over only when it idles out, so 0 cannot
+        // disable it; Go clients send 0 for "unset", so it is not an error.
+        Some(0) if protocol == Some(Protocol::Udp) => {
+            cx.warn(
+                &obj.path.key("idle"),
+                "0 cannot disable the idle timeout of udp sessions; the default applies",
+            );
+            d.idle
+        }
+        v => v.map_or(d.idle, disabled_if_zero),
+    };
     let request = obj
         .int_in(cx, "request", span, Need::Optional)
         .map_or(d.request, disabled_if_zero);
