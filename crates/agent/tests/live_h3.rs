@@ -6,27 +6,16 @@ mod common;
 
 use std::process::Command;
 
-use common::{Lab, Via, lb};
+use common::{Lab, Via, https_lb};
 use serde_json::{Value, json};
 use vpsie_lb_testkit::backend::HttpBackend;
-use vpsie_lb_testkit::pki;
+use vpsie_lb_testkit::h3;
 use vpsie_lb_testkit::tls::{ClientOptions, https_get};
-use vpsie_lb_testkit::{free_port, h3};
 
 /// An https load balancer with HTTP/3 in front of `backend`; its
 /// certificate in `dir`.
 fn h3_lb(dir: &std::path::Path, backend: &HttpBackend) -> (Value, u16) {
-    let pair = pki::self_signed("lb.test");
-    let (cert, key) = pki::write_pair(dir, "server", &pair);
-    let port = free_port();
-    let mut doc = lb(
-        "h3",
-        "https",
-        port,
-        "round_robin",
-        &[("a", backend.port(), 0)],
-    );
-    doc["tls_config"] = json!({"certificate_path": cert, "private_key_path": key});
+    let (mut doc, port, _) = https_lb(dir, backend, json!({}));
     doc["http3"] = json!(true);
     (doc, port)
 }

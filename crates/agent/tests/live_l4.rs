@@ -4,14 +4,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{Lab, Via, lb};
 use serde_json::{Value, json};
 use vpsie_lb_testkit::backend::{HttpBackend, TlsHttpBackend};
-use vpsie_lb_testkit::proxy_backend::{self, Header, ProxyBackend};
+use vpsie_lb_testkit::http;
+use vpsie_lb_testkit::proxy_backend::{Header, ProxyBackend};
 use vpsie_lb_testkit::tls::{ClientOptions, https_get};
 use vpsie_lb_testkit::udp_backend::{self, UdpBackend};
 use vpsie_lb_testkit::{free_port, poll_until};
@@ -19,14 +20,12 @@ use vpsie_lb_testkit::{free_port, poll_until};
 /// Sends one GET to `port` on a connection of our own and returns the
 /// answer's body and the address we sent it from.
 fn get_from(port: u16) -> (String, SocketAddr) {
-    let (mut s, me) = proxy_backend::connect(port).expect("connect to envoy");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("read timeout");
+    let mut s = http::connect(None, port).expect("connect to envoy");
+    let me = s.local_addr().expect("our address");
     s.write_all(b"GET / HTTP/1.1\r\nHost: pp.test\r\nConnection: close\r\n\r\n")
         .expect("send request");
-    let mut raw = String::new();
-    let _ = s.read_to_string(&mut raw);
-    let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    // A refused connection reads as no answer; the caller names the refusal.
+    let body = http::read_response(&mut s).map_or_else(|_| String::new(), |r| r.body);
     (body, me)
 }
 

@@ -2,39 +2,16 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Lab, Via, lb};
+use common::{Lab, Via, https_lb};
 use rustls::ProtocolVersion;
 use serde_json::{Value, json};
 use vpsie_lb_testkit::backend::HttpBackend;
-use vpsie_lb_testkit::pki::{self, Ca, Pair};
+use vpsie_lb_testkit::pki::{self, Ca};
+use vpsie_lb_testkit::poll_until;
 use vpsie_lb_testkit::tls::{ClientOptions, HelloOutcome, https_get, probe_client_hello};
-use vpsie_lb_testkit::{free_port, poll_until};
-
-/// An https load balancer on a fresh port with one backend; certificates live in `dir/tls`.
-fn https_lb(dir: &Path, backend: &HttpBackend, tls_extra: Value) -> (Value, u16, Pair) {
-    let tls_dir = dir.join("tls");
-    std::fs::create_dir_all(&tls_dir).expect("mkdir tls");
-    let server = pki::self_signed("lb.test");
-    let (cert, key) = pki::write_pair(&tls_dir, "server", &server);
-    let port = free_port();
-    let mut doc = lb(
-        "web",
-        "https",
-        port,
-        "round_robin",
-        &[("a", backend.port(), 0)],
-    );
-    let mut tls = json!({"certificate_path": cert, "private_key_path": key});
-    if let (Some(t), Some(extra)) = (tls.as_object_mut(), tls_extra.as_object()) {
-        t.extend(extra.clone());
-    }
-    doc["tls_config"] = tls;
-    (doc, port, server)
-}
 
 fn start(doc: &Value, lab: Lab) -> Lab {
     let mut lab = lab;

@@ -77,29 +77,8 @@ fn main_listener(lb: &LoadBalancer, opts: &TranslateOptions) -> Listener {
             config_type: Some(transport_socket::ConfigType::TypedConfig(any(&ctx))),
         })
     };
-    // One chain per certificate chosen by SNI, then the default chain that
-    // serves every other name and clients that send none.
-    let sni = lb.tls.iter().flat_map(|t| &t.certificates);
-    let mut filter_chains: Vec<FilterChain> = sni
-        .enumerate()
-        .map(|(i, c)| FilterChain {
-            name: format!("sni-{}", i + 1),
-            filter_chain_match: Some(FilterChainMatch {
-                server_names: c.server_names.clone(),
-                ..Default::default()
-            }),
-            filters: filters.clone(),
-            transport_socket: tls_socket(names::sni_secret(&lb.id, i + 1)),
-            ..Default::default()
-        })
-        .collect();
-    let sni = !filter_chains.is_empty();
-    filter_chains.push(FilterChain {
-        name: "default".into(),
-        filters,
-        transport_socket: tls_socket(names::cert_secret(&lb.id)),
-        ..Default::default()
-    });
+    let filter_chains = certificate_chains(lb, &filters, tls_socket);
+    let sni = filter_chains.len() > 1;
     Listener {
         name,
         address: socket(&opts.listen_address.to_string(), lb.port),
@@ -108,6 +87,45 @@ fn main_listener(lb: &LoadBalancer, opts: &TranslateOptions) -> Listener {
         filter_chains,
         ..Default::default()
     }
+}
+
+/// One filter chain per certificate chosen by SNI, then the default chain
+/// that serves every other name and clients that send none; `socket` makes
+/// each chain's transport socket from the name of its certificate's secret.
+pub(crate) fn certificate_chains(
+    lb: &LoadBalancer,
+    filters: &[Filter],
+    socket: impl Fn(String) -> Option<TransportSocket>,
+) -> Vec<FilterChain> {
+    let chain = |name: String, server_names: Vec<String>, secret: String| FilterChain {
+        name,
+        filter_chain_match: matching(server_names),
+        filters: filters.to_vec(),
+        transport_socket: socket(secret),
+        ..Default::default()
+    };
+    let sni = lb.tls.iter().flat_map(|t| &t.certificates).enumerate();
+    sni.map(|(i, c)| {
+        chain(
+            format!("sni-{}", i + 1),
+            c.server_names.clone(),
+            names::sni_secret(&lb.id, i + 1),
+        )
+    })
+    .chain(std::iter::once(chain(
+        "default".into(),
+        vec![],
+        names::cert_secret(&lb.id),
+    )))
+    .collect()
+}
+
+/// A chain's match on these server names; none matches every connection.
+fn matching(server_names: Vec<String>) -> Option<FilterChainMatch> {
+    (!server_names.is_empty()).then(|| FilterChainMatch {
+        server_names,
+        ..Default::default()
+    })
 }
 
 /// The connection rate first, so a refused connection is closed unread;
@@ -143,10 +161,7 @@ fn passthrough_listener(
         ));
         FilterChain {
             name,
-            filter_chain_match: (!server_names.is_empty()).then(|| FilterChainMatch {
-                server_names,
-                ..Default::default()
-            }),
+            filter_chain_match: matching(server_names),
             filters,
             ..Default::default()
         }

@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::config::core::v3::{
     transport_socket,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
-    FilterChain, FilterChainMatch, Listener, QuicProtocolOptions, UdpListenerConfig,
+    Listener, QuicProtocolOptions, UdpListenerConfig,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager;
 use envoy_types::pb::envoy::extensions::transport_sockets::quic::v3::QuicDownstreamTransport;
@@ -33,28 +33,8 @@ pub(crate) fn listener(lb: &LoadBalancer, opts: &TranslateOptions) -> Listener {
         "envoy.filters.network.http_connection_manager",
         any(&hcm),
     )];
-    let chain = |name: String, server_names: Vec<String>, secret: String| FilterChain {
-        name,
-        filter_chain_match: (!server_names.is_empty()).then(|| FilterChainMatch {
-            server_names,
-            ..Default::default()
-        }),
-        filters: filters.clone(),
-        transport_socket: quic_socket(lb, secret, opts),
-        ..Default::default()
-    };
-    let sni = lb.tls.iter().flat_map(|t| &t.certificates);
-    let mut filter_chains: Vec<FilterChain> = sni
-        .enumerate()
-        .map(|(i, c)| {
-            chain(
-                format!("sni-{}", i + 1),
-                c.server_names.clone(),
-                names::sni_secret(&lb.id, i + 1),
-            )
-        })
-        .collect();
-    filter_chains.push(chain("default".into(), vec![], names::cert_secret(&lb.id)));
+    let filter_chains =
+        crate::listener::certificate_chains(lb, &filters, |secret| quic_socket(lb, secret, opts));
     Listener {
         name: names::quic_listener(&lb.id),
         address: crate::pb::udp_socket(&opts.listen_address.to_string(), lb.port),

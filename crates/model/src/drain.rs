@@ -29,7 +29,7 @@ fn endpoint(b: &Backend) -> Endpoint {
 /// carries addresses only); a whole pool or load balancer that goes away is
 /// removed at once.
 pub fn overlay(served: Option<&Config>, mut next: Config, now_ms: u64) -> Config {
-    let Some(served) = served else {
+    let Some(served) = served.filter(|_| may_drain(&next)) else {
         return next;
     };
     for lb in &mut next.load_balancers {
@@ -80,6 +80,15 @@ fn pools_mut(lb: &mut LoadBalancer) -> impl Iterator<Item = &mut Pool> {
     std::iter::once(&mut lb.default_pool).chain(lb.pools.iter_mut())
 }
 
+/// Whether any load balancer of `config` has a deregistration delay: when
+/// none has, [`overlay`] gives `next` back unchanged, whatever was served.
+pub fn may_drain(config: &Config) -> bool {
+    config
+        .load_balancers
+        .iter()
+        .any(|lb| lb.deregistration_delay > 0)
+}
+
 /// When the next draining backend of `config` ends, if any drains.
 pub fn next_deadline(config: &Config) -> Option<u64> {
     pools(config)
@@ -94,6 +103,10 @@ pub fn next_deadline(config: &Config) -> Option<u64> {
 /// connections are the ones to close; an endpoint another pool still uses
 /// is left alone, since a connection does not say which pool opened it.
 pub fn ended(before: &Config, after: &Config) -> Vec<(String, Backend)> {
+    // Every pass asks; most have nothing draining, and then `after` is not read.
+    if pools(before).all(|(_, p)| p.draining.is_empty()) {
+        return vec![];
+    }
     let mut kept: BTreeSet<Endpoint> = pools(after)
         .flat_map(|(_, p)| {
             p.enabled_backends()

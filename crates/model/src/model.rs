@@ -352,6 +352,10 @@ impl Protocol {
     pub fn is_http(self) -> bool {
         matches!(self, Protocol::Http | Protocol::Https)
     }
+    /// Whether routes may choose among pools: by request, or by server name.
+    pub fn has_routes(self) -> bool {
+        self.is_http() || self == Protocol::TlsPassthrough
+    }
 }
 
 /// Load-balancing algorithm.

@@ -4,7 +4,7 @@
 //! header is closed, as nginx's or HAProxy's `accept-proxy` would.
 
 use std::io::{self, Read};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -186,14 +186,6 @@ fn read_v2(s: &mut impl Read) -> io::Result<Header> {
             "v2 header with command {command} and family {family:#x}"
         ))),
     }
-}
-
-/// Opens a connection to `port` and hands the stream back with its own
-/// address: what a backend behind a PROXY header must be told.
-pub fn connect(port: u16) -> io::Result<(TcpStream, SocketAddr)> {
-    let s = TcpStream::connect(("127.0.0.1", port))?;
-    let local = s.local_addr()?;
-    Ok((s, local))
 }
 
 #[cfg(test)]

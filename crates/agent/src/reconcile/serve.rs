@@ -15,9 +15,10 @@ use crate::report::{EventKind, Reporter};
 pub(super) struct Rendered<C> {
     /// The documents.
     docs: BTreeMap<String, Value>,
-    /// Their validated config.
-    base: Config,
-    /// That config with the backends that drained when it was rendered.
+    /// Their validated config, kept only when a load balancer has a
+    /// deregistration delay: only then can drains change the render later.
+    base: Option<Config>,
+    /// The validated config with the backends that drained when it was rendered.
     config: Config,
     /// What it rendered to.
     files: C,
@@ -43,11 +44,23 @@ impl<D: Delivery> Reconciler<D> {
     ) -> Result<(Config, D::Candidate), String> {
         let cached = self.last_render.as_ref().filter(|r| &r.docs == candidate);
         let base = match (cached, validated) {
-            (Some(r), _) => r.base.clone(),
+            (Some(r), _) => match &r.base {
+                // No delay anywhere: the pass costs what it cost before drains.
+                None => return Ok((r.config.clone(), r.files.clone())),
+                Some(base) => base.clone(),
+            },
             (None, Some(config)) => config,
             (None, None) => self.validate_all(candidate)?,
         };
-        let config = drain::overlay(self.served.as_ref(), base.clone(), crate::drain::now_ms());
+        let (config, base) = if drain::may_drain(&base) {
+            let now = crate::drain::now_ms();
+            (
+                drain::overlay(self.served.as_ref(), base.clone(), now),
+                Some(base),
+            )
+        } else {
+            (base, None)
+        };
         if let Some(r) = cached
             && r.config == config
         {
@@ -72,11 +85,13 @@ impl<D: Delivery> Reconciler<D> {
     /// Records `config` as what Envoy serves, and closes what is left on the
     /// backends whose drain it ended.
     pub(super) fn settle(&mut self, config: Config, reporter: &mut dyn Reporter) {
-        let Some(before) = self.served.replace(config) else {
-            return;
-        };
-        let Some(after) = &self.served else { return };
-        for (lb, backend) in drain::ended(&before, after) {
+        let ended = self
+            .served
+            .as_ref()
+            .map(|before| drain::ended(before, &config))
+            .unwrap_or_default();
+        self.served = Some(config);
+        for (lb, backend) in ended {
             let vpsie_lb_model::Address::Ip(ip) = backend.address else {
                 continue;
             };

@@ -327,6 +327,32 @@ impl Lab {
     }
 }
 
+/// An https load balancer on a fresh port with one backend; certificates live in `dir/tls`.
+pub fn https_lb(
+    dir: &Path,
+    backend: &vpsie_lb_testkit::backend::HttpBackend,
+    tls_extra: Value,
+) -> (Value, u16, vpsie_lb_testkit::pki::Pair) {
+    let tls_dir = dir.join("tls");
+    std::fs::create_dir_all(&tls_dir).expect("mkdir tls");
+    let server = vpsie_lb_testkit::pki::self_signed("lb.test");
+    let (cert, key) = vpsie_lb_testkit::pki::write_pair(&tls_dir, "server", &server);
+    let port = free_port();
+    let mut doc = lb(
+        "web",
+        "https",
+        port,
+        "round_robin",
+        &[("a", backend.port(), 0)],
+    );
+    let mut tls = json!({"certificate_path": cert, "private_key_path": key});
+    if let (Some(t), Some(extra)) = (tls.as_object_mut(), tls_extra.as_object()) {
+        t.extend(extra.clone());
+    }
+    doc["tls_config"] = tls;
+    (doc, port, server)
+}
+
 /// A load-balancer document with backends on 127.0.0.1 given as (id, port, weight).
 pub fn lb(
     id: &str,

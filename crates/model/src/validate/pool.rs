@@ -178,7 +178,7 @@ fn pools(
         return Some(vec![]);
     };
     let list = obj.path.key("pools");
-    if matches!(protocol, Some(Protocol::Tcp | Protocol::Udp)) {
+    if protocol.is_some_and(|p| !p.has_routes()) {
         cx.error(&list, "needs protocol http, https or tls_passthrough");
         return None;
     }

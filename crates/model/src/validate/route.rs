@@ -37,7 +37,7 @@ pub(super) fn routes(
         return Some(vec![]);
     };
     let list = obj.path.key("routes");
-    if matches!(protocol, Some(Protocol::Tcp | Protocol::Udp)) {
+    if protocol.is_some_and(|p| !p.has_routes()) {
         cx.error(&list, "needs protocol http, https or tls_passthrough");
         return None;
     }
