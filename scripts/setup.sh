@@ -42,6 +42,9 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v keepalived >/dev/null 2>&1 || need_apt+=(keepalived)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
+# ACME: Pebble, the RFC 8555 test server, and its DNS stand-in, which the
+# certificate tests order from.
+command -v pebble-challtestsrv >/dev/null 2>&1 || need_apt+=(pebble)
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   need_apt+=(python3-venv)
 fi

@@ -43,6 +43,8 @@ pub struct Endpoints {
     /// The HA gauges and records, when this node is in a pair: read at
     /// each request, since keepalived reports between passes.
     pub ha: Option<crate::ha::HaMetrics>,
+    /// The ACME certificates' state and gauges, read at each request.
+    pub acme: Option<crate::acme::Acme>,
 }
 
 /// A request head that parsed.
@@ -100,12 +102,24 @@ pub const SOCKET_MODE: u32 = 0o660;
 /// Binds `addr` (a Unix socket, replacing a stale one, or loopback TCP) and
 /// serves in a background thread; returns the bound address.
 pub fn spawn(addr: &LocalAddress, endpoints: Endpoints) -> std::io::Result<LocalAddress> {
+    serve(
+        addr,
+        Arc::new(move |head: &Head<'_>| route(head, &endpoints)),
+    )
+}
+
+/// What answers one parsed request: status, content type and body.
+pub type Router = Arc<dyn Fn(&Head<'_>) -> Answer + Send + Sync>;
+
+/// Serves `router` on `addr` with the limits above, one thread per
+/// connection; the agent's endpoints and the ACME responder both use it.
+pub fn serve(addr: &LocalAddress, router: Router) -> std::io::Result<LocalAddress> {
     let thread = std::thread::Builder::new().name("endpoints".into());
     match addr {
         LocalAddress::Tcp(a) => {
             let listener = TcpListener::bind(a)?;
             let bound = LocalAddress::Tcp(listener.local_addr()?);
-            thread.spawn(move || accept_loop(|| listener.accept().map(|(s, _)| s), &endpoints))?;
+            thread.spawn(move || accept_loop(|| listener.accept().map(|(s, _)| s), &router))?;
             Ok(bound)
         }
         LocalAddress::Unix(path) => {
@@ -117,7 +131,7 @@ pub fn spawn(addr: &LocalAddress, endpoints: Endpoints) -> std::io::Result<Local
                 path,
                 std::os::unix::fs::PermissionsExt::from_mode(SOCKET_MODE),
             )?;
-            thread.spawn(move || accept_loop(|| listener.accept().map(|(s, _)| s), &endpoints))?;
+            thread.spawn(move || accept_loop(|| listener.accept().map(|(s, _)| s), &router))?;
             Ok(addr.clone())
         }
     }
@@ -149,7 +163,7 @@ fn accept_one<S>(
     }
 }
 
-fn accept_loop<S: Conn>(accept: impl Fn() -> std::io::Result<S>, endpoints: &Endpoints) {
+fn accept_loop<S: Conn>(accept: impl Fn() -> std::io::Result<S>, router: &Router) {
     let open = Arc::new(AtomicUsize::new(0));
     let mut backoff = Backoff::new(FIRST_ACCEPT_BACKOFF, MAX_ACCEPT_BACKOFF);
     loop {
@@ -160,11 +174,11 @@ fn accept_loop<S: Conn>(accept: impl Fn() -> std::io::Result<S>, endpoints: &End
             open.fetch_sub(1, Ordering::SeqCst);
             continue; // dropped: closed at once
         }
-        let (e, mine) = (endpoints.clone(), open.clone());
+        let (r, mine) = (router.clone(), open.clone());
         let spawned = std::thread::Builder::new()
             .name("endpoint".into())
             .spawn(move || {
-                let _ = handle(stream, &e);
+                let _ = handle(stream, &r);
                 mine.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
@@ -200,12 +214,12 @@ fn read_head(stream: &mut impl Conn, buf: &mut Vec<u8>) -> Result<(), HeadError>
     }
 }
 
-fn handle(mut stream: impl Conn, e: &Endpoints) -> std::io::Result<()> {
+fn handle(mut stream: impl Conn, router: &Router) -> std::io::Result<()> {
     stream.set_timeouts(Some(REQUEST_DEADLINE), Some(REQUEST_DEADLINE))?;
     let mut buf = Vec::with_capacity(1024);
     let answer = match read_head(&mut stream, &mut buf) {
         Ok(()) => match parse_head(&buf) {
-            Ok(head) => route(&head, e),
+            Ok(head) => router(&head),
             Err(_) => plain(400, "bad request\n"),
         },
         Err(HeadError::TooLarge) => plain(431, "request head too large\n"),
@@ -221,9 +235,11 @@ fn handle(mut stream: impl Conn, e: &Endpoints) -> std::io::Result<()> {
     stream.flush()
 }
 
-type Answer = (u16, &'static str, String);
+/// An answer: status, content type and body.
+pub type Answer = (u16, &'static str, String);
 
-fn plain(status: u16, body: &str) -> Answer {
+/// A `text/plain` answer.
+pub fn plain(status: u16, body: &str) -> Answer {
     (status, "text/plain", body.to_owned())
 }
 
@@ -233,12 +249,16 @@ fn route(head: &Head<'_>, e: &Endpoints) -> Answer {
     let snapshot = || {
         let mut s = e.status.lock().map(|s| s.clone()).unwrap_or_default();
         s.ha = e.ha.as_ref().map(|h| crate::ha::status(h.ha()));
+        s.certificates = e.acme.as_ref().map(|a| a.status()).unwrap_or_default();
         s
     };
     match (head.method, head.path) {
         ("GET", "/metrics") => {
             if let Some(h) = &e.ha {
                 h.refresh();
+            }
+            if let Some(a) = &e.acme {
+                a.refresh_metrics();
             }
             (
                 200,

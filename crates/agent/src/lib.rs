@@ -3,6 +3,7 @@
 //! the world lives in this crate; the model and the translation it calls
 //! are pure.
 
+pub mod acme;
 pub mod api;
 pub mod apply;
 pub mod backoff;

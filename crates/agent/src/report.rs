@@ -19,6 +19,10 @@ pub enum EventKind {
     /// A backend's deregistration delay ended: it is removed, and what
     /// was still open on it closed.
     BackendDrained,
+    /// An ACME certificate was issued or renewed, and is stored.
+    CertificateIssued,
+    /// An ACME order failed; the next attempt waits (see the message).
+    CertificateFailed,
 }
 
 impl EventKind {
@@ -31,6 +35,8 @@ impl EventKind {
             EventKind::ApiUnreachable => "api_unreachable",
             EventKind::ApiRecovered => "api_recovered",
             EventKind::BackendDrained => "backend_drained",
+            EventKind::CertificateIssued => "certificate_issued",
+            EventKind::CertificateFailed => "certificate_failed",
         }
     }
 }
@@ -318,6 +324,13 @@ pub fn rfc3339_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    rfc3339(secs as i64)
+}
+
+/// `secs` since the epoch as RFC 3339 UTC, e.g. `2026-11-26T15:04:05Z`
+/// (times before 1970 read as 1970).
+pub fn rfc3339(secs: i64) -> String {
+    let secs = secs.max(0) as u64;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;

@@ -70,6 +70,7 @@ fn prepare_envoy_dir(cfg: &Config, layout: &XdsLayout) -> anyhow::Result<()> {
         admin: cfg.envoy.admin_address.clone(),
         stats_address: cfg.envoy.stats_address,
         waf_socket: cfg.envoy.waf_socket.clone(),
+        acme_socket: cfg.acme.responder_socket.clone(),
         ..Default::default()
     };
     let boot = to_yaml(&match cfg.envoy.delivery {
@@ -315,6 +316,25 @@ impl Loop<'_> {
             .map(|h| crate::ha::HaMetrics::register(&mut registry, h));
         let status =
             std::sync::Arc::new(std::sync::Mutex::new(crate::status::AgentStatus::default()));
+        let inbox = controller::Inbox::new();
+        let acme = crate::acme::Acme::start(
+            crate::acme::Settings {
+                state_dir: cfg.state_dir.clone(),
+                responder_socket: cfg.acme.responder_socket.clone(),
+                directory_ca_file: cfg.acme.directory_ca_file.clone(),
+                may_order: cfg.ha.clone().map(|ha| -> crate::acme::MayOrder {
+                    Box::new(move || crate::ha::holds_address(&ha))
+                }),
+            },
+            crate::acme::AcmeMetrics::register(&mut registry),
+            inbox.trigger(),
+        )
+        .with_context(|| {
+            format!(
+                "acme.responder_socket {}",
+                cfg.acme.responder_socket.display()
+            )
+        })?;
         let mut reconciler = Reconciler::new(
             settings,
             delivery,
@@ -322,16 +342,17 @@ impl Loop<'_> {
                 metrics,
                 status: status.clone(),
             },
-        );
+        )
+        .with_acme(acme.clone());
         if let Err(e) = reconciler.restore_last_known_good(reporter) {
             tracing::error!(phase = "restore", error = %e, "could not restore last-known-good");
         }
-        let inbox = controller::Inbox::new();
         let endpoints = crate::endpoints::Endpoints {
             registry: std::sync::Arc::new(registry),
             status: status.clone(),
             sync: inbox.trigger(),
             ha,
+            acme: Some(acme.clone()),
         };
         let bound = crate::endpoints::spawn(&cfg.agent_listen, endpoints)
             .with_context(|| format!("agent.listen_address {}", cfg.agent_listen))?;
@@ -372,6 +393,7 @@ impl Loop<'_> {
             },
         );
         crate::notify::notify("STOPPING=1");
+        acme.stop();
         signal_handle.close();
         tracing::info!("stopping");
         Ok(())

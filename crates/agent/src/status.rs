@@ -22,6 +22,33 @@ pub struct AgentStatus {
     pub ha: Option<HaStatus>,
     /// Per load balancer.
     pub load_balancers: BTreeMap<String, LbStatus>,
+    /// The ACME certificates the served documents ask for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateStatus>,
+}
+
+/// One ACME certificate (`tls_config.acme`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    /// Whose certificate.
+    pub load_balancer: String,
+    /// The names it is for.
+    pub domains: Vec<String>,
+    /// `waiting` (none issued yet: the https listener is not configured),
+    /// `ordering`, `valid`, `renewing` (due, or the names changed; the old
+    /// one still serves), or `standby` (one is needed, but this HA node
+    /// does not hold the address the challenges come to).
+    pub state: String,
+    /// When the stored certificate expires, RFC 3339.
+    pub not_after: Option<String>,
+    /// When its renewal starts, RFC 3339.
+    pub renew_at: Option<String>,
+    /// Orders that failed since the last success.
+    pub failures: u32,
+    /// Why the last order failed.
+    pub last_error: Option<String>,
+    /// No order before this, RFC 3339, while backing off.
+    pub next_attempt: Option<String>,
 }
 
 /// This node's part in an HA pair.
@@ -86,6 +113,24 @@ pub struct BackendStatus {
     pub pool: String,
 }
 
+impl CertificateStatus {
+    /// One line for humans, and one more with the last error.
+    fn line(&self) -> String {
+        let mut out = format!(
+            "certificate of {}: {} ({}), expires {}\n",
+            self.load_balancer,
+            self.state,
+            self.domains.join(", "),
+            self.not_after.as_deref().unwrap_or("-")
+        );
+        if let Some(e) = &self.last_error {
+            let next = self.next_attempt.as_deref().unwrap_or("now");
+            out.push_str(&format!("  error: {e} (next attempt {next})\n"));
+        }
+        out
+    }
+}
+
 impl AgentStatus {
     /// The status as a table for humans (`vpsie-lb-agent status`).
     pub fn table(&self) -> String {
@@ -113,6 +158,9 @@ impl AgentStatus {
             "{:<20} {:<9} {:<13} {:<13} {:<21} {}\n",
             "LOAD BALANCER", "STATUS", "APPLIED", "DESIRED", "LAST SYNC", "RESULT"
         ));
+        for c in &s.certificates {
+            out.push_str(&c.line());
+        }
         for (id, lb) in &s.load_balancers {
             out.push_str(&format!(
                 "{:<20} {:<9} {:<13} {:<13} {:<21} {}\n",

@@ -82,6 +82,12 @@ fn every_golden_case_is_accepted_by_a_live_envoy(via: Via) {
         };
         let mut n = items.len();
         for lb in items {
+            // An ACME load balancer waits for its certificate (which `render`
+            // never orders) with its redirect listener alone.
+            if lb.pointer("/tls_config/acme").is_some() {
+                n -= 1;
+                lb["http3"] = serde_json::json!(false);
+            }
             lb["port"] = serde_json::json!(free_port());
             if lb.get("redirect_http_port").is_some() {
                 lb["redirect_http_port"] = serde_json::json!(free_port());

@@ -328,3 +328,29 @@ fn state_of_the_world_is_served_when_a_bootstrap_asks_for_it() {
     );
     drop(squatter);
 }
+
+#[test]
+fn regression_a_load_balancer_added_after_the_first_push_waited_for_a_route_envoy_never_asked_for()
+{
+    // Route configurations go a step before their listener, but Envoy asks
+    // for one only when a listener names it: the step waited for an ACK
+    // that could not come, timed out, and the new listener never followed.
+    let bs = backends(&["a", "b"]);
+    let (first, second) = (free_port(), free_port());
+    let one = lb_over("one", "http", first, "round_robin", &bs[..1]);
+    let mut lab = Lab::start(Via::Xds, &one);
+    serves(first, "a").expect("the first load balancer serves");
+    let two = lb_over("two", "http", second, "round_robin", &bs[1..]);
+    lab.offer(&json!([one, two]), &[]);
+    poll_until(
+        "the added load balancer served",
+        Duration::from_secs(30),
+        || serves(second, "b"),
+    );
+    assert!(
+        !lab.agent().log().contains("did not confirm"),
+        "{}",
+        lab.agent().log()
+    );
+    serves(first, "a").expect("the first one still serves");
+}

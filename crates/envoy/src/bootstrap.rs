@@ -43,6 +43,8 @@ pub struct BootstrapOptions {
     pub global_max_connections: u64,
     /// The WAF service's Unix socket (the `vpsie_lb_waf` cluster).
     pub waf_socket: PathBuf,
+    /// The agent's ACME challenge responder (the `vpsie_lb_acme` cluster).
+    pub acme_socket: PathBuf,
 }
 
 impl Default for BootstrapOptions {
@@ -53,6 +55,7 @@ impl Default for BootstrapOptions {
             node_id: "vpsie-lb".into(),
             global_max_connections: crate::DEFAULT_GLOBAL_MAX_CONNECTIONS,
             waf_socket: PathBuf::from(crate::DEFAULT_WAF_SOCKET),
+            acme_socket: PathBuf::from(crate::DEFAULT_ACME_SOCKET),
         }
     }
 }
@@ -92,9 +95,13 @@ fn common(opts: &BootstrapOptions, admin: &LocalAddress) -> Bootstrap {
             ..Default::default()
         }),
         layered_runtime: Some(runtime()),
-        // Unused (and never connected to) until a load balancer has a WAF.
+        // Unused (and never connected to) until a load balancer has a WAF,
+        // or an ACME certificate.
         static_resources: Some(bootstrap::StaticResources {
-            clusters: vec![grpc_cluster(crate::names::WAF_CLUSTER, &opts.waf_socket)],
+            clusters: vec![
+                grpc_cluster(crate::names::WAF_CLUSTER, &opts.waf_socket),
+                unix_cluster(crate::names::ACME_CLUSTER, &opts.acme_socket),
+            ],
             ..Default::default()
         }),
         ..Default::default()
@@ -185,16 +192,23 @@ fn grpc_cluster(name: &str, socket: &Path) -> Cluster {
         ..Default::default()
     };
     Cluster {
-        name: name.into(),
-        connect_timeout: secs(1),
-        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
-            cluster::DiscoveryType::Static as i32,
-        )),
         typed_extension_protocol_options: [(
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
             any(&h2),
         )]
         .into(),
+        ..unix_cluster(name, socket)
+    }
+}
+
+/// A cluster of one local service on a Unix socket, over HTTP/1.1.
+fn unix_cluster(name: &str, socket: &Path) -> Cluster {
+    Cluster {
+        name: name.into(),
+        connect_timeout: secs(1),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Static as i32,
+        )),
         load_assignment: Some(ClusterLoadAssignment {
             cluster_name: name.into(),
             endpoints: vec![LocalityLbEndpoints {

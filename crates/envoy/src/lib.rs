@@ -55,6 +55,13 @@ pub const DEFAULT_GLOBAL_MAX_CONNECTIONS: u64 = 50_000;
 /// which only its user and Envoy (a member of its group) can enter.
 pub const DEFAULT_WAF_SOCKET: &str = "/run/vpsie-lb-waf/waf.sock";
 
+/// Where the agent answers ACME HTTP-01 challenges by default: in its own
+/// runtime directory, which Envoy (a member of its group) can enter.
+pub const DEFAULT_ACME_SOCKET: &str = "/run/vpsie-lb/acme.sock";
+
+/// The path prefix of ACME HTTP-01 challenges (RFC 8555, section 8.3).
+pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
 /// How the resources will reach Envoy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
@@ -152,7 +159,7 @@ pub fn translate_lb(lb: &LoadBalancer, opts: &TranslateOptions) -> EnvoyResource
         secrets: tls::secrets(lb),
         ..Default::default()
     };
-    if lb.protocol.is_http() && opts.delivery != Delivery::Static {
+    if lb.protocol.is_http() && !awaits_certificate(lb) && opts.delivery != Delivery::Static {
         out.routes.push(routes::route_config(lb, opts));
     }
     for pool in lb.all_pools() {
@@ -161,6 +168,12 @@ pub fn translate_lb(lb: &LoadBalancer, opts: &TranslateOptions) -> EnvoyResource
         out.endpoints.extend(endpoints);
     }
     out
+}
+
+/// Whether `lb` waits for its ACME certificate: until it comes, its https
+/// listener (and everything only that listener uses) is left out.
+pub(crate) fn awaits_certificate(lb: &LoadBalancer) -> bool {
+    lb.tls.as_ref().is_some_and(|t| t.awaits_certificate())
 }
 
 /// Where Envoy's admin API listens by default: a Unix socket, which no

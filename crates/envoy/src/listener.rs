@@ -38,11 +38,15 @@ pub(crate) fn listeners(lb: &LoadBalancer, opts: &TranslateOptions) -> Vec<Liste
     if lb.protocol == Protocol::Udp {
         return vec![crate::udp::listener(lb, opts)];
     }
-    let mut out = vec![main_listener(lb, opts)];
+    let waiting = crate::awaits_certificate(lb);
+    let mut out: Vec<Listener> = (!waiting)
+        .then(|| main_listener(lb, opts))
+        .into_iter()
+        .collect();
     if let Some(port) = lb.redirect_http_port {
         out.push(redirect_listener(lb, port, opts));
     }
-    if lb.http3 {
+    if lb.http3 && !waiting {
         out.push(crate::quic::listener(lb, opts));
     }
     out

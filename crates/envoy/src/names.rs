@@ -58,6 +58,10 @@ pub const XDS_CLUSTER: &str = "vpsie_lb_xds";
 /// The static cluster that reaches the WAF service.
 pub const WAF_CLUSTER: &str = "vpsie_lb_waf";
 
+/// The bootstrap's cluster of the agent's ACME challenge responder, which
+/// redirect listeners send `/.well-known/acme-challenge/` to.
+pub const ACME_CLUSTER: &str = "vpsie_lb_acme";
+
 /// Metadata key that selects the TLS transport socket for https health checks.
 pub const HC_TLS_MATCH: &str = "vpsie_hc_tls";
 

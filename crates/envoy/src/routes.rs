@@ -350,25 +350,52 @@ pub(crate) fn redirect_config(lb: &LoadBalancer) -> RouteConfiguration {
         virtual_hosts: vec![VirtualHost {
             name,
             domains: vec!["*".into()],
-            routes: vec![Route {
-                r#match: Some(RouteMatch {
-                    path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+            routes: acme_challenge(lb)
+                .into_iter()
+                .chain([Route {
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+                        ..Default::default()
+                    }),
+                    action: Some(route::Action::Redirect(RedirectAction {
+                        scheme_rewrite_specifier: Some(
+                            redirect_action::SchemeRewriteSpecifier::HttpsRedirect(true),
+                        ),
+                        port_redirect: u32::from(lb.port),
+                        ..Default::default()
+                    })),
                     ..Default::default()
-                }),
-                action: Some(route::Action::Redirect(RedirectAction {
-                    scheme_rewrite_specifier: Some(
-                        redirect_action::SchemeRewriteSpecifier::HttpsRedirect(true),
-                    ),
-                    port_redirect: u32::from(lb.port),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            }],
+                }])
+                .collect(),
             ..Default::default()
         }],
         ignore_port_in_host_matching: true,
         ..Default::default()
     }
+}
+
+/// With an ACME certificate, HTTP-01 challenges go to the agent's
+/// responder, which knows the tokens of its own orders and nothing else;
+/// never to the customer's backends.
+fn acme_challenge(lb: &LoadBalancer) -> Option<Route> {
+    lb.tls.as_ref()?.acme.as_ref()?;
+    Some(Route {
+        name: "acme-challenge".into(),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix(
+                crate::ACME_CHALLENGE_PREFIX.into(),
+            )),
+            ..Default::default()
+        }),
+        action: Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                names::ACME_CLUSTER.into(),
+            )),
+            timeout: secs(5),
+            ..Default::default()
+        })),
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]

@@ -111,7 +111,7 @@ fn certificate(name: String, cert: &str, key: &str) -> Secret {
 /// SNI, and its client CA if any. Each is its own secret, so replacing one
 /// file rotates one certificate.
 pub(crate) fn secrets(lb: &LoadBalancer) -> Vec<Secret> {
-    let Some(tls) = &lb.tls else {
+    let Some(tls) = lb.tls.as_ref().filter(|t| !t.awaits_certificate()) else {
         return vec![];
     };
     let mut out = vec![certificate(

@@ -5,6 +5,7 @@
 //! always give the same result. `Cargo.toml` keeps it that way by depending on
 //! nothing that could.
 
+pub mod acme;
 pub mod drain;
 mod gozero;
 mod model;

@@ -81,6 +81,8 @@ pub const MAX_WAF_RULE_ID: u32 = 9_999_999;
 pub const MAX_ACCESS_NETWORKS: usize = 1_000;
 /// Most server names on one extra certificate.
 pub const MAX_SERVER_NAMES: usize = 100;
+/// Names one ACME certificate may cover: Let's Encrypt's limit per order.
+pub const MAX_ACME_DOMAINS: usize = 100;
 /// Longest slow start, seconds.
 pub const MAX_SLOW_START: u32 = 3600;
 /// Longest sticky-session cookie lifetime, seconds (30 days).

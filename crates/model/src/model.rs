@@ -465,10 +465,15 @@ pub enum TlsVersion {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Tls {
-    /// Absolute path of the PEM certificate chain.
+    /// Absolute path of the PEM certificate chain. Empty for an ACME
+    /// certificate not issued yet (see [`Tls::awaits_certificate`]).
     pub certificate_path: String,
-    /// Absolute path of the PEM private key.
+    /// Absolute path of the PEM private key; empty like `certificate_path`.
     pub private_key_path: String,
+    /// Where the certificate comes from when the agent obtains it itself
+    /// (`tls_config.acme`); the two paths above then point into its store
+    /// once one was issued.
+    pub acme: Option<Acme>,
     /// Absolute path of a PEM CA bundle; when set, clients must present a certificate it signed.
     pub ca_cert_path: Option<String>,
     /// Lowest accepted version.
@@ -483,6 +488,41 @@ pub struct Tls {
     /// default one above serves everything else.
     pub certificates: Vec<SniCertificate>,
 }
+
+impl Tls {
+    /// Whether this is an ACME certificate that was not issued yet: the
+    /// https listener waits for it.
+    pub fn awaits_certificate(&self) -> bool {
+        self.acme.is_some() && self.certificate_path.is_empty()
+    }
+}
+
+/// An ACME (RFC 8555) certificate the agent obtains and renews itself.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub struct Acme {
+    /// Lowercased DNS names, unique, no wildcard (HTTP-01 cannot prove one);
+    /// the first is the certificate's subject.
+    pub domains: Vec<String>,
+    /// Contact address given to the ACME server, if any.
+    pub email: Option<String>,
+    /// The directory URL (https).
+    pub directory_url: String,
+}
+
+impl Acme {
+    /// An ACME source; for tests and the agent's overlay.
+    pub fn new(domains: Vec<String>, email: Option<String>, directory_url: String) -> Acme {
+        Acme {
+            domains,
+            email,
+            directory_url,
+        }
+    }
+}
+
+/// Let's Encrypt's production directory: what `directory_url` defaults to.
+pub const DEFAULT_ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
 /// A certificate chosen by the client's SNI.
 #[derive(Debug, Clone, PartialEq, Eq)]

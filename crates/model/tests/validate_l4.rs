@@ -251,3 +251,116 @@ fn http3_is_for_https_only() {
     check(doc, &["http3: needs protocol https (got tcp)"]);
     check(set(&[("http3", json!("yes"))]), &["http3: must be"]);
 }
+
+/// `base()` with an ACME certificate (`acme` as given) and a redirect port.
+fn acme(acme: Value) -> Value {
+    set(&[
+        ("tls_config", json!({"acme": acme})),
+        ("redirect_http_port", json!(80)),
+    ])
+}
+
+#[test]
+fn acme_takes_plain_names_a_contact_and_an_https_directory() {
+    let v = ok(acme(
+        json!({"domains": ["Shop.Example.com", "www.shop.example.com"],
+                           "email": "ops@example.com"}),
+    ));
+    let tls = v.config.load_balancers[0].tls.as_ref().expect("tls");
+    let a = tls.acme.as_ref().expect("acme");
+    assert_eq!(a.domains, ["shop.example.com", "www.shop.example.com"]);
+    assert_eq!(a.email.as_deref(), Some("ops@example.com"));
+    assert_eq!(a.directory_url, vpsie_lb_model::DEFAULT_ACME_DIRECTORY);
+    assert!(
+        tls.awaits_certificate(),
+        "no certificate before the agent stores one"
+    );
+    let v = ok(acme(json!({"domains": ["a.example.com"],
+                           "directory_url": "https://acme.internal:14000/dir"})));
+    let a = v.config.load_balancers[0]
+        .tls
+        .as_ref()
+        .and_then(|t| t.acme.clone());
+    assert_eq!(
+        a.expect("acme").directory_url,
+        "https://acme.internal:14000/dir"
+    );
+}
+
+#[test]
+fn acme_refuses_what_http01_cannot_prove_and_a_second_certificate_source() {
+    let d = |domains: Value| acme(json!({"domains": domains}));
+    for (doc, want) in [
+        (
+            d(json!(["*.example.com"])),
+            "tls_config.acme.domains[0]: a wildcard",
+        ),
+        (
+            d(json!(["localhost"])),
+            "tls_config.acme.domains[0]: an ACME server issues only",
+        ),
+        (
+            d(json!([])),
+            "tls_config.acme.domains: must name at least one",
+        ),
+        (
+            d(json!(["a.example.com", "A.example.com"])),
+            "tls_config.acme.domains[1]: \"a.example.com\" is listed twice",
+        ),
+        (
+            d(json!(["a b.example.com"])),
+            "tls_config.acme.domains[0]: must be a host name",
+        ),
+        (acme(json!({})), "tls_config.acme.domains: is required"),
+        (
+            acme(json!({"domains": ["a.example.com"], "email": "ops"})),
+            "tls_config.acme.email: \"ops\" is not an email address",
+        ),
+        (
+            acme(json!({"domains": ["a.example.com"], "directory_url": "http://ca.example/dir"})),
+            "tls_config.acme.directory_url: \"http://ca.example/dir\" must be an https:// URL",
+        ),
+        (
+            acme(json!({"domains": ["a.example.com"], "directory_url": "https:///dir"})),
+            "tls_config.acme.directory_url: \"https:///dir\" must be an https:// URL",
+        ),
+        (
+            set(&[
+                (
+                    "tls_config",
+                    json!({"acme": {"domains": ["a.example.com"]},
+                                      "certificate_path": "/etc/tls/c.pem"}),
+                ),
+                ("redirect_http_port", json!(80)),
+            ]),
+            "tls_config.certificate_path: must not be set together with acme",
+        ),
+        (
+            set(&[(
+                "tls_config",
+                json!({"acme": {"domains": ["a.example.com"]}}),
+            )]),
+            "redirect_http_port: is required with tls_config.acme",
+        ),
+        (
+            acme(json!(["a.example.com"])),
+            "tls_config.acme: must be an object",
+        ),
+    ] {
+        check(doc, &[want]);
+    }
+}
+
+#[test]
+fn acme_warns_when_its_redirect_port_is_not_80() {
+    let mut doc = acme(json!({"domains": ["a.example.com"]}));
+    doc["redirect_http_port"] = json!(8080);
+    let v = ok(doc);
+    assert!(
+        v.warnings.iter().any(|w| w
+            .to_string()
+            .contains("redirect_http_port: is 8080: ACME servers prove names on port 80")),
+        "{:?}",
+        v.warnings
+    );
+}

@@ -11,6 +11,7 @@ pub mod h3;
 pub mod ha_pair;
 pub mod http;
 pub mod netns;
+pub mod pebble;
 pub mod pki;
 pub mod proxy_backend;
 pub mod tls;

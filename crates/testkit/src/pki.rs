@@ -61,6 +61,23 @@ impl Ca {
         }
     }
 
+    /// A server certificate for `names` (host names or IP addresses),
+    /// signed by this CA.
+    pub fn server(&self, names: &[&str]) -> Pair {
+        let key = KeyPair::generate().expect("generate server key");
+        let mut p =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .expect("valid subject alt names");
+        p.distinguished_name.push(DnType::CommonName, names[0]);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = p.signed_by(&key, &self.issuer).expect("sign server cert");
+        Pair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_der: cert.der().to_vec(),
+        }
+    }
+
     /// A client certificate for `cn`, signed by this CA.
     pub fn client(&self, cn: &str) -> Pair {
         let key = KeyPair::generate().expect("generate client key");

@@ -8,10 +8,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use vpsie_lb_envoy::LocalAddress;
 
+mod acme;
 mod envoy;
 mod ha;
 mod vpsie;
 
+pub use acme::AcmeConfig;
 pub use ha::{Ha, HaMode, script_path};
 
 use crate::listen::{default_agent_address, local_address};
@@ -146,6 +148,8 @@ pub struct Config {
     pub allowed_backend_networks: Vec<vpsie_lb_model::IpNet>,
     /// This node's half of a keepalived pair, if it is in one.
     pub ha: Option<Ha>,
+    /// Where ACME challenges are answered, and whom to trust for the directory.
+    pub acme: AcmeConfig,
 }
 
 /// The configuration file is unusable; nothing was started.
@@ -170,6 +174,7 @@ struct RawConfig {
     agent: Option<RawAgent>,
     allowed_backend_networks: Option<Vec<String>>,
     ha: Option<ha::RawHa>,
+    acme: Option<acme::RawAcme>,
 }
 
 #[derive(Deserialize, Default)]
@@ -331,10 +336,12 @@ impl Config {
                 envoy.listen_address
             ));
         }
+        let acme = acme::read(raw.acme.unwrap_or_default(), &mut problems);
         if !problems.is_empty() {
             return Err(problems);
         }
         Ok(Config {
+            acme,
             agent_listen,
             allowed_backend_networks,
             source,
@@ -445,6 +452,30 @@ mod tests {
         let errs = load("envoy: {admin_adress: '127.0.0.1:9901'}\n").expect_err("typo");
         assert!(
             errs[0].starts_with("envoy.admin_adress: unknown field `admin_adress`"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn acme_keys_default_to_the_runtime_socket_and_the_system_roots() {
+        let c = load("source: file\nfile: /tmp/x.json\n").expect("valid");
+        assert_eq!(
+            c.acme,
+            AcmeConfig {
+                responder_socket: PathBuf::from(vpsie_lb_envoy::DEFAULT_ACME_SOCKET),
+                directory_ca_file: None,
+            }
+        );
+        let errs = load(
+            "source: file\nfile: /tmp/x.json\nacme: {responder_socket: acme.sock, directory_ca_file: ca.pem}\n",
+        )
+        .expect_err("relative paths");
+        assert!(
+            errs[0].starts_with("acme.responder_socket: acme.sock must be an absolute path"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("acme.directory_ca_file: ca.pem must be an absolute path"),
             "{errs:?}"
         );
     }

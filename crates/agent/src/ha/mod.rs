@@ -84,6 +84,14 @@ pub fn records(ha: &Ha) -> Vec<(Instance, Option<Record>)> {
         .collect()
 }
 
+/// Whether this node holds a virtual address (keepalived made it master
+/// of an instance): only then do ACME challenges for the pair's names reach it.
+pub fn holds_address(ha: &Ha) -> bool {
+    records(ha)
+        .iter()
+        .any(|(_, r)| r.as_ref().is_some_and(|r| r.state == State::Master))
+}
+
 /// This node's HA status for `/status`, from the records.
 pub fn status(ha: &Ha) -> crate::status::HaStatus {
     crate::status::HaStatus {

@@ -129,6 +129,8 @@ pub struct Reconciler<D: Delivery> {
     /// The WAF policies last written, so a pass that changes none does
     /// not read the file back.
     waf_written: Option<String>,
+    /// The ACME certificates: what is issued, and where orders are asked for.
+    acme: Option<crate::acme::Acme>,
 }
 
 impl<D: Delivery> Reconciler<D> {
@@ -164,7 +166,15 @@ impl<D: Delivery> Reconciler<D> {
             last_render: None,
             served: None,
             waf_written: None,
+            acme: None,
         }
+    }
+
+    /// Renders ACME load balancers with what `acme` has issued, and tells
+    /// it which certificates the config wants.
+    pub fn with_acme(mut self, acme: crate::acme::Acme) -> Self {
+        self.acme = Some(acme);
+        self
     }
 
     /// The delivery this reconciler hands changes to.
@@ -221,6 +231,9 @@ impl<D: Delivery> Reconciler<D> {
             .filter(|e| !matches!(e, ReconcileError::Fetch { .. }))
         {
             reporter.error("pass", &e.to_string());
+        }
+        if let Some(a) = &self.acme {
+            a.report(reporter);
         }
         self.report_state(reporter, result);
         reporter.flush();

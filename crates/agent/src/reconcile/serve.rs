@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use vpsie_lb_model::{Config, drain, validate};
+use vpsie_lb_model::{Config, acme, drain, validate};
 
 use super::Reconciler;
 use crate::delivery::Delivery;
@@ -16,7 +16,8 @@ pub(super) struct Rendered<C> {
     /// The documents.
     docs: BTreeMap<String, Value>,
     /// Their validated config, kept only when a load balancer has a
-    /// deregistration delay: only then can drains change the render later.
+    /// deregistration delay or an ACME certificate: only then can drains
+    /// or a certificate change the render later.
     base: Option<Config>,
     /// The validated config with the backends that drained when it was rendered.
     config: Config,
@@ -52,15 +53,7 @@ impl<D: Delivery> Reconciler<D> {
             (None, Some(config)) => config,
             (None, None) => self.validate_all(candidate)?,
         };
-        let (config, base) = if drain::may_drain(&base) {
-            let now = crate::drain::now_ms();
-            (
-                drain::overlay(self.served.as_ref(), base.clone(), now),
-                Some(base),
-            )
-        } else {
-            (base, None)
-        };
+        let (config, base) = self.overlay(base);
         if let Some(r) = cached
             && r.config == config
         {
@@ -74,6 +67,35 @@ impl<D: Delivery> Reconciler<D> {
             files: files.clone(),
         });
         Ok((config, files))
+    }
+
+    /// `base` as it should be served now: the backends still draining, and
+    /// the ACME certificates issued so far. Keeps `base` when either could
+    /// change without the documents changing.
+    fn overlay(&self, base: Config) -> (Config, Option<Config>) {
+        let drains = drain::may_drain(&base);
+        // Told on every new render, so a certificate no document wants any
+        // more stops being ordered.
+        let certificates = match &self.acme {
+            Some(a) => {
+                let wanted = acme::wanted(&base);
+                let any = !wanted.is_empty();
+                a.want(wanted);
+                any.then_some(a)
+            }
+            None => None,
+        };
+        if !drains && certificates.is_none() {
+            return (base, None);
+        }
+        let mut config = base.clone();
+        if drains {
+            config = drain::overlay(self.served.as_ref(), config, crate::drain::now_ms());
+        }
+        if let Some(a) = certificates {
+            config = acme::overlay(config, &a.issued());
+        }
+        (config, Some(base))
     }
 
     /// When the next drain ends, if a backend drains: the controller runs

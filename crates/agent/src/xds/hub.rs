@@ -162,12 +162,15 @@ impl StreamView {
     }
 
     /// Whether this stream's Envoy confirmed `key` at `version` (`None`:
-    /// confirmed that it does not have it). A resource Envoy has not asked
-    /// for (a secret no listener uses yet) needs no confirmation.
+    /// confirmed that it does not have it). A resource Envoy asks for by
+    /// name and has not asked for (the secret or route configuration of a
+    /// listener that comes in a later step) needs no confirmation: Envoy
+    /// fetches it while that listener warms.
     fn confirmed(&self, key: &Key, version: Option<&String>) -> bool {
-        let unasked_secret = key.0 == ResourceType::Secret && !self.wants(key.0, &key.1);
+        let by_name = matches!(key.0, ResourceType::Secret | ResourceType::Route);
+        let unasked = by_name && !self.wants(key.0, &key.1);
         match version {
-            Some(v) => unasked_secret || self.acked.get(key) == Some(v),
+            Some(v) => unasked || self.acked.get(key) == Some(v),
             None => !self.acked.contains_key(key),
         }
     }
@@ -409,7 +412,7 @@ mod tests {
         (k, n.to_owned())
     }
 
-    use ResourceType::{Cluster, Endpoints, Secret};
+    use ResourceType::{Cluster, Endpoints, Route, Secret};
 
     #[test]
     fn a_stream_gets_what_it_wants_and_lacks_and_loses_what_is_gone() {
@@ -482,6 +485,18 @@ mod tests {
         let view = StreamView::default();
         assert!(view.confirmed(&key(Secret, "lb_a_cert"), Some(&"1".into())));
         assert!(!view.confirmed(&key(Cluster, "lb_a"), Some(&"1".into())));
+    }
+
+    #[test]
+    fn regression_a_listener_added_after_the_first_push_waited_for_a_route_envoy_had_not_asked_for()
+    {
+        // Routes come a step before their listener; Envoy asks for a route
+        // only once a listener names it, so the step waited for an answer
+        // that could not come and the new listener never followed.
+        let mut view = StreamView::default();
+        assert!(view.confirmed(&key(Route, "lb_new"), Some(&"1".into())));
+        view.subscribe(Route, &["lb_new".into()], &[]);
+        assert!(!view.confirmed(&key(Route, "lb_new"), Some(&"1".into())));
     }
 
     #[test]

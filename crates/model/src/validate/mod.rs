@@ -297,6 +297,9 @@ fn load_balancer(
         every_pool(&obj, protocol, &opts.allowed_backend_networks, cx);
     let routes = routes(&obj, protocol, &index, cx);
     let tls = tls_for(&obj, protocol, cx);
+    if tls.as_ref().is_some_and(|t| t.acme.is_some()) {
+        acme_port(&obj, redirect_http_port, cx);
+    }
     let timeouts = match obj.object(cx, "timeouts") {
         Some(t) => timeouts(&t, protocol, cx),
         None => Some(default_timeouts(protocol)),
@@ -423,6 +426,23 @@ fn redirect_port(
             None
         }
         None => None,
+    }
+}
+
+/// An ACME certificate is proved over plain HTTP on port 80, which this
+/// load balancer's redirect listener answers: it needs one.
+fn acme_port(obj: &Obj<'_>, redirect_http_port: Option<u16>, cx: &mut Ctx) {
+    let at = obj.path.key("redirect_http_port");
+    match redirect_http_port {
+        None if obj.get("redirect_http_port").is_none() => cx.error(
+            &at,
+            "is required with tls_config.acme: the ACME server proves the names over plain HTTP on port 80, which the redirect listener answers",
+        ),
+        Some(p) if p != 80 => cx.warn(
+            &at,
+            format!("is {p}: ACME servers prove names on port 80 only, so port 80 must reach this port"),
+        ),
+        _ => {}
     }
 }
 

@@ -1,8 +1,8 @@
 //! TLS termination settings.
 
 use crate::model::{
-    DEFAULT_ALPN, DEFAULT_CIPHER_SUITES, KNOWN_CIPHER_SUITES, SniCertificate, Tls, TlsVersion,
-    limits,
+    Acme, DEFAULT_ACME_DIRECTORY, DEFAULT_ALPN, DEFAULT_CIPHER_SUITES, KNOWN_CIPHER_SUITES,
+    SniCertificate, Tls, TlsVersion, limits,
 };
 
 use super::hosts::{host_list, unique_server_names};
@@ -17,13 +17,32 @@ const TLS_KEYS: &[&str] = &[
     "cipher_suites",
     "alpn",
     "certificates",
+    "acme",
 ];
+const ACME_KEYS: &[&str] = &["domains", "email", "directory_url"];
 const CERT_KEYS: &[&str] = &["server_names", "certificate_path", "private_key_path"];
 
 pub(super) fn tls(obj: &Obj<'_>, cx: &mut Ctx) -> Option<Tls> {
     obj.check_keys(TLS_KEYS, cx);
-    let certificate_path = obj.abs_path(cx, "certificate_path", Need::Required);
-    let private_key_path = obj.abs_path(cx, "private_key_path", Need::Required);
+    let (acme, certificate_path, private_key_path) = match obj.object(cx, "acme") {
+        Some(a) => {
+            for key in ["certificate_path", "private_key_path"] {
+                if obj.get(key).is_some() {
+                    cx.error(
+                        &obj.path.key(key),
+                        "must not be set together with acme: the agent obtains that certificate and keeps it in its own store",
+                    );
+                }
+            }
+            (acme(&a, cx), Some(String::new()), Some(String::new()))
+        }
+        None if obj.get("acme").is_some() => (None, None, None),
+        None => (
+            Some(None),
+            obj.abs_path(cx, "certificate_path", Need::Required),
+            obj.abs_path(cx, "private_key_path", Need::Required),
+        ),
+    };
     let ca_cert_path = obj.abs_path(cx, "ca_cert_path", Need::Optional);
     let versions = [
         ("TLSv1.2", TlsVersion::Tls12),
@@ -124,6 +143,7 @@ pub(super) fn tls(obj: &Obj<'_>, cx: &mut Ctx) -> Option<Tls> {
     Some(Tls {
         certificate_path: certificate_path?,
         private_key_path: private_key_path?,
+        acme: acme?,
         ca_cert_path,
         min_version: min_version?,
         max_version,
@@ -131,6 +151,76 @@ pub(super) fn tls(obj: &Obj<'_>, cx: &mut Ctx) -> Option<Tls> {
         alpn,
         certificates: certificates?,
     })
+}
+
+/// `tls_config.acme`: the names to prove over HTTP-01, a contact and a
+/// directory; `Some(None)` never, `None` when wrong.
+fn acme(obj: &Obj<'_>, cx: &mut Ctx) -> Option<Option<Acme>> {
+    obj.check_keys(ACME_KEYS, cx);
+    let before = cx.errors.len();
+    if obj.get("domains").is_none() {
+        cx.error(&obj.path.key("domains"), "is required");
+    }
+    let domains = host_list(obj, "domains", limits::MAX_ACME_DOMAINS, cx);
+    if let Some(list) = &domains {
+        let at = obj.path.key("domains");
+        if list.is_empty() && obj.get("domains").is_some() {
+            cx.error(&at, "must name at least one domain");
+        }
+        for (i, d) in list.iter().enumerate() {
+            if d.starts_with("*.") {
+                cx.error(
+                    &at.index(i),
+                    format!("{d:?}: a wildcard name cannot be proved over HTTP-01; list each name"),
+                );
+            } else if !d.contains('.') {
+                cx.error(
+                    &at.index(i),
+                    format!("{d:?}: an ACME server issues only for public names with a dot"),
+                );
+            }
+        }
+    }
+    let email = obj.string(cx, "email", Need::Optional).and_then(|e| {
+        email_ok(e).then(|| e.to_owned()).or_else(|| {
+            cx.error(
+                &obj.path.key("email"),
+                format!("{e:?} is not an email address"),
+            );
+            None
+        })
+    });
+    let directory_url = match obj.string(cx, "directory_url", Need::Optional) {
+        None => DEFAULT_ACME_DIRECTORY.to_owned(),
+        Some(u) if https_url(u) => u.to_owned(),
+        Some(u) => {
+            cx.error(
+                &obj.path.key("directory_url"),
+                format!("{u:?} must be an https:// URL: the account key and orders travel over it"),
+            );
+            String::new()
+        }
+    };
+    (cx.errors.len() == before)
+        .then(|| Some(Acme::new(domains.unwrap_or_default(), email, directory_url)))
+}
+
+fn email_ok(e: &str) -> bool {
+    let Some((local, domain)) = e.split_once('@') else {
+        return false;
+    };
+    e.len() <= 254
+        && !local.is_empty()
+        && local.bytes().all(|b| b.is_ascii_graphic() && b != b'@')
+        && super::hosts::host_pattern(domain).is_ok_and(|d| !d.starts_with('*'))
+}
+
+fn https_url(u: &str) -> bool {
+    u.len() <= 2048
+        && u.strip_prefix("https://").is_some_and(|rest| {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+            !host.is_empty() && rest.bytes().all(|b| b.is_ascii_graphic())
+        })
 }
 
 /// The extra certificates chosen by SNI.

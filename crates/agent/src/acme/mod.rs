@@ -1,0 +1,442 @@
+//! Certificates the agent obtains and renews over ACME (`tls_config.acme`).
+//!
+//! The reconciler says on each pass which load balancers want one
+//! ([`Acme::want`]) and renders with those already issued
+//! ([`Acme::issued`]). A thread of its own orders what is missing or due,
+//! one at a time, answering HTTP-01 challenges from [`responder`] (Envoy's
+//! redirect listeners send `/.well-known/acme-challenge/` there), stores
+//! the result ([`store`]) and asks for a pass. Envoy reads the files through
+//! SDS and reloads them on the rename, so a renewal changes no listener.
+
+mod metrics;
+pub mod order;
+pub mod responder;
+pub mod schedule;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::json;
+use vpsie_lb_model::acme::Issued;
+
+use crate::controller::Trigger;
+use crate::report::{EventKind, Reporter};
+use crate::status::CertificateStatus;
+use schedule::{Attempts, Need};
+use store::{Store, Stored};
+
+pub use metrics::AcmeMetrics;
+
+/// HTTP-01 answers being served: token to key authorization.
+pub type Tokens = Arc<Mutex<HashMap<String, String>>>;
+
+/// The longest one order may take, from the directory to the download.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(180);
+/// The longest the thread sleeps when nothing is due: it looks again.
+const IDLE_WAKE: Duration = Duration::from_secs(3600);
+
+/// Whether this node may order now: in an HA pair, only the node holding
+/// the address receives the challenges.
+pub type MayOrder = Box<dyn Fn() -> bool + Send>;
+
+/// How often a node that may not order looks again (an HA backup that
+/// takes over orders within this).
+const STANDBY_RECHECK: Duration = Duration::from_secs(2);
+
+/// What the agent's config says about ACME.
+pub struct Settings {
+    /// Where the store lives (`state_dir`).
+    pub state_dir: PathBuf,
+    /// Where the responder listens; Envoy's `vpsie_lb_acme` cluster.
+    pub responder_socket: PathBuf,
+    /// A PEM CA to trust for the directory instead of the system's roots.
+    pub directory_ca_file: Option<PathBuf>,
+    /// In an HA pair: whether this node holds the address now.
+    pub may_order: Option<MayOrder>,
+}
+
+/// An event for the reporter, queued until the next pass.
+struct Event {
+    lb: String,
+    kind: EventKind,
+    message: String,
+    metadata: serde_json::Value,
+}
+
+#[derive(Default)]
+struct State {
+    wanted: BTreeMap<String, vpsie_lb_model::Acme>,
+    /// What the store holds, read once per load balancer and kept current.
+    stored: BTreeMap<String, Stored>,
+    /// Load balancers whose store was read (found or not).
+    read: std::collections::BTreeSet<String>,
+    attempts: BTreeMap<String, Attempts>,
+    /// The order in flight, if any.
+    ordering: Option<String>,
+    /// Whether orders wait because this HA node does not hold the address.
+    standby: bool,
+    events: Vec<Event>,
+    stopping: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+    store: Store,
+    metrics: AcmeMetrics,
+}
+
+/// The handle the reconciler, the endpoints and `run` share.
+#[derive(Clone)]
+pub struct Acme {
+    shared: Arc<Shared>,
+}
+
+/// Now, Unix seconds.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Acme {
+    /// Starts the ordering thread (the responder comes with the first
+    /// order); `sync` asks for a pass when a certificate came (or an order
+    /// failed, to report it).
+    pub fn start(settings: Settings, metrics: AcmeMetrics, sync: Trigger) -> std::io::Result<Acme> {
+        let tokens = Tokens::default();
+        let acme = Acme {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                changed: Condvar::new(),
+                store: Store::new(&settings.state_dir),
+                metrics,
+            }),
+        };
+        let worker = Worker {
+            acme: acme.clone(),
+            tokens,
+            responder: Some(settings.responder_socket),
+            ca_file: settings.directory_ca_file,
+            may_order: settings.may_order,
+            sync,
+            accounts: HashMap::new(),
+        };
+        std::thread::Builder::new()
+            .name("acme".into())
+            .spawn(move || worker.run())?;
+        Ok(acme)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The certificates the config being rendered wants, by load balancer;
+    /// reads the store of those seen for the first time, so a restart
+    /// serves what was issued before without ordering again.
+    pub fn want(&self, wanted: BTreeMap<String, vpsie_lb_model::Acme>) {
+        let mut s = self.lock();
+        if s.wanted == wanted {
+            return;
+        }
+        for lb in wanted.keys() {
+            if s.read.insert(lb.clone()) {
+                match self.shared.store.load(lb) {
+                    Ok(Some(stored)) => {
+                        s.stored.insert(lb.clone(), stored);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(phase = "acme", lb_id = %lb, error = %e, "the stored certificate is unusable; ordering a new one")
+                    }
+                }
+            }
+        }
+        s.attempts.retain(|lb, _| wanted.contains_key(lb));
+        s.wanted = wanted;
+        self.shared.metrics.keep_only(&s.wanted, &s.stored);
+        self.shared.changed.notify_all();
+    }
+
+    /// Where the issued certificate of each wanted load balancer is.
+    pub fn issued(&self) -> BTreeMap<String, Issued> {
+        let s = self.lock();
+        s.wanted
+            .keys()
+            .filter_map(|lb| Some((lb.clone(), s.stored.get(lb)?.paths.clone())))
+            .collect()
+    }
+
+    /// Hands the events queued since the last pass to `reporter`.
+    pub fn report(&self, reporter: &mut dyn Reporter) {
+        let events = std::mem::take(&mut self.lock().events);
+        for e in events {
+            reporter.event(&e.lb, e.kind, &e.message, e.metadata);
+        }
+    }
+
+    /// Each wanted certificate's state, for `/status`.
+    pub fn status(&self) -> Vec<CertificateStatus> {
+        let s = self.lock();
+        let now = now();
+        s.wanted
+            .iter()
+            .map(|(lb, acme)| {
+                let stored = s.stored.get(lb);
+                let attempts = s.attempts.get(lb);
+                let need = schedule::need(acme, stored, now);
+                let state = match (stored, need) {
+                    (_, _) if s.ordering.as_deref() == Some(lb.as_str()) => "ordering",
+                    (_, Need::Order(_)) if s.standby => "standby",
+                    (None, _) => "waiting",
+                    (Some(_), Need::Nothing { .. }) => "valid",
+                    (Some(_), Need::Order(_)) => "renewing",
+                };
+                CertificateStatus {
+                    load_balancer: lb.clone(),
+                    domains: acme.domains.clone(),
+                    state: state.into(),
+                    not_after: stored.map(|c| crate::report::rfc3339(c.not_after)),
+                    renew_at: stored.map(|c| {
+                        crate::report::rfc3339(vpsie_lb_model::acme::renew_at(
+                            c.not_before,
+                            c.not_after,
+                        ))
+                    }),
+                    failures: attempts.map_or(0, |a| a.failures),
+                    last_error: attempts.and_then(|a| a.last_error.clone()),
+                    next_attempt: attempts
+                        .filter(|a| !a.may_try(now))
+                        .map(|a| crate::report::rfc3339(a.not_before)),
+                }
+            })
+            .collect()
+    }
+
+    /// Sets the days-to-expiry gauges to now (read at each scrape).
+    pub fn refresh_metrics(&self) {
+        let s = self.lock();
+        self.shared.metrics.expiry(&s.wanted, &s.stored, now());
+    }
+
+    /// Stops the ordering thread after the order in flight, if any.
+    pub fn stop(&self) {
+        self.lock().stopping = true;
+        self.shared.changed.notify_all();
+    }
+}
+
+/// The ordering thread's own state.
+struct Worker {
+    acme: Acme,
+    tokens: Tokens,
+    /// The responder's socket until it listens: started with the first
+    /// order, so an agent without ACME load balancers opens nothing.
+    responder: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    may_order: Option<MayOrder>,
+    sync: Trigger,
+    /// Accounts by directory and contact, once loaded.
+    accounts: HashMap<(String, Option<String>), instant_acme::Account>,
+}
+
+/// The next order to place, or how long nothing is due.
+fn pick(s: &State, now: i64) -> Result<(String, vpsie_lb_model::Acme, &'static str), Duration> {
+    let mut next = now.saturating_add(IDLE_WAKE.as_secs() as i64);
+    for (lb, acme) in &s.wanted {
+        match schedule::need(acme, s.stored.get(lb), now) {
+            Need::Nothing { renew_at } => next = next.min(renew_at),
+            Need::Order(why) => match s.attempts.get(lb) {
+                Some(a) if !a.may_try(now) => next = next.min(a.not_before),
+                _ => return Ok((lb.clone(), acme.clone(), why)),
+            },
+        }
+    }
+    Err(Duration::from_secs(next.saturating_sub(now).max(1) as u64))
+}
+
+impl Worker {
+    fn run(mut self) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(phase = "acme", error = %e, "no runtime for acme orders; no certificate will be ordered");
+                return;
+            }
+        };
+        loop {
+            let job = {
+                let mut s = self.acme.lock();
+                loop {
+                    if s.stopping {
+                        return;
+                    }
+                    let picked = pick(&s, now());
+                    let may = picked.is_err() || self.may_order.as_ref().is_none_or(|f| f());
+                    s.standby = !may;
+                    match picked {
+                        Ok(job) if may => {
+                            s.ordering = Some(job.0.clone());
+                            break job;
+                        }
+                        Ok(_) => {
+                            s = self.wait(s, STANDBY_RECHECK);
+                        }
+                        Err(wait) => s = self.wait(s, wait),
+                    }
+                }
+            };
+            let (lb, acme, why) = job;
+            tracing::info!(phase = "acme", lb_id = %lb, domains = ?acme.domains, reason = why, "ordering a certificate");
+            let result = match self.start_responder() {
+                Ok(()) => runtime.block_on(self.order(&acme)),
+                Err(f) => Err(f),
+            };
+            self.settle(&lb, &acme, result);
+            self.sync.sync();
+        }
+    }
+
+    /// Starts the challenge responder if it is not listening yet; a socket
+    /// that cannot be bound fails the order, to be retried like one.
+    fn start_responder(&mut self) -> Result<(), order::Failure> {
+        let Some(path) = &self.responder else {
+            return Ok(());
+        };
+        responder::spawn(path, self.tokens.clone()).map_err(|e| {
+            order::Failure::unplaced(format!("acme.responder_socket {}: {e}", path.display()))
+        })?;
+        tracing::info!(phase = "acme", socket = %path.display(), "acme challenge responder listening");
+        self.responder = None;
+        Ok(())
+    }
+
+    /// Sleeps up to `d`, or until the wanted certificates change.
+    fn wait<'a>(&'a self, s: MutexGuard<'a, State>, d: Duration) -> MutexGuard<'a, State> {
+        self.acme
+            .shared
+            .changed
+            .wait_timeout(s, d)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
+    }
+
+    /// The account for `acme`: the one in use, the stored one, or a new one.
+    async fn account(
+        &mut self,
+        acme: &vpsie_lb_model::Acme,
+    ) -> Result<instant_acme::Account, order::Failure> {
+        let key = (acme.directory_url.clone(), acme.email.clone());
+        if let Some(a) = self.accounts.get(&key) {
+            return Ok(a.clone());
+        }
+        let a = order::account(&self.acme.shared.store, acme, self.ca_file.as_deref()).await?;
+        self.accounts.insert(key, a.clone());
+        Ok(a)
+    }
+
+    /// One order, registering again once if the server lost the account.
+    async fn order(
+        &mut self,
+        acme: &vpsie_lb_model::Acme,
+    ) -> Result<(String, String), order::Failure> {
+        let account = self.account(acme).await?;
+        let first = self.obtain(&account, acme).await;
+        match &first {
+            Err(f) if f.account_gone => {}
+            _ => return first,
+        }
+        tracing::warn!(phase = "acme", directory = %acme.directory_url, "the acme server does not know our account; registering again");
+        self.accounts
+            .remove(&(acme.directory_url.clone(), acme.email.clone()));
+        if let Err(e) = self
+            .acme
+            .shared
+            .store
+            .forget_account(&acme.directory_url, acme.email.as_deref())
+        {
+            tracing::warn!(phase = "acme", error = %e, "could not remove the stale account");
+        }
+        let account = self.account(acme).await?;
+        self.obtain(&account, acme).await
+    }
+
+    async fn obtain(
+        &self,
+        account: &instant_acme::Account,
+        acme: &vpsie_lb_model::Acme,
+    ) -> Result<(String, String), order::Failure> {
+        let placed = order::obtain(account, acme, &self.tokens);
+        match tokio::time::timeout(ORDER_TIMEOUT, placed).await {
+            Ok(r) => r,
+            Err(_) => Err(order::Failure::placed(format!(
+                "no certificate within {} s",
+                ORDER_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// Stores what came, or records why nothing did, and queues the event.
+    fn settle(
+        &self,
+        lb: &str,
+        acme: &vpsie_lb_model::Acme,
+        result: Result<(String, String), order::Failure>,
+    ) {
+        let shared = &self.acme.shared;
+        let saved = result.and_then(|(key, chain)| {
+            shared
+                .store
+                .save(lb, acme, &key, &chain)
+                .map_err(|e| order::Failure::placed(format!("store the certificate: {e}")))
+        });
+        let mut s = self.acme.lock();
+        s.ordering = None;
+        let names = acme.domains.join(", ");
+        let event = match saved {
+            Ok(stored) => {
+                let renewed = s.stored.contains_key(lb);
+                s.attempts.remove(lb);
+                shared.metrics.order(lb, "issued");
+                let until = crate::report::rfc3339(stored.not_after);
+                tracing::info!(phase = "acme", lb_id = %lb, not_after = %until, "certificate stored");
+                let word = if renewed { "renewed" } else { "issued" };
+                let e = Event {
+                    lb: lb.to_owned(),
+                    kind: EventKind::CertificateIssued,
+                    message: format!("certificate for {names} {word}, valid until {until}"),
+                    metadata: json!({"domains": acme.domains, "not_after": until, "renewal": renewed}),
+                };
+                s.stored.insert(lb.to_owned(), stored);
+                e
+            }
+            Err(f) => {
+                let attempts = s.attempts.entry(lb.to_owned()).or_default();
+                let wait = attempts.failed(now(), f.order_placed, f.message.clone());
+                shared.metrics.order(lb, "failed");
+                tracing::warn!(phase = "acme", lb_id = %lb, error = %f.message, retry_in_s = wait, "certificate order failed");
+                Event {
+                    lb: lb.to_owned(),
+                    kind: EventKind::CertificateFailed,
+                    message: format!(
+                        "certificate for {names} not obtained: {}; next attempt in {wait} s",
+                        f.message
+                    ),
+                    metadata: json!({"domains": acme.domains, "error": f.message, "retry_in_s": wait,
+                                     "failures": attempts.failures}),
+                }
+            }
+        };
+        s.events.push(event);
+    }
+}

@@ -1,0 +1,203 @@
+//! One certificate order over RFC 8555 with `instant-acme`: the account
+//! (created once and kept), the order, an HTTP-01 challenge per name
+//! answered by our responder through Envoy, then finalize and download.
+
+use std::path::Path;
+use std::time::Duration;
+
+use instant_acme::{
+    Account, AccountBuilder, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier,
+    NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+
+use super::Tokens;
+use super::store::Store;
+
+/// Why an order did not give a certificate.
+#[derive(Debug)]
+pub struct Failure {
+    /// What went wrong, for events, logs and status.
+    pub message: String,
+    /// Whether the server had accepted an order: it then counts against
+    /// the server's limits, and the next try waits longer.
+    pub order_placed: bool,
+    /// The server does not know our account (it was deactivated, or the
+    /// server lost its state): register again rather than retry with it.
+    pub account_gone: bool,
+}
+
+impl Failure {
+    fn before_order(what: &str, e: impl std::fmt::Display) -> Failure {
+        Failure::unplaced(format!("{what}: {e}"))
+    }
+
+    fn in_order(what: &str, e: impl std::fmt::Display) -> Failure {
+        Failure::placed(format!("{what}: {e}"))
+    }
+
+    /// A failure before any order reached the server.
+    pub fn unplaced(message: String) -> Failure {
+        Failure {
+            message,
+            order_placed: false,
+            account_gone: false,
+        }
+    }
+
+    /// A failure that came after the order was placed, or a timeout.
+    pub fn placed(message: String) -> Failure {
+        Failure {
+            message,
+            order_placed: true,
+            account_gone: false,
+        }
+    }
+
+    fn new_order(e: instant_acme::Error) -> Failure {
+        let gone = matches!(&e, instant_acme::Error::Api(p)
+            if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist"));
+        Failure {
+            account_gone: gone,
+            ..Failure::before_order("new order", e)
+        }
+    }
+}
+
+/// How long the server may take to validate the challenges, and then to issue.
+const VALIDATION_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// An HTTP client for the directory: the system's roots, or only the
+/// operator's CA file (a private or test ACME server).
+fn builder(ca_file: Option<&Path>) -> Result<AccountBuilder, Failure> {
+    match ca_file {
+        Some(f) => Account::builder_with_root(f).map_err(|e| {
+            Failure::before_order(&format!("acme.directory_ca_file {}", f.display()), e)
+        }),
+        None => {
+            Account::builder().map_err(|e| Failure::before_order("the system's trust roots", e))
+        }
+    }
+}
+
+/// The account for `acme`'s directory and contact: the stored one, or a
+/// new one, stored at once so a restart does not make another.
+pub async fn account(
+    store: &Store,
+    acme: &vpsie_lb_model::Acme,
+    ca_file: Option<&Path>,
+) -> Result<Account, Failure> {
+    let email = acme.email.as_deref();
+    let saved = store
+        .account(&acme.directory_url, email)
+        .map_err(|e| Failure::before_order("read the account", e))?;
+    if let Some(json) = saved {
+        let creds: AccountCredentials = serde_json::from_str(&json)
+            .map_err(|e| Failure::before_order("the stored account", e))?;
+        return builder(ca_file)?
+            .from_credentials(creds)
+            .await
+            .map_err(|e| Failure::before_order(&format!("directory {}", acme.directory_url), e));
+    }
+    let contact = email.map(|e| format!("mailto:{e}"));
+    let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+    let (account, creds) = builder(ca_file)?
+        .create(
+            &NewAccount {
+                contact: &contacts,
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            acme.directory_url.clone(),
+            None,
+        )
+        .await
+        .map_err(|e| Failure::before_order(&format!("register at {}", acme.directory_url), e))?;
+    let json = serde_json::to_string(&creds).map_err(|e| Failure::before_order("account", e))?;
+    store
+        .save_account(&acme.directory_url, email, &json)
+        .map_err(|e| Failure::before_order("save the account", e))?;
+    Ok(account)
+}
+
+/// Orders a certificate for `acme.domains`: the key (PEM) and the chain (PEM).
+pub async fn obtain(
+    account: &Account,
+    acme: &vpsie_lb_model::Acme,
+    tokens: &Tokens,
+) -> Result<(String, String), Failure> {
+    let ids: Vec<Identifier> = acme.domains.iter().cloned().map(Identifier::Dns).collect();
+    let mut order = account
+        .new_order(&NewOrder::new(&ids))
+        .await
+        .map_err(Failure::new_order)?;
+    let mut mine = Vec::new();
+    let answered = answer_challenges(&mut order, tokens, &mut mine).await;
+    let result = match answered {
+        Ok(()) => finish(&mut order).await,
+        Err(e) => Err(e),
+    };
+    if let Ok(mut t) = tokens.lock() {
+        for token in mine {
+            t.remove(&token);
+        }
+    }
+    result
+}
+
+/// Puts each pending authorization's HTTP-01 answer where the responder
+/// finds it and tells the server to check; `mine` collects the tokens.
+async fn answer_challenges(
+    order: &mut instant_acme::Order,
+    tokens: &Tokens,
+    mine: &mut Vec<String>,
+) -> Result<(), Failure> {
+    let mut authorizations = order.authorizations();
+    while let Some(next) = authorizations.next().await {
+        let mut authz = next.map_err(|e| Failure::in_order("authorization", e))?;
+        match authz.status {
+            AuthorizationStatus::Pending => {}
+            AuthorizationStatus::Valid => continue,
+            other => {
+                return Err(Failure::in_order("authorization", format!("{other:?}")));
+            }
+        }
+        let name = authz.identifier().to_string();
+        let mut challenge = authz
+            .challenge(ChallengeType::Http01)
+            .ok_or_else(|| Failure::in_order(&name, "the server offers no http-01 challenge"))?;
+        let answer = challenge.key_authorization().as_str().to_owned();
+        if let Ok(mut t) = tokens.lock() {
+            t.insert(challenge.token.clone(), answer);
+        }
+        mine.push(challenge.token.clone());
+        challenge
+            .set_ready()
+            .await
+            .map_err(|e| Failure::in_order(&name, e))?;
+    }
+    Ok(())
+}
+
+/// Waits for validation, finalizes with a new key and downloads the chain.
+async fn finish(order: &mut instant_acme::Order) -> Result<(String, String), Failure> {
+    let retries = RetryPolicy::new().timeout(VALIDATION_TIMEOUT);
+    let status = order
+        .poll_ready(&retries)
+        .await
+        .map_err(|e| Failure::in_order("validation", e))?;
+    if status != OrderStatus::Ready {
+        return Err(Failure::in_order(
+            "validation",
+            format!("the order is {status:?}; see the server's problem for each name"),
+        ));
+    }
+    let key = order
+        .finalize()
+        .await
+        .map_err(|e| Failure::in_order("finalize", e))?;
+    let chain = order
+        .poll_certificate(&retries)
+        .await
+        .map_err(|e| Failure::in_order("download", e))?;
+    Ok((key, chain))
+}
