@@ -159,7 +159,11 @@ impl Acme {
                 }
             }
         }
-        s.attempts.retain(|lb, _| wanted.contains_key(lb));
+        // A load balancer whose names or directory changed starts afresh:
+        // the failures (and the hour's wait) were for another order.
+        let before = std::mem::take(&mut s.wanted);
+        s.attempts
+            .retain(|lb, _| wanted.get(lb).is_some_and(|w| before.get(lb) == Some(w)));
         s.wanted = wanted;
         self.shared.metrics.keep_only(&s.wanted, &s.stored);
         self.shared.changed.notify_all();
@@ -438,5 +442,65 @@ impl Worker {
             }
         };
         s.events.push(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acme(domains: &[&str]) -> vpsie_lb_model::Acme {
+        vpsie_lb_model::Acme::new(
+            domains.iter().map(|d| (*d).to_owned()).collect(),
+            None,
+            "https://127.0.0.1:1/dir".into(),
+        )
+    }
+
+    #[test]
+    fn changed_names_forget_the_failures_of_the_old_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inbox = crate::controller::Inbox::new();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let handle = Acme::start(
+            Settings {
+                state_dir: dir.path().to_owned(),
+                responder_socket: dir.path().join("acme.sock"),
+                directory_ca_file: None,
+                // A standby node: the thread never orders in this test.
+                may_order: Some(Box::new(|| false)),
+            },
+            AcmeMetrics::register(&mut registry),
+            inbox.trigger(),
+        )
+        .expect("start");
+        let one = |a| BTreeMap::from([("shop".to_owned(), a)]);
+        handle.want(one(acme(&["a.example.com"])));
+        let failed = Attempts {
+            failures: 1,
+            not_before: i64::MAX,
+            last_error: Some("challenge failed".into()),
+        };
+        handle.lock().attempts.insert("shop".into(), failed.clone());
+        // Another load balancer comes: shop's wait stands.
+        let mut two = one(acme(&["a.example.com"]));
+        two.insert("other".into(), acme(&["b.example.com"]));
+        handle.want(two);
+        assert_eq!(handle.lock().attempts.get("shop"), Some(&failed));
+        // The thread finds it may not order (it does so on its own time).
+        vpsie_lb_testkit::poll_until("standby", Duration::from_secs(10), || {
+            match handle.status()[1].state.as_str() {
+                "standby" => Ok(()),
+                other => Err(other.to_owned()),
+            }
+        });
+        // Its names change: the next order need not wait for the old one's hour.
+        handle.want(one(acme(&["a.example.com", "www.example.com"])));
+        assert_eq!(handle.lock().attempts.get("shop"), None);
+        assert!(
+            !dir.path().join("acme.sock").exists(),
+            "a standby node bound the responder"
+        );
+        handle.stop();
     }
 }
