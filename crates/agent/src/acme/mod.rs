@@ -195,13 +195,17 @@ impl Acme {
             .map(|(lb, acme)| {
                 let stored = s.stored.get(lb);
                 let attempts = s.attempts.get(lb);
-                let need = schedule::need(acme, stored, now);
-                let state = match (stored, need) {
-                    (_, _) if s.ordering.as_deref() == Some(lb.as_str()) => "ordering",
-                    (_, Need::Order(_)) if s.standby => "standby",
-                    (None, _) => "waiting",
-                    (Some(_), Need::Nothing { .. }) => "valid",
-                    (Some(_), Need::Order(_)) => "renewing",
+                let due = matches!(schedule::need(acme, stored, now), Need::Order(_));
+                let state = if s.ordering.as_deref() == Some(lb.as_str()) {
+                    "ordering"
+                } else if due && s.standby {
+                    "standby"
+                } else if stored.is_none() {
+                    "waiting"
+                } else if due {
+                    "renewing"
+                } else {
+                    "valid"
                 };
                 CertificateStatus {
                     load_balancer: lb.clone(),

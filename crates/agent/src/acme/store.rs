@@ -159,9 +159,7 @@ impl Store {
         ensure_private_dir(path.parent().unwrap_or(&self.root))?;
         fsutil::write_atomic(&path, credentials.as_bytes(), ACCOUNT_MODE)
     }
-}
 
-impl Store {
     /// Forgets an account the server no longer knows, so the next order registers anew.
     pub fn forget_account(&self, directory_url: &str, email: Option<&str>) -> io::Result<()> {
         match std::fs::remove_file(self.account_path(directory_url, email)) {
