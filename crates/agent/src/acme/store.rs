@@ -245,6 +245,17 @@ mod tests {
     }
 
     #[test]
+    fn a_corrupt_record_is_an_error_that_names_it_never_a_missing_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        let cert_dir = store.cert_dir("shop");
+        std::fs::create_dir_all(&cert_dir).expect("mkdir");
+        std::fs::write(cert_dir.join("issued.json"), "{not json").expect("write");
+        let err = store.load("shop").expect_err("corrupt record");
+        assert!(err.to_string().contains("issued.json"), "{err}");
+    }
+
+    #[test]
     fn a_chain_that_is_not_a_certificate_is_refused_with_the_reason() {
         let err = validity(b"-----BEGIN NONSENSE-----\nAAAA\n-----END NONSENSE-----\n")
             .expect_err("not a certificate");
