@@ -11,6 +11,15 @@ use serde_json::{Value, json};
 use vpsie_lb_testkit::envoy::Envoy;
 use vpsie_lb_testkit::{free_port, poll_until};
 
+mod agent;
+mod load;
+
+// Each test binary uses some of these; none uses all.
+#[allow(unused_imports)]
+pub use agent::{RunningAgent, agent_config, agent_config_via};
+#[allow(unused_imports)]
+pub use load::Load;
+
 /// Path of the agent binary under test.
 pub fn agent_bin() -> &'static str {
     env!("CARGO_BIN_EXE_vpsie-lb-agent")
@@ -435,85 +444,6 @@ impl Lab {
     }
 }
 
-/// A `vpsie-lb-agent run` process; killed (with its Envoy) when dropped.
-pub struct RunningAgent {
-    pub child: std::process::Child,
-    pub log: PathBuf,
-    bootstrap: PathBuf,
-}
-
-impl RunningAgent {
-    pub fn start(dir: &Path, config: &Path) -> RunningAgent {
-        Self::start_with_env(dir, config, &[])
-    }
-
-    /// Like `start`, with extra environment variables.
-    pub fn start_with_env(dir: &Path, config: &Path, env: &[(&str, &str)]) -> RunningAgent {
-        let log = dir.join(format!(
-            "agent-{}.log",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock")
-                .as_nanos()
-        ));
-        let out = std::fs::File::create(&log).expect("agent log");
-        let child = std::process::Command::new(agent_bin())
-            .args(["run", "--config", config.to_str().expect("path")])
-            .envs(env.iter().copied())
-            .stdin(std::process::Stdio::null())
-            .stdout(out.try_clone().expect("dup"))
-            .stderr(out)
-            .spawn()
-            .expect("start agent");
-        RunningAgent {
-            child,
-            log,
-            bootstrap: dir.join("envoy/bootstrap.yaml"),
-        }
-    }
-
-    /// SIGTERM, then the exit status, which must come within `within`.
-    pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
-        vpsie_lb_testkit::signal(self.child.id(), "TERM");
-        let child = &mut self.child;
-        poll_until("agent exit after SIGTERM", within, || {
-            child
-                .try_wait()
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| "running".to_owned())
-        })
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn envoy_pids(&self) -> Vec<u32> {
-        vpsie_lb_testkit::pids_with_arg(self.bootstrap.to_str().expect("path"))
-    }
-
-    pub fn wait_log(&self, what: &str, needle: &str) {
-        poll_until(what, Duration::from_secs(20), || {
-            if self.log().contains(needle) {
-                Ok(())
-            } else {
-                Err(self.log())
-            }
-        });
-    }
-}
-
-impl Drop for RunningAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // A killed agent leaves its Envoy (own process group) behind.
-        for pid in self.envoy_pids() {
-            vpsie_lb_testkit::signal(pid, "KILL");
-        }
-    }
-}
-
 /// Whether 6 requests to `port` reach `backend` at least once.
 pub fn serves(port: u16, backend: &str) -> Result<(), String> {
     let counts = vpsie_lb_testkit::http::count_by_backend(port, 6);
@@ -521,103 +451,5 @@ pub fn serves(port: u16, backend: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{counts:?}"))
-    }
-}
-
-/// Writes `dir/agent.yaml`: `source` (the source and vpsie keys) plus a
-/// managed Envoy with its admin on `admin`, state and logs under `dir`.
-pub fn agent_config(dir: &Path, admin: u16, source: &str) -> PathBuf {
-    agent_config_via(dir, admin, source, Via::Files)
-}
-
-/// [`agent_config`] with the delivery `via`.
-pub fn agent_config_via(dir: &Path, admin: u16, source: &str, via: Via) -> PathBuf {
-    let path = dir.join("agent.yaml");
-    // Tests run in parallel: each agent's endpoints need their own port.
-    let own_port;
-    let source = if source.contains("\nagent:") || source.starts_with("agent:") {
-        source
-    } else {
-        own_port = format!(
-            "{source}agent: {{listen_address: 127.0.0.1:{}}}\n",
-            free_port()
-        );
-        own_port.as_str()
-    };
-    let delivery = match via {
-        Via::Files => String::new(),
-        Via::Xds => format!(
-            "  delivery: xds\n  xds_socket: {}/xds.sock\n",
-            dir.display()
-        ),
-    };
-    let text = format!(
-        "{source}envoy:\n  config_dir: {d}/envoy\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: 127.0.0.1\n  manage: true\n  drain_time: 1s\n  access_log: {d}/access.log\n{delivery}state_dir: {d}/state\nlogging: {{level: info, format: json}}\nallowed_backend_networks: [127.0.0.0/8]\n",
-        d = dir.display(),
-        bin = vpsie_lb_testkit::envoy::envoy_bin().display(),
-    );
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
-/// Requests to one port in a loop until stopped, counting what failed.
-/// Bounded: it stops by itself after 5 minutes.
-pub struct Load {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    thread: std::thread::JoinHandle<(u64, Vec<String>)>,
-}
-
-impl Load {
-    /// Starts requesting `GET /` on `port`.
-    pub fn start(port: u16) -> Load {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let count = answered.clone();
-        let thread = std::thread::spawn(move || {
-            let (mut ok, mut failed) = (0u64, Vec::new());
-            let deadline = std::time::Instant::now() + Duration::from_secs(300);
-            while !flag.load(std::sync::atomic::Ordering::SeqCst)
-                && std::time::Instant::now() < deadline
-            {
-                match vpsie_lb_testkit::http::get(port, "/") {
-                    Ok(r) if r.status == 200 => {
-                        ok += 1;
-                        count.store(ok, std::sync::atomic::Ordering::SeqCst);
-                    }
-                    other => failed.push(format!("{:?}", other.map(|r| r.status))),
-                }
-            }
-            (ok, failed)
-        });
-        Load {
-            stop,
-            answered,
-            thread,
-        }
-    }
-
-    /// Waits until `n` more requests were answered 200 than now.
-    pub fn wait_for_more(&self, n: u64) {
-        let want = self.answered.load(std::sync::atomic::Ordering::SeqCst) + n;
-        poll_until(
-            &format!("{n} more requests answered"),
-            Duration::from_secs(60),
-            || {
-                let now = self.answered.load(std::sync::atomic::Ordering::SeqCst);
-                if now >= want {
-                    Ok(())
-                } else {
-                    Err(format!("{now} of {want}"))
-                }
-            },
-        );
-    }
-
-    /// Stops and returns (requests answered 200, what the others got).
-    pub fn stop(self) -> (u64, Vec<String>) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.thread.join().expect("load thread")
     }
 }
