@@ -93,6 +93,26 @@ pub struct LbStatus {
     pub last_error: Option<String>,
     /// The served backends, with Envoy's view of their health.
     pub backends: Vec<BackendStatus>,
+    /// Backends a change removed or disabled that still hold their
+    /// in-flight connections (the deregistration delay).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<DrainingStatus>,
+}
+
+/// A backend in its deregistration delay: no new connections, the open
+/// ones kept until `until`, then closed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainingStatus {
+    /// Backend id.
+    pub id: String,
+    /// The pool it left.
+    pub pool: String,
+    /// Address as configured.
+    pub address: String,
+    /// Port.
+    pub port: u16,
+    /// When its remaining connections are closed, RFC 3339.
+    pub until: String,
 }
 
 /// One backend.
@@ -181,6 +201,12 @@ impl AgentStatus {
                     b.id, b.pool, b.address, b.port, health
                 ));
             }
+            for d in &lb.draining {
+                out.push_str(&format!(
+                    "  {:<18} {:<12} {:<39} {:<6} draining until {}\n",
+                    d.id, d.pool, d.address, d.port, d.until
+                ));
+            }
         }
         out
     }
@@ -245,6 +271,8 @@ pub struct StatusInput<'a> {
     pub problems: &'a BTreeMap<String, String>,
     /// Envoy's hosts, or `None` when its admin API did not answer.
     pub hosts: Option<&'a [crate::envoy_admin::HostHealth]>,
+    /// The config Envoy serves, with the backends still draining.
+    pub served: Option<&'a vpsie_lb_model::Config>,
     /// Whether Envoy serves a config it confirmed.
     pub serving_verified: bool,
     /// How the pass ended, lowercase.
@@ -303,6 +331,7 @@ pub fn build(input: &StatusInput<'_>) -> StatusView {
                 last_result: input.last_result.clone(),
                 last_error: problem.cloned(),
                 backends,
+                draining: draining(id, input.served),
             },
         );
         view.reports.push(StatusReport {
@@ -313,6 +342,23 @@ pub fn build(input: &StatusInput<'_>) -> StatusView {
         });
     }
     view
+}
+
+/// The backends of load balancer `id` that `served` still drains.
+fn draining(id: &str, served: Option<&vpsie_lb_model::Config>) -> Vec<DrainingStatus> {
+    let Some(lb) = served.and_then(|c| c.load_balancers.iter().find(|lb| lb.id == id)) else {
+        return vec![];
+    };
+    lb.all_pools()
+        .flat_map(|p| p.draining.iter().map(move |d| (p, d)))
+        .map(|(p, d)| DrainingStatus {
+            id: d.backend.id.clone(),
+            pool: p.id.clone(),
+            address: d.backend.address.to_string(),
+            port: d.backend.port,
+            until: crate::report::rfc3339((d.until_ms / 1000) as i64),
+        })
+        .collect()
 }
 
 /// A document's version: the first 12 hex digits of the SHA-256 of its JSON.
@@ -448,10 +494,64 @@ mod tests {
             fetched: &BTreeMap::new(),
             problems: &problems,
             hosts,
+            served: None,
             serving_verified: true,
             last_result: "applied".into(),
             now: "2026-01-01T00:00:00Z".into(),
         })
+    }
+
+    #[test]
+    fn a_backend_in_its_deregistration_delay_is_shown_draining_until_its_end() {
+        let lb = |backends: serde_json::Value| {
+            json!({"id": "web", "name": "web", "protocol": "http", "port": 80,
+                   "deregistration_delay": 30, "backends": backends})
+        };
+        let both = lb(json!([{"id": "a", "address": "10.0.0.1", "port": 80},
+                             {"id": "b", "address": "10.0.0.2", "port": 80}]));
+        let one = lb(json!([{"id": "a", "address": "10.0.0.1", "port": 80}]));
+        let config = |doc: &serde_json::Value| {
+            vpsie_lb_model::validate(doc, &Default::default())
+                .expect("valid")
+                .config
+        };
+        let served = vpsie_lb_model::drain::overlay(Some(&config(&both)), config(&one), 1_000_000);
+        let good = BTreeMap::from([("web".to_owned(), one)]);
+        let view = build(&StatusInput {
+            good: &good,
+            good_version: "",
+            fetched: &BTreeMap::new(),
+            problems: &BTreeMap::new(),
+            hosts: Some(&[]),
+            served: Some(&served),
+            serving_verified: true,
+            last_result: "applied".into(),
+            now: "2026-01-01T00:00:00Z".into(),
+        });
+        let web = &view.snapshot.load_balancers["web"];
+        assert_eq!(
+            web.draining,
+            [DrainingStatus {
+                id: "b".into(),
+                pool: "default".into(),
+                address: "10.0.0.2".into(),
+                port: 80,
+                until: "1970-01-01T00:17:10Z".into(),
+            }]
+        );
+        let table = view.snapshot.table();
+        assert!(
+            table.contains("draining until 1970-01-01T00:17:10Z"),
+            "{table}"
+        );
+        // Nothing draining: the key is left out of /status.
+        let json =
+            serde_json::to_value(&build_with(&[("web", doc(json!([])))], &[], None).snapshot)
+                .expect("json");
+        assert!(
+            json["load_balancers"]["web"].get("draining").is_none(),
+            "{json}"
+        );
     }
 
     #[test]

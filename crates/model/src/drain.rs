@@ -8,6 +8,7 @@
 //! other record and every step is a pure function of its inputs.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 use crate::model::{Address, Backend, Config, Draining, LoadBalancer, Pool};
 
@@ -51,10 +52,7 @@ pub fn overlay(served: Option<&Config>, mut next: Config, now_ms: u64) -> Config
 
 /// The draining list of `pool`, which replaces `old` in the served config.
 fn draining(old: &Pool, pool: &Pool, now_ms: u64, until: u64) -> Vec<Draining> {
-    let resolves_names = pool
-        .enabled_backends()
-        .any(|b| matches!(b.address, Address::Hostname(_)));
-    if resolves_names {
+    if resolves_names(pool) {
         return vec![];
     }
     let mut taken: BTreeSet<Endpoint> = pool.enabled_backends().map(endpoint).collect();
@@ -74,6 +72,13 @@ fn draining(old: &Pool, pool: &Pool, now_ms: u64, until: u64) -> Vec<Draining> {
         }
     }
     out
+}
+
+/// Whether Envoy resolves `pool`'s backends itself (a host name among
+/// them): its health states then come from DNS, not EDS, so nothing drains.
+fn resolves_names(pool: &Pool) -> bool {
+    pool.enabled_backends()
+        .any(|b| matches!(b.address, Address::Hostname(_)))
 }
 
 fn pools_mut(lb: &mut LoadBalancer) -> impl Iterator<Item = &mut Pool> {
@@ -127,4 +132,81 @@ fn pools(c: &Config) -> impl Iterator<Item = (&str, &Pool)> {
     c.load_balancers
         .iter()
         .flat_map(|lb| lb.all_pools().map(move |p| (lb.id.as_str(), p)))
+}
+
+/// A running drain as plain values: what the agent saves so that a restart
+/// resumes it instead of dropping the backend at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedDrain {
+    /// The load balancer's id.
+    pub lb: String,
+    /// The pool's id (`default` for the top-level backends).
+    pub pool: String,
+    /// The backend's id.
+    pub id: String,
+    /// Its address: only backends given by IP drain.
+    pub ip: IpAddr,
+    /// Its port.
+    pub port: u16,
+    /// Its weight as last served.
+    pub weight: u32,
+    /// When its connections are closed, in milliseconds since the Unix epoch.
+    pub until_ms: u64,
+}
+
+/// The drains `config` runs, to save.
+pub fn saved(config: &Config) -> Vec<SavedDrain> {
+    pools(config)
+        .flat_map(|(lb, p)| p.draining.iter().map(move |d| (lb, p, d)))
+        .filter_map(|(lb, p, d)| {
+            let Address::Ip(ip) = d.backend.address else {
+                return None;
+            };
+            Some(SavedDrain {
+                lb: lb.to_owned(),
+                pool: p.id.clone(),
+                id: d.backend.id.clone(),
+                ip,
+                port: d.backend.port,
+                weight: d.backend.weight,
+                until_ms: d.until_ms,
+            })
+        })
+        .collect()
+}
+
+/// What Envoy served before a restart, as far as drains go: `config` (the
+/// restored last-known-good, nothing draining) with the `saved` drains back
+/// in their pools, each ending no later than its load balancer's delay from
+/// `now_ms`. Left out: drains whose load balancer or pool is gone, whose
+/// pool resolves host names, or whose endpoint the pool serves again.
+/// Drains that ended while the agent was away are kept: [`overlay`] then
+/// ends them and [`ended`] names them, so their connections are closed as
+/// after any drain.
+pub fn resume(mut config: Config, saved: &[SavedDrain], now_ms: u64) -> Config {
+    for lb in &mut config.load_balancers {
+        let cap = now_ms.saturating_add(u64::from(lb.deregistration_delay) * 1000);
+        let id = lb.id.clone();
+        for pool in pools_mut(lb) {
+            if resolves_names(pool) {
+                continue;
+            }
+            let mut taken: BTreeSet<Endpoint> = pool.enabled_backends().map(endpoint).collect();
+            for s in saved.iter().filter(|s| s.lb == id && s.pool == pool.id) {
+                if taken.insert((Address::Ip(s.ip), s.port)) {
+                    pool.draining.push(Draining {
+                        backend: Backend {
+                            id: s.id.clone(),
+                            address: Address::Ip(s.ip),
+                            port: s.port,
+                            weight: s.weight,
+                            enabled: true,
+                        },
+                        until_ms: s.until_ms.min(cap),
+                    });
+                }
+            }
+        }
+    }
+    config
 }

@@ -285,3 +285,57 @@ fn an_endpoint_another_load_balancer_serves_is_never_cut() {
     assert!(third.load_balancers[0].default_pool.draining.is_empty());
     assert!(ended(&second, &third).is_empty(), "b still serves it");
 }
+
+/// The octets (with their end, in seconds) draining in the default pool.
+fn draining_of(c: &Config) -> Vec<(u8, u64)> {
+    c.load_balancers[0]
+        .default_pool
+        .draining
+        .iter()
+        .map(|d| (octet(&d.backend.address), d.until_ms / 1000))
+        .collect()
+}
+
+/// A restart: drains saved at 100 s (b2 until 130, b3 until 110), resumed
+/// at `now` on a document with `delay` and `backends`, then the first pass:
+/// what drains after it, and what it ends.
+fn resumed_at(now: u64, delay: u32, backends: &[B]) -> (Vec<(u8, u64)>, Vec<u8>) {
+    let before = overlay(
+        Some(&overlay(
+            Some(&doc(30, &[(1, true), (2, true), (3, true)])),
+            doc(10, &[(1, true), (2, true)]),
+            100_000,
+        )),
+        doc(30, &[(1, true)]),
+        100_000,
+    );
+    assert_eq!(draining_of(&before), [(3, 110), (2, 130)]);
+    let saved = vpsie_lb_model::drain::saved(&before);
+    let resumed = vpsie_lb_model::drain::resume(doc(delay, backends), &saved, now * 1000);
+    let next = overlay(Some(&resumed), doc(delay, backends), now * 1000);
+    let cut = ended(&resumed, &next)
+        .iter()
+        .map(|(_, b)| octet(&b.address))
+        .collect();
+    (draining_of(&next), cut)
+}
+
+#[test]
+fn a_restart_resumes_the_saved_drains_and_ends_those_that_ended_meanwhile() {
+    // Both still running: resumed as they were.
+    assert_eq!(
+        resumed_at(105, 30, &[(1, true)]),
+        (vec![(3, 110), (2, 130)], vec![])
+    );
+    // b3's drain ended while the agent was away: ended now, to be closed.
+    assert_eq!(resumed_at(115, 30, &[(1, true)]), (vec![(2, 130)], vec![3]));
+    // A shorter delay now caps the resumed drain.
+    assert_eq!(resumed_at(115, 5, &[(1, true)]), (vec![(2, 120)], vec![3]));
+    // Delay 0 ends both at once.
+    assert_eq!(resumed_at(105, 0, &[(1, true)]), (vec![], vec![3, 2]));
+    // Served again: active, nothing drains and nothing is cut.
+    assert_eq!(
+        resumed_at(105, 30, &[(1, true), (2, true), (3, true)]),
+        (vec![], vec![])
+    );
+}

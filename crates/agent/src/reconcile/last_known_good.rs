@@ -28,25 +28,31 @@ impl<D: Delivery> Reconciler<D> {
         // Through the render cache: the first pass usually fetches these same
         // documents, and at 1,000 load balancers a render is the costly part.
         let good = self.good.clone();
-        let (config, files) = self
-            .prepare(&good, None)
+        let base = self
+            .validate_all(&good)
             .map_err(|e| format!("render last-known-good: {e}"))?;
-        match self.delivery.restore(&files) {
-            Ok(Outcome::Unchanged) => {
-                self.serving_verified = true;
-                self.served = Some(config);
-                Ok(PassResult::Unchanged)
-            }
-            Ok(Outcome::Applied) => {
-                self.serving_verified = true;
-                self.served = Some(config);
-                reporter.note("restored last-known-good config");
-                Ok(PassResult::Applied)
-            }
-            Ok(Outcome::RolledBack(e)) => Err(format!("envoy refused last-known-good: {e}")),
-            Ok(Outcome::Interrupted(e)) => Err(format!("restore last-known-good: {e}")),
-            Err(e) => Err(format!("restore last-known-good: {e}")),
+        if self.served.is_none() {
+            self.resume_drains(&base, reporter);
         }
+        let (config, files) = self
+            .prepare(&good, Some(base))
+            .map_err(|e| format!("render last-known-good: {e}"))?;
+        let result = match self.delivery.restore(&files) {
+            Ok(Outcome::Unchanged) => PassResult::Unchanged,
+            Ok(Outcome::Applied) => {
+                reporter.note("restored last-known-good config");
+                PassResult::Applied
+            }
+            Ok(Outcome::RolledBack(e)) => {
+                return Err(format!("envoy refused last-known-good: {e}"));
+            }
+            Ok(Outcome::Interrupted(e)) => return Err(format!("restore last-known-good: {e}")),
+            Err(e) => return Err(format!("restore last-known-good: {e}")),
+        };
+        self.serving_verified = true;
+        // Closes what drains that ended while the agent was away left open.
+        self.settle(config, reporter);
+        Ok(result)
     }
 
     /// Records `candidate` as last-known-good, in memory and on disk.

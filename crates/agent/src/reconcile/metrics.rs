@@ -30,6 +30,11 @@ struct BackendLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LbLabels {
+    lb_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
     phase: &'static str,
 }
@@ -45,6 +50,7 @@ pub struct ReconcileMetrics {
     phase_seconds: Family<PhaseLabels, Histogram>,
     rollbacks: Counter,
     backend_healthy: Family<BackendLabels, Gauge>,
+    backends_draining: Family<LbLabels, Gauge>,
     envoy_reachable: Gauge,
 }
 
@@ -60,6 +66,7 @@ impl ReconcileMetrics {
             phase_seconds: Family::new_with_constructor(seconds_histogram),
             rollbacks: Counter::default(),
             backend_healthy: Family::default(),
+            backends_draining: Family::default(),
             envoy_reachable: Gauge::default(),
         };
         registry.register(
@@ -101,6 +108,11 @@ impl ReconcileMetrics {
             "backend_healthy",
             "1 when Envoy would send the backend traffic, 0 when not",
             m.backend_healthy.clone(),
+        );
+        registry.register(
+            "backends_draining",
+            "Backends in their deregistration delay: no new connections, the open ones kept",
+            m.backends_draining.clone(),
         );
         registry.register(
             "envoy_reachable",
@@ -167,6 +179,19 @@ impl ReconcileMetrics {
                     backend_id: backend_id.clone(),
                 })
                 .set(i64::from(*healthy));
+        }
+    }
+
+    /// How many backends drain per load balancer; a load balancer with
+    /// none has no series.
+    pub fn draining(&self, lbs: &std::collections::BTreeMap<String, crate::status::LbStatus>) {
+        self.backends_draining.clear();
+        for (lb_id, lb) in lbs.iter().filter(|(_, lb)| !lb.draining.is_empty()) {
+            self.backends_draining
+                .get_or_create(&LbLabels {
+                    lb_id: lb_id.clone(),
+                })
+                .set(lb.draining.len() as i64);
         }
     }
 

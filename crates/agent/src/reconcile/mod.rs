@@ -126,6 +126,9 @@ pub struct Reconciler<D: Delivery> {
     /// deregistration delay's state across passes. Unknown (`None`) after
     /// a start until last-known-good is restored.
     served: Option<Config>,
+    /// The drains the state directory holds, so a pass whose drains did
+    /// not change writes nothing.
+    drains_saved: Vec<vpsie_lb_model::drain::SavedDrain>,
     /// The WAF policies last written, so a pass that changes none does
     /// not read the file back.
     waf_written: Option<String>,
@@ -165,6 +168,7 @@ impl<D: Delivery> Reconciler<D> {
             times: PhaseTimes::default(),
             last_render: None,
             served: None,
+            drains_saved: Vec::new(),
             waf_written: None,
             acme: None,
         }

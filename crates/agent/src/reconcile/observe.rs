@@ -31,6 +31,7 @@ impl<D: Delivery> Reconciler<D> {
             fetched: &self.fetched,
             problems: &self.problems,
             hosts: hosts.as_deref(),
+            served: self.served.as_ref(),
             serving_verified: self.serving_verified,
             last_result: format!("{result:?}").to_lowercase(),
             now: crate::report::rfc3339_now(),
@@ -42,6 +43,7 @@ impl<D: Delivery> Reconciler<D> {
             reporter.health(lb, backend, *healthy);
         }
         self.observe.metrics.backends(&view.health);
+        self.observe.metrics.draining(&view.snapshot.load_balancers);
         if let Ok(mut s) = self.observe.status.lock() {
             *s = view.snapshot;
         }

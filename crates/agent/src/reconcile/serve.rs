@@ -27,7 +27,7 @@ pub(super) struct Rendered<C> {
 
 impl<D: Delivery> Reconciler<D> {
     /// Validates `docs` together.
-    fn validate_all(&self, docs: &BTreeMap<String, Value>) -> Result<Config, String> {
+    pub(super) fn validate_all(&self, docs: &BTreeMap<String, Value>) -> Result<Config, String> {
         let doc = Value::Array(docs.values().cloned().collect());
         validate(&doc, &self.settings.validate)
             .map(|v| v.config)
@@ -113,6 +113,7 @@ impl<D: Delivery> Reconciler<D> {
             .map(|before| drain::ended(before, &config))
             .unwrap_or_default();
         self.served = Some(config);
+        self.save_drains(reporter);
         for (lb, backend) in ended {
             let vpsie_lb_model::Address::Ip(ip) = backend.address else {
                 continue;
@@ -137,6 +138,37 @@ impl<D: Delivery> Reconciler<D> {
                 serde_json::json!({"backend_id": backend.id, "address": ip.to_string(),
                                    "port": backend.port, "closed": closed}),
             );
+        }
+    }
+
+    /// At start: the drains the last run saved, resumed on `base` (the
+    /// restored last-known-good) as if it had been served with them, so a
+    /// restart neither drops a draining backend at once nor forgets to
+    /// close what is left on it.
+    pub(super) fn resume_drains(&mut self, base: &Config, reporter: &mut dyn Reporter) {
+        match crate::drain::load(&self.settings.state_dir) {
+            Ok(saved) => {
+                let resumed = drain::resume(base.clone(), &saved, crate::drain::now_ms());
+                let n = drain::saved(&resumed).len();
+                if n > 0 {
+                    reporter.note(&format!("resumed {n} drain(s) of the last run"));
+                    self.served = Some(resumed);
+                }
+                self.drains_saved = saved;
+            }
+            Err(e) => reporter.error("drain", &format!("not resumed: {e}")),
+        }
+    }
+
+    /// Saves the drains Envoy serves now, when they changed.
+    fn save_drains(&mut self, reporter: &mut dyn Reporter) {
+        let now = self.served.as_ref().map(drain::saved).unwrap_or_default();
+        if now == self.drains_saved {
+            return;
+        }
+        match crate::drain::save(&self.settings.state_dir, &now) {
+            Ok(()) => self.drains_saved = now,
+            Err(e) => reporter.error("drain", &format!("save the drains: {e}")),
         }
     }
 }
