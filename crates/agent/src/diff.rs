@@ -25,6 +25,9 @@ pub enum Impact {
     EndpointsOnly,
     /// Routes change (a canary weight, a new route): no drain, connections stay.
     RoutesOnly,
+    /// A listener is added (HTTP/3's, a redirect port) and none changes:
+    /// no drain, connections stay.
+    ListenerAdded,
     /// A cluster is rebuilt: upstream connections re-open, no listener drain.
     ClusterRebuilt,
     /// The listener changes: open client connections drain.
@@ -65,14 +68,13 @@ fn impact(id: &str, old: &EnvoyResources, new: &EnvoyResources) -> Impact {
     let json = |items: Vec<Result<Value, vpsie_lb_envoy::RenderError>>| -> Vec<Value> {
         items.into_iter().filter_map(Result::ok).collect()
     };
-    let listeners = |r: &EnvoyResources| {
-        json(
-            r.listeners
-                .iter()
-                .filter(|l| ours(&l.name))
-                .map(vpsie_lb_envoy::to_json)
-                .collect(),
-        )
+    // By name: only a listener changed or removed drains.
+    let listeners = |r: &EnvoyResources| -> BTreeMap<String, Value> {
+        r.listeners
+            .iter()
+            .filter(|l| ours(&l.name))
+            .filter_map(|l| Some((l.name.clone(), vpsie_lb_envoy::to_json(l).ok()?)))
+            .collect()
     };
     let clusters = |r: &EnvoyResources| {
         json(
@@ -92,10 +94,13 @@ fn impact(id: &str, old: &EnvoyResources, new: &EnvoyResources) -> Impact {
                 .collect(),
         )
     };
-    if listeners(old) != listeners(new) {
+    let (before, after) = (listeners(old), listeners(new));
+    if before.iter().any(|(name, l)| after.get(name) != Some(l)) {
         Impact::ListenerDrains
     } else if clusters(old) != clusters(new) {
         Impact::ClusterRebuilt
+    } else if after.len() > before.len() {
+        Impact::ListenerAdded
     } else if routes(old) != routes(new) {
         Impact::RoutesOnly
     } else {
@@ -276,6 +281,9 @@ pub fn render(p: &Preview) -> String {
                     Some(Impact::ClusterRebuilt) => {
                         "a cluster is rebuilt: upstream connections re-open; no listener drains"
                     }
+                    Some(Impact::ListenerAdded) => {
+                        "a listener is added: no drain, connections stay"
+                    }
                     Some(Impact::RoutesOnly) => "routes only: no drain, connections stay",
                     _ => "endpoints only: no drain, connections stay",
                 };
@@ -313,6 +321,28 @@ mod tests {
         );
         let text = render(&p);
         (p, text)
+    }
+
+    /// An https load balancer on 443, with or without HTTP/3.
+    fn https(http3: bool) -> (String, Value) {
+        let (id, mut doc) = lb("web", 443, "round_robin", &[("a", 8080, 1)]);
+        doc["protocol"] = json!("https");
+        doc["http3"] = json!(http3);
+        doc["tls_config"] =
+            json!({"certificate_path": "/etc/tls/c.pem", "private_key_path": "/etc/tls/k.pem"});
+        (id, doc)
+    }
+
+    #[test]
+    fn regression_turning_http3_on_was_planned_as_a_listener_drain() {
+        // On: a QUIC listener joins, the TCP one is untouched.
+        let (p, text) = check(&[https(false)], &[https(true)]);
+        assert_eq!(p.impact["web"], Impact::ListenerAdded, "{text}");
+        assert!(text.contains("0 listener(s) drain"), "{text}");
+        // Off: the QUIC listener closes, and its connections drain.
+        let (p, text) = check(&[https(true)], &[https(false)]);
+        assert_eq!(p.impact["web"], Impact::ListenerDrains, "{text}");
+        assert!(text.contains("1 listener(s) drain"), "{text}");
     }
 
     #[test]
