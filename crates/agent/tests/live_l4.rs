@@ -8,7 +8,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Lab, Via, lb};
+use common::{Lab, Via, lb, serves};
 use serde_json::{Value, json};
 use vpsie_lb_testkit::backend::{HttpBackend, TlsHttpBackend};
 use vpsie_lb_testkit::http;
@@ -200,7 +200,31 @@ fn udp_sessions_reach_backends_and_a_removed_one_gets_no_new_flows(via: Via) {
     assert_eq!(u2.flows(), before, "the removed backend got a new flow");
 }
 
+/// DNS's shape: a tcp and a udp load balancer on one port number, each
+/// reaching its own backends (TCP and UDP sockets are separate).
+fn a_tcp_and_a_udp_load_balancer_share_a_port_number(via: Via) {
+    let u1 = UdpBackend::start("u1");
+    let status = HttpBackend::start("status");
+    let web = HttpBackend::start("t1");
+    let port = free_port();
+    let mut over_udp = udp_doc(port, &[&u1], &status);
+    over_udp["id"] = json!("dns_udp");
+    let over_tcp = lb(
+        "dns_tcp",
+        "tcp",
+        port,
+        "round_robin",
+        &[("t1", web.port(), 1)],
+    );
+    let lab = Lab::start(via, &json!([over_tcp, over_udp]));
+    lab.wait_healthy("dns_udp", 1);
+    let got = udp_backend::ask(port, "q").expect("udp through the load balancer");
+    assert_eq!(got, "u1:q");
+    poll_until("tcp served", Duration::from_secs(15), || serves(port, "t1"));
+}
+
 common::over_deliveries!(
+    a_tcp_and_a_udp_load_balancer_share_a_port_number,
     udp_sessions_reach_backends_and_a_removed_one_gets_no_new_flows,
     proxy_protocol_tells_a_tcp_backend_the_client,
     proxy_protocol_on_http_and_its_health_check,

@@ -34,6 +34,54 @@ fn cross_document_rules() {
     assert!(ok(json!([])).config.load_balancers.is_empty());
 }
 
+/// `base()` as load balancer `id` on `port` over `protocol`, without TLS
+/// unless https.
+fn on(id: &str, protocol: &str, port: u16) -> Value {
+    let mut d = base();
+    d["id"] = json!(id);
+    d["protocol"] = json!(protocol);
+    d["port"] = json!(port);
+    if protocol != "https" {
+        d.as_object_mut().expect("object").remove("tls_config");
+    }
+    d
+}
+
+#[test]
+fn tcp_and_udp_share_a_port_number_but_two_of_one_transport_do_not() {
+    // DNS over both, on 53.
+    check(
+        json!([on("dns-tcp", "tcp", 53), on("dns-udp", "udp", 53)]),
+        &[],
+    );
+    check(
+        json!([on("a", "udp", 53), on("b", "udp", 53)]),
+        &["[1].port: udp port 53 is already used by [0] (load balancer \"a\")"],
+    );
+    // HTTP/3 listens on UDP at the https port, whichever comes first.
+    let mut h3 = on("web", "https", 443);
+    h3["http3"] = json!(true);
+    check(
+        json!([h3.clone(), on("dns", "udp", 443)]),
+        &["[1].port: udp port 443 is already used by [0] (load balancer \"web\" as its http3)"],
+    );
+    check(
+        json!([on("dns", "udp", 443), h3]),
+        &["[1].http3: udp port 443 is already used by [0] (load balancer \"dns\")"],
+    );
+    check(json!([on("web", "https", 443), on("dns", "udp", 443)]), &[]);
+    // A redirect port is TCP.
+    let mut redirecting = on("web", "https", 443);
+    redirecting["redirect_http_port"] = json!(80);
+    check(json!([redirecting.clone(), on("u", "udp", 80)]), &[]);
+    check(
+        json!([redirecting, on("t", "tcp", 80)]),
+        &[
+            "[1].port: port 80 is already used by [0] (load balancer \"web\" as its redirect_http_port)",
+        ],
+    );
+}
+
 #[test]
 fn array_paths_are_prefixed_with_the_index() {
     let mut bad = base();

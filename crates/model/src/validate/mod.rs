@@ -162,13 +162,24 @@ struct Identity {
     path: FieldPath,
     id: Option<String>,
     /// The ports it listens on, by the key that names each.
-    ports: Vec<(&'static str, u16)>,
+    ports: Vec<Listening>,
+}
+
+/// One port a load balancer listens on.
+#[derive(Clone, Copy)]
+struct Listening {
+    /// The key that asks for it (`port`, `redirect_http_port`, `http3`).
+    key: &'static str,
+    port: u16,
+    /// UDP (a `udp` load balancer, HTTP/3's QUIC) or TCP (the rest): the
+    /// two are separate sockets, so one of each may share a number.
+    udp: bool,
 }
 
 /// Rules that span load balancers: unique ids, unique ports, reserved ports.
 fn cross_document(items: &[Identity], opts: &ValidateOptions, cx: &mut Ctx) {
     let mut ids: HashMap<&str, &FieldPath> = HashMap::new();
-    let mut ports: HashMap<u16, (&FieldPath, &str, Option<&str>)> = HashMap::new();
+    let mut ports: HashMap<(u16, bool), (&FieldPath, &str, Option<&str>)> = HashMap::new();
     for item in items {
         if let Some(id) = &item.id {
             match ids.get(id.as_str()) {
@@ -181,13 +192,15 @@ fn cross_document(items: &[Identity], opts: &ValidateOptions, cx: &mut Ctx) {
                 }
             }
         }
-        for &(key, port) in &item.ports {
+        for &Listening { key, port, udp } in &item.ports {
             let at = item.path.key(key);
+            // Reserved ports are refused for both: no load balancer is
+            // expected to need one, and the rule stays one line to read.
             if let Some(r) = opts.reserved_ports.iter().find(|r| r.port == port) {
                 cx.error(&at, format!("port {port} is reserved for {}", r.owner));
             }
-            let Some(&(first, first_key, first_id)) = ports.get(&port) else {
-                ports.insert(port, (&item.path, key, item.id.as_deref()));
+            let Some(&(first, first_key, first_id)) = ports.get(&(port, udp)) else {
+                ports.insert((port, udp), (&item.path, key, item.id.as_deref()));
                 continue;
             };
             let whose = match first_key {
@@ -199,9 +212,10 @@ fn cross_document(items: &[Identity], opts: &ValidateOptions, cx: &mut Ctx) {
                 None if whose.is_empty() => String::new(),
                 None => format!(" ({})", whose.trim_start()),
             };
+            let kind = if udp { "udp port" } else { "port" };
             cx.error(
                 &at,
-                format!("port {port} is already used by {first}{owner}"),
+                format!("{kind} {port} is already used by {first}{owner}"),
             );
         }
     }
@@ -327,9 +341,7 @@ fn load_balancer(
         udp_rules(&obj, cx);
     }
     key.id.clone_from(&id);
-    key.ports.extend(port.map(|p| ("port", p)));
-    key.ports
-        .extend(redirect_http_port.map(|p| ("redirect_http_port", p)));
+    key.ports = listening(protocol, port, redirect_http_port, http3 == Some(true));
     if cx.errors.len() != before {
         return (None, key);
     }
@@ -382,6 +394,20 @@ fn udp_rules(obj: &Obj<'_>, cx: &mut Ctx) {
             "least_request counts requests, which udp has none of; use round_robin, random or ring_hash",
         );
     }
+}
+
+/// The ports a load balancer listens on, and over which transport.
+fn listening(
+    protocol: Option<Protocol>,
+    port: Option<u16>,
+    redirect_http_port: Option<u16>,
+    http3: bool,
+) -> Vec<Listening> {
+    let at = |key, port, udp| Listening { key, port, udp };
+    let main = port.map(|p| at("port", p, protocol == Some(Protocol::Udp)));
+    let quic = port.filter(|_| http3).map(|p| at("http3", p, true));
+    let redirect = redirect_http_port.map(|p| at("redirect_http_port", p, false));
+    main.into_iter().chain(quic).chain(redirect).collect()
 }
 
 /// `http3`: https only, since QUIC always carries TLS; `None` when wrong.
