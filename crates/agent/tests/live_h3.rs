@@ -83,7 +83,25 @@ fn no_http3_no_quic_and_no_alt_svc(via: Via) {
     assert!(refused.is_err(), "answered over QUIC: {refused:?}");
 }
 
+/// `max_connections` holds over QUIC too: with two QUIC connections held
+/// open, a third is refused, and TCP connections count apart. Before, the
+/// QUIC listener had no connection limit at all.
+fn regression_max_connections_did_not_hold_for_http3(via: Via) {
+    let backend = HttpBackend::start("a");
+    let mut lab = Lab::new(via);
+    let (mut doc, port) = h3_lb(lab.dir.path(), &backend);
+    doc["max_connections"] = json!(2);
+    lab.render(&doc);
+    lab.start_envoy();
+    let held = h3::hold(port, "/", "lb.test", 4).expect("quic connections");
+    assert_eq!((held.answered, held.refused), (2, 2), "{held:?}");
+    // Once they closed, QUIC answers again.
+    let answer = h3::get(port, "/", "lb.test").expect("a request over HTTP/3");
+    assert_eq!(answer.status, 200, "{answer:?}");
+}
+
 common::over_deliveries!(
+    regression_max_connections_did_not_hold_for_http3,
     http3_answers_over_quic_and_alt_svc_says_so,
     no_http3_no_quic_and_no_alt_svc,
 );

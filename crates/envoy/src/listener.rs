@@ -207,12 +207,18 @@ fn buffer_limit(lb: &LoadBalancer) -> u32 {
 /// The connection_limit filter closes connections beyond `max_connections`
 /// as soon as they are accepted; the listener itself has no such field.
 fn connection_limit(lb: &LoadBalancer) -> Vec<Filter> {
+    connection_limit_counted_as(lb, &names::lb(&lb.id))
+}
+
+/// [`connection_limit`] with its own stat prefix: each filter counts its
+/// own connections, and the stats should say which ones.
+pub(crate) fn connection_limit_counted_as(lb: &LoadBalancer, stat_prefix: &str) -> Vec<Filter> {
     lb.max_connections
         .map(|max| {
             typed_filter(
                 "envoy.filters.network.connection_limit",
                 any(&ConnectionLimit {
-                    stat_prefix: names::lb(&lb.id),
+                    stat_prefix: stat_prefix.to_owned(),
                     max_connections: u64v(u64::from(max)),
                     ..Default::default()
                 }),

@@ -21,18 +21,24 @@ use crate::{TranslateOptions, names, tls};
 /// as the common deployments announce it).
 const ALT_SVC_MAX_AGE: u32 = 86_400;
 
-/// The QUIC listener. Its chains carry only the connection manager: the
-/// access list, rate limits and WAF live in it (http filters and the route
-/// configuration), so they hold for HTTP/3 too; `max_connections` and the
-/// new-connection rate are TCP filters and do not.
+/// The QUIC listener. Its chains carry the connection limit and the
+/// connection manager: the access list, rate limits and WAF live in the
+/// manager (http filters and the route configuration), so they hold for
+/// HTTP/3 too. `max_connections` counts QUIC connections apart from TCP
+/// ones (a filter per listener). The new-connection rate is a TCP listener
+/// filter and does not apply.
 pub(crate) fn listener(lb: &LoadBalancer, opts: &TranslateOptions) -> Listener {
     let mut hcm = crate::listener::http_connection_manager(lb, opts);
     hcm.codec_type = http_connection_manager::CodecType::Http3 as i32;
     hcm.http3_protocol_options = Some(Http3ProtocolOptions::default());
-    let filters = vec![crate::listener::typed_filter(
+    // Envoy runs a network filter's new-connection step on QUIC too, which
+    // is all the connection limit needs.
+    let mut filters =
+        crate::listener::connection_limit_counted_as(lb, &names::quic_listener(&lb.id));
+    filters.push(crate::listener::typed_filter(
         "envoy.filters.network.http_connection_manager",
         any(&hcm),
-    )];
+    ));
     let filter_chains =
         crate::listener::certificate_chains(lb, &filters, |secret| quic_socket(lb, secret, opts));
     Listener {

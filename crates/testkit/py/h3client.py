@@ -6,6 +6,9 @@ installed into .local/venv by scripts/setup.sh).
   h3client.py load PORT PATH --seconds S --streams N [--sni NAME]
       N requests in flight on one connection for S seconds (a closed loop);
       prints {"requests", "failed", "rps", "p50_ms", "p99_ms"}
+  h3client.py hold PORT PATH --connections N [--sni NAME]
+      opens N QUIC connections one after another, each keeping its first
+      GET's connection open until all N tried; prints {"answered", "refused"}
 
 The server's certificate is not verified: the tests use self-signed ones.
 Exits 1 with the reason on stderr when the connection fails.
@@ -13,6 +16,7 @@ Exits 1 with the reason on stderr when the connection fails.
 
 import argparse
 import asyncio
+import contextlib
 import json
 import ssl
 import sys
@@ -124,18 +128,39 @@ async def load(port: int, path: str, sni: str, seconds: float, streams: int) -> 
     }
 
 
+async def hold(port: int, path: str, sni: str, connections: int) -> dict:
+    answered, refused = 0, 0
+    async with contextlib.AsyncExitStack() as held:
+        for _ in range(connections):
+            try:
+                client = await held.enter_async_context(
+                    connect("127.0.0.1", port, configuration=configuration(sni), create_protocol=Client)
+                )
+                ok = (await client.get(sni, path))["status"] == 200
+            except Exception:
+                ok = False
+            if ok:
+                answered += 1
+            else:
+                refused += 1
+    return {"answered": answered, "refused": refused}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["get", "load"])
+    parser.add_argument("mode", choices=["get", "load", "hold"])
     parser.add_argument("port", type=int)
     parser.add_argument("path")
     parser.add_argument("--sni", default="localhost")
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--streams", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=1)
     args = parser.parse_args()
     try:
         if args.mode == "get":
             out = asyncio.run(one(args.port, args.path, args.sni))
+        elif args.mode == "hold":
+            out = asyncio.run(hold(args.port, args.path, args.sni, args.connections))
         else:
             out = asyncio.run(load(args.port, args.path, args.sni, args.seconds, args.streams))
     except Exception as e:  # the reason, for the test's message

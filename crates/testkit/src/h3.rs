@@ -78,3 +78,27 @@ pub fn load(port: u16, path: &str, sni: &str, seconds: u64, streams: u32) -> Res
         streams.to_string(),
     ])
 }
+
+/// How many of a run of QUIC connections, each held open after its first
+/// answer, were answered 200.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Held {
+    /// Connections whose GET was answered 200.
+    pub answered: u32,
+    /// Connections refused, closed, or answered otherwise.
+    pub refused: u32,
+}
+
+/// Opens `connections` QUIC connections one after another, each kept open
+/// (after one GET of `path`) until every one was tried.
+pub fn hold(port: u16, path: &str, sni: &str, connections: u32) -> Result<Held, String> {
+    run(&[
+        "hold".into(),
+        port.to_string(),
+        path.into(),
+        "--sni".into(),
+        sni.into(),
+        "--connections".into(),
+        connections.to_string(),
+    ])
+}
