@@ -28,13 +28,7 @@ pub(super) fn read(raw: RawAcme, problems: &mut Vec<String>) -> AcmeConfig {
     let responder_socket = raw
         .responder_socket
         .unwrap_or_else(|| PathBuf::from(vpsie_lb_envoy::DEFAULT_ACME_SOCKET));
-    // The kernel's sun_path is 108 bytes.
-    if !responder_socket.is_absolute() || responder_socket.as_os_str().len() > 107 {
-        problems.push(format!(
-            "acme.responder_socket: {} must be an absolute path of at most 107 bytes",
-            responder_socket.display()
-        ));
-    }
+    super::socket_path("acme.responder_socket", &responder_socket, problems);
     if let Some(f) = &raw.directory_ca_file
         && !f.is_absolute()
     {

@@ -60,12 +60,11 @@ pub(super) fn read(e: RawEnvoy, problems: &mut Vec<String>) -> Envoy {
         }
     };
     let xds_socket = e.xds_socket.unwrap_or_else(default_xds_socket);
-    if !xds_socket.is_absolute() {
-        problems.push(format!(
-            "envoy.xds_socket: {} must be an absolute path",
-            xds_socket.display()
-        ));
-    }
+    super::socket_path("envoy.xds_socket", &xds_socket, problems);
+    let waf_socket = e
+        .waf_socket
+        .unwrap_or_else(|| PathBuf::from(vpsie_lb_envoy::DEFAULT_WAF_SOCKET));
+    super::socket_path("envoy.waf_socket", &waf_socket, problems);
     let rate_limit_tracked_clients = match e.rate_limit_tracked_clients {
         None => vpsie_lb_envoy::DEFAULT_TRACKED_CLIENTS,
         Some(n) if (1..=MAX_TRACKED_CLIENTS).contains(&n) => n,
@@ -91,9 +90,7 @@ pub(super) fn read(e: RawEnvoy, problems: &mut Vec<String>) -> Envoy {
         delivery,
         xds_socket,
         rate_limit_tracked_clients,
-        waf_socket: e
-            .waf_socket
-            .unwrap_or_else(|| PathBuf::from(vpsie_lb_envoy::DEFAULT_WAF_SOCKET)),
+        waf_socket,
     }
 }
 

@@ -221,6 +221,17 @@ struct RawLogging {
     format: Option<String>,
 }
 
+/// Checks that `path`, the value of `key`, can name a Unix socket (absolute,
+/// and short enough for the kernel), adding the problem to `problems`.
+pub(super) fn socket_path(key: &str, path: &std::path::Path, problems: &mut Vec<String>) {
+    let text = path.to_string_lossy();
+    if let Err(e) = format!("unix:{text}").parse::<vpsie_lb_envoy::LocalAddress>() {
+        // The parser quotes what it was given; the key names it here.
+        let why = e.split_once(": ").map_or(e.as_str(), |(_, why)| why);
+        problems.push(format!("{key}: {text}: {why}"));
+    }
+}
+
 /// Parses `30s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(v: &serde_norway::Value) -> Result<Duration, String> {
     if let Some(n) = v.as_u64() {

@@ -114,14 +114,38 @@ fn acme_keys_default_to_the_runtime_socket_and_the_system_roots() {
         "source: file\nfile: /tmp/x.json\nacme: {responder_socket: acme.sock, directory_ca_file: ca.pem}\n",
     )
     .expect_err("relative paths");
-    assert!(
-        errs[0].starts_with("acme.responder_socket: acme.sock must be an absolute path"),
+    assert_eq!(
+        errs[0], "acme.responder_socket: acme.sock: a unix socket needs an absolute path",
         "{errs:?}"
     );
     assert!(
         errs[1].starts_with("acme.directory_ca_file: ca.pem must be an absolute path"),
         "{errs:?}"
     );
+}
+
+#[test]
+fn every_socket_key_wants_an_absolute_path_the_kernel_takes() {
+    let long = format!("/run/{}", "s".repeat(103));
+    for (section, key) in [
+        ("acme", "responder_socket"),
+        ("envoy", "xds_socket"),
+        ("envoy", "waf_socket"),
+    ] {
+        for (path, why) in [
+            ("x.sock", "a unix socket needs an absolute path"),
+            (
+                long.as_str(),
+                "a unix socket path must be at most 107 bytes",
+            ),
+        ] {
+            let errs = load(&format!(
+                "source: file\nfile: /tmp/x.json\n{section}: {{{key}: {path}}}\n"
+            ))
+            .expect_err("a bad socket path");
+            assert_eq!(errs, [format!("{section}.{key}: {path}: {why}")]);
+        }
+    }
 }
 
 #[test]
