@@ -34,30 +34,13 @@ public GET "/api/v1/lb/$id"
 echo
 
 echo "== 3. the agent, reading the public API every 2s (source: vpsie_public)"
-cat > "$work/agent.yaml" <<YAML
-source: vpsie_public
+start_agent "source: vpsie_public
 vpsie:
   api_url: http://$api
   api_key_file: $work/api-key
   loadbalancer_ids: [$id]
   poll_interval: 2s
-  certificate_dir: $work/certs
-envoy:
-  config_dir: $work/envoy
-  admin_address: unix:$work/envoy-admin.sock
-  stats_address: 127.0.0.1:9901
-  binary_path: $envoy_bin
-  listen_address: 127.0.0.1
-  manage: true
-  drain_time: 2s
-  access_log: $work/access.log
-state_dir: $work/state
-logging: {level: info, format: text}
-agent: {listen_address: 'unix:$work/agent.sock'}
-allowed_backend_networks: [127.0.0.0/8]
-YAML
-"$bin/vpsie-lb-agent" run --config "$work/agent.yaml" >"$work/agent.log" 2>&1 &
-pids+=($!)
+  certificate_dir: $work/certs"
 site() { [ "$(curl -fsS -H "Host: $1" "http://127.0.0.1:$lb_port/")" = "$2" ]; }
 if ! wait_for 30 site api.demo.test web-2; then
   echo "demo: the load balancer did not come up; see $work/agent.log" >&2

@@ -44,6 +44,32 @@ wait_for() {
   return 1
 }
 
+# Writes the agent's config: the source's keys ($1), then what both demos
+# share; then starts the agent on it.
+start_agent() {
+  { printf '%s\n' "$1"; cat <<YAML
+envoy:
+  config_dir: $work/envoy
+  # The admin API on a unix socket, out of reach of proxied traffic;
+  # Envoy's metrics read-only on 127.0.0.1:9901.
+  admin_address: unix:$work/envoy-admin.sock
+  stats_address: 127.0.0.1:9901
+  binary_path: $envoy_bin
+  listen_address: 127.0.0.1
+  manage: true
+  drain_time: 2s
+  access_log: $work/access.log
+state_dir: $work/state
+logging: {level: info, format: text}
+agent: {listen_address: 'unix:$work/agent.sock'}
+# The demo's backends run on this machine; production backends never may.
+allowed_backend_networks: [127.0.0.0/8]
+YAML
+  } > "$work/agent.yaml"
+  "$bin/vpsie-lb-agent" run --config "$work/agent.yaml" >"$work/agent.log" 2>&1 &
+  pids+=($!)
+}
+
 echo "== 1. three demo backends, and the VPSie API emulator on http://$api"
 i=1
 for p in "${backend_ports[@]}"; do
@@ -66,31 +92,11 @@ curl -fsS -X PUT --data-binary @examples/demo.yaml "http://$api/_sim/loadbalance
 echo "load balancer 'demo' created in the emulator from examples/demo.yaml"
 
 echo "== 2. the agent, polling every 2s and running Envoy itself"
-cat > "$work/agent.yaml" <<YAML
-vpsie:
+start_agent "vpsie:
   api_url: http://$api/v1
   api_key_file: $work/api-key
   loadbalancer_ids: [demo]
-  poll_interval: 2s
-envoy:
-  config_dir: $work/envoy
-  # The admin API on a unix socket, out of reach of proxied traffic;
-  # Envoy's metrics read-only on 127.0.0.1:9901.
-  admin_address: unix:$work/envoy-admin.sock
-  stats_address: 127.0.0.1:9901
-  binary_path: $envoy_bin
-  listen_address: 127.0.0.1
-  manage: true
-  drain_time: 2s
-  access_log: $work/access.log
-state_dir: $work/state
-logging: {level: info, format: text}
-agent: {listen_address: 'unix:$work/agent.sock'}
-# The demo's backends run on this machine; production backends never may.
-allowed_backend_networks: [127.0.0.0/8]
-YAML
-"$bin/vpsie-lb-agent" run --config "$work/agent.yaml" >"$work/agent.log" 2>&1 &
-pids+=($!)
+  poll_interval: 2s"
 healthy() { [ "$(curl -fsS --unix-socket "$work/envoy-admin.sock" http://envoy/clusters | grep -c '^lb_demo::.*::health_flags::healthy$')" = "$1" ]; }
 if ! wait_for 30 healthy 3; then
   echo "demo: the load balancer did not come up; see $work/agent.log" >&2
