@@ -1,0 +1,90 @@
+//! The rules across load balancers: unique ids, and ports unique per
+//! transport and never reserved. Each load balancer's [`Identity`] is read
+//! even when the rest of it is invalid, so every conflict shows at once.
+
+use std::collections::HashMap;
+
+use super::ValidateOptions;
+use super::obj::Ctx;
+use crate::model::Protocol;
+use crate::problem::FieldPath;
+
+/// The fields of one load balancer that cross-document rules look at. They
+/// are checked even when the rest of that load balancer is invalid, so every
+/// conflict is reported in one pass.
+pub(super) struct Identity {
+    pub(super) path: FieldPath,
+    pub(super) id: Option<String>,
+    /// The ports it listens on, by the key that names each.
+    pub(super) ports: Vec<Listening>,
+}
+
+/// One port a load balancer listens on.
+#[derive(Clone, Copy)]
+pub(super) struct Listening {
+    /// The key that asks for it (`port`, `redirect_http_port`, `http3`).
+    key: &'static str,
+    port: u16,
+    /// UDP (a `udp` load balancer, HTTP/3's QUIC) or TCP (the rest): the
+    /// two are separate sockets, so one of each may share a number.
+    udp: bool,
+}
+
+/// Rules that span load balancers: unique ids, unique ports, reserved ports.
+pub(super) fn cross_document(items: &[Identity], opts: &ValidateOptions, cx: &mut Ctx) {
+    let mut ids: HashMap<&str, &FieldPath> = HashMap::new();
+    let mut ports: HashMap<(u16, bool), (&FieldPath, &str, Option<&str>)> = HashMap::new();
+    for item in items {
+        if let Some(id) = &item.id {
+            match ids.get(id.as_str()) {
+                Some(first) => cx.error(
+                    &item.path.key("id"),
+                    format!("id {id:?} is already used by {first}"),
+                ),
+                None => {
+                    ids.insert(id, &item.path);
+                }
+            }
+        }
+        for &Listening { key, port, udp } in &item.ports {
+            let at = item.path.key(key);
+            // Reserved ports are refused for both: no load balancer is
+            // expected to need one, and the rule stays one line to read.
+            if let Some(r) = opts.reserved_ports.iter().find(|r| r.port == port) {
+                cx.error(&at, format!("port {port} is reserved for {}", r.owner));
+            }
+            let Some(&(first, first_key, first_id)) = ports.get(&(port, udp)) else {
+                ports.insert((port, udp), (&item.path, key, item.id.as_deref()));
+                continue;
+            };
+            let whose = match first_key {
+                "port" => String::new(),
+                k => format!(" as its {k}"),
+            };
+            let owner = match first_id {
+                Some(id) => format!(" (load balancer {id:?}{whose})"),
+                None if whose.is_empty() => String::new(),
+                None => format!(" ({})", whose.trim_start()),
+            };
+            let kind = if udp { "udp port" } else { "port" };
+            cx.error(
+                &at,
+                format!("{kind} {port} is already used by {first}{owner}"),
+            );
+        }
+    }
+}
+
+/// The ports a load balancer listens on, and over which transport.
+pub(super) fn listening(
+    protocol: Option<Protocol>,
+    port: Option<u16>,
+    redirect_http_port: Option<u16>,
+    http3: bool,
+) -> Vec<Listening> {
+    let at = |key, port, udp| Listening { key, port, udp };
+    let main = port.map(|p| at("port", p, protocol == Some(Protocol::Udp)));
+    let quic = port.filter(|_| http3).map(|p| at("http3", p, true));
+    let redirect = redirect_http_port.map(|p| at("redirect_http_port", p, false));
+    main.into_iter().chain(quic).chain(redirect).collect()
+}
