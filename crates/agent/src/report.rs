@@ -23,6 +23,9 @@ pub enum EventKind {
     CertificateIssued,
     /// An ACME order failed; the next attempt waits (see the message).
     CertificateFailed,
+    /// keepalived put this node's VRRP instance in another state (master,
+    /// backup, fault, stop): reported for every load balancer served.
+    HaStateChanged,
 }
 
 impl EventKind {
@@ -37,6 +40,7 @@ impl EventKind {
             EventKind::BackendDrained => "backend_drained",
             EventKind::CertificateIssued => "certificate_issued",
             EventKind::CertificateFailed => "certificate_failed",
+            EventKind::HaStateChanged => "ha_state_changed",
         }
     }
 }

@@ -335,7 +335,7 @@ impl Loop<'_> {
                 cfg.acme.responder_socket.display()
             )
         })?;
-        let mut reconciler = Reconciler::new(
+        let reconciler = Reconciler::new(
             settings,
             delivery,
             crate::reconcile::Observe {
@@ -344,6 +344,10 @@ impl Loop<'_> {
             },
         )
         .with_acme(acme.clone());
+        let mut reconciler = match cfg.ha.clone() {
+            Some(ha) => reconciler.with_ha(ha),
+            None => reconciler,
+        };
         if let Err(e) = reconciler.restore_last_known_good(reporter) {
             tracing::error!(phase = "restore", error = %e, "could not restore last-known-good");
         }

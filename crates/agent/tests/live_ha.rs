@@ -138,6 +138,21 @@ fn active_passive_fails_over_never_fails_back_and_ignores_a_dead_agent(via: Via)
         assert!(t.comeback.total > 0);
     }
 
+    // Each node became master at least once, and its agent reported it.
+    for node in 0..2 {
+        let reported = |log: &str| {
+            log.lines().any(|l| {
+                l.contains("ha_state_changed") && l.contains("on this node: backup -> master")
+            })
+        };
+        poll_until("the takeover reported", Duration::from_secs(10), || {
+            let log = pair.whole_log(node, "agent.log");
+            reported(&log)
+                .then_some(())
+                .ok_or_else(|| format!("node {node}: {}", pair.log(node, "agent.log")))
+        });
+    }
+
     // The agent dies on the master while Envoy serves: nothing moves.
     let t = pair
         .agent_dies(&client)

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -136,8 +137,18 @@ fn check(config: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Asks the agent for a pass now, so it reports the new state within a
+/// second instead of at its next poll. Best effort: the record is what
+/// counts, and an agent that is down reads it when it is back.
+fn tell_the_agent(agent: &vpsie_lb_envoy::LocalAddress) {
+    let asked = crate::local_http::request(agent, "POST", "/sync", Duration::from_secs(1), 4096);
+    if let Err(e) = asked {
+        eprintln!("the agent at {agent} was not told (it reads the record at its next pass): {e}");
+    }
+}
+
 fn notify(args: NotifyArgs) -> anyhow::Result<ExitCode> {
-    let (_, ha) = match load_ha(&args.config.config) {
+    let (cfg, ha) = match load_ha(&args.config.config) {
         Ok(x) => x,
         Err(code) => return Ok(code),
     };
@@ -153,6 +164,7 @@ fn notify(args: NotifyArgs) -> anyhow::Result<ExitCode> {
                     .map(|h| format!("; notify_command: {h}"))
                     .unwrap_or_default()
             );
+            tell_the_agent(&cfg.agent_listen);
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

@@ -134,6 +134,11 @@ pub struct Reconciler<D: Delivery> {
     waf_written: Option<String>,
     /// The ACME certificates: what is issued, and where orders are asked for.
     acme: Option<crate::acme::Acme>,
+    /// This node's `ha` section, when it is in an HA pair.
+    ha: Option<crate::config::Ha>,
+    /// The state of each VRRP instance last seen (none before the first
+    /// look), so each change is reported once.
+    ha_seen: Option<BTreeMap<String, String>>,
 }
 
 impl<D: Delivery> Reconciler<D> {
@@ -171,7 +176,15 @@ impl<D: Delivery> Reconciler<D> {
             drains_saved: Vec::new(),
             waf_written: None,
             acme: None,
+            ha: None,
+            ha_seen: None,
         }
+    }
+
+    /// Reports each change of this node's VRRP states (`ha_state_changed`).
+    pub fn with_ha(mut self, ha: crate::config::Ha) -> Self {
+        self.ha = Some(ha);
+        self
     }
 
     /// Renders ACME load balancers with what `acme` has issued, and tells
@@ -240,6 +253,7 @@ impl<D: Delivery> Reconciler<D> {
             a.report(reporter);
         }
         self.report_state(reporter, result);
+        self.track_ha(reporter);
         reporter.flush();
         (result, error)
     }

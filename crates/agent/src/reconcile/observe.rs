@@ -2,6 +2,8 @@
 //! backend (reporter, metrics, the `/status` snapshot), the API's
 //! reachability, and rejected documents, as events.
 
+use std::collections::BTreeMap;
+
 use super::{Reconciler, capped_problems};
 use crate::delivery::Delivery;
 use crate::pass::PassResult;
@@ -69,6 +71,39 @@ impl<D: Delivery> Reconciler<D> {
         };
         for id in ids {
             reporter.event(&id, kind, message, serde_json::json!({}));
+        }
+    }
+
+    /// Sends `ha_state_changed` for every load balancer served when
+    /// keepalived moved one of this node's instances since the last pass;
+    /// the first look (at start) is the baseline and says nothing.
+    pub(super) fn track_ha(&mut self, reporter: &mut dyn Reporter) {
+        let Some(ha) = &self.ha else { return };
+        let status = crate::ha::status(ha);
+        let now: BTreeMap<String, String> = status
+            .instances
+            .iter()
+            .map(|i| (i.name.clone(), i.state.clone()))
+            .collect();
+        let Some(seen) = self.ha_seen.replace(now) else {
+            return;
+        };
+        for i in &status.instances {
+            let was = seen.get(&i.name).map_or("unknown", String::as_str);
+            if was == i.state {
+                continue;
+            }
+            let message = format!(
+                "{} ({}) on this node: {was} -> {}",
+                i.name,
+                i.virtual_ips.join(" "),
+                i.state
+            );
+            let metadata = serde_json::json!({"instance": i.name, "state": i.state,
+                "previous": was, "virtual_ips": i.virtual_ips, "since": i.since});
+            for id in self.good.keys() {
+                reporter.event(id, EventKind::HaStateChanged, &message, metadata.clone());
+            }
         }
     }
 

@@ -292,9 +292,16 @@ impl Pair {
             .map_err(|e| format!("start {}: {e}", program.display()))
     }
 
-    /// Starts (or restarts) the node's agent.
+    /// Starts (or restarts) the node's agent. Its socket is handed to the
+    /// script user, as the package's agent and scripts share one user: so
+    /// `ha notify` can ask the agent for a pass.
     pub fn start_agent(&self, i: usize) -> Result<(), String> {
         let config = self.agent_config(i).to_string_lossy().into_owned();
+        let socket = self.agent_socket(i);
+        // A socket left by the agent before is replaced at its start.
+        let before = std::fs::metadata(&socket)
+            .ok()
+            .and_then(|m| m.modified().ok());
         let child = self.spawn_in(
             i,
             &self.agent_bin.clone(),
@@ -302,7 +309,15 @@ impl Pair {
             "agent.log",
         )?;
         *lock(&self.nodes[i].agent) = Some(child);
-        Ok(())
+        try_poll_until(
+            &format!("node {i}'s agent socket"),
+            Duration::from_secs(20),
+            || match std::fs::metadata(&socket).and_then(|m| m.modified()) {
+                Ok(t) if Some(t) != before => Ok(()),
+                _ => Err(self.log(i, "agent.log")),
+            },
+        )?;
+        chown_to(&socket, SCRIPT_USER)
     }
 
     /// Starts (or restarts) the node's Envoy, once the agent wrote its bootstrap.
@@ -439,6 +454,11 @@ impl Pair {
         let text = std::fs::read_to_string(self.nodes[i].dir.join(name)).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// The whole of a node's log since its process last started.
+    pub fn whole_log(&self, i: usize, name: &str) -> String {
+        std::fs::read_to_string(self.nodes[i].dir.join(name)).unwrap_or_default()
     }
 
     /// Starts the client: `per_second` new connections a second to each
