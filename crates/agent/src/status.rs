@@ -205,20 +205,21 @@ struct Widths {
 
 impl Widths {
     fn of(s: &AgentStatus) -> Widths {
-        let widest = |min: usize, names: &mut dyn Iterator<Item = &String>| {
-            names.map(|n| n.chars().count()).fold(min, usize::max)
+        let mut w = Widths {
+            lb: 20,
+            backend: 18,
+            pool: 12,
         };
-        let hosts = || {
-            s.load_balancers.values().flat_map(|lb| {
-                let backends = lb.backends.iter().map(|b| (&b.id, &b.pool));
-                backends.chain(lb.draining.iter().map(|d| (&d.id, &d.pool)))
-            })
-        };
-        Widths {
-            lb: widest(20, &mut s.load_balancers.keys()),
-            backend: widest(18, &mut hosts().map(|h| h.0)),
-            pool: widest(12, &mut hosts().map(|h| h.1)),
+        let fit = |width: &mut usize, name: &str| *width = (*width).max(name.chars().count());
+        for (id, lb) in &s.load_balancers {
+            fit(&mut w.lb, id);
+            let backends = lb.backends.iter().map(|b| (&b.id, &b.pool));
+            for (id, pool) in backends.chain(lb.draining.iter().map(|d| (&d.id, &d.pool))) {
+                fit(&mut w.backend, id);
+                fit(&mut w.pool, pool);
+            }
         }
+        w
     }
 }
 
@@ -320,8 +321,9 @@ pub struct StatusInput<'a> {
     pub problems: &'a BTreeMap<String, String>,
     /// Envoy's hosts, or `None` when its admin API did not answer.
     pub hosts: Option<&'a [crate::envoy_admin::HostHealth]>,
-    /// The config Envoy serves, with the backends still draining.
-    pub served: Option<&'a vpsie_lb_model::Config>,
+    /// The drains Envoy runs (`vpsie_lb_model::drain::saved` of the
+    /// config it serves).
+    pub draining: &'a [vpsie_lb_model::drain::SavedDrain],
     /// Whether Envoy serves a config it confirmed.
     pub serving_verified: bool,
     /// How the pass ended, lowercase.
@@ -348,6 +350,7 @@ pub fn build(input: &StatusInput<'_>) -> StatusView {
     };
     let ids: std::collections::BTreeSet<&String> =
         input.good.keys().chain(input.problems.keys()).collect();
+    let mut draining = draining_by_lb(input.draining);
     for id in ids {
         let good = input.good.get(id);
         let version = good.map(version_of).unwrap_or_default();
@@ -380,7 +383,7 @@ pub fn build(input: &StatusInput<'_>) -> StatusView {
                 last_result: input.last_result.clone(),
                 last_error: problem.cloned(),
                 backends,
-                draining: draining(id, input.served),
+                draining: draining.remove(id.as_str()).unwrap_or_default(),
             },
         );
         view.reports.push(StatusReport {
@@ -393,21 +396,21 @@ pub fn build(input: &StatusInput<'_>) -> StatusView {
     view
 }
 
-/// The backends of load balancer `id` that `served` still drains.
-fn draining(id: &str, served: Option<&vpsie_lb_model::Config>) -> Vec<DrainingStatus> {
-    let Some(lb) = served.and_then(|c| c.load_balancers.iter().find(|lb| lb.id == id)) else {
-        return vec![];
-    };
-    lb.all_pools()
-        .flat_map(|p| p.draining.iter().map(move |d| (p, d)))
-        .map(|(p, d)| DrainingStatus {
-            id: d.backend.id.clone(),
-            pool: p.id.clone(),
-            address: d.backend.address.to_string(),
-            port: d.backend.port,
+/// The running drains by load balancer, as `/status` shows them.
+fn draining_by_lb(
+    drains: &[vpsie_lb_model::drain::SavedDrain],
+) -> BTreeMap<&str, Vec<DrainingStatus>> {
+    let mut out: BTreeMap<&str, Vec<DrainingStatus>> = BTreeMap::new();
+    for d in drains {
+        out.entry(d.lb.as_str()).or_default().push(DrainingStatus {
+            id: d.id.clone(),
+            pool: d.pool.clone(),
+            address: d.ip.to_string(),
+            port: d.port,
             until: crate::report::rfc3339((d.until_ms / 1000) as i64),
-        })
-        .collect()
+        });
+    }
+    out
 }
 
 /// A document's version: the first 12 hex digits of the SHA-256 of its JSON.

@@ -26,6 +26,11 @@ impl<D: Delivery> Reconciler<D> {
     /// reporter, the metrics and the `/status` snapshot.
     pub(super) fn report_state(&self, reporter: &mut dyn Reporter, result: PassResult) {
         let hosts = self.delivery.host_health();
+        let drains = self
+            .served
+            .as_ref()
+            .map(vpsie_lb_model::drain::saved)
+            .unwrap_or_default();
         self.observe.metrics.envoy_reachable(hosts.is_some());
         let view = crate::status::build(&crate::status::StatusInput {
             good: &self.good,
@@ -33,7 +38,7 @@ impl<D: Delivery> Reconciler<D> {
             fetched: &self.fetched,
             problems: &self.problems,
             hosts: hosts.as_deref(),
-            served: self.served.as_ref(),
+            draining: &drains,
             serving_verified: self.serving_verified,
             last_result: format!("{result:?}").to_lowercase(),
             now: crate::report::rfc3339_now(),
