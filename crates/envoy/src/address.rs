@@ -29,6 +29,20 @@ impl LocalAddress {
         }
     }
 
+    /// Why `path` cannot name a Unix socket, if it cannot: it must be
+    /// absolute and fit the kernel's `sun_path`.
+    pub fn unix_path_problem(path: &str) -> Option<String> {
+        if !path.starts_with('/') {
+            Some("a unix socket needs an absolute path".into())
+        } else if path.len() > MAX_SOCKET_PATH || path.contains('\0') {
+            Some(format!(
+                "a unix socket path must be at most {MAX_SOCKET_PATH} bytes"
+            ))
+        } else {
+            None
+        }
+    }
+
     /// Whether nothing outside this machine can reach it: a Unix socket, or TCP on loopback.
     pub fn is_local(&self) -> bool {
         match self {
@@ -45,13 +59,8 @@ impl FromStr for LocalAddress {
     fn from_str(s: &str) -> Result<Self, String> {
         let path = s.strip_prefix("unix:").or(s.starts_with('/').then_some(s));
         if let Some(p) = path {
-            if !p.starts_with('/') {
-                return Err(format!("{s:?}: a unix socket needs an absolute path"));
-            }
-            if p.len() > MAX_SOCKET_PATH || p.contains('\0') {
-                return Err(format!(
-                    "{s:?}: a unix socket path must be at most {MAX_SOCKET_PATH} bytes"
-                ));
+            if let Some(why) = LocalAddress::unix_path_problem(p) {
+                return Err(format!("{s:?}: {why}"));
             }
             return Ok(LocalAddress::Unix(PathBuf::from(p)));
         }

@@ -225,9 +225,7 @@ struct RawLogging {
 /// and short enough for the kernel), adding the problem to `problems`.
 pub(super) fn socket_path(key: &str, path: &std::path::Path, problems: &mut Vec<String>) {
     let text = path.to_string_lossy();
-    if let Err(e) = format!("unix:{text}").parse::<vpsie_lb_envoy::LocalAddress>() {
-        // The parser quotes what it was given; the key names it here.
-        let why = e.split_once(": ").map_or(e.as_str(), |(_, why)| why);
+    if let Some(why) = vpsie_lb_envoy::LocalAddress::unix_path_problem(&text) {
         problems.push(format!("{key}: {text}: {why}"));
     }
 }
