@@ -335,7 +335,7 @@ impl Loop<'_> {
                 cfg.acme.responder_socket.display()
             )
         })?;
-        let reconciler = Reconciler::new(
+        let mut reconciler = Reconciler::new(
             settings,
             delivery,
             crate::reconcile::Observe {
@@ -343,11 +343,8 @@ impl Loop<'_> {
                 status: status.clone(),
             },
         )
-        .with_acme(acme.clone());
-        let mut reconciler = match cfg.ha.clone() {
-            Some(ha) => reconciler.with_ha(ha),
-            None => reconciler,
-        };
+        .with_acme(acme.clone())
+        .with_ha(cfg.ha.clone());
         if let Err(e) = reconciler.restore_last_known_good(reporter) {
             tracing::error!(phase = "restore", error = %e, "could not restore last-known-good");
         }

@@ -59,7 +59,7 @@ fn main_listener(lb: &LoadBalancer, opts: &TranslateOptions) -> Listener {
         .map(|rbac| typed_filter("envoy.filters.network.rbac", any(&rbac)))
         .into_iter()
         .collect();
-    filters.extend(connection_limit(lb));
+    filters.extend(connection_limit(lb, &name));
     if lb.protocol == Protocol::TlsPassthrough {
         return passthrough_listener(lb, opts, filters);
     }
@@ -206,13 +206,8 @@ fn buffer_limit(lb: &LoadBalancer) -> u32 {
 
 /// The connection_limit filter closes connections beyond `max_connections`
 /// as soon as they are accepted; the listener itself has no such field.
-fn connection_limit(lb: &LoadBalancer) -> Vec<Filter> {
-    connection_limit_counted_as(lb, &names::lb(&lb.id))
-}
-
-/// [`connection_limit`] with its own stat prefix: each filter counts its
-/// own connections, and the stats should say which ones.
-pub(crate) fn connection_limit_counted_as(lb: &LoadBalancer, stat_prefix: &str) -> Vec<Filter> {
+/// Each filter counts its own connections; `stat_prefix` says whose.
+pub(crate) fn connection_limit(lb: &LoadBalancer, stat_prefix: &str) -> Vec<Filter> {
     lb.max_connections
         .map(|max| {
             typed_filter(
@@ -237,7 +232,7 @@ fn redirect_listener(lb: &LoadBalancer, port: u16, opts: &TranslateOptions) -> L
     hcm.route_specifier = Some(http_connection_manager::RouteSpecifier::RouteConfig(
         routes::redirect_config(lb),
     ));
-    let mut filters = connection_limit(lb);
+    let mut filters = connection_limit(lb, &names::lb(&lb.id));
     filters.push(typed_filter(
         "envoy.filters.network.http_connection_manager",
         any(&hcm),

@@ -25,16 +25,15 @@ const ALT_SVC_MAX_AGE: u32 = 86_400;
 /// connection manager: the access list, rate limits and WAF live in the
 /// manager (http filters and the route configuration), so they hold for
 /// HTTP/3 too. `max_connections` counts QUIC connections apart from TCP
-/// ones (a filter per listener). The new-connection rate is a TCP listener
-/// filter and does not apply.
+/// ones, per filter chain as on TCP. The new-connection rate is a TCP
+/// listener filter and does not apply.
 pub(crate) fn listener(lb: &LoadBalancer, opts: &TranslateOptions) -> Listener {
     let mut hcm = crate::listener::http_connection_manager(lb, opts);
     hcm.codec_type = http_connection_manager::CodecType::Http3 as i32;
     hcm.http3_protocol_options = Some(Http3ProtocolOptions::default());
     // Envoy runs a network filter's new-connection step on QUIC too, which
     // is all the connection limit needs.
-    let mut filters =
-        crate::listener::connection_limit_counted_as(lb, &names::quic_listener(&lb.id));
+    let mut filters = crate::listener::connection_limit(lb, &names::quic_listener(&lb.id));
     filters.push(crate::listener::typed_filter(
         "envoy.filters.network.http_connection_manager",
         any(&hcm),

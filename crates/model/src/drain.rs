@@ -52,26 +52,33 @@ pub fn overlay(served: Option<&Config>, mut next: Config, now_ms: u64) -> Config
 
 /// The draining list of `pool`, which replaces `old` in the served config.
 fn draining(old: &Pool, pool: &Pool, now_ms: u64, until: u64) -> Vec<Draining> {
-    if resolves_names(pool) {
-        return vec![];
-    }
-    let mut taken: BTreeSet<Endpoint> = pool.enabled_backends().map(endpoint).collect();
-    let mut out = Vec::new();
     let still = old
         .draining
         .iter()
         .filter(|d| d.until_ms > now_ms)
         .map(|d| (&d.backend, d.until_ms.min(until)));
     let newly = old.enabled_backends().map(|b| (b, until));
-    for (b, until_ms) in still.chain(newly) {
-        if matches!(b.address, Address::Ip(_)) && taken.insert(endpoint(b)) {
-            out.push(Draining {
-                backend: b.clone(),
-                until_ms,
-            });
-        }
+    may_drain_in(pool, still.chain(newly))
+}
+
+/// Of `candidates` (a backend and the end of its drain), those that may
+/// drain in `pool`: given by IP, one per endpoint, none that the pool
+/// serves; none at all when the pool resolves names.
+fn may_drain_in<'a>(
+    pool: &Pool,
+    candidates: impl Iterator<Item = (&'a Backend, u64)>,
+) -> Vec<Draining> {
+    if resolves_names(pool) {
+        return vec![];
     }
-    out
+    let mut taken: BTreeSet<Endpoint> = pool.enabled_backends().map(endpoint).collect();
+    candidates
+        .filter(|(b, _)| matches!(b.address, Address::Ip(_)) && taken.insert(endpoint(b)))
+        .map(|(b, until_ms)| Draining {
+            backend: b.clone(),
+            until_ms,
+        })
+        .collect()
 }
 
 /// Whether Envoy resolves `pool`'s backends itself (a host name among
@@ -154,6 +161,19 @@ pub struct SavedDrain {
     pub until_ms: u64,
 }
 
+impl SavedDrain {
+    /// The backend as it was served while draining.
+    fn backend(&self) -> Backend {
+        Backend {
+            id: self.id.clone(),
+            address: Address::Ip(self.ip),
+            port: self.port,
+            weight: self.weight,
+            enabled: true,
+        }
+    }
+}
+
 /// The drains `config` runs, to save.
 pub fn saved(config: &Config) -> Vec<SavedDrain> {
     pools(config)
@@ -188,24 +208,12 @@ pub fn resume(mut config: Config, saved: &[SavedDrain], now_ms: u64) -> Config {
         let cap = now_ms.saturating_add(u64::from(lb.deregistration_delay) * 1000);
         let id = lb.id.clone();
         for pool in pools_mut(lb) {
-            if resolves_names(pool) {
-                continue;
-            }
-            let mut taken: BTreeSet<Endpoint> = pool.enabled_backends().map(endpoint).collect();
-            for s in saved.iter().filter(|s| s.lb == id && s.pool == pool.id) {
-                if taken.insert((Address::Ip(s.ip), s.port)) {
-                    pool.draining.push(Draining {
-                        backend: Backend {
-                            id: s.id.clone(),
-                            address: Address::Ip(s.ip),
-                            port: s.port,
-                            weight: s.weight,
-                            enabled: true,
-                        },
-                        until_ms: s.until_ms.min(cap),
-                    });
-                }
-            }
+            let mine: Vec<(Backend, u64)> = saved
+                .iter()
+                .filter(|s| s.lb == id && s.pool == pool.id)
+                .map(|s| (s.backend(), s.until_ms.min(cap)))
+                .collect();
+            pool.draining = may_drain_in(pool, mine.iter().map(|(b, until)| (b, *until)));
         }
     }
     config

@@ -2,7 +2,7 @@
 //! bad case for each.
 
 use serde_json::json;
-use vpsie_lb_model::HealthCheckKind;
+use vpsie_lb_model::{HealthCheckKind, HttpCheck, Validated};
 
 mod common;
 
@@ -155,26 +155,10 @@ fn health_check_expected_status() {
         "/health_check/expected_status",
         Some(json!([204, 200, 200])),
     ));
-    let HealthCheckKind::Http(h) = &v.config.load_balancers[0]
-        .default_pool
-        .health_check
-        .as_ref()
-        .expect("hc")
-        .kind
-    else {
-        panic!("http check")
-    };
+    let h = http_check(&v);
     assert_eq!(h.expected_status, vec![200, 204]);
     let v = ok(with("/health_check/expected_status", Some(json!([]))));
-    let HealthCheckKind::Http(h) = &v.config.load_balancers[0]
-        .default_pool
-        .health_check
-        .as_ref()
-        .expect("hc")
-        .kind
-    else {
-        panic!("http check")
-    };
+    let h = http_check(&v);
     assert_eq!(h.expected_status, vec![200], "empty means the default");
     check(
         with("/health_check/expected_status", Some(json!([99, 600]))),
@@ -191,15 +175,7 @@ fn health_check_headers() {
         "/health_check/headers",
         Some(json!({"Host": "app.example.com", "X-Probe": "lb"})),
     ));
-    let HealthCheckKind::Http(h) = &v.config.load_balancers[0]
-        .default_pool
-        .health_check
-        .as_ref()
-        .expect("hc")
-        .kind
-    else {
-        panic!("http check")
-    };
+    let h = http_check(&v);
     assert_eq!(h.host.as_deref(), Some("app.example.com"));
     assert_eq!(h.headers.get("x-probe").map(String::as_str), Some("lb"));
     check(
@@ -214,4 +190,18 @@ fn health_check_headers() {
         with("/health_check/headers", Some(json!({"X-A": 1}))),
         &["health_check.headers.X-A: must be a string"],
     );
+}
+
+/// The first load balancer's http health check.
+fn http_check(v: &Validated) -> &HttpCheck {
+    match &v.config.load_balancers[0]
+        .default_pool
+        .health_check
+        .as_ref()
+        .expect("hc")
+        .kind
+    {
+        HealthCheckKind::Http(h) => h,
+        other => panic!("http check, got {other:?}"),
+    }
 }

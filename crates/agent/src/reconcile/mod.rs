@@ -181,9 +181,10 @@ impl<D: Delivery> Reconciler<D> {
         }
     }
 
-    /// Reports each change of this node's VRRP states (`ha_state_changed`).
-    pub fn with_ha(mut self, ha: crate::config::Ha) -> Self {
-        self.ha = Some(ha);
+    /// Reports each change of this node's VRRP states (`ha_state_changed`)
+    /// when it is in an HA pair (`ha` set).
+    pub fn with_ha(mut self, ha: Option<crate::config::Ha>) -> Self {
+        self.ha = ha;
         self
     }
 
