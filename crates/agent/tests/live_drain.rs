@@ -262,6 +262,35 @@ fn restart_during_drain(via: Via, delay: u64, past_the_end: bool) {
     drop(first);
 }
 
+/// A drains file left corrupt (a crash of the disk, a hand edit) costs the
+/// drains it held and nothing else: the restart reports it, serves the
+/// last good config, and replaces the file.
+fn a_corrupt_drains_file_is_reported_and_replaced_and_the_last_good_config_serves(via: Via) {
+    let scene = Scene::new(DELAY);
+    let (cfg, _) = config(via, scene.dir.path());
+    let first = RunningAgent::start(scene.dir.path(), &cfg);
+    poll_until("a served", Duration::from_secs(30), || {
+        serves(scene.port, "a")
+    });
+    drop(first);
+    let file = scene.dir.path().join("state/draining.json");
+    std::fs::write(&file, "[{\"lb\": ").expect("corrupt the drains file");
+    let again = RunningAgent::start(scene.dir.path(), &cfg);
+    poll_until(
+        "a served after the restart",
+        Duration::from_secs(30),
+        || serves(scene.port, "a"),
+    );
+    again.wait_log("the corrupt file reported", "not resumed");
+    assert!(again.log().contains("draining.json"), "{}", again.log());
+    poll_until("the corrupt file replaced", Duration::from_secs(20), || {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => Err(format!("still there: {text}")),
+            Err(_) => Ok(()),
+        }
+    });
+}
+
 /// [`config`] with Envoy not managed: the test starts it, so it outlives
 /// the agent. Returns the config, the endpoints' port and Envoy's admin port.
 fn unmanaged(via: Via, dir: &Path) -> (std::path::PathBuf, u16, u16) {
@@ -280,5 +309,6 @@ fn unmanaged(via: Via, dir: &Path) -> (std::path::PathBuf, u16, u16) {
 common::over_deliveries!(
     a_removed_backend_keeps_its_connections_for_the_delay_then_they_close,
     regression_a_restarted_agent_forgot_a_running_drain,
-    a_drain_that_ended_while_the_agent_was_away_is_closed_at_its_start
+    a_drain_that_ended_while_the_agent_was_away_is_closed_at_its_start,
+    a_corrupt_drains_file_is_reported_and_replaced_and_the_last_good_config_serves
 );

@@ -199,11 +199,19 @@ pub fn saved(config: &Config) -> Vec<SavedDrain> {
 /// restored last-known-good, nothing draining) with the `saved` drains back
 /// in their pools, each ending no later than its load balancer's delay from
 /// `now_ms`. Left out: drains whose load balancer or pool is gone, whose
-/// pool resolves host names, or whose endpoint the pool serves again.
+/// pool resolves host names, or whose endpoint the pool serves again; and
+/// drains of an address validation refuses as a backend (`allowed` being
+/// the operator's trusted networks): the file is state, not a document,
+/// and closing connections to the VM's own services is not its to ask.
 /// Drains that ended while the agent was away are kept: [`overlay`] then
 /// ends them and [`ended`] names them, so their connections are closed as
 /// after any drain.
-pub fn resume(mut config: Config, saved: &[SavedDrain], now_ms: u64) -> Config {
+pub fn resume(
+    mut config: Config,
+    saved: &[SavedDrain],
+    allowed: &[crate::IpNet],
+    now_ms: u64,
+) -> Config {
     for lb in &mut config.load_balancers {
         let cap = now_ms.saturating_add(u64::from(lb.deregistration_delay) * 1000);
         let id = lb.id.clone();
@@ -211,6 +219,7 @@ pub fn resume(mut config: Config, saved: &[SavedDrain], now_ms: u64) -> Config {
             let mine: Vec<(Backend, u64)> = saved
                 .iter()
                 .filter(|s| s.lb == id && s.pool == pool.id)
+                .filter(|s| crate::network::refused_class(s.ip, allowed).is_none())
                 .map(|s| (s.backend(), s.until_ms.min(cap)))
                 .collect();
             pool.draining = may_drain_in(pool, mine.iter().map(|(b, until)| (b, *until)));

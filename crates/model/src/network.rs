@@ -93,6 +93,12 @@ pub fn forbidden_class(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
+/// [`forbidden_class`], unless one of the `allowed` networks (the
+/// operator's `allowed_backend_networks`) covers `ip`.
+pub fn refused_class(ip: IpAddr, allowed: &[IpNet]) -> Option<&'static str> {
+    forbidden_class(ip).filter(|_| !allowed.iter().any(|n| n.contains(ip)))
+}
+
 fn v4_class(ip: Ipv4Addr) -> Option<&'static str> {
     let [a, b, ..] = ip.octets();
     Some(match () {

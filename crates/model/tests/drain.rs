@@ -2,8 +2,8 @@
 //! step is a document (its backends) at a time, and what must drain then.
 
 use serde_json::{Value, json};
-use vpsie_lb_model::drain::{ended, next_deadline, overlay};
-use vpsie_lb_model::{Address, Config, ValidateOptions, validate};
+use vpsie_lb_model::drain::{SavedDrain, ended, next_deadline, overlay, resume};
+use vpsie_lb_model::{Address, Config, IpNet, ValidateOptions, validate};
 
 /// A backend in a step: its last address octet, and whether it is enabled.
 type B = (u8, bool);
@@ -311,7 +311,7 @@ fn resumed_at(now: u64, delay: u32, backends: &[B]) -> (Vec<(u8, u64)>, Vec<u8>)
     );
     assert_eq!(draining_of(&before), [(3, 110), (2, 130)]);
     let saved = vpsie_lb_model::drain::saved(&before);
-    let resumed = vpsie_lb_model::drain::resume(doc(delay, backends), &saved, now * 1000);
+    let resumed = resume(doc(delay, backends), &saved, &[], now * 1000);
     let next = overlay(Some(&resumed), doc(delay, backends), now * 1000);
     let cut = ended(&resumed, &next)
         .iter()
@@ -338,4 +338,34 @@ fn a_restart_resumes_the_saved_drains_and_ends_those_that_ended_meanwhile() {
         resumed_at(105, 30, &[(1, true), (2, true), (3, true)]),
         (vec![], vec![])
     );
+}
+
+/// A tampered drains file naming an address validation refuses (the VM
+/// itself) is not resumed, so its end closes nothing there; a network the
+/// operator trusts is.
+#[test]
+fn a_saved_drain_of_an_address_validation_refuses_is_not_resumed() {
+    let saved = |ip: &str| SavedDrain {
+        lb: "lb".into(),
+        pool: "default".into(),
+        id: "b9".into(),
+        ip: ip.parse().expect("ip"),
+        port: 5432,
+        weight: 1,
+        until_ms: 130_000,
+    };
+    let resumed = |ip: &str, allowed: &[IpNet]| {
+        draining_of(&resume(
+            doc(30, &[(1, true)]),
+            &[saved(ip)],
+            allowed,
+            100_000,
+        ))
+        .len()
+    };
+    assert_eq!(resumed("10.0.0.9", &[]), 1);
+    assert_eq!(resumed("127.0.0.1", &[]), 0);
+    assert_eq!(resumed("169.254.169.254", &[]), 0);
+    let loopback: IpNet = "127.0.0.0/8".parse().expect("net");
+    assert_eq!(resumed("127.0.0.1", &[loopback]), 1);
 }

@@ -127,8 +127,9 @@ pub struct Reconciler<D: Delivery> {
     /// a start until last-known-good is restored.
     served: Option<Config>,
     /// The drains the state directory holds, so a pass whose drains did
-    /// not change writes nothing.
-    drains_saved: Vec<vpsie_lb_model::drain::SavedDrain>,
+    /// not change writes nothing; `None` while unknown (before the restore,
+    /// or when the file could not be read), so the next settle writes it.
+    drains_saved: Option<Vec<vpsie_lb_model::drain::SavedDrain>>,
     /// The WAF policies last written, so a pass that changes none does
     /// not read the file back.
     waf_written: Option<String>,
@@ -173,7 +174,7 @@ impl<D: Delivery> Reconciler<D> {
             times: PhaseTimes::default(),
             last_render: None,
             served: None,
-            drains_saved: Vec::new(),
+            drains_saved: None,
             waf_written: None,
             acme: None,
             ha: None,

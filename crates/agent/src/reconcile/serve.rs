@@ -148,14 +148,16 @@ impl<D: Delivery> Reconciler<D> {
     pub(super) fn resume_drains(&mut self, base: &Config, reporter: &mut dyn Reporter) {
         match crate::drain::load(&self.settings.state_dir) {
             Ok(saved) => {
-                let resumed = drain::resume(base.clone(), &saved, crate::drain::now_ms());
+                let allowed = &self.settings.validate.allowed_backend_networks;
+                let resumed = drain::resume(base.clone(), &saved, allowed, crate::drain::now_ms());
                 let n = drain::saved(&resumed).len();
                 if n > 0 {
                     reporter.note(&format!("resumed {n} drain(s) of the last run"));
                     self.served = Some(resumed);
                 }
-                self.drains_saved = saved;
+                self.drains_saved = Some(saved);
             }
+            // Left unknown, so the next settle replaces the file.
             Err(e) => reporter.error("drain", &format!("not resumed: {e}")),
         }
     }
@@ -163,11 +165,11 @@ impl<D: Delivery> Reconciler<D> {
     /// Saves the drains Envoy serves now, when they changed.
     fn save_drains(&mut self, reporter: &mut dyn Reporter) {
         let now = self.served.as_ref().map(drain::saved).unwrap_or_default();
-        if now == self.drains_saved {
+        if self.drains_saved.as_ref() == Some(&now) {
             return;
         }
         match crate::drain::save(&self.settings.state_dir, &now) {
-            Ok(()) => self.drains_saved = now,
+            Ok(()) => self.drains_saved = Some(now),
             Err(e) => reporter.error("drain", &format!("save the drains: {e}")),
         }
     }

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use crate::model::{Address, Backend, HealthCheck, HealthCheckKind, HttpCheck, limits};
-use crate::network::{IpNet, forbidden_class, is_localhost_name};
+use crate::network::{IpNet, is_localhost_name, refused_class};
 
 use serde_json::Value;
 
@@ -283,13 +283,13 @@ fn http_check(obj: &Obj<'_>, cx: &mut Ctx) -> Option<HttpCheck> {
 /// network can vouch for what a name resolves to.
 fn reachable(address: Address, allowed: &[IpNet]) -> Result<Address, String> {
     match &address {
-        Address::Ip(ip) => match forbidden_class(*ip) {
-            Some(class) if !allowed.iter().any(|n| n.contains(*ip)) => Err(format!(
+        Address::Ip(ip) => match refused_class(*ip, allowed) {
+            Some(class) => Err(format!(
                 "{ip} is {class}; refused so that traffic cannot reach envoy's admin or the agent. \
                  To trust it, add its network to allowed_backend_networks in the agent config \
                  (or pass --allow-backend-network CIDR)"
             )),
-            _ => Ok(address),
+            None => Ok(address),
         },
         Address::Hostname(h) if is_localhost_name(h) => Err(format!(
             "{h} always means the load balancer VM itself; refused so that traffic cannot \
