@@ -28,6 +28,10 @@ struct FakeEnvoy {
     outcomes: VecDeque<Result<Outcome, ApplyError>>,
     /// What the next check answers; `Ok` when empty.
     verdicts: RefCell<VecDeque<PreflightError>>,
+    /// Ports Envoy refuses whenever it is handed them: at the check, or
+    /// (when `refuse_at_apply`) at the apply.
+    refuse_ports: Vec<u16>,
+    refuse_at_apply: bool,
     applies: usize,
 }
 
@@ -53,12 +57,22 @@ impl Delivery for FakeEnvoy {
         })
     }
 
-    fn check(&self, _: &Self::Candidate, _: &Config) -> Result<(), PreflightError> {
+    fn check(&self, _: &Self::Candidate, changed: &Config) -> Result<(), PreflightError> {
+        let bad = |port| !self.refuse_at_apply && self.refuse_ports.contains(&port);
+        if let Some(lb) = changed.load_balancers.iter().find(|lb| bad(lb.port)) {
+            return Err(PreflightError::Rejected(format!("{} cannot load", lb.id)));
+        }
         self.verdicts.borrow_mut().pop_front().map_or(Ok(()), Err)
     }
 
     fn apply(&mut self, next: &Self::Candidate) -> Result<Outcome, ApplyError> {
         self.applies += 1;
+        let bad = |port| self.refuse_at_apply && self.refuse_ports.contains(port);
+        if let Some((id, _)) = next.iter().find(|(_, port)| bad(port)) {
+            let reason = format!("{id} cannot bind");
+            let what = "listeners".into();
+            return Ok(Outcome::RolledBack(ApplyError::Rejected { what, reason }));
+        }
         let outcome = self.outcomes.pop_front().unwrap_or(Ok(Outcome::Applied));
         if matches!(outcome, Ok(Outcome::Applied)) {
             self.serving = next.clone();
@@ -97,13 +111,23 @@ impl Source for Docs {
     }
 }
 
-/// Keeps the kinds of events reported.
+/// Keeps the kinds of events reported, and each with its load balancer
+/// and message.
 #[derive(Default)]
-struct Events(Vec<EventKind>);
+struct Events(Vec<EventKind>, Vec<(String, EventKind, String)>);
+
+impl Events {
+    /// The events of load balancer `id`, as (kind, message).
+    fn of(&self, id: &str) -> Vec<(EventKind, &str)> {
+        let own = self.1.iter().filter(|(lb, _, _)| lb == id);
+        own.map(|(_, k, m)| (*k, m.as_str())).collect()
+    }
+}
 
 impl Reporter for Events {
-    fn event(&mut self, _: &str, kind: EventKind, _: &str, _: Value) {
+    fn event(&mut self, id: &str, kind: EventKind, message: &str, _: Value) {
         self.0.push(kind);
+        self.1.push((id.to_owned(), kind, message.to_owned()));
     }
     fn error(&mut self, _: &str, _: &str) {}
     fn note(&mut self, _: &str) {}
@@ -112,12 +136,26 @@ impl Reporter for Events {
 }
 
 fn lb(port: u16) -> Value {
-    json!({"id": "web", "name": "web", "protocol": "http", "port": port,
+    named("web", port)
+}
+
+/// Load balancer `id` on `port`.
+fn named(id: &str, port: u16) -> Value {
+    json!({"id": id, "name": id, "protocol": "http", "port": port,
            "algorithm": "round_robin", "backends": [{"id": "a", "address": "10.0.0.1", "port": 80}]})
 }
 
 /// A reconciler over `envoy` with its state in `dir`.
 fn reconciler(dir: &std::path::Path, envoy: FakeEnvoy) -> Reconciler<FakeEnvoy> {
+    reconciler_with_status(dir, envoy, Default::default())
+}
+
+/// [`reconciler`] publishing its `/status` snapshot to `status`.
+fn reconciler_with_status(
+    dir: &std::path::Path,
+    envoy: FakeEnvoy,
+    status: std::sync::Arc<std::sync::Mutex<crate::status::AgentStatus>>,
+) -> Reconciler<FakeEnvoy> {
     let mut registry = prometheus_client::registry::Registry::default();
     Reconciler::new(
         Settings {
@@ -128,7 +166,7 @@ fn reconciler(dir: &std::path::Path, envoy: FakeEnvoy) -> Reconciler<FakeEnvoy> 
         envoy,
         Observe {
             metrics: crate::reconcile::ReconcileMetrics::register(&mut registry),
-            status: Default::default(),
+            status,
         },
     )
 }
@@ -272,4 +310,139 @@ fn last_known_good_keeps_what_the_delivery_records_beside_the_documents() {
     let docs: BTreeMap<String, Value> =
         crate::state::load(dir.path()).expect("load").expect("some");
     assert_eq!(docs.len(), 1);
+}
+
+/// Ports 666 and 667 are ones Envoy refuses; `at_apply` says where.
+fn refusing(at_apply: bool) -> FakeEnvoy {
+    FakeEnvoy {
+        refuse_ports: vec![666, 667],
+        refuse_at_apply: at_apply,
+        ..Default::default()
+    }
+}
+
+/// The `/status` state of each load balancer, as (id, status).
+fn states(
+    status: &std::sync::Mutex<crate::status::AgentStatus>,
+) -> Vec<(String, String, Option<String>)> {
+    let s = status.lock().expect("status");
+    s.load_balancers
+        .iter()
+        .map(|(id, lb)| (id.clone(), lb.status.clone(), lb.last_error.clone()))
+        .collect()
+}
+
+/// One refused load balancer among several changes, refused at `at_apply`
+/// (else at the pre-flight): the others are served in the same pass, only
+/// the culprit is parked and told, and later changes are not held back.
+fn one_refused_load_balancer_froze_everyones_changes(at_apply: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let status = std::sync::Arc::new(std::sync::Mutex::new(Default::default()));
+    let mut r = reconciler_with_status(dir.path(), refusing(at_apply), status.clone());
+    let mut events = Events::default();
+    let (result, _) = r.pass(&mut Docs(vec![named("api", 81), lb(80)]), &mut events);
+    assert_eq!(result, PassResult::Applied);
+
+    // Three changes at once, one of them (the new "bad") refused by Envoy.
+    let mut events = Events::default();
+    let docs = vec![named("api", 82), named("bad", 666), lb(83)];
+    let (result, error) = r.pass(&mut Docs(docs), &mut events);
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(result, PassResult::Applied, "the good changes are served");
+    for id in ["api", "web"] {
+        assert_eq!(events.of(id).len(), 1, "{id}: {:?}", events.of(id));
+        assert_eq!(events.of(id)[0].0, EventKind::ConfigApplied);
+    }
+    let bad = events.of("bad");
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    let want = if at_apply {
+        EventKind::ConfigRolledBack
+    } else {
+        EventKind::ConfigRejected
+    };
+    assert_eq!(bad[0].0, want);
+    assert!(bad[0].1.contains("bad cannot"), "{}", bad[0].1);
+    let served: Vec<(String, u16)> = vec![("api".into(), 82), ("web".into(), 83)];
+    assert_eq!(r.delivery().serving, served);
+    let s = states(&status);
+    assert_eq!(s[0], ("api".into(), "active".into(), None));
+    assert_eq!((s[1].0.as_str(), s[1].1.as_str()), ("bad", "error"));
+    assert!(s[1].2.as_deref().is_some_and(|e| e.contains("bad cannot")));
+    assert_eq!(s[2], ("web".into(), "active".into(), None));
+
+    // The culprit stays; a later change of another is one apply, not a search.
+    let applies = r.delivery().applies;
+    let mut events = Events::default();
+    let docs = vec![named("api", 84), named("bad", 666), lb(83)];
+    r.pass(&mut Docs(docs), &mut events);
+    assert_eq!(r.delivery().applies, applies + 1);
+    assert_eq!(events.of("api")[0].0, EventKind::ConfigApplied);
+    assert!(events.of("bad").is_empty(), "told once: {:?}", events.0);
+
+    // The culprit's document changes: it is tried again, and served.
+    let mut events = Events::default();
+    let docs = vec![named("api", 84), named("bad", 668), lb(83)];
+    let (result, _) = r.pass(&mut Docs(docs), &mut events);
+    assert_eq!(result, PassResult::Applied);
+    assert_eq!(events.of("bad")[0].0, EventKind::ConfigApplied);
+    assert!(states(&status).iter().all(|(_, s, _)| s == "active"));
+}
+
+#[test]
+fn regression_one_refused_load_balancer_froze_everyones_changes_at_the_preflight() {
+    one_refused_load_balancer_froze_everyones_changes(false);
+}
+
+#[test]
+fn regression_one_refused_load_balancer_froze_everyones_changes_at_the_apply() {
+    one_refused_load_balancer_froze_everyones_changes(true);
+}
+
+#[test]
+fn two_culprits_among_many_changes_are_both_parked_and_the_rest_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut r = reconciler(dir.path(), refusing(true));
+    let mut docs: Vec<Value> = (0..8).map(|i| named(&format!("lb{i}"), 90 + i)).collect();
+    docs[2] = named("lb2", 666);
+    docs[6] = named("lb6", 667);
+    let mut events = Events::default();
+    let (result, error) = r.pass(&mut Docs(docs), &mut events);
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(result, PassResult::Applied);
+    for id in ["lb2", "lb6"] {
+        let kinds: Vec<EventKind> = events.of(id).iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, [EventKind::ConfigRolledBack], "{id}");
+    }
+    let served: Vec<&str> = r
+        .delivery()
+        .serving
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .collect();
+    assert_eq!(served, ["lb0", "lb1", "lb3", "lb4", "lb5", "lb7"]);
+    // A bisection, not one apply per load balancer: the whole, then at
+    // most two trials per level for each culprit.
+    assert!(
+        r.delivery().applies <= 1 + 2 * 2 * 3,
+        "{}",
+        r.delivery().applies
+    );
+}
+
+#[test]
+fn a_change_whose_parts_conflict_alone_is_tried_together() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut r = reconciler(dir.path(), refusing(true));
+    let docs = vec![named("a", 80), named("b", 81)];
+    r.pass(&mut Docs(docs), &mut Events::default());
+    // a and b swap ports (neither is valid alone on top of the other's
+    // old version) while c is refused by Envoy.
+    let mut events = Events::default();
+    let docs = vec![named("a", 81), named("b", 80), named("c", 666)];
+    let (result, error) = r.pass(&mut Docs(docs), &mut events);
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(result, PassResult::Applied);
+    let served: Vec<(String, u16)> = vec![("a".into(), 81), ("b".into(), 80)];
+    assert_eq!(r.delivery().serving, served);
+    assert_eq!(events.of("c")[0].0, EventKind::ConfigRolledBack);
 }

@@ -355,7 +355,16 @@ pub fn build(input: &StatusInput<'_>) -> StatusView {
         let good = input.good.get(id);
         let version = good.map(version_of).unwrap_or_default();
         let problem = input.problems.get(id);
+        // A wanted change that is not served is never "active", whatever
+        // held it back (another load balancer must not be able to make a
+        // stale config look current).
+        let behind = input.fetched.get(id).is_some_and(|f| Some(f) != good);
         let (status, message) = match (good.is_some(), problem) {
+            (true, None) if behind => (
+                "degraded",
+                "serving the previous configuration: the wanted change is not applied yet"
+                    .to_owned(),
+            ),
             (true, None) => ("active", "serving the desired configuration".to_owned()),
             (true, Some(p)) => (
                 "degraded",

@@ -245,3 +245,27 @@ fn envoy_unreachable_is_not_ready_and_knows_no_health() {
     assert!(!v.snapshot.ready && !v.snapshot.envoy_reachable);
     assert!(v.health.is_empty());
 }
+
+#[test]
+fn regression_a_victim_was_reported_active_while_its_change_was_held_back() {
+    let served = doc(json!([{"id": "a", "address": "10.0.0.1", "port": 80}]));
+    let wanted = doc(json!([{"id": "a", "address": "10.0.0.2", "port": 80}]));
+    let good: BTreeMap<String, serde_json::Value> = [("web".to_owned(), served.clone())].into();
+    let view = |fetched: &serde_json::Value| {
+        build(&StatusInput {
+            good: &good,
+            good_version: "",
+            fetched: &[("web".to_owned(), fetched.clone())].into(),
+            problems: &BTreeMap::new(),
+            hosts: Some(&[]),
+            draining: &[],
+            serving_verified: true,
+            last_result: "error".into(),
+            now: "2026-01-01T00:00:00Z".into(),
+        })
+    };
+    let behind = view(&wanted);
+    assert_eq!(behind.reports[0].status, "degraded");
+    assert!(behind.reports[0].message.contains("not applied yet"));
+    assert_eq!(view(&served).reports[0].status, "active");
+}

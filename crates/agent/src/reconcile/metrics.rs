@@ -35,6 +35,12 @@ struct LbLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LbStatusLabels {
+    lb_id: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
     phase: &'static str,
 }
@@ -51,6 +57,7 @@ pub struct ReconcileMetrics {
     rollbacks: Counter,
     backend_healthy: Family<BackendLabels, Gauge>,
     backends_draining: Family<LbLabels, Gauge>,
+    lb_status: Family<LbStatusLabels, Gauge>,
     envoy_reachable: Gauge,
 }
 
@@ -67,6 +74,7 @@ impl ReconcileMetrics {
             rollbacks: Counter::default(),
             backend_healthy: Family::default(),
             backends_draining: Family::default(),
+            lb_status: Family::default(),
             envoy_reachable: Gauge::default(),
         };
         registry.register(
@@ -113,6 +121,11 @@ impl ReconcileMetrics {
             "backends_draining",
             "Backends in their deregistration delay: no new connections, the open ones kept",
             m.backends_draining.clone(),
+        );
+        registry.register(
+            "load_balancer_status",
+            "1 for each load balancer's status as /status shows it: active, degraded (its wanted change is not served) or error (it serves nothing)",
+            m.lb_status.clone(),
         );
         registry.register(
             "envoy_reachable",
@@ -192,6 +205,20 @@ impl ReconcileMetrics {
                     lb_id: lb_id.clone(),
                 })
                 .set(lb.draining.len() as i64);
+        }
+    }
+
+    /// Each load balancer's status (one series, value 1), after dropping
+    /// the load balancers no longer shown.
+    pub fn statuses(&self, lbs: &std::collections::BTreeMap<String, crate::status::LbStatus>) {
+        self.lb_status.clear();
+        for (lb_id, lb) in lbs {
+            self.lb_status
+                .get_or_create(&LbStatusLabels {
+                    lb_id: lb_id.clone(),
+                    status: lb.status.clone(),
+                })
+                .set(1);
         }
     }
 

@@ -9,18 +9,18 @@ use std::time::Duration;
 use serde_json::Value;
 use vpsie_lb_model::{Config, Problem, ValidateOptions};
 
-use crate::apply::Outcome;
 use crate::delivery::{ChangeKind, Delivery};
 pub use crate::pass::{PassResult, PhaseTimes, ReconcileError};
-use crate::preflight::PreflightError;
-use crate::report::{EventKind, Reporter};
+use crate::report::Reporter;
 use crate::source::{FetchError, Fetched, Source};
 
+mod isolate;
 mod last_known_good;
 mod metrics;
 mod observe;
 mod serve;
 
+use isolate::{Attempt, Parked};
 use serve::Rendered;
 
 pub use metrics::ReconcileMetrics;
@@ -98,8 +98,13 @@ pub struct Reconciler<D: Delivery> {
     /// What Envoy was handed for `good`, while the last-known-good on disk
     /// lags behind it (a save failed): retried every pass.
     unsaved: Option<crate::state::Unsaved>,
-    /// The last candidate Envoy refused, so it is not handed over every pass.
+    /// The last candidate Envoy refused when no document had changed (the
+    /// agent's own settings had), so it is not handed over every pass.
     refused: Option<D::Candidate>,
+    /// Documents Envoy refused, per load balancer: each is held back (its
+    /// last good version serves) until it changes, so that it never blocks
+    /// another load balancer's changes.
+    parked: BTreeMap<String, Parked>,
     /// The last document rejected per load balancer, so the same rejection is
     /// reported once, not on every pass.
     rejected_docs: BTreeMap<String, Value>,
@@ -164,6 +169,7 @@ impl<D: Delivery> Reconciler<D> {
             unsaved: None,
             state_error: state_error.map(|e| e.to_string()),
             refused: None,
+            parked: BTreeMap::new(),
             rejected_docs: BTreeMap::new(),
             problems: BTreeMap::new(),
             valid_now: Vec::new(),
@@ -234,10 +240,9 @@ impl<D: Delivery> Reconciler<D> {
             // config it confirmed.
             self.serving_verified = true;
         }
-        if matches!(
-            result,
-            PassResult::Applied | PassResult::Unchanged | PassResult::Rejected
-        ) {
+        // Parked load balancers are not among the valid ones: what they
+        // want is not served.
+        if result != PassResult::Error {
             for id in std::mem::take(&mut self.valid_now) {
                 if self.good.contains_key(&id) {
                     self.problems.remove(&id);
@@ -302,6 +307,9 @@ impl<D: Delivery> Reconciler<D> {
         self.times.plan = clock.elapsed();
         let served = if rejected {
             PassResult::Rejected
+        } else if !self.parked.is_empty() {
+            // What Envoy refused earlier is still held back.
+            PassResult::RolledBack
         } else {
             PassResult::Unchanged
         };
@@ -311,31 +319,43 @@ impl<D: Delivery> Reconciler<D> {
             return (served, fetch_error);
         }
         if self.refused.as_ref() == Some(&files) {
-            // Same content Envoy already refused: do not hammer it every pass.
+            // The agent's settings changed and Envoy refused the result: do
+            // not hand the same content over every pass.
             return (PassResult::RolledBack, fetch_error);
         }
         let changed = self.changed_ids(&candidate);
-        let clock = std::time::Instant::now();
-        if let Err(end) = self.check(&config, &files, &changed, diff.kind, reporter) {
-            return match end {
-                Some(e) => (PassResult::Error, Some(e)),
-                None => (PassResult::Rejected, fetch_error),
-            };
-        }
-        self.times.preflight = clock.elapsed();
-        match self.hand_over(&candidate, files, &changed, reporter) {
-            Ok(PassResult::Applied) => {
-                self.settle(config, reporter);
-                let result = if rejected {
-                    PassResult::Rejected
-                } else {
-                    PassResult::Applied
-                };
-                (result, fetch_error)
+        let attempt = self.attempt(
+            &candidate,
+            (config, files.clone()),
+            &changed,
+            diff.kind,
+            reporter,
+        );
+        let (applied, error) = match attempt {
+            Attempt::Served => (true, None),
+            Attempt::Failed(e) => return (PassResult::Error, Some(e)),
+            // Several load balancers changed: blame only those Envoy
+            // refuses on their own, and serve the others now.
+            Attempt::Refused(_) if changed.len() > 1 => self.isolate(&candidate, changed, reporter),
+            Attempt::Refused(refusal) => {
+                match changed.first() {
+                    Some(id) => self.park(&candidate, id, &refusal, reporter),
+                    // No document changed, the agent's own settings did:
+                    // the whole candidate waits for the next change.
+                    None => self.refuse_settings(&refusal, files, reporter),
+                }
+                return (refusal.result(), fetch_error);
             }
-            Ok(result) => (result, fetch_error),
-            Err(e) => (PassResult::Error, Some(e)),
+        };
+        if let Some(e) = error {
+            return (PassResult::Error, Some(e));
         }
+        let result = match (rejected, applied) {
+            (true, _) => PassResult::Rejected,
+            (false, true) => PassResult::Applied,
+            (false, false) => PassResult::RolledBack,
+        };
+        (result, fetch_error)
     }
 
     /// Fetches and chooses what to serve: the candidate documents (and, if
@@ -367,100 +387,6 @@ impl<D: Delivery> Reconciler<D> {
         let (candidate, validated, rejected) = self.choose(fetched, reporter);
         self.times.validate = clock.elapsed();
         (candidate, validated, rejected, fetch_error)
-    }
-
-    /// The checks only Envoy and the host can make, on what changed. `Err(None)`:
-    /// refused (reported and parked); `Err(Some(e))`: the check could not run.
-    fn check(
-        &mut self,
-        config: &Config,
-        files: &D::Candidate,
-        changed: &[String],
-        kind: ChangeKind,
-        reporter: &mut dyn Reporter,
-    ) -> Result<(), Option<ReconcileError>> {
-        // Envoy accepted every unchanged load balancer when it was applied,
-        // and our validation already rules out conflicts between them, so
-        // only the changed ones go through the pre-flight: one change among
-        // 1,000 load balancers is checked in milliseconds, not a second.
-        // When no document changed but the files did (the agent's own
-        // settings changed), everything is checked.
-        let mut checked = config.clone();
-        if !changed.is_empty() {
-            checked.load_balancers.retain(|lb| changed.contains(&lb.id));
-        }
-        // An endpoint-only change is addresses, ports and weights that our
-        // validation already checked, and Envoy's verdict on it is confirmed
-        // (or rolled back) by apply. Spawning `envoy --mode validate` for it
-        // cost ~50 ms of CPU per change, which the data plane felt under
-        // frequent backend churn on a 2-core VM.
-        if kind == ChangeKind::EndpointsOnly {
-            checked.load_balancers.clear();
-        }
-        match self.delivery.check(files, &checked) {
-            Ok(()) => Ok(()),
-            Err(PreflightError::Rejected(reason)) => {
-                let message = format!("envoy validate refused the change: {reason}");
-                for id in changed {
-                    self.problems.insert(id.clone(), message.clone());
-                    reporter.event(
-                        id,
-                        EventKind::ConfigRejected,
-                        &message,
-                        serde_json::json!({"problems": [reason]}),
-                    );
-                }
-                self.refused = Some(files.clone());
-                Err(None)
-            }
-            Err(e) => Err(Some(ReconcileError::Preflight(e))),
-        }
-    }
-
-    /// Hands `files` to Envoy and acts on its verdict: promote what it
-    /// confirmed, park and report what it refused; anything else is an error
-    /// the next pass retries.
-    fn hand_over(
-        &mut self,
-        candidate: &BTreeMap<String, Value>,
-        files: D::Candidate,
-        changed: &[String],
-        reporter: &mut dyn Reporter,
-    ) -> Result<PassResult, ReconcileError> {
-        let started = std::time::Instant::now();
-        let outcome = self.delivery.apply(&files);
-        let verify = self.delivery.take_verify_time();
-        self.times.verify = verify;
-        self.times.write = started.elapsed().saturating_sub(verify);
-        match outcome {
-            Ok(Outcome::Unchanged | Outcome::Applied) => {
-                self.promote(candidate, &files, reporter, changed);
-                self.observe
-                    .metrics
-                    .applied(&self.good_version, started.elapsed(), verify);
-                Ok(PassResult::Applied)
-            }
-            Ok(Outcome::RolledBack(cause)) => {
-                for id in changed {
-                    self.problems
-                        .insert(id.clone(), format!("envoy refused the change: {cause}"));
-                    reporter.event(
-                        id,
-                        EventKind::ConfigRolledBack,
-                        &format!(
-                            "envoy refused the change and the previous config serves again: {cause}"
-                        ),
-                        serde_json::json!({"reason": cause.to_string()}),
-                    );
-                }
-                self.refused = Some(files);
-                self.observe.metrics.rolled_back();
-                Ok(PassResult::RolledBack)
-            }
-            // Not Envoy's verdict: the candidate is not parked, and the next
-            // pass tries it again after a backoff.
-            Ok(Outcome::Interrupted(cause)) | Err(cause) => Err(ReconcileError::Apply(cause)),
-        }
     }
 
     fn changed_ids(&self, candidate: &BTreeMap<String, Value>) -> Vec<String> {
@@ -508,7 +434,10 @@ impl<D: Delivery> Reconciler<D> {
                 self.fetched.insert(id.clone(), doc.clone());
             }
         }
-        let mut choice = crate::choose::choose(fetched.items, &self.good, &self.settings.validate);
+        let mut items = fetched.items;
+        self.hold_parked(&mut items);
+        let mut choice = crate::choose::choose(items, &self.good, &self.settings.validate);
+        choice.valid.retain(|id| !self.is_parked(id));
         // Problems in the source's own terms: the public API's paths.
         for (id, _, problems) in &mut choice.refused {
             if let Some(map) = fetched.paths.get(id) {

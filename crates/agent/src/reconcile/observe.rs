@@ -51,6 +51,7 @@ impl<D: Delivery> Reconciler<D> {
         }
         self.observe.metrics.backends(&view.health);
         self.observe.metrics.draining(&view.snapshot.load_balancers);
+        self.observe.metrics.statuses(&view.snapshot.load_balancers);
         if let Ok(mut s) = self.observe.status.lock() {
             *s = view.snapshot;
         }

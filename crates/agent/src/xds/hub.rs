@@ -53,7 +53,8 @@ pub struct StreamView {
     pub acked: BTreeMap<Key, String>,
     /// Versions sent and not refused: what Envoy has or is about to have.
     pub known: BTreeMap<Key, String>,
-    /// Versions Envoy refused; never sent to this stream again.
+    /// Versions Envoy refused; not sent to this stream again until the
+    /// agent starts another change ([`Hub::forgive`]).
     pub refused: BTreeSet<(Key, String)>,
     /// Responses awaiting an answer, by nonce.
     pub in_flight: BTreeMap<String, Sent>,
@@ -161,6 +162,12 @@ impl StreamView {
         }
     }
 
+    /// Whether this stream's Envoy refused `key` at `version`, so waiting
+    /// for its ACK is waiting for nothing.
+    fn refused(&self, key: &Key, version: Option<&String>) -> bool {
+        version.is_some_and(|v| self.refused.contains(&(key.clone(), v.clone())))
+    }
+
     /// Whether this stream's Envoy confirmed `key` at `version` (`None`:
     /// confirmed that it does not have it). A resource Envoy asks for by
     /// name and has not asked for (the secret or route configuration of a
@@ -257,6 +264,18 @@ impl Hub {
         generation
     }
 
+    /// Forgets which versions each stream's Envoy refused: called as the
+    /// agent starts a change, which is a deliberate new try. Within one
+    /// change (its phases and its rollback) a refused version is never
+    /// sent twice; across changes, the reconciler parks what Envoy refused,
+    /// and only its search for the culprit of a refusal sends a version
+    /// again (the innocent load balancers of a refused response).
+    pub fn forgive(&self) {
+        for s in self.lock().streams.values_mut() {
+            s.refused.clear();
+        }
+    }
+
     /// Stops serving: streams send nothing until the next publish, so
     /// Envoy keeps what it has.
     pub fn retract(&self) {
@@ -342,6 +361,16 @@ impl Hub {
             .find(|n| n.generation >= generation)
         {
             return Some(WaitError::Refused(nack.message.clone()));
+        }
+        // A version this stream refused is not sent again in this change:
+        // it is refused now, not late.
+        if let Some(s) = state
+            .streams
+            .values()
+            .find(|s| want.iter().any(|(k, v)| s.refused(k, v.as_ref())))
+        {
+            let said = s.nack.as_ref().map_or("", |n| n.message.as_str());
+            return Some(WaitError::Refused(format!("refused before: {said}")));
         }
         let done = !state.streams.is_empty()
             && state

@@ -148,3 +148,29 @@ fn a_wait_ends_on_the_ack_on_a_refusal_or_on_time() {
         Err(WaitError::Refused("no".into()))
     );
 }
+
+#[test]
+fn regression_a_version_refused_before_was_waited_for_until_the_timeout() {
+    let hub = Hub::default();
+    let id = hub.connect();
+    let bad = Arc::new(set(&[(Cluster, "lb_a", "bad")]));
+    let generation = hub.publish(bad.clone());
+    hub.with_stream(id, |view, _| {
+        view.subscribe(Cluster, &[], &[]);
+        let sent = view.pending(Cluster, &bad);
+        view.record_sent("n1".into(), Sent { generation, ..sent });
+        view.record_answer("n1", Some("cannot bind".into()));
+    });
+    // The same version in a later publish is not sent again, and waiting
+    // for it ends at once as a refusal.
+    let generation = hub.publish(bad.clone());
+    let waited = hub.wait(generation, &confirm_all(&bad), Duration::from_secs(3600));
+    assert_eq!(
+        waited,
+        Err(WaitError::Refused("refused before: cannot bind".into()))
+    );
+    // A new change forgives it: it is sent again, to be judged again.
+    hub.forgive();
+    let pending = hub.with_stream(id, |view, _| view.pending(Cluster, &bad));
+    assert_eq!(pending.map(|p| p.upserts.len()), Some(1));
+}

@@ -311,6 +311,10 @@ impl Delivery for XdsDelivery {
     }
 
     fn apply(&mut self, next: &Resources) -> Result<Outcome, ApplyError> {
+        // A new change: what Envoy refused in an earlier one may be part of
+        // this one on purpose (an innocent load balancer of a refused
+        // response, tried alone), and must be sent to be judged.
+        self.hub.forgive();
         let old = self.hub.snapshot().map(|s| s.resources);
         Ok(self.converge(old, &next.0))
     }

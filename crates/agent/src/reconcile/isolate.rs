@@ -1,0 +1,331 @@
+//! Blaming only the culprit: when Envoy refuses a change that touches
+//! several load balancers, the change is split and tried in parts on top of
+//! last-known-good until the load balancers Envoy refuses on their own are
+//! found. Only those are parked; every other part is served in the same
+//! pass. A parked document is held back (its last good version serves)
+//! until its document changes, so it never blocks anyone's later changes.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use vpsie_lb_model::Config;
+
+use super::Reconciler;
+use crate::apply::Outcome;
+use crate::delivery::{ChangeKind, Delivery};
+use crate::pass::{PassResult, ReconcileError};
+use crate::preflight::PreflightError;
+use crate::report::{EventKind, Reporter};
+use crate::source::FetchError;
+
+/// Envoy's verdict against a change: where it came and what Envoy said.
+#[derive(Debug, Clone)]
+pub(super) enum Refusal {
+    /// `envoy --mode validate` (or the host's limits) refused it.
+    Preflight(String),
+    /// The running Envoy refused it; the previous config serves again.
+    Apply(String),
+}
+
+impl Refusal {
+    /// How a pass that ends with this refusal is counted.
+    pub(super) fn result(&self) -> PassResult {
+        match self {
+            Refusal::Preflight(_) => PassResult::Rejected,
+            Refusal::Apply(_) => PassResult::RolledBack,
+        }
+    }
+
+    /// The problem a parked load balancer reports until its document changes.
+    fn problem(&self) -> String {
+        match self {
+            Refusal::Preflight(r) => format!("envoy validate refused the change: {r}"),
+            Refusal::Apply(r) => format!("envoy refused the change: {r}"),
+        }
+    }
+
+    /// The event that tells the API.
+    fn event(&self) -> (EventKind, String, Value) {
+        match self {
+            Refusal::Preflight(r) => (
+                EventKind::ConfigRejected,
+                self.problem(),
+                serde_json::json!({"problems": [r]}),
+            ),
+            Refusal::Apply(r) => (
+                EventKind::ConfigRolledBack,
+                format!("envoy refused the change and the previous config serves again: {r}"),
+                serde_json::json!({"reason": r}),
+            ),
+        }
+    }
+}
+
+/// How handing one candidate to Envoy ended.
+pub(super) enum Attempt {
+    /// Envoy confirmed it; it is last-known-good now.
+    Served,
+    /// Envoy refused it; the previous config serves.
+    Refused(Refusal),
+    /// Something that is not Envoy's verdict stopped it; retried later.
+    Failed(ReconcileError),
+}
+
+/// A load balancer's document that Envoy refused, held back until it changes.
+#[derive(Debug, Clone)]
+pub(super) struct Parked {
+    /// The document Envoy refused; `None` when it was the load balancer's removal.
+    doc: Option<Value>,
+}
+
+/// A trial of part of a change on top of last-known-good.
+enum Trial {
+    /// Served, refused or failed, as a whole attempt.
+    Done(Attempt),
+    /// The part is not valid without the rest (for example two load
+    /// balancers that swap ports): it must be tried with another part.
+    Inseparable,
+}
+
+/// `group` split in two, the first half to be tried first (popped last).
+fn halves(mut group: Vec<String>) -> [Vec<String>; 2] {
+    let second = group.split_off(group.len() / 2);
+    [second, group]
+}
+
+impl<D: Delivery> Reconciler<D> {
+    /// Holds back the parked documents among `items` (the fetch, per id):
+    /// each is replaced by its last good version, as if unchanged, so that
+    /// choosing resolves conflicts against it and nobody else waits on it.
+    /// A parked load balancer whose document changed (or that is gone) is
+    /// tried again.
+    pub(super) fn hold_parked(&mut self, items: &mut BTreeMap<String, Result<Value, FetchError>>) {
+        self.parked.retain(|id, p| match (items.get(id), &p.doc) {
+            (Some(Ok(now)), Some(refused)) => now == refused,
+            // A failed fetch says nothing new about the document.
+            (Some(Err(_)), _) => true,
+            (None, None) => true,
+            _ => false,
+        });
+        for id in self.parked.keys() {
+            match self.good.get(id) {
+                Some(g) => {
+                    items.insert(id.clone(), Ok(g.clone()));
+                }
+                None => {
+                    items.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Whether `id` is parked: its wanted document is not served.
+    pub(super) fn is_parked(&self, id: &str) -> bool {
+        self.parked.contains_key(id)
+    }
+
+    /// Hands `files` (the render of `candidate`) to Envoy: the pre-flight of
+    /// the load balancers in `changed`, then the apply; what Envoy
+    /// confirmed becomes last-known-good.
+    pub(super) fn attempt(
+        &mut self,
+        candidate: &BTreeMap<String, Value>,
+        (config, files): (Config, D::Candidate),
+        changed: &[String],
+        kind: ChangeKind,
+        reporter: &mut dyn Reporter,
+    ) -> Attempt {
+        let clock = std::time::Instant::now();
+        if let Err(e) = self.preflight(&config, &files, changed, kind) {
+            return match e {
+                PreflightError::Rejected(reason) => Attempt::Refused(Refusal::Preflight(reason)),
+                e => Attempt::Failed(ReconcileError::Preflight(e)),
+            };
+        }
+        self.times.preflight += clock.elapsed();
+        let started = std::time::Instant::now();
+        let outcome = self.delivery.apply(&files);
+        let verify = self.delivery.take_verify_time();
+        self.times.verify += verify;
+        self.times.write += started.elapsed().saturating_sub(verify);
+        match outcome {
+            Ok(Outcome::Unchanged | Outcome::Applied) => {
+                self.promote(candidate, &files, reporter, changed);
+                self.observe
+                    .metrics
+                    .applied(&self.good_version, started.elapsed(), verify);
+                self.settle(config, reporter);
+                Attempt::Served
+            }
+            Ok(Outcome::RolledBack(cause)) => {
+                self.observe.metrics.rolled_back();
+                Attempt::Refused(Refusal::Apply(cause.to_string()))
+            }
+            // Not Envoy's verdict: nothing is parked, and the next pass
+            // tries again after a backoff.
+            Ok(Outcome::Interrupted(cause)) | Err(cause) => {
+                Attempt::Failed(ReconcileError::Apply(cause))
+            }
+        }
+    }
+
+    /// Envoy's verdict on the load balancers of `changed` (every one when
+    /// none changed: the agent's own settings did), and the host's limits.
+    fn preflight(
+        &self,
+        config: &Config,
+        files: &D::Candidate,
+        changed: &[String],
+        kind: ChangeKind,
+    ) -> Result<(), PreflightError> {
+        // Envoy accepted every unchanged load balancer when it was applied,
+        // and our validation already rules out conflicts between them, so
+        // only the changed ones go through the pre-flight: one change among
+        // 1,000 load balancers is checked in milliseconds, not a second.
+        let mut checked = config.clone();
+        if !changed.is_empty() {
+            checked.load_balancers.retain(|lb| changed.contains(&lb.id));
+        }
+        // An endpoint-only change is addresses, ports and weights that our
+        // validation already checked, and Envoy's verdict on it is confirmed
+        // (or rolled back) by apply. Spawning `envoy --mode validate` for it
+        // cost ~50 ms of CPU per change, which the data plane felt under
+        // frequent backend churn on a 2-core VM.
+        if kind == ChangeKind::EndpointsOnly {
+            checked.load_balancers.clear();
+        }
+        self.delivery.check(files, &checked)
+    }
+
+    /// After Envoy refused the change of every load balancer in `changed`
+    /// at once: finds which of them Envoy refuses, parks only those with
+    /// their own reason, and serves the rest. Returns whether anything was
+    /// served, and the error that stopped the search, if one did (what was
+    /// served until then stays served).
+    pub(super) fn isolate(
+        &mut self,
+        candidate: &BTreeMap<String, Value>,
+        changed: Vec<String>,
+        reporter: &mut dyn Reporter,
+    ) -> (bool, Option<ReconcileError>) {
+        let mut served = false;
+        let mut pending: Vec<Vec<String>> = halves(changed).into_iter().collect();
+        while let Some(group) = pending.pop() {
+            if group.is_empty() {
+                continue;
+            }
+            match self.trial(candidate, &group, reporter) {
+                Trial::Done(Attempt::Served) => served = true,
+                Trial::Done(Attempt::Refused(r)) if group.len() == 1 => {
+                    self.park(candidate, &group[0], &r, reporter);
+                }
+                Trial::Done(Attempt::Refused(_)) => pending.extend(halves(group)),
+                Trial::Done(Attempt::Failed(e)) => return (served, Some(e)),
+                Trial::Inseparable => match pending.pop() {
+                    Some(mut next) => {
+                        next.extend(group);
+                        pending.push(next);
+                    }
+                    // What it needs was refused: the next pass's choice
+                    // reports the conflict with the parked one's good version.
+                    None => {
+                        for id in group {
+                            self.valid_now.retain(|v| *v != id);
+                            self.problems.insert(
+                                id,
+                                "not applied: it cannot be served without another load \
+                                 balancer's change that envoy refused"
+                                    .into(),
+                            );
+                        }
+                    }
+                },
+            }
+        }
+        (served, None)
+    }
+
+    /// Tries last-known-good with the documents of `group` from `candidate`.
+    fn trial(
+        &mut self,
+        candidate: &BTreeMap<String, Value>,
+        group: &[String],
+        reporter: &mut dyn Reporter,
+    ) -> Trial {
+        let mut docs = self.good.clone();
+        for id in group {
+            match candidate.get(id) {
+                Some(doc) => docs.insert(id.clone(), doc.clone()),
+                None => docs.remove(id),
+            };
+        }
+        let Ok(config) = self.validate_all(&docs) else {
+            return Trial::Inseparable;
+        };
+        let built = match self.prepare(&docs, Some(config)) {
+            Ok(built) => built,
+            Err(e) => return Trial::Done(Attempt::Failed(ReconcileError::Render(e))),
+        };
+        let kind = match self.delivery.diff(&built.1) {
+            Ok(d) => d.kind,
+            Err(e) => return Trial::Done(Attempt::Failed(e)),
+        };
+        if kind == ChangeKind::None {
+            self.promote(&docs, &built.1, reporter, group);
+            self.settle(built.0, reporter);
+            return Trial::Done(Attempt::Served);
+        }
+        Trial::Done(self.attempt(&docs, built, group, kind, reporter))
+    }
+
+    /// Parks `id`'s document from `candidate`: Envoy refused it on its own.
+    /// Only `id` is told, with Envoy's words.
+    pub(super) fn park(
+        &mut self,
+        candidate: &BTreeMap<String, Value>,
+        id: &str,
+        refusal: &Refusal,
+        reporter: &mut dyn Reporter,
+    ) {
+        let (kind, message, metadata) = refusal.event();
+        reporter.event(id, kind, &message, metadata);
+        self.problems.insert(id.to_owned(), refusal.problem());
+        self.valid_now.retain(|v| v != id);
+        self.parked.insert(
+            id.to_owned(),
+            Parked {
+                doc: candidate.get(id).cloned(),
+            },
+        );
+    }
+
+    /// Parks the whole candidate `files`: Envoy refused it when no document
+    /// had changed (the agent's own settings had), so no load balancer is
+    /// to blame.
+    pub(super) fn refuse_settings(
+        &mut self,
+        refusal: &Refusal,
+        files: D::Candidate,
+        reporter: &mut dyn Reporter,
+    ) {
+        reporter.error(
+            "apply",
+            &format!("the agent's settings changed and {}", refusal.problem()),
+        );
+        self.refused = Some(files);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::halves;
+
+    #[test]
+    fn halves_split_a_group_and_try_its_first_half_first() {
+        let ids = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let [later, first] = halves(ids(&["a", "b", "c"]));
+        assert_eq!((first, later), (ids(&["a"]), ids(&["b", "c"])));
+        let [later, first] = halves(ids(&["a"]));
+        assert_eq!((first, later), (ids(&[]), ids(&["a"])));
+    }
+}
