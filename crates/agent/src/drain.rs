@@ -13,6 +13,7 @@
 //! The running drains are saved beside last-known-good, so that an agent
 //! restarted while Envoy serves on (under systemd) resumes them.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
@@ -101,35 +102,131 @@ pub fn at(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
+/// Envoy's processes: those run with `bootstrap` as an argument (the
+/// bootstrap the agent writes, whoever started Envoy). Validate-mode runs
+/// have bootstraps of their own, so they are not among them.
+fn envoy_pids(bootstrap: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    let want = bootstrap.as_os_str().as_encoded_bytes();
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == want))
+        })
+        .collect()
+}
+
+/// How Envoy's sockets are told from every other process's.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Owner {
+    /// Socket inodes of Envoy's descriptors, where they can be read (Envoy
+    /// is the agent's child, or runs as its user).
+    inodes: BTreeSet<u64>,
+    /// The users of the Envoys whose descriptors cannot be read (Envoy runs
+    /// under a user of its own, as the package does): their sockets.
+    uids: BTreeSet<u32>,
+}
+
+impl Owner {
+    /// The owner of the sockets of processes `pids`.
+    fn of(pids: &[u32]) -> Owner {
+        let mut owner = Owner::default();
+        for pid in pids {
+            match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+                Ok(fds) => owner.inodes.extend(fds.filter_map(|fd| {
+                    let target = std::fs::read_link(fd.ok()?.path()).ok()?;
+                    socket_inode(target.to_str()?)
+                })),
+                // Root's sockets show no uid: they would be everyone's.
+                Err(_) => owner.uids.extend(uid_of(*pid).filter(|u| *u != 0)),
+            }
+        }
+        owner
+    }
+
+    /// Whether socket `s` is Envoy's.
+    fn owns(&self, s: &Socket) -> bool {
+        self.inodes.contains(&s.inode) || self.uids.contains(&s.uid)
+    }
+}
+
+/// `socket:[123]` -> 123.
+fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// The real user of process `pid`.
+fn uid_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// One TCP socket as `ss -H -t -n -e` prints it.
+#[derive(Debug, PartialEq, Eq)]
+struct Socket {
+    local: String,
+    peer: String,
+    inode: u64,
+    /// 0 when `ss` prints none (root's sockets).
+    uid: u32,
+}
+
+/// Parses one line of `ss -H -t -n -e state connected ...`: the state,
+/// the two queues, the local and the peer address, then `key:value`
+/// details.
+fn parse_socket(line: &str) -> Option<Socket> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (local, peer) = (fields.get(3)?, fields.get(4)?);
+    let detail = |key: &str| {
+        fields[5..]
+            .iter()
+            .find_map(|f| f.strip_prefix(key)?.parse::<u64>().ok())
+    };
+    Some(Socket {
+        local: (*local).to_owned(),
+        peer: (*peer).to_owned(),
+        inode: detail("ino:")?,
+        uid: detail("uid:").map_or(0, |u| u32::try_from(u).unwrap_or(u32::MAX)),
+    })
+}
+
+/// `host:port` (IPv6 hosts in brackets) as `ss` filter words for `side`
+/// (`src` or `dst`).
+fn endpoint_filter(side: &str, addr: &str) -> Option<Vec<String>> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let port_key = if side == "src" { "sport" } else { "dport" };
+    Some(vec![
+        side.to_owned(),
+        host.to_owned(),
+        port_key.to_owned(),
+        "=".to_owned(),
+        format!(":{port}"),
+    ])
+}
+
 /// The `ss` filter for connections to `ip:port`.
 fn filter(ip: IpAddr, port: u16) -> Vec<String> {
     let dst = match ip {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("[{v6}]"),
     };
-    [
-        "state",
-        "connected",
-        "dst",
-        &dst,
-        "dport",
-        "=",
-        &format!(":{port}"),
-    ]
-    .into_iter()
-    .map(str::to_owned)
-    .collect()
+    let mut words = vec!["state".to_owned(), "connected".to_owned()];
+    words.extend(endpoint_filter("dst", &format!("{dst}:{port}")).unwrap_or_default());
+    words
 }
 
-/// TCP connections of this host to `ip:port`, one line each.
-fn connections(ip: IpAddr, port: u16, kill: bool) -> Result<usize, String> {
-    let mut cmd = Command::new("ss");
-    if kill {
-        cmd.arg("-K");
-    }
-    let out = cmd
+/// Runs `ss` with `args` (after `-H -t -n`); its output.
+fn ss(args: &[String]) -> Result<String, String> {
+    let out = Command::new("ss")
         .args(["-H", "-t", "-n"])
-        .args(filter(ip, port))
+        .args(args)
         .output()
         .map_err(|e| format!("run ss (iproute2): {e}"))?;
     if !out.status.success() {
@@ -138,22 +235,58 @@ fn connections(ip: IpAddr, port: u16, kill: bool) -> Result<usize, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).lines().count())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Closes every TCP connection of this host to `ip:port` and returns how
-/// many there were; an error says how many are still open, and why.
-pub fn close_connections(ip: IpAddr, port: u16) -> Result<usize, String> {
-    let found = connections(ip, port, true)?;
-    if found == 0 {
+/// The TCP connections of this host to `ip:port` that `owner` holds.
+fn connections(owner: &Owner, ip: IpAddr, port: u16) -> Result<Vec<Socket>, String> {
+    let mut args = vec!["-e".to_owned()];
+    args.extend(filter(ip, port));
+    Ok(ss(&args)?
+        .lines()
+        .filter_map(parse_socket)
+        .filter(|s| owner.owns(s))
+        .collect())
+}
+
+/// Closes one connection, named by both of its ends, so nothing else can match.
+fn close(s: &Socket) -> Result<(), String> {
+    let mut args = vec!["-K".to_owned(), "state".to_owned(), "connected".to_owned()];
+    let ends = endpoint_filter("src", &s.local).zip(endpoint_filter("dst", &s.peer));
+    let (src, dst) = ends.ok_or_else(|| format!("unreadable socket {} {}", s.local, s.peer))?;
+    args.extend(src);
+    args.extend(dst);
+    ss(&args).map(|_| ())
+}
+
+/// Closes Envoy's TCP connections to `ip:port` (Envoy: the processes run
+/// on `bootstrap`) and returns how many there were; an error says how many
+/// are still open, and why. Other processes' connections to the same
+/// address are never touched: a document names any address it likes, and
+/// must not reach what else the VM talks to.
+pub fn close_connections(bootstrap: &Path, ip: IpAddr, port: u16) -> Result<usize, String> {
+    let pids = envoy_pids(bootstrap);
+    let owner = Owner::of(&pids);
+    if !pids.is_empty() && owner.inodes.is_empty() && owner.uids.is_empty() {
+        return Err(format!(
+            "envoy's connections to {ip}:{port} cannot be told from other processes' \
+             (its descriptors are unreadable and it runs as root): none closed"
+        ));
+    }
+    let found = connections(&owner, ip, port)?;
+    for s in &found {
+        close(s)?;
+    }
+    if found.is_empty() {
         return Ok(0);
     }
     // `ss -K` lists what it tried; without the capability it closes nothing
     // and says nothing, so count again.
-    match connections(ip, port, false)? {
-        0 => Ok(found),
+    match connections(&owner, ip, port)?.len() {
+        0 => Ok(found.len()),
         left => Err(format!(
-            "{left} of {found} connections to {ip}:{port} are still open: closing them needs CAP_NET_ADMIN"
+            "{left} of {} connections to {ip}:{port} are still open: closing them needs CAP_NET_ADMIN",
+            found.len()
         )),
     }
 }
@@ -168,6 +301,50 @@ mod tests {
         assert_eq!(v4, "state connected dst 10.0.0.1 dport = :8080");
         let v6 = filter("2001:db8::1".parse().expect("ip"), 443).join(" ");
         assert_eq!(v6, "state connected dst [2001:db8::1] dport = :443");
+    }
+
+    #[test]
+    fn sockets_are_read_from_ss_and_closed_by_both_ends() {
+        let line =
+            "ESTAB 0      0      127.0.0.1:55802 127.0.0.1:34581 ino:3970596 sk:1 cgroup:/ <->";
+        let s = parse_socket(line).expect("parsed");
+        assert_eq!((s.inode, s.uid), (3_970_596, 0));
+        let line = "ESTAB 0 0 [2001:db8::2]:40000 [2001:db8::1]:443 uid:998 ino:7 sk:2 <->";
+        let s = parse_socket(line).expect("parsed");
+        assert_eq!((s.local.as_str(), s.uid), ("[2001:db8::2]:40000", 998));
+        let src = endpoint_filter("src", &s.local).expect("src").join(" ");
+        assert_eq!(src, "src [2001:db8::2] sport = :40000");
+        assert_eq!(parse_socket("ESTAB 0 0"), None);
+    }
+
+    #[test]
+    fn envoys_sockets_are_known_by_inode_or_by_its_own_user() {
+        let socket = |inode, uid| Socket {
+            local: String::new(),
+            peer: String::new(),
+            inode,
+            uid,
+        };
+        let owner = Owner {
+            inodes: [7].into(),
+            uids: [998].into(),
+        };
+        assert!(owner.owns(&socket(7, 0)));
+        assert!(owner.owns(&socket(8, 998)));
+        assert!(!owner.owns(&socket(8, 0)), "another process's socket");
+        assert_eq!(socket_inode("socket:[42]"), Some(42));
+        assert_eq!(socket_inode("/dev/null"), None);
+    }
+
+    #[test]
+    fn envoy_is_found_by_its_bootstrap_argument_and_nothing_else() {
+        let me = std::process::id();
+        let exe = std::env::current_exe().expect("exe");
+        assert!(envoy_pids(&exe).contains(&me), "argv[0] is an argument");
+        assert!(envoy_pids(Path::new("/no/such/bootstrap.yaml")).is_empty());
+        // Our own descriptors are readable: we are known by inode.
+        let owner = Owner::of(&[me]);
+        assert!(owner.uids.is_empty());
     }
 
     #[test]

@@ -162,6 +162,7 @@ fn reconciler_with_status(
             state_dir: dir.to_path_buf(),
             validate: Default::default(),
             waf_policies: None,
+            envoy_bootstrap: dir.join("bootstrap.yaml"),
         },
         envoy,
         Observe {

@@ -242,6 +242,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             allowed_backend_networks: cfg.allowed_backend_networks.clone(),
         },
         waf_policies: Some(cfg.envoy.config_dir.join(crate::waf::POLICY_FILE)),
+        envoy_bootstrap: layout.bootstrap_file(),
     };
     let translate = |delivery| TranslateOptions {
         listen_address: cfg.envoy.listen_address,

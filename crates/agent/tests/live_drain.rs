@@ -185,6 +185,37 @@ fn a_removed_backend_keeps_its_connections_for_the_delay_then_they_close(via: Vi
     );
 }
 
+/// A drain's end closes Envoy's connections to the backend, and only
+/// those: another process of the VM holding a connection to the same
+/// address and port keeps it. Before, `ss -K` closed every connection of
+/// the VM to it, so a document could aim a drain at anything the VM talks to.
+fn regression_a_drain_closed_an_unrelated_process_connection(via: Via) {
+    let scene = Scene::new(2);
+    let (bs, port) = (&scene.bs, scene.port);
+    let (cfg, _) = config(via, scene.dir.path());
+    let agent = RunningAgent::start(scene.dir.path(), &cfg);
+    poll_until("a served", Duration::from_secs(30), || serves(port, "a"));
+    let mut proxied = Held::open(port);
+    assert_eq!(proxied.get().as_deref(), Ok("a"));
+    // This test process is the unrelated one: straight to a, no Envoy.
+    let mut unrelated = Held::open(bs[0].port());
+    assert_eq!(unrelated.get().as_deref(), Ok("a"));
+
+    scene.serve(1);
+    wait_closed(&mut proxied, Duration::from_secs(30));
+    agent.wait_log("backend_drained event", "\"event\":\"backend_drained\"");
+    assert!(
+        agent.log().contains("1 connections left were closed"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(
+        unrelated.get().as_deref(),
+        Ok("a"),
+        "the drain closed a connection that was not envoy's"
+    );
+}
+
 /// An agent killed and started again while its drain runs, with Envoy
 /// serving on as under systemd (`manage: false`): the new agent resumes
 /// the saved drain, so the backend gets nothing new and its connection is
@@ -308,6 +339,7 @@ fn unmanaged(via: Via, dir: &Path) -> (std::path::PathBuf, u16, u16) {
 
 common::over_deliveries!(
     a_removed_backend_keeps_its_connections_for_the_delay_then_they_close,
+    regression_a_drain_closed_an_unrelated_process_connection,
     regression_a_restarted_agent_forgot_a_running_drain,
     a_drain_that_ended_while_the_agent_was_away_is_closed_at_its_start,
     a_corrupt_drains_file_is_reported_and_replaced_and_the_last_good_config_serves

@@ -24,12 +24,18 @@ enum Refusal {
     PortTaken,
 }
 
-/// The refused load balancer "bad", and what must stay alive while it is
+/// The refused load balancer "culprit", and what must stay alive while it is
 /// refused (the socket holding its port).
 fn bad_lb(kind: Refusal, dir: &Path, backend: u16) -> (Value, Option<std::net::TcpListener>) {
     let port = free_port();
-    let mut doc = common::lb("bad", "https", port, "round_robin", &[("x", backend, 0)]);
-    let (cert, key) = pki::write_pair(dir, "bad", &pki::self_signed("bad.test"));
+    let mut doc = common::lb(
+        "culprit",
+        "https",
+        port,
+        "round_robin",
+        &[("x", backend, 0)],
+    );
+    let (cert, key) = pki::write_pair(dir, "culprit", &pki::self_signed("culprit.test"));
     let mut held = None;
     let (cert, key) = match kind {
         Refusal::UnloadableCertificate => {
@@ -92,7 +98,7 @@ fn a_refused_load_balancer_never_holds_back_another(via: Via, kind: Refusal) {
     let load = Load::start(port);
     load.wait_for_more(20);
 
-    // The bad load balancer appears while web changes.
+    // The culprit appears while web changes.
     let (bad, _held) = bad_lb(kind, dir.path(), bs[0].port());
     let web = lb_over("web", "http", port, "round_robin", &bs[..2]);
     let changed = Instant::now();
@@ -105,7 +111,7 @@ fn a_refused_load_balancer_never_holds_back_another(via: Via, kind: Refusal) {
     let s = poll_until("bad parked, web confirmed", Duration::from_secs(30), || {
         let s = status(agent_port)?;
         let lbs = &s["load_balancers"];
-        if lbs["web"]["status"] == "active" && lbs["bad"]["status"] == "error" {
+        if lbs["web"]["status"] == "active" && lbs["culprit"]["status"] == "error" {
             Ok(s)
         } else {
             Err(format!("{s}\n{}", agent.log()))
@@ -115,7 +121,7 @@ fn a_refused_load_balancer_never_holds_back_another(via: Via, kind: Refusal) {
     assert_eq!(web_status["applied_version"], web_status["desired_version"]);
     assert_eq!(web_status["last_error"], Value::Null, "{s}");
     assert!(
-        s["load_balancers"]["bad"]["last_error"]
+        s["load_balancers"]["culprit"]["last_error"]
             .as_str()
             .is_some_and(|e| e.contains("envoy")),
         "{s}"
@@ -130,11 +136,13 @@ fn a_refused_load_balancer_never_holds_back_another(via: Via, kind: Refusal) {
     );
     for line in &web_lines {
         assert!(
-            !line.contains("rolled_back") && !line.contains("rejected") && !line.contains("bad"),
+            !line.contains("rolled_back")
+                && !line.contains("rejected")
+                && !line.contains("culprit"),
             "web was told of bad's refusal: {line}"
         );
     }
-    let bad_lines = lines_of(&agent, "bad");
+    let bad_lines = lines_of(&agent, "culprit");
     let metrics = vpsie_lb_testkit::http::get(agent_port, "/metrics")
         .expect("metrics")
         .body;
@@ -143,7 +151,7 @@ fn a_refused_load_balancer_never_holds_back_another(via: Via, kind: Refusal) {
         "{metrics}"
     );
     assert!(
-        metrics.contains("vpsie_lb_load_balancer_status{lb_id=\"bad\",status=\"error\"} 1"),
+        metrics.contains("vpsie_lb_load_balancer_status{lb_id=\"culprit\",status=\"error\"} 1"),
         "{metrics}"
     );
 
@@ -178,7 +186,7 @@ fn a_refused_load_balancer_never_holds_back_another(via: Via, kind: Refusal) {
         "web's traffic failed: {failed:?}"
     );
     assert_eq!(
-        refusals(&lines_of(&agent, "bad")),
+        refusals(&lines_of(&agent, "culprit")),
         told,
         "bad was tried again though its document did not change"
     );

@@ -263,6 +263,135 @@ fn access_lists_match_ipv6_clients(via: Via) {
     }
 }
 
+/// `envoy.listen_address: "::"` serves IPv4 as well as IPv6, and IPv4
+/// clients are still matched by IPv4 networks. Before, Envoy bound `::`
+/// IPv6-only: an HA pair on IPv4 virtual IPs served nothing.
+fn regression_listening_on_the_ipv6_any_address_served_no_ipv4(via: Via) {
+    let port = free_port();
+    let bs = backends(&["a"]);
+    let mut doc = lb_over("any", "http", port, "round_robin", &bs);
+    doc["access"] = json!({"deny": ["127.0.0.3/32"]});
+    let _lab = Lab::start_with(via, &doc, &["--listen-address", "::"]);
+    poll_until(
+        "ipv4 served on ::",
+        Duration::from_secs(30),
+        || match request(client(2), port, "GET", "/", &[]) {
+            Ok(r) if r.status == 200 => Ok(()),
+            other => Err(format!("{:?}", other.map(|r| r.status))),
+        },
+    );
+    let denied = request(client(3), port, "GET", "/", &[]).expect("request");
+    assert_eq!(denied.status, 403, "an ipv4 client is matched as ipv4");
+    assert_eq!(status_v6(port), 200, "ipv6 still served");
+}
+
+/// What a backend that merges slashes and decodes `%2F` makes of a path,
+/// as many do (nginx's `merge_slashes`, most frameworks' routers).
+fn as_backends_read(path: &str) -> String {
+    let decoded = path.replace("%2F", "/").replace("%2f", "/");
+    let mut out = String::new();
+    for c in decoded.chars() {
+        if !(c == '/' && out.ends_with('/')) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The status of `GET path` from `from`, following up to three redirects
+/// on the same port as a browser would.
+fn followed(from: u8, port: u16, path: &str) -> u16 {
+    let mut path = path.to_owned();
+    for _ in 0..3 {
+        let r = request(client(from), port, "GET", &path, &[]).expect("request");
+        if !matches!(r.status, 301 | 302 | 307 | 308) {
+            return r.status;
+        }
+        let location = r.headers.iter().find(|(k, _)| k == "location");
+        let location = location.map(|(_, v)| v.as_str()).unwrap_or_default();
+        // Absolute or not, only the path matters on the same port.
+        path = match location.split_once("://") {
+            Some((_, rest)) => rest.find('/').map_or("/".into(), |i| rest[i..].to_owned()),
+            None => location.to_owned(),
+        };
+    }
+    0
+}
+
+/// A route's access list holds for every spelling of its path that a
+/// backend reads as that path. Before, Envoy routed `//admin` and
+/// `/%2Fadmin` as other paths (the default route, no access list) while
+/// the backend merged them into `/admin`.
+fn regression_route_access_lists_were_bypassed_with_doubled_or_escaped_slashes(via: Via) {
+    let port = free_port();
+    let bs = backends(&["a"]);
+    let mut doc = lb_over("paths", "http", port, "round_robin", &bs);
+    doc["routes"] = json!([{"id": "admin", "path_prefix": "/admin", "forward": [{"pool": "default"}],
+                            "access": {"allow": ["127.0.0.2/32"]}}]);
+    let _lab = Lab::start_with(via, &doc, &["--access-log-sample-percent", "0"]);
+    wait_status(4, port, "/", 200);
+    for path in [
+        "/admin",
+        "//admin",
+        "///admin/x",
+        "/admin//x",
+        "/%2Fadmin",
+        "/%2fadmin",
+        "/%2F%2Fadmin/x",
+        "//%2fadmin",
+        "/admin%2Fx",
+        "/x/..//admin",
+        "/.//admin",
+    ] {
+        assert_eq!(followed(4, port, path), 403, "{path} from a refused client");
+    }
+    let reached: Vec<String> = bs[0]
+        .paths()
+        .into_iter()
+        .filter(|p| as_backends_read(p).starts_with("/admin"))
+        .collect();
+    assert!(
+        reached.is_empty(),
+        "the backend read these as /admin: {reached:?}"
+    );
+    // An escaped slash is a redirect to the unescaped path, as documented.
+    let r = request(client(2), port, "GET", "/%2Fadmin?q=1", &[]).expect("request");
+    let location = r
+        .headers
+        .iter()
+        .find(|(k, _)| k == "location")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(r.status, 307, "{:?}", r.headers);
+    assert!(
+        location.is_some_and(|l| l.ends_with("/admin?q=1")),
+        "{location:?}"
+    );
+    // The allowed client is routed to the same place by every spelling.
+    assert_eq!(followed(2, port, "//admin"), 200);
+    assert_eq!(followed(2, port, "/%2Fadmin"), 200);
+    assert!(
+        bs[0]
+            .paths()
+            .iter()
+            .all(|p| !p.contains("//") && !p.to_lowercase().contains("%2f"))
+    );
+}
+
+/// An https load balancer's access list holds on its redirect port too.
+/// Before, the redirect listener answered every client.
+fn regression_the_redirect_listener_ignored_the_access_list(via: Via) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bs = backends(&["a"]);
+    let (mut doc, _, _) = common::https_lb(dir.path(), &bs[0], json!({}));
+    let redirect = free_port();
+    doc["redirect_http_port"] = json!(redirect);
+    doc["access"] = json!({"deny": ["127.0.0.3/32"]});
+    let _lab = Lab::start(via, &doc);
+    wait_status(2, redirect, "/", 301);
+    let denied = request(client(3), redirect, "GET", "/", &[]).expect("request");
+    assert_eq!(denied.status, 403);
+}
+
 /// Whether a connection from `from` to `port` gets an answer to a request.
 fn served(from: u8, port: u16) -> bool {
     let Ok(mut s) = connect(client(from), port) else {
@@ -361,6 +490,9 @@ over_deliveries!(
     access_lists_on_http,
     access_lists_on_tcp,
     access_lists_match_ipv6_clients,
+    regression_listening_on_the_ipv6_any_address_served_no_ipv4,
+    regression_route_access_lists_were_bypassed_with_doubled_or_escaped_slashes,
+    regression_the_redirect_listener_ignored_the_access_list,
     connection_rate_refuses_the_excess,
     protection_changes_are_hitless,
 );

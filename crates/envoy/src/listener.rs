@@ -26,7 +26,7 @@ use envoy_types::pb::envoy::r#type::v3::{HashPolicy, hash_policy};
 use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value, value};
 use vpsie_lb_model::{Algorithm, DEFAULT_POOL, LoadBalancer, Protocol, RouteAction};
 
-use crate::pb::{any, secs, socket, u32v, u64v};
+use crate::pb::{any, secs, u32v, u64v};
 use crate::{Delivery, TranslateOptions, names, routes, tls};
 
 /// Per-connection read/write buffer cap; Envoy's edge guidance, instead of the 1 MiB default.
@@ -85,7 +85,11 @@ fn main_listener(lb: &LoadBalancer, opts: &TranslateOptions) -> Listener {
     let sni = filter_chains.len() > 1;
     Listener {
         name,
-        address: socket(&opts.listen_address.to_string(), lb.port),
+        address: crate::pb::listen_on(
+            opts.listen_address,
+            lb.port,
+            envoy_types::pb::envoy::config::core::v3::socket_address::Protocol::Tcp,
+        ),
         per_connection_buffer_limit_bytes: u32v(buffer_limit(lb)),
         listener_filters: listener_filters(lb, sni),
         filter_chains,
@@ -186,7 +190,11 @@ fn passthrough_listener(
     filter_chains.push(chain("default".into(), vec![], &[(DEFAULT_POOL, 1)]));
     Listener {
         name: names::lb(&lb.id),
-        address: socket(&opts.listen_address.to_string(), lb.port),
+        address: crate::pb::listen_on(
+            opts.listen_address,
+            lb.port,
+            envoy_types::pb::envoy::config::core::v3::socket_address::Protocol::Tcp,
+        ),
         per_connection_buffer_limit_bytes: u32v(BUFFER_LIMIT_BYTES),
         listener_filters: listener_filters(lb, true),
         filter_chains,
@@ -230,8 +238,12 @@ fn redirect_listener(lb: &LoadBalancer, port: u16, opts: &TranslateOptions) -> L
     // Fixed for the listener's life, so inline: a change of it is a change
     // of the listener anyway.
     hcm.route_specifier = Some(http_connection_manager::RouteSpecifier::RouteConfig(
-        routes::redirect_config(lb),
+        routes::redirect_config(lb, opts.rate_limit_tracked_clients),
     ));
+    // The access list and rate limit hold on the redirect port too.
+    let router = hcm.http_filters.len() - 1;
+    hcm.http_filters
+        .splice(router..router, crate::protect::http_filters(lb));
     let mut filters = connection_limit(lb, &names::lb(&lb.id));
     filters.push(typed_filter(
         "envoy.filters.network.http_connection_manager",
@@ -239,7 +251,11 @@ fn redirect_listener(lb: &LoadBalancer, port: u16, opts: &TranslateOptions) -> L
     ));
     Listener {
         name,
-        address: socket(&opts.listen_address.to_string(), port),
+        address: crate::pb::listen_on(
+            opts.listen_address,
+            port,
+            envoy_types::pb::envoy::config::core::v3::socket_address::Protocol::Tcp,
+        ),
         per_connection_buffer_limit_bytes: u32v(BUFFER_LIMIT_BYTES),
         filter_chains: vec![FilterChain {
             name: "default".into(),
@@ -334,7 +350,16 @@ fn connection_manager(
         }),
         // Bounds how long a slow client may take to send its headers.
         request_headers_timeout: secs(10),
+        // Route (and so apply access lists, rate limits and the WAF's
+        // choice) on the path a backend acts on: `//admin` and
+        // `/%2Fadmin` are `/admin` to most backends. Slashes are merged;
+        // an escaped slash answers a redirect to the unescaped path, so
+        // the request that follows is routed as the backend would read
+        // it (see docs/load-balancer-format.md#paths).
         normalize_path: Some(BoolValue { value: true }),
+        merge_slashes: true,
+        path_with_escaped_slashes_action:
+            http_connection_manager::PathWithEscapedSlashesAction::UnescapeAndRedirect as i32,
         // Never announce ourselves (`server: envoy` is a scanner's banner):
         // the backend's own Server header passes, local replies get none.
         server_header_transformation:

@@ -52,13 +52,22 @@ pub fn socket(ip_or_host: &str, port: u16) -> Option<Address> {
     })
 }
 
-/// A UDP socket address.
-pub fn udp_socket(ip: &str, port: u16) -> Option<Address> {
+/// Where a listener binds: `ip:port` over `protocol`. On `::` it takes
+/// IPv4 too (`ipv4_compat`): Envoy binds IPv6 sockets IPv6-only, so `::`
+/// alone would leave every IPv4 address of the VM (and an HA pair's IPv4
+/// virtual IPs) unserved. Envoy then reports IPv4 clients as IPv4, so
+/// access lists and rate limits by IPv4 network still match them.
+pub fn listen_on(
+    ip: std::net::IpAddr,
+    port: u16,
+    protocol: socket_address::Protocol,
+) -> Option<Address> {
     Some(Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
-            protocol: socket_address::Protocol::Udp as i32,
-            address: ip.to_owned(),
+            protocol: protocol as i32,
+            address: ip.to_string(),
             port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
+            ipv4_compat: ip == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
             ..Default::default()
         })),
     })

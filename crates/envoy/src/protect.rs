@@ -97,6 +97,14 @@ pub(crate) fn for_route(lb: &LoadBalancer, r: &Route, tracked: u32) -> HashMap<S
     out
 }
 
+/// No access list, for a route that must answer anyone (the ACME
+/// challenge path). Its rate limit stays: buckets are per client, and a
+/// CA's validation servers send one request each.
+pub(crate) fn exempt() -> HashMap<String, Any> {
+    // An RBACPerRoute without rules turns the filter off for the route.
+    HashMap::from([(RBAC.to_owned(), any(&RbacPerRoute::default()))])
+}
+
 /// One token bucket per client address, `tracked` of them at most (the
 /// least recently seen is forgotten, and comes back with a full bucket).
 fn per_client(stat_prefix: &str, rate: RequestRate, tracked: u32) -> LocalRateLimit {

@@ -42,7 +42,11 @@ pub(crate) fn listener(lb: &LoadBalancer, opts: &TranslateOptions) -> Listener {
         crate::listener::certificate_chains(lb, &filters, |secret| quic_socket(lb, secret, opts));
     Listener {
         name: names::quic_listener(&lb.id),
-        address: crate::pb::udp_socket(&opts.listen_address.to_string(), lb.port),
+        address: crate::pb::listen_on(
+            opts.listen_address,
+            lb.port,
+            envoy_types::pb::envoy::config::core::v3::socket_address::Protocol::Udp,
+        ),
         per_connection_buffer_limit_bytes: u32v(crate::listener::BUFFER_LIMIT_BYTES),
         udp_listener_config: Some(UdpListenerConfig {
             quic_options: Some(QuicProtocolOptions::default()),

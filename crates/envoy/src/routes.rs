@@ -38,27 +38,22 @@ pub(crate) const STATEFUL_SESSION: &str = "envoy.filters.http.stateful_session";
 pub(crate) fn route_config(lb: &LoadBalancer, opts: &TranslateOptions) -> RouteConfiguration {
     let tracked = opts.rate_limit_tracked_clients;
     let name = names::lb(&lb.id);
-    let mut domains: Vec<&str> = Vec::new();
-    for h in lb.routes.iter().flat_map(|r| &r.hosts) {
-        if !domains.contains(&h.as_str()) {
-            domains.push(h);
-        }
-    }
-    let mut virtual_hosts: Vec<VirtualHost> = domains
-        .iter()
-        .map(|d| VirtualHost {
-            name: (*d).to_owned(),
-            domains: vec![(*d).to_owned()],
-            routes: routes_for(lb, Some(d), tracked),
+    // The plan validation measured: a route without hosts is in every
+    // virtual host, so "first route wins" holds whichever Envoy picks.
+    let virtual_hosts: Vec<VirtualHost> = vpsie_lb_model::vhosts::virtual_hosts(lb)
+        .into_iter()
+        .map(|vh| VirtualHost {
+            name: vh.domain.map_or_else(|| name.clone(), str::to_owned),
+            domains: vec![vh.domain.unwrap_or("*").to_owned()],
+            routes: vh
+                .routes
+                .iter()
+                .map(|&i| route(lb, &lb.routes[i], tracked))
+                .chain([default_route(lb)])
+                .collect(),
             ..Default::default()
         })
         .collect();
-    virtual_hosts.push(VirtualHost {
-        name: name.clone(),
-        domains: vec!["*".into()],
-        routes: routes_for(lb, None, tracked),
-        ..Default::default()
-    });
     RouteConfiguration {
         name,
         virtual_hosts,
@@ -72,31 +67,6 @@ pub(crate) fn route_config(lb: &LoadBalancer, opts: &TranslateOptions) -> RouteC
         response_headers_to_add: crate::quic::alt_svc(lb).into_iter().collect(),
         ..Default::default()
     }
-}
-
-/// Whether `pattern` (an exact name or `*.suffix`) matches every host that
-/// Envoy would route to the virtual host of `domain`.
-fn covers(pattern: &str, domain: &str) -> bool {
-    match pattern.strip_prefix('*') {
-        // `*.example.org` covers `a.example.org` and `*.a.example.org`.
-        Some(suffix) => domain.ends_with(suffix) && domain.len() > suffix.len(),
-        None => pattern == domain,
-    }
-}
-
-/// The routes of the virtual host for `domain` (`None`: the catch-all),
-/// in document order, then the default.
-fn routes_for(lb: &LoadBalancer, domain: Option<&str>, tracked: u32) -> Vec<Route> {
-    let mut out: Vec<Route> = lb
-        .routes
-        .iter()
-        .filter(|r| {
-            r.hosts.is_empty() || domain.is_some_and(|d| r.hosts.iter().any(|p| covers(p, d)))
-        })
-        .map(|r| route(lb, r, tracked))
-        .collect();
-    out.push(default_route(lb));
-    out
 }
 
 fn route(lb: &LoadBalancer, r: &vpsie_lb_model::Route, tracked: u32) -> Route {
@@ -343,7 +313,10 @@ fn redirect(r: &Redirect) -> RedirectAction {
 
 /// The route configuration of the `redirect_http_port` listener: every
 /// request gets a 301 to the same host, path and query on the https port.
-pub(crate) fn redirect_config(lb: &LoadBalancer) -> RouteConfiguration {
+/// The redirect listener's routes: ACME challenges to the agent, every
+/// other request to https. The load balancer's access list and rate limit
+/// hold here as on its own port.
+pub(crate) fn redirect_config(lb: &LoadBalancer, tracked: u32) -> RouteConfiguration {
     let name = names::redirect_listener(&lb.id);
     RouteConfiguration {
         name: name.clone(),
@@ -370,6 +343,7 @@ pub(crate) fn redirect_config(lb: &LoadBalancer) -> RouteConfiguration {
             ..Default::default()
         }],
         ignore_port_in_host_matching: true,
+        typed_per_filter_config: crate::protect::for_route_config(lb, tracked),
         ..Default::default()
     }
 }
@@ -394,27 +368,9 @@ fn acme_challenge(lb: &LoadBalancer) -> Option<Route> {
             timeout: secs(5),
             ..Default::default()
         })),
+        // The CA's validation servers are nobody's clients: a customer's
+        // access list must not keep them from its own certificate.
+        typed_per_filter_config: crate::protect::exempt(),
         ..Default::default()
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::covers;
-
-    #[test]
-    fn a_pattern_covers_the_virtual_hosts_it_matches_every_name_of() {
-        for (pattern, domain, want) in [
-            ("api.example.com", "api.example.com", true),
-            ("api.example.com", "www.example.com", false),
-            ("*.example.org", "a.example.org", true),
-            ("*.example.org", "*.a.example.org", true),
-            ("*.example.org", "*.example.org", true),
-            ("*.example.org", "example.org", false),
-            ("*.a.example.org", "*.example.org", false),
-            ("*.example.org", "aexample.org", false),
-        ] {
-            assert_eq!(covers(pattern, domain), want, "{pattern} over {domain}");
-        }
-    }
 }

@@ -20,7 +20,11 @@ pub(crate) fn listener(lb: &LoadBalancer, opts: &TranslateOptions) -> Listener {
     let name = names::lb(&lb.id);
     Listener {
         name,
-        address: crate::pb::udp_socket(&opts.listen_address.to_string(), lb.port),
+        address: crate::pb::listen_on(
+            opts.listen_address,
+            lb.port,
+            envoy_types::pb::envoy::config::core::v3::socket_address::Protocol::Udp,
+        ),
         udp_listener_config: Some(UdpListenerConfig::default()),
         listener_filters: vec![ListenerFilter {
             name: "envoy.filters.udp_listener.udp_proxy".into(),

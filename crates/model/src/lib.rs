@@ -13,6 +13,7 @@ mod network;
 mod problem;
 pub mod public;
 mod validate;
+pub mod vhosts;
 
 pub use model::*;
 pub use network::{IpNet, forbidden_class, is_localhost_name};

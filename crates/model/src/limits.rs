@@ -89,3 +89,28 @@ pub const MAX_SLOW_START: u32 = 3600;
 pub const MAX_STICKY_TTL: u32 = 30 * 86_400;
 /// Longest deregistration delay, seconds (AWS allows one hour too).
 pub const MAX_DEREGISTRATION_DELAY: u32 = 3600;
+
+/// Most Envoy routes one load balancer translates to, each copy counted:
+/// a route without hosts is repeated in the virtual host of every host
+/// name the routes name. The largest sensible configuration we know of is
+/// AWS ALB's maximum (100 rules, 5 host names each: 500 host names) with a
+/// tenth of the routes host-less: 500 × 10 + 500 = 5,500 routes; Envoy
+/// holds a route in a few kilobytes, so this keeps one load balancer's
+/// share of Envoy near 50 MB.
+pub const MAX_TRANSLATED_ROUTES: usize = 10_000;
+/// Most regular expressions one load balancer translates to, each copy
+/// counted (a path regex, a header regex, and one for a route's methods).
+/// Envoy compiles every copy, and RE2 gives each its own program and cache.
+pub const MAX_TRANSLATED_REGEXES: usize = 2_000;
+/// Largest estimated route configuration of one load balancer, bytes:
+/// what Envoy parses, and what the agent holds two or three times over
+/// (model, resources, rendered text).
+pub const MAX_TRANSLATED_BYTES: usize = 4 << 20;
+/// Most Envoy routes all the load balancers of one document translate to
+/// together: the agent's share of memory for them stays far below its
+/// unit's 1 GiB (measured in `live_isolation`).
+pub const MAX_DOCUMENT_TRANSLATED_ROUTES: usize = 100_000;
+/// Most regular expressions of one document, together.
+pub const MAX_DOCUMENT_TRANSLATED_REGEXES: usize = 20_000;
+/// Largest estimated route configuration of one document, together, bytes.
+pub const MAX_DOCUMENT_TRANSLATED_BYTES: usize = 32 << 20;

@@ -18,6 +18,8 @@ pub(crate) struct State {
     pub(crate) health_status: AtomicU16,
     requests: AtomicU64,
     last_headers: Mutex<Vec<(String, String)>>,
+    /// The path of every request that was not a health check, as sent.
+    paths: Mutex<Vec<String>>,
 }
 
 /// The accept loop and the open connections, so `stop` can really close the port.
@@ -155,6 +157,11 @@ impl HttpBackend {
             .expect("headers lock")
             .clone()
     }
+    /// The path of every request that was not a health check, as it came
+    /// (the first 10,000).
+    pub fn paths(&self) -> Vec<String> {
+        self.state.paths.lock().expect("paths lock").clone()
+    }
     /// Closes the port and every open connection.
     pub fn stop(&mut self) {
         self.server.stop();
@@ -207,6 +214,12 @@ pub(crate) fn serve_http(stream: TcpStream, name: &str, state: &State) -> io::Re
             (s, format!("{name} health {s}\n"))
         } else {
             *state.last_headers.lock().expect("headers lock") = headers;
+            let mut paths = state.paths.lock().expect("paths lock");
+            // Bounded: a load loop must not grow it without end.
+            if paths.len() < 10_000 {
+                paths.push(path.clone());
+            }
+            drop(paths);
             (200, format!("{name}\n"))
         };
         // Who connected: the HA lab tells the nodes apart by it.

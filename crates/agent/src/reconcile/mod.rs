@@ -77,6 +77,9 @@ pub struct Settings {
     pub validate: ValidateOptions,
     /// Where the WAF service reads its policies; `None` writes none.
     pub waf_policies: Option<PathBuf>,
+    /// The bootstrap Envoy runs on: how its processes, and so the
+    /// connections a drain may close, are told from every other.
+    pub envoy_bootstrap: PathBuf,
 }
 
 /// Runs passes and remembers what is known to be good.

@@ -118,19 +118,21 @@ impl<D: Delivery> Reconciler<D> {
             let vpsie_lb_model::Address::Ip(ip) = backend.address else {
                 continue;
             };
-            let (message, closed) = match crate::drain::close_connections(ip, backend.port) {
-                Ok(n) => (
-                    format!(
-                        "backend {} ({ip}:{}) drained: {n} connections left were closed",
-                        backend.id, backend.port
+            let bootstrap = &self.settings.envoy_bootstrap;
+            let (message, closed) =
+                match crate::drain::close_connections(bootstrap, ip, backend.port) {
+                    Ok(n) => (
+                        format!(
+                            "backend {} ({ip}:{}) drained: {n} connections left were closed",
+                            backend.id, backend.port
+                        ),
+                        Some(n),
                     ),
-                    Some(n),
-                ),
-                Err(e) => {
-                    reporter.error("drain", &format!("backend {}: {e}", backend.id));
-                    (format!("backend {} drained: {e}", backend.id), None)
-                }
-            };
+                    Err(e) => {
+                        reporter.error("drain", &format!("backend {}: {e}", backend.id));
+                        (format!("backend {} drained: {e}", backend.id), None)
+                    }
+                };
             reporter.event(
                 &lb,
                 EventKind::BackendDrained,

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 
 use super::ValidateOptions;
 use super::obj::Ctx;
-use crate::model::Protocol;
+use crate::model::{Protocol, limits};
 use crate::problem::FieldPath;
+use crate::vhosts::TranslatedSize;
 
 /// The fields of one load balancer that cross-document rules look at. They
 /// are checked even when the rest of that load balancer is invalid, so every
@@ -17,6 +18,8 @@ pub(super) struct Identity {
     pub(super) id: Option<String>,
     /// The ports it listens on, by the key that names each.
     pub(super) ports: Vec<Listening>,
+    /// What its routes translate to (zero when it is invalid).
+    pub(super) size: TranslatedSize,
 }
 
 /// One port a load balancer listens on.
@@ -87,4 +90,41 @@ pub(super) fn listening(
     let quic = port.filter(|_| http3).map(|p| at("http3", p, true));
     let redirect = redirect_http_port.map(|p| at("redirect_http_port", p, false));
     main.into_iter().chain(quic).chain(redirect).collect()
+}
+
+/// The translated size of the whole document, capped: the load balancers
+/// are added in order, and one that would take the total past a cap is
+/// refused (and not counted), so the others are still served.
+pub(super) fn document_size(items: &[Identity], cx: &mut Ctx) {
+    let mut total = TranslatedSize::default();
+    for item in items {
+        let next = total.plus(item.size);
+        let over = [
+            (
+                next.routes,
+                limits::MAX_DOCUMENT_TRANSLATED_ROUTES,
+                "envoy routes",
+            ),
+            (
+                next.regexes,
+                limits::MAX_DOCUMENT_TRANSLATED_REGEXES,
+                "regular expressions",
+            ),
+            (
+                next.bytes,
+                limits::MAX_DOCUMENT_TRANSLATED_BYTES,
+                "bytes of route configuration",
+            ),
+        ];
+        match over.iter().find(|(n, max, _)| n > max) {
+            Some((n, max, what)) => cx.error(
+                &item.path.key("routes"),
+                format!(
+                    "would bring the document to {n} {what}, more than the {max} one agent \
+                     serves; this load balancer is refused so the others are served"
+                ),
+            ),
+            None => total = next,
+        }
+    }
 }

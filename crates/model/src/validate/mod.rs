@@ -21,6 +21,7 @@ use crate::model::{Config, LoadBalancer, Protocol, ProxyProtocol, Timeouts, Tls,
 use crate::network::IpNet;
 use crate::problem::{FieldPath, Problem, Rejected};
 
+use document::document_size;
 use document::{Identity, cross_document, listening};
 pub use obj::is_valid_id;
 pub(crate) use obj::type_name;
@@ -136,6 +137,7 @@ pub fn validate(doc: &Value, opts: &ValidateOptions) -> Result<Validated, Reject
         keys.push(key);
     }
     cross_document(&keys, opts, &mut cx);
+    document_size(&keys, &mut cx);
 
     if opts.strict {
         let unknown = std::mem::take(&mut cx.unknown);
@@ -194,6 +196,7 @@ fn load_balancer(
         path: path.clone(),
         id: None,
         ports: vec![],
+        size: Default::default(),
     };
     let Some(obj) = Obj::new(value, path, cx) else {
         return (None, key);
@@ -302,7 +305,18 @@ fn load_balancer(
             http3: http3?,
         })
     })();
-    (lb, key)
+    let Some(lb) = lb else {
+        return (None, key);
+    };
+    // What the routes become in Envoy, before anything renders them: a
+    // small document must not make a configuration that exhausts the VM.
+    let size = crate::vhosts::translated_size(&lb, limits::MAX_TRANSLATED_ROUTES);
+    if let Some(why) = crate::vhosts::over_cap(&size) {
+        cx.error(&path.key("routes"), why);
+        return (None, key);
+    }
+    key.size = size;
+    (Some(lb), key)
 }
 
 /// What a udp load balancer cannot have: Envoy's UDP proxy sends no PROXY
