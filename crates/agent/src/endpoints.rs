@@ -54,6 +54,8 @@ pub struct Head<'a> {
     pub method: &'a str,
     /// The path without its query.
     pub path: &'a str,
+    /// The `Host` header, when there is exactly one.
+    pub host: Option<&'a str>,
 }
 
 /// Why a request head was refused.
@@ -92,7 +94,17 @@ pub fn parse_head(buf: &[u8]) -> Result<Head<'_>, HeadError> {
         return Err(HeadError::Malformed);
     }
     let path = target.split('?').next().unwrap_or(target);
-    Ok(Head { method, path })
+    let fields = std::str::from_utf8(&buf[line_end..end]).map_err(|_| HeadError::Malformed)?;
+    let mut hosts = fields.split("\r\n").filter_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("host").then(|| value.trim())
+    });
+    // Two Host headers are a malformed request (RFC 9112, 3.2).
+    let host = match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err(HeadError::Malformed),
+        (host, None) => host,
+    };
+    Ok(Head { method, path, host })
 }
 
 /// Mode of the agent's socket: its user and group. The endpoints are
@@ -309,9 +321,12 @@ mod tests {
             ok,
             Head {
                 method: "GET",
-                path: "/status"
+                path: "/status",
+                host: Some("a"),
             }
         );
+        let no_host = parse_head(b"GET / HTTP/1.1\r\n\r\n").expect("valid");
+        assert_eq!(no_host.host, None);
         assert_eq!(
             parse_head(b"GET /status HTTP/1.1\r\n"),
             Err(HeadError::Incomplete)
@@ -323,6 +338,7 @@ mod tests {
             b"GET /status HTTP/2\r\n\r\n",
             b"GET /a b HTTP/1.1\r\n\r\n",
             b"\xff\xfe /x HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
         ] {
             assert_eq!(parse_head(bad), Err(HeadError::Malformed), "{bad:?}");
         }

@@ -62,6 +62,18 @@ fn remove_stale_temp_files(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What no document may name a file under: the agent's state (its ACME
+/// keys, last-known-good) and its config file (the API key).
+fn private_paths(cfg: &Config, config_path: &Path) -> Vec<String> {
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+    [absolute(&cfg.state_dir), absolute(config_path)]
+        .into_iter()
+        // Never the root: it would make every path private.
+        .filter(|d| d.parent().is_some())
+        .map(|d| d.display().to_string())
+        .collect()
+}
+
 /// Writes the bootstrap when it differs and, for the files delivery, empty
 /// listener and cluster files when there are none, so Envoy can start
 /// before the first pass.
@@ -240,6 +252,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
                 &cfg.agent_listen,
             ),
             allowed_backend_networks: cfg.allowed_backend_networks.clone(),
+            private_paths: private_paths(&cfg, config_path),
+            acme_directories: cfg.acme.allowed_directories.clone(),
         },
         waf_policies: Some(cfg.envoy.config_dir.join(crate::waf::POLICY_FILE)),
         envoy_bootstrap: layout.bootstrap_file(),
@@ -326,6 +340,8 @@ impl Loop<'_> {
                 may_order: cfg.ha.clone().map(|ha| -> crate::acme::MayOrder {
                     Box::new(move || crate::ha::holds_address(&ha))
                 }),
+                account_email: cfg.acme.account_email.clone(),
+                order_timeout: cfg.acme.order_timeout,
             },
             crate::acme::AcmeMetrics::register(&mut registry),
             inbox.trigger(),

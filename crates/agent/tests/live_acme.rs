@@ -5,192 +5,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::{RunningAgent, Via, agent_config_via, backends, write_doc};
-use serde_json::{Value, json};
-use vpsie_lb_testkit::pebble::Pebble;
-use vpsie_lb_testkit::tls::{ClientOptions, https_get};
-use vpsie_lb_testkit::{free_port, http, poll_until, try_poll_until};
-
-/// Lifetime of Pebble's certificates: renewal starts with a third left
-/// (20 s in), which the renewal test waits for.
-const VALIDITY_SECS: u64 = 30;
+use common::Via;
+use common::acme::{AcmeLab, VALIDITY_SECS};
+use vpsie_lb_testkit::{free_port, http, poll_until};
 
 /// Envoy's counts of listener updates and removals (each drains the old one).
 const LISTENER_CHANGES: [&str; 2] = [
     "listener_manager.listener_modified",
     "listener_manager.listener_removed",
 ];
-
-/// One load balancer with an ACME certificate, its Pebble and its agent.
-struct AcmeLab {
-    dir: tempfile::TempDir,
-    pebble: Pebble,
-    /// `None` only while [`AcmeLab::restart_agent`] swaps it.
-    agent: Option<RunningAgent>,
-    config: PathBuf,
-    https: u16,
-    http: u16,
-    admin: u16,
-    endpoints: u16,
-    backend: vpsie_lb_testkit::backend::HttpBackend,
-}
-
-impl AcmeLab {
-    fn start(via: Via) -> AcmeLab {
-        Self::start_with(via, VALIDITY_SECS, None)
-    }
-
-    /// Certificates valid for `validity`; Pebble validates on
-    /// `challenge_port` instead of the redirect port when given.
-    fn start_with(via: Via, validity: u64, challenge_port: Option<u16>) -> AcmeLab {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (https, http, admin, endpoints) = (free_port(), free_port(), free_port(), free_port());
-        // Pebble validates on the redirect port: port 80 stands in for it.
-        let pebble = Pebble::start(challenge_port.unwrap_or(http), validity);
-        let backend = backends(&["a"]).remove(0);
-        let doc = json!({
-            "id": "shop", "name": "shop", "protocol": "https", "port": https,
-            "redirect_http_port": http,
-            "tls_config": {"acme": {
-                "domains": ["shop.acme.test", "www.acme.test"],
-                "email": "ops@acme.test",
-                "directory_url": pebble.directory_url(),
-            }},
-            "backends": [{"id": "a", "address": "127.0.0.1", "port": backend.port()}],
-        });
-        write_doc(&dir.path().join("desired.json"), &doc);
-        let source = format!(
-            "source: file\nfile: {d}/desired.json\nvpsie: {{poll_interval: 2s}}\nagent: {{listen_address: 127.0.0.1:{endpoints}}}\nacme:\n  responder_socket: {d}/acme.sock\n  directory_ca_file: {ca}\n",
-            d = dir.path().display(),
-            ca = pebble.ca_file().display(),
-        );
-        let config = agent_config_via(dir.path(), admin, &source, via);
-        let agent = Some(RunningAgent::start(dir.path(), &config));
-        AcmeLab {
-            dir,
-            pebble,
-            agent,
-            config,
-            https,
-            http,
-            admin,
-            endpoints,
-            backend,
-        }
-    }
-
-    fn agent(&self) -> &RunningAgent {
-        self.agent.as_ref().expect("an agent runs")
-    }
-
-    /// Stops the agent (and its Envoy) and starts a new one on the same state.
-    fn restart_agent(&mut self) {
-        let mut old = self.agent.take().expect("an agent runs");
-        old.terminate(Duration::from_secs(60));
-        // Dropped before the new one starts: its drop kills any Envoy on
-        // the same bootstrap, which would then be the new one's.
-        drop(old);
-        self.agent = Some(RunningAgent::start(self.dir.path(), &self.config));
-    }
-
-    /// The one stored ACME account.
-    fn account(&self) -> PathBuf {
-        let accounts = self.dir.path().join("state/acme/accounts");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&accounts)
-            .expect("accounts")
-            .map(|e| e.expect("entry").path())
-            .collect();
-        assert_eq!(files.len(), 1, "{files:?}");
-        files.remove(0)
-    }
-
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("state/acme/certificates/shop")
-    }
-
-    /// The first certificate of the stored chain, DER.
-    fn stored_der(&self) -> Result<Vec<u8>, String> {
-        let pem = std::fs::read(self.store().join("fullchain.pem")).map_err(|e| e.to_string())?;
-        first_der(&pem)
-    }
-
-    /// The certificate Envoy presents for `shop.acme.test`, and the answer.
-    fn served(&self) -> Result<(Vec<u8>, u16), String> {
-        let opts = ClientOptions {
-            server_name: "shop.acme.test".into(),
-            ..Default::default()
-        };
-        let (hs, resp) = https_get(self.https, &opts, "/")?;
-        Ok((hs.peer_cert, resp.status))
-    }
-
-    /// Waits until Envoy serves the stored certificate, other than `not`.
-    fn wait_served(&self, what: &str, not: Option<&[u8]>, within: Duration) -> Vec<u8> {
-        let got = try_poll_until(what, within, || {
-            let stored = self.stored_der()?;
-            let (served, status) = self.served()?;
-            if Some(served.as_slice()) == not {
-                return Err("still the old certificate".into());
-            }
-            if served != stored || status != 200 {
-                return Err(format!("served another certificate, or status {status}"));
-            }
-            Ok(served)
-        });
-        // The agent's and Pebble's logs say why nothing came.
-        got.unwrap_or_else(|e| {
-            panic!(
-                "{e}\nagent:\n{}\npebble:\n{}",
-                self.agent().log(),
-                self.pebble.log()
-            )
-        })
-    }
-
-    fn status(&self) -> Value {
-        serde_json::from_str(&self.endpoint("/status")).expect("status is json")
-    }
-
-    /// The body of the agent's `path`, once its endpoints listen: after a
-    /// restart over files, the Envoy it starts serves the stored files
-    /// before the new agent binds its endpoints.
-    fn endpoint(&self, path: &str) -> String {
-        poll_until(
-            &format!("agent {path} answers"),
-            Duration::from_secs(30),
-            || {
-                http::get(self.endpoints, path)
-                    .map(|r| r.body)
-                    .map_err(|e| e.to_string())
-            },
-        )
-    }
-
-    fn envoy_stat(&self, name: &str) -> u64 {
-        let r = http::get(self.admin, &format!("/stats?filter=^{name}$")).expect("envoy stats");
-        r.body
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: "))?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("envoy has no stat {name}: {}", r.body))
-    }
-
-    fn metrics(&self) -> String {
-        self.endpoint("/metrics")
-    }
-}
-
-fn first_der(pem: &[u8]) -> Result<Vec<u8>, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    CertificateDer::pem_slice_iter(pem)
-        .next()
-        .ok_or("no certificate in the chain")?
-        .map(|c| c.to_vec())
-        .map_err(|e| e.to_string())
-}
 
 fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
@@ -242,7 +68,7 @@ fn a_certificate_is_issued_over_http01_served_and_renewed_without_a_listener_cha
     assert_eq!(s["certificates"][0]["state"], "valid", "{s}");
     assert!(
         lab.metrics()
-            .contains("vpsie_lb_certificate_expiry_days{lb=\"shop\",name=\"shop.acme.test\"}")
+            .contains("vpsie_lb_certificate_expiry_days{lb=\"shop\",name=\"shop.acme-lab.net\"}")
     );
 
     // Renewal: with a third of the lifetime left, a new certificate

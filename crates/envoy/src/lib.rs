@@ -62,6 +62,15 @@ pub const DEFAULT_ACME_SOCKET: &str = "/run/vpsie-lb/acme.sock";
 /// The path prefix of ACME HTTP-01 challenges (RFC 8555, section 8.3).
 pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
+/// What the agent's responder is asked for a challenge that came to load
+/// balancer `lb_id`'s port: the challenge prefix, the id, then the token.
+/// Envoy rewrites the CA's path to this, so the responder knows whose
+/// listener the request came through; a client cannot forge it (a path
+/// that already names an id gets a second one).
+pub fn acme_challenge_path(lb_id: &str) -> String {
+    format!("{ACME_CHALLENGE_PREFIX}{lb_id}/")
+}
+
 /// How the resources will reach Envoy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {

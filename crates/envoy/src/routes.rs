@@ -350,7 +350,8 @@ pub(crate) fn redirect_config(lb: &LoadBalancer, tracked: u32) -> RouteConfigura
 
 /// With an ACME certificate, HTTP-01 challenges go to the agent's
 /// responder, which knows the tokens of its own orders and nothing else;
-/// never to the customer's backends.
+/// never to the customer's backends. The path it gets names the load
+/// balancer (see [`crate::acme_challenge_path`]).
 fn acme_challenge(lb: &LoadBalancer) -> Option<Route> {
     lb.tls.as_ref()?.acme.as_ref()?;
     Some(Route {
@@ -365,6 +366,10 @@ fn acme_challenge(lb: &LoadBalancer) -> Option<Route> {
             cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
                 names::ACME_CLUSTER.into(),
             )),
+            // The responder learns whose listener asked: it answers only
+            // this load balancer's tokens (and only for its names), so no
+            // customer proves a name through another's port 80.
+            prefix_rewrite: crate::acme_challenge_path(&lb.id),
             timeout: secs(5),
             ..Default::default()
         })),

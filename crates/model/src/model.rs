@@ -523,6 +523,8 @@ impl Acme {
 
 /// Let's Encrypt's production directory: what `directory_url` defaults to.
 pub const DEFAULT_ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory: allowed like production, for trials.
+pub const STAGING_ACME_DIRECTORY: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
 
 /// A certificate chosen by the client's SNI.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use vpsie_lb_model::acme::{Issued, RENEW_BEFORE_SECS, overlay, renew_at, wanted}
 fn two_load_balancers() -> vpsie_lb_model::Config {
     let mut managed = base();
     managed["id"] = json!("managed");
-    managed["tls_config"] = json!({"acme": {"domains": ["a.example.com"]}});
+    managed["tls_config"] = json!({"acme": {"domains": ["a.vpsie-lab.net"]}});
     managed["redirect_http_port"] = json!(80);
     let mut files = base();
     files["id"] = json!("files");
@@ -27,7 +27,7 @@ fn only_acme_load_balancers_are_wanted_and_filled_in() {
     assert!(wanted(&ok(base()).config).is_empty());
     let w = wanted(&config);
     assert_eq!(w.keys().collect::<Vec<_>>(), ["managed"]);
-    assert_eq!(w["managed"].domains, ["a.example.com"]);
+    assert_eq!(w["managed"].domains, ["a.vpsie-lab.net"]);
 
     let tls = |c: &vpsie_lb_model::Config, id: &str| {
         let lb = c.load_balancers.iter().find(|l| l.id == id).expect("lb");

@@ -325,6 +325,46 @@ fn tls_config_fields() {
         with("/tls_config/private_key_path", None),
         &["tls_config.private_key_path: is required"],
     );
+}
+
+#[test]
+fn regression_a_document_could_serve_the_acme_store_s_keys() {
+    // `opts()` marks the agent's state and config directories private.
+    let store = "/var/lib/vpsie-lb/acme/certificates/victim/key.pem";
+    check(
+        with("/tls_config/private_key_path", Some(json!(store))),
+        &[
+            "tls_config.private_key_path: \"/var/lib/vpsie-lb/acme/certificates/victim/key.pem\" is under /var/lib/vpsie-lb, which only the agent may read",
+        ],
+    );
+    check(
+        with(
+            "/tls_config/certificate_path",
+            Some(json!("/etc/ssl/../vpsie-lb/agent.yaml")),
+        ),
+        &[
+            "tls_config.certificate_path: \"/etc/ssl/../vpsie-lb/agent.yaml\" must not contain \"..\"",
+        ],
+    );
+    check(
+        with(
+            "/tls_config/ca_cert_path",
+            Some(json!("/etc/vpsie-lb/agent.yaml")),
+        ),
+        &["tls_config.ca_cert_path: \"/etc/vpsie-lb/agent.yaml\" is under /etc/vpsie-lb"],
+    );
+    // A directory that only starts with the same letters is not under it.
+    check(
+        with(
+            "/tls_config/certificate_path",
+            Some(json!("/var/lib/vpsie-lb-certs/c.pem")),
+        ),
+        &[],
+    );
+}
+
+#[test]
+fn tls_config_versions() {
     check(
         with("/tls_config/min_version", Some(json!("TLSv1.1"))),
         &["tls_config.min_version: must be one of TLSv1.2, TLSv1.3"],

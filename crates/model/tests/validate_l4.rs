@@ -263,19 +263,20 @@ fn acme(acme: Value) -> Value {
 #[test]
 fn acme_takes_plain_names_a_contact_and_an_https_directory() {
     let v = ok(acme(
-        json!({"domains": ["Shop.Example.com", "www.shop.example.com"],
+        json!({"domains": ["Shop.Vpsie-Lab.net", "www.shop.vpsie-lab.net"],
                            "email": "ops@example.com"}),
     ));
     let tls = v.config.load_balancers[0].tls.as_ref().expect("tls");
     let a = tls.acme.as_ref().expect("acme");
-    assert_eq!(a.domains, ["shop.example.com", "www.shop.example.com"]);
+    assert_eq!(a.domains, ["shop.vpsie-lab.net", "www.shop.vpsie-lab.net"]);
     assert_eq!(a.email.as_deref(), Some("ops@example.com"));
     assert_eq!(a.directory_url, vpsie_lb_model::DEFAULT_ACME_DIRECTORY);
     assert!(
         tls.awaits_certificate(),
         "no certificate before the agent stores one"
     );
-    let v = ok(acme(json!({"domains": ["a.example.com"],
+    // A directory the operator allowed (`opts()` allows this one).
+    let v = ok(acme(json!({"domains": ["a.vpsie-lab.net"],
                            "directory_url": "https://acme.internal:14000/dir"})));
     let a = v.config.load_balancers[0]
         .tls
@@ -292,7 +293,7 @@ fn acme_refuses_what_http01_cannot_prove_and_a_second_certificate_source() {
     let d = |domains: Value| acme(json!({"domains": domains}));
     for (doc, want) in [
         (
-            d(json!(["*.example.com"])),
+            d(json!(["*.vpsie-lab.net"])),
             "tls_config.acme.domains[0]: a wildcard",
         ),
         (
@@ -304,8 +305,8 @@ fn acme_refuses_what_http01_cannot_prove_and_a_second_certificate_source() {
             "tls_config.acme.domains: must name at least one",
         ),
         (
-            d(json!(["a.example.com", "A.example.com"])),
-            "tls_config.acme.domains[1]: \"a.example.com\" is listed twice",
+            d(json!(["a.vpsie-lab.net", "A.vpsie-lab.net"])),
+            "tls_config.acme.domains[1]: \"a.vpsie-lab.net\" is listed twice",
         ),
         (
             d(json!(["a b.example.com"])),
@@ -313,22 +314,22 @@ fn acme_refuses_what_http01_cannot_prove_and_a_second_certificate_source() {
         ),
         (acme(json!({})), "tls_config.acme.domains: is required"),
         (
-            acme(json!({"domains": ["a.example.com"], "email": "ops"})),
+            acme(json!({"domains": ["a.vpsie-lab.net"], "email": "ops"})),
             "tls_config.acme.email: \"ops\" is not an email address",
         ),
         (
-            acme(json!({"domains": ["a.example.com"], "directory_url": "http://ca.example/dir"})),
+            acme(json!({"domains": ["a.vpsie-lab.net"], "directory_url": "http://ca.example/dir"})),
             "tls_config.acme.directory_url: \"http://ca.example/dir\" must be an https:// URL",
         ),
         (
-            acme(json!({"domains": ["a.example.com"], "directory_url": "https:///dir"})),
+            acme(json!({"domains": ["a.vpsie-lab.net"], "directory_url": "https:///dir"})),
             "tls_config.acme.directory_url: \"https:///dir\" must be an https:// URL",
         ),
         (
             set(&[
                 (
                     "tls_config",
-                    json!({"acme": {"domains": ["a.example.com"]},
+                    json!({"acme": {"domains": ["a.vpsie-lab.net"]},
                                       "certificate_path": "/etc/tls/c.pem"}),
                 ),
                 ("redirect_http_port", json!(80)),
@@ -338,13 +339,43 @@ fn acme_refuses_what_http01_cannot_prove_and_a_second_certificate_source() {
         (
             set(&[(
                 "tls_config",
-                json!({"acme": {"domains": ["a.example.com"]}}),
+                json!({"acme": {"domains": ["a.vpsie-lab.net"]}}),
             )]),
             "redirect_http_port: is required with tls_config.acme",
         ),
         (
-            acme(json!(["a.example.com"])),
+            acme(json!(["a.vpsie-lab.net"])),
             "tls_config.acme: must be an object",
+        ),
+        (
+            d(json!(["shop.example.com"])),
+            "tls_config.acme.domains[0]: \"shop.example.com\": a special-use name",
+        ),
+        (
+            d(json!(["10.0.0.1"])),
+            "tls_config.acme.domains[0]: \"10.0.0.1\": an IP address",
+        ),
+        (
+            d(json!(["printer.local"])),
+            "tls_config.acme.domains[0]: \"printer.local\": a special-use",
+        ),
+        (
+            d(json!(["db.internal"])),
+            "tls_config.acme.domains[0]: \"db.internal\": a special-use",
+        ),
+        (
+            d(json!(["shop.test"])),
+            "tls_config.acme.domains[0]: \"shop.test\": a special-use",
+        ),
+        (
+            d(json!(["a.localhost"])),
+            "tls_config.acme.domains[0]: \"a.localhost\": a special-use",
+        ),
+        (
+            acme(
+                json!({"domains": ["a.vpsie-lab.net"], "directory_url": "https://127.0.0.1:9901/dir"}),
+            ),
+            "tls_config.acme.directory_url: \"https://127.0.0.1:9901/dir\" is not an ACME directory this agent may use",
         ),
     ] {
         check(doc, &[want]);
@@ -353,7 +384,7 @@ fn acme_refuses_what_http01_cannot_prove_and_a_second_certificate_source() {
 
 #[test]
 fn acme_warns_when_its_redirect_port_is_not_80() {
-    let mut doc = acme(json!({"domains": ["a.example.com"]}));
+    let mut doc = acme(json!({"domains": ["a.vpsie-lab.net"]}));
     doc["redirect_http_port"] = json!(8080);
     let v = ok(doc);
     assert!(

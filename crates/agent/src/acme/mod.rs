@@ -30,11 +30,18 @@ use store::{Store, Stored};
 
 pub use metrics::AcmeMetrics;
 
-/// HTTP-01 answers being served: token to key authorization.
-pub type Tokens = Arc<Mutex<HashMap<String, String>>>;
+/// HTTP-01 answers being served, by (load balancer, token).
+pub type Tokens = Arc<Mutex<HashMap<(String, String), responder::Challenge>>>;
 
-/// The longest one order may take, from the directory to the download.
-const ORDER_TIMEOUT: Duration = Duration::from_secs(180);
+/// The operator's account per ACME directory, each behind a lock of its
+/// own: two orders at one directory register once, and a directory that
+/// never answers holds up only the orders that use it.
+type Accounts = Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<instant_acme::Account>>>>>;
+
+/// Orders in flight at once, each on a thread of its own: one slow or
+/// silent directory delays only its own orders.
+const MAX_CONCURRENT_ORDERS: usize = 4;
+
 /// The longest the thread sleeps when nothing is due: it looks again.
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
 
@@ -56,6 +63,10 @@ pub struct Settings {
     pub directory_ca_file: Option<PathBuf>,
     /// In an HA pair: whether this node holds the address now.
     pub may_order: Option<MayOrder>,
+    /// The contact of the operator's accounts (`acme.account_email`).
+    pub account_email: Option<String>,
+    /// How long one order may take, the account stage included.
+    pub order_timeout: Duration,
 }
 
 /// An event for the reporter, queued until the next pass.
@@ -74,8 +85,8 @@ struct State {
     /// Load balancers whose store was read (found or not).
     read: std::collections::BTreeSet<String>,
     attempts: BTreeMap<String, Attempts>,
-    /// The order in flight, if any.
-    ordering: Option<String>,
+    /// The orders in flight.
+    ordering: std::collections::BTreeSet<String>,
     /// Whether orders wait because this HA node does not hold the address.
     standby: bool,
     events: Vec<Event>,
@@ -118,12 +129,16 @@ impl Acme {
         };
         let worker = Worker {
             acme: acme.clone(),
-            tokens,
             responder: Some(settings.responder_socket),
-            ca_file: settings.directory_ca_file,
             may_order: settings.may_order,
-            sync,
-            accounts: HashMap::new(),
+            orders: Arc::new(Orders {
+                tokens,
+                ca_file: settings.directory_ca_file,
+                contact: settings.account_email,
+                timeout: settings.order_timeout,
+                accounts: Mutex::default(),
+                sync,
+            }),
         };
         std::thread::Builder::new()
             .name("acme".into())
@@ -160,10 +175,16 @@ impl Acme {
             }
         }
         // A load balancer whose names or directory changed starts afresh:
-        // the failures (and the hour's wait) were for another order.
+        // the failures (and the hour's wait) were for another order. The
+        // same names in another order, or another `email`, are the same
+        // order: they must not reset the wait.
         let before = std::mem::take(&mut s.wanted);
-        s.attempts
-            .retain(|lb, _| wanted.get(lb).is_some_and(|w| before.get(lb) == Some(w)));
+        s.attempts.retain(|lb, _| {
+            wanted
+                .get(lb)
+                .zip(before.get(lb))
+                .is_some_and(|(w, b)| schedule::same_order(w, b))
+        });
         s.wanted = wanted;
         self.shared.metrics.keep_only(&s.wanted, &s.stored);
         self.shared.changed.notify_all();
@@ -196,7 +217,7 @@ impl Acme {
                 let stored = s.stored.get(lb);
                 let attempts = s.attempts.get(lb);
                 let due = matches!(schedule::need(acme, stored, now), Need::Order(_));
-                let state = if s.ordering.as_deref() == Some(lb.as_str()) {
+                let state = if s.ordering.contains(lb) {
                     "ordering"
                 } else if due && s.standby {
                     "standby"
@@ -244,21 +265,29 @@ impl Acme {
 /// The ordering thread's own state.
 struct Worker {
     acme: Acme,
-    tokens: Tokens,
     /// The responder's socket until it listens: started with the first
     /// order, so an agent without ACME load balancers opens nothing.
     responder: Option<PathBuf>,
-    ca_file: Option<PathBuf>,
     may_order: Option<MayOrder>,
-    sync: Trigger,
-    /// Accounts by directory and contact, once loaded.
-    accounts: HashMap<(String, Option<String>), instant_acme::Account>,
+    orders: Arc<Orders>,
 }
 
-/// The next order to place, or how long nothing is due.
+/// What every order thread shares.
+struct Orders {
+    tokens: Tokens,
+    ca_file: Option<PathBuf>,
+    /// The operator's contact for new accounts.
+    contact: Option<String>,
+    timeout: Duration,
+    accounts: Accounts,
+    sync: Trigger,
+}
+
+/// The next order to place, or how long nothing is due. Load balancers
+/// with an order in flight are skipped.
 fn pick(s: &State, now: i64) -> Result<(String, vpsie_lb_model::Acme, &'static str), Duration> {
     let mut next = now.saturating_add(IDLE_WAKE.as_secs() as i64);
-    for (lb, acme) in &s.wanted {
+    for (lb, acme) in s.wanted.iter().filter(|(lb, _)| !s.ordering.contains(*lb)) {
         match schedule::need(acme, s.stored.get(lb), now) {
             Need::Nothing { renew_at } => next = next.min(renew_at),
             Need::Order(why) => match s.attempts.get(lb) {
@@ -272,16 +301,6 @@ fn pick(s: &State, now: i64) -> Result<(String, vpsie_lb_model::Acme, &'static s
 
 impl Worker {
     fn run(mut self) {
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(phase = "acme", error = %e, "no runtime for acme orders; no certificate will be ordered");
-                return;
-            }
-        };
         loop {
             let job = {
                 let mut s = self.acme.lock();
@@ -289,12 +308,16 @@ impl Worker {
                     if s.stopping {
                         return;
                     }
-                    let picked = pick(&s, now());
+                    let picked = if s.ordering.len() < MAX_CONCURRENT_ORDERS {
+                        pick(&s, now())
+                    } else {
+                        Err(IDLE_WAKE)
+                    };
                     let may = picked.is_err() || self.may_order.as_ref().is_none_or(|f| f());
                     s.standby = !may;
                     match picked {
                         Ok(job) if may => {
-                            s.ordering = Some(job.0.clone());
+                            s.ordering.insert(job.0.clone());
                             break job;
                         }
                         Ok(_) => {
@@ -306,12 +329,38 @@ impl Worker {
             };
             let (lb, acme, why) = job;
             tracing::info!(phase = "acme", lb_id = %lb, domains = ?acme.domains, reason = why, "ordering a certificate");
-            let result = match self.start_responder() {
-                Ok(()) => runtime.block_on(self.order(&acme)),
-                Err(f) => Err(f),
-            };
-            self.settle(&lb, &acme, result);
-            self.sync.sync();
+            match self.start_responder() {
+                Ok(()) => self.spawn_order(lb, acme),
+                Err(f) => {
+                    self.acme.settle(&lb, &acme, Err(f));
+                    self.orders.sync.sync();
+                }
+            }
+        }
+    }
+
+    /// Runs one order on a thread of its own, under the order timeout
+    /// (the account stage included), and settles it there.
+    fn spawn_order(&self, lb: String, acme: vpsie_lb_model::Acme) {
+        let (handle, orders) = (self.acme.clone(), self.orders.clone());
+        let (lb_for_error, acme_for_error) = (lb.clone(), acme.clone());
+        let spawned = std::thread::Builder::new()
+            .name("acme-order".into())
+            .spawn(move || {
+                let result = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(orders.bounded(&handle, &lb, &acme)),
+                    Err(e) => Err(order::Failure::unplaced(format!("no runtime: {e}"))),
+                };
+                handle.settle(&lb, &acme, result);
+                orders.sync.sync();
+            });
+        if let Err(e) = spawned {
+            let failure = order::Failure::unplaced(format!("no thread for the order: {e}"));
+            self.acme
+                .settle(&lb_for_error, &acme_for_error, Err(failure));
         }
     }
 
@@ -321,7 +370,7 @@ impl Worker {
         let Some(path) = &self.responder else {
             return Ok(());
         };
-        responder::spawn(path, self.tokens.clone()).map_err(|e| {
+        responder::spawn(path, self.orders.tokens.clone()).map_err(|e| {
             order::Failure::unplaced(format!("acme.responder_socket {}: {e}", path.display()))
         })?;
         tracing::info!(phase = "acme", socket = %path.display(), "acme challenge responder listening");
@@ -338,62 +387,85 @@ impl Worker {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .0
     }
+}
 
-    /// The account for `acme`: the one in use, the stored one, or a new one.
-    async fn account(
-        &mut self,
+impl Orders {
+    /// One order, the account stage included, cut at the order timeout.
+    async fn bounded(
+        &self,
+        handle: &Acme,
+        lb: &str,
         acme: &vpsie_lb_model::Acme,
+    ) -> Result<(String, String), order::Failure> {
+        match tokio::time::timeout(self.timeout, self.order(handle, lb, acme)).await {
+            Ok(r) => r,
+            // Whether the CA took an order is unknown: count it as taken,
+            // so the next try waits as after a failed order.
+            Err(_) => Err(order::Failure::placed(format!(
+                "no certificate within {} s (the directory, the account or the order did not answer)",
+                self.timeout.as_secs()
+            ))),
+        }
+    }
+
+    /// The slot of `directory`'s account.
+    fn slot(&self, directory: &str) -> Arc<tokio::sync::Mutex<Option<instant_acme::Account>>> {
+        let mut accounts = self
+            .accounts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        accounts.entry(directory.to_owned()).or_default().clone()
+    }
+
+    /// The operator's account at `directory`: the one in use, the stored
+    /// one, or a new one. Orders at one directory wait for each other here.
+    async fn account(
+        &self,
+        handle: &Acme,
+        directory: &str,
     ) -> Result<instant_acme::Account, order::Failure> {
-        let key = (acme.directory_url.clone(), acme.email.clone());
-        if let Some(a) = self.accounts.get(&key) {
+        let slot = self.slot(directory);
+        let mut held = slot.lock().await;
+        if let Some(a) = held.as_ref() {
             return Ok(a.clone());
         }
-        let a = order::account(&self.acme.shared.store, acme, self.ca_file.as_deref()).await?;
-        self.accounts.insert(key, a.clone());
+        let store = &handle.shared.store;
+        let a = order::account(
+            store,
+            directory,
+            self.contact.as_deref(),
+            self.ca_file.as_deref(),
+        )
+        .await?;
+        *held = Some(a.clone());
         Ok(a)
     }
 
     /// One order, registering again once if the server lost the account.
     async fn order(
-        &mut self,
+        &self,
+        handle: &Acme,
+        lb: &str,
         acme: &vpsie_lb_model::Acme,
     ) -> Result<(String, String), order::Failure> {
-        let account = self.account(acme).await?;
-        let first = self.obtain(&account, acme).await;
+        let directory = acme.directory_url.as_str();
+        let account = self.account(handle, directory).await?;
+        let first = order::obtain(&account, lb, acme, &self.tokens).await;
         match &first {
             Err(f) if f.account_gone => {}
             _ => return first,
         }
-        tracing::warn!(phase = "acme", directory = %acme.directory_url, "the acme server does not know our account; registering again");
-        self.accounts
-            .remove(&(acme.directory_url.clone(), acme.email.clone()));
-        if let Err(e) = self
-            .acme
-            .shared
-            .store
-            .forget_account(&acme.directory_url, acme.email.as_deref())
-        {
+        tracing::warn!(phase = "acme", directory = %directory, "the acme server does not know our account; registering again");
+        *self.slot(directory).lock().await = None;
+        if let Err(e) = handle.shared.store.forget_account(directory, None) {
             tracing::warn!(phase = "acme", error = %e, "could not remove the stale account");
         }
-        let account = self.account(acme).await?;
-        self.obtain(&account, acme).await
+        let account = self.account(handle, directory).await?;
+        order::obtain(&account, lb, acme, &self.tokens).await
     }
+}
 
-    async fn obtain(
-        &self,
-        account: &instant_acme::Account,
-        acme: &vpsie_lb_model::Acme,
-    ) -> Result<(String, String), order::Failure> {
-        let placed = order::obtain(account, acme, &self.tokens);
-        match tokio::time::timeout(ORDER_TIMEOUT, placed).await {
-            Ok(r) => r,
-            Err(_) => Err(order::Failure::placed(format!(
-                "no certificate within {} s",
-                ORDER_TIMEOUT.as_secs()
-            ))),
-        }
-    }
-
+impl Acme {
     /// Stores what came, or records why nothing did, and queues the event.
     fn settle(
         &self,
@@ -401,15 +473,15 @@ impl Worker {
         acme: &vpsie_lb_model::Acme,
         result: Result<(String, String), order::Failure>,
     ) {
-        let shared = &self.acme.shared;
+        let shared = &self.shared;
         let saved = result.and_then(|(key, chain)| {
             shared
                 .store
                 .save(lb, acme, &key, &chain)
                 .map_err(|e| order::Failure::placed(format!("store the certificate: {e}")))
         });
-        let mut s = self.acme.lock();
-        s.ordering = None;
+        let mut s = self.lock();
+        s.ordering.remove(lb);
         let names = acme.domains.join(", ");
         let event = match saved {
             Ok(stored) => {
@@ -446,6 +518,9 @@ impl Worker {
             }
         };
         s.events.push(event);
+        drop(s);
+        // A slot is free: the ordering thread may place the next order.
+        shared.changed.notify_all();
     }
 }
 
@@ -473,6 +548,8 @@ mod tests {
                 directory_ca_file: None,
                 // A standby node: the thread never orders in this test.
                 may_order: Some(Box::new(|| false)),
+                account_email: None,
+                order_timeout: Duration::from_secs(180),
             },
             AcmeMetrics::register(&mut registry),
             inbox.trigger(),

@@ -79,16 +79,19 @@ fn builder(ca_file: Option<&Path>) -> Result<AccountBuilder, Failure> {
     }
 }
 
-/// The account for `acme`'s directory and contact: the stored one, or a
-/// new one, stored at once so a restart does not make another.
+/// The operator's account at `directory_url`: the stored one, or a new
+/// one (with `contact`, the operator's address), stored at once so a
+/// restart does not make another. One per directory, whatever the
+/// documents say: accounts are the operator's, and a CA limits how many
+/// one address may register.
 pub async fn account(
     store: &Store,
-    acme: &vpsie_lb_model::Acme,
+    directory_url: &str,
+    contact: Option<&str>,
     ca_file: Option<&Path>,
 ) -> Result<Account, Failure> {
-    let email = acme.email.as_deref();
     let saved = store
-        .account(&acme.directory_url, email)
+        .account(directory_url, None)
         .map_err(|e| Failure::before_order("read the account", e))?;
     if let Some(json) = saved {
         let creds: AccountCredentials = serde_json::from_str(&json)
@@ -96,9 +99,9 @@ pub async fn account(
         return builder(ca_file)?
             .from_credentials(creds)
             .await
-            .map_err(|e| Failure::before_order(&format!("directory {}", acme.directory_url), e));
+            .map_err(|e| Failure::before_order(&format!("directory {directory_url}"), e));
     }
-    let contact = email.map(|e| format!("mailto:{e}"));
+    let contact = contact.map(|e| format!("mailto:{e}"));
     let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
     let (account, creds) = builder(ca_file)?
         .create(
@@ -107,21 +110,23 @@ pub async fn account(
                 terms_of_service_agreed: true,
                 only_return_existing: false,
             },
-            acme.directory_url.clone(),
+            directory_url.to_owned(),
             None,
         )
         .await
-        .map_err(|e| Failure::before_order(&format!("register at {}", acme.directory_url), e))?;
+        .map_err(|e| Failure::before_order(&format!("register at {directory_url}"), e))?;
     let json = serde_json::to_string(&creds).map_err(|e| Failure::before_order("account", e))?;
     store
-        .save_account(&acme.directory_url, email, &json)
+        .save_account(directory_url, None, &json)
         .map_err(|e| Failure::before_order("save the account", e))?;
     Ok(account)
 }
 
-/// Orders a certificate for `acme.domains`: the key (PEM) and the chain (PEM).
+/// Orders a certificate for `acme.domains` of load balancer `lb`: the key
+/// (PEM) and the chain (PEM).
 pub async fn obtain(
     account: &Account,
+    lb: &str,
     acme: &vpsie_lb_model::Acme,
     tokens: &Tokens,
 ) -> Result<(String, String), Failure> {
@@ -131,7 +136,7 @@ pub async fn obtain(
         .await
         .map_err(Failure::new_order)?;
     let mut mine = Vec::new();
-    let answered = answer_challenges(&mut order, tokens, &mut mine).await;
+    let answered = answer_challenges(&mut order, lb, tokens, &mut mine).await;
     let result = match answered {
         Ok(()) => finish(&mut order).await,
         Err(e) => Err(e),
@@ -145,11 +150,13 @@ pub async fn obtain(
 }
 
 /// Puts each pending authorization's HTTP-01 answer where the responder
-/// finds it and tells the server to check; `mine` collects the tokens.
+/// finds it (for `lb`'s listener and the authorization's name only) and
+/// tells the server to check; `mine` collects the keys.
 async fn answer_challenges(
     order: &mut instant_acme::Order,
+    lb: &str,
     tokens: &Tokens,
-    mine: &mut Vec<String>,
+    mine: &mut Vec<(String, String)>,
 ) -> Result<(), Failure> {
     let mut authorizations = order.authorizations();
     while let Some(next) = authorizations.next().await {
@@ -165,11 +172,15 @@ async fn answer_challenges(
         let mut challenge = authz
             .challenge(ChallengeType::Http01)
             .ok_or_else(|| Failure::in_order(&name, "the server offers no http-01 challenge"))?;
-        let answer = challenge.key_authorization().as_str().to_owned();
+        let answer = super::responder::Challenge {
+            key_authorization: challenge.key_authorization().as_str().to_owned(),
+            domain: name.to_ascii_lowercase(),
+        };
+        let key = (lb.to_owned(), challenge.token.clone());
         if let Ok(mut t) = tokens.lock() {
-            t.insert(challenge.token.clone(), answer);
+            t.insert(key.clone(), answer);
         }
-        mine.push(challenge.token.clone());
+        mine.push(key);
         challenge
             .set_ready()
             .await

@@ -34,7 +34,7 @@ pub fn need(wanted: &Acme, stored: Option<&Stored>, now: i64) -> Need {
     let Some(s) = stored else {
         return Need::Order("no certificate was issued yet");
     };
-    if s.domains != wanted.domains {
+    if !same_names(&s.domains, &wanted.domains) {
         return Need::Order("the document lists other domains than it was issued for");
     }
     if s.directory_url != wanted.directory_url {
@@ -46,6 +46,23 @@ pub fn need(wanted: &Acme, stored: Option<&Stored>, now: i64) -> Need {
     } else {
         Need::Nothing { renew_at: at }
     }
+}
+
+/// Whether two lists name the same set of domains, in any order.
+fn same_names(a: &[String], b: &[String]) -> bool {
+    fn sorted(l: &[String]) -> Vec<&String> {
+        let mut v: Vec<&String> = l.iter().collect();
+        v.sort();
+        v
+    }
+    sorted(a) == sorted(b)
+}
+
+/// Whether `a` and `b` ask for the same certificate: the same set of names
+/// from the same directory. Order and contact do not count, so rewriting
+/// either can neither reset the wait after a failure nor order again.
+pub fn same_order(a: &Acme, b: &Acme) -> bool {
+    a.directory_url == b.directory_url && same_names(&a.domains, &b.domains)
 }
 
 /// Failures of one load balancer's orders since its last success.
@@ -190,5 +207,28 @@ mod tests {
         );
         assert!(!b.may_try(100 + FAILED_ORDER_WAIT_SECS - 1));
         assert_eq!(b.last_error.as_deref(), Some("challenge failed"));
+    }
+
+    #[test]
+    fn regression_reordering_the_names_reset_the_wait_after_a_failure() {
+        let ab = acme(&["a.test", "b.test"]);
+        let ba = acme(&["b.test", "a.test"]);
+        assert!(same_order(&ab, &ba), "the same names in another order");
+        let mut mailed = ba.clone();
+        mailed.email = Some("someone@else.test".into());
+        assert!(
+            same_order(&ab, &mailed),
+            "another contact is the same order"
+        );
+        assert!(!same_order(&ab, &acme(&["a.test"])));
+        let mut elsewhere = ab.clone();
+        elsewhere.directory_url = "https://other.test/dir".into();
+        assert!(!same_order(&ab, &elsewhere));
+        // Nor does it order again when the stored certificate covers them.
+        let issued = stored(&["a.test", "b.test"], 0, 90 * DAY);
+        assert!(matches!(
+            need(&ba, Some(&issued), DAY),
+            Need::Nothing { .. }
+        ));
     }
 }

@@ -89,6 +89,14 @@ pub(super) struct DocumentArgs {
     /// The WAF service's unix socket, for the bootstrap's `vpsie_lb_waf` cluster.
     #[arg(long, value_name = "PATH", default_value = vpsie_lb_envoy::DEFAULT_WAF_SOCKET)]
     pub(super) waf_socket: PathBuf,
+    /// An ACME directory a document may name besides Let's Encrypt's;
+    /// repeatable. Like `acme.allowed_directories` in the agent config.
+    #[arg(long = "allow-acme-directory", value_name = "URL")]
+    pub(super) acme_directories: Vec<String>,
+    /// A directory no certificate, key or CA path may be under; repeatable.
+    /// The agent marks its state and config directories so.
+    #[arg(long = "private-path", value_name = "DIR")]
+    pub(super) private_paths: Vec<String>,
 }
 
 pub(super) fn parse_network(s: &str) -> Result<IpNet, String> {
@@ -117,6 +125,8 @@ impl DocumentArgs {
                 &crate::listen::default_agent_address(),
             ),
             allowed_backend_networks: self.allow_backend_networks.clone(),
+            private_paths: self.private_paths.clone(),
+            acme_directories: self.acme_directories.clone(),
         }
     }
 

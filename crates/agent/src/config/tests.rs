@@ -108,6 +108,9 @@ fn acme_keys_default_to_the_runtime_socket_and_the_system_roots() {
         AcmeConfig {
             responder_socket: PathBuf::from(vpsie_lb_envoy::DEFAULT_ACME_SOCKET),
             directory_ca_file: None,
+            allowed_directories: vec![],
+            account_email: None,
+            order_timeout: super::acme::DEFAULT_ORDER_TIMEOUT,
         }
     );
     let errs = load(
@@ -122,6 +125,22 @@ fn acme_keys_default_to_the_runtime_socket_and_the_system_roots() {
         errs[1].starts_with("acme.directory_ca_file: ca.pem must be an absolute path"),
         "{errs:?}"
     );
+    let errs = load(
+        "source: file\nfile: /tmp/x.json\nacme: {allowed_directories: ['http://ca.lan/dir'], account_email: ops, order_timeout: 1s}\n",
+    )
+    .expect_err("bad acme keys");
+    assert_eq!(
+        errs,
+        [
+            "acme.allowed_directories: \"http://ca.lan/dir\" must be an https:// URL",
+            "acme.account_email: \"ops\" is not an email address",
+            "acme.order_timeout: 1s must be 5s..=1h",
+        ],
+    );
+    let c = load("source: file\nfile: /tmp/x.json\nacme: {allowed_directories: ['https://ca.lan/dir'], account_email: ops@lan.net, order_timeout: 20s}\n")
+        .expect("valid");
+    assert_eq!(c.acme.allowed_directories, ["https://ca.lan/dir"]);
+    assert_eq!(c.acme.order_timeout, std::time::Duration::from_secs(20));
 }
 
 #[test]

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use vpsie_lb_testkit::envoy::Envoy;
 use vpsie_lb_testkit::{free_port, poll_until};
 
+pub mod acme;
 mod agent;
 mod load;
 

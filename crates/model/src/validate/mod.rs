@@ -49,6 +49,12 @@ pub struct ValidateOptions {
     /// Networks the operator trusts as backends although they reach the VM
     /// itself (loopback, link-local, ...): `allowed_backend_networks`.
     pub allowed_backend_networks: Vec<IpNet>,
+    /// Directories no certificate, key or CA path may be under: the
+    /// agent's state (its ACME keys) and its config.
+    pub private_paths: Vec<String>,
+    /// ACME directories a document may name besides Let's Encrypt's
+    /// production and staging ones: `acme.allowed_directories`.
+    pub acme_directories: Vec<String>,
 }
 
 /// A document that passed validation.
@@ -97,7 +103,11 @@ pub fn validate_str(text: &str, opts: &ValidateOptions) -> Result<Validated, Rej
 ///
 /// Every problem is collected. On success the load balancers come back sorted by id.
 pub fn validate(doc: &Value, opts: &ValidateOptions) -> Result<Validated, Rejected> {
-    let mut cx = Ctx::default();
+    let mut cx = Ctx {
+        private_paths: opts.private_paths.clone(),
+        acme_directories: opts.acme_directories.clone(),
+        ..Ctx::default()
+    };
     let root = FieldPath::root();
     let items: Vec<(FieldPath, &Value)> = match doc {
         Value::Array(items) => items

@@ -16,6 +16,12 @@ pub(crate) struct Ctx {
     pub(crate) warnings: Vec<Problem>,
     /// Unknown keys: warnings normally, errors under `strict`.
     pub(crate) unknown: Vec<Problem>,
+    /// Directories no document path may name a file under (the agent's
+    /// state, its config): [`super::ValidateOptions::private_paths`].
+    pub(crate) private_paths: Vec<String>,
+    /// ACME directories allowed besides Let's Encrypt's:
+    /// [`super::ValidateOptions::acme_directories`].
+    pub(crate) acme_directories: Vec<String>,
 }
 
 impl Ctx {
@@ -206,6 +212,9 @@ impl<'a> Obj<'a> {
                 "must be at most 4096 bytes without control characters",
             );
             None
+        } else if let Some(why) = private_path(s, &cx.private_paths) {
+            cx.error(&self.path.key(key), why);
+            None
         } else {
             Some(s.to_owned())
         }
@@ -344,4 +353,19 @@ pub(crate) fn valid_id(s: &str, at: &FieldPath, cx: &mut Ctx) -> Option<String> 
 
 pub(crate) fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Why absolute `path` may not be named by a document, if it may not: a
+/// `..` segment (it could climb anywhere), or a place under one of
+/// `private` (the agent's state holds ACME keys another load balancer
+/// must never serve). Judged on the text: the agent resolves no link.
+fn private_path(path: &str, private: &[String]) -> Option<String> {
+    let p = std::path::Path::new(path);
+    if p.components().any(|c| c == std::path::Component::ParentDir) {
+        return Some(format!("{path:?} must not contain \"..\""));
+    }
+    private
+        .iter()
+        .find(|dir| p.starts_with(dir.as_str()))
+        .map(|dir| format!("{path:?} is under {dir}, which only the agent may read"))
 }

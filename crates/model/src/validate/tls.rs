@@ -2,7 +2,7 @@
 
 use crate::model::{
     Acme, DEFAULT_ACME_DIRECTORY, DEFAULT_ALPN, DEFAULT_CIPHER_SUITES, KNOWN_CIPHER_SUITES,
-    SniCertificate, Tls, TlsVersion, limits,
+    STAGING_ACME_DIRECTORY, SniCertificate, Tls, TlsVersion, limits,
 };
 
 use super::hosts::{host_list, unique_server_names};
@@ -178,6 +178,8 @@ fn acme(obj: &Obj<'_>, cx: &mut Ctx) -> Option<Option<Acme>> {
                     &at.index(i),
                     format!("{d:?}: an ACME server issues only for public names with a dot"),
                 );
+            } else if let Some(why) = not_public(d) {
+                cx.error(&at.index(i), format!("{d:?}: {why}"));
             }
         }
     }
@@ -192,17 +194,71 @@ fn acme(obj: &Obj<'_>, cx: &mut Ctx) -> Option<Option<Acme>> {
     });
     let directory_url = match obj.string(cx, "directory_url", Need::Optional) {
         None => DEFAULT_ACME_DIRECTORY.to_owned(),
-        Some(u) if https_url(u) => u.to_owned(),
-        Some(u) => {
+        Some(u) if !https_url(u) => {
             cx.error(
                 &obj.path.key("directory_url"),
                 format!("{u:?} must be an https:// URL: the account key and orders travel over it"),
             );
             String::new()
         }
+        // The agent talks to it from the VM: a document must not point it
+        // at anything the operator did not choose (a blind request).
+        Some(u)
+            if ![DEFAULT_ACME_DIRECTORY, STAGING_ACME_DIRECTORY].contains(&u)
+                && !cx.acme_directories.iter().any(|d| d == u) =>
+        {
+            cx.error(
+                &obj.path.key("directory_url"),
+                format!(
+                    "{u:?} is not an ACME directory this agent may use: Let's Encrypt's \
+                     production and staging ones, and those in the agent's \
+                     acme.allowed_directories"
+                ),
+            );
+            String::new()
+        }
+        Some(u) => u.to_owned(),
     };
     (cx.errors.len() == before)
         .then(|| Some(Acme::new(domains.unwrap_or_default(), email, directory_url)))
+}
+
+/// Top-level names no public CA issues for: RFC 6761 (`test`, `example`,
+/// `invalid`, `localhost`), RFC 6762 (`local`), ICANN's `internal`, RFC
+/// 7686 (`onion`), RFC 9476 (`alt`), and `arpa` (reverse and `home.arpa`).
+const SPECIAL_USE: &[&str] = &[
+    "test",
+    "example",
+    "invalid",
+    "localhost",
+    "local",
+    "internal",
+    "onion",
+    "alt",
+    "arpa",
+];
+
+/// Why `name` is not a public name an ACME server can issue for, if it
+/// is not: an IP address, or a special-use name.
+fn not_public(name: &str) -> Option<&'static str> {
+    let tld = name.rsplit('.').next().unwrap_or(name);
+    if name
+        .split('.')
+        .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Some("an IP address is not a domain name");
+    }
+    if SPECIAL_USE.contains(&tld) {
+        return Some("a special-use name (RFC 6761 and after) that no public CA issues for");
+    }
+    let reserved = ["example.com", "example.net", "example.org"];
+    if reserved
+        .iter()
+        .any(|r| name == *r || name.ends_with(&format!(".{r}")))
+    {
+        return Some("a special-use name reserved for examples (RFC 6761)");
+    }
+    None
 }
 
 fn email_ok(e: &str) -> bool {

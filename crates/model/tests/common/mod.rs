@@ -48,6 +48,8 @@ pub fn opts() -> ValidateOptions {
             port: 9901,
             owner: "envoy admin".into(),
         }],
+        private_paths: vec!["/var/lib/vpsie-lb".into(), "/etc/vpsie-lb".into()],
+        acme_directories: vec!["https://acme.internal:14000/dir".into()],
         ..Default::default()
     }
 }
