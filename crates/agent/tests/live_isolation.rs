@@ -204,8 +204,163 @@ fn regression_a_port_another_process_holds_froze_everyones_changes(via: Via) {
     a_refused_load_balancer_never_holds_back_another(via, Refusal::PortTaken);
 }
 
+/// Three shapes that each take one load balancer to a cap of what its
+/// routes may translate to: bytes (4 KiB bodies in every virtual host),
+/// routes (300 host names and 31 host-less routes), and regexes.
+fn near_the_caps(shape: usize, id: &str, backend: u16) -> Value {
+    let hosted = |routes: usize, hosts: usize| -> Vec<Value> {
+        (0..routes)
+            .map(|r| {
+                let names: Vec<String> = (0..hosts)
+                    .map(|h| format!("h{r}-{h}.{id}.lab.net"))
+                    .collect();
+                json!({"id": format!("h{r}"), "hosts": names, "forward": [{"pool": "default"}]})
+            })
+            .collect()
+    };
+    let mut routes = Vec::new();
+    match shape % 3 {
+        0 => {
+            routes.extend(hosted(1, 30));
+            for r in 0..28 {
+                let body = "x".repeat(4096);
+                routes.push(
+                    json!({"id": format!("b{r}"), "path_prefix": format!("/b{r}"),
+                                   "respond": {"status": 200, "body": body}}),
+                );
+            }
+        }
+        1 => {
+            routes.extend(hosted(10, 30));
+            for r in 0..31 {
+                routes.push(
+                    json!({"id": format!("p{r}"), "path_prefix": format!("/p{r}"),
+                                   "forward": [{"pool": "default"}]}),
+                );
+            }
+        }
+        _ => {
+            routes.extend(hosted(1, 10));
+            for r in 0..10 {
+                let headers: Vec<Value> = (0..16)
+                    .map(|h| json!({"name": format!("x-h{h}"), "regex": "[a-z]{1,8}[0-9]*"}))
+                    .collect();
+                routes.push(
+                    json!({"id": format!("r{r}"), "path_regex": "/[a-z]+/[0-9]+",
+                                   "methods": ["GET", "PUT"], "headers": headers,
+                                   "forward": [{"pool": "default"}]}),
+                );
+            }
+        }
+    }
+    let mut doc = common::lb(id, "http", free_port(), "round_robin", &[("a", backend, 0)]);
+    doc["routes"] = json!(routes);
+    doc
+}
+
+/// The largest document `check` accepts, as far as routes go: load
+/// balancers near each per-load-balancer cap until the document's own caps
+/// refuse more; those refused are left out.
+fn worst_accepted(backend: u16) -> Vec<Value> {
+    let candidates: Vec<Value> = (0..18)
+        .map(|i| near_the_caps(i, &format!("big{i}"), backend))
+        .collect();
+    let opts = vpsie_lb_model::ValidateOptions {
+        allowed_backend_networks: vec!["127.0.0.0/8".parse().expect("net")],
+        ..Default::default()
+    };
+    let refused: Vec<usize> = match vpsie_lb_model::validate(&json!(candidates), &opts) {
+        Ok(_) => vec![],
+        Err(rej) => rej
+            .errors
+            .iter()
+            .filter_map(|p| p.path.top_index())
+            .collect(),
+    };
+    assert!(
+        !refused.is_empty(),
+        "the sample never reached the document's caps"
+    );
+    let kept: Vec<Value> = (0..candidates.len())
+        .filter(|i| !refused.contains(i))
+        .map(|i| candidates[i].clone())
+        .collect();
+    let v = vpsie_lb_model::validate(&json!(kept), &opts).expect("the rest is accepted");
+    let total = v.config.load_balancers.iter().fold(
+        vpsie_lb_model::vhosts::TranslatedSize::default(),
+        |t, lb| t.plus(vpsie_lb_model::vhosts::translated_size(lb, usize::MAX)),
+    );
+    eprintln!("worst accepted: {} load balancers, {total:?}", kept.len());
+    kept
+}
+
+/// `VmHWM` (peak resident memory) of process `pid`, KiB.
+fn peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The agent's peak memory serving the worst document `check` accepts, and
+/// another load balancer's change still applied beside it. Before, a 51 KB
+/// document took 1.9 GB to render and the agent was killed under its unit's
+/// `MemoryMax=1G`, again on every restart.
+fn regression_a_small_document_exhausted_the_agents_memory(via: Via) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bs = backends(&["a", "b"]);
+    let port = free_port();
+    let mut docs = worst_accepted(bs[0].port());
+    docs.push(lb_over("web", "http", port, "round_robin", &bs[..1]));
+    let desired = dir.path().join("desired.json");
+    write_doc(&desired, &json!(docs));
+    let agent_port = free_port();
+    let agent = RunningAgent::start(dir.path(), &config(via, dir.path(), agent_port));
+    poll_until(
+        "web served beside the worst document",
+        Duration::from_secs(180),
+        || serves(port, "a"),
+    );
+    // Another load balancer's change goes through beside them.
+    *docs.last_mut().expect("web") = lb_over("web", "http", port, "round_robin", &bs[1..]);
+    write_doc(&desired, &json!(docs));
+    poll_until("web's change served", Duration::from_secs(120), || {
+        serves(port, "b")
+    });
+    poll_until("web's change confirmed", Duration::from_secs(60), || {
+        let s = status(agent_port)?;
+        let web = &s["load_balancers"]["web"];
+        if web["status"] == "active" && web["applied_version"] == web["desired_version"] {
+            Ok(())
+        } else {
+            Err(s["load_balancers"]["web"].to_string())
+        }
+    });
+    let agent_kib = peak_kib(agent.child.id());
+    let envoy_kib: u64 = agent
+        .envoy_pids()
+        .into_iter()
+        .map(peak_kib)
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "{via:?}: peak RSS agent {} MiB, envoy {} MiB",
+        agent_kib / 1024,
+        envoy_kib / 1024
+    );
+    // The unit allows 1 GiB (MemoryMax) and throttles past 768 MiB
+    // (MemoryHigh); the agent must stay well inside, in a debug build too.
+    assert!(
+        agent_kib > 0 && agent_kib < 512 * 1024,
+        "agent peak {agent_kib} KiB"
+    );
+}
+
 common::over_deliveries!(
     regression_an_unloadable_certificate_froze_everyones_changes,
     regression_a_key_of_another_certificate_froze_everyones_changes,
     regression_a_port_another_process_holds_froze_everyones_changes,
+    regression_a_small_document_exhausted_the_agents_memory,
 );

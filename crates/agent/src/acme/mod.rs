@@ -87,6 +87,10 @@ struct State {
     attempts: BTreeMap<String, Attempts>,
     /// The orders in flight.
     ordering: std::collections::BTreeSet<String>,
+    /// Load balancers whose redirect listener Envoy confirmed it serves:
+    /// only their orders may start, or the CA's validation would find
+    /// nothing listening and cost an hour's wait.
+    listening: std::collections::BTreeSet<String>,
     /// Whether orders wait because this HA node does not hold the address.
     standby: bool,
     events: Vec<Event>,
@@ -190,6 +194,16 @@ impl Acme {
         self.shared.changed.notify_all();
     }
 
+    /// Says which load balancers' redirect listeners Envoy serves now (the
+    /// config it confirmed): their orders may start.
+    pub fn listening(&self, lbs: std::collections::BTreeSet<String>) {
+        let mut s = self.lock();
+        if s.listening != lbs {
+            s.listening = lbs;
+            self.shared.changed.notify_all();
+        }
+    }
+
     /// Where the issued certificate of each wanted load balancer is.
     pub fn issued(&self) -> BTreeMap<String, Issued> {
         let s = self.lock();
@@ -284,10 +298,12 @@ struct Orders {
 }
 
 /// The next order to place, or how long nothing is due. Load balancers
-/// with an order in flight are skipped.
+/// with an order in flight, or whose redirect listener Envoy does not
+/// serve yet, are skipped.
 fn pick(s: &State, now: i64) -> Result<(String, vpsie_lb_model::Acme, &'static str), Duration> {
     let mut next = now.saturating_add(IDLE_WAKE.as_secs() as i64);
-    for (lb, acme) in s.wanted.iter().filter(|(lb, _)| !s.ordering.contains(*lb)) {
+    let ready = |lb: &String| !s.ordering.contains(lb) && s.listening.contains(lb);
+    for (lb, acme) in s.wanted.iter().filter(|(lb, _)| ready(lb)) {
         match schedule::need(acme, s.stored.get(lb), now) {
             Need::Nothing { renew_at } => next = next.min(renew_at),
             Need::Order(why) => match s.attempts.get(lb) {
@@ -567,6 +583,7 @@ mod tests {
         let mut two = one(acme(&["a.example.com"]));
         two.insert("other".into(), acme(&["b.example.com"]));
         handle.want(two);
+        handle.listening(["shop".to_owned(), "other".to_owned()].into());
         assert_eq!(handle.lock().attempts.get("shop"), Some(&failed));
         // The thread finds it may not order (it does so on its own time).
         vpsie_lb_testkit::poll_until("standby", Duration::from_secs(10), || {
@@ -583,5 +600,19 @@ mod tests {
             "a standby node bound the responder"
         );
         handle.stop();
+    }
+
+    #[test]
+    fn regression_an_order_started_before_envoy_served_its_challenge_listener() {
+        let mut s = State::default();
+        s.wanted.insert("shop".into(), acme(&["a.vpsie-lab.net"]));
+        assert!(
+            pick(&s, 0).is_err(),
+            "ordered before its listener was served"
+        );
+        s.listening.insert("shop".into());
+        assert_eq!(pick(&s, 0).map(|j| j.0), Ok("shop".to_owned()));
+        s.ordering.insert("shop".into());
+        assert!(pick(&s, 0).is_err(), "a second order for one load balancer");
     }
 }

@@ -305,14 +305,14 @@ impl<D: Delivery> Reconciler<D> {
     pub(super) fn refuse_settings(
         &mut self,
         refusal: &Refusal,
-        files: D::Candidate,
+        files: Option<D::Candidate>,
         reporter: &mut dyn Reporter,
     ) {
         reporter.error(
             "apply",
             &format!("the agent's settings changed and {}", refusal.problem()),
         );
-        self.refused = Some(files);
+        self.refused = files;
     }
 }
 

@@ -327,13 +327,9 @@ impl<D: Delivery> Reconciler<D> {
             return (PassResult::RolledBack, fetch_error);
         }
         let changed = self.changed_ids(&candidate);
-        let attempt = self.attempt(
-            &candidate,
-            (config, files.clone()),
-            &changed,
-            diff.kind,
-            reporter,
-        );
+        // Kept only for a change of the agent's settings, parked whole.
+        let whole = changed.is_empty().then(|| files.clone());
+        let attempt = self.attempt(&candidate, (config, files), &changed, diff.kind, reporter);
         let (applied, error) = match attempt {
             Attempt::Served => (true, None),
             Attempt::Failed(e) => return (PassResult::Error, Some(e)),
@@ -345,7 +341,7 @@ impl<D: Delivery> Reconciler<D> {
                     Some(id) => self.park(&candidate, id, &refusal, reporter),
                     // No document changed, the agent's own settings did:
                     // the whole candidate waits for the next change.
-                    None => self.refuse_settings(&refusal, files, reporter),
+                    None => self.refuse_settings(&refusal, whole, reporter),
                 }
                 return (refusal.result(), fetch_error);
             }

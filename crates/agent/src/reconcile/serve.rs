@@ -107,6 +107,10 @@ impl<D: Delivery> Reconciler<D> {
     /// Records `config` as what Envoy serves, and closes what is left on the
     /// backends whose drain it ended.
     pub(super) fn settle(&mut self, config: Config, reporter: &mut dyn Reporter) {
+        if let Some(a) = &self.acme {
+            // Envoy serves these redirect listeners now: their orders may go.
+            a.listening(acme::wanted(&config).into_keys().collect());
+        }
         let ended = self
             .served
             .as_ref()

@@ -11,6 +11,7 @@ mod hosts;
 mod obj;
 mod pool;
 mod protect;
+mod re2_names;
 mod regex;
 mod route;
 mod tls;

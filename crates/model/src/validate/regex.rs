@@ -2,8 +2,11 @@
 //!
 //! regex-syntax parses a superset of RE2. What it accepts and RE2 does not
 //! (nested classes and class operations, the `x` and `R` flags, `\<`-style
-//! word boundaries) is refused here by walking the syntax tree, so Envoy
-//! never sees a pattern it would refuse.
+//! word boundaries, a repetition of a repetition, `\u` escapes, code points
+//! past `\x{FF}` (Envoy runs RE2 on Latin-1), and Unicode class names RE2
+//! lacks) is refused here by walking the syntax tree, so Envoy never sees a
+//! pattern it would refuse. `crates/agent/tests/regex_differential.rs`
+//! checks that against Envoy itself, on a corpus and on generated patterns.
 
 use regex_syntax::ast::{self, Ast, Visitor};
 
@@ -98,6 +101,12 @@ impl Visitor for Re2Only {
     fn visit_pre(&mut self, node: &Ast) -> Result<(), String> {
         match node {
             Ast::Repetition(r) => {
+                if matches!(*r.ast, Ast::Repetition(_)) {
+                    return Err(
+                        "repeats a repetition (a**, a{2}{3}), which RE2 refuses; group it: (?:a*)*"
+                            .into(),
+                    );
+                }
                 let n = match r.op.kind {
                     ast::RepetitionKind::Range(ast::RepetitionRange::Exactly(n))
                     | ast::RepetitionKind::Range(ast::RepetitionRange::AtLeast(n)) => n,
@@ -126,6 +135,8 @@ impl Visitor for Re2Only {
                 }
             }
             Ast::Flags(f) => flags(&f.flags)?,
+            Ast::Literal(l) => literal(l)?,
+            Ast::ClassUnicode(c) => unicode_class(c)?,
             Ast::Group(g) => {
                 if let ast::GroupKind::NonCapturing(f) = &g.kind {
                     flags(f)?;
@@ -137,14 +148,56 @@ impl Visitor for Re2Only {
     }
 
     fn visit_class_set_item_pre(&mut self, item: &ast::ClassSetItem) -> Result<(), String> {
-        if let ast::ClassSetItem::Bracketed(_) = item {
-            return Err("nests a character class, which RE2 lacks".into());
+        match item {
+            ast::ClassSetItem::Bracketed(_) => {
+                Err("nests a character class, which RE2 lacks".into())
+            }
+            ast::ClassSetItem::Literal(l) => literal(l),
+            ast::ClassSetItem::Range(r) => literal(&r.start).and_then(|()| literal(&r.end)),
+            ast::ClassSetItem::Unicode(c) => unicode_class(c),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     fn visit_class_set_binary_op_pre(&mut self, _: &ast::ClassSetBinaryOp) -> Result<(), String> {
         Err("uses a class operation (&&, -- or ~~), which RE2 lacks".into())
+    }
+}
+
+/// A literal RE2 reads: `\u` escapes are not RE2's, and Envoy's RE2 reads
+/// Latin-1, where no code point passes `\x{FF}`.
+fn literal(l: &ast::Literal) -> Result<(), String> {
+    use ast::{HexLiteralKind as H, LiteralKind as K};
+    match l.kind {
+        K::HexFixed(H::UnicodeShort | H::UnicodeLong)
+        | K::HexBrace(H::UnicodeShort | H::UnicodeLong) => {
+            Err("uses a \\u escape, which RE2 lacks; write \\x{..}".into())
+        }
+        K::HexFixed(H::X) | K::HexBrace(H::X) if u32::from(l.c) > 0xFF => Err(format!(
+            "escapes U+{:04X}; Envoy's RE2 reads Latin-1 and refuses escapes past \\x{{FF}}",
+            u32::from(l.c)
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A `\p` class RE2 knows: a general category, a script (exact names) or `Any`.
+fn unicode_class(c: &ast::ClassUnicode) -> Result<(), String> {
+    use ast::ClassUnicodeKind as K;
+    let known = |name: &str| {
+        name == "Any"
+            || super::re2_names::GENERAL_CATEGORIES.contains(&name)
+            || super::re2_names::SCRIPTS.contains(&name)
+    };
+    match &c.kind {
+        K::OneLetter(letter) if known(&letter.to_string()) => Ok(()),
+        K::Named(name) if known(name) => Ok(()),
+        K::OneLetter(letter) => Err(format!("uses \\p{letter}, a class RE2 lacks")),
+        K::Named(name) => Err(format!(
+            "uses \\p{{{name}}}, a class RE2 lacks: RE2 has general categories (L, Lu, Nd, ...), \
+             scripts by their exact names (Greek, Latin, Han, ...) and Any"
+        )),
+        K::NamedValue { .. } => Err("uses \\p{key=value}, which RE2 lacks".into()),
     }
 }
 
@@ -177,6 +230,10 @@ mod tests {
             "\\d{1,20}",
             "[[:alpha:]]+",
             "\\pL+",
+            "\\p{Greek}\\P{Lu}\\p{Kawi}\\p{Any}[\\p{Nd}\\pZ]",
+            "\\x{FF}[\\x{0}-\\xff]",
+            "(?:a*)*",
+            "(?P<n>a)(?<m>b)",
         ] {
             assert_eq!(check(good), Ok(()), "{good}");
         }
@@ -190,7 +247,21 @@ mod tests {
             ("a{1,500}", "at most 20"),
             ("((((a{20}){20}){20}){20})", "too complex"),
             ("", "must not be empty"),
-            ("\\p{NoSuchClass}", "not a valid regular expression"),
+            ("\\p{NoSuchClass}", "a class RE2 lacks"),
+            ("\\p{Lowercase}", "a class RE2 lacks"),
+            ("\\p{Emoji}", "a class RE2 lacks"),
+            ("\\p{greek}", "a class RE2 lacks"),
+            ("\\p{Grek}", "a class RE2 lacks"),
+            ("\\p{Garay}", "a class RE2 lacks"),
+            ("[\\p{Letter}]", "a class RE2 lacks"),
+            ("\\p{sc=Greek}", "key=value"),
+            ("\\u0041", "\\u escape"),
+            ("[\\u0041-\\u0042]", "\\u escape"),
+            ("\\x{100}", "past \\x{FF}"),
+            ("[\\x{0}-\\x{10FFFF}]", "past \\x{FF}"),
+            ("a**", "repeats a repetition"),
+            ("x{2}{3}", "repeats a repetition"),
+            ("a+?+", "repeats a repetition"),
         ] {
             let got = check(bad).expect_err(bad);
             assert!(got.contains(why), "{bad}: {got}");
