@@ -8,6 +8,7 @@
 //! the result ([`store`]) and asks for a pass. Envoy reads the files through
 //! SDS and reloads them on the rename, so a renewal changes no listener.
 
+pub mod http;
 mod metrics;
 pub mod order;
 pub mod responder;

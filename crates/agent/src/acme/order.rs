@@ -67,16 +67,11 @@ impl Failure {
 const VALIDATION_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// An HTTP client for the directory: the system's roots, or only the
-/// operator's CA file (a private or test ACME server).
+/// operator's CA file (a private or test ACME server); every request is
+/// bounded in time ([`super::http`]).
 fn builder(ca_file: Option<&Path>) -> Result<AccountBuilder, Failure> {
-    match ca_file {
-        Some(f) => Account::builder_with_root(f).map_err(|e| {
-            Failure::before_order(&format!("acme.directory_ca_file {}", f.display()), e)
-        }),
-        None => {
-            Account::builder().map_err(|e| Failure::before_order("the system's trust roots", e))
-        }
-    }
+    let client = super::http::Bounded::new(ca_file).map_err(Failure::unplaced)?;
+    Ok(Account::builder_with_http(Box::new(client)))
 }
 
 /// The operator's account at `directory_url`: the stored one, or a new
