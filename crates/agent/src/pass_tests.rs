@@ -447,3 +447,35 @@ fn a_change_whose_parts_conflict_alone_is_tried_together() {
     assert_eq!(r.delivery().serving, served);
     assert_eq!(events.of("c")[0].0, EventKind::ConfigRolledBack);
 }
+
+#[test]
+fn two_swaps_and_a_culprit_end_with_the_swaps_served_and_the_culprit_parked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut r = reconciler(dir.path(), refusing(true));
+    let docs = vec![
+        named("a", 80),
+        named("b", 81),
+        named("c", 82),
+        named("d", 83),
+    ];
+    r.pass(&mut Docs(docs), &mut Events::default());
+    let mut events = Events::default();
+    let docs = vec![
+        named("a", 81),
+        named("b", 80),
+        named("c", 83),
+        named("d", 82),
+        named("e", 666),
+    ];
+    let (_, error) = r.pass(&mut Docs(docs.clone()), &mut events);
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(events.of("e")[0].0, EventKind::ConfigRolledBack);
+    // Whatever the search reached this pass, the next one serves the rest.
+    r.pass(&mut Docs(docs), &mut Events::default());
+    let served: Vec<(String, u16)> = ["a", "b", "c", "d"]
+        .iter()
+        .zip([81, 80, 83, 82])
+        .map(|(id, p)| ((*id).to_owned(), p))
+        .collect();
+    assert_eq!(r.delivery().serving, served);
+}

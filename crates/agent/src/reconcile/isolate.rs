@@ -209,11 +209,21 @@ impl<D: Delivery> Reconciler<D> {
         reporter: &mut dyn Reporter,
     ) -> (bool, Option<ReconcileError>) {
         let mut served = false;
+        // A bisection takes about 2·k·log2(n) trials for k culprits among
+        // n changes; merging inseparable parts can rotate a group without
+        // shrinking it, so the search is bounded, and what it did not reach
+        // is tried again on the next pass.
+        let mut budget = 4 * changed.len() + 8;
         let mut pending: Vec<Vec<String>> = halves(changed).into_iter().collect();
         while let Some(group) = pending.pop() {
             if group.is_empty() {
                 continue;
             }
+            if budget == 0 {
+                self.not_reached(pending.into_iter().flatten().chain(group));
+                break;
+            }
+            budget -= 1;
             match self.trial(candidate, &group, reporter) {
                 Trial::Done(Attempt::Served) => served = true,
                 Trial::Done(Attempt::Refused(r)) if group.len() == 1 => {
@@ -228,21 +238,27 @@ impl<D: Delivery> Reconciler<D> {
                     }
                     // What it needs was refused: the next pass's choice
                     // reports the conflict with the parked one's good version.
-                    None => {
-                        for id in group {
-                            self.valid_now.retain(|v| *v != id);
-                            self.problems.insert(
-                                id,
-                                "not applied: it cannot be served without another load \
-                                 balancer's change that envoy refused"
-                                    .into(),
-                            );
-                        }
-                    }
+                    None => self.not_reached(group),
                 },
             }
         }
         (served, None)
+    }
+
+    /// Load balancers whose change this pass could not serve alone (it
+    /// needs a change Envoy refused, or the search ran out): they are not
+    /// parked, so the next pass tries them again, and until then they say so.
+    fn not_reached(&mut self, ids: impl IntoIterator<Item = String>) {
+        for id in ids {
+            self.valid_now.retain(|v| *v != id);
+            self.problems.insert(
+                id,
+                "not applied yet: envoy refused another load balancer's change made at the \
+                 same time, and this one could not be served without it; tried again on the \
+                 next pass"
+                    .into(),
+            );
+        }
     }
 
     /// Tries last-known-good with the documents of `group` from `candidate`.
