@@ -63,11 +63,13 @@ fn remove_stale_temp_files(dir: &Path) -> std::io::Result<()> {
 }
 
 /// What no document may name a file under: the agent's state (its ACME
-/// keys, last-known-good) and its config file (the API key).
+/// keys, last-known-good), its config file and the API key's file.
 fn private_paths(cfg: &Config, config_path: &Path) -> Vec<String> {
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
-    [absolute(&cfg.state_dir), absolute(config_path)]
+    [cfg.state_dir.as_path(), config_path, &cfg.vpsie.api_key_file]
         .into_iter()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(absolute)
         // Never the root: it would make every path private.
         .filter(|d| d.parent().is_some())
         .map(|d| d.display().to_string())
