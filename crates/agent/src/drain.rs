@@ -259,20 +259,46 @@ fn close(s: &Socket) -> Result<(), String> {
     ss(&args).map(|_| ())
 }
 
-/// Closes Envoy's TCP connections to `ip:port` (Envoy: the processes run
-/// on `bootstrap`) and returns how many there were; an error says how many
-/// are still open, and why. Other processes' connections to the same
-/// address are never touched: a document names any address it likes, and
-/// must not reach what else the VM talks to.
-pub fn close_connections(bootstrap: &Path, ip: IpAddr, port: u16) -> Result<usize, String> {
-    let pids = envoy_pids(bootstrap);
-    let owner = Owner::of(&pids);
-    if !pids.is_empty() && owner.inodes.is_empty() && owner.uids.is_empty() {
-        return Err(format!(
-            "envoy's connections to {ip}:{port} cannot be told from other processes' \
-             (its descriptors are unreadable and it runs as root): none closed"
-        ));
+/// How the agent tells Envoy's processes and sockets from every other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvoyProcess {
+    /// The bootstrap Envoy runs on: an argument of its command line.
+    pub bootstrap: std::path::PathBuf,
+    /// Envoy's admin socket, when it is a Unix socket: Envoy created it,
+    /// so its owner is Envoy's user even where Envoy's processes are hidden
+    /// from the agent (the package's unit has `ProtectProc=invisible`).
+    pub admin_socket: Option<std::path::PathBuf>,
+}
+
+impl EnvoyProcess {
+    /// Whose sockets are Envoy's, or why that cannot be known.
+    fn owner(&self) -> Result<Owner, String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut owner = Owner::of(&envoy_pids(&self.bootstrap));
+        if owner.inodes.is_empty() && owner.uids.is_empty() {
+            let uid = self
+                .admin_socket
+                .as_ref()
+                .and_then(|s| std::fs::metadata(s).ok());
+            owner.uids.extend(uid.map(|m| m.uid()).filter(|u| *u != 0));
+        }
+        if owner.inodes.is_empty() && owner.uids.is_empty() {
+            return Err(format!(
+                "envoy's connections cannot be told from other processes' (no process runs on \
+                 {}, or it runs as root unseen): none closed",
+                self.bootstrap.display()
+            ));
+        }
+        Ok(owner)
     }
+}
+
+/// Closes Envoy's TCP connections to `ip:port` and returns how many there
+/// were; an error says how many are still open, and why. Other processes'
+/// connections to the same address are never touched: a document names any
+/// address it likes, and must not reach what else the VM talks to.
+pub fn close_connections(envoy: &EnvoyProcess, ip: IpAddr, port: u16) -> Result<usize, String> {
+    let owner = envoy.owner()?;
     let found = connections(&owner, ip, port)?;
     for s in &found {
         close(s)?;
@@ -334,6 +360,32 @@ mod tests {
         assert!(!owner.owns(&socket(8, 0)), "another process's socket");
         assert_eq!(socket_inode("socket:[42]"), Some(42));
         assert_eq!(socket_inode("/dev/null"), None);
+    }
+
+    #[test]
+    fn regression_drains_closed_nothing_where_envoys_processes_are_hidden() {
+        use std::os::unix::fs::MetadataExt;
+        // No process runs on this bootstrap (as where /proc hides Envoy's):
+        // the admin socket's owner is Envoy's user.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("admin.sock");
+        let _listening = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+        let envoy = EnvoyProcess {
+            bootstrap: dir.path().join("bootstrap.yaml"),
+            admin_socket: Some(socket.clone()),
+        };
+        let uid = std::fs::metadata(&socket).expect("stat").uid();
+        match envoy.owner() {
+            // Root owns the socket here: root's uid tells nobody apart.
+            Err(e) if uid == 0 => assert!(e.contains("none closed"), "{e}"),
+            Ok(owner) => assert_eq!(owner.uids, [uid].into()),
+            Err(e) => panic!("{e}"),
+        }
+        let nothing = EnvoyProcess {
+            admin_socket: None,
+            ..envoy
+        };
+        assert!(nothing.owner().is_err(), "nothing known must close nothing");
     }
 
     #[test]

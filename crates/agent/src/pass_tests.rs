@@ -32,6 +32,9 @@ struct FakeEnvoy {
     /// (when `refuse_at_apply`) at the apply.
     refuse_ports: Vec<u16>,
     refuse_at_apply: bool,
+    /// Added to every port when rendering: the agent's own settings, which
+    /// change the render without any document changing.
+    shift: u16,
     applies: usize,
 }
 
@@ -42,7 +45,7 @@ impl Delivery for FakeEnvoy {
         Ok(config
             .load_balancers
             .iter()
-            .map(|lb| (lb.id.clone(), lb.port))
+            .map(|lb| (lb.id.clone(), lb.port + self.shift))
             .collect())
     }
 
@@ -162,7 +165,10 @@ fn reconciler_with_status(
             state_dir: dir.to_path_buf(),
             validate: Default::default(),
             waf_policies: None,
-            envoy_bootstrap: dir.join("bootstrap.yaml"),
+            envoy: crate::drain::EnvoyProcess {
+                bootstrap: dir.join("bootstrap.yaml"),
+                admin_socket: None,
+            },
         },
         envoy,
         Observe {
@@ -210,7 +216,11 @@ fn envoys_refusal_parks_the_candidate_until_the_document_changes() {
     assert_eq!((result, error.is_none()), (PassResult::RolledBack, true));
     assert_eq!(events.0, [EventKind::ConfigRolledBack]);
     let (result, _) = r.pass(&mut Docs(vec![lb(80)]), &mut events);
-    assert_eq!(result, PassResult::RolledBack);
+    assert_eq!(
+        result,
+        PassResult::Unchanged,
+        "parked: nothing to hand over"
+    );
     assert_eq!(
         r.delivery().applies,
         1,
@@ -264,7 +274,7 @@ fn a_preflight_refusal_is_reported_and_parked() {
     assert_eq!(result, PassResult::Rejected);
     assert_eq!(events.0, [EventKind::ConfigRejected]);
     let (result, _) = r.pass(&mut Docs(vec![lb(80)]), &mut events);
-    assert_eq!(result, PassResult::RolledBack, "parked: not checked again");
+    assert_eq!(result, PassResult::Unchanged, "parked: not checked again");
     assert_eq!(r.delivery().applies, 0);
 }
 
@@ -478,4 +488,40 @@ fn two_swaps_and_a_culprit_end_with_the_swaps_served_and_the_culprit_parked() {
         .map(|(id, p)| ((*id).to_owned(), p))
         .collect();
     assert_eq!(r.delivery().serving, served);
+}
+
+#[test]
+fn regression_a_refusal_of_the_agents_own_settings_was_blamed_on_the_next_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut r = reconciler(dir.path(), refusing(true));
+    let docs = |a: u16| vec![named("a", a), named("z", 90)];
+    r.pass(&mut Docs(docs(80)), &mut Events::default());
+    // The agent's settings now render z onto a port Envoy refuses (as a
+    // newly issued certificate, or a setting, can): no document changed.
+    r.delivery_mut().shift = 1000;
+    r.delivery_mut().refuse_ports = vec![1090];
+    let mut events = Events::default();
+    r.pass(&mut Docs(docs(80)), &mut events);
+    assert!(events.1.is_empty(), "nobody's document: {:?}", events.1);
+    // a changes next: its change is refused with the rest, but a is not
+    // blamed, parked or told anything of z's.
+    let mut events = Events::default();
+    let (result, _) = r.pass(&mut Docs(docs(81)), &mut events);
+    assert_eq!(result, PassResult::RolledBack);
+    assert!(events.of("a").is_empty(), "{:?}", events.1);
+    assert!(!r.parked("a"));
+}
+
+#[test]
+fn regression_a_deleted_load_balancer_kept_its_error_in_the_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let status = std::sync::Arc::new(std::sync::Mutex::new(Default::default()));
+    let mut r = reconciler_with_status(dir.path(), FakeEnvoy::default(), status.clone());
+    let mut bad = named("gone", 81);
+    bad["backends"][0]["port"] = json!(0);
+    r.pass(&mut Docs(vec![lb(80), bad]), &mut Events::default());
+    assert_eq!(states(&status)[0].1, "error", "{:?}", states(&status));
+    r.pass(&mut Docs(vec![lb(80)]), &mut Events::default());
+    let ids: Vec<String> = states(&status).into_iter().map(|(id, _, _)| id).collect();
+    assert_eq!(ids, ["web"]);
 }

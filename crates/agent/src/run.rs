@@ -65,15 +65,24 @@ fn remove_stale_temp_files(dir: &Path) -> std::io::Result<()> {
 /// What no document may name a file under: the agent's state (its ACME
 /// keys, last-known-good), its config file and the API key's file.
 fn private_paths(cfg: &Config, config_path: &Path) -> Vec<String> {
-    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
-    [cfg.state_dir.as_path(), config_path, &cfg.vpsie.api_key_file]
-        .into_iter()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(absolute)
-        // Never the root: it would make every path private.
-        .filter(|d| d.parent().is_some())
-        .map(|d| d.display().to_string())
-        .collect()
+    // Canonical where it exists, so a link to the state is no way around.
+    let absolute = |p: &Path| {
+        std::fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .unwrap_or_else(|_| p.to_owned())
+    };
+    [
+        cfg.state_dir.as_path(),
+        config_path,
+        &cfg.vpsie.api_key_file,
+    ]
+    .into_iter()
+    .filter(|p| !p.as_os_str().is_empty())
+    .map(absolute)
+    // Never the root: it would make every path private.
+    .filter(|d| d.parent().is_some())
+    .map(|d| d.display().to_string())
+    .collect()
 }
 
 /// Writes the bootstrap when it differs and, for the files delivery, empty
@@ -258,7 +267,13 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             acme_directories: cfg.acme.allowed_directories.clone(),
         },
         waf_policies: Some(cfg.envoy.config_dir.join(crate::waf::POLICY_FILE)),
-        envoy_bootstrap: layout.bootstrap_file(),
+        envoy: crate::drain::EnvoyProcess {
+            bootstrap: layout.bootstrap_file(),
+            admin_socket: match &cfg.envoy.admin_address {
+                vpsie_lb_envoy::LocalAddress::Unix(p) => Some(p.clone()),
+                vpsie_lb_envoy::LocalAddress::Tcp(_) => None,
+            },
+        },
     };
     let translate = |delivery| TranslateOptions {
         listen_address: cfg.envoy.listen_address,

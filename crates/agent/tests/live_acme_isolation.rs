@@ -47,23 +47,38 @@ fn wait_order_ended(lab: &AcmeLab, id: &str, within: Duration) {
     });
 }
 
-/// A load balancer with no port 80 of its own (Pebble validates on shop's
-/// redirect port, as the CA would reach shop's name) asks for shop's name:
-/// the challenge reaches shop's listener, which answers only shop's tokens.
-/// Before, the one responder answered every order's tokens through every
-/// listener, and the attacker got a certificate for the victim's name.
+/// A load balancer whose names point at another's port 80 (Pebble
+/// validates every name on shop's redirect port, as the CA reaches whatever
+/// listens where a name resolves): its challenges reach shop's listener,
+/// which answers only shop's tokens, so it gets no certificate. Before, the
+/// one responder answered every order's tokens through every listener, and
+/// an attacker got a certificate for the victim's name. Naming shop's own
+/// name is refused outright: a name has one certificate owner.
 fn regression_a_load_balancer_got_a_certificate_for_another_ones_name(via: Via) {
     let lab = AcmeLab::start(via);
     lab.wait_served("shop's certificate", None, Duration::from_secs(60));
     let url = lab.pebble.directory_url();
-    let attacker = acme_lb(
+    let port = lab.backend.port();
+    let owned = acme_lb(
         "attacker",
         &["shop.acme-lab.net"],
         &url,
         "x@evil-lab.net",
-        lab.backend.port(),
+        port,
     );
-    lab.serve(&json!([lab.doc, attacker]));
+    lab.serve(&json!([lab.doc, owned]));
+    lab.agent().wait_log(
+        "the attacker refused for naming shop's name",
+        "already has its certificate ordered by",
+    );
+    let pointed = acme_lb(
+        "attacker",
+        &["mail.acme-lab.net"],
+        &url,
+        "x@evil-lab.net",
+        port,
+    );
+    lab.serve(&json!([lab.doc, pointed]));
     wait_order_ended(&lab, "attacker", Duration::from_secs(120));
     assert_eq!(
         events(&lab, "attacker", "certificate_issued"),

@@ -353,6 +353,15 @@ fn regression_a_document_could_serve_the_acme_store_s_keys() {
         ),
         &["tls_config.ca_cert_path: \"/etc/vpsie-lb/agent.yaml\" is under /etc/vpsie-lb"],
     );
+    check(
+        with(
+            "/tls_config/private_key_path",
+            Some(json!("/proc/self/root/var/lib/vpsie-lb/k.pem")),
+        ),
+        &[
+            "tls_config.private_key_path: \"/proc/self/root/var/lib/vpsie-lb/k.pem\" is under /proc, /sys or /dev",
+        ],
+    );
     // A directory that only starts with the same letters is not under it.
     check(
         with(

@@ -395,3 +395,22 @@ fn acme_warns_when_its_redirect_port_is_not_80() {
         v.warnings
     );
 }
+
+#[test]
+fn regression_a_load_balancer_could_order_another_ones_acme_name() {
+    let mut first = acme(json!({"domains": ["shop.vpsie-lab.net"]}));
+    first["id"] = json!("victim");
+    let mut second = acme(json!({"domains": ["www.vpsie-lab.net", "shop.vpsie-lab.net"]}));
+    second["id"] = json!("attacker");
+    second["port"] = json!(8443);
+    second["redirect_http_port"] = json!(8080);
+    let rej = vpsie_lb_model::validate(&json!([first, second]), &common::opts())
+        .expect_err("one name, two owners");
+    let lines: Vec<String> = rej.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "[1].tls_config.acme.domains[1]: \"shop.vpsie-lab.net\" already has its certificate ordered by [0]"
+        ]
+    );
+}

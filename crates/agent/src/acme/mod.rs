@@ -88,6 +88,11 @@ struct State {
     attempts: BTreeMap<String, Attempts>,
     /// The orders in flight.
     ordering: std::collections::BTreeSet<String>,
+    /// When each load balancer last started an order: its turn.
+    started: BTreeMap<String, i64>,
+    /// When each load balancer's orders that reached the CA ended (the
+    /// last hour's), whatever names they were for: its budget.
+    placed: BTreeMap<String, Vec<i64>>,
     /// Load balancers whose redirect listener Envoy confirmed it serves:
     /// only their orders may start, or the CA's validation would find
     /// nothing listening and cost an hour's wait.
@@ -158,26 +163,16 @@ impl Acme {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The certificates the config being rendered wants, by load balancer;
-    /// reads the store of those seen for the first time, so a restart
-    /// serves what was issued before without ordering again.
+    /// The certificates the config Envoy serves wants, by load balancer
+    /// (what is ordered follows it); reads the store of those seen for the
+    /// first time.
     pub fn want(&self, wanted: BTreeMap<String, vpsie_lb_model::Acme>) {
         let mut s = self.lock();
         if s.wanted == wanted {
             return;
         }
         for lb in wanted.keys() {
-            if s.read.insert(lb.clone()) {
-                match self.shared.store.load(lb) {
-                    Ok(Some(stored)) => {
-                        s.stored.insert(lb.clone(), stored);
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(phase = "acme", lb_id = %lb, error = %e, "the stored certificate is unusable; ordering a new one")
-                    }
-                }
-            }
+            self.load_stored(&mut s, lb);
         }
         // A load balancer whose names or directory changed starts afresh:
         // the failures (and the hour's wait) were for another order. The
@@ -205,13 +200,39 @@ impl Acme {
         }
     }
 
-    /// Where the issued certificate of each wanted load balancer is.
-    pub fn issued(&self) -> BTreeMap<String, Issued> {
-        let s = self.lock();
-        s.wanted
-            .keys()
-            .filter_map(|lb| Some((lb.clone(), s.stored.get(lb)?.paths.clone())))
-            .collect()
+    /// Reads `lb`'s store the first time it is asked about, so a restart
+    /// serves what was issued before without ordering again.
+    fn load_stored(&self, s: &mut State, lb: &str) {
+        if !s.read.insert(lb.to_owned()) {
+            return;
+        }
+        match self.shared.store.load(lb) {
+            Ok(Some(stored)) => {
+                s.stored.insert(lb.to_owned(), stored);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(phase = "acme", lb_id = %lb, error = %e, "the stored certificate is unusable; ordering a new one")
+            }
+        }
+    }
+
+    /// Where the issued certificate of each of `lbs` is, for a render.
+    /// Changes nothing that is ordered: a render may be a trial that Envoy
+    /// refuses, and only what Envoy serves says what to order ([`Acme::want`]).
+    pub fn issued_for<'a>(
+        &self,
+        lbs: impl IntoIterator<Item = &'a String>,
+    ) -> BTreeMap<String, Issued> {
+        let mut s = self.lock();
+        let mut out = BTreeMap::new();
+        for lb in lbs {
+            self.load_stored(&mut s, lb);
+            if let Some(c) = s.stored.get(lb) {
+                out.insert(lb.clone(), c.paths.clone());
+            }
+        }
+        out
     }
 
     /// Hands the events queued since the last pass to `reporter`.
@@ -304,16 +325,38 @@ struct Orders {
 fn pick(s: &State, now: i64) -> Result<(String, vpsie_lb_model::Acme, &'static str), Duration> {
     let mut next = now.saturating_add(IDLE_WAKE.as_secs() as i64);
     let ready = |lb: &String| !s.ordering.contains(lb) && s.listening.contains(lb);
+    // Among those due, the one that started an order longest ago: one load
+    // balancer that keeps failing (or renaming) never starves the others.
+    let mut best: Option<(i64, &String, &vpsie_lb_model::Acme, &'static str)> = None;
     for (lb, acme) in s.wanted.iter().filter(|(lb, _)| ready(lb)) {
-        match schedule::need(acme, s.stored.get(lb), now) {
-            Need::Nothing { renew_at } => next = next.min(renew_at),
-            Need::Order(why) => match s.attempts.get(lb) {
-                Some(a) if !a.may_try(now) => next = next.min(a.not_before),
-                _ => return Ok((lb.clone(), acme.clone(), why)),
-            },
+        let why = match schedule::need(acme, s.stored.get(lb), now) {
+            Need::Nothing { renew_at } => {
+                next = next.min(renew_at);
+                continue;
+            }
+            Need::Order(why) => why,
+        };
+        let placed = s.placed.get(lb).map(Vec::as_slice).unwrap_or_default();
+        let blocked = [
+            s.attempts
+                .get(lb)
+                .filter(|a| !a.may_try(now))
+                .map(|a| a.not_before),
+            schedule::budget_spent(placed, now),
+        ];
+        if let Some(until) = blocked.into_iter().flatten().max() {
+            next = next.min(until);
+            continue;
+        }
+        let last = s.started.get(lb).copied().unwrap_or(i64::MIN);
+        if best.is_none_or(|(b, ..)| last < b) {
+            best = Some((last, lb, acme, why));
         }
     }
-    Err(Duration::from_secs(next.saturating_sub(now).max(1) as u64))
+    match best {
+        Some((_, lb, acme, why)) => Ok((lb.clone(), acme.clone(), why)),
+        None => Err(Duration::from_secs(next.saturating_sub(now).max(1) as u64)),
+    }
 }
 
 impl Worker {
@@ -335,6 +378,7 @@ impl Worker {
                     match picked {
                         Ok(job) if may => {
                             s.ordering.insert(job.0.clone());
+                            s.started.insert(job.0.clone(), now());
                             break job;
                         }
                         Ok(_) => {
@@ -499,6 +543,13 @@ impl Acme {
         });
         let mut s = self.lock();
         s.ordering.remove(lb);
+        // What reached the CA counts against the load balancer's budget.
+        if saved.as_ref().map_or_else(|f| f.order_placed, |_| true) {
+            let at = now();
+            let mine = s.placed.entry(lb.to_owned()).or_default();
+            mine.retain(|t| at - t < schedule::BUDGET_WINDOW_SECS);
+            mine.push(at);
+        }
         let names = acme.domains.join(", ");
         let event = match saved {
             Ok(stored) => {
@@ -615,5 +666,24 @@ mod tests {
         assert_eq!(pick(&s, 0).map(|j| j.0), Ok("shop".to_owned()));
         s.ordering.insert("shop".into());
         assert!(pick(&s, 0).is_err(), "a second order for one load balancer");
+    }
+
+    #[test]
+    fn regression_one_load_balancer_could_take_every_turn_to_order() {
+        let mut s = State::default();
+        for lb in ["a", "b"] {
+            s.wanted
+                .insert(lb.into(), acme(&[&format!("{lb}.vpsie-lab.net")]));
+            s.listening.insert(lb.into());
+        }
+        // "a" comes first by name, but "b" has not had a turn yet.
+        s.started.insert("a".into(), 100);
+        assert_eq!(pick(&s, 200).map(|j| j.0), Ok("b".to_owned()));
+        s.started.insert("b".into(), 150);
+        assert_eq!(pick(&s, 200).map(|j| j.0), Ok("a".to_owned()));
+        // Past its hourly budget, whatever its names, "a" waits.
+        s.placed
+            .insert("a".into(), vec![100; schedule::ORDERS_PER_WINDOW]);
+        assert_eq!(pick(&s, 200).map(|j| j.0), Ok("b".to_owned()));
     }
 }

@@ -130,18 +130,52 @@ pub async fn obtain(
         .new_order(&NewOrder::new(&ids))
         .await
         .map_err(Failure::new_order)?;
-    let mut mine = Vec::new();
-    let answered = answer_challenges(&mut order, lb, tokens, &mut mine).await;
-    let result = match answered {
-        Ok(()) => finish(&mut order).await,
-        Err(e) => Err(e),
+    // Removes our answers however this ends, a timeout's drop included:
+    // an abandoned order's tokens must not stay answerable.
+    let mut mine = Answers {
+        tokens: tokens.clone(),
+        keys: Vec::new(),
     };
-    if let Ok(mut t) = tokens.lock() {
-        for token in mine {
-            t.remove(&token);
+    answer_challenges(&mut order, lb, tokens, &mut mine.keys).await?;
+    let issued = finish(&mut order).await?;
+    forget_authorizations(&mut order).await;
+    Ok(issued)
+}
+
+/// The challenge answers one order put up, taken down when it ends.
+struct Answers {
+    tokens: Tokens,
+    keys: Vec<(String, String)>,
+}
+
+impl Drop for Answers {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.tokens.lock() {
+            for key in &self.keys {
+                t.remove(key);
+            }
         }
     }
-    result
+}
+
+/// Deactivates every authorization of a finished order. The CA would
+/// otherwise keep them valid for the operator's account (Let's Encrypt: up
+/// to 30 days), and every load balancer orders with that account: a later
+/// order for the same name, by anyone, would be issued without a challenge.
+async fn forget_authorizations(order: &mut instant_acme::Order) {
+    let mut authorizations = order.authorizations();
+    while let Some(next) = authorizations.next().await {
+        let result = match next {
+            Ok(mut authz) if authz.status == AuthorizationStatus::Valid => {
+                authz.deactivate().await.map(|_| ())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::warn!(phase = "acme", error = %e, "could not deactivate an authorization");
+        }
+    }
 }
 
 /// Puts each pending authorization's HTTP-01 answer where the responder
@@ -158,7 +192,19 @@ async fn answer_challenges(
         let mut authz = next.map_err(|e| Failure::in_order("authorization", e))?;
         match authz.status {
             AuthorizationStatus::Pending => {}
-            AuthorizationStatus::Valid => continue,
+            AuthorizationStatus::Valid => {
+                // Valid before we proved anything: left over from an order
+                // whose authorizations were not deactivated (a crash). The
+                // operator's account is everyone's, so this load balancer
+                // must prove the name itself: deactivate, and order again.
+                let name = authz.identifier().to_string();
+                let gone = authz.deactivate().await;
+                let what = format!("{name}: a valid authorization was left from an earlier order");
+                return Err(match gone {
+                    Ok(_) => Failure::unplaced(format!("{what}; deactivated, ordering again")),
+                    Err(e) => Failure::in_order(&what, e),
+                });
+            }
             other => {
                 return Err(Failure::in_order("authorization", format!("{other:?}")));
             }

@@ -48,6 +48,26 @@ pub fn need(wanted: &Acme, stored: Option<&Stored>, now: i64) -> Need {
     }
 }
 
+/// Orders one load balancer may start within [`BUDGET_WINDOW_SECS`],
+/// whatever names they are for: renaming resets the wait after a failure
+/// (a typo fixed need not wait an hour), so this is what bounds a
+/// load balancer that keeps renaming, against the operator's one account.
+pub const ORDERS_PER_WINDOW: usize = 5;
+/// The window of [`ORDERS_PER_WINDOW`], seconds.
+pub const BUDGET_WINDOW_SECS: i64 = 3600;
+
+/// When a load balancer whose recent orders started at `started` (oldest
+/// first) may start another, if it has spent its budget at `now`.
+pub fn budget_spent(started: &[i64], now: i64) -> Option<i64> {
+    let recent: Vec<i64> = started
+        .iter()
+        .copied()
+        .filter(|t| now - t < BUDGET_WINDOW_SECS)
+        .collect();
+    (recent.len() >= ORDERS_PER_WINDOW)
+        .then(|| recent[recent.len() - ORDERS_PER_WINDOW] + BUDGET_WINDOW_SECS)
+}
+
 /// Whether two lists name the same set of domains, in any order.
 fn same_names(a: &[String], b: &[String]) -> bool {
     fn sorted(l: &[String]) -> Vec<&String> {
@@ -230,5 +250,18 @@ mod tests {
             need(&ba, Some(&issued), DAY),
             Need::Nothing { .. }
         ));
+    }
+
+    #[test]
+    fn a_load_balancer_that_keeps_renaming_spends_its_hourly_budget() {
+        let started: Vec<i64> = (0..ORDERS_PER_WINDOW as i64).map(|i| i * 60).collect();
+        let last = started[ORDERS_PER_WINDOW - 1];
+        assert_eq!(budget_spent(&started[..ORDERS_PER_WINDOW - 1], last), None);
+        assert_eq!(budget_spent(&started, last), Some(BUDGET_WINDOW_SECS));
+        assert_eq!(
+            budget_spent(&started, BUDGET_WINDOW_SECS),
+            None,
+            "the first left the window"
+        );
     }
 }

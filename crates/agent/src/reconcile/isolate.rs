@@ -71,11 +71,30 @@ pub(super) enum Attempt {
     Failed(ReconcileError),
 }
 
-/// A load balancer's document that Envoy refused, held back until it changes.
+/// A load balancer's document that Envoy refused, held back until it
+/// changes, or until [`PARK_RETRY`] passed: what Envoy refused may come
+/// right without the document changing (a port freed, a certificate file
+/// replaced at the same path).
 #[derive(Debug, Clone)]
 pub(super) struct Parked {
     /// The document Envoy refused; `None` when it was the load balancer's removal.
     doc: Option<Value>,
+    /// When it was parked.
+    at: std::time::Instant,
+}
+
+/// How long a refused document is held back before it is tried again.
+const PARK_RETRY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Whom a refusal is blamed on.
+pub(super) enum Blame {
+    /// No document: Envoy refuses what is served already with the agent's
+    /// current settings (new settings, an issued certificate, the host).
+    /// The candidate waits whole; the error, if the check could not run.
+    Nobody(Option<ReconcileError>),
+    /// The load balancers found by the search: whether anything was
+    /// served, and the error that stopped the search, if one did.
+    Searched(bool, Option<ReconcileError>),
 }
 
 /// A trial of part of a change on top of last-known-good.
@@ -100,19 +119,26 @@ impl<D: Delivery> Reconciler<D> {
     /// A parked load balancer whose document changed (or that is gone) is
     /// tried again.
     pub(super) fn hold_parked(&mut self, items: &mut BTreeMap<String, Result<Value, FetchError>>) {
-        self.parked.retain(|id, p| match (items.get(id), &p.doc) {
-            (Some(Ok(now)), Some(refused)) => now == refused,
-            // A failed fetch says nothing new about the document.
-            (Some(Err(_)), _) => true,
-            (None, None) => true,
-            _ => false,
+        self.parked.retain(|id, p| {
+            p.at.elapsed() < PARK_RETRY
+                && match (items.get(id), &p.doc) {
+                    (Some(Ok(now)), Some(refused)) => now == refused,
+                    // A new document the API refused is news: it is reported.
+                    (Some(Err(FetchError::Refused { .. })), _) => false,
+                    // A failed fetch says nothing new about the document.
+                    (Some(Err(_)), _) => true,
+                    (None, None) => true,
+                    _ => false,
+                }
         });
         for id in self.parked.keys() {
-            match self.good.get(id) {
-                Some(g) => {
+            match (items.get(id), self.good.get(id)) {
+                // A failed fetch already keeps the good version.
+                (Some(Err(_)), _) => {}
+                (_, Some(g)) => {
                     items.insert(id.clone(), Ok(g.clone()));
                 }
-                None => {
+                (_, None) => {
                     items.remove(id);
                 }
             }
@@ -197,6 +223,44 @@ impl<D: Delivery> Reconciler<D> {
         self.delivery.check(files, &checked)
     }
 
+    /// After Envoy refused `candidate` (`files`), which changes the load
+    /// balancers of `changed`: first whether Envoy refuses what is served
+    /// already, with the agent's current settings (then no document is to
+    /// blame, and nobody is parked); else the one changed load balancer, or
+    /// those of several that Envoy refuses alone.
+    pub(super) fn blame(
+        &mut self,
+        candidate: &BTreeMap<String, Value>,
+        changed: Vec<String>,
+        refusal: &Refusal,
+        files: D::Candidate,
+        reporter: &mut dyn Reporter,
+    ) -> Blame {
+        let base = if changed.is_empty() {
+            Trial::Done(Attempt::Refused(refusal.clone()))
+        } else {
+            self.trial(candidate, &[], reporter)
+        };
+        match base {
+            Trial::Done(Attempt::Refused(r)) => {
+                self.refuse_settings(&r, Some(files), reporter);
+                return Blame::Nobody(None);
+            }
+            Trial::Done(Attempt::Failed(e)) => return Blame::Nobody(Some(e)),
+            Trial::Done(Attempt::Served) | Trial::Inseparable => {}
+        }
+        match changed.as_slice() {
+            [one] => {
+                self.park(candidate, one, refusal, reporter);
+                Blame::Searched(false, None)
+            }
+            _ => {
+                let (served, e) = self.isolate(candidate, changed, reporter);
+                Blame::Searched(served, e)
+            }
+        }
+    }
+
     /// After Envoy refused the change of every load balancer in `changed`
     /// at once: finds which of them Envoy refuses, parks only those with
     /// their own reason, and serves the rest. Returns whether anything was
@@ -214,35 +278,78 @@ impl<D: Delivery> Reconciler<D> {
         // shrinking it, so the search is bounded, and what it did not reach
         // is tried again on the next pass.
         let mut budget = 4 * changed.len() + 8;
-        let mut pending: Vec<Vec<String>> = halves(changed).into_iter().collect();
-        while let Some(group) = pending.pop() {
+        // Each group, and whether it was merged from parts that are not
+        // valid alone: such a group is refused together or not at all.
+        let mut pending: Vec<(Vec<String>, bool)> =
+            halves(changed).into_iter().map(|g| (g, false)).collect();
+        while let Some((group, merged)) = pending.pop() {
             if group.is_empty() {
                 continue;
             }
             if budget == 0 {
-                self.not_reached(pending.into_iter().flatten().chain(group));
+                let rest = pending.into_iter().flat_map(|(g, _)| g);
+                self.not_reached(rest.chain(group));
                 break;
             }
             budget -= 1;
             match self.trial(candidate, &group, reporter) {
                 Trial::Done(Attempt::Served) => served = true,
-                Trial::Done(Attempt::Refused(r)) if group.len() == 1 => {
-                    self.park(candidate, &group[0], &r, reporter);
-                }
-                Trial::Done(Attempt::Refused(_)) => pending.extend(halves(group)),
-                Trial::Done(Attempt::Failed(e)) => return (served, Some(e)),
-                Trial::Inseparable => match pending.pop() {
-                    Some(mut next) => {
-                        next.extend(group);
-                        pending.push(next);
+                Trial::Done(Attempt::Refused(r)) if group.len() == 1 || merged => {
+                    for id in &group {
+                        self.park(candidate, id, &r, reporter);
                     }
-                    // What it needs was refused: the next pass's choice
-                    // reports the conflict with the parked one's good version.
+                }
+                Trial::Done(Attempt::Refused(_)) => {
+                    pending.extend(halves(group).into_iter().map(|g| (g, false)));
+                }
+                Trial::Done(Attempt::Failed(e)) => return (served, Some(e)),
+                Trial::Inseparable => match self.partner(candidate, &group, &mut pending) {
+                    // The two go together from now on: refused together,
+                    // they are parked together.
+                    Some(partner) => {
+                        let mut unit = group;
+                        unit.push(partner);
+                        pending.push((unit, true));
+                    }
+                    // What it needs was refused, or is not one load
+                    // balancer: the next pass's choice reports the conflict.
                     None => self.not_reached(group),
                 },
             }
         }
         (served, None)
+    }
+
+    /// The one load balancer among `pending` whose change makes `group`'s
+    /// valid on top of last-known-good (the other side of a port swap),
+    /// taken out of `pending`; `None` when no single one does.
+    fn partner(
+        &self,
+        candidate: &BTreeMap<String, Value>,
+        group: &[String],
+        pending: &mut [(Vec<String>, bool)],
+    ) -> Option<String> {
+        let mut docs = self.good.clone();
+        for id in group {
+            match candidate.get(id) {
+                Some(doc) => docs.insert(id.clone(), doc.clone()),
+                None => docs.remove(id),
+            };
+        }
+        for (members, _) in pending.iter_mut() {
+            let found = members.iter().position(|x| {
+                let mut with = docs.clone();
+                match candidate.get(x) {
+                    Some(doc) => with.insert(x.clone(), doc.clone()),
+                    None => with.remove(x),
+                };
+                self.validate_all(&with).is_ok()
+            });
+            if let Some(i) = found {
+                return Some(members.remove(i));
+            }
+        }
+        None
     }
 
     /// Load balancers whose change this pass could not serve alone (it
@@ -311,6 +418,7 @@ impl<D: Delivery> Reconciler<D> {
             id.to_owned(),
             Parked {
                 doc: candidate.get(id).cloned(),
+                at: std::time::Instant::now(),
             },
         );
     }

@@ -20,7 +20,7 @@ mod metrics;
 mod observe;
 mod serve;
 
-use isolate::{Attempt, Parked};
+use isolate::{Attempt, Blame, Parked};
 use serve::Rendered;
 
 pub use metrics::ReconcileMetrics;
@@ -77,9 +77,9 @@ pub struct Settings {
     pub validate: ValidateOptions,
     /// Where the WAF service reads its policies; `None` writes none.
     pub waf_policies: Option<PathBuf>,
-    /// The bootstrap Envoy runs on: how its processes, and so the
-    /// connections a drain may close, are told from every other.
-    pub envoy_bootstrap: PathBuf,
+    /// How Envoy's processes, and so the connections a drain may close,
+    /// are told from every other.
+    pub envoy: crate::drain::EnvoyProcess,
 }
 
 /// Runs passes and remembers what is known to be good.
@@ -210,6 +210,18 @@ impl<D: Delivery> Reconciler<D> {
         &self.delivery
     }
 
+    /// The delivery, to script it in tests.
+    #[cfg(test)]
+    pub(crate) fn delivery_mut(&mut self) -> &mut D {
+        &mut self.delivery
+    }
+
+    /// Whether `id`'s document is parked, for tests.
+    #[cfg(test)]
+    pub(crate) fn parked(&self, id: &str) -> bool {
+        self.is_parked(id)
+    }
+
     /// One pass. Reports events, status and health through `reporter` and
     /// returns how it ended and, if something failed, the error whose class
     /// decides the next wait (in the controller).
@@ -310,9 +322,6 @@ impl<D: Delivery> Reconciler<D> {
         self.times.plan = clock.elapsed();
         let served = if rejected {
             PassResult::Rejected
-        } else if !self.parked.is_empty() {
-            // What Envoy refused earlier is still held back.
-            PassResult::RolledBack
         } else {
             PassResult::Unchanged
         };
@@ -327,24 +336,20 @@ impl<D: Delivery> Reconciler<D> {
             return (PassResult::RolledBack, fetch_error);
         }
         let changed = self.changed_ids(&candidate);
-        // Kept only for a change of the agent's settings, parked whole.
-        let whole = changed.is_empty().then(|| files.clone());
+        // Parked whole if the refusal is no document's fault.
+        let whole = files.clone();
         let attempt = self.attempt(&candidate, (config, files), &changed, diff.kind, reporter);
-        let (applied, error) = match attempt {
-            Attempt::Served => (true, None),
+        let refusal = match attempt {
+            Attempt::Served => None,
             Attempt::Failed(e) => return (PassResult::Error, Some(e)),
-            // Several load balancers changed: blame only those Envoy
-            // refuses on their own, and serve the others now.
-            Attempt::Refused(_) if changed.len() > 1 => self.isolate(&candidate, changed, reporter),
-            Attempt::Refused(refusal) => {
-                match changed.first() {
-                    Some(id) => self.park(&candidate, id, &refusal, reporter),
-                    // No document changed, the agent's own settings did:
-                    // the whole candidate waits for the next change.
-                    None => self.refuse_settings(&refusal, whole, reporter),
-                }
-                return (refusal.result(), fetch_error);
-            }
+            Attempt::Refused(refusal) => Some(refusal),
+        };
+        let (applied, error, refused) = match refusal {
+            None => (true, None, PassResult::Applied),
+            Some(refusal) => match self.blame(&candidate, changed, &refusal, whole, reporter) {
+                Blame::Nobody(e) => return (refusal.result(), e),
+                Blame::Searched(applied, e) => (applied, e, refusal.result()),
+            },
         };
         if let Some(e) = error {
             return (PassResult::Error, Some(e));
@@ -352,7 +357,7 @@ impl<D: Delivery> Reconciler<D> {
         let result = match (rejected, applied) {
             (true, _) => PassResult::Rejected,
             (false, true) => PassResult::Applied,
-            (false, false) => PassResult::RolledBack,
+            (false, false) => refused,
         };
         (result, fetch_error)
     }
@@ -432,6 +437,15 @@ impl<D: Delivery> Reconciler<D> {
             if let Ok(doc) = item {
                 self.fetched.insert(id.clone(), doc.clone());
             }
+        }
+        if groups.is_empty() && fetched.unattributed.is_empty() {
+            // The source listed every load balancer: one it no longer lists
+            // and that serves nothing is gone, problems and all.
+            let good = &self.good;
+            let listed = &fetched.items;
+            self.problems
+                .retain(|id, _| listed.contains_key(id) || good.contains_key(id));
+            self.fetched.retain(|id, _| listed.contains_key(id));
         }
         let mut items = fetched.items;
         self.hold_parked(&mut items);

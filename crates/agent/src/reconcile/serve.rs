@@ -74,17 +74,12 @@ impl<D: Delivery> Reconciler<D> {
     /// change without the documents changing.
     fn overlay(&self, base: Config) -> (Config, Option<Config>) {
         let drains = drain::may_drain(&base);
-        // Told on every new render, so a certificate no document wants any
-        // more stops being ordered.
-        let certificates = match &self.acme {
-            Some(a) => {
-                let wanted = acme::wanted(&base);
-                let any = !wanted.is_empty();
-                a.want(wanted);
-                any.then_some(a)
-            }
-            None => None,
-        };
+        // Only read here: what is ordered follows what Envoy serves
+        // (`settle`), never a render that may be a refused trial.
+        let certificates = self.acme.as_ref().and_then(|a| {
+            let wanted = acme::wanted(&base);
+            (!wanted.is_empty()).then(|| a.issued_for(wanted.keys()))
+        });
         if !drains && certificates.is_none() {
             return (base, None);
         }
@@ -92,8 +87,8 @@ impl<D: Delivery> Reconciler<D> {
         if drains {
             config = drain::overlay(self.served.as_ref(), config, crate::drain::now_ms());
         }
-        if let Some(a) = certificates {
-            config = acme::overlay(config, &a.issued());
+        if let Some(issued) = certificates {
+            config = acme::overlay(config, &issued);
         }
         (config, Some(base))
     }
@@ -108,8 +103,12 @@ impl<D: Delivery> Reconciler<D> {
     /// backends whose drain it ended.
     pub(super) fn settle(&mut self, config: Config, reporter: &mut dyn Reporter) {
         if let Some(a) = &self.acme {
-            // Envoy serves these redirect listeners now: their orders may go.
-            a.listening(acme::wanted(&config).into_keys().collect());
+            // What Envoy serves says what to order, and Envoy serves these
+            // redirect listeners now: their orders may go. Told on every
+            // settle, so a certificate no document wants stops being ordered.
+            let wanted = acme::wanted(&config);
+            a.listening(wanted.keys().cloned().collect());
+            a.want(wanted);
         }
         let ended = self
             .served
@@ -122,21 +121,20 @@ impl<D: Delivery> Reconciler<D> {
             let vpsie_lb_model::Address::Ip(ip) = backend.address else {
                 continue;
             };
-            let bootstrap = &self.settings.envoy_bootstrap;
-            let (message, closed) =
-                match crate::drain::close_connections(bootstrap, ip, backend.port) {
-                    Ok(n) => (
-                        format!(
-                            "backend {} ({ip}:{}) drained: {n} connections left were closed",
-                            backend.id, backend.port
-                        ),
-                        Some(n),
+            let envoy = &self.settings.envoy;
+            let (message, closed) = match crate::drain::close_connections(envoy, ip, backend.port) {
+                Ok(n) => (
+                    format!(
+                        "backend {} ({ip}:{}) drained: {n} connections left were closed",
+                        backend.id, backend.port
                     ),
-                    Err(e) => {
-                        reporter.error("drain", &format!("backend {}: {e}", backend.id));
-                        (format!("backend {} drained: {e}", backend.id), None)
-                    }
-                };
+                    Some(n),
+                ),
+                Err(e) => {
+                    reporter.error("drain", &format!("backend {}: {e}", backend.id));
+                    (format!("backend {} drained: {e}", backend.id), None)
+                }
+            };
             reporter.event(
                 &lb,
                 EventKind::BackendDrained,

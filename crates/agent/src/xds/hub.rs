@@ -40,6 +40,9 @@ pub struct Nack {
     pub generation: u64,
     /// `error_detail.message`.
     pub message: String,
+    /// What the refused response carried: a wait is refused only by a
+    /// NACK of what it waits for, never by another load balancer's.
+    pub keys: BTreeSet<Key>,
 }
 
 /// What one stream's Envoy has, as far as the server knows.
@@ -130,6 +133,8 @@ impl StreamView {
                 }
             }
             Some(message) => {
+                let sent_keys: Vec<Key> =
+                    sent.upserts.keys().chain(&sent.removed).cloned().collect();
                 // Envoy may have taken part of the response (a cluster or
                 // listener update applies per resource), so what it has is
                 // unknown until the next push says it again.
@@ -140,9 +145,11 @@ impl StreamView {
                 for key in sent.removed {
                     self.known.remove(&key);
                 }
+                let keys = sent_keys.into_iter().collect();
                 self.nack = Some(Nack {
                     generation: sent.generation,
                     message,
+                    keys,
                 });
             }
         }
@@ -264,15 +271,15 @@ impl Hub {
         generation
     }
 
-    /// Forgets which versions each stream's Envoy refused: called as the
-    /// agent starts a change, which is a deliberate new try. Within one
-    /// change (its phases and its rollback) a refused version is never
-    /// sent twice; across changes, the reconciler parks what Envoy refused,
-    /// and only its search for the culprit of a refusal sends a version
-    /// again (the innocent load balancers of a refused response).
-    pub fn forgive(&self) {
+    /// Forgets which versions of `keys` each stream's Envoy refused: called
+    /// as the agent starts a change of those resources, a deliberate new
+    /// try (the innocent load balancers of a refused response, tried alone).
+    /// Within one change (its phases and its rollback) a refused version is
+    /// never sent twice, and what the change does not touch stays refused,
+    /// so it is never sent along with another load balancer's change.
+    pub fn forgive(&self, keys: &BTreeSet<Key>) {
         for s in self.lock().streams.values_mut() {
-            s.refused.clear();
+            s.refused.retain(|(k, _)| !keys.contains(k));
         }
     }
 
@@ -358,7 +365,7 @@ impl Hub {
             .streams
             .values()
             .filter_map(|s| s.nack.as_ref())
-            .find(|n| n.generation >= generation)
+            .find(|n| n.generation >= generation && want.iter().any(|(k, _)| n.keys.contains(k)))
         {
             return Some(WaitError::Refused(nack.message.clone()));
         }

@@ -70,7 +70,8 @@ fn a_refused_version_is_never_sent_again_but_the_previous_one_is() {
         view.nack,
         Some(Nack {
             generation: 2,
-            message: "port in use".into()
+            message: "port in use".into(),
+            keys: [key(Cluster, "lb_a")].into(),
         })
     );
     assert!(view.pending(Cluster, &bad).upserts.is_empty());
@@ -138,14 +139,22 @@ fn a_wait_ends_on_the_ack_on_a_refusal_or_on_time() {
             "n2".into(),
             Sent {
                 generation: generation + 1,
+                upserts: [(key(Cluster, "lb_a"), "2".to_owned())].into(),
                 ..Sent::default()
             },
         );
         view.record_answer("n2", Some("no".into()));
     });
+    let want2 = vec![(key(Cluster, "lb_a"), Some("2".to_owned()))];
     assert_eq!(
-        hub.wait(generation + 1, &want, Duration::from_secs(30)),
+        hub.wait(generation + 1, &want2, Duration::from_secs(30)),
         Err(WaitError::Refused("no".into()))
+    );
+    // A NACK of what a wait does not wait for is not its refusal.
+    let other = vec![(key(Cluster, "lb_b"), None)];
+    assert_eq!(
+        hub.wait(generation + 1, &other, Duration::from_secs(30)),
+        Ok(())
     );
 }
 
@@ -169,8 +178,21 @@ fn regression_a_version_refused_before_was_waited_for_until_the_timeout() {
         waited,
         Err(WaitError::Refused("refused before: cannot bind".into()))
     );
-    // A new change forgives it: it is sent again, to be judged again.
-    hub.forgive();
+    // A change of other resources forgives nothing of it...
+    hub.forgive(&[key(Cluster, "lb_b")].into());
+    let pending = hub.with_stream(id, |view, _| view.pending(Cluster, &bad));
+    assert_eq!(pending.map(|p| p.upserts.len()), Some(0));
+    // ...and is not refused by its NACK.
+    let other = Arc::new(set(&[(Cluster, "lb_a", "bad"), (Cluster, "lb_b", "1")]));
+    let generation = hub.publish(other.clone());
+    let b = [(key(Cluster, "lb_b"), Some("1".to_owned()))];
+    let waited = hub.wait(generation, &b, Duration::from_millis(50));
+    assert!(
+        matches!(waited, Err(WaitError::Timeout { .. })),
+        "{waited:?}"
+    );
+    // A change of it forgives it: it is sent again, to be judged again.
+    hub.forgive(&[key(Cluster, "lb_a")].into());
     let pending = hub.with_stream(id, |view, _| view.pending(Cluster, &bad));
     assert_eq!(pending.map(|p| p.upserts.len()), Some(1));
 }

@@ -311,11 +311,21 @@ impl Delivery for XdsDelivery {
     }
 
     fn apply(&mut self, next: &Resources) -> Result<Outcome, ApplyError> {
+        let old = self.hub.snapshot().map(|s| s.resources);
         // A new change: what Envoy refused in an earlier one may be part of
         // this one on purpose (an innocent load balancer of a refused
-        // response, tried alone), and must be sent to be judged.
-        self.hub.forgive();
-        let old = self.hub.snapshot().map(|s| s.resources);
+        // response, tried alone), and must be sent to be judged. Only what
+        // this change touches: another load balancer's refused resource
+        // must not ride along and be blamed on it.
+        let touched = next
+            .0
+            .iter()
+            .filter(|(k, r)| {
+                old.as_ref().and_then(|o| o.get(*k)).map(|o| &o.version) != Some(&r.version)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.hub.forgive(&touched);
         Ok(self.converge(old, &next.0))
     }
 

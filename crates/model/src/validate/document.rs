@@ -20,6 +20,8 @@ pub(super) struct Identity {
     pub(super) ports: Vec<Listening>,
     /// What its routes translate to (zero when it is invalid).
     pub(super) size: TranslatedSize,
+    /// The names it wants an ACME certificate for (none when invalid).
+    pub(super) acme_domains: Vec<String>,
 }
 
 /// One port a load balancer listens on.
@@ -31,6 +33,31 @@ pub(super) struct Listening {
     /// UDP (a `udp` load balancer, HTTP/3's QUIC) or TCP (the rest): the
     /// two are separate sockets, so one of each may share a number.
     udp: bool,
+}
+
+/// Each name gets its ACME certificate for one load balancer only: every
+/// order uses the operator's one account, and two load balancers ordering
+/// one name would each be proving it for the other.
+pub(super) fn acme_owners(items: &[Identity], cx: &mut Ctx) {
+    let mut owners: HashMap<&str, &FieldPath> = HashMap::new();
+    for item in items {
+        for (i, name) in item.acme_domains.iter().enumerate() {
+            match owners.get(name.as_str()) {
+                Some(first) => cx.error(
+                    &item
+                        .path
+                        .key("tls_config")
+                        .key("acme")
+                        .key("domains")
+                        .index(i),
+                    format!("{name:?} already has its certificate ordered by {first}"),
+                ),
+                None => {
+                    owners.insert(name, &item.path);
+                }
+            }
+        }
+    }
 }
 
 /// Rules that span load balancers: unique ids, unique ports, reserved ports.

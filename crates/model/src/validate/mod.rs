@@ -22,8 +22,8 @@ use crate::model::{Config, LoadBalancer, Protocol, ProxyProtocol, Timeouts, Tls,
 use crate::network::IpNet;
 use crate::problem::{FieldPath, Problem, Rejected};
 
-use document::document_size;
 use document::{Identity, cross_document, listening};
+use document::{acme_owners, document_size};
 pub use obj::is_valid_id;
 pub(crate) use obj::type_name;
 use obj::{Ctx, Need, Obj, valid_id};
@@ -149,6 +149,7 @@ pub fn validate(doc: &Value, opts: &ValidateOptions) -> Result<Validated, Reject
     }
     cross_document(&keys, opts, &mut cx);
     document_size(&keys, &mut cx);
+    acme_owners(&keys, &mut cx);
 
     if opts.strict {
         let unknown = std::mem::take(&mut cx.unknown);
@@ -208,6 +209,7 @@ fn load_balancer(
         id: None,
         ports: vec![],
         size: Default::default(),
+        acme_domains: vec![],
     };
     let Some(obj) = Obj::new(value, path, cx) else {
         return (None, key);
@@ -327,6 +329,9 @@ fn load_balancer(
         return (None, key);
     }
     key.size = size;
+    if let Some(acme) = lb.tls.as_ref().and_then(|t| t.acme.as_ref()) {
+        key.acme_domains.clone_from(&acme.domains);
+    }
     (Some(lb), key)
 }
 

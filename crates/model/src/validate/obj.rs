@@ -364,6 +364,11 @@ fn private_path(path: &str, private: &[String]) -> Option<String> {
     if p.components().any(|c| c == std::path::Component::ParentDir) {
         return Some(format!("{path:?} must not contain \"..\""));
     }
+    // /proc/self/root/... reaches any file by another name, and nothing a
+    // certificate needs lives in these.
+    if ["/proc", "/sys", "/dev"].iter().any(|d| p.starts_with(d)) {
+        return Some(format!("{path:?} is under /proc, /sys or /dev"));
+    }
     private
         .iter()
         .find(|dir| p.starts_with(dir.as_str()))
