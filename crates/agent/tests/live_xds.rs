@@ -60,10 +60,11 @@ fn a_refused_push_is_rolled_back_reported_and_never_sent_again() {
     lab.offer(&lb_over("web", "http", taken, "round_robin", &bs), &[]);
     wait_rolled_back(&lab);
     let agent_log = || lab.agent().log();
-    // Three more passes over the same refused document: none re-sends it.
-    let before = passes(&agent_log(), "RolledBack");
+    // Three more passes over the same refused document: none re-sends it
+    // (it is parked: those passes have nothing to hand over).
+    let before = passes(&agent_log(), "Unchanged");
     poll_until("three more passes", Duration::from_secs(30), || {
-        let n = passes(&agent_log(), "RolledBack");
+        let n = passes(&agent_log(), "Unchanged");
         if n >= before + 3 {
             Ok(())
         } else {
