@@ -509,7 +509,7 @@ fn regression_a_refusal_of_the_agents_own_settings_was_blamed_on_the_next_change
     let (result, _) = r.pass(&mut Docs(docs(81)), &mut events);
     assert_eq!(result, PassResult::RolledBack);
     assert!(events.of("a").is_empty(), "{:?}", events.1);
-    assert!(!r.parked("a"));
+    assert!(!r.is_parked("a"));
 }
 
 #[test]

@@ -146,7 +146,7 @@ impl<D: Delivery> Reconciler<D> {
     }
 
     /// Whether `id` is parked: its wanted document is not served.
-    pub(super) fn is_parked(&self, id: &str) -> bool {
+    pub(crate) fn is_parked(&self, id: &str) -> bool {
         self.parked.contains_key(id)
     }
 
@@ -156,13 +156,13 @@ impl<D: Delivery> Reconciler<D> {
     pub(super) fn attempt(
         &mut self,
         candidate: &BTreeMap<String, Value>,
-        (config, files): (Config, D::Candidate),
+        (config, files): (Config, &D::Candidate),
         changed: &[String],
         kind: ChangeKind,
         reporter: &mut dyn Reporter,
     ) -> Attempt {
         let clock = std::time::Instant::now();
-        if let Err(e) = self.preflight(&config, &files, changed, kind) {
+        if let Err(e) = self.preflight(&config, files, changed, kind) {
             return match e {
                 PreflightError::Rejected(reason) => Attempt::Refused(Refusal::Preflight(reason)),
                 e => Attempt::Failed(ReconcileError::Preflight(e)),
@@ -170,13 +170,13 @@ impl<D: Delivery> Reconciler<D> {
         }
         self.times.preflight += clock.elapsed();
         let started = std::time::Instant::now();
-        let outcome = self.delivery.apply(&files);
+        let outcome = self.delivery.apply(files);
         let verify = self.delivery.take_verify_time();
         self.times.verify += verify;
         self.times.write += started.elapsed().saturating_sub(verify);
         match outcome {
             Ok(Outcome::Unchanged | Outcome::Applied) => {
-                self.promote(candidate, &files, reporter, changed);
+                self.promote(candidate, files, reporter, changed);
                 self.observe
                     .metrics
                     .applied(&self.good_version, started.elapsed(), verify);
@@ -329,20 +329,9 @@ impl<D: Delivery> Reconciler<D> {
         group: &[String],
         pending: &mut [(Vec<String>, bool)],
     ) -> Option<String> {
-        let mut docs = self.good.clone();
-        for id in group {
-            match candidate.get(id) {
-                Some(doc) => docs.insert(id.clone(), doc.clone()),
-                None => docs.remove(id),
-            };
-        }
         for (members, _) in pending.iter_mut() {
             let found = members.iter().position(|x| {
-                let mut with = docs.clone();
-                match candidate.get(x) {
-                    Some(doc) => with.insert(x.clone(), doc.clone()),
-                    None => with.remove(x),
-                };
+                let with = self.with_changes(candidate, group.iter().chain([x]));
                 self.validate_all(&with).is_ok()
             });
             if let Some(i) = found {
@@ -375,30 +364,41 @@ impl<D: Delivery> Reconciler<D> {
         group: &[String],
         reporter: &mut dyn Reporter,
     ) -> Trial {
+        let docs = self.with_changes(candidate, group);
+        let Ok(config) = self.validate_all(&docs) else {
+            return Trial::Inseparable;
+        };
+        let (config, files) = match self.prepare(&docs, Some(config)) {
+            Ok(built) => built,
+            Err(e) => return Trial::Done(Attempt::Failed(ReconcileError::Render(e))),
+        };
+        let kind = match self.delivery.diff(&files) {
+            Ok(d) => d.kind,
+            Err(e) => return Trial::Done(Attempt::Failed(e)),
+        };
+        if kind == ChangeKind::None {
+            self.promote(&docs, &files, reporter, group);
+            self.settle(config, reporter);
+            return Trial::Done(Attempt::Served);
+        }
+        Trial::Done(self.attempt(&docs, (config, &files), group, kind, reporter))
+    }
+
+    /// Last-known-good with the documents of `ids` taken from `candidate`
+    /// (a document `candidate` lacks is a removal).
+    fn with_changes<'a>(
+        &self,
+        candidate: &BTreeMap<String, Value>,
+        ids: impl IntoIterator<Item = &'a String>,
+    ) -> BTreeMap<String, Value> {
         let mut docs = self.good.clone();
-        for id in group {
+        for id in ids {
             match candidate.get(id) {
                 Some(doc) => docs.insert(id.clone(), doc.clone()),
                 None => docs.remove(id),
             };
         }
-        let Ok(config) = self.validate_all(&docs) else {
-            return Trial::Inseparable;
-        };
-        let built = match self.prepare(&docs, Some(config)) {
-            Ok(built) => built,
-            Err(e) => return Trial::Done(Attempt::Failed(ReconcileError::Render(e))),
-        };
-        let kind = match self.delivery.diff(&built.1) {
-            Ok(d) => d.kind,
-            Err(e) => return Trial::Done(Attempt::Failed(e)),
-        };
-        if kind == ChangeKind::None {
-            self.promote(&docs, &built.1, reporter, group);
-            self.settle(built.0, reporter);
-            return Trial::Done(Attempt::Served);
-        }
-        Trial::Done(self.attempt(&docs, built, group, kind, reporter))
+        docs
     }
 
     /// Parks `id`'s document from `candidate`: Envoy refused it on its own.

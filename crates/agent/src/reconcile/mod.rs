@@ -216,12 +216,6 @@ impl<D: Delivery> Reconciler<D> {
         &mut self.delivery
     }
 
-    /// Whether `id`'s document is parked, for tests.
-    #[cfg(test)]
-    pub(crate) fn parked(&self, id: &str) -> bool {
-        self.is_parked(id)
-    }
-
     /// One pass. Reports events, status and health through `reporter` and
     /// returns how it ended and, if something failed, the error whose class
     /// decides the next wait (in the controller).
@@ -336,9 +330,7 @@ impl<D: Delivery> Reconciler<D> {
             return (PassResult::RolledBack, fetch_error);
         }
         let changed = self.changed_ids(&candidate);
-        // Parked whole if the refusal is no document's fault.
-        let whole = files.clone();
-        let attempt = self.attempt(&candidate, (config, files), &changed, diff.kind, reporter);
+        let attempt = self.attempt(&candidate, (config, &files), &changed, diff.kind, reporter);
         let refusal = match attempt {
             Attempt::Served => None,
             Attempt::Failed(e) => return (PassResult::Error, Some(e)),
@@ -346,7 +338,8 @@ impl<D: Delivery> Reconciler<D> {
         };
         let (applied, error, refused) = match refusal {
             None => (true, None, PassResult::Applied),
-            Some(refusal) => match self.blame(&candidate, changed, &refusal, whole, reporter) {
+            // Parked whole if the refusal is no document's fault.
+            Some(refusal) => match self.blame(&candidate, changed, &refusal, files, reporter) {
                 Blame::Nobody(e) => return (refusal.result(), e),
                 Blame::Searched(applied, e) => (applied, e, refusal.result()),
             },
