@@ -106,9 +106,7 @@ impl<D: Delivery> Reconciler<D> {
             // What Envoy serves says what to order, and Envoy serves these
             // redirect listeners now: their orders may go. Told on every
             // settle, so a certificate no document wants stops being ordered.
-            let wanted = acme::wanted(&config);
-            a.listening(wanted.keys().cloned().collect());
-            a.want(wanted);
+            a.want(acme::wanted(&config));
         }
         let ended = self
             .served
