@@ -330,46 +330,39 @@ fn tls_config_fields() {
 #[test]
 fn regression_a_document_could_serve_the_acme_store_s_keys() {
     // `opts()` marks the agent's state and config directories private.
-    let store = "/var/lib/vpsie-lb/acme/certificates/victim/key.pem";
-    check(
-        with("/tls_config/private_key_path", Some(json!(store))),
-        &[
-            "tls_config.private_key_path: \"/var/lib/vpsie-lb/acme/certificates/victim/key.pem\" is under /var/lib/vpsie-lb, which only the agent may read",
-        ],
-    );
-    check(
-        with(
-            "/tls_config/certificate_path",
-            Some(json!("/etc/ssl/../vpsie-lb/agent.yaml")),
+    // (key, path, the problem; "" when the path is allowed)
+    let cases = [
+        (
+            "private_key_path",
+            "/var/lib/vpsie-lb/acme/certificates/victim/key.pem",
+            "is under /var/lib/vpsie-lb, which only the agent may read",
         ),
-        &[
-            "tls_config.certificate_path: \"/etc/ssl/../vpsie-lb/agent.yaml\" must not contain \"..\"",
-        ],
-    );
-    check(
-        with(
-            "/tls_config/ca_cert_path",
-            Some(json!("/etc/vpsie-lb/agent.yaml")),
+        (
+            "certificate_path",
+            "/etc/ssl/../vpsie-lb/agent.yaml",
+            "must not contain \"..\"",
         ),
-        &["tls_config.ca_cert_path: \"/etc/vpsie-lb/agent.yaml\" is under /etc/vpsie-lb"],
-    );
-    check(
-        with(
-            "/tls_config/private_key_path",
-            Some(json!("/proc/self/root/var/lib/vpsie-lb/k.pem")),
+        (
+            "ca_cert_path",
+            "/etc/vpsie-lb/agent.yaml",
+            "is under /etc/vpsie-lb",
         ),
-        &[
-            "tls_config.private_key_path: \"/proc/self/root/var/lib/vpsie-lb/k.pem\" is under /proc, /sys or /dev",
-        ],
-    );
-    // A directory that only starts with the same letters is not under it.
-    check(
-        with(
-            "/tls_config/certificate_path",
-            Some(json!("/var/lib/vpsie-lb-certs/c.pem")),
+        (
+            "private_key_path",
+            "/proc/self/root/var/lib/vpsie-lb/k.pem",
+            "is under /proc, /sys or /dev",
         ),
-        &[],
-    );
+        // A directory that only starts with the same letters is not under it.
+        ("certificate_path", "/var/lib/vpsie-lb-certs/c.pem", ""),
+    ];
+    for (key, path, why) in cases {
+        let doc = with(&format!("/tls_config/{key}"), Some(json!(path)));
+        let problem = format!("tls_config.{key}: {path:?} {why}");
+        match why {
+            "" => check(doc, &[]),
+            _ => check(doc, &[problem.as_str()]),
+        };
+    }
 }
 
 #[test]
