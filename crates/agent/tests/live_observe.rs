@@ -198,11 +198,22 @@ fn endpoints_metrics_and_status_follow_what_envoy_does(via: Via) {
             Err(format!("{n}"))
         }
     });
-    assert!(
-        metric(
-            agent_port,
-            "vpsie_lb_reconcile_passes_total{result=\"rolled_back\"}"
-        ) >= 1.0
+    // The pass is counted when it ends, after its rollback: the culprit
+    // search may still be running when the rollback shows.
+    poll_until(
+        "the rolled-back pass counted",
+        Duration::from_secs(15),
+        || {
+            let n = metric(
+                agent_port,
+                "vpsie_lb_reconcile_passes_total{result=\"rolled_back\"}",
+            );
+            if n >= 1.0 {
+                Ok(())
+            } else {
+                Err(format!("{n}"))
+            }
+        },
     );
     assert!(
         serves(port, "a").is_ok() || serves(port, "b").is_ok(),
