@@ -37,7 +37,7 @@ printf '%s\n' "$lintian_out" | sed 's/^/   /'
 check "lintian reports no errors" test "$lint_rc" = 0
 
 # The root holds the package's dependencies; its name changes with them.
-include=adduser,procps,iproute2,ca-certificates,systemd,libmodsecurity3,modsecurity-crs
+include=adduser,procps,iproute2,nftables,ca-certificates,systemd,libmodsecurity3,modsecurity-crs
 base=".local/debroot-bookworm-${include//,/-}.tar"
 if [ ! -f "$base" ]; then
   echo "package: debootstrap of a Debian 12 root (once; cached in $base)" >&2
@@ -70,6 +70,7 @@ check "HA example installed" test -f "$R/usr/share/doc/vpsie-lb/examples/agent-h
 check "keepalived drop-in installed 644" expect_mode /lib/systemd/system/keepalived.service.d/vpsie-lb.conf "root:root 644"
 check "the package recommends keepalived" sh -c "dpkg-deb -f '$deb' Recommends | grep -qw keepalived"
 check "the package depends on iproute2 (ss, for the drain's end)" sh -c "dpkg-deb -f '$deb' Depends | grep -qw iproute2"
+check "the package depends on nftables (nft, for the udp bounds)" sh -c "dpkg-deb -f '$deb' Depends | grep -qw nftables"
 check "the package depends on ca-certificates (the ACME directory's trust roots)" sh -c "dpkg-deb -f '$deb' Depends | grep -qw ca-certificates"
 check "user envoy exists" in_root getent passwd envoy
 check "user vpsie-lb exists" in_root getent passwd vpsie-lb

@@ -42,6 +42,8 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v keepalived >/dev/null 2>&1 || need_apt+=(keepalived)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
+# The agent bounds each udp client's sessions with nftables.
+{ [ -x /usr/sbin/nft ] || command -v nft >/dev/null 2>&1; } || need_apt+=(nftables)
 # ACME: Pebble, the RFC 8555 test server, and its DNS stand-in, which the
 # certificate tests order from.
 command -v pebble-challtestsrv >/dev/null 2>&1 || need_apt+=(pebble)

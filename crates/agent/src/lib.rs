@@ -37,5 +37,6 @@ pub mod source;
 pub mod state;
 pub mod status;
 pub mod supervisor;
+pub mod udp_guard;
 pub mod waf;
 pub mod xds;

@@ -378,7 +378,13 @@ impl Loop<'_> {
             },
         )
         .with_acme(acme.clone())
-        .with_ha(cfg.ha.clone());
+        .with_ha(cfg.ha.clone())
+        .with_udp_guard(cfg.udp_guard.clone().map(|table| {
+            crate::udp_guard::UdpGuard::new(
+                table,
+                crate::udp_guard::UdpGuardMetrics::register(&mut registry),
+            )
+        }));
         if let Err(e) = reconciler.restore_last_known_good(reporter) {
             tracing::error!(phase = "restore", error = %e, "could not restore last-known-good");
         }
@@ -429,6 +435,13 @@ impl Loop<'_> {
         );
         crate::notify::notify("STOPPING=1");
         acme.stop();
+        // A managed Envoy stops with us, so its bounds go too; one the
+        // agent does not manage keeps serving, and keeps them.
+        if cfg.envoy.manage
+            && let Err(e) = reconciler.remove_udp_guard()
+        {
+            tracing::error!(phase = "udp_guard", error = %e, "could not remove the udp bounds");
+        }
         signal_handle.close();
         tracing::info!("stopping");
         Ok(())

@@ -37,6 +37,9 @@ const ZERO_MEANS_ABSENT: &[(&str, &str, Zero)] = &[
     ("", "redirect_http_port", Zero::Number),
     ("pool", "algorithm", Zero::Text),
     ("pool", "slow_start", Zero::Number),
+    ("per_client", "max_sessions", Zero::Number),
+    ("per_client", "new_sessions_per_second", Zero::Number),
+    ("per_client", "burst", Zero::Number),
 ];
 
 fn is_zero(v: &Value, zero: Zero) -> bool {

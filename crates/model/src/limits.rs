@@ -16,6 +16,15 @@ pub const DEFAULT_IDLE_TIMEOUT: u32 = 3600;
 /// Default idle timeout of a UDP session, seconds (Envoy's udp_proxy
 /// default): a session holds a socket, and UDP never says it ended.
 pub const DEFAULT_UDP_IDLE_TIMEOUT: u32 = 60;
+/// A udp client may hold this fraction (1/N) of the listener's sessions
+/// unless `per_client.max_sessions` says otherwise: a few clients can still
+/// fill it, but one alone never can.
+pub const DEFAULT_UDP_CLIENT_SHARE: u32 = 4;
+/// The sessions a udp listener without `max_connections` may hold: Envoy's
+/// global connection cap (50,000), whose share sets the per-client default.
+pub const UDP_SESSIONS_WITHOUT_CAP: u32 = 50_000;
+/// Largest `per_client.new_sessions_per_second` (and `burst`).
+pub const MAX_NEW_SESSIONS_PER_SECOND: u32 = 1_000_000;
 /// Default per-request timeout, seconds (Envoy's 15 s cuts off ordinary uploads).
 pub const DEFAULT_REQUEST_TIMEOUT: u32 = 60;
 /// Largest idle or request timeout, seconds (one day).

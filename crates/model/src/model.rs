@@ -65,6 +65,21 @@ pub struct LoadBalancer {
     /// https only: also serve HTTP/3 over QUIC on the same port (UDP), and
     /// say so in an `alt-svc` header on every answer.
     pub http3: bool,
+    /// udp only (`Some` exactly then): how much of the listener one client
+    /// address may hold, enforced by the agent in the kernel since Envoy's
+    /// UDP proxy counts sessions for the listener only.
+    pub per_client: Option<PerClient>,
+}
+
+/// What one client address may take of a udp load balancer. IPv6 clients
+/// count per /64, the block one subscriber gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PerClient {
+    /// Sessions (client ports) open at once.
+    pub max_sessions: u32,
+    /// New sessions per second, with the bucket they may come in at once.
+    pub new_sessions: Option<RequestRate>,
 }
 
 /// The PROXY protocol version sent to backends.
@@ -117,7 +132,7 @@ pub struct RateLimit {
 pub struct RequestRate {
     /// Tokens added per second.
     pub per_second: u32,
-    /// The bucket's size: requests a client may send at once.
+    /// The bucket's size: how many a client may start at once.
     pub burst: u32,
 }
 

@@ -414,3 +414,70 @@ fn regression_a_load_balancer_could_order_another_ones_acme_name() {
         ]
     );
 }
+
+/// The per-client bound of the udp load balancer `doc` describes.
+fn per_client(doc: Value) -> Option<(u32, Option<(u32, u32)>)> {
+    let v = ok(doc);
+    let p = v.config.load_balancers[0].per_client?;
+    Some((
+        p.max_sessions,
+        p.new_sessions.map(|r| (r.per_second, r.burst)),
+    ))
+}
+
+#[test]
+fn udp_one_client_cannot_take_every_session() {
+    // By default a client may hold a quarter of the listener's sessions,
+    // rounded up: of max_connections, or of the global cap without one.
+    assert_eq!(per_client(udp(&[])), Some((12_500, None)));
+    assert_eq!(
+        per_client(udp(&[("max_connections", json!(100))])),
+        Some((25, None))
+    );
+    assert_eq!(
+        per_client(udp(&[("max_connections", json!(1))])),
+        Some((1, None))
+    );
+    let given = json!({"max_sessions": 3, "new_sessions_per_second": 10, "burst": 20});
+    assert_eq!(
+        per_client(udp(&[("per_client", given)])),
+        Some((3, Some((10, 20))))
+    );
+    // The bucket holds one second's worth unless told otherwise.
+    let rate_only = json!({"new_sessions_per_second": 5});
+    assert_eq!(
+        per_client(udp(&[
+            ("max_connections", json!(8)),
+            ("per_client", rate_only)
+        ])),
+        Some((2, Some((5, 5))))
+    );
+    // Go's zeros are unset fields.
+    let zeros = json!({"max_sessions": 0, "new_sessions_per_second": 0, "burst": 0});
+    assert_eq!(
+        per_client(udp(&[("per_client", zeros)])),
+        Some((12_500, None))
+    );
+    // Nothing to count elsewhere.
+    assert_eq!(per_client(base()), None);
+}
+
+#[test]
+fn per_client_refuses_what_it_cannot_enforce() {
+    check(
+        set(&[("per_client", json!({"max_sessions": 3}))]),
+        &["per_client: counts udp sessions, and a https load balancer has none"],
+    );
+    check(
+        udp(&[("per_client", json!({"burst": 3}))]),
+        &["per_client.burst: needs new_sessions_per_second"],
+    );
+    check(
+        udp(&[("per_client", json!({"max_sessions": -1}))]),
+        &["per_client.max_sessions: must be"],
+    );
+    check(
+        udp(&[("per_client", json!({"new_sessions_per_second": 1_000_001}))]),
+        &["per_client.new_sessions_per_second: must be"],
+    );
+}

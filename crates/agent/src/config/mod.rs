@@ -150,6 +150,9 @@ pub struct Config {
     pub ha: Option<Ha>,
     /// Where ACME challenges are answered, and whom to trust for the directory.
     pub acme: AcmeConfig,
+    /// The nftables table that bounds each udp client (`udp_guard.table`);
+    /// `None` when `udp_guard.enabled` is false.
+    pub udp_guard: Option<String>,
 }
 
 /// The configuration file is unusable; nothing was started.
@@ -175,6 +178,34 @@ struct RawConfig {
     allowed_backend_networks: Option<Vec<String>>,
     ha: Option<ha::RawHa>,
     acme: Option<acme::RawAcme>,
+    udp_guard: Option<RawUdpGuard>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUdpGuard {
+    enabled: Option<bool>,
+    table: Option<String>,
+}
+
+/// `udp_guard`: the table's name when enabled. The name goes into nft
+/// commands, so it is held to what nft accepts unquoted.
+fn udp_guard(raw: RawUdpGuard, problems: &mut Vec<String>) -> Option<String> {
+    let table = raw
+        .table
+        .unwrap_or_else(|| crate::udp_guard::DEFAULT_TABLE.to_owned());
+    let mut chars = table.chars();
+    let well_formed = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && table.len() <= 32;
+    if !well_formed {
+        problems.push(format!(
+            "udp_guard.table: {table:?} must be 1-32 of a-z, 0-9 and _, not starting with a digit"
+        ));
+    }
+    raw.enabled.unwrap_or(true).then_some(table)
 }
 
 #[derive(Deserialize, Default)]
@@ -346,6 +377,7 @@ impl Config {
             ));
         }
         let acme = acme::read(raw.acme.unwrap_or_default(), &mut problems);
+        let udp_guard = udp_guard(raw.udp_guard.unwrap_or_default(), &mut problems);
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -359,6 +391,7 @@ impl Config {
             state_dir,
             logging: Logging { level, json },
             ha,
+            udp_guard,
         })
     }
 }

@@ -266,3 +266,24 @@ fn allowed_backend_networks_are_parsed_and_named_when_wrong() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn the_udp_guard_is_on_by_default_and_its_table_name_is_checked() {
+    let base = "source: file\nfile: /tmp/x.json\n";
+    let guard = |extra: &str| load(&format!("{base}{extra}")).map(|c| c.udp_guard);
+    assert_eq!(guard(""), Ok(Some("vpsie_lb".to_owned())));
+    assert_eq!(
+        guard("udp_guard: {table: lb_2}\n"),
+        Ok(Some("lb_2".to_owned()))
+    );
+    assert_eq!(guard("udp_guard: {enabled: false}\n"), Ok(None));
+    // The name goes into nft commands: nothing that could end one.
+    for bad in ["'x; flush ruleset'", "2lb", "LB", "''", &"a".repeat(33)] {
+        let errs = guard(&format!("udp_guard: {{table: {bad}}}\n")).expect_err(bad);
+        assert!(
+            errs[0].starts_with("udp_guard.table: ")
+                && errs[0].ends_with("not starting with a digit"),
+            "{errs:?}"
+        );
+    }
+}

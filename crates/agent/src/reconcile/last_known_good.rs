@@ -37,6 +37,7 @@ impl<D: Delivery> Reconciler<D> {
         let (config, files) = self
             .prepare(&good, Some(base))
             .map_err(|e| format!("render last-known-good: {e}"))?;
+        self.bound_ahead(&config, reporter);
         let result = match self.delivery.restore(&files) {
             Ok(Outcome::Unchanged) => PassResult::Unchanged,
             Ok(Outcome::Applied) => {

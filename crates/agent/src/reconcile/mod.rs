@@ -148,6 +148,8 @@ pub struct Reconciler<D: Delivery> {
     /// The state of each VRRP instance last seen (none before the first
     /// look), so each change is reported once.
     ha_seen: Option<BTreeMap<String, String>>,
+    /// The kernel's per-client bounds on udp load balancers, when enabled.
+    udp_guard: Option<crate::udp_guard::UdpGuard>,
 }
 
 impl<D: Delivery> Reconciler<D> {
@@ -188,7 +190,19 @@ impl<D: Delivery> Reconciler<D> {
             acme: None,
             ha: None,
             ha_seen: None,
+            udp_guard: None,
         }
+    }
+
+    /// Has the kernel bound each udp client to what Envoy serves allows it.
+    pub fn with_udp_guard(mut self, guard: Option<crate::udp_guard::UdpGuard>) -> Self {
+        self.udp_guard = guard;
+        self
+    }
+
+    /// Takes the udp bounds out of the kernel, for an agent that stops its Envoy.
+    pub fn remove_udp_guard(&mut self) -> Result<(), String> {
+        self.udp_guard.as_mut().map_or(Ok(()), |g| g.remove())
     }
 
     /// Reports each change of this node's VRRP states (`ha_state_changed`)
@@ -302,6 +316,7 @@ impl<D: Delivery> Reconciler<D> {
                 Some(ReconcileError::WafPolicies(e.to_string())),
             );
         }
+        self.bound_ahead(&config, reporter);
         let diff = match self.delivery.diff(&files) {
             Ok(d) => d,
             Err(e) => return (PassResult::Error, Some(e)),

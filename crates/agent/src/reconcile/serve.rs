@@ -10,6 +10,7 @@ use vpsie_lb_model::{Config, acme, drain, validate};
 use super::Reconciler;
 use crate::delivery::Delivery;
 use crate::report::{EventKind, Reporter};
+use crate::udp_guard;
 
 /// A rendered candidate, kept to be reused.
 pub(super) struct Rendered<C> {
@@ -99,6 +100,24 @@ impl<D: Delivery> Reconciler<D> {
         drain::next_deadline(self.served.as_ref()?).map(crate::drain::at)
     }
 
+    /// Bounds the udp clients of `candidate` before Envoy is handed it, so
+    /// a new listener never serves a moment unbounded; what Envoy serves
+    /// keeps its bounds meanwhile, and `settle` drops what it refused.
+    pub(super) fn bound_ahead(&mut self, candidate: &Config, reporter: &mut dyn Reporter) {
+        let Some(g) = &mut self.udp_guard else {
+            return;
+        };
+        let mut bounds = self
+            .served
+            .as_ref()
+            .map(udp_guard::rules::bounds)
+            .unwrap_or_default();
+        bounds.extend(udp_guard::rules::bounds(candidate));
+        if let Err(e) = g.sync(bounds) {
+            reporter.error("udp_guard", &e);
+        }
+    }
+
     /// Records `config` as what Envoy serves, and closes what is left on the
     /// backends whose drain it ended.
     pub(super) fn settle(&mut self, config: Config, reporter: &mut dyn Reporter) {
@@ -107,6 +126,14 @@ impl<D: Delivery> Reconciler<D> {
             // redirect listeners now: their orders may go. Told on every
             // settle, so a certificate no document wants stops being ordered.
             a.want(acme::wanted(&config));
+        }
+        // The bounds follow what Envoy serves: a listener Envoy refused
+        // loses the bound `bound_ahead` gave it, one it serves keeps its own.
+        if let Some(g) = &mut self.udp_guard {
+            if let Err(e) = g.sync(udp_guard::rules::bounds(&config)) {
+                reporter.error("udp_guard", &e);
+            }
+            g.count_refused();
         }
         let ended = self
             .served

@@ -21,6 +21,22 @@ impl RunningAgent {
 
     /// Like `start`, with extra environment variables.
     pub fn start_with_env(dir: &Path, config: &Path, env: &[(&str, &str)]) -> RunningAgent {
+        let mut cmd = std::process::Command::new(agent_bin());
+        cmd.envs(env.iter().copied());
+        Self::spawn(cmd, dir, config)
+    }
+
+    /// Like `start`, inside network namespace `ns` (`ip netns exec`, which
+    /// execs the agent, so the child is the agent itself).
+    #[allow(dead_code)]
+    pub fn start_in(ns: &str, dir: &Path, config: &Path) -> RunningAgent {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", ns, agent_bin()]);
+        Self::spawn(cmd, dir, config)
+    }
+
+    /// Runs `cmd run --config CONFIG`, its output in a log under `dir`.
+    fn spawn(mut cmd: std::process::Command, dir: &Path, config: &Path) -> RunningAgent {
         let log = dir.join(format!(
             "agent-{}.log",
             std::time::SystemTime::now()
@@ -29,9 +45,8 @@ impl RunningAgent {
                 .as_nanos()
         ));
         let out = std::fs::File::create(&log).expect("agent log");
-        let child = std::process::Command::new(agent_bin())
+        let child = cmd
             .args(["run", "--config", config.to_str().expect("path")])
-            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(out.try_clone().expect("dup"))
             .stderr(out)
@@ -114,7 +129,12 @@ pub fn agent_config_via(dir: &Path, admin: u16, source: &str, via: Via) -> PathB
         ),
     };
     let text = format!(
-        "{source}envoy:\n  config_dir: {d}/envoy\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: 127.0.0.1\n  manage: true\n  drain_time: 1s\n  access_log: {d}/access.log\n{delivery}state_dir: {d}/state\nlogging: {{level: info, format: json}}\nallowed_backend_networks: [127.0.0.0/8]\n",
+        "{source}envoy:\n  config_dir: {d}/envoy\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: 127.0.0.1\n  manage: true\n  drain_time: 1s\n  access_log: {d}/access.log\n{delivery}state_dir: {d}/state\nlogging: {{level: info, format: json}}\nallowed_backend_networks: [127.0.0.0/8]\n{guard}",
+        guard = if source.contains("udp_guard:") {
+            ""
+        } else {
+            super::NO_KERNEL_RULES
+        },
         d = dir.display(),
         bin = vpsie_lb_testkit::envoy::envoy_bin().display(),
     );

@@ -44,6 +44,10 @@ pub enum Via {
     Xds,
 }
 
+/// Agents in this machine's own namespace leave its firewall alone: the
+/// udp bounds are tested in namespaces of their own (live_udp_guard.rs).
+pub const NO_KERNEL_RULES: &str = "udp_guard: {enabled: false}\n";
+
 /// Turns each `fn name(via: Via)` into two tests, `files::name` and
 /// `xds::name`: every live test runs under both deliveries, written once.
 #[allow(unused_macros)]
@@ -265,7 +269,7 @@ impl Lab {
         }
         let d = self.dir.path().display();
         let text = format!(
-            "source: file\nfile: {d}/desired.json\nvpsie: {{poll_interval: 1s}}\nagent: {{listen_address: 127.0.0.1:{agent}}}\nenvoy:\n  config_dir: {out}\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: '{listen}'\n  manage: false\n  access_log: {log}\n  delivery: xds\n  xds_socket: {d}/xds.sock\n{envoy_extra}state_dir: {d}/state\nlogging: {{level: info, format: json}}\nallowed_backend_networks: [127.0.0.0/8]\n",
+            "source: file\nfile: {d}/desired.json\nvpsie: {{poll_interval: 1s}}\nagent: {{listen_address: 127.0.0.1:{agent}}}\nenvoy:\n  config_dir: {out}\n  admin_address: 127.0.0.1:{admin}\n  binary_path: {bin}\n  listen_address: '{listen}'\n  manage: false\n  access_log: {log}\n  delivery: xds\n  xds_socket: {d}/xds.sock\n{envoy_extra}state_dir: {d}/state\nlogging: {{level: info, format: json}}\nallowed_backend_networks: [127.0.0.0/8]\n{NO_KERNEL_RULES}",
             agent = self.agent_port,
             out = self.out_dir().display(),
             admin = self.admin_port,

@@ -191,6 +191,7 @@ const LB_KEYS: &[&str] = &[
     "proxy_protocol",
     "deregistration_delay",
     "http3",
+    "per_client",
     // Sent by the API, deliberately ignored.
     "created_at",
     "updated_at",
@@ -287,6 +288,7 @@ fn load_balancer(
         )
         .map_or(0, |d| d as u32);
 
+    let per_client = protect::per_client(&obj, protocol, max_connections, cx);
     if protocol == Some(Protocol::Udp) {
         udp_rules(&obj, cx);
     }
@@ -316,6 +318,7 @@ fn load_balancer(
             proxy_protocol,
             deregistration_delay,
             http3: http3?,
+            per_client: per_client?,
         })
     })();
     let Some(lb) = lb else {

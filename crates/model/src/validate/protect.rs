@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::model::{Access, Protocol, RateLimit, RequestRate, Waf, WafMode, limits};
+use crate::model::{Access, PerClient, Protocol, RateLimit, RequestRate, Waf, WafMode, limits};
 use crate::network::IpNet;
 
 use super::obj::{Ctx, Need, Obj, type_name};
@@ -11,6 +11,67 @@ use super::obj::{Ctx, Need, Obj, type_name};
 const RATE_KEYS: &[&str] = &["requests_per_second", "burst", "connections_per_second"];
 const ACCESS_KEYS: &[&str] = &["allow", "deny"];
 const WAF_KEYS: &[&str] = &["mode", "paranoia_level", "exclusions", "fail_open"];
+const PER_CLIENT_KEYS: &[&str] = &["max_sessions", "new_sessions_per_second", "burst"];
+
+/// `per_client`, udp only: `Some(None)` on other protocols, `None` when
+/// wrong. A udp load balancer always gets one: without it, one client's
+/// source ports could take every session of the listener.
+pub(super) fn per_client(
+    obj: &Obj<'_>,
+    protocol: Option<Protocol>,
+    max_connections: Option<u32>,
+    cx: &mut Ctx,
+) -> Option<Option<PerClient>> {
+    let given = obj.object(cx, "per_client");
+    if protocol != Some(Protocol::Udp) {
+        if let (Some(p), Some(c)) = (protocol, &given) {
+            cx.error(
+                &c.path,
+                format!(
+                    "counts udp sessions, and a {} load balancer has none; use max_connections and rate_limit",
+                    p.name()
+                ),
+            );
+            return None;
+        }
+        return Some(None);
+    }
+    let all = max_connections.unwrap_or(limits::UDP_SESSIONS_WITHOUT_CAP);
+    let share = all.div_ceil(limits::DEFAULT_UDP_CLIENT_SHARE);
+    let Some(c) = given else {
+        return Some(Some(PerClient {
+            max_sessions: share,
+            new_sessions: None,
+        }));
+    };
+    c.check_keys(PER_CLIENT_KEYS, cx);
+    let before = cx.errors.len();
+    let max_sessions = c
+        .int_in(
+            cx,
+            "max_sessions",
+            1..=i64::from(limits::MAX_CONNECTIONS),
+            Need::Optional,
+        )
+        .map_or(share, |n| n as u32);
+    let span = 1..=i64::from(limits::MAX_NEW_SESSIONS_PER_SECOND);
+    let rate = c.int_in(cx, "new_sessions_per_second", span.clone(), Need::Optional);
+    let burst = c.int_in(cx, "burst", span, Need::Optional);
+    if rate.is_none() && burst.is_some() {
+        cx.error(
+            &c.path.key("burst"),
+            "needs new_sessions_per_second, the rate that refills it",
+        );
+    }
+    let new_sessions = rate.map(|r| RequestRate {
+        per_second: r as u32,
+        burst: burst.unwrap_or(r) as u32,
+    });
+    (cx.errors.len() == before).then_some(Some(PerClient {
+        max_sessions,
+        new_sessions,
+    }))
+}
 
 /// `waf`: `Some(None)` when absent, `None` when wrong.
 pub(super) fn waf(obj: &Obj<'_>, protocol: Option<Protocol>, cx: &mut Ctx) -> Option<Option<Waf>> {
