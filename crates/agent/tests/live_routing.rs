@@ -278,7 +278,35 @@ fn redirects_and_fixed_responses(via: Via) {
     drop(lab);
 }
 
+/// `head` sent as it is, on a connection of its own; who answered.
+fn raw(port: u16, head: &str) -> String {
+    use std::io::Write;
+    let mut s = vpsie_lb_testkit::http::connect(None, port).expect("connect");
+    s.write_all(head.as_bytes()).expect("send");
+    vpsie_lb_testkit::http::read_response(&mut s)
+        .map_or_else(|e| format!("no answer: {e}"), |r| who(&r))
+}
+
+/// Envoy answered every HTTP/1.0 request 426 before any filter ran: no
+/// monitoring probe or old client could use an http load balancer. Now
+/// 1.0 is routed like 1.1, by its Host, and without one it reaches the
+/// default pool (`DEFAULT_HOST_FOR_HTTP_10` matches no route).
+fn regression_http_1_0_requests_were_answered_426(via: Via) {
+    let bs = backends(&["default"]);
+    let api = backends(&["api"]);
+    let port = free_port();
+    let mut doc = lb_over("old", "http", port, "round_robin", &bs);
+    doc["pools"] = json!([pool("api", &api)]);
+    doc["routes"] = json!([{"id": "api", "hosts": ["api.test"], "forward": [{"pool": "api"}]}]);
+    let _lab = Lab::start(via, &doc);
+    wait_routed(port, "api.test", "/", "api");
+    assert_eq!(raw(port, "GET / HTTP/1.0\r\nHost: api.test\r\n\r\n"), "api");
+    assert_eq!(raw(port, "GET / HTTP/1.0\r\n\r\n"), "default");
+    assert!(vpsie_lb_envoy::DEFAULT_HOST_FOR_HTTP_10.ends_with(".invalid"));
+}
+
 common::over_deliveries!(
+    regression_http_1_0_requests_were_answered_426,
     hosts_paths_headers_and_methods_pick_pools,
     weights_split_traffic,
     canary_changes_are_route_updates_only,

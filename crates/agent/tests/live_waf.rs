@@ -118,7 +118,11 @@ impl Drop for Waf {
 
 /// A lab whose Envoy consults a WAF service started beside it.
 fn start(via: Via, doc: &Value) -> (Lab, Waf) {
-    let mut lab = Lab::new(via);
+    serve(Lab::new(via), doc)
+}
+
+/// `lab` serving `doc`, its Envoy consulting a WAF service started beside it.
+fn serve(mut lab: Lab, doc: &Value) -> (Lab, Waf) {
     let socket = lab.dir.path().join("waf.sock");
     std::fs::create_dir_all(lab.out_dir()).expect("out dir");
     let waf = Waf::start(
@@ -205,6 +209,35 @@ fn attacks() -> Vec<Case> {
             "/",
             vec![("User-Agent", "sqlmap/1.7.2#stable (https://sqlmap.org)")],
             vec![],
+        ),
+        // Bodies the rules never read before: JSON and XML.
+        (
+            "sql injection in a json body",
+            "POST",
+            "/api/login",
+            vec![("Content-Type", "application/json")],
+            br#"{"user": "admin' OR '1'='1' --", "password": "x"}"#.to_vec(),
+        ),
+        (
+            "xss in a json body",
+            "POST",
+            "/api/comment",
+            vec![("Content-Type", "application/json")],
+            br#"{"text": "<script>alert(document.cookie)</script>"}"#.to_vec(),
+        ),
+        (
+            "sql injection in an xml body",
+            "POST",
+            "/api/login",
+            vec![("Content-Type", "application/xml")],
+            b"<login><user>admin' OR '1'='1' --</user></login>".to_vec(),
+        ),
+        (
+            "xss in an xml body",
+            "POST",
+            "/api/comment",
+            vec![("Content-Type", "text/xml")],
+            b"<c><t>&lt;script&gt;alert(document.cookie)&lt;/script&gt;</t></c>".to_vec(),
         ),
     ]
 }
@@ -396,7 +429,7 @@ fn a_dead_waf_fails_open_or_closed_as_asked(via: Via) {
     one["id"] = json!("open");
     let mut two = with_waf(closed, &bs, json!({"mode": "block", "fail_open": false}));
     two["id"] = json!("closed");
-    let (_lab, mut waf) = start(via, &json!([one, two]));
+    let (lab, mut waf) = start(via, &json!([one, two]));
     let wait = |port: u16, want: u16, what: &str| {
         poll_until(what, Duration::from_secs(30), || {
             match send(port, "GET", "/", &[], b"").status {
@@ -413,9 +446,117 @@ fn a_dead_waf_fails_open_or_closed_as_asked(via: Via) {
     waf.restart();
     wait(closed, 200, "closed serves again once the waf is back");
     assert_eq!(status(closed, &attacks()[0]), 403, "and inspects again");
+
+    // regression: a load balancer the service had no policy for was passed
+    // uninspected even with `fail_open: false`.
+    let policies = lab.out_dir().join("waf.json");
+    std::fs::write(&policies, "{\"load_balancers\": {}}\n").expect("empty the policies");
+    wait(closed, 403, "no policy: fail_open false refuses");
+    wait(open, 200, "no policy: fail_open true passes");
+    assert!(waf.log().contains("no waf policy"), "{}", waf.log());
+}
+
+/// `head` and `body` sent as they are to `port`; the answer's status.
+fn raw(port: u16, head: &str, body: &[u8]) -> u16 {
+    let mut s = connect(None, port).expect("connect");
+    s.write_all(head.as_bytes()).expect("send head");
+    s.write_all(body).expect("send body");
+    read_response(&mut s).map_or(0, |r| r.status)
+}
+
+/// A form body, chunked: `<size>\r\n<bytes>\r\n...0\r\n\r\n`.
+fn chunked(form: &str) -> Vec<u8> {
+    let (a, b) = form.split_at(form.len() / 2);
+    format!("{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n", a.len(), b.len()).into_bytes()
+}
+
+/// The requests the Core Rule Set's regression suite and browsers send
+/// that the WAF used to mishandle: HTTP/1.0 (426 from Envoy), HTTP/3 (all
+/// refused by the version rule 920430), chunked bodies (scored by 920180
+/// for lacking a length). Each is served, inspected (an attack in it is
+/// refused), and a benign one matches no rule at all.
+fn regression_http_1_0_http_3_and_chunked_bodies_were_refused_or_scored(via: Via) {
+    let backend = HttpBackend::start("a");
+    let lab = Lab::new(via);
+    let plain = free_port();
+    let shop = with_waf(
+        plain,
+        std::slice::from_ref(&backend),
+        json!({"mode": "block"}),
+    );
+    let (mut secure, tls, _) = common::https_lb(lab.dir.path(), &backend, json!({}));
+    secure["id"] = json!("secure");
+    secure["http3"] = json!(true);
+    secure["waf"] = json!({"mode": "block"});
+    let (_lab, waf) = serve(lab, &json!([shop, secure]));
+    let ua = "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\nAccept: text/html\r\n";
+    poll_until(
+        "http/1.0 served through the waf",
+        Duration::from_secs(30),
+        || match raw(
+            plain,
+            &format!("GET / HTTP/1.0\r\nHost: shop.example.com\r\n{ua}\r\n"),
+            b"",
+        ) {
+            200 => Ok(()),
+            s => Err(format!("status {s}: {}", waf.log())),
+        },
+    );
+    let form_post = |form: &str| {
+        let head = format!(
+            "POST /login HTTP/1.1\r\nHost: shop.example.com\r\n{ua}Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        );
+        raw(plain, &head, &chunked(form))
+    };
+    assert_eq!(
+        form_post("user=alice%40example.com&password=correct-horse"),
+        200
+    );
+    assert_eq!(
+        form_post("user=admin%27%20OR%20%271%27%3D%271%27%20--&password=x"),
+        403,
+        "a chunked body is inspected: {}",
+        waf.log()
+    );
+    assert_eq!(
+        raw(
+            plain,
+            &format!(
+                "GET /item?id=1'%20OR%20'1'='1 HTTP/1.0\r\nHost: shop.example.com\r\n{ua}\r\n"
+            ),
+            b""
+        ),
+        403,
+        "http/1.0 is inspected"
+    );
+    poll_until(
+        "served over http/3",
+        Duration::from_secs(30),
+        || match vpsie_lb_testkit::h3::get(tls, "/", "lb.test") {
+            Ok(r) if r.status == 200 => Ok(()),
+            other => Err(format!("{other:?}: {}", waf.log())),
+        },
+    );
+    let attack = vpsie_lb_testkit::h3::get(tls, "/item?id=1'%20OR%20'1'='1", "lb.test")
+        .expect("an attack over http/3");
+    assert_eq!(attack.status, 403, "http/3 is inspected");
+    // The benign requests matched nothing: no detection, no 920180/920430.
+    let m = waf.metrics();
+    for lb in ["shop", "secure"] {
+        let detected = format!("vpsie_lb_waf_requests_total{{lb_id=\"{lb}\",verdict=\"detect\"}}");
+        assert!(
+            !m.contains(&detected),
+            "{lb}: a benign request matched a rule:\n{m}"
+        );
+    }
+    assert!(
+        !m.contains("rule=\"920180\"") && !m.contains("rule=\"920430\""),
+        "{m}"
+    );
 }
 
 over_deliveries!(
+    regression_http_1_0_http_3_and_chunked_bodies_were_refused_or_scored,
     the_waf_blocks_detects_and_excludes,
     a_dead_waf_fails_open_or_closed_as_asked,
 );

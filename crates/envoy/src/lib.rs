@@ -37,6 +37,7 @@ pub use bootstrap::{
     preflight_bootstrap,
 };
 pub use files::{FileParts, assemble_files, render_files, render_parts};
+pub use listener::DEFAULT_HOST_FOR_HTTP_10;
 pub use names::{FileKind, XdsLayout};
 pub use protect::DEFAULT_TRACKED_CLIENTS;
 pub use render::{

@@ -2,8 +2,8 @@
 
 use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, AccessLogFilter, access_log};
 use envoy_types::pb::envoy::config::core::v3::{
-    Http2ProtocolOptions, HttpProtocolOptions, SubstitutionFormatString, TransportSocket,
-    substitution_format_string, transport_socket,
+    Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions, SubstitutionFormatString,
+    TransportSocket, substitution_format_string, transport_socket,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
@@ -31,6 +31,11 @@ use crate::{Delivery, TranslateOptions, names, routes, tls};
 
 /// Per-connection read/write buffer cap; Envoy's edge guidance, instead of the 1 MiB default.
 pub(crate) const BUFFER_LIMIT_BYTES: u32 = 32 * 1024;
+
+/// The Host an HTTP/1.0 request without one is given: `.invalid` is
+/// reserved (RFC 6761), so no route's host matches it and the request goes
+/// where host-less routes and the default pool are.
+pub const DEFAULT_HOST_FOR_HTTP_10: &str = "http10.vpsie-lb.invalid";
 
 /// The load balancer's listeners: its own, and the redirect listener on
 /// `redirect_http_port` when it has one.
@@ -340,6 +345,15 @@ fn connection_manager(
         generate_request_id: Some(BoolValue { value: true }),
         common_http_protocol_options: Some(HttpProtocolOptions {
             idle_timeout: secs(lb.timeouts.idle.unwrap_or(0)),
+            ..Default::default()
+        }),
+        // HTTP/1.0 is served, as HAProxy and nginx serve it: monitoring
+        // probes, `ab` and old scripts still speak it (Envoy's default
+        // answers them 426). One without a Host header is routed as if it
+        // had named DEFAULT_HOST_FOR_HTTP_10, which no route matches.
+        http_protocol_options: Some(Http1ProtocolOptions {
+            accept_http_10: true,
+            default_host_for_http_10: DEFAULT_HOST_FOR_HTTP_10.into(),
             ..Default::default()
         }),
         http2_protocol_options: Some(Http2ProtocolOptions {

@@ -18,6 +18,26 @@ pub const DEFAULT_CRS_SETUP: &str = "/etc/modsecurity/crs/crs-setup.conf";
 /// `max_request_bytes`), and a longer body is inspected up to here.
 pub const MAX_BODY_BYTES: usize = 128 * 1024;
 
+/// What the service adds to the Core Rule Set, in ModSecurity's local-use
+/// id range (1-99,999), before the CRS loads:
+/// - HTTP/3 is an allowed version, as HTTP/2 is (Envoy serves it, and our
+///   own `alt-svc` moves browsers to it); the CRS's list stops at HTTP/2.
+/// - JSON and XML bodies go through ModSecurity's own parsers, so the rules
+///   see each value as an argument, as they see a form's. Without these,
+///   an attack in a JSON or XML body was never looked at.
+/// - A JSON or XML body that does not parse is refused (in `block`;
+///   reported in `detect`): an attacker must not choose to be unparsed.
+///   That includes one cut at the inspection limit, so padding cannot hide
+///   what follows it. Multipart is not held to this: an upload past the
+///   limit is inspected up to it, as before.
+const OUR_RULES: &str = "\
+SecAction \"id:10001,phase:1,nolog,pass,t:none,setvar:'tx.allowed_http_versions=HTTP/1.0 HTTP/1.1 HTTP/2 HTTP/2.0 HTTP/3 HTTP/3.0'\"
+SecRule REQUEST_HEADERS:Content-Type \"@rx ^application/(?:[a-z0-9.+-]+\\+)?json(?:;|\\s|$)\" \"id:10002,phase:1,nolog,pass,t:none,t:lowercase,ctl:requestBodyProcessor=JSON\"
+SecRule REQUEST_HEADERS:Content-Type \"@rx ^(?:application|text)/(?:[a-z0-9.+-]+\\+)?xml(?:;|\\s|$)\" \"id:10003,phase:1,nolog,pass,t:none,t:lowercase,ctl:requestBodyProcessor=XML\"
+SecRule REQBODY_PROCESSOR \"@rx ^(?:JSON|XML)$\" \"id:10004,phase:2,log,deny,status:400,t:none,msg:'the request body does not parse as its content type says',chain\"
+SecRule REQBODY_ERROR \"!@eq 0\" \"t:none\"
+";
+
 /// One request as Envoy describes it.
 #[derive(Debug, Clone, Default)]
 pub struct Request {
@@ -87,9 +107,11 @@ impl Engine {
              SecAuditEngine Off\n\
              Include {setup}\n\
              SecAction \"id:900000,phase:1,nolog,pass,t:none,setvar:tx.paranoia_level={pl}\"\n\
+             {ours}\
              Include {crs}/rules/*.conf\n",
             setup = self.crs_setup.display(),
             pl = policy.paranoia_level,
+            ours = OUR_RULES,
             crs = self.crs_dir.display(),
         );
         for id in &policy.exclusions {

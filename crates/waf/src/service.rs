@@ -82,9 +82,13 @@ impl Authorization for Waf {
             .unwrap_or_default();
         let Some(policy) = self.policy_now(&lb).await else {
             // The agent writes policies before Envoy learns of the load
-            // balancer, so this is a lag or a bug: let it pass, say so.
-            tracing::warn!(lb_id = %lb, "no waf policy for this load balancer; passed");
-            return Ok(Response::new(allow(&[])));
+            // balancer, so this is a lag or a bug. Never a silent pass: an
+            // error makes Envoy answer as the document's `fail_open` says.
+            tracing::error!(lb_id = %lb, "no waf policy for this load balancer; envoy answers as its fail_open says");
+            self.metrics.record(&lb, "error", &[]);
+            return Err(Status::unavailable(format!(
+                "no waf policy for load balancer {lb:?}"
+            )));
         };
         let request = describe(&attrs);
         let engine = self.engine.clone();
@@ -146,24 +150,57 @@ fn describe(
     } else {
         http.raw_body
     };
+    let partial = http.headers.get(PARTIAL_BODY).is_some_and(|v| v == "true");
     // HTTP/2 names: `:authority` is the Host the rules look for; the
-    // other pseudo-headers are already in the method and path.
-    let headers = http
+    // other pseudo-headers are already in the method and path. Envoy's
+    // own note on the body is not the client's.
+    let mut headers: Vec<(String, String)> = http
         .headers
         .into_iter()
         .filter_map(|(k, v)| match k.as_str() {
             ":authority" => Some(("Host".to_owned(), v)),
+            PARTIAL_BODY => None,
             k if k.starts_with(':') => None,
             _ => Some((k, v)),
         })
         .collect();
+    let http_version = version(&http.protocol);
+    headers.extend(framing(&headers, &http_version, body.len(), partial));
     engine::Request {
         client,
         method: http.method,
         uri: http.path,
-        http_version: version(&http.protocol),
+        http_version,
         headers,
         body,
+    }
+}
+
+/// The header ext_authz adds when it sends only the start of the body.
+const PARTIAL_BODY: &str = "x-envoy-auth-partial-body";
+
+/// The framing header a body came with, when Envoy's description lost it:
+/// Envoy sends a chunked body without `transfer-encoding`, and the Core
+/// Rule Set scores a POST with neither that nor `content-length` as an
+/// anomaly (920180), so every chunked upload was on the way to a block.
+/// Over HTTP/1.x a body without a length was chunked; over HTTP/2 and 3
+/// the frames end it, and its length is known once it is whole.
+fn framing(
+    headers: &[(String, String)],
+    http_version: &str,
+    body_len: usize,
+    partial: bool,
+) -> Option<(String, String)> {
+    let has = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+    if body_len == 0 || has("content-length") || has("transfer-encoding") {
+        return None;
+    }
+    if http_version.starts_with('1') {
+        Some(("Transfer-Encoding".into(), "chunked".into()))
+    } else if partial {
+        None
+    } else {
+        Some(("Content-Length".into(), body_len.to_string()))
     }
 }
 
@@ -233,5 +270,54 @@ fn deny(status: u16, rules: &[u32]) -> CheckResponse {
                 body: "request refused by the web application firewall\n".into(),
             },
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::framing;
+
+    fn header(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn regression_a_chunked_post_scored_as_having_no_length() {
+        let none = header(&[("host", "x")]);
+        // (headers Envoy sent, version, body length, partial, what is added)
+        type Case<'a> = (
+            &'a [(&'a str, &'a str)],
+            &'a str,
+            usize,
+            bool,
+            Option<(&'a str, &'a str)>,
+        );
+        let cases: &[Case] = &[
+            (
+                &[],
+                "1.1",
+                10,
+                false,
+                Some(("Transfer-Encoding", "chunked")),
+            ),
+            (&[], "1.0", 10, true, Some(("Transfer-Encoding", "chunked"))),
+            (&[], "2", 10, false, Some(("Content-Length", "10"))),
+            (&[], "3", 7, false, Some(("Content-Length", "7"))),
+            // Only the start was sent: its length is not the body's.
+            (&[], "2", 10, true, None),
+            (&[], "1.1", 0, false, None),
+            (&[("Content-Length", "10")], "1.1", 10, false, None),
+            (&[("transfer-encoding", "chunked")], "1.1", 10, false, None),
+        ];
+        for (extra, version, len, partial, want) in cases {
+            let mut h = none.clone();
+            h.extend(header(extra));
+            let got = framing(&h, version, *len, *partial);
+            let want = want.map(|(k, v)| (k.to_owned(), v.to_owned()));
+            assert_eq!(got, want, "{extra:?} {version} {len} {partial}");
+        }
     }
 }

@@ -66,6 +66,38 @@ fn attacks() -> Vec<(&'static str, Request)> {
                 &[("User-Agent", "sqlmap/1.7.2#stable (https://sqlmap.org)")],
             ),
         ),
+        (
+            "sql injection in a json body",
+            post(
+                "/api/login",
+                "application/json",
+                br#"{"user": "admin' OR '1'='1' --", "password": "x"}"#.to_vec(),
+            ),
+        ),
+        (
+            "xss in a json body",
+            post(
+                "/api/comment",
+                "application/json; charset=utf-8",
+                br#"{"text": "<script>alert(document.cookie)</script>"}"#.to_vec(),
+            ),
+        ),
+        (
+            "sql injection in an xml body",
+            post(
+                "/api/login",
+                "application/xml",
+                b"<login><user>admin' OR '1'='1' --</user></login>".to_vec(),
+            ),
+        ),
+        (
+            "xss in an xml body",
+            post(
+                "/api/comment",
+                "text/xml",
+                b"<c><text>&lt;script&gt;alert(document.cookie)&lt;/script&gt;</text></c>".to_vec(),
+            ),
+        ),
     ]
 }
 
@@ -101,7 +133,24 @@ fn ordinary() -> Vec<(&'static str, Request)> {
             "file upload of 1 MiB",
             post("/upload", "multipart/form-data; boundary=b", upload),
         ),
+        (
+            "xml post",
+            post(
+                "/api/order",
+                "application/xml",
+                b"<order><item>42</item><note>gift wrap, please</note></order>".to_vec(),
+            ),
+        ),
+        ("http/1.0 get", with_version(get("/", &[]), "1.0")),
+        ("http/2 get", with_version(get("/", &[]), "2")),
+        ("http/3 get", with_version(get("/", &[]), "3")),
     ]
+}
+
+/// `req` as sent over HTTP `version`.
+fn with_version(mut req: Request, version: &str) -> Request {
+    req.http_version = version.into();
+    req
 }
 
 #[test]
@@ -189,6 +238,48 @@ fn an_exclusion_disables_exactly_its_rule() {
             without.contains(r),
             "{r} still matches: {without:?} vs {rules:?}"
         );
+    }
+}
+
+#[test]
+fn a_body_that_does_not_parse_as_its_type_is_refused() {
+    for (content_type, body) in [
+        ("application/json", &b"{\"user\": \"admin\", "[..]),
+        ("application/xml", &b"<login><user>admin</login>"[..]),
+    ] {
+        let req = post("/api/login", content_type, body.to_vec());
+        match ENGINE
+            .inspect(&policy(Mode::Block, &[]), &req)
+            .expect("inspect")
+        {
+            Verdict::Blocked { status, rules } => {
+                assert_eq!(status, 400, "{content_type}");
+                assert!(rules.contains(&10004), "{content_type}: {rules:?}");
+            }
+            other => panic!("{content_type}: {other:?}"),
+        }
+        match ENGINE
+            .inspect(&policy(Mode::Detect, &[]), &req)
+            .expect("inspect")
+        {
+            Verdict::Detected(rules) => assert!(rules.contains(&10004), "{rules:?}"),
+            other => panic!("{content_type} in detect: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn regression_a_json_body_padded_past_the_limit_passed_uninspected() {
+    let mut body = br#"{"pad": ""#.to_vec();
+    body.extend(std::iter::repeat_n(b'a', 200 * 1024));
+    body.extend_from_slice(br#"", "user": "admin' OR '1'='1' --"}"#);
+    let req = post("/api/login", "application/json", body);
+    match ENGINE
+        .inspect(&policy(Mode::Block, &[]), &req)
+        .expect("inspect")
+    {
+        Verdict::Blocked { status, .. } => assert_eq!(status, 400),
+        other => panic!("{other:?}"),
     }
 }
 
