@@ -4,156 +4,14 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::waf::{Waf, render, serve, serve_with, start};
 use common::{Lab, Via, backends, lb_over, over_deliveries};
 use serde_json::{Value, json};
 use vpsie_lb_testkit::backend::HttpBackend;
 use vpsie_lb_testkit::http::{Response, connect, read_response};
 use vpsie_lb_testkit::{free_port, poll_until};
-
-/// The service binary, built beside the agent's (`cargo test --workspace`
-/// builds it; a narrower run builds it here).
-fn waf_bin() -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    let bin = Path::new(common::agent_bin()).with_file_name("vpsie-lb-waf");
-    BUILT.call_once(|| {
-        if !bin.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let ok = Command::new(cargo)
-                .args(["build", "--quiet", "-p", "vpsie-lb-waf"])
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "building vpsie-lb-waf failed");
-        }
-    });
-    bin
-}
-
-/// A running WAF service.
-struct Waf {
-    child: Child,
-    log: PathBuf,
-    socket: PathBuf,
-    policies: PathBuf,
-}
-
-impl Waf {
-    fn start(socket: &Path, policies: &Path, log: &Path) -> Waf {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("waf log");
-        let child = Command::new(waf_bin())
-            .arg("--socket")
-            .arg(socket)
-            .arg("--config")
-            .arg(policies)
-            .arg("--metrics-socket")
-            .arg(socket.with_file_name("waf-metrics.sock"))
-            .stdout(out.try_clone().expect("dup"))
-            .stderr(out)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start vpsie-lb-waf");
-        let waf = Waf {
-            child,
-            log: log.to_owned(),
-            socket: socket.to_owned(),
-            policies: policies.to_owned(),
-        };
-        // Until it listens, a fail-open load balancer would pass everything
-        // uninspected and prove nothing.
-        poll_until("the waf service listens", Duration::from_secs(30), || {
-            if waf.log().contains("serving ext_authz") {
-                Ok(())
-            } else {
-                Err(waf.log())
-            }
-        });
-        waf
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The service's counters (`GET /metrics` on its metrics socket).
-    fn metrics(&self) -> String {
-        use std::io::Read;
-        let Ok(mut s) =
-            std::os::unix::net::UnixStream::connect(self.socket.with_file_name("waf-metrics.sock"))
-        else {
-            return String::new();
-        };
-        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: waf\r\n\r\n");
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn restart(&mut self) {
-        self.kill();
-        *self = Waf::start(
-            &self.socket.clone(),
-            &self.policies.clone(),
-            &self.log.clone(),
-        );
-    }
-}
-
-impl Drop for Waf {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A lab whose Envoy consults a WAF service started beside it.
-fn start(via: Via, doc: &Value) -> (Lab, Waf) {
-    serve(Lab::new(via), doc)
-}
-
-/// `lab` serving `doc`, its Envoy consulting a WAF service started beside it.
-fn serve(mut lab: Lab, doc: &Value) -> (Lab, Waf) {
-    let socket = lab.dir.path().join("waf.sock");
-    std::fs::create_dir_all(lab.out_dir()).expect("out dir");
-    let waf = Waf::start(
-        &socket,
-        &lab.out_dir().join("waf.json"),
-        &lab.dir.path().join("waf.log"),
-    );
-    let f = flags(&lab);
-    let f: Vec<&str> = f.iter().map(String::as_str).collect();
-    lab.render_with(doc, &f);
-    lab.start_envoy();
-    (lab, waf)
-}
-
-/// The render flags of every render in a lab: the same each time, or the
-/// listeners would change with them.
-fn flags(lab: &Lab) -> [String; 4] {
-    let socket = lab.dir.path().join("waf.sock");
-    [
-        "--waf-socket".into(),
-        socket.to_str().expect("utf-8").into(),
-        "--access-log-sample-percent".into(),
-        "100".into(),
-    ]
-}
-
-fn render(lab: &mut Lab, doc: &Value) {
-    let flags = flags(lab);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    lab.render_with(doc, &flags);
-}
 
 /// One request with `headers` and `body`.
 fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
@@ -420,16 +278,28 @@ fn the_waf_blocks_detects_and_excludes(via: Via) {
     );
 }
 
+/// Two blocking load balancers on one backend (returned, to keep it
+/// running): `open` fails open on `open_port`, `closed` fails closed on
+/// `closed_port`.
+fn open_and_closed(open_port: u16, closed_port: u16) -> (Value, Vec<HttpBackend>) {
+    let bs = backends(&["a"]);
+    let mut one = with_waf(open_port, &bs, json!({"mode": "block", "fail_open": true}));
+    one["id"] = json!("open");
+    let mut two = with_waf(
+        closed_port,
+        &bs,
+        json!({"mode": "block", "fail_open": false}),
+    );
+    two["id"] = json!("closed");
+    (json!([one, two]), bs)
+}
+
 /// With the service gone, `fail_open` decides: open passes, closed answers
 /// 403; both recover when the service is back.
 fn a_dead_waf_fails_open_or_closed_as_asked(via: Via) {
     let (open, closed) = (free_port(), free_port());
-    let bs = backends(&["a"]);
-    let mut one = with_waf(open, &bs, json!({"mode": "block", "fail_open": true}));
-    one["id"] = json!("open");
-    let mut two = with_waf(closed, &bs, json!({"mode": "block", "fail_open": false}));
-    two["id"] = json!("closed");
-    let (lab, mut waf) = start(via, &json!([one, two]));
+    let (pair, _backends) = open_and_closed(open, closed);
+    let (lab, mut waf) = start(via, &pair);
     let wait = |port: u16, want: u16, what: &str| {
         poll_until(what, Duration::from_secs(30), || {
             match send(port, "GET", "/", &[], b"").status {
@@ -555,7 +425,79 @@ fn regression_http_1_0_http_3_and_chunked_bodies_were_refused_or_scored(via: Via
     );
 }
 
+/// The count of `verdict` for `lb` in the service's metrics.
+fn verdicts(waf: &Waf, lb: &str, verdict: &str) -> u64 {
+    let series = format!("vpsie_lb_waf_requests_total{{lb_id=\"{lb}\",verdict=\"{verdict}\"}}");
+    waf.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Inspections ran on tokio's blocking pool, up to 512 at once, with no
+/// bound: a flood queued without end. Now one worker and no queue: what
+/// does not get the worker is turned away at once, answered as the load
+/// balancer's `fail_open` says, and counted as `busy`.
+fn regression_a_flood_queued_inspections_without_bound(via: Via) {
+    let (open, closed) = (free_port(), free_port());
+    let (pair, _backends) = open_and_closed(open, closed);
+    let flags = ["--workers", "1", "--queue", "0"];
+    let (_lab, waf) = serve_with(Lab::new(via), &pair, &flags);
+    for port in [open, closed] {
+        poll_until(
+            "served through the waf",
+            Duration::from_secs(30),
+            || match send(port, "GET", "/", &[], b"").status {
+                200 => Ok(()),
+                s => Err(format!("status {s}")),
+            },
+        );
+    }
+    // 16 clients at once, 8 requests each, on each load balancer.
+    let flood = |port: u16| {
+        let start = std::sync::Arc::new(std::sync::Barrier::new(16));
+        let clients: Vec<_> = (0..16)
+            .map(|_| {
+                let start = start.clone();
+                std::thread::spawn(move || {
+                    start.wait();
+                    (0..8)
+                        .map(|_| send(port, "GET", "/", &[], b"").status)
+                        .collect::<Vec<u16>>()
+                })
+            })
+            .collect();
+        let mut answers = std::collections::BTreeMap::<u16, usize>::new();
+        for c in clients {
+            for status in c.join().expect("client") {
+                *answers.entry(status).or_default() += 1;
+            }
+        }
+        answers
+    };
+    let opened = flood(open);
+    let shut = flood(closed);
+    assert_eq!(
+        opened.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "fail_open passes: {opened:?}"
+    );
+    assert!(
+        shut.get(&403).is_some_and(|n| *n > 0),
+        "fail_open false refuses: {shut:?}"
+    );
+    assert!(
+        shut.get(&200).is_some_and(|n| *n > 0),
+        "the worker still inspects: {shut:?}"
+    );
+    assert_eq!(shut.values().sum::<usize>(), 128, "{shut:?}");
+    for lb in ["open", "closed"] {
+        assert!(verdicts(&waf, lb, "busy") > 0, "{lb}: {}", waf.metrics());
+    }
+}
+
 over_deliveries!(
+    regression_a_flood_queued_inspections_without_bound,
     regression_http_1_0_http_3_and_chunked_bodies_were_refused_or_scored,
     the_waf_blocks_detects_and_excludes,
     a_dead_waf_fails_open_or_closed_as_asked,

@@ -350,10 +350,14 @@ fn connection_manager(
         // HTTP/1.0 is served, as HAProxy and nginx serve it: monitoring
         // probes, `ab` and old scripts still speak it (Envoy's default
         // answers them 426). One without a Host header is routed as if it
-        // had named DEFAULT_HOST_FOR_HTTP_10, which no route matches.
+        // had named DEFAULT_HOST_FOR_HTTP_10, which no route matches. Any
+        // well-formed method is passed on (WebDAV's, say), as nginx and
+        // HAProxy pass them, so the WAF's method policy is the one that
+        // judges them rather than a 400 from the parser.
         http_protocol_options: Some(Http1ProtocolOptions {
             accept_http_10: true,
             default_host_for_http_10: DEFAULT_HOST_FOR_HTTP_10.into(),
+            allow_custom_methods: true,
             ..Default::default()
         }),
         http2_protocol_options: Some(Http2ProtocolOptions {

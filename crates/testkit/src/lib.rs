@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod envoy;
+pub mod ftw;
 pub mod h3;
 pub mod ha_pair;
 pub mod http;

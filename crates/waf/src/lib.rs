@@ -8,6 +8,7 @@
 pub mod config;
 pub mod engine;
 pub mod metrics;
+pub mod pool;
 pub mod service;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,13 @@ pub struct Settings {
     pub crs_setup: PathBuf,
     /// Where `GET /metrics` is served; `None` serves none.
     pub metrics_socket: Option<PathBuf>,
+    /// Inspections run at once.
+    pub workers: usize,
+    /// Inspections that may wait for a worker.
+    pub queue: usize,
+    /// Longest wait for a worker: below Envoy's timeout, so a request
+    /// turned away is answered (by `fail_open`) before Envoy gives up.
+    pub queue_wait: Duration,
 }
 
 /// Reads the policy file and compiles the rule sets it needs, so no
@@ -118,6 +126,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             config,
             settings.config.clone(),
             metrics,
+            pool::Pool::new(settings.workers, settings.queue, settings.queue_wait),
         )))
         .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
         .await?;

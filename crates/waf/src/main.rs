@@ -23,6 +23,17 @@ struct Args {
     /// Where `GET /metrics` (Prometheus text) is served; `off` serves none.
     #[arg(long, default_value = "/run/vpsie-lb-waf/metrics.sock")]
     metrics_socket: String,
+    /// Inspections run at once (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Inspections that may wait for a worker (default: 128 per worker);
+    /// past that a request is turned away and Envoy applies `fail_open`.
+    #[arg(long)]
+    queue: Option<usize>,
+    /// Longest wait for a worker, in milliseconds: below Envoy's 250 ms
+    /// timeout, so a request turned away is answered before Envoy gives up.
+    #[arg(long, default_value_t = 200)]
+    queue_wait_ms: u64,
     /// `json` (for journald) or `text`.
     #[arg(long, default_value = "json")]
     log_format: String,
@@ -64,12 +75,18 @@ fn main() -> std::process::ExitCode {
     } else {
         builder.json().flatten_event(true).init();
     }
+    let workers = args.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
     let settings = vpsie_lb_waf::Settings {
         socket: args.socket,
         config: args.config,
         crs_dir: args.crs_dir,
         crs_setup: args.crs_setup,
         metrics_socket: (args.metrics_socket != "off").then(|| PathBuf::from(&args.metrics_socket)),
+        workers,
+        queue: args.queue.unwrap_or(workers * 128),
+        queue_wait: std::time::Duration::from_millis(args.queue_wait_ms),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -39,7 +39,7 @@ impl Default for Metrics {
         let matches = Family::<Match, Counter>::default();
         registry.register(
             "requests",
-            "Requests inspected, by load balancer and verdict (pass, detect, block, error)",
+            "Requests asked about, by load balancer and verdict (pass, detect, block, error, busy: turned away, every worker and the queue being taken)",
             requests.clone(),
         );
         registry.register(

@@ -14,6 +14,7 @@ use vpsie_lb_testkit::{free_port, poll_until};
 pub mod acme;
 mod agent;
 mod load;
+pub mod waf;
 
 // Each test binary uses some of these; none uses all.
 #[allow(unused_imports)]

@@ -1,0 +1,170 @@
+//! The WAF service beside a lab: started on the lab's socket with the
+//! policies the lab renders, its log and metrics read back.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use vpsie_lb_testkit::poll_until;
+
+use super::Lab;
+
+/// The service binary, built beside the agent's (`cargo test --workspace`
+/// builds it; a narrower run builds it here).
+pub fn waf_bin() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let bin = Path::new(super::agent_bin()).with_file_name("vpsie-lb-waf");
+    BUILT.call_once(|| {
+        if !bin.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let ok = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "vpsie-lb-waf"])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "building vpsie-lb-waf failed");
+        }
+    });
+    bin
+}
+
+/// A running WAF service.
+pub struct Waf {
+    child: Child,
+    log: PathBuf,
+    socket: PathBuf,
+    policies: PathBuf,
+    /// Its flags beyond the paths.
+    extra: Vec<String>,
+}
+
+impl Waf {
+    pub fn start(socket: &Path, policies: &Path, log: &Path, extra: &[String]) -> Waf {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("waf log");
+        let child = Command::new(waf_bin())
+            .arg("--socket")
+            .arg(socket)
+            .arg("--config")
+            .arg(policies)
+            .arg("--metrics-socket")
+            .arg(socket.with_file_name("waf-metrics.sock"))
+            .args(extra)
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start vpsie-lb-waf");
+        let waf = Waf {
+            child,
+            log: log.to_owned(),
+            socket: socket.to_owned(),
+            policies: policies.to_owned(),
+            extra: extra.to_vec(),
+        };
+        // Until it listens, a fail-open load balancer would pass everything
+        // uninspected and prove nothing.
+        poll_until("the waf service listens", Duration::from_secs(30), || {
+            if waf.log().contains("serving ext_authz") {
+                Ok(())
+            } else {
+                Err(waf.log())
+            }
+        });
+        waf
+    }
+
+    /// Where its log goes.
+    pub fn log_path(&self) -> PathBuf {
+        self.log.clone()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The service's counters (`GET /metrics` on its metrics socket).
+    pub fn metrics(&self) -> String {
+        use std::io::Read;
+        let Ok(mut s) =
+            std::os::unix::net::UnixStream::connect(self.socket.with_file_name("waf-metrics.sock"))
+        else {
+            return String::new();
+        };
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: waf\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        *self = Waf::start(
+            &self.socket.clone(),
+            &self.policies.clone(),
+            &self.log.clone(),
+            &self.extra.clone(),
+        );
+    }
+}
+
+impl Drop for Waf {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A lab whose Envoy consults a WAF service started beside it.
+pub fn start(via: super::Via, doc: &Value) -> (Lab, Waf) {
+    serve(Lab::new(via), doc)
+}
+
+/// `lab` serving `doc`, its Envoy consulting a WAF service started beside it.
+pub fn serve(lab: Lab, doc: &Value) -> (Lab, Waf) {
+    serve_with(lab, doc, &[])
+}
+
+/// [`serve`], the service started with `extra` flags.
+pub fn serve_with(mut lab: Lab, doc: &Value, extra: &[&str]) -> (Lab, Waf) {
+    let socket = lab.dir.path().join("waf.sock");
+    std::fs::create_dir_all(lab.out_dir()).expect("out dir");
+    let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+    let waf = Waf::start(
+        &socket,
+        &lab.out_dir().join("waf.json"),
+        &lab.dir.path().join("waf.log"),
+        &extra,
+    );
+    let f = flags(&lab);
+    let f: Vec<&str> = f.iter().map(String::as_str).collect();
+    lab.render_with(doc, &f);
+    lab.start_envoy();
+    (lab, waf)
+}
+
+/// The render flags of every render in a lab: the same each time, or the
+/// listeners would change with them.
+pub fn flags(lab: &Lab) -> [String; 4] {
+    let socket = lab.dir.path().join("waf.sock");
+    [
+        "--waf-socket".into(),
+        socket.to_str().expect("utf-8").into(),
+        "--access-log-sample-percent".into(),
+        "100".into(),
+    ]
+}
+
+pub fn render(lab: &mut Lab, doc: &Value) {
+    let flags = flags(lab);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    lab.render_with(doc, &flags);
+}
