@@ -3,6 +3,8 @@ installed into .local/venv by scripts/setup.sh).
 
   h3client.py get  PORT PATH [--sni NAME]
       one GET over QUIC to 127.0.0.1:PORT; prints {"status", "headers", "body"}
+  h3client.py upload PORT PATH [--bytes N] [--sni NAME]
+      one POST of a multipart form with a file of N bytes; prints as get
   h3client.py load PORT PATH --seconds S --streams N [--sni NAME]
       N requests in flight on one connection for S seconds (a closed loop);
       prints {"requests", "failed", "rps", "p50_ms", "p99_ms"}
@@ -52,17 +54,23 @@ class Client(QuicConnectionProtocol):
                 done.set_result(parts)
 
     async def get(self, authority: str, path: str) -> dict:
+        return await self.request(authority, path, b"GET", [], b"")
+
+    async def request(self, authority, path, method, headers, body) -> dict:
         stream = self._quic.get_next_available_stream_id()
         self.h3.send_headers(
             stream,
             [
-                (b":method", b"GET"),
+                (b":method", method),
                 (b":scheme", b"https"),
                 (b":authority", authority.encode()),
                 (b":path", path.encode()),
-            ],
-            end_stream=True,
+            ]
+            + headers,
+            end_stream=not body,
         )
+        if body:
+            self.h3.send_data(stream, body, end_stream=True)
         done = asyncio.get_running_loop().create_future()
         self.waiting[stream] = (done, {"headers": [], "body": b""})
         self.transmit()
@@ -91,6 +99,28 @@ async def one(port: int, path: str, sni: str) -> dict:
         "127.0.0.1", port, configuration=configuration(sni), create_protocol=Client
     ) as client:
         return await client.get(sni, path)
+
+
+async def upload(port: int, path: str, sni: str, size: int) -> dict:
+    # A multipart form with one file of `size` bytes, as a browser sends it.
+    boundary = b"vpsie-lb-upload"
+    body = (
+        b"--" + boundary + b"\r\n"
+        b'Content-Disposition: form-data; name="file"; filename="photo.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n"
+        + bytes(i % 251 for i in range(size))
+        + b"\r\n--" + boundary + b"--\r\n"
+    )
+    headers = [
+        (b"content-type", b"multipart/form-data; boundary=" + boundary),
+        (b"content-length", str(len(body)).encode()),
+        (b"user-agent", b"Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"),
+        (b"accept", b"text/html"),
+    ]
+    async with connect(
+        "127.0.0.1", port, configuration=configuration(sni), create_protocol=Client
+    ) as client:
+        return await client.request(sni, path, b"POST", headers, body)
 
 
 async def load(port: int, path: str, sni: str, seconds: float, streams: int) -> dict:
@@ -148,17 +178,20 @@ async def hold(port: int, path: str, sni: str, connections: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["get", "load", "hold"])
+    parser.add_argument("mode", choices=["get", "upload", "load", "hold"])
     parser.add_argument("port", type=int)
     parser.add_argument("path")
     parser.add_argument("--sni", default="localhost")
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--streams", type=int, default=10)
     parser.add_argument("--connections", type=int, default=1)
+    parser.add_argument("--bytes", type=int, default=1024 * 1024)
     args = parser.parse_args()
     try:
         if args.mode == "get":
             out = asyncio.run(one(args.port, args.path, args.sni))
+        elif args.mode == "upload":
+            out = asyncio.run(upload(args.port, args.path, args.sni, args.bytes))
         elif args.mode == "hold":
             out = asyncio.run(hold(args.port, args.path, args.sni, args.connections))
         else:

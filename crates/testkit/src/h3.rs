@@ -64,6 +64,20 @@ pub fn get(port: u16, path: &str, sni: &str) -> Result<Response, String> {
     ])
 }
 
+/// One POST of a multipart form carrying a file of `bytes` bytes to
+/// `path` over QUIC, as a browser uploads a photo.
+pub fn upload(port: u16, path: &str, sni: &str, bytes: usize) -> Result<Response, String> {
+    run(&[
+        "upload".into(),
+        port.to_string(),
+        path.into(),
+        "--sni".into(),
+        sni.into(),
+        "--bytes".into(),
+        bytes.to_string(),
+    ])
+}
+
 /// `streams` requests in flight on one QUIC connection for `seconds`.
 pub fn load(port: u16, path: &str, sni: &str, seconds: u64, streams: u32) -> Result<Load, String> {
     run(&[
