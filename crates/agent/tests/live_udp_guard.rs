@@ -35,9 +35,14 @@ struct UdpLab {
 
 impl UdpLab {
     /// `doc`'s load balancer on `port` in front of a backend, served by an
-    /// agent in namespace `{prefix}-lb`, delivering `via`.
-    fn start(prefix: &str, via: Via, doc: impl Fn(u16, u16) -> Value) -> UdpLab {
-        let mut lan = Lan::new(prefix).expect("lan");
+    /// agent in namespace `{stem}{f|x}-lb`, delivering `via` (each
+    /// delivery's test runs at once, so each needs namespaces of its own).
+    fn start(stem: &str, via: Via, doc: impl Fn(u16, u16) -> Value) -> UdpLab {
+        let prefix = match via {
+            Via::Files => format!("{stem}f"),
+            Via::Xds => format!("{stem}x"),
+        };
+        let mut lan = Lan::new(&prefix).expect("lan");
         lan.add("lb", LB).expect("lb namespace");
         lan.add("cli", GREEDY).expect("client namespace");
         lan.ns("cli")
@@ -181,11 +186,7 @@ fn wait_served(lab: &UdpLab) {
 /// client is still served, the refusals are counted under the load
 /// balancer, and once its sessions idle out the client may open new ones.
 fn udp_one_client_cannot_take_every_session(via: Via) {
-    let prefix = match via {
-        Via::Files => "ugf",
-        Via::Xds => "ugx",
-    };
-    let mut lab = UdpLab::start(prefix, via, |port, backend| {
+    let mut lab = UdpLab::start("ug", via, |port, backend| {
         udp_lb(port, backend, json!({"max_sessions": 10}), 3)
     });
     wait_served(&lab);
@@ -230,11 +231,7 @@ fn udp_one_client_cannot_take_every_session(via: Via) {
 /// A client may start only `new_sessions_per_second` (after its burst),
 /// however far below its count it is.
 fn a_udp_client_starts_sessions_no_faster_than_its_rate(via: Via) {
-    let prefix = match via {
-        Via::Files => "urf",
-        Via::Xds => "urx",
-    };
-    let lab = UdpLab::start(prefix, via, |port, backend| {
+    let lab = UdpLab::start("ur", via, |port, backend| {
         udp_lb(
             port,
             backend,

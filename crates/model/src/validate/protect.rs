@@ -54,19 +54,12 @@ pub(super) fn per_client(
             Need::Optional,
         )
         .map_or(share, |n| n as u32);
-    let span = 1..=i64::from(limits::MAX_NEW_SESSIONS_PER_SECOND);
-    let rate = c.int_in(cx, "new_sessions_per_second", span.clone(), Need::Optional);
-    let burst = c.int_in(cx, "burst", span, Need::Optional);
-    if rate.is_none() && burst.is_some() {
-        cx.error(
-            &c.path.key("burst"),
-            "needs new_sessions_per_second, the rate that refills it",
-        );
-    }
-    let new_sessions = rate.map(|r| RequestRate {
-        per_second: r as u32,
-        burst: burst.unwrap_or(r) as u32,
-    });
+    let new_sessions = bucket(
+        &c,
+        "new_sessions_per_second",
+        limits::MAX_NEW_SESSIONS_PER_SECOND,
+        cx,
+    );
     (cx.errors.len() == before).then_some(Some(PerClient {
         max_sessions,
         new_sessions,
@@ -185,8 +178,19 @@ pub(super) fn route_rate_limit(obj: &Obj<'_>, cx: &mut Ctx) -> Option<Option<Req
 
 /// `requests_per_second` and `burst` (which defaults to the rate).
 fn request_rate(r: &Obj<'_>, cx: &mut Ctx) -> Option<RequestRate> {
-    let span = 1..=i64::from(limits::MAX_REQUESTS_PER_SECOND);
-    let per_second = r.int_in(cx, "requests_per_second", span.clone(), Need::Optional);
+    bucket(
+        r,
+        "requests_per_second",
+        limits::MAX_REQUESTS_PER_SECOND,
+        cx,
+    )
+}
+
+/// A token bucket: its rate under `rate_key` (1..=`max`) and `burst`,
+/// which defaults to the rate and means nothing without it.
+fn bucket(r: &Obj<'_>, rate_key: &str, max: u32, cx: &mut Ctx) -> Option<RequestRate> {
+    let span = 1..=i64::from(max);
+    let per_second = r.int_in(cx, rate_key, span.clone(), Need::Optional);
     let burst = r.int_in(cx, "burst", span, Need::Optional);
     match (per_second, burst) {
         (Some(rate), burst) => Some(RequestRate {
@@ -196,7 +200,7 @@ fn request_rate(r: &Obj<'_>, cx: &mut Ctx) -> Option<RequestRate> {
         (None, Some(_)) => {
             cx.error(
                 &r.path.key("burst"),
-                "needs requests_per_second, the rate that refills it",
+                format!("needs {rate_key}, the rate that refills it"),
             );
             None
         }
