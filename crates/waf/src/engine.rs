@@ -1,14 +1,13 @@
-//! ModSecurity with the OWASP Core Rule Set: one compiled rule set per
-//! distinct policy (mode, paranoia level, exclusions), shared by every load
-//! balancer that has it, and one transaction per request.
+//! ModSecurity with the OWASP Core Rule Set: the CRS compiled once, a
+//! small set of its own per distinct policy (mode, paranoia level,
+//! exclusions) merged in front of it, and one transaction per request.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use modsecurity::{ModSecurity, Rules};
-
 use crate::config::{Mode, Policy};
+use crate::msc::{Intervention, ModSecurity, RuleSet, StepFailed, Transaction};
 
 /// Where Debian's `modsecurity-crs` puts the rules.
 pub const DEFAULT_CRS_DIR: &str = "/usr/share/modsecurity-crs";
@@ -71,27 +70,53 @@ pub enum Verdict {
     },
 }
 
-/// The engine: one ModSecurity instance and the compiled rule sets.
+/// The engine: one ModSecurity instance, the Core Rule Set compiled once,
+/// and per policy a small set merged in front of it.
 pub struct Engine {
     ms: ModSecurity,
     crs_dir: PathBuf,
     crs_setup: PathBuf,
-    sets: Mutex<HashMap<Policy, Arc<Rules>>>,
+    /// The shared rules, compiled on first use.
+    crs: Mutex<Option<Arc<RuleSet>>>,
+    sets: Mutex<HashMap<Policy, Arc<RuleSet>>>,
 }
 
 impl Engine {
     /// An engine loading the rule set from `crs_dir` with `crs_setup`.
     pub fn new(crs_dir: &Path, crs_setup: &Path) -> Self {
         Self {
-            ms: ModSecurity::builder().with_log_callbacks().build(),
+            ms: ModSecurity::new(),
             crs_dir: crs_dir.to_owned(),
             crs_setup: crs_setup.to_owned(),
+            crs: Mutex::new(None),
             sets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The rule set text for `policy`.
-    pub fn rules_text(&self, policy: &Policy) -> String {
+    /// What every policy shares: the engine's settings, the CRS's setup,
+    /// our rules and the CRS. Nothing in it depends on a policy, so it is
+    /// compiled once (about 16 MB) however many load balancers there are.
+    fn shared_text(&self) -> String {
+        format!(
+            "SecRequestBodyAccess On\n\
+             SecRequestBodyLimit {MAX_BODY_BYTES}\n\
+             SecRequestBodyNoFilesLimit {MAX_BODY_BYTES}\n\
+             SecRequestBodyLimitAction ProcessPartial\n\
+             SecResponseBodyAccess Off\n\
+             SecAuditEngine Off\n\
+             Include {setup}\n\
+             {ours}\
+             Include {crs}/rules/*.conf\n",
+            setup = self.crs_setup.display(),
+            ours = OUR_RULES,
+            crs = self.crs_dir.display(),
+        )
+    }
+
+    /// What is `policy`'s own: the engine's mode, the paranoia level (set
+    /// before the CRS's first rule reads it) and the removed rules, which
+    /// ModSecurity checks as each rule is about to run, not as it loads.
+    fn policy_text(policy: &Policy) -> String {
         let engine = match policy.mode {
             Mode::Block => "On",
             Mode::Detect => "DetectionOnly",
@@ -99,20 +124,8 @@ impl Engine {
         };
         let mut text = format!(
             "SecRuleEngine {engine}\n\
-             SecRequestBodyAccess On\n\
-             SecRequestBodyLimit {MAX_BODY_BYTES}\n\
-             SecRequestBodyNoFilesLimit {MAX_BODY_BYTES}\n\
-             SecRequestBodyLimitAction ProcessPartial\n\
-             SecResponseBodyAccess Off\n\
-             SecAuditEngine Off\n\
-             Include {setup}\n\
-             SecAction \"id:900000,phase:1,nolog,pass,t:none,setvar:tx.paranoia_level={pl}\"\n\
-             {ours}\
-             Include {crs}/rules/*.conf\n",
-            setup = self.crs_setup.display(),
+             SecAction \"id:900000,phase:1,nolog,pass,t:none,setvar:tx.paranoia_level={pl}\"\n",
             pl = policy.paranoia_level,
-            ours = OUR_RULES,
-            crs = self.crs_dir.display(),
         );
         for id in &policy.exclusions {
             text.push_str(&format!("SecRuleRemoveById {id}\n"));
@@ -120,22 +133,43 @@ impl Engine {
         text
     }
 
-    /// The compiled rule set of `policy`, compiled on first use.
-    pub fn rules(&self, policy: &Policy) -> Result<Arc<Rules>, String> {
-        let mut sets = self.sets.lock().map_err(|_| "rule sets poisoned")?;
-        if let Some(r) = sets.get(policy) {
-            return Ok(r.clone());
-        }
-        let mut rules = Rules::new();
-        rules
-            .add_plain(&self.rules_text(policy))
-            .map_err(|e| format!("loading the core rule set: {e}"))?;
-        let rules = Arc::new(rules);
-        sets.insert(policy.clone(), rules.clone());
-        Ok(rules)
+    /// The whole rule set of `policy` as one file, as a connector that
+    /// cannot merge sets (nginx's) would load it.
+    pub fn rules_text(&self, policy: &Policy) -> String {
+        Self::policy_text(policy) + &self.shared_text()
     }
 
-    /// Forgets compiled rule sets no policy in `keep` uses.
+    /// The shared rules, compiled on first use.
+    fn crs(&self) -> Result<Arc<RuleSet>, String> {
+        let mut crs = self.crs.lock().map_err(|_| "rule set poisoned")?;
+        if let Some(r) = crs.as_ref() {
+            return Ok(r.clone());
+        }
+        let rules = RuleSet::parse(&self.shared_text())
+            .map_err(|e| format!("loading the core rule set: {e}"))?;
+        Ok(crs.insert(Arc::new(rules)).clone())
+    }
+
+    /// The rule set of `policy`, built on first use: its own part, then the
+    /// shared rules (referenced, not copied).
+    pub fn rules(&self, policy: &Policy) -> Result<Arc<RuleSet>, String> {
+        if let Some(r) = self
+            .sets
+            .lock()
+            .map_err(|_| "rule sets poisoned")?
+            .get(policy)
+        {
+            return Ok(r.clone());
+        }
+        let crs = self.crs()?;
+        let own = RuleSet::parse(&Self::policy_text(policy))
+            .map_err(|e| format!("loading the policy's rules: {e}"))?;
+        let rules = Arc::new(RuleSet::merge(&[&own, &crs])?);
+        let mut sets = self.sets.lock().map_err(|_| "rule sets poisoned")?;
+        Ok(sets.entry(policy.clone()).or_insert(rules).clone())
+    }
+
+    /// Forgets rule sets no policy in `keep` uses.
     pub fn retain(&self, keep: &[&Policy]) {
         if let Ok(mut sets) = self.sets.lock() {
             sets.retain(|p, _| keep.contains(&p));
@@ -148,62 +182,48 @@ impl Engine {
             return Ok(Verdict::Pass);
         }
         let rules = self.rules(policy)?;
-        let matched: Arc<Mutex<BTreeSet<u32>>> = Arc::default();
-        let sink = matched.clone();
-        let mut tx = self
-            .ms
-            .transaction_builder()
-            .with_rules(&rules)
-            .with_logging(move |msg| {
-                if let (Some(msg), Ok(mut ids)) = (msg, sink.lock()) {
-                    ids.extend(rule_ids(msg));
-                }
-            })
-            .build()
-            .map_err(|e| format!("transaction: {e}"))?;
-        let fail = |what: &str, e: modsecurity::ModSecurityError| format!("{what}: {e}");
-        let (client, port) = (&req.client.0, i32::from(req.client.1));
-        tx.process_connection(client, port, "127.0.0.1", 80)
-            .map_err(|e| fail("connection", e))?;
-        tx.process_uri(&req.uri, &req.method, &req.http_version)
-            .map_err(|e| fail("uri", e))?;
-        for (k, v) in &req.headers {
-            tx.add_request_header(k, v).map_err(|e| fail("header", e))?;
-        }
-        tx.process_request_headers()
-            .map_err(|e| fail("request headers", e))?;
-        let mut stop = tx.intervention().filter(|i| i.disruptive());
-        if stop.is_none() {
-            let body = &req.body[..req.body.len().min(MAX_BODY_BYTES)];
-            if !body.is_empty() {
-                tx.append_request_body(body).map_err(|e| fail("body", e))?;
-            }
-            tx.process_request_body()
-                .map_err(|e| fail("request body", e))?;
-            stop = tx.intervention().filter(|i| i.disruptive());
-        }
-        // The disruptive rule speaks in the intervention, not the callback.
-        let status = stop.map(|i| {
-            if let (Some(log), Ok(mut ids)) = (i.log(), matched.lock()) {
-                ids.extend(rule_ids(log));
-            }
-            i.status()
-        });
+        let mut tx = Transaction::new(&self.ms, &rules).map_err(|e| e.to_string())?;
+        let stop = run(&mut tx, req).map_err(|e| e.to_string())?;
         let _ = tx.process_logging();
-        drop(tx);
-        let rules: Vec<u32> = matched
-            .lock()
-            .map(|ids| ids.iter().copied().collect())
-            .unwrap_or_default();
-        Ok(match status {
-            Some(s) => Verdict::Blocked {
-                status: u16::try_from(s).ok().filter(|s| *s >= 400).unwrap_or(403),
+        // The disruptive rule speaks in the intervention, not the callback.
+        let mut rules: Vec<u32> = tx.matched().to_vec();
+        if let Some(log) = stop.as_ref().and_then(|i| i.log.as_deref()) {
+            rules.extend(rule_ids(log));
+        }
+        rules.sort_unstable();
+        rules.dedup();
+        Ok(match stop {
+            Some(i) => Verdict::Blocked {
+                status: u16::try_from(i.status)
+                    .ok()
+                    .filter(|s| *s >= 400)
+                    .unwrap_or(403),
                 rules,
             },
             None if rules.is_empty() => Verdict::Pass,
             None => Verdict::Detected(rules),
         })
     }
+}
+
+/// Feeds `req` through the request phases; the disruptive action, if a
+/// rule took one (the body is not read after the headers were refused).
+fn run(tx: &mut Transaction<'_>, req: &Request) -> Result<Option<Intervention>, StepFailed> {
+    tx.connection(&req.client.0, req.client.1, "127.0.0.1", 80)?;
+    tx.uri(&req.uri, &req.method, &req.http_version)?;
+    for (k, v) in &req.headers {
+        tx.header(k.as_bytes(), v.as_bytes())?;
+    }
+    tx.process_headers()?;
+    if let Some(stop) = tx.intervention() {
+        return Ok(Some(stop));
+    }
+    let body = &req.body[..req.body.len().min(MAX_BODY_BYTES)];
+    if !body.is_empty() {
+        tx.body(body)?;
+    }
+    tx.process_body()?;
+    Ok(tx.intervention())
 }
 
 /// The rule ids a ModSecurity log line names (`[id "942100"]`).

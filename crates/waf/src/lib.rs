@@ -8,6 +8,7 @@
 pub mod config;
 pub mod engine;
 pub mod metrics;
+pub mod msc;
 pub mod pool;
 pub mod service;
 

@@ -293,3 +293,43 @@ fn off_inspects_nothing() {
         Verdict::Pass
     );
 }
+
+#[test]
+fn a_match_on_bytes_that_are_not_utf_8_is_reported() {
+    // The matched data lands in the log line our callback reads; a panic
+    // there, inside a C callback, would abort the service.
+    for mode in [Mode::Block, Mode::Detect] {
+        let mut body = b"q=<script>alert(1)</script>".to_vec();
+        body.extend([0xff, 0xfe, 0xc3]);
+        for req in [
+            get("/search?q=%3Cscript%3Ealert(1)%3C/script%3E%FF%FE%C3", &[]),
+            post("/search", "application/x-www-form-urlencoded", body.clone()),
+            post("/search", "text/plain", body.clone()),
+        ] {
+            let verdict = ENGINE.inspect(&policy(mode, &[]), &req).expect("inspects");
+            assert_ne!(verdict, Verdict::Pass, "{mode:?}");
+        }
+    }
+}
+
+#[test]
+fn each_policy_keeps_its_paranoia_level_over_the_one_compiled_rule_set() {
+    // A double-encoded quote is caught from level 2 (rule 920230) only.
+    // Levels alternate so that one policy's level could leak into the next.
+    let req = get("/?a=%2527", &[]);
+    for pl in [2u8, 1, 4, 1, 2] {
+        let p = Policy {
+            mode: Mode::Detect,
+            paranoia_level: pl,
+            exclusions: Vec::new(),
+        };
+        let verdict = ENGINE.inspect(&p, &req).expect("inspects");
+        match verdict {
+            Verdict::Detected(rules) if pl >= 2 => {
+                assert!(rules.contains(&920230), "{pl}: {rules:?}")
+            }
+            Verdict::Pass if pl == 1 => {}
+            other => panic!("level {pl}: {other:?}"),
+        }
+    }
+}
