@@ -32,6 +32,7 @@ fn policy() -> Policy {
         mode: Mode::Detect,
         paranoia_level: 4,
         exclusions: Vec::new(),
+        oversize_body: Default::default(),
     }
 }
 

@@ -553,7 +553,62 @@ fn regression_http_2_and_3_uploads_failed_on_a_waf_load_balancer(via: Via) {
     assert_eq!(over_h3.status, 200, "{over_h3:?}: {}", waf.log());
 }
 
+/// A form POST of `body`: the status. Envoy may answer 413 before it has
+/// read the whole body, so a failed write is not a failure.
+fn post_form(port: u16, body: &[u8]) -> u16 {
+    let mut s = connect(None, port).expect("connect");
+    let head = format!(
+        "POST /comment HTTP/1.1\r\nHost: shop.example.com\r\nConnection: close\r\n\
+         User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n\
+         Accept: text/html\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let _ = s
+        .write_all(head.as_bytes())
+        .and_then(|()| s.write_all(body));
+    read_response(&mut s).expect("answer").status
+}
+
+/// A form padded past what the WAF parses (128 KiB), or past what Envoy
+/// holds for it (2 MiB), passed in `block` with only its start inspected,
+/// so an attack after the padding was never seen. Now it is refused (413)
+/// unless the load balancer chose `oversize_body: inspect_start`.
+fn regression_a_body_padded_past_the_limit_passed_uninspected(via: Via) {
+    let (refuse, start_only) = (free_port(), free_port());
+    let bs = backends(&["a"]);
+    let mut one = with_waf(refuse, &bs, json!({"mode": "block"}));
+    one["id"] = json!("refuse");
+    let mut two = with_waf(
+        start_only,
+        &bs,
+        json!({"mode": "block", "oversize_body": "inspect_start"}),
+    );
+    two["id"] = json!("start");
+    let (_lab, waf) = start(via, &json!([one, two]));
+    for port in [refuse, start_only] {
+        poll_until("served", Duration::from_secs(30), || {
+            match send(port, "GET", "/", &[], b"").status {
+                200 => Ok(()),
+                s => Err(format!("status {s}")),
+            }
+        });
+    }
+    let form = |pad: usize| format!("pad={}&q=1'%20OR%20'1'='1", "a".repeat(pad)).into_bytes();
+    // (what, body, status with refuse, status with inspect_start)
+    let cases = [
+        ("an attack in a short form", form(1024), 403, 403),
+        ("past the parsed-body limit", form(200 * 1024), 413, 200),
+        ("past what envoy holds", form(2 * 1024 * 1024 + 1), 413, 200),
+    ];
+    for (what, body, want_refuse, want_start) in cases {
+        let got = (post_form(refuse, &body), post_form(start_only, &body));
+        assert_eq!(got, (want_refuse, want_start), "{what}: {}", waf.log());
+    }
+}
+
 over_deliveries!(
+    regression_a_body_padded_past_the_limit_passed_uninspected,
     regression_http_2_and_3_uploads_failed_on_a_waf_load_balancer,
     regression_a_flood_queued_inspections_without_bound,
     regression_http_1_0_http_3_and_chunked_bodies_were_refused_or_scored,

@@ -9,7 +9,9 @@ use crate::LocalAddress;
 use envoy_types::pb::envoy::config::bootstrap::v3::{
     Admin, Bootstrap, LayeredRuntime, RuntimeLayer, bootstrap, runtime_layer,
 };
-use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::cluster::v3::{
+    CircuitBreakers, Cluster, circuit_breakers, cluster,
+};
 use envoy_types::pb::envoy::config::core::v3::{
     ApiConfigSource, ApiVersion, BackoffStrategy, GrpcService, Http2ProtocolOptions, Node,
     RetryPolicy, api_config_source, grpc_service,
@@ -99,7 +101,7 @@ fn common(opts: &BootstrapOptions, admin: &LocalAddress) -> Bootstrap {
         // or an ACME certificate.
         static_resources: Some(bootstrap::StaticResources {
             clusters: vec![
-                grpc_cluster(crate::names::WAF_CLUSTER, &opts.waf_socket),
+                waf_cluster(&opts.waf_socket),
                 unix_cluster(crate::names::ACME_CLUSTER, &opts.acme_socket),
             ],
             ..Default::default()
@@ -198,6 +200,31 @@ fn grpc_cluster(name: &str, socket: &Path) -> Cluster {
         )]
         .into(),
         ..unix_cluster(name, socket)
+    }
+}
+
+/// Most inspections in flight to the WAF service at once. Each may carry
+/// a 2 MiB body, so this bounds what a flood of large bodies can make the
+/// service hold (256 MiB) under its 1 GiB unit; past it ext_authz fails at
+/// once and the load balancer's `fail_open` decides, as when the service
+/// is busy.
+pub const WAF_MAX_REQUESTS: u32 = 128;
+
+/// The WAF service's cluster: gRPC, with its requests bounded.
+fn waf_cluster(socket: &Path) -> Cluster {
+    let bound = Some(envoy_types::pb::google::protobuf::UInt32Value {
+        value: WAF_MAX_REQUESTS,
+    });
+    Cluster {
+        circuit_breakers: Some(CircuitBreakers {
+            thresholds: vec![circuit_breakers::Thresholds {
+                max_requests: bound,
+                max_pending_requests: bound,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..grpc_cluster(crate::names::WAF_CLUSTER, socket)
     }
 }
 

@@ -220,11 +220,12 @@ fn buffer_limit(lb: &LoadBalancer) -> u32 {
 /// An HTTP/2 stream's receive window. Envoy buffers no more of a stream's
 /// body than its window and a frame (measured: 413 at 81,920 bytes with a
 /// 64 KiB window), so a load balancer with the WAF, whose ext_authz holds
-/// up to `WAF_BODY_BYTES` before it asks, gets twice that: without it every
-/// HTTP/2 upload past 80 KiB was refused and past 128 KiB reset.
+/// up to `WAF_BODY_BYTES` before it asks, gets that and 256 KiB more:
+/// without it every HTTP/2 upload past 80 KiB was refused and past 128 KiB
+/// reset.
 fn stream_window(lb: &LoadBalancer) -> u32 {
     if lb.waf.is_some() {
-        2 * crate::waf::WAF_BODY_BYTES
+        crate::waf::WAF_BODY_BYTES + 256 * 1024
     } else {
         64 * 1024
     }

@@ -17,7 +17,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
 use envoy_types::pb::google::protobuf::Any;
 use serde_json::json;
-use vpsie_lb_model::{Config, LoadBalancer, WafMode};
+use vpsie_lb_model::{Config, LoadBalancer, OversizeBody, WafMode};
 
 use crate::names;
 use crate::pb::any;
@@ -29,9 +29,21 @@ pub(crate) const EXT_AUTHZ: &str = "envoy.filters.http.ext_authz";
 /// `fail_open` decides (see docs/load-balancer-format.md for the measure).
 pub const WAF_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// Most body bytes sent for inspection; a longer body is inspected up to
-/// here and then passes on whole.
-pub const WAF_BODY_BYTES: u32 = 128 * 1024;
+/// Most body bytes Envoy holds and sends for inspection. In `block` with
+/// `oversize_body: refuse` a longer body gets 413 from Envoy itself;
+/// otherwise its start is inspected and the whole passes on. (The service
+/// has tighter limits of its own on what it parses: see `vpsie-lb-waf`.)
+pub const WAF_BODY_BYTES: u32 = 2 * 1024 * 1024;
+
+/// How Envoy holds a body for the WAF: whole up to the limit, then either
+/// its start (`partial`) or a 413.
+fn buffering(partial: bool) -> BufferSettings {
+    BufferSettings {
+        max_request_bytes: WAF_BODY_BYTES,
+        allow_partial_message: partial,
+        pack_as_bytes: true,
+    }
+}
 
 /// The ext_authz filter of a load balancer with a WAF.
 pub(crate) fn http_filter(lb: &LoadBalancer) -> Option<HttpFilter> {
@@ -56,11 +68,9 @@ pub(crate) fn http_filter(lb: &LoadBalancer) -> Option<HttpFilter> {
         status_on_error: Some(HttpStatus {
             code: StatusCode::Forbidden as i32,
         }),
-        with_request_body: Some(BufferSettings {
-            max_request_bytes: WAF_BODY_BYTES,
-            allow_partial_message: true,
-            pack_as_bytes: true,
-        }),
+        // Routes of a load balancer that refuses oversize bodies override
+        // this (see `for_route_config`), so the listener never changes.
+        with_request_body: Some(buffering(true)),
         stat_prefix: "waf".into(),
         ..Default::default()
     };
@@ -82,6 +92,11 @@ pub(crate) fn for_route_config(lb: &LoadBalancer) -> HashMap<String, Any> {
             WafMode::Detect | WafMode::Block => {
                 ext_authz_per_route::Override::CheckSettings(CheckSettings {
                     context_extensions: [("lb".to_owned(), lb.id.clone())].into(),
+                    // Detect never refuses, so only block holds a body to
+                    // the limit and answers 413 past it.
+                    with_request_body: (waf.mode == WafMode::Block
+                        && waf.oversize_body == OversizeBody::Refuse)
+                        .then(|| buffering(false)),
                     ..Default::default()
                 })
             }
@@ -105,7 +120,15 @@ pub fn waf_policies(config: &Config) -> String {
             };
             Some((
                 lb.id.clone(),
-                json!({"mode": mode, "paranoia_level": w.paranoia_level, "exclusions": w.exclusions}),
+                json!({
+                    "mode": mode,
+                    "paranoia_level": w.paranoia_level,
+                    "exclusions": w.exclusions,
+                    "oversize_body": match w.oversize_body {
+                        OversizeBody::Refuse => "refuse",
+                        OversizeBody::InspectStart => "inspect_start",
+                    },
+                }),
             ))
         })
         .collect();

@@ -103,6 +103,19 @@ pub struct Waf {
     pub exclusions: Vec<u32>,
     /// Whether requests pass when the WAF service is down or slow.
     pub fail_open: bool,
+    /// What `block` does with a body past the inspection limits.
+    pub oversize_body: OversizeBody,
+}
+
+/// What the WAF does, in `block`, with a request body past its inspection
+/// limits (see docs/load-balancer-format.md for the limits).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OversizeBody {
+    /// Refuse it with 413: nothing can hide past the limit (the default).
+    #[default]
+    Refuse,
+    /// Inspect up to the limits and pass the rest uninspected.
+    InspectStart,
 }
 
 /// What the WAF does with a request.

@@ -183,14 +183,24 @@ fn the_waf_is_read_with_its_defaults() {
     assert_eq!(w.mode, vpsie_lb_model::WafMode::Block);
     assert_eq!((w.paranoia_level, w.fail_open), (1, true), "defaults");
     assert_eq!(w.exclusions, [920350, 942100], "sorted, unique");
+    assert_eq!(
+        w.oversize_body,
+        vpsie_lb_model::OversizeBody::Refuse,
+        "safe default"
+    );
     let v = ok(set(
         "waf",
-        json!({"mode": "detect", "paranoia_level": 4, "fail_open": false}),
+        json!({"mode": "detect", "paranoia_level": 4, "fail_open": false, "oversize_body": "inspect_start"}),
     ));
     let w = v.config.load_balancers[0].waf.clone().expect("waf");
     assert_eq!(
-        (w.mode, w.paranoia_level, w.fail_open),
-        (vpsie_lb_model::WafMode::Detect, 4, false)
+        (w.mode, w.paranoia_level, w.fail_open, w.oversize_body),
+        (
+            vpsie_lb_model::WafMode::Detect,
+            4,
+            false,
+            vpsie_lb_model::OversizeBody::InspectStart
+        )
     );
     assert!(
         ok(set("waf", json!({"mode": "off"}))).config.load_balancers[0]
@@ -224,6 +234,10 @@ fn bad_waf_settings_name_the_field() {
         (
             set("waf", json!({"mode": "block", "fail_open": "yes"})),
             &["waf.fail_open: must be true or false"],
+        ),
+        (
+            set("waf", json!({"mode": "block", "oversize_body": "pass"})),
+            &["waf.oversize_body: must be one of"],
         ),
         (
             tcp("waf", json!({"mode": "block"})),

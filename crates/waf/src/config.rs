@@ -28,6 +28,22 @@ pub struct Policy {
     /// Rule ids disabled for this load balancer, sorted and unique.
     #[serde(default)]
     pub exclusions: Vec<u32>,
+    /// What happens to a body past the inspection limits.
+    #[serde(default)]
+    pub oversize_body: Oversize,
+}
+
+/// What happens to a body past the inspection limits.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Oversize {
+    /// Refused with 413 in `block`, reported in `detect`.
+    #[default]
+    Refuse,
+    /// Inspected up to the limits; the rest passes uninspected.
+    InspectStart,
 }
 
 /// The whole file: policies by load-balancer id.
@@ -66,6 +82,7 @@ mod tests {
         .expect("valid");
         assert_eq!(c.load_balancers["shop"].mode, Mode::Block);
         assert_eq!(c.load_balancers["shop"].exclusions, [942100]);
+        assert_eq!(c.load_balancers["shop"].oversize_body, Oversize::Refuse);
         for bad in [
             r#"{"load_balancers": {"x": {"mode": "block", "paranoia_level": 5}}}"#,
             r#"{"load_balancers": {"x": {"mode": "loud", "paranoia_level": 1}}}"#,

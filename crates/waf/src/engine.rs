@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::config::{Mode, Policy};
+use crate::config::{Mode, Oversize, Policy};
 use crate::msc::{Intervention, ModSecurity, RuleSet, StepFailed, Transaction};
 
 /// Where Debian's `modsecurity-crs` puts the rules.
@@ -15,7 +15,14 @@ pub const DEFAULT_CRS_DIR: &str = "/usr/share/modsecurity-crs";
 pub const DEFAULT_CRS_SETUP: &str = "/etc/modsecurity/crs/crs-setup.conf";
 /// Most request body bytes inspected; Envoy sends no more (ext_authz's
 /// `max_request_bytes`), and a longer body is inspected up to here.
-pub const MAX_BODY_BYTES: usize = 128 * 1024;
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+/// Most bytes of a body that is not a multipart upload (a form, JSON, XML)
+/// parsed into arguments: each argument runs through hundreds of rules, so
+/// these cost far more per byte than a file's.
+pub const MAX_PARSED_BODY_BYTES: usize = 128 * 1024;
+/// Most arguments (query and body together) inspected; past this
+/// ModSecurity skips the rest.
+pub const MAX_ARGS: usize = 255;
 
 /// What the service adds to the Core Rule Set, in ModSecurity's local-use
 /// id range (1-99,999), before the CRS loads:
@@ -36,6 +43,17 @@ SecRule REQUEST_HEADERS:Content-Type \"@rx ^(?:application|text)/(?:[a-z0-9.+-]+
 SecRule REQBODY_PROCESSOR \"@rx ^(?:JSON|XML)$\" \"id:10004,phase:2,log,deny,status:400,t:none,msg:'the request body does not parse as its content type says',chain\"
 SecRule REQBODY_ERROR \"!@eq 0\" \"t:none\"
 ";
+
+/// A policy's `oversize_body: refuse`: a body past a limit, or more
+/// arguments than are inspected, is refused (413) before the CRS's body
+/// rules run, so nothing hides past what is inspected. The limit on the
+/// whole body Envoy enforces itself; these are the service's own.
+fn oversize_refused() -> String {
+    format!(
+        "SecRule INBOUND_DATA_ERROR \"@eq 1\" \"id:10005,phase:2,log,deny,status:413,t:none,msg:'the request body is past the inspection limit'\"\n\
+         SecRule &ARGS \"@gt {MAX_ARGS}\" \"id:10006,phase:2,log,deny,status:413,t:none,msg:'the request has more arguments than are inspected'\"\n"
+    )
+}
 
 /// One request as Envoy describes it.
 #[derive(Debug, Clone, Default)]
@@ -100,8 +118,9 @@ impl Engine {
         format!(
             "SecRequestBodyAccess On\n\
              SecRequestBodyLimit {MAX_BODY_BYTES}\n\
-             SecRequestBodyNoFilesLimit {MAX_BODY_BYTES}\n\
+             SecRequestBodyNoFilesLimit {MAX_PARSED_BODY_BYTES}\n\
              SecRequestBodyLimitAction ProcessPartial\n\
+             SecArgumentsLimit {args}\n\
              SecResponseBodyAccess Off\n\
              SecAuditEngine Off\n\
              Include {setup}\n\
@@ -110,6 +129,8 @@ impl Engine {
             setup = self.crs_setup.display(),
             ours = OUR_RULES,
             crs = self.crs_dir.display(),
+            // One more than we inspect, so that "too many" can be seen.
+            args = MAX_ARGS + 1,
         )
     }
 
@@ -127,6 +148,9 @@ impl Engine {
              SecAction \"id:900000,phase:1,nolog,pass,t:none,setvar:tx.paranoia_level={pl}\"\n",
             pl = policy.paranoia_level,
         );
+        if policy.oversize_body == Oversize::Refuse {
+            text.push_str(&oversize_refused());
+        }
         for id in &policy.exclusions {
             text.push_str(&format!("SecRuleRemoveById {id}\n"));
         }

@@ -51,6 +51,7 @@ fn check(crs_dir: &std::path::Path, crs_setup: &std::path::Path) -> std::process
             mode: vpsie_lb_waf::config::Mode::Block,
             paranoia_level: level,
             exclusions: Vec::new(),
+            oversize_body: Default::default(),
         };
         if let Err(e) = engine.rules(&policy) {
             eprintln!("vpsie-lb-waf: paranoia level {level}: {e}");

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::LazyLock;
 
-use vpsie_lb_waf::config::{Mode, Policy};
+use vpsie_lb_waf::config::{Mode, Oversize, Policy};
 use vpsie_lb_waf::engine::{DEFAULT_CRS_DIR, DEFAULT_CRS_SETUP, Engine, Request, Verdict};
 
 static ENGINE: LazyLock<Engine> =
@@ -16,6 +16,7 @@ fn policy(mode: Mode, exclusions: &[u32]) -> Policy {
         mode,
         paranoia_level: 1,
         exclusions: exclusions.to_vec(),
+        oversize_body: Oversize::Refuse,
     }
 }
 
@@ -274,11 +275,72 @@ fn regression_a_json_body_padded_past_the_limit_passed_uninspected() {
     body.extend(std::iter::repeat_n(b'a', 200 * 1024));
     body.extend_from_slice(br#"", "user": "admin' OR '1'='1' --"}"#);
     let req = post("/api/login", "application/json", body);
+    // Refused as too long by default; as unparsable when only its start is
+    // inspected (it is cut there).
+    for (oversize, want) in [(Oversize::Refuse, 413), (Oversize::InspectStart, 400)] {
+        let p = Policy {
+            oversize_body: oversize,
+            ..policy(Mode::Block, &[])
+        };
+        match ENGINE.inspect(&p, &req).expect("inspect") {
+            Verdict::Blocked { status, .. } => assert_eq!(status, want, "{oversize:?}"),
+            other => panic!("{oversize:?}: {other:?}"),
+        }
+    }
+}
+
+/// A form of `fields` ordinary fields of `size` bytes each, then `tail`.
+fn padded_form(fields: usize, size: usize, tail: &str) -> Request {
+    let mut body: String = (0..fields)
+        .map(|i| format!("f{i}={}&", "a".repeat(size)))
+        .collect();
+    body.push_str(tail);
+    post(
+        "/comment",
+        "application/x-www-form-urlencoded",
+        body.into_bytes(),
+    )
+}
+
+/// What `block` says of `req` under each `oversize_body`: the status, or
+/// 200 for a pass.
+fn oversize_check(req: &Request, want_refuse: u16, want_inspect_start: u16) {
+    for (oversize, want) in [
+        (Oversize::Refuse, want_refuse),
+        (Oversize::InspectStart, want_inspect_start),
+    ] {
+        let p = Policy {
+            oversize_body: oversize,
+            ..policy(Mode::Block, &[])
+        };
+        let got = match ENGINE.inspect(&p, req).expect("inspect") {
+            Verdict::Blocked { status, .. } => status,
+            Verdict::Pass | Verdict::Detected(_) => 200,
+        };
+        assert_eq!(got, want, "{oversize:?}");
+    }
+}
+
+#[test]
+fn regression_a_form_padded_past_the_limit_hid_its_attack() {
+    let attack = "q=1'%20OR%20'1'='1";
+    // Past the parsed-body limit: refused, or the attack is never seen.
+    oversize_check(&padded_form(3, 50 * 1024, attack), 413, 200);
+    // Past the argument limit: the same.
+    oversize_check(&padded_form(300, 4, attack), 413, 200);
+    // Within both, the attack is found whatever the policy.
+    oversize_check(&padded_form(200, 4, attack), 403, 403);
+    oversize_check(&padded_form(200, 4, "q=ok"), 200, 200);
+}
+
+#[test]
+fn detect_reports_what_refuse_would_have_refused() {
+    let p = policy(Mode::Detect, &[]);
     match ENGINE
-        .inspect(&policy(Mode::Block, &[]), &req)
+        .inspect(&p, &padded_form(300, 4, "q=ok"))
         .expect("inspect")
     {
-        Verdict::Blocked { status, .. } => assert_eq!(status, 400),
+        Verdict::Detected(rules) => assert!(rules.contains(&10006), "{rules:?}"),
         other => panic!("{other:?}"),
     }
 }
@@ -322,6 +384,7 @@ fn each_policy_keeps_its_paranoia_level_over_the_one_compiled_rule_set() {
             mode: Mode::Detect,
             paranoia_level: pl,
             exclusions: Vec::new(),
+            oversize_body: Oversize::Refuse,
         };
         let verdict = ENGINE.inspect(&p, &req).expect("inspects");
         match verdict {

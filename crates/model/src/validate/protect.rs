@@ -3,14 +3,22 @@
 
 use serde_json::Value;
 
-use crate::model::{Access, PerClient, Protocol, RateLimit, RequestRate, Waf, WafMode, limits};
+use crate::model::{
+    Access, OversizeBody, PerClient, Protocol, RateLimit, RequestRate, Waf, WafMode, limits,
+};
 use crate::network::IpNet;
 
 use super::obj::{Ctx, Need, Obj, type_name};
 
 const RATE_KEYS: &[&str] = &["requests_per_second", "burst", "connections_per_second"];
 const ACCESS_KEYS: &[&str] = &["allow", "deny"];
-const WAF_KEYS: &[&str] = &["mode", "paranoia_level", "exclusions", "fail_open"];
+const WAF_KEYS: &[&str] = &[
+    "mode",
+    "paranoia_level",
+    "exclusions",
+    "fail_open",
+    "oversize_body",
+];
 const PER_CLIENT_KEYS: &[&str] = &["max_sessions", "new_sessions_per_second", "burst"];
 
 /// `per_client`, udp only: `Some(None)` on other protocols, `None` when
@@ -93,6 +101,17 @@ pub(super) fn waf(obj: &Obj<'_>, protocol: Option<Protocol>, cx: &mut Ctx) -> Op
         .int_in(cx, "paranoia_level", 1..=4, Need::Optional)
         .unwrap_or(1) as u8;
     let fail_open = w.boolean(cx, "fail_open").unwrap_or(true);
+    let oversize_body = w
+        .enumeration(
+            cx,
+            "oversize_body",
+            &[
+                ("refuse", OversizeBody::Refuse),
+                ("inspect_start", OversizeBody::InspectStart),
+            ],
+            Need::Optional,
+        )
+        .unwrap_or_default();
     let mut exclusions = Vec::new();
     if let Some(items) = w.array(cx, "exclusions", Need::Optional) {
         let at = w.path.key("exclusions");
@@ -114,6 +133,7 @@ pub(super) fn waf(obj: &Obj<'_>, protocol: Option<Protocol>, cx: &mut Ctx) -> Op
             paranoia_level,
             exclusions,
             fail_open,
+            oversize_body,
         })
     })
 }
