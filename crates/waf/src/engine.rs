@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::{Mode, Oversize, Policy};
@@ -97,6 +98,8 @@ pub struct Engine {
     /// The shared rules, compiled on first use.
     crs: Mutex<Option<Arc<RuleSet>>>,
     sets: Mutex<HashMap<Policy, Arc<RuleSet>>>,
+    /// The next transaction's id.
+    next_id: AtomicU64,
 }
 
 impl Engine {
@@ -108,6 +111,7 @@ impl Engine {
             crs_setup: crs_setup.to_owned(),
             crs: Mutex::new(None),
             sets: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
         }
     }
 
@@ -206,7 +210,8 @@ impl Engine {
             return Ok(Verdict::Pass);
         }
         let rules = self.rules(policy)?;
-        let mut tx = Transaction::new(&self.ms, &rules).map_err(|e| e.to_string())?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
+        let mut tx = Transaction::new(&self.ms, &rules, &id).map_err(|e| e.to_string())?;
         let stop = run(&mut tx, req).map_err(|e| e.to_string())?;
         let _ = tx.process_logging();
         // The disruptive rule speaks in the intervention, not the callback.
