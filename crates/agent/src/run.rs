@@ -379,9 +379,9 @@ impl Loop<'_> {
         )
         .with_acme(acme.clone())
         .with_ha(cfg.ha.clone())
-        .with_udp_guard(cfg.udp_guard.clone().map(|table| {
+        .with_udp_guard(cfg.udp_guard.clone().map(|guard| {
             crate::udp_guard::UdpGuard::new(
-                table,
+                guard,
                 crate::udp_guard::UdpGuardMetrics::register(&mut registry),
             )
         }));

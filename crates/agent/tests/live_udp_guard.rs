@@ -38,6 +38,12 @@ impl UdpLab {
     /// agent in namespace `{stem}{f|x}-lb`, delivering `via` (each
     /// delivery's test runs at once, so each needs namespaces of its own).
     fn start(stem: &str, via: Via, doc: impl Fn(u16, u16) -> Value) -> UdpLab {
+        Self::start_with(stem, via, "", doc)
+    }
+
+    /// [`UdpLab::start`], with `guard` added to the agent's `udp_guard`
+    /// settings (`key: value, ...`).
+    fn start_with(stem: &str, via: Via, guard: &str, doc: impl Fn(u16, u16) -> Value) -> UdpLab {
         let prefix = match via {
             Via::Files => format!("{stem}f"),
             Via::Xds => format!("{stem}x"),
@@ -56,7 +62,7 @@ impl UdpLab {
             &dir.path().join("desired.json"),
             &json!([doc(port, backend.port())]),
         );
-        let config = config(dir.path(), agent_port, via);
+        let config = config(dir.path(), agent_port, via, guard);
         let agent = RunningAgent::start_in(&ns, dir.path(), &config);
         UdpLab {
             agent,
@@ -105,9 +111,14 @@ impl UdpLab {
 
 /// The agent's config: Envoy listens on every address of its namespace,
 /// and the kernel's udp bounds are on (the default).
-fn config(dir: &Path, agent_port: u16, via: Via) -> std::path::PathBuf {
+fn config(dir: &Path, agent_port: u16, via: Via, guard: &str) -> std::path::PathBuf {
+    let guard = if guard.is_empty() {
+        String::new()
+    } else {
+        format!(", {guard}")
+    };
     let source = format!(
-        "source: file\nfile: {}/desired.json\nvpsie: {{poll_interval: 1s}}\nagent: {{listen_address: 127.0.0.1:{agent_port}}}\nudp_guard: {{table: vpsie_lb}}\n",
+        "source: file\nfile: {}/desired.json\nvpsie: {{poll_interval: 1s}}\nagent: {{listen_address: 127.0.0.1:{agent_port}}}\nudp_guard: {{table: vpsie_lb{guard}}}\n",
         dir.display()
     );
     let path = agent_config_via(dir, free_port(), &source, via);
@@ -250,7 +261,31 @@ fn a_udp_client_starts_sessions_no_faster_than_its_rate(via: Via) {
     assert_eq!(lab.sessions(OTHER, 5), 5, "another client's rate was spent");
 }
 
+/// A client the full set of tracked clients had no room for was let
+/// through uncounted, so past 65,536 sources (a /48 of IPv6 clients, or
+/// spoofed ones) nobody was bounded. Now it is refused until a tracked
+/// client's sessions end and the kernel drops that client from the set.
+/// Here the set holds one client.
+fn regression_a_full_client_set_let_new_clients_through_unbounded(via: Via) {
+    let lab = UdpLab::start_with("uf", via, "tracked_clients: 1", |port, backend| {
+        udp_lb(port, backend, json!({"max_sessions": 10}), 5)
+    });
+    wait_served(&lab);
+    // OTHER holds the one place (and renews it now, well within its 6 s).
+    assert_eq!(lab.sessions(OTHER, 1), 1, "the tracked client was refused");
+    assert_eq!(lab.sessions(GREEDY, 3), 0, "an untracked client was served");
+    poll_until(
+        "the other client served once the set has room",
+        Duration::from_secs(30),
+        || match lab.sessions(GREEDY, 1) {
+            1 => Ok(()),
+            _ => Err(lab.tables()),
+        },
+    );
+}
+
 common::over_deliveries!(
+    regression_a_full_client_set_let_new_clients_through_unbounded,
     udp_one_client_cannot_take_every_session,
     a_udp_client_starts_sessions_no_faster_than_its_rate,
 );

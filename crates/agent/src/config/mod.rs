@@ -150,9 +150,19 @@ pub struct Config {
     pub ha: Option<Ha>,
     /// Where ACME challenges are answered, and whom to trust for the directory.
     pub acme: AcmeConfig,
-    /// The nftables table that bounds each udp client (`udp_guard.table`);
-    /// `None` when `udp_guard.enabled` is false.
-    pub udp_guard: Option<String>,
+    /// The kernel's per-client bounds on udp load balancers; `None` when
+    /// `udp_guard.enabled` is false.
+    pub udp_guard: Option<UdpGuardConfig>,
+}
+
+/// `udp_guard`, when enabled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpGuardConfig {
+    /// The nftables table (`udp_guard.table`).
+    pub table: String,
+    /// Clients tracked per load balancer and address family
+    /// (`udp_guard.tracked_clients`); past it a new client is refused.
+    pub tracked_clients: u32,
 }
 
 /// The configuration file is unusable; nothing was started.
@@ -186,11 +196,24 @@ struct RawConfig {
 struct RawUdpGuard {
     enabled: Option<bool>,
     table: Option<String>,
+    tracked_clients: Option<u32>,
 }
 
-/// `udp_guard`: the table's name when enabled. The name goes into nft
-/// commands, so it is held to what nft accepts unquoted.
-fn udp_guard(raw: RawUdpGuard, problems: &mut Vec<String>) -> Option<String> {
+/// Most clients `udp_guard.tracked_clients` may ask to track: each costs
+/// the kernel a set element per family and load balancer.
+const MAX_TRACKED_CLIENTS: u32 = 1 << 20;
+
+/// `udp_guard`, when enabled. The table's name goes into nft commands, so
+/// it is held to what nft accepts unquoted.
+fn udp_guard(raw: RawUdpGuard, problems: &mut Vec<String>) -> Option<UdpGuardConfig> {
+    let tracked_clients = raw
+        .tracked_clients
+        .unwrap_or(crate::udp_guard::rules::TRACKED_CLIENTS);
+    if !(1..=MAX_TRACKED_CLIENTS).contains(&tracked_clients) {
+        problems.push(format!(
+            "udp_guard.tracked_clients: must be 1..={MAX_TRACKED_CLIENTS} (got {tracked_clients})"
+        ));
+    }
     let table = raw
         .table
         .unwrap_or_else(|| crate::udp_guard::DEFAULT_TABLE.to_owned());
@@ -205,7 +228,10 @@ fn udp_guard(raw: RawUdpGuard, problems: &mut Vec<String>) -> Option<String> {
             "udp_guard.table: {table:?} must be 1-32 of a-z, 0-9 and _, not starting with a digit"
         ));
     }
-    raw.enabled.unwrap_or(true).then_some(table)
+    raw.enabled.unwrap_or(true).then_some(UdpGuardConfig {
+        table,
+        tracked_clients,
+    })
 }
 
 #[derive(Deserialize, Default)]

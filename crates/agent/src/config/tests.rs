@@ -271,11 +271,22 @@ fn allowed_backend_networks_are_parsed_and_named_when_wrong() {
 fn the_udp_guard_is_on_by_default_and_its_table_name_is_checked() {
     let base = "source: file\nfile: /tmp/x.json\n";
     let guard = |extra: &str| load(&format!("{base}{extra}")).map(|c| c.udp_guard);
-    assert_eq!(guard(""), Ok(Some("vpsie_lb".to_owned())));
+    let table = |extra: &str| guard(extra).map(|g| g.map(|g| g.table));
+    assert_eq!(table(""), Ok(Some("vpsie_lb".to_owned())));
     assert_eq!(
-        guard("udp_guard: {table: lb_2}\n"),
+        table("udp_guard: {table: lb_2}\n"),
         Ok(Some("lb_2".to_owned()))
     );
+    let tracked = |extra: &str| guard(extra).map(|g| g.map(|g| g.tracked_clients));
+    assert_eq!(tracked(""), Ok(Some(65_536)));
+    assert_eq!(tracked("udp_guard: {tracked_clients: 2}\n"), Ok(Some(2)));
+    for bad in ["0", "1048577"] {
+        let errs = tracked(&format!("udp_guard: {{tracked_clients: {bad}}}\n")).expect_err(bad);
+        assert!(
+            errs[0].starts_with("udp_guard.tracked_clients: must be 1..=1048576"),
+            "{errs:?}"
+        );
+    }
     assert_eq!(guard("udp_guard: {enabled: false}\n"), Ok(None));
     // The name goes into nft commands: nothing that could end one.
     for bad in ["'x; flush ruleset'", "2lb", "LB", "''", &"a".repeat(33)] {

@@ -102,17 +102,18 @@ impl<D: Delivery> Reconciler<D> {
 
     /// Bounds the udp clients of `candidate` before Envoy is handed it, so
     /// a new listener never serves a moment unbounded; what Envoy serves
-    /// keeps its bounds meanwhile, and `settle` drops what it refused.
+    /// keeps its bounds, or stricter ones, meanwhile (a pass may end before
+    /// `settle`), and `settle` drops what Envoy refused.
     pub(super) fn bound_ahead(&mut self, candidate: &Config, reporter: &mut dyn Reporter) {
         let Some(g) = &mut self.udp_guard else {
             return;
         };
-        let mut bounds = self
+        let served = self
             .served
             .as_ref()
             .map(udp_guard::rules::bounds)
             .unwrap_or_default();
-        bounds.extend(udp_guard::rules::bounds(candidate));
+        let bounds = udp_guard::rules::ahead(&served, &udp_guard::rules::bounds(candidate));
         if let Err(e) = g.sync(bounds) {
             reporter.error("udp_guard", &e);
         }

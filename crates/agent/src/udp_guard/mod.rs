@@ -10,8 +10,9 @@
 //!
 //! What it cannot do: a spoofed source is a new client each time, so a
 //! spoofing flood still fills the listener's `max_connections` (and past
-//! [`rules::TRACKED_CLIENTS`] sources, goes uncounted). Envoy's own limit
-//! stays the bound on the whole listener.
+//! the tracked clients, [`rules::TRACKED_CLIENTS`] by default, holds new
+//! clients off until tracked ones' sessions end). Envoy's own limit stays
+//! the bound on the whole listener.
 
 pub mod rules;
 
@@ -64,6 +65,8 @@ impl UdpGuardMetrics {
 /// The agent's nftables table and what it was last made to hold.
 pub struct UdpGuard {
     table: String,
+    /// Each set's size: clients tracked per listener and family.
+    tracked: u32,
     /// What the table holds; `None` until the agent has written it once
     /// (a table left by an earlier run is then replaced whole).
     applied: Option<BTreeMap<u16, Bound>>,
@@ -76,10 +79,11 @@ pub struct UdpGuard {
 }
 
 impl UdpGuard {
-    /// A guard over table `inet TABLE`.
-    pub fn new(table: String, metrics: UdpGuardMetrics) -> Self {
+    /// A guard over the table `config` names.
+    pub fn new(config: crate::config::UdpGuardConfig, metrics: UdpGuardMetrics) -> Self {
         UdpGuard {
-            table,
+            table: config.table,
+            tracked: config.tracked_clients,
             applied: None,
             seen: BTreeMap::new(),
             failing: None,
@@ -111,14 +115,17 @@ impl UdpGuard {
         if self.applied.as_ref() == Some(want) {
             return Ok(());
         }
-        let script = rules::script(&self.table, self.applied.as_ref(), want);
+        let script = rules::script(&self.table, self.tracked, self.applied.as_ref(), want);
         if want.is_empty() && self.applied.is_none() {
             // Nothing to bound, and nothing of ours known to be there: clear
             // what an earlier run may have left, but a VM without nft (or
             // without the table) must not fail every pass over nothing.
             let _ = nft(&["-f", "-"], Some(&script));
-        } else {
-            nft(&["-f", "-"], Some(&script))?;
+        } else if let Err(e) = nft(&["-f", "-"], Some(&script)) {
+            // The kernel holds something we no longer know: the next try
+            // replaces the table whole instead of diffing against a guess.
+            self.applied = None;
+            return Err(e);
         }
         self.applied = Some(want.clone());
         Ok(())
@@ -133,6 +140,11 @@ impl UdpGuard {
             &["-j", "list", "counters", "table", "inet", &self.table],
             None,
         ) else {
+            // The table is gone (`systemctl restart nftables` flushes every
+            // rule set) or unreadable: rebuild it whole on the next sync
+            // rather than trust that it still holds what was applied.
+            self.applied = None;
+            self.metrics.in_force.set(0);
             return;
         };
         for (name, packets) in counters(&listing) {

@@ -13,10 +13,17 @@ use std::fmt::Write as _;
 
 use vpsie_lb_model::{Config, Protocol};
 
-/// Most clients tracked per load balancer and address family. A client
-/// past this many (spoofed sources, mostly) is not counted, and so not
-/// bounded; the listener's `max_connections` still is.
+/// Most clients tracked per load balancer and address family, unless the
+/// agent's config says otherwise. A new client past this many (spoofed
+/// sources, mostly) is refused until tracked clients' sessions end: an
+/// untracked client would be an unbounded one.
 pub const TRACKED_CLIENTS: u32 = 65_536;
+
+/// Longest a session nobody answered is remembered, seconds. A spoofed
+/// source never sees an answer, so without this cap each one would hold
+/// a conntrack entry for the whole idle timeout (up to a day), and a flood
+/// of them could fill the host's conntrack table, refusing new TCP too.
+pub const UNREPLIED_SECONDS: u32 = 30;
 
 /// The bounds on one udp listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +38,33 @@ pub struct Bound {
     /// session a second after Envoy does, never before, so a session Envoy
     /// still holds is always counted.
     pub idle: u32,
+}
+
+/// What to hold while Envoy is handed `candidate` and still serves
+/// `served`: per port, the stricter of the two, so a pass that ends before
+/// Envoy confirms never leaves a served listener looser than it is.
+pub fn ahead(
+    served: &BTreeMap<u16, Bound>,
+    candidate: &BTreeMap<u16, Bound>,
+) -> BTreeMap<u16, Bound> {
+    let mut out = served.clone();
+    for (&port, new) in candidate {
+        let merged = match served.get(&port) {
+            None => new.clone(),
+            Some(old) => Bound {
+                lb_id: new.lb_id.clone(),
+                max_sessions: old.max_sessions.min(new.max_sessions),
+                rate: match (old.rate, new.rate) {
+                    (Some((r1, b1)), Some((r2, b2))) => Some((r1.min(r2), b1.min(b2))),
+                    (one, other) => one.or(other),
+                },
+                // The kernel must not forget a session before Envoy does.
+                idle: old.idle.max(new.idle),
+            },
+        };
+        out.insert(port, merged);
+    }
+    out
 }
 
 /// The bounds of every udp load balancer in `config`, by port.
@@ -67,6 +101,7 @@ pub fn bounds(config: &Config) -> BTreeMap<u16, Bound> {
 /// were made with.
 pub fn script(
     table: &str,
+    tracked: u32,
     before: Option<&BTreeMap<u16, Bound>>,
     after: &BTreeMap<u16, Bound>,
 ) -> String {
@@ -95,7 +130,7 @@ pub fn script(
     );
     let _ = writeln!(s, "flush chain inet {table} input");
     for (&port, bound) in after {
-        objects(&mut s, table, port, bound, before.get(&port));
+        objects(&mut s, table, tracked, port, bound, before.get(&port));
     }
     for (&port, bound) in after {
         rules(&mut s, table, port, bound);
@@ -105,11 +140,18 @@ pub fn script(
 }
 
 /// The sets, counters and timeout policy listener `port` needs.
-fn objects(s: &mut String, table: &str, port: u16, bound: &Bound, before: Option<&Bound>) {
+fn objects(
+    s: &mut String,
+    table: &str,
+    tracked: u32,
+    port: u16,
+    bound: &Bound,
+    before: Option<&Bound>,
+) {
     for (family, kind) in [("4", "ipv4_addr"), ("6", "ipv6_addr")] {
         let _ = writeln!(
             s,
-            "add set inet {table} c{family}_{port} {{ type {kind} ; size {TRACKED_CLIENTS} ; flags dynamic ; }}"
+            "add set inet {table} c{family}_{port} {{ type {kind} ; size {tracked} ; flags dynamic ; }}"
         );
         if before.is_some_and(|b| b.max_sessions != bound.max_sessions) {
             let _ = writeln!(s, "flush set inet {table} c{family}_{port}");
@@ -117,7 +159,7 @@ fn objects(s: &mut String, table: &str, port: u16, bound: &Bound, before: Option
         if let Some(rate) = bound.rate {
             let _ = writeln!(
                 s,
-                "add set inet {table} r{family}_{port} {{ type {kind} ; size {TRACKED_CLIENTS} ; flags dynamic,timeout ; timeout {}s ; }}",
+                "add set inet {table} r{family}_{port} {{ type {kind} ; size {tracked} ; flags dynamic,timeout ; timeout {}s ; }}",
                 bucket_memory(rate)
             );
             if before.is_some_and(|b| b.rate.is_some() && b.rate != bound.rate) {
@@ -130,9 +172,10 @@ fn objects(s: &mut String, table: &str, port: u16, bound: &Bound, before: Option
         let _ = writeln!(s, "add counter inet {table} rate_{port}");
     }
     let idle = bound.idle + 1;
+    let unreplied = idle.min(UNREPLIED_SECONDS);
     let _ = writeln!(
         s,
-        "add ct timeout inet {table} idle_{idle} {{ protocol udp ; l3proto inet ; policy = {{ unreplied : {idle}, replied : {idle} }} ; }}"
+        "add ct timeout inet {table} idle_{idle} {{ protocol udp ; l3proto inet ; policy = {{ unreplied : {unreplied}, replied : {idle} }} ; }}"
     );
 }
 
@@ -144,7 +187,9 @@ fn bucket_memory((per_second, burst): (u32, u32)) -> u32 {
 
 /// Listener `port`'s rules: its sessions live as long as Envoy's, then a
 /// new one is refused past the client's rate, then past its count. IPv6
-/// clients count per /64.
+/// clients count per /64. A client a full set could not take is refused
+/// too: nft's `add` then fails, its rule does not match, and the packet
+/// would pass unbounded.
 fn rules(s: &mut String, table: &str, port: u16, bound: &Bound) {
     let new = format!("add rule inet {table} input udp dport {port} ct state new");
     let _ = writeln!(s, "{new} ct timeout set \"idle_{}\"", bound.idle + 1);
@@ -159,12 +204,24 @@ fn rules(s: &mut String, table: &str, port: u16, bound: &Bound) {
                 "{new} add @r{family}_{port} {{ {key} limit rate over {per_second}/second burst {burst} packets }} counter name \"rate_{port}\" drop"
             );
         }
+        for (family, key) in sources {
+            let _ = writeln!(
+                s,
+                "{new} {key} != @r{family}_{port} counter name \"rate_{port}\" drop"
+            );
+        }
     }
     for (family, key) in sources {
         let _ = writeln!(
             s,
             "{new} add @c{family}_{port} {{ {key} ct count over {} }} counter name \"sessions_{port}\" drop",
             bound.max_sessions
+        );
+    }
+    for (family, key) in sources {
+        let _ = writeln!(
+            s,
+            "{new} {key} != @c{family}_{port} counter name \"sessions_{port}\" drop"
         );
     }
 }
@@ -235,7 +292,7 @@ mod tests {
     #[test]
     fn a_first_script_replaces_whatever_table_was_there() {
         let after = BTreeMap::from([(53, bound(25, None, 60))]);
-        let s = script("vpsie_lb", None, &after);
+        let s = script("vpsie_lb", 65_536, None, &after);
         assert_eq!(
             lines(&s)[..3],
             [
@@ -249,10 +306,12 @@ mod tests {
             &[
                 "add set inet vpsie_lb c4_53 { type ipv4_addr ; size 65536 ; flags dynamic ; }",
                 "add set inet vpsie_lb c6_53 { type ipv6_addr",
-                "policy = { unreplied : 61, replied : 61 }",
+                "policy = { unreplied : 30, replied : 61 }",
                 "udp dport 53 ct state new ct timeout set \"idle_61\"",
                 "udp dport 53 ct state new add @c4_53 { ip saddr ct count over 25 } counter name \"sessions_53\" drop",
                 "add @c6_53 { ip6 saddr and ffff:ffff:ffff:ffff:: ct count over 25 }",
+                "udp dport 53 ct state new ip saddr != @c4_53 counter name \"sessions_53\" drop",
+                "udp dport 53 ct state new ip6 saddr and ffff:ffff:ffff:ffff:: != @c6_53 counter name",
             ],
             &["limit rate", "flush set"],
         );
@@ -262,12 +321,15 @@ mod tests {
     fn nothing_to_bound_removes_the_table() {
         let before = BTreeMap::from([(53, bound(25, None, 60))]);
         assert_eq!(
-            script("t", Some(&before), &BTreeMap::new()),
+            script("t", 65_536, Some(&before), &BTreeMap::new()),
             "delete table inet t\n"
         );
-        assert_eq!(script("t", Some(&BTreeMap::new()), &BTreeMap::new()), "");
         assert_eq!(
-            script("t", None, &BTreeMap::new()),
+            script("t", 65_536, Some(&BTreeMap::new()), &BTreeMap::new()),
+            ""
+        );
+        assert_eq!(
+            script("t", 65_536, None, &BTreeMap::new()),
             "add table inet t\ndelete table inet t\n"
         );
     }
@@ -278,7 +340,7 @@ mod tests {
         let mut after = before.clone();
         after.insert(123, bound(5, None, 30));
         check(
-            &script("t", Some(&before), &after),
+            &script("t", 65_536, Some(&before), &after),
             &["add set inet t c4_123", "idle_31", "over 5"],
             &["flush set", "delete"],
         );
@@ -293,7 +355,7 @@ mod tests {
         let mut after = before.clone();
         after.get_mut(&53).expect("53").max_sessions = 30;
         check(
-            &script("t", Some(&before), &after),
+            &script("t", 65_536, Some(&before), &after),
             &[
                 "flush set inet t c4_53",
                 "flush set inet t c6_53",
@@ -304,7 +366,7 @@ mod tests {
         let mut faster = before.clone();
         faster.get_mut(&53).expect("53").rate = Some((20, 20));
         check(
-            &script("t", Some(&before), &faster),
+            &script("t", 65_536, Some(&before), &faster),
             &[
                 "flush set inet t r4_53",
                 "limit rate over 20/second burst 20 packets",
@@ -321,7 +383,7 @@ mod tests {
         ]);
         let after = BTreeMap::from([(53, bound(25, None, 60))]);
         check(
-            &script("t", Some(&before), &after),
+            &script("t", 65_536, Some(&before), &after),
             &[
                 "delete set inet t c4_123",
                 "delete set inet t c6_123",
@@ -335,6 +397,59 @@ mod tests {
                 "delete ct timeout inet t idle_61",
             ],
         );
+    }
+
+    #[test]
+    fn regression_a_full_client_set_let_new_clients_through_unbounded() {
+        let after = BTreeMap::from([(53, bound(25, Some((10, 20)), 60))]);
+        let s = script("t", 2, None, &after);
+        check(
+            &s,
+            &[
+                "add set inet t c4_53 { type ipv4_addr ; size 2 ;",
+                "add set inet t r6_53 { type ipv6_addr ; size 2 ;",
+                "ip saddr != @r4_53 counter name \"rate_53\" drop",
+                "ip6 saddr and ffff:ffff:ffff:ffff:: != @r6_53 counter name \"rate_53\" drop",
+                "ip saddr != @c4_53 counter name \"sessions_53\" drop",
+            ],
+            &[],
+        );
+        // Each "not tracked" refusal comes after the rule that adds.
+        let at = |needle: &str| s.find(needle).expect(needle);
+        assert!(at("add @c4_53") < at("!= @c4_53"));
+        assert!(at("add @r4_53") < at("!= @r4_53"));
+    }
+
+    #[test]
+    fn regression_spoofed_sources_held_conntrack_entries_for_the_whole_idle_timeout() {
+        let after = BTreeMap::from([(53, bound(25, None, 86_400)), (123, bound(5, None, 10))]);
+        check(
+            &script("t", 65_536, None, &after),
+            &[
+                "idle_86401 { protocol udp ; l3proto inet ; policy = { unreplied : 30, replied : 86401 } ; }",
+                "idle_11 { protocol udp ; l3proto inet ; policy = { unreplied : 11, replied : 11 } ; }",
+            ],
+            &[],
+        );
+    }
+
+    #[test]
+    fn regression_bounds_set_ahead_could_loosen_a_served_listener() {
+        let served = BTreeMap::from([
+            (53, bound(10, Some((5, 10)), 60)),
+            (123, bound(5, None, 30)),
+        ]);
+        let candidate = BTreeMap::from([
+            (53, bound(100, Some((50, 5)), 30)),
+            (5353, bound(7, None, 20)),
+        ]);
+        let got = ahead(&served, &candidate);
+        // The stricter of each, the longer memory, and both sides' ports.
+        assert_eq!(got[&53], bound(10, Some((5, 5)), 60));
+        assert_eq!(got[&123], served[&123]);
+        assert_eq!(got[&5353], candidate[&5353]);
+        let unrated = BTreeMap::from([(53, bound(10, None, 60))]);
+        assert_eq!(ahead(&unrated, &candidate)[&53].rate, Some((50, 5)));
     }
 
     #[test]
