@@ -17,6 +17,7 @@ mod report;
 mod restart;
 mod routing;
 mod scale;
+mod waf_ref;
 mod wrk;
 
 use std::fmt::Write as _;

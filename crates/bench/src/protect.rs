@@ -49,6 +49,12 @@ pub fn run(ctx: &Ctx, findings: &mut Findings) -> Result<Vec<Table>> {
         tables.push(one(ctx, findings, &dir.join(name), &pool, doc, name, what)?);
     }
     tables.push(waf(ctx, findings, &dir.join("waf"), &pool)?);
+    tables.push(crate::waf_ref::run(
+        ctx,
+        findings,
+        &dir.join("waf-reference"),
+        &pool,
+    )?);
     Ok(tables)
 }
 

@@ -37,6 +37,7 @@ fn smoke_run_writes_every_scenario_and_records_no_failure() {
         "### Scale: time per phase of one pass",
         "### Footprint: the agent with 5 load balancers",
         "### Restarts: time a load balancer answers nothing",
+        "### Protection: the WAF against the reference connector",
     ] {
         assert!(md.contains(heading), "report lacks {heading:?}:\n{md}");
     }

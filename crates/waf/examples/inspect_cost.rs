@@ -1,11 +1,16 @@
 //! CPU per inspection in process, without Envoy or gRPC: the share of the
-//! WAF's cost that is ModSecurity and the Core Rule Set alone. Run with
+//! WAF's cost that is ModSecurity and the Core Rule Set alone, with the
+//! service's allocator. Run with
 //! `cargo run --release -p vpsie-lb-waf --example inspect_cost`.
 
 use std::path::Path;
 
 use vpsie_lb_waf::config::{Mode, Policy};
 use vpsie_lb_waf::engine::{DEFAULT_CRS_DIR, DEFAULT_CRS_SETUP, Engine, Request};
+
+/// The service's allocator (jemalloc, replacing malloc for the library too).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// This process's user and system CPU time, in seconds.
 fn cpu_seconds() -> Option<f64> {

@@ -65,6 +65,11 @@ fn check(crs_dir: &std::path::Path, crs_setup: &std::path::Path) -> std::process
     std::process::ExitCode::SUCCESS
 }
 
+/// jemalloc for every allocation in the process, libmodsecurity's too:
+/// its unprefixed `malloc` replaces glibc's (see Cargo.toml for the measure).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     if args.check {
