@@ -37,6 +37,8 @@ command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 [ -f /usr/include/modsecurity/modsecurity.h ] || need_apt+=(libmodsecurity-dev)
 [ -d /usr/share/modsecurity-crs/rules ] || need_apt+=(modsecurity-crs)
+# The service's allocator (jemalloc, built from source by tikv-jemalloc-sys).
+command -v make >/dev/null 2>&1 || need_apt+=(make)
 # The reference connector the CRS regression test compares the WAF with.
 [ -f /usr/lib/nginx/modules/ngx_http_modsecurity_module.so ] || need_apt+=(libnginx-mod-http-modsecurity)
 # HA pairs: keepalived (VRRP), and ip(8) for the network namespaces the
