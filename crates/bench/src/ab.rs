@@ -86,6 +86,9 @@ pub fn compare_with(
         connections: 64,
         duration: d,
         close: false,
+        // A name, as real clients send (a numeric Host matches WAF rule
+        // 920350, and the WAF rows would count a logged match per request).
+        host: Some("shop.example.com".into()),
     };
     if !ctx.smoke {
         for s in &sides {

@@ -189,6 +189,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings) -> Result<Vec<Table>> {
         connections: 64,
         duration: d,
         close: m == Mode::HttpsNewConn,
+        host: None,
     };
 
     if !ctx.smoke {

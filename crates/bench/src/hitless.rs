@@ -75,6 +75,7 @@ fn run_via(
         connections: 16,
         duration: d,
         close: false,
+        host: None,
     };
     let cx = |agent: &Agent| -> Result<[u64; 2]> {
         Ok([

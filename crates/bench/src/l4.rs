@@ -65,6 +65,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings) -> Result<Vec<Table>> {
         connections: 64,
         duration: d,
         close,
+        host: None,
     };
     let mut table = Table::new(
         "PROXY protocol v2 to backends, against none (tcp; per-run ratios, median (min–max))",

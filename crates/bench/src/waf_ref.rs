@@ -158,6 +158,9 @@ fn load_in_turn(ctx: &Ctx, findings: &mut Findings, targets: &[Target]) -> Resul
         connections: 64,
         duration: d,
         close: false,
+        // A name, as real clients send: `127.0.0.1:port` matches rule
+        // 920350 (a numeric Host), and every request would be a logged match.
+        host: Some("shop.example.com".into()),
     };
     if !ctx.smoke {
         for t in targets {

@@ -45,6 +45,8 @@ pub struct Load {
     pub duration: Duration,
     /// Send `Connection: close`, so every request is a new connection.
     pub close: bool,
+    /// The `Host` header, when not the URL's.
+    pub host: Option<String>,
 }
 
 impl Load {
@@ -60,6 +62,9 @@ impl Load {
         ]);
         if self.close {
             cmd.args(["-H", "Connection: close"]);
+        }
+        if let Some(host) = &self.host {
+            cmd.args(["-H", &format!("Host: {host}")]);
         }
         cmd.arg(&self.url);
         cmd

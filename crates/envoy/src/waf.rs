@@ -118,18 +118,18 @@ pub fn waf_policies(config: &Config) -> String {
                 WafMode::Detect => "detect",
                 WafMode::Block => "block",
             };
-            Some((
-                lb.id.clone(),
-                json!({
-                    "mode": mode,
-                    "paranoia_level": w.paranoia_level,
-                    "exclusions": w.exclusions,
-                    "oversize_body": match w.oversize_body {
-                        OversizeBody::Refuse => "refuse",
-                        OversizeBody::InspectStart => "inspect_start",
-                    },
-                }),
-            ))
+            let mut policy = json!({
+                "mode": mode,
+                "paranoia_level": w.paranoia_level,
+                "exclusions": w.exclusions,
+            });
+            // Written only when not the default, so a service older than
+            // the field (it refuses unknown keys) still reads the file
+            // during an upgrade that reaches the agent first.
+            if w.oversize_body == OversizeBody::InspectStart {
+                policy["oversize_body"] = json!("inspect_start");
+            }
+            Some((lb.id.clone(), policy))
         })
         .collect();
     let mut text = json!({ "load_balancers": lbs }).to_string();

@@ -86,6 +86,11 @@ pub const MAX_REQUESTS_PER_SECOND: u32 = 1_000_000;
 pub const MAX_CONNECTIONS_PER_SECOND: u32 = 1_000_000;
 /// Largest rule id a WAF exclusion may name.
 pub const MAX_WAF_RULE_ID: u32 = 9_999_999;
+/// Rule ids the WAF service adds itself (the paranoia level, HTTP/3, the
+/// body processors, unparsable and oversize bodies): an exclusion naming
+/// one would quietly undo the load balancer's own settings.
+pub const RESERVED_WAF_RULE_IDS: &[u32] =
+    &[10_001, 10_002, 10_003, 10_004, 10_005, 10_006, 900_000];
 /// Most networks in one allow or deny list.
 pub const MAX_ACCESS_NETWORKS: usize = 1_000;
 /// Most server names on one extra certificate.

@@ -236,6 +236,16 @@ fn bad_waf_settings_name_the_field() {
             &["waf.fail_open: must be true or false"],
         ),
         (
+            set(
+                "waf",
+                json!({"mode": "block", "exclusions": [942100, 10005, 900000]}),
+            ),
+            &[
+                "waf.exclusions[1]: rule 10005 is one vpsie-lb adds",
+                "waf.exclusions[2]: rule 900000 is one vpsie-lb adds",
+            ],
+        ),
+        (
             set("waf", json!({"mode": "block", "oversize_body": "pass"})),
             &["waf.oversize_body: must be one of"],
         ),

@@ -39,6 +39,7 @@ fn plain_get() -> Request {
             .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect(),
         body: Vec::new(),
+        partial: false,
     }
 }
 

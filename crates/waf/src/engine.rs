@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::{Mode, Oversize, Policy};
+use crate::limits;
 use crate::msc::{Intervention, ModSecurity, RuleSet, StepFailed, Transaction};
 
 /// Where Debian's `modsecurity-crs` puts the rules.
@@ -71,6 +72,8 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// The body, at most [`MAX_BODY_BYTES`].
     pub body: Vec<u8>,
+    /// Envoy sent only the start of the body (it was past its limit).
+    pub partial: bool,
 }
 
 /// What the rule set says of a request.
@@ -209,13 +212,33 @@ impl Engine {
         if policy.mode == Mode::Off {
             return Ok(Verdict::Pass);
         }
+        let content_type = req
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.as_str());
+        let kind = limits::kind(content_type);
+        // Past a limit, a refusing policy refuses before any rule runs (and
+        // a detecting one says so); otherwise the start within the limits
+        // is what is inspected.
+        let refused = limits::excess(&kind, &req.body)
+            .filter(|_| policy.oversize_body == Oversize::Refuse)
+            .map(limits::Excess::rule);
+        if let (Some(rule), Mode::Block) = (refused, policy.mode) {
+            return Ok(Verdict::Blocked {
+                status: 413,
+                rules: vec![rule],
+            });
+        }
+        let body = limits::fit(&kind, &req.body, req.partial);
         let rules = self.rules(policy)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
         let mut tx = Transaction::new(&self.ms, &rules, &id).map_err(|e| e.to_string())?;
-        let stop = run(&mut tx, req).map_err(|e| e.to_string())?;
+        let stop = run(&mut tx, req, &body).map_err(|e| e.to_string())?;
         let _ = tx.process_logging();
         // The disruptive rule speaks in the intervention, not the callback.
         let mut rules: Vec<u32> = tx.matched().to_vec();
+        rules.extend(refused);
         if let Some(log) = stop.as_ref().and_then(|i| i.log.as_deref()) {
             rules.extend(rule_ids(log));
         }
@@ -237,7 +260,11 @@ impl Engine {
 
 /// Feeds `req` through the request phases; the disruptive action, if a
 /// rule took one (the body is not read after the headers were refused).
-fn run(tx: &mut Transaction<'_>, req: &Request) -> Result<Option<Intervention>, StepFailed> {
+fn run(
+    tx: &mut Transaction<'_>,
+    req: &Request,
+    body: &[u8],
+) -> Result<Option<Intervention>, StepFailed> {
     tx.connection(&req.client.0, req.client.1, "127.0.0.1", 80)?;
     tx.uri(&req.uri, &req.method, &req.http_version)?;
     for (k, v) in &req.headers {
@@ -247,7 +274,7 @@ fn run(tx: &mut Transaction<'_>, req: &Request) -> Result<Option<Intervention>, 
     if let Some(stop) = tx.intervention() {
         return Ok(Some(stop));
     }
-    let body = &req.body[..req.body.len().min(MAX_BODY_BYTES)];
+    let body = &body[..body.len().min(MAX_BODY_BYTES)];
     if !body.is_empty() {
         tx.body(body)?;
     }

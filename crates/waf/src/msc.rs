@@ -90,6 +90,13 @@ unsafe extern "C" fn on_log(data: *mut c_void, msg: *const c_void) {
     matched.extend(crate::engine::rule_ids(&line));
 }
 
+/// Held while the library parses or merges rules: its SecLang scanner
+/// keeps state in globals, so two parses at once may corrupt each other
+/// (once seen as "syntax error, unexpected end of file" on valid policies
+/// compiled by parallel tests; not reproduced since). Process-wide
+/// because the globals are.
+static PARSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A compiled rule set, shared by the transactions that use it.
 pub struct RuleSet(*mut sys::RulesSet);
 
@@ -104,6 +111,9 @@ impl RuleSet {
     pub fn parse(text: &str) -> Result<Self, String> {
         let set = Self::empty();
         let text = c(text);
+        let _parsing = PARSER
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut err: *const c_char = ptr::null();
         // SAFETY: live set and string; the error, if any, is ours to free.
         let n = unsafe { sys::msc_rules_add(set.0, text.as_ptr(), &mut err) };
@@ -121,6 +131,9 @@ impl RuleSet {
     /// decides the engine's mode over the shared rules.
     pub fn merge(parts: &[&RuleSet]) -> Result<Self, String> {
         let set = Self::empty();
+        let _parsing = PARSER
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for part in parts {
             let mut err: *const c_char = ptr::null();
             // SAFETY: both sets are live; `part` is only read.

@@ -184,6 +184,7 @@ fn describe(
         http_version,
         headers,
         body,
+        partial,
     }
 }
 

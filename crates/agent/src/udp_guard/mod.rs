@@ -121,11 +121,10 @@ impl UdpGuard {
             // what an earlier run may have left, but a VM without nft (or
             // without the table) must not fail every pass over nothing.
             let _ = nft(&["-f", "-"], Some(&script));
-        } else if let Err(e) = nft(&["-f", "-"], Some(&script)) {
-            // The kernel holds something we no longer know: the next try
-            // replaces the table whole instead of diffing against a guess.
-            self.applied = None;
-            return Err(e);
+        } else {
+            // One transaction: a failed script leaves the kernel holding
+            // `applied`, which the next try diffs against.
+            nft(&["-f", "-"], Some(&script))?;
         }
         self.applied = Some(want.clone());
         Ok(())
@@ -140,11 +139,13 @@ impl UdpGuard {
             &["-j", "list", "counters", "table", "inet", &self.table],
             None,
         ) else {
-            // The table is gone (`systemctl restart nftables` flushes every
-            // rule set) or unreadable: rebuild it whole on the next sync
-            // rather than trust that it still holds what was applied.
-            self.applied = None;
-            self.metrics.in_force.set(0);
+            // Gone (`systemctl restart nftables` flushes every rule set)?
+            // Then the next sync rebuilds it whole; a listing that merely
+            // failed changes nothing, since a rebuild resets every count.
+            if nft(&["list", "table", "inet", &self.table], None).is_err() {
+                self.applied = None;
+                self.metrics.in_force.set(0);
+            }
             return;
         };
         for (name, packets) in counters(&listing) {

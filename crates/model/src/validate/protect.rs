@@ -122,7 +122,15 @@ pub(super) fn waf(obj: &Obj<'_>, protocol: Option<Protocol>, cx: &mut Ctx) -> Op
                 1..=i64::from(limits::MAX_WAF_RULE_ID),
                 cx,
             );
-            exclusions.extend(id.map(|n| n as u32));
+            let id = id.map(|n| n as u32);
+            if let Some(id) = id.filter(|id| limits::RESERVED_WAF_RULE_IDS.contains(id)) {
+                cx.error(
+                    &at.index(i),
+                    format!("rule {id} is one vpsie-lb adds to carry this load balancer's settings; it cannot be excluded"),
+                );
+                continue;
+            }
+            exclusions.extend(id);
         }
     }
     exclusions.sort_unstable();

@@ -1,0 +1,305 @@
+//! The inspection limits, measured and enforced before ModSecurity sees a
+//! body. Pure: bytes and headers in, a judgement or a shorter body out.
+//!
+//! libmodsecurity 3.0.9 does not bound everything itself: past
+//! `SecRequestBodyNoFilesLimit` it skips a form's arguments altogether
+//! (so an attack anywhere in a long form went unseen), and multipart
+//! fields escape `SecArgumentsLimit` (so 40,000 small fields cost seconds
+//! of CPU). So the service measures a body first, refuses it when the
+//! policy says so, and otherwise gives ModSecurity the longest start of it
+//! that is within the limits and still parses.
+
+use std::borrow::Cow;
+
+use crate::engine::{MAX_ARGS, MAX_PARSED_BODY_BYTES};
+
+/// How a body is parsed, from its `Content-Type`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// `application/x-www-form-urlencoded`: every byte is an argument.
+    Form,
+    /// JSON or XML: every value is an argument; a cut one does not parse.
+    Structured,
+    /// `multipart/form-data` with its boundary: fields are arguments,
+    /// files are not.
+    Multipart(String),
+    /// Anything else: not parsed into arguments.
+    Other,
+}
+
+/// Which limit a body is past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Excess {
+    /// More bytes parsed into arguments than [`MAX_PARSED_BODY_BYTES`].
+    ParsedBytes,
+    /// More multipart fields than [`MAX_ARGS`].
+    Fields,
+}
+
+impl Excess {
+    /// The rule id that reports it (ours, in the service's local range).
+    pub fn rule(self) -> u32 {
+        match self {
+            Excess::ParsedBytes => 10005,
+            Excess::Fields => 10006,
+        }
+    }
+}
+
+/// The kind of a body whose `Content-Type` header value is `content_type`.
+pub fn kind(content_type: Option<&str>) -> Kind {
+    let Some(ct) = content_type else {
+        return Kind::Other;
+    };
+    let lower = ct.trim().to_ascii_lowercase();
+    let essence = lower.split(';').next().unwrap_or("").trim();
+    match essence {
+        "application/x-www-form-urlencoded" => Kind::Form,
+        "multipart/form-data" => boundary(ct).map_or(Kind::Other, Kind::Multipart),
+        e if e.ends_with("json") || e.ends_with("xml") => Kind::Structured,
+        _ => Kind::Other,
+    }
+}
+
+/// The `boundary` parameter of a multipart `Content-Type`, unquoted.
+fn boundary(ct: &str) -> Option<String> {
+    let at = ct.to_ascii_lowercase().find("boundary=")? + "boundary=".len();
+    let rest = &ct[at..];
+    let b = match rest.strip_prefix('"') {
+        Some(quoted) => quoted.split('"').next()?,
+        None => rest.split([';', ' ', '\t', ',']).next()?,
+    };
+    (!b.is_empty()).then(|| b.to_owned())
+}
+
+/// One multipart part: where its delimiter line starts, and whether it is
+/// a field (no `filename=` in its headers) with how many data bytes.
+struct Part {
+    start: usize,
+    field_bytes: usize,
+}
+
+/// The parts of a multipart body, in order: each starts at its delimiter
+/// (`--boundary` at the start of the body or of a line). The closing
+/// delimiter ends the list; a body cut short ends with a part whose data
+/// runs to the end.
+fn parts(body: &[u8], boundary: &str) -> Vec<Part> {
+    let delimiter = format!("--{boundary}");
+    let d = delimiter.as_bytes();
+    // memmem, not a naive scan: a hostile body of dashes must stay linear.
+    let starts: Vec<usize> = memchr::memmem::find_iter(body, d)
+        .filter(|&at| at == 0 || body[at - 1] == b'\n')
+        .collect();
+    let mut out = Vec::new();
+    for (n, &start) in starts.iter().enumerate() {
+        let after = start + d.len();
+        if body[after..].starts_with(b"--") {
+            break;
+        }
+        let end = starts.get(n + 1).copied().unwrap_or(body.len());
+        let part = &body[after..end];
+        let head_end = find(part, b"\r\n\r\n").map_or(part.len(), |h| h + 4);
+        let is_file = find(&part[..head_end].to_ascii_lowercase(), b"filename=").is_some();
+        out.push(Part {
+            start,
+            field_bytes: if is_file { 0 } else { part.len() - head_end },
+        });
+    }
+    out
+}
+
+/// Where `needle` first occurs in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    memchr::memmem::find(hay, needle)
+}
+
+/// The first limit `body` of `kind` is past, if any.
+pub fn excess(kind: &Kind, body: &[u8]) -> Option<Excess> {
+    match kind {
+        Kind::Form | Kind::Structured => {
+            (body.len() > MAX_PARSED_BODY_BYTES).then_some(Excess::ParsedBytes)
+        }
+        Kind::Multipart(b) => {
+            let parts = parts(body, b);
+            if parts.len() > MAX_ARGS {
+                return Some(Excess::Fields);
+            }
+            let fields: usize = parts.iter().map(|p| p.field_bytes).sum();
+            (fields > MAX_PARSED_BODY_BYTES).then_some(Excess::ParsedBytes)
+        }
+        Kind::Other => None,
+    }
+}
+
+/// The longest start of `body` within the limits that still parses as
+/// `kind`: a form up to its last `&` within the limit; a multipart body up
+/// to the last whole part within them, closed again. `partial` says Envoy
+/// sent only the start, so a multipart body's last part is cut and goes.
+/// JSON and XML are left whole: cut, they would not parse (rule 10004).
+pub fn fit<'a>(kind: &Kind, body: &'a [u8], partial: bool) -> Cow<'a, [u8]> {
+    match kind {
+        Kind::Form if body.len() > MAX_PARSED_BODY_BYTES => {
+            let head = &body[..MAX_PARSED_BODY_BYTES];
+            let end = head.iter().rposition(|b| *b == b'&').unwrap_or(head.len());
+            Cow::Borrowed(&body[..end])
+        }
+        Kind::Multipart(b) => fit_multipart(body, b, partial),
+        _ => Cow::Borrowed(body),
+    }
+}
+
+fn fit_multipart<'a>(body: &'a [u8], boundary: &str, partial: bool) -> Cow<'a, [u8]> {
+    let parts = parts(body, boundary);
+    let mut keep = 0;
+    let mut fields = 0;
+    for p in &parts {
+        fields += p.field_bytes;
+        if keep == MAX_ARGS || fields > MAX_PARSED_BODY_BYTES {
+            break;
+        }
+        keep += 1;
+    }
+    // A part Envoy cut short is dropped: its data does not end.
+    if partial && keep == parts.len() {
+        keep = keep.saturating_sub(1);
+    }
+    if keep == parts.len() {
+        return Cow::Borrowed(body);
+    }
+    let Some(next) = parts.get(keep) else {
+        return Cow::Borrowed(body);
+    };
+    // The line break before a delimiter belongs to it, not to the data.
+    let mut end = next.start;
+    if body[..end].ends_with(b"\r\n") {
+        end -= 2;
+    } else if body[..end].ends_with(b"\n") {
+        end -= 1;
+    }
+    let mut out = body[..end].to_vec();
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn multipart(fields: usize, field_size: usize, files: usize) -> Vec<u8> {
+        let mut b = Vec::new();
+        for i in 0..fields {
+            b.extend(
+                format!("--XyZ\r\nContent-Disposition: form-data; name=\"f{i}\"\r\n\r\n")
+                    .as_bytes(),
+            );
+            b.extend(std::iter::repeat_n(b'a', field_size));
+            b.extend(b"\r\n");
+        }
+        for i in 0..files {
+            b.extend(format!("--XyZ\r\nContent-Disposition: form-data; name=\"u{i}\"; filename=\"a.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes());
+            b.extend(std::iter::repeat_n(b'z', 300 * 1024));
+            b.extend(b"\r\n");
+        }
+        b.extend(b"--XyZ--\r\n");
+        b
+    }
+
+    fn mp() -> Kind {
+        Kind::Multipart("XyZ".into())
+    }
+
+    #[test]
+    fn kinds_are_read_from_the_content_type() {
+        let cases = [
+            (
+                Some("application/x-www-form-urlencoded; charset=UTF-8"),
+                Kind::Form,
+            ),
+            (Some("multipart/form-data; boundary=XyZ"), mp()),
+            (
+                Some("Multipart/Form-Data; BOUNDARY=\"XyZ\"; charset=x"),
+                mp(),
+            ),
+            (Some("multipart/form-data"), Kind::Other),
+            (Some("application/json"), Kind::Structured),
+            (Some("application/problem+json"), Kind::Structured),
+            (Some("text/xml"), Kind::Structured),
+            (Some("text/plain"), Kind::Other),
+            (None, Kind::Other),
+        ];
+        for (ct, want) in cases {
+            assert_eq!(kind(ct), want, "{ct:?}");
+        }
+    }
+
+    #[test]
+    fn each_limit_is_measured() {
+        let big = MAX_PARSED_BODY_BYTES + 1;
+        let cases: [(Kind, Vec<u8>, Option<Excess>); 7] = [
+            (Kind::Form, vec![b'a'; big], Some(Excess::ParsedBytes)),
+            (Kind::Form, vec![b'a'; big - 1], None),
+            (Kind::Structured, vec![b'a'; big], Some(Excess::ParsedBytes)),
+            (Kind::Other, vec![b'a'; 4 * big], None),
+            (mp(), multipart(MAX_ARGS + 1, 4, 0), Some(Excess::Fields)),
+            (mp(), multipart(3, 50 * 1024, 0), Some(Excess::ParsedBytes)),
+            // Files do not count towards either: uploads stay cheap.
+            (mp(), multipart(10, 100, 3), None),
+        ];
+        for (k, body, want) in cases {
+            assert_eq!(excess(&k, &body), want, "{k:?} of {} bytes", body.len());
+        }
+    }
+
+    #[test]
+    fn regression_a_form_past_the_parsed_limit_was_not_parsed_at_all() {
+        let mut body = b"q=1'%20OR%20'1'='1&".to_vec();
+        body.extend(std::iter::repeat_n(b"pad=aaaaaaaa&".as_slice(), 20_000).flatten());
+        let cut = fit(&Kind::Form, &body, false);
+        assert!(cut.len() <= MAX_PARSED_BODY_BYTES);
+        assert!(cut.starts_with(b"q=1'%20OR"), "the start is kept");
+        assert!(cut.ends_with(b"aaaaaaaa"), "cut at a field's end");
+    }
+
+    #[test]
+    fn regression_multipart_fields_escaped_the_argument_limit() {
+        let body = multipart(40_000, 4, 0);
+        let cut = fit(&mp(), &body, false);
+        assert_eq!(parts(&cut, "XyZ").len(), MAX_ARGS);
+        assert!(cut.ends_with(b"aaaa\r\n--XyZ--\r\n"), "closed again");
+        assert_eq!(excess(&mp(), &cut), None);
+    }
+
+    #[test]
+    fn a_multipart_body_within_the_limits_is_left_alone() {
+        let body = multipart(10, 100, 3);
+        assert!(matches!(fit(&mp(), &body, false), Cow::Borrowed(b) if b == body.as_slice()));
+    }
+
+    #[test]
+    fn a_multipart_body_envoy_cut_short_loses_its_unfinished_part() {
+        let body = multipart(2, 10, 2);
+        let cut_by_envoy = &body[..body.len() - 1000];
+        let fitted = fit(&mp(), cut_by_envoy, true);
+        let kept = parts(&fitted, "XyZ");
+        assert_eq!(kept.len(), 3, "two fields and the whole first file");
+        assert!(fitted.ends_with(b"zzz\r\n--XyZ--\r\n"));
+    }
+
+    #[test]
+    fn hostile_multipart_never_panics() {
+        for body in [
+            &b""[..],
+            b"--XyZ",
+            b"--XyZ--",
+            b"--XyZ\r\n",
+            b"--XyZ\r\nContent-Disposition: form-data; name=a\r\n",
+            b"x--XyZ\r\n--XyZ",
+            b"\n--XyZ\n\n--XyZ--",
+        ] {
+            for partial in [false, true] {
+                let _ = excess(&mp(), body);
+                let _ = fit(&mp(), body, partial);
+            }
+        }
+    }
+}
