@@ -46,25 +46,41 @@ impl Excess {
     }
 }
 
-/// The kind of a body whose `Content-Type` header value is `content_type`.
+/// The kind of a body whose `Content-Type` header value is `content_type`,
+/// judged as libmodsecurity picks its parser (a prefix, any case) and as
+/// our rules 10002/10003 pick JSON and XML; where unsure, the stricter
+/// kind, since measuring a body that is not parsed costs only a refusal.
 pub fn kind(content_type: Option<&str>) -> Kind {
     let Some(ct) = content_type else {
         return Kind::Other;
     };
-    let lower = ct.trim().to_ascii_lowercase();
-    let essence = lower.split(';').next().unwrap_or("").trim();
-    match essence {
-        "application/x-www-form-urlencoded" => Kind::Form,
-        "multipart/form-data" => boundary(ct).map_or(Kind::Other, Kind::Multipart),
-        e if e.ends_with("json") || e.ends_with("xml") => Kind::Structured,
-        _ => Kind::Other,
+    let lower = ct.to_ascii_lowercase();
+    if lower.starts_with("application/x-www-form-urlencoded") {
+        return Kind::Form;
     }
+    if lower.starts_with("multipart/form-data") {
+        return boundary(ct).map_or(Kind::Other, Kind::Multipart);
+    }
+    let essence = lower.split([';', ' ', '\t']).next().unwrap_or("");
+    let structured = |prefix: &str, suffix: &str| {
+        essence
+            .strip_prefix(prefix)
+            .is_some_and(|sub| sub == suffix || sub.ends_with(&format!("+{suffix}")))
+    };
+    if structured("application/", "json")
+        || structured("application/", "xml")
+        || structured("text/", "xml")
+    {
+        return Kind::Structured;
+    }
+    Kind::Other
 }
 
-/// The `boundary` parameter of a multipart `Content-Type`, unquoted.
+/// The `boundary` parameter of a multipart `Content-Type`, unquoted;
+/// spaces around `=` allowed, as libmodsecurity allows them.
 fn boundary(ct: &str) -> Option<String> {
-    let at = ct.to_ascii_lowercase().find("boundary=")? + "boundary=".len();
-    let rest = &ct[at..];
+    let at = ct.to_ascii_lowercase().find("boundary")? + "boundary".len();
+    let rest = ct[at..].trim_start().strip_prefix('=')?.trim_start();
     let b = match rest.strip_prefix('"') {
         Some(quoted) => quoted.split('"').next()?,
         None => rest.split([';', ' ', '\t', ',']).next()?,
@@ -220,10 +236,19 @@ mod tests {
                 Some("Multipart/Form-Data; BOUNDARY=\"XyZ\"; charset=x"),
                 mp(),
             ),
+            (Some("multipart/form-data; boundary = XyZ"), mp()),
+            // libmodsecurity matches a prefix: so must we.
+            (Some("multipart/form-dataX; boundary=XyZ"), mp()),
+            (Some("application/x-www-form-urlencodedX"), Kind::Form),
             (Some("multipart/form-data"), Kind::Other),
             (Some("application/json"), Kind::Structured),
             (Some("application/problem+json"), Kind::Structured),
             (Some("text/xml"), Kind::Structured),
+            (
+                Some("application/soap+xml; charset=utf-8"),
+                Kind::Structured,
+            ),
+            (Some("text/json"), Kind::Other),
             (Some("text/plain"), Kind::Other),
             (None, Kind::Other),
         ];
