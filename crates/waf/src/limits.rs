@@ -115,12 +115,41 @@ fn parts(body: &[u8], boundary: &str) -> Vec<Part> {
         let end = starts.get(n + 1).copied().unwrap_or(body.len());
         let part = &body[after..end];
         let head_end = find(part, b"\r\n\r\n").map_or(part.len(), |h| h + 4);
-        let is_file = find(&part[..head_end].to_ascii_lowercase(), b"filename=").is_some();
+        let is_file = names_a_file(&part[..head_end]);
         out.push(Part {
             start,
             field_bytes: if is_file { 0 } else { part.len() - head_end },
         });
     }
+    out
+}
+
+/// Whether a part's headers make it a file: a `filename` parameter of its
+/// `Content-Disposition`, not the word anywhere (an attacker could then
+/// have fields counted as files, which the parsed-bytes limit skips).
+fn names_a_file(head: &[u8]) -> bool {
+    let head = String::from_utf8_lossy(head).to_ascii_lowercase();
+    head.lines()
+        .filter_map(|line| line.strip_prefix("content-disposition:"))
+        .flat_map(|value| params(value).into_iter().skip(1))
+        .filter_map(|param| param.split_once('='))
+        .any(|(name, _)| matches!(name.trim(), "filename" | "filename*"))
+}
+
+/// A header value split at the semicolons outside double quotes.
+fn params(value: &str) -> Vec<&str> {
+    let (mut out, mut from, mut quoted) = (Vec::new(), 0, false);
+    for (i, c) in value.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ';' if !quoted => {
+                out.push(&value[from..i]);
+                from = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&value[from..]);
     out
 }
 
@@ -292,6 +321,46 @@ mod tests {
         assert_eq!(parts(&cut, "XyZ").len(), MAX_ARGS);
         assert!(cut.ends_with(b"aaaa\r\n--XyZ--\r\n"), "closed again");
         assert_eq!(excess(&mp(), &cut), None);
+    }
+
+    #[test]
+    fn only_a_filename_parameter_makes_a_part_a_file() {
+        let cases: [(&[u8], bool); 7] = [
+            (
+                b"Content-Disposition: form-data; name=\"a\"; filename=\"x.bin\"\r\n\r\n",
+                true,
+            ),
+            (
+                b"content-disposition: form-data; name=a; filename*=UTF-8''x\r\n\r\n",
+                true,
+            ),
+            (b"Content-Disposition: form-data; name=\"a\"\r\n\r\n", false),
+            // The word elsewhere does not make a file of a field.
+            (
+                b"Content-Disposition: form-data; name=\"filename=\"\r\n\r\n",
+                false,
+            ),
+            (
+                b"X-Note: filename=x\r\nContent-Disposition: form-data; name=a\r\n\r\n",
+                false,
+            ),
+            (
+                b"Content-Disposition: form-data; name=a; filenamex=y\r\n\r\n",
+                false,
+            ),
+            (
+                b"Content-Disposition: form-data; name=\"a; filename=x\"\r\n\r\n",
+                false,
+            ),
+        ];
+        for (head, want) in cases {
+            assert_eq!(
+                names_a_file(head),
+                want,
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
     }
 
     #[test]
