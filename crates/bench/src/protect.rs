@@ -76,17 +76,7 @@ fn waf(ctx: &Ctx, findings: &mut Findings, dir: &Path, pool: &[(u16, u32)]) -> R
     for mode in ["detect", "block"] {
         let d = dir.join(mode);
         std::fs::create_dir_all(&d)?;
-        let socket = d.join("waf.sock");
-        let service = Proc::spawn(
-            "vpsie-lb-waf",
-            Command::new(sibling_binary("vpsie-lb-waf")?)
-                .arg("--socket")
-                .arg(&socket)
-                .arg("--config")
-                .arg(d.join("envoy").join("waf.json"))
-                .args(["--metrics-socket", "off"]),
-            &d.join("waf.log"),
-        )?;
+        let (service, socket) = waf_service(&d)?;
         let mut doc = lb_doc("guarded", "http", free_port(), pool);
         doc["waf"] = json!({"mode": mode});
         let sides = against_plain(pool, doc);
@@ -105,6 +95,23 @@ fn waf(ctx: &Ctx, findings: &mut Findings, dir: &Path, pool: &[(u16, u32)]) -> R
         ctx.runs
     ));
     Ok(t)
+}
+
+/// `vpsie-lb-waf` beside an agent in `dir`, reading the policy file that
+/// agent writes; the process and its socket.
+pub(crate) fn waf_service(dir: &Path) -> Result<(Proc, std::path::PathBuf)> {
+    let socket = dir.join("waf.sock");
+    let service = Proc::spawn(
+        "vpsie-lb-waf",
+        Command::new(sibling_binary("vpsie-lb-waf")?)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--config")
+            .arg(dir.join("envoy").join("waf.json"))
+            .args(["--metrics-socket", "off"]),
+        &dir.join("waf.log"),
+    )?;
+    Ok((service, socket))
 }
 
 fn one(

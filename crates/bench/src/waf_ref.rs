@@ -14,7 +14,7 @@ use vpsie_lb_testkit::free_port;
 use vpsie_lb_waf::config::{Mode, Policy};
 use vpsie_lb_waf::engine::{DEFAULT_CRS_DIR, DEFAULT_CRS_SETUP, Engine};
 
-use crate::lab::{Agent, Delivery, file_source_yaml, lb_doc, sibling_binary};
+use crate::lab::{Agent, Delivery, file_source_yaml, lb_doc};
 use crate::procs::{self, Proc};
 use crate::report::{Summary, Table, verdict};
 use crate::wrk::Load;
@@ -95,17 +95,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, dir: &Path, pool: &[(u16, u32)]) 
 
     let ours_dir = dir.join("ours");
     std::fs::create_dir_all(&ours_dir)?;
-    let socket = ours_dir.join("waf.sock");
-    let service = Proc::spawn(
-        "vpsie-lb-waf",
-        Command::new(sibling_binary("vpsie-lb-waf")?)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--config")
-            .arg(ours_dir.join("envoy").join("waf.json"))
-            .args(["--metrics-socket", "off"]),
-        &ours_dir.join("waf.log"),
-    )?;
+    let (service, socket) = crate::protect::waf_service(&ours_dir)?;
     let (plain_port, waf_port) = (free_port(), free_port());
     let mut guarded = lb_doc("guarded", "http", waf_port, pool);
     guarded["waf"] = json!({"mode": "block", "paranoia_level": 1});
