@@ -221,7 +221,8 @@ impl Engine {
         // Past a limit, a refusing policy refuses before any rule runs (and
         // a detecting one says so); otherwise the start within the limits
         // is what is inspected.
-        let refused = limits::excess(&kind, &req.body)
+        let (excess, body) = limits::judge(&kind, &req.body, req.partial);
+        let refused = excess
             .filter(|_| policy.oversize_body == Oversize::Refuse)
             .map(limits::Excess::rule);
         if let (Some(rule), Mode::Block) = (refused, policy.mode) {
@@ -230,7 +231,6 @@ impl Engine {
                 rules: vec![rule],
             });
         }
-        let body = limits::fit(&kind, &req.body, req.partial);
         let rules = self.rules(policy)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
         let mut tx = Transaction::new(&self.ms, &rules, &id).map_err(|e| e.to_string())?;

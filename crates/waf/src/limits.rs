@@ -164,15 +164,31 @@ pub fn excess(kind: &Kind, body: &[u8]) -> Option<Excess> {
         Kind::Form | Kind::Structured => {
             (body.len() > MAX_PARSED_BODY_BYTES).then_some(Excess::ParsedBytes)
         }
+        Kind::Multipart(b) => multipart_excess(&parts(body, b)),
+        Kind::Other => None,
+    }
+}
+
+fn multipart_excess(parts: &[Part]) -> Option<Excess> {
+    if parts.len() > MAX_ARGS {
+        return Some(Excess::Fields);
+    }
+    let fields: usize = parts.iter().map(|p| p.field_bytes).sum();
+    (fields > MAX_PARSED_BODY_BYTES).then_some(Excess::ParsedBytes)
+}
+
+/// [`excess`] and [`fit`] together, a multipart body split into its parts
+/// once: what a request's inspection needs.
+pub fn judge<'a>(kind: &Kind, body: &'a [u8], partial: bool) -> (Option<Excess>, Cow<'a, [u8]>) {
+    match kind {
         Kind::Multipart(b) => {
             let parts = parts(body, b);
-            if parts.len() > MAX_ARGS {
-                return Some(Excess::Fields);
-            }
-            let fields: usize = parts.iter().map(|p| p.field_bytes).sum();
-            (fields > MAX_PARSED_BODY_BYTES).then_some(Excess::ParsedBytes)
+            (
+                multipart_excess(&parts),
+                fit_multipart(body, b, &parts, partial),
+            )
         }
-        Kind::Other => None,
+        _ => (excess(kind, body), fit(kind, body, partial)),
     }
 }
 
@@ -188,16 +204,20 @@ pub fn fit<'a>(kind: &Kind, body: &'a [u8], partial: bool) -> Cow<'a, [u8]> {
             let end = head.iter().rposition(|b| *b == b'&').unwrap_or(head.len());
             Cow::Borrowed(&body[..end])
         }
-        Kind::Multipart(b) => fit_multipart(body, b, partial),
+        Kind::Multipart(b) => fit_multipart(body, b, &parts(body, b), partial),
         _ => Cow::Borrowed(body),
     }
 }
 
-fn fit_multipart<'a>(body: &'a [u8], boundary: &str, partial: bool) -> Cow<'a, [u8]> {
-    let parts = parts(body, boundary);
+fn fit_multipart<'a>(
+    body: &'a [u8],
+    boundary: &str,
+    parts: &[Part],
+    partial: bool,
+) -> Cow<'a, [u8]> {
     let mut keep = 0;
     let mut fields = 0;
-    for p in &parts {
+    for p in parts {
         fields += p.field_bytes;
         if keep == MAX_ARGS || fields > MAX_PARSED_BODY_BYTES {
             break;
