@@ -15,4 +15,6 @@ if [ "$(cat /proc/sys/fs/inotify/max_user_instances)" -lt 8192 ]; then
   $sudo sysctl -q -w fs.inotify.max_user_instances=8192
 fi
 cargo build --release --locked -p vpsie-lb-agent -p vpsie-lb-bench -p vpsie-lb-waf
+# Alone, so that it links without the service's allocator (Cargo.toml).
+cargo build --release --locked -p vpsie-lb-waf-filter
 ENVOY_BIN="$(cat .local/envoy-bin)" exec ./target/release/vpsie-lb-bench "$@"

@@ -21,6 +21,9 @@ echo "package: building the .debs (release)" >&2
 deb="$(cargo deb --locked -p vpsie-lb-agent 2>/dev/null | tail -n 1)"
 [ -f "$deb" ] || { echo "package: cargo deb produced no package" >&2; exit 1; }
 echo "package: $deb"
+# The WAF package carries the Envoy filter too; cargo deb builds only the
+# package's own targets.
+cargo build --release --locked -p vpsie-lb-waf-filter
 waf_deb="$(cargo deb --locked -p vpsie-lb-waf 2>/dev/null | tail -n 1)"
 [ -f "$waf_deb" ] || { echo "package: cargo deb produced no WAF package" >&2; exit 1; }
 echo "package: $waf_deb"
@@ -98,6 +101,8 @@ check "dpkg installs the WAF package" in_root dpkg -i /tmp/vpsie-lb-waf.deb
 check "the WAF binary runs" in_root /usr/bin/vpsie-lb-waf --version
 check "WAF binary root:root 755" expect_mode /usr/bin/vpsie-lb-waf "root:root 755"
 check "WAF unit installed 644" expect_mode /lib/systemd/system/vpsie-lb-waf.service "root:root 644"
+check "WAF envoy filter installed 644" expect_mode /usr/lib/vpsie-lb/libvpsie_lb_waf_filter.so "root:root 644"
+check "the WAF envoy filter finds its libraries" sh -c "! chroot '$R' ldd /usr/lib/vpsie-lb/libvpsie_lb_waf_filter.so | grep -q 'not found'"
 check "user vpsie-lb-waf exists" in_root getent passwd vpsie-lb-waf
 check "envoy is in group vpsie-lb-waf" sh -c "chroot '$R' id -nG envoy | grep -qw vpsie-lb-waf"
 check "the WAF compiles the packaged rule set" in_root /usr/bin/vpsie-lb-waf --check

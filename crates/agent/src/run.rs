@@ -280,6 +280,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         access_log_path: cfg.envoy.access_log.clone(),
         access_log_sample_percent: cfg.envoy.access_log_sample_percent,
         rate_limit_tracked_clients: cfg.envoy.rate_limit_tracked_clients,
+        waf_engine: cfg.envoy.waf_engine.clone(),
         ..TranslateOptions::new(delivery)
     };
     let loop_parts = Loop {

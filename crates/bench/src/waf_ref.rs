@@ -70,6 +70,74 @@ fn nginx_proxy(dir: &Path, port: u16, upstreams: &[u16], rules: Option<&Path>) -
     Ok(proc)
 }
 
+/// Envoy alone (no agent) over `upstreams` on `port`, with our WAF as an
+/// in-process filter (`vpsie-lb-waf-filter`) under `policy` when given:
+/// the prototype that drops the ext_authz hop. Its listener has only that
+/// filter and the router, so its plain twin is measured beside it.
+fn envoy_proxy(dir: &Path, port: u16, upstreams: &[u16], policy: Option<&Policy>) -> Result<Proc> {
+    std::fs::create_dir_all(dir)?;
+    let endpoints: Vec<_> = upstreams
+        .iter()
+        .map(|p| json!({"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}))
+        .collect();
+    let mut filters = Vec::new();
+    if let Some(policy) = policy {
+        filters.push(json!({
+            "name": "envoy.filters.http.dynamic_modules",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+                "dynamic_module_config": {"name": "vpsie_lb_waf_filter", "do_not_close": true},
+                "filter_name": "waf",
+                "filter_config": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": json!({"policy": policy}).to_string(),
+                },
+            },
+        }));
+    }
+    filters.push(
+        json!({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}),
+    );
+    let bootstrap = json!({
+        "static_resources": {
+            "listeners": [{
+                "name": "l",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "l",
+                        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"],
+                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "b"}}]}]},
+                        "http_filters": filters,
+                    },
+                }]}],
+            }],
+            "clusters": [{
+                "name": "b",
+                "type": "STATIC",
+                "load_assignment": {"cluster_name": "b", "endpoints": [{"lb_endpoints": endpoints}]},
+            }],
+        },
+    });
+    let path = dir.join("envoy.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&bootstrap)?)?;
+    let module = crate::lab::sibling_binary("libvpsie_lb_waf_filter.so")?;
+    let mut cmd = Command::new(vpsie_lb_testkit::envoy::envoy_bin());
+    cmd.arg("-c")
+        .arg(&path)
+        .args(["--disable-hot-restart", "-l", "warning"])
+        .env(
+            "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
+            module.parent().unwrap_or(Path::new(".")),
+        );
+    let mut proc = Proc::spawn("envoy", &mut cmd, &dir.join("envoy.log"))?;
+    proc.wait_listening(&[port])?;
+    Ok(proc)
+}
+
 /// Runs the comparison and returns its table.
 pub fn run(ctx: &Ctx, findings: &mut Findings, dir: &Path, pool: &[(u16, u32)]) -> Result<Table> {
     std::fs::create_dir_all(dir)?;
@@ -91,6 +159,15 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, dir: &Path, pool: &[(u16, u32)]) 
         nginx_waf_port,
         &upstreams,
         Some(&rules),
+    )?;
+
+    let (lone_plain_port, lone_waf_port) = (free_port(), free_port());
+    let lone_plain = envoy_proxy(&dir.join("envoy-plain"), lone_plain_port, &upstreams, None)?;
+    let lone_waf = envoy_proxy(
+        &dir.join("envoy-waf"),
+        lone_waf_port,
+        &upstreams,
+        Some(&policy),
     )?;
 
     let ours_dir = dir.join("ours");
@@ -130,6 +207,16 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, dir: &Path, pool: &[(u16, u32)]) 
             name: "nginx + ModSecurity-nginx",
             port: nginx_waf_port,
             pids: vec![nginx_waf.pid()],
+        },
+        Target {
+            name: "Envoy alone, no WAF",
+            port: lone_plain_port,
+            pids: vec![lone_plain.pid()],
+        },
+        Target {
+            name: "Envoy alone + vpsie-lb-waf-filter (in process)",
+            port: lone_waf_port,
+            pids: vec![lone_waf.pid()],
         },
     ];
     let samples = load_in_turn(ctx, findings, &targets)?;
@@ -251,8 +338,29 @@ fn table(ctx: &Ctx, findings: &mut Findings, targets: &[Target], samples: &Sampl
         shown(added),
         String::new(),
     ]);
+    // The in-process prototype against the same reference.
+    let inproc = per_run(&|r| cpu(5, r) / cpu(3, r));
+    let inproc_added = per_run(&|r| (cpu(5, r) - cpu(4, r)) / (cpu(3, r) - cpu(2, r)));
+    let inproc_met = inproc.is_some_and(|s| s.median <= TARGET);
+    t.row(vec![
+        format!(
+            "in-process filter / reference, CPU per request (target ≤ {TARGET}×: {})",
+            verdict(inproc_met)
+        ),
+        String::new(),
+        String::new(),
+        shown(inproc),
+        String::new(),
+    ]);
+    t.row(vec![
+        "in-process filter / reference, CPU the WAF adds".into(),
+        String::new(),
+        String::new(),
+        shown(inproc_added),
+        String::new(),
+    ]);
     t.note(format!(
-        "Four proxies over the same two nginx backends, loaded in turn (`wrk -t2 -c64 -d{}s` asking for `/`, {} runs, the order rotated each run): our agent's Envoy with two http load balancers, one with `waf: {{mode: block, paranoia_level: 1}}` and `vpsie-lb-waf` beside it; and nginx as one process (`master_process off`), once plain and once with ModSecurity-nginx loading the rule text the service compiles (`Engine::rules_text`). CPU per request: Envoy's (and the service's) user and system time over the run, or nginx's, divided by the requests served. Ratios are per run, median (min–max). In-process, without Envoy or gRPC, an inspection of this request costs about 0.5 ms (`cargo run --release -p vpsie-lb-waf --example inspect_cost`).",
+        "Six proxies over the same two nginx backends, loaded in turn (`wrk -t2 -c64 -d{}s` asking for `/`, {} runs, the order rotated each run): our agent's Envoy with two http load balancers, one with `waf: {{mode: block, paranoia_level: 1}}` and `vpsie-lb-waf` beside it; and nginx as one process (`master_process off`), once plain and once with ModSecurity-nginx loading the rule text the service compiles (`Engine::rules_text`); and Envoy alone (a static bootstrap, only the router), once plain and once with `vpsie-lb-waf-filter`, the same engine and rules as an Envoy dynamic module on Envoy's worker threads. CPU per request: Envoy's (and the service's) user and system time over the run, or nginx's, divided by the requests served. Ratios are per run, median (min–max). In-process, without Envoy or gRPC, an inspection of this request costs about 0.5 ms (`cargo run --release -p vpsie-lb-waf --example inspect_cost`).",
         ctx.duration.as_secs(),
         ctx.runs
     ));

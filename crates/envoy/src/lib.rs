@@ -47,7 +47,10 @@ pub use resources::{
     Resource, ResourceSet, ResourceType, Step, make_before_break, render_resource_set, resource_set,
 };
 pub use stats::{STATS_NAME, STATS_PATHS};
-pub use waf::{WAF_BODY_BYTES, WAF_TIMEOUT, waf_policies};
+pub use waf::{
+    DEFAULT_WAF_FILTER, IN_ENVOY_METADATA, WAF_BODY_BYTES, WAF_TIMEOUT, WafEngine,
+    in_envoy_settings, waf_policies,
+};
 
 /// Default cap on concurrent downstream connections across all listeners.
 pub const DEFAULT_GLOBAL_MAX_CONNECTIONS: u64 = 50_000;
@@ -108,6 +111,8 @@ pub struct TranslateOptions {
     pub delivery: Delivery,
     /// Client buckets Envoy keeps per rate limit (least recently seen forgotten first).
     pub rate_limit_tracked_clients: u32,
+    /// Where load balancers with a WAF have their requests inspected.
+    pub waf_engine: WafEngine,
 }
 
 impl TranslateOptions {
@@ -120,6 +125,7 @@ impl TranslateOptions {
             global_max_connections: DEFAULT_GLOBAL_MAX_CONNECTIONS,
             delivery,
             rate_limit_tracked_clients: DEFAULT_TRACKED_CLIENTS,
+            waf_engine: WafEngine::Service,
         }
     }
 }

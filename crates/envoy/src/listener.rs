@@ -317,7 +317,7 @@ pub(crate) fn http_connection_manager(
     let router = hcm.http_filters.len() - 1;
     let mut first = crate::protect::http_filters(lb);
     // The WAF after them: the cheap refusals come before the costly one.
-    first.extend(crate::waf::http_filter(lb));
+    first.extend(crate::waf::http_filter(lb, opts));
     hcm.http_filters.splice(router..router, first);
     if routes::uses_sticky_sessions(lb) {
         // Off unless a route turns it on: each route carries its pool's cookie.
@@ -509,16 +509,11 @@ pub(crate) fn access_log(lb: &LoadBalancer, opts: &TranslateOptions, http: bool)
             ("user_agent", "%REQ(USER-AGENT)%".into()),
         ]);
         if lb.waf.is_some() {
-            // What the WAF service said (see waf.rs): its action and rule ids.
+            // What the WAF said (see waf.rs): its action and rule ids.
+            let ns = crate::waf::metadata_namespace(&opts.waf_engine);
             fields.extend([
-                (
-                    "waf_action",
-                    "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:waf_action)%".to_owned(),
-                ),
-                (
-                    "waf_rules",
-                    "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:waf_rules)%".into(),
-                ),
+                ("waf_action", format!("%DYNAMIC_METADATA({ns}:waf_action)%")),
+                ("waf_rules", format!("%DYNAMIC_METADATA({ns}:waf_rules)%")),
             ]);
         }
     }

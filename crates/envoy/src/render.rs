@@ -34,6 +34,9 @@ fn emitted_types() -> Vec<String> {
     use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
         StderrAccessLog, StdoutAccessLog,
     };
+    use envoy_types::pb::envoy::extensions::filters::http::dynamic_modules::v3::{
+        DynamicModuleFilter, DynamicModuleFilterPerRoute,
+    };
     use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{
         ExtAuthz, ExtAuthzPerRoute,
     };
@@ -75,6 +78,9 @@ fn emitted_types() -> Vec<String> {
         RbacPerRoute::full_name(),
         ExtAuthz::full_name(),
         ExtAuthzPerRoute::full_name(),
+        DynamicModuleFilter::full_name(),
+        DynamicModuleFilterPerRoute::full_name(),
+        envoy_types::pb::google::protobuf::StringValue::full_name(),
         NetworkRbac::full_name(),
         LocalRateLimit::full_name(),
         ConnectionRate::full_name(),

@@ -61,7 +61,7 @@ pub(crate) fn route_config(lb: &LoadBalancer, opts: &TranslateOptions) -> RouteC
         ignore_port_in_host_matching: true,
         typed_per_filter_config: {
             let mut c = crate::protect::for_route_config(lb, tracked);
-            c.extend(crate::waf::for_route_config(lb));
+            c.extend(crate::waf::for_route_config(lb, opts));
             c
         },
         response_headers_to_add: crate::quic::alt_svc(lb).into_iter().collect(),

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use vpsie_lb_envoy::{
-    BootstrapOptions, Delivery, TranslateOptions, XdsLayout, ads_bootstrap, bootstrap,
+    BootstrapOptions, Delivery, TranslateOptions, WafEngine, XdsLayout, ads_bootstrap, bootstrap,
     render_files, render_resource_set, resource_set, to_yaml, translate,
 };
 use vpsie_lb_model::{ReservedPort, ValidateOptions, validate_str};
@@ -17,6 +17,13 @@ use vpsie_lb_model::{ReservedPort, ValidateOptions, validate_str};
 /// (`<case>.ads.<kind>.yaml`): where the two deliveries differ is in
 /// config sources only, so two cases show it.
 const ADS_CASES: [&str; 2] = ["http-round-robin", "https-mtls-tls13"];
+
+/// Cases also rendered with the WAF inside Envoy
+/// (`<case>.in-envoy.<kind>.yaml`): the filter and the route settings.
+const IN_ENVOY_CASES: [&str; 1] = ["protect"];
+
+/// Where the in-Envoy goldens find the WAF filter module.
+const GOLDEN_WAF_MODULE: &str = "/usr/lib/vpsie-lb/libvpsie_lb_waf_filter.so";
 
 /// The xDS socket the ADS bootstrap golden points at.
 const GOLDEN_XDS_SOCKET: &str = "/run/vpsie-lb/xds.sock";
@@ -51,11 +58,42 @@ fn outputs(case: &str, text: &str) -> BTreeMap<String, String> {
         }
     };
     let layout = XdsLayout::new(GOLDEN_ROOT);
-    let resources = translate(
-        &validated.config,
-        &TranslateOptions::new(Delivery::Files(layout.clone())),
-    );
-    let files = render_files(&resources, &layout).expect("render");
+    let opts = TranslateOptions::new(Delivery::Files(layout.clone()));
+    out.extend(files_by_kind(case, &validated.config, &opts));
+    if IN_ENVOY_CASES.contains(&case) {
+        let opts = TranslateOptions {
+            waf_engine: WafEngine::InEnvoy(GOLDEN_WAF_MODULE.into()),
+            ..opts
+        };
+        let engine = format!("{case}.in-envoy");
+        for (name, yaml) in files_by_kind(&engine, &validated.config, &opts) {
+            // What the engine changes: the filters and the route settings.
+            if name.contains(".listeners.") || name.contains(".routes.") {
+                out.insert(name, yaml);
+            }
+        }
+    }
+    if ADS_CASES.contains(&case) {
+        let ads = translate(&validated.config, &TranslateOptions::new(Delivery::Ads));
+        let set = resource_set(&ads).expect("resource set");
+        for (file, yaml) in render_resource_set(&set).expect("render ads") {
+            out.insert(format!("{case}.ads.{file}"), yaml);
+        }
+    }
+    out
+}
+
+/// The files delivery's output of `config`, one YAML document per kind.
+fn files_by_kind(
+    case: &str,
+    config: &vpsie_lb_model::Config,
+    opts: &TranslateOptions,
+) -> BTreeMap<String, String> {
+    let Delivery::Files(layout) = &opts.delivery else {
+        panic!("files delivery expected");
+    };
+    let resources = translate(config, opts);
+    let files = render_files(&resources, layout).expect("render");
     let mut by_kind: BTreeMap<&str, String> = BTreeMap::new();
     for f in &files {
         let rel = f.path.strip_prefix(GOLDEN_ROOT).expect("under root");
@@ -75,17 +113,10 @@ fn outputs(case: &str, text: &str) -> BTreeMap<String, String> {
         }
         doc.push_str(&format!("# {}\n{yaml}", rel.display()));
     }
-    for (kind, doc) in by_kind {
-        out.insert(format!("{case}.{kind}.yaml"), doc);
-    }
-    if ADS_CASES.contains(&case) {
-        let ads = translate(&validated.config, &TranslateOptions::new(Delivery::Ads));
-        let set = resource_set(&ads).expect("resource set");
-        for (file, yaml) in render_resource_set(&set).expect("render ads") {
-            out.insert(format!("{case}.ads.{file}"), yaml);
-        }
-    }
-    out
+    by_kind
+        .into_iter()
+        .map(|(kind, doc)| (format!("{case}.{kind}.yaml"), doc))
+        .collect()
 }
 
 fn cases() -> Vec<(String, PathBuf)> {

@@ -9,6 +9,7 @@ use vpsie_lb_waf::config::{Mode, Policy};
 use vpsie_lb_waf::engine::{DEFAULT_CRS_DIR, DEFAULT_CRS_SETUP, Engine, Request};
 
 /// The service's allocator (jemalloc, replacing malloc for the library too).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod metrics;
 pub mod msc;
 pub mod pool;
+pub mod request;
 pub mod service;
 
 use std::path::{Path, PathBuf};

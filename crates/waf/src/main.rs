@@ -67,6 +67,7 @@ fn check(crs_dir: &std::path::Path, crs_setup: &std::path::Path) -> std::process
 
 /// jemalloc for every allocation in the process, libmodsecurity's too:
 /// its unprefixed `malloc` replaces glibc's (see Cargo.toml for the measure).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::WafConfig;
 use crate::engine::{self, Engine, Verdict};
+pub use crate::request::HOST_ENVOY_GAVE;
 
 /// gRPC status codes the answer uses.
 const OK: i32 = 0;
@@ -161,69 +162,24 @@ fn describe(
         http.raw_body
     };
     let partial = http.headers.get(PARTIAL_BODY).is_some_and(|v| v == "true");
-    // HTTP/2 names: `:authority` is the Host the rules look for; the
-    // other pseudo-headers are already in the method and path. Envoy's
-    // own note on the body is not the client's.
-    let mut headers: Vec<(String, String)> = http
+    let headers = http
         .headers
         .into_iter()
-        .filter_map(|(k, v)| match k.as_str() {
-            ":authority" if v == HOST_ENVOY_GAVE => None,
-            ":authority" => Some(("Host".to_owned(), v)),
-            PARTIAL_BODY => None,
-            k if k.starts_with(':') => None,
-            _ => Some((k, v)),
-        })
+        .filter(|(k, _)| k != PARTIAL_BODY)
         .collect();
-    let http_version = version(&http.protocol);
-    headers.extend(framing(&headers, &http_version, body.len(), partial));
-    engine::Request {
+    crate::request::describe(crate::request::Seen {
         client,
         method: http.method,
-        uri: http.path,
-        http_version,
+        path: http.path,
+        protocol: http.protocol,
         headers,
         body,
         partial,
-    }
+    })
 }
 
 /// The header ext_authz adds when it sends only the start of the body.
 const PARTIAL_BODY: &str = "x-envoy-auth-partial-body";
-
-/// The Host Envoy gives an HTTP/1.0 request that named none (the envoy
-/// crate's `DEFAULT_HOST_FOR_HTTP_10`; a test in the agent pins the two
-/// equal). The rules must see the request without one, as sent (920280).
-pub const HOST_ENVOY_GAVE: &str = "http10.vpsie-lb.invalid";
-
-/// The framing header a body came with, when Envoy's description lost it:
-/// Envoy sends a chunked body without `transfer-encoding`, and the Core
-/// Rule Set scores a POST with neither that nor `content-length` as an
-/// anomaly (920180), so every chunked upload was on the way to a block.
-/// Over HTTP/1.x a body without a length was chunked; over HTTP/2 and 3
-/// the frames end it, and its length is known once it is whole.
-fn framing(
-    headers: &[(String, String)],
-    http_version: &str,
-    body_len: usize,
-    partial: bool,
-) -> Option<(String, String)> {
-    let has = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
-    if body_len == 0 || has("content-length") || has("transfer-encoding") {
-        return None;
-    }
-    if http_version.starts_with('1') {
-        Some(("Transfer-Encoding".into(), "chunked".into()))
-    } else if partial {
-        None
-    } else {
-        Some(("Content-Length".into(), body_len.to_string()))
-    }
-}
-
-fn version(protocol: &str) -> String {
-    protocol.strip_prefix("HTTP/").unwrap_or("1.1").to_owned()
-}
 
 fn cut(s: &str) -> String {
     s.chars().take(200).collect()
@@ -287,54 +243,5 @@ fn deny(status: u16, rules: &[u32]) -> CheckResponse {
                 body: "request refused by the web application firewall\n".into(),
             },
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::framing;
-
-    fn header(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn regression_a_chunked_post_scored_as_having_no_length() {
-        let none = header(&[("host", "x")]);
-        // (headers Envoy sent, version, body length, partial, what is added)
-        type Case<'a> = (
-            &'a [(&'a str, &'a str)],
-            &'a str,
-            usize,
-            bool,
-            Option<(&'a str, &'a str)>,
-        );
-        let cases: &[Case] = &[
-            (
-                &[],
-                "1.1",
-                10,
-                false,
-                Some(("Transfer-Encoding", "chunked")),
-            ),
-            (&[], "1.0", 10, true, Some(("Transfer-Encoding", "chunked"))),
-            (&[], "2", 10, false, Some(("Content-Length", "10"))),
-            (&[], "3", 7, false, Some(("Content-Length", "7"))),
-            // Only the start was sent: its length is not the body's.
-            (&[], "2", 10, true, None),
-            (&[], "1.1", 0, false, None),
-            (&[("Content-Length", "10")], "1.1", 10, false, None),
-            (&[("transfer-encoding", "chunked")], "1.1", 10, false, None),
-        ];
-        for (extra, version, len, partial, want) in cases {
-            let mut h = none.clone();
-            h.extend(header(extra));
-            let got = framing(&h, version, *len, *partial);
-            let want = want.map(|(k, v)| (k.to_owned(), v.to_owned()));
-            assert_eq!(got, want, "{extra:?} {version} {len} {partial}");
-        }
     }
 }

@@ -164,6 +164,22 @@ pub(super) struct OutputArgs {
     #[arg(long, value_name = "N", default_value_t = vpsie_lb_envoy::DEFAULT_TRACKED_CLIENTS,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub(super) rate_limit_tracked_clients: u32,
+    /// Where WAF load balancers' requests are inspected: `service` (the
+    /// vpsie-lb-waf service, over ext_authz) or `envoy` (the filter module
+    /// inside Envoy). Like `envoy.waf_engine` in the agent config.
+    #[arg(long, value_name = "ENGINE", default_value = "service")]
+    pub(super) waf_engine: String,
+    /// The filter module the `envoy` engine loads (an absolute path).
+    #[arg(long, value_name = "PATH", default_value = vpsie_lb_envoy::DEFAULT_WAF_FILTER)]
+    pub(super) waf_filter: PathBuf,
+}
+
+impl OutputArgs {
+    /// The WAF engine these flags ask for; `Err` names the flag.
+    pub(super) fn waf_engine(&self) -> anyhow::Result<vpsie_lb_envoy::WafEngine> {
+        vpsie_lb_envoy::WafEngine::parse(&self.waf_engine, self.waf_filter.clone())
+            .map_err(|e| anyhow::anyhow!("--waf-engine: {e}"))
+    }
 }
 
 #[derive(Debug, Args)]

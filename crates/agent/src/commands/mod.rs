@@ -153,6 +153,7 @@ fn translate_to_files(
         access_log_sample_percent: output.access_log_sample_percent,
         global_max_connections: output.max_connections,
         rate_limit_tracked_clients: output.rate_limit_tracked_clients,
+        waf_engine: output.waf_engine()?,
         ..TranslateOptions::new(Delivery::Files(layout.clone()))
     };
     let files = render_files(&translate(&validated.config, &opts), &layout)?;
@@ -223,6 +224,7 @@ fn render_xds(validated: &Validated, args: &RenderArgs) -> anyhow::Result<ExitCo
         access_log_sample_percent: out.access_log_sample_percent,
         global_max_connections: out.max_connections,
         rate_limit_tracked_clients: out.rate_limit_tracked_clients,
+        waf_engine: out.waf_engine()?,
         ..TranslateOptions::new(Delivery::Ads)
     };
     let set = vpsie_lb_envoy::resource_set(&translate(&validated.config, &opts))?;

@@ -65,6 +65,16 @@ pub(super) fn read(e: RawEnvoy, problems: &mut Vec<String>) -> Envoy {
         .waf_socket
         .unwrap_or_else(|| PathBuf::from(vpsie_lb_envoy::DEFAULT_WAF_SOCKET));
     super::socket_path("envoy.waf_socket", &waf_socket, problems);
+    let waf_filter = e
+        .waf_filter
+        .unwrap_or_else(|| PathBuf::from(vpsie_lb_envoy::DEFAULT_WAF_FILTER));
+    let waf_engine = match e.waf_engine.as_deref() {
+        None => vpsie_lb_envoy::WafEngine::Service,
+        Some(kind) => vpsie_lb_envoy::WafEngine::parse(kind, waf_filter).unwrap_or_else(|msg| {
+            problems.push(format!("envoy.waf_engine: {msg}"));
+            vpsie_lb_envoy::WafEngine::Service
+        }),
+    };
     let rate_limit_tracked_clients = match e.rate_limit_tracked_clients {
         None => vpsie_lb_envoy::DEFAULT_TRACKED_CLIENTS,
         Some(n) if (1..=MAX_TRACKED_CLIENTS).contains(&n) => n,
@@ -91,6 +101,7 @@ pub(super) fn read(e: RawEnvoy, problems: &mut Vec<String>) -> Envoy {
         xds_socket,
         rate_limit_tracked_clients,
         waf_socket,
+        waf_engine,
     }
 }
 

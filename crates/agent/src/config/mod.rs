@@ -88,6 +88,8 @@ pub struct Envoy {
     pub rate_limit_tracked_clients: u32,
     /// The WAF service's Unix socket (Envoy's `vpsie_lb_waf` cluster).
     pub waf_socket: PathBuf,
+    /// Where WAF load balancers' requests are inspected.
+    pub waf_engine: vpsie_lb_envoy::WafEngine,
 }
 
 /// How resources reach Envoy (`envoy.delivery`).
@@ -269,6 +271,8 @@ struct RawEnvoy {
     xds_socket: Option<PathBuf>,
     rate_limit_tracked_clients: Option<u32>,
     waf_socket: Option<PathBuf>,
+    waf_engine: Option<String>,
+    waf_filter: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]

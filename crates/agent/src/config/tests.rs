@@ -298,3 +298,39 @@ fn the_udp_guard_is_on_by_default_and_its_table_name_is_checked() {
         );
     }
 }
+
+#[test]
+fn the_waf_engine_is_the_service_unless_envoy_is_asked_for() {
+    use vpsie_lb_envoy::WafEngine;
+    let engine = |extra: &str| {
+        load(&format!("source: file\nfile: /tmp/x.json\n{extra}")).map(|c| c.envoy.waf_engine)
+    };
+    let module = std::path::PathBuf::from(vpsie_lb_envoy::DEFAULT_WAF_FILTER);
+    let cases: &[(&str, Result<WafEngine, &str>)] = &[
+        ("", Ok(WafEngine::Service)),
+        ("envoy: {waf_engine: service}\n", Ok(WafEngine::Service)),
+        (
+            "envoy: {waf_engine: envoy}\n",
+            Ok(WafEngine::InEnvoy(module)),
+        ),
+        (
+            "envoy: {waf_engine: envoy, waf_filter: /opt/waf.so}\n",
+            Ok(WafEngine::InEnvoy("/opt/waf.so".into())),
+        ),
+        (
+            "envoy: {waf_engine: envoy, waf_filter: waf.so}\n",
+            Err("envoy.waf_engine: the filter module waf.so must be an absolute path"),
+        ),
+        (
+            "envoy: {waf_engine: nginx}\n",
+            Err("envoy.waf_engine: must be service or envoy (got \"nginx\")"),
+        ),
+    ];
+    for (extra, want) in cases {
+        let got = engine(extra);
+        match want {
+            Ok(w) => assert_eq!(got.as_ref(), Ok(w), "{extra}"),
+            Err(msg) => assert_eq!(got.expect_err(extra), [*msg], "{extra}"),
+        }
+    }
+}

@@ -265,6 +265,12 @@ impl Lab {
                 ["--waf-socket", p] => {
                     envoy_extra.push_str(&format!("  waf_socket: {p}\n"));
                 }
+                ["--waf-engine", e] => {
+                    envoy_extra.push_str(&format!("  waf_engine: {e}\n"));
+                }
+                ["--waf-filter", p] => {
+                    envoy_extra.push_str(&format!("  waf_filter: {p}\n"));
+                }
                 other => panic!("render flags {other:?} have no agent setting in the xds lab"),
             }
         }

@@ -1,5 +1,6 @@
-//! The WAF service beside a lab: started on the lab's socket with the
-//! policies the lab renders, its log and metrics read back.
+//! The WAF beside a lab: the service started on the lab's socket with the
+//! policies the lab renders, its log and metrics read back; or the filter
+//! module inside the lab's Envoy (`--waf-engine envoy`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,50 @@ pub fn waf_bin() -> PathBuf {
         }
     });
     bin
+}
+
+/// The filter module, built beside the agent's binary (`cargo test
+/// --workspace` builds it; a narrower run builds it here).
+pub fn filter_module() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let module = Path::new(super::agent_bin()).with_file_name("libvpsie_lb_waf_filter.so");
+    BUILT.call_once(|| {
+        if !module.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let ok = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "vpsie-lb-waf-filter"])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "building vpsie-lb-waf-filter failed");
+        }
+    });
+    module
+}
+
+/// Where a lab's WAF inspects requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// The `vpsie-lb-waf` service, over ext_authz.
+    Service,
+    /// The `vpsie-lb-waf-filter` module inside Envoy.
+    InEnvoy,
+}
+
+/// What inspects a lab's requests.
+pub struct Inspector {
+    /// The service, with [`Engine::Service`].
+    pub service: Option<Waf>,
+    envoy_log: PathBuf,
+}
+
+impl Inspector {
+    /// The inspecting side's log: the service's, or Envoy's.
+    pub fn log(&self) -> String {
+        match &self.service {
+            Some(s) => s.log(),
+            None => std::fs::read_to_string(&self.envoy_log).unwrap_or_default(),
+        }
+    }
 }
 
 /// A running WAF service.
@@ -128,6 +173,26 @@ pub fn start(via: super::Via, doc: &Value) -> (Lab, Waf) {
     serve(Lab::new(via), doc)
 }
 
+/// `lab` serving `doc`, its requests inspected by `engine`.
+pub fn serve_on(mut lab: Lab, engine: Engine, doc: &Value) -> (Lab, Inspector) {
+    let envoy_log = lab.dir.path().join("envoy.log");
+    if engine == Engine::Service {
+        let (lab, waf) = serve(lab, doc);
+        let service = Some(waf);
+        return (lab, Inspector { service, envoy_log });
+    }
+    std::fs::create_dir_all(lab.out_dir()).expect("out dir");
+    render_on(&mut lab, engine, doc);
+    lab.start_envoy();
+    let service = None;
+    (lab, Inspector { service, envoy_log })
+}
+
+/// A lab serving `doc`, its requests inspected by `engine`.
+pub fn start_on(via: super::Via, engine: Engine, doc: &Value) -> (Lab, Inspector) {
+    serve_on(Lab::new(via), engine, doc)
+}
+
 /// `lab` serving `doc`, its Envoy consulting a WAF service started beside it.
 pub fn serve(lab: Lab, doc: &Value) -> (Lab, Waf) {
     serve_with(lab, doc, &[])
@@ -153,18 +218,60 @@ pub fn serve_with(mut lab: Lab, doc: &Value, extra: &[&str]) -> (Lab, Waf) {
 
 /// The render flags of every render in a lab: the same each time, or the
 /// listeners would change with them.
-pub fn flags(lab: &Lab) -> [String; 4] {
+pub fn flags(lab: &Lab) -> Vec<String> {
+    flags_on(lab, Engine::Service)
+}
+
+/// [`flags`] for `engine`.
+fn flags_on(lab: &Lab, engine: Engine) -> Vec<String> {
     let socket = lab.dir.path().join("waf.sock");
-    [
+    let mut flags: Vec<String> = vec![
         "--waf-socket".into(),
         socket.to_str().expect("utf-8").into(),
         "--access-log-sample-percent".into(),
         "100".into(),
-    ]
+    ];
+    if engine == Engine::InEnvoy {
+        let module = filter_module();
+        flags.extend([
+            "--waf-engine".into(),
+            "envoy".into(),
+            "--waf-filter".into(),
+            module.to_str().expect("utf-8").into(),
+        ]);
+    }
+    flags
 }
 
 pub fn render(lab: &mut Lab, doc: &Value) {
-    let flags = flags(lab);
+    render_on(lab, Engine::Service, doc);
+}
+
+/// Renders `doc` with the WAF on `engine`.
+pub fn render_on(lab: &mut Lab, engine: Engine, doc: &Value) {
+    let flags = flags_on(lab, engine);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     lab.render_with(doc, &flags);
 }
+
+/// Each test over both WAF engines, and each of those over both
+/// deliveries: `fn name(via: Via, engine: Engine)`.
+#[allow(unused_macros)]
+macro_rules! over_deliveries_and_engines {
+    ($($name:ident),* $(,)?) => {
+        mod service {
+            $(fn $name(via: crate::common::Via) {
+                super::$name(via, crate::common::waf::Engine::Service)
+            })*
+            crate::common::over_deliveries!($($name),*);
+        }
+        mod in_envoy {
+            $(fn $name(via: crate::common::Via) {
+                super::$name(via, crate::common::waf::Engine::InEnvoy)
+            })*
+            crate::common::over_deliveries!($($name),*);
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use over_deliveries_and_engines;

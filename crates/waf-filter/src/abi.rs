@@ -1,0 +1,439 @@
+//! The C ABI between Envoy 1.40 and a dynamic module's HTTP filter: the
+//! hooks Envoy calls (exported here) and the few callbacks we call back
+//! (exported by Envoy's binary). Every pointer Envoy hands over is valid
+//! only during the hook it came with; nothing here keeps one.
+//!
+//! The declarations follow Envoy's `abi.h` for the pinned build, checked
+//! against the binary: on x86-64 a `{ptr, length}` buffer passed by value
+//! travels in two registers, exactly like a pointer and a length.
+#![allow(unsafe_code)]
+
+use std::ffi::{c_char, c_void};
+use std::sync::Arc;
+
+use crate::{FilterConfig, Next, RouteConfig, Stream};
+
+/// A borrowed byte range (`envoy_dynamic_module_type_{envoy,module}_buffer`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Buf {
+    ptr: *const u8,
+    len: usize,
+}
+
+impl Buf {
+    const EMPTY: Buf = Buf {
+        ptr: std::ptr::null(),
+        len: 0,
+    };
+
+    fn of(bytes: &[u8]) -> Self {
+        Buf {
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+        }
+    }
+
+    /// The bytes, empty for a null pointer.
+    ///
+    /// # Safety
+    /// `ptr` must point at `len` readable bytes for the caller's lifetime.
+    unsafe fn bytes<'a>(self) -> &'a [u8] {
+        if self.ptr.is_null() || self.len == 0 {
+            return &[];
+        }
+        // SAFETY: the caller's promise.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// One header (`envoy_dynamic_module_type_envoy_http_header`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Header {
+    key: Buf,
+    value: Buf,
+}
+
+/// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
+const REQUEST_HEADERS: u32 = 0;
+/// `..._http_body_type_ReceivedRequestBody`: the frame this hook brings.
+const RECEIVED_BODY: u32 = 0;
+/// `..._http_body_type_BufferedRequestBody`: the frames held so far.
+const BUFFERED_BODY: u32 = 1;
+/// `..._attribute_id_RequestProtocol` (`HTTP/1.1`, `HTTP/2`, `HTTP/3`).
+const ATTR_PROTOCOL: u32 = 10;
+/// `..._attribute_id_SourceAddress` (`ip:port` of the TCP peer).
+const ATTR_SOURCE: u32 = 24;
+
+/// Filter statuses: `Continue` for headers, body and trailers alike.
+const CONTINUE: u32 = 0;
+/// Headers: `StopIteration` (wait for the body); trailers: the same.
+const STOP: u32 = 1;
+/// Body: `StopIterationAndBuffer` (hold this frame, wait for the next).
+const STOP_AND_BUFFER: u32 = 1;
+/// Body: `StopIterationNoBuffer` (refused: nothing more goes upstream).
+const STOP_NO_BUFFER: u32 = 3;
+
+unsafe extern "C" {
+    fn envoy_dynamic_module_callback_http_get_headers_size(f: *mut c_void, kind: u32) -> usize;
+    fn envoy_dynamic_module_callback_http_get_headers(
+        f: *mut c_void,
+        kind: u32,
+        out: *mut Header,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_get_body_chunks_size(f: *mut c_void, kind: u32) -> usize;
+    fn envoy_dynamic_module_callback_http_get_body_chunks(
+        f: *mut c_void,
+        kind: u32,
+        out: *mut Buf,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_send_response(
+        f: *mut c_void,
+        status: u32,
+        headers: *mut Header,
+        headers_len: usize,
+        body: Buf,
+        details: Buf,
+    );
+    fn envoy_dynamic_module_callback_http_get_body_size(f: *mut c_void, kind: u32) -> usize;
+    fn envoy_dynamic_module_callback_get_most_specific_route_config(
+        f: *mut c_void,
+    ) -> *const c_void;
+    fn envoy_dynamic_module_callback_http_set_dynamic_metadata_string(
+        f: *mut c_void,
+        namespace: Buf,
+        key: Buf,
+        value: Buf,
+    );
+    fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
+        f: *mut c_void,
+        id: u32,
+        out: *mut Buf,
+    ) -> bool;
+}
+
+/// The stream Envoy is calling about, for the duration of one hook.
+pub struct Envoy(*mut c_void);
+
+impl Envoy {
+    /// The request's headers, pseudo-headers included, as received.
+    pub fn request_headers(&self) -> Vec<(String, String)> {
+        // SAFETY: `self.0` is the live filter of the current hook; the
+        // array is sized by Envoy's own count, and the views it fills are
+        // copied before the hook returns.
+        unsafe {
+            let n = envoy_dynamic_module_callback_http_get_headers_size(self.0, REQUEST_HEADERS);
+            let mut out = vec![
+                Header {
+                    key: Buf::EMPTY,
+                    value: Buf::EMPTY
+                };
+                n
+            ];
+            if n == 0
+                || !envoy_dynamic_module_callback_http_get_headers(
+                    self.0,
+                    REQUEST_HEADERS,
+                    out.as_mut_ptr(),
+                )
+            {
+                return Vec::new();
+            }
+            out.iter()
+                .map(|h| {
+                    (
+                        String::from_utf8_lossy(h.key.bytes()).into_owned(),
+                        String::from_utf8_lossy(h.value.bytes()).into_owned(),
+                    )
+                })
+                .collect()
+        }
+    }
+
+    /// Appends the request body Envoy holds (`buffered`) or just brought.
+    fn append_body(&self, kind: u32, to: &mut Vec<u8>) {
+        // SAFETY: as for the headers: sized by Envoy, copied at once.
+        unsafe {
+            let n = envoy_dynamic_module_callback_http_get_body_chunks_size(self.0, kind);
+            let mut out = vec![Buf::EMPTY; n];
+            if n == 0
+                || !envoy_dynamic_module_callback_http_get_body_chunks(
+                    self.0,
+                    kind,
+                    out.as_mut_ptr(),
+                )
+            {
+                return;
+            }
+            for chunk in out {
+                to.extend_from_slice(chunk.bytes());
+            }
+        }
+    }
+
+    /// Bytes of request body so far: what Envoy holds and this frame.
+    pub fn body_size(&self) -> usize {
+        // SAFETY: `self.0` is the live filter of the current hook.
+        unsafe {
+            envoy_dynamic_module_callback_http_get_body_size(self.0, BUFFERED_BODY)
+                + envoy_dynamic_module_callback_http_get_body_size(self.0, RECEIVED_BODY)
+        }
+    }
+
+    /// The route's policy (its per-route config), if the route has one.
+    pub fn route(&self) -> Option<Arc<RouteConfig>> {
+        // SAFETY: a non-null answer is the pointer our per-route hook
+        // made with `Arc::into_raw`, which the route keeps alive for this
+        // stream; we take a count of our own.
+        unsafe {
+            let p = envoy_dynamic_module_callback_get_most_specific_route_config(self.0)
+                .cast::<RouteConfig>();
+            if p.is_null() {
+                return None;
+            }
+            Arc::increment_strong_count(p);
+            Some(Arc::from_raw(p))
+        }
+    }
+
+    /// Sets `key` in this stream's dynamic metadata under `namespace`
+    /// (the access log reads it).
+    pub fn set_metadata(&self, namespace: &str, key: &str, value: &str) {
+        // SAFETY: the buffers outlive the call; Envoy copies them.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_dynamic_metadata_string(
+                self.0,
+                Buf::of(namespace.as_bytes()),
+                Buf::of(key.as_bytes()),
+                Buf::of(value.as_bytes()),
+            );
+        }
+    }
+
+    /// The whole request body: what Envoy buffered, then the last frame.
+    pub fn request_body(&self) -> Vec<u8> {
+        let mut body = Vec::new();
+        self.append_body(BUFFERED_BODY, &mut body);
+        self.append_body(RECEIVED_BODY, &mut body);
+        body
+    }
+
+    fn attribute(&self, id: u32) -> Option<String> {
+        let mut out = Buf::EMPTY;
+        // SAFETY: Envoy fills `out` with a view valid during the hook.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_get_attribute_string(self.0, id, &mut out)
+                .then(|| String::from_utf8_lossy(out.bytes()).into_owned())
+        }
+    }
+
+    /// `HTTP/1.1`, `HTTP/2`, `HTTP/3`.
+    pub fn protocol(&self) -> Option<String> {
+        self.attribute(ATTR_PROTOCOL)
+    }
+
+    /// The TCP peer as `ip:port`.
+    pub fn source(&self) -> Option<String> {
+        self.attribute(ATTR_SOURCE)
+    }
+
+    /// Answers the request itself with `status` and `body`.
+    pub fn refuse(&self, status: u16, body: &str, details: &str) {
+        // SAFETY: the buffers outlive the call; Envoy copies them.
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response(
+                self.0,
+                u32::from(status),
+                std::ptr::null_mut(),
+                0,
+                Buf::of(body.as_bytes()),
+                Buf::of(details.as_bytes()),
+            );
+        }
+    }
+}
+
+/// What the module says its ABI is. Envoy only warns on a mismatch.
+static ABI_VERSION: &[u8] = b"v0.2.0\0";
+
+/// Runs `f` and turns a panic into `otherwise`: a panic must not unwind
+/// into Envoy's C++ frames, which would abort the proxy.
+fn guarded<T>(otherwise: T, f: impl FnOnce() -> T) -> T {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(otherwise)
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
+    ABI_VERSION.as_ptr().cast()
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    _envoy: *mut c_void,
+    _name: Buf,
+    config: Buf,
+) -> *const c_void {
+    // SAFETY: Envoy's buffer is valid during this hook.
+    let text = unsafe { config.bytes() };
+    guarded(std::ptr::null(), || match FilterConfig::parse(text) {
+        Ok(c) => Arc::into_raw(Arc::new(c)).cast(),
+        Err(e) => {
+            eprintln!("vpsie-lb-waf-filter: {e}");
+            std::ptr::null()
+        }
+    })
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(c: *mut c_void) {
+    if !c.is_null() {
+        // SAFETY: `c` came from `Arc::into_raw` in `config_new`; streams
+        // made from it hold their own counts.
+        drop(unsafe { Arc::from_raw(c.cast_const().cast::<FilterConfig>()) });
+    }
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
+    _name: Buf,
+    config: Buf,
+) -> *const c_void {
+    // SAFETY: Envoy's buffer is valid during this hook.
+    let text = unsafe { config.bytes() };
+    guarded(std::ptr::null(), || match RouteConfig::parse(text) {
+        Ok(c) => Arc::into_raw(Arc::new(c)).cast(),
+        Err(e) => {
+            eprintln!("vpsie-lb-waf-filter: {e}");
+            std::ptr::null()
+        }
+    })
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(c: *mut c_void) {
+    if !c.is_null() {
+        // SAFETY: `c` came from `Arc::into_raw` in `per_route_config_new`.
+        drop(unsafe { Arc::from_raw(c.cast_const().cast::<RouteConfig>()) });
+    }
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn envoy_dynamic_module_on_http_filter_new(
+    c: *mut c_void,
+    _envoy: *mut c_void,
+) -> *const c_void {
+    if c.is_null() {
+        return std::ptr::null();
+    }
+    let c = c.cast_const().cast::<FilterConfig>();
+    // SAFETY: `c` is a live config from `config_new` (Envoy destroys it
+    // only after creating its last stream); the stream takes a count.
+    let config = unsafe {
+        Arc::increment_strong_count(c);
+        Arc::from_raw(c)
+    };
+    guarded(std::ptr::null(), || {
+        Box::into_raw(Box::new(Stream::new(config)))
+            .cast_const()
+            .cast()
+    })
+}
+
+/// Runs a request hook on stream `m`. A panic must not unwind into
+/// Envoy's C++ frames (that aborts the proxy): it ends the stream's
+/// inspection as a failed one, which `fail_open` answers.
+fn hook(f: *mut c_void, m: *mut c_void, run: impl FnOnce(&mut Stream, &Envoy) -> Next) -> Next {
+    // SAFETY: `m` comes from `filter_new` and is not yet destroyed; Envoy
+    // calls a stream's hooks from one thread, one at a time.
+    let Some(s) = (unsafe { m.cast::<Stream>().as_mut() }) else {
+        return Next::Go;
+    };
+    let envoy = Envoy(f);
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(s, &envoy))) {
+        Ok(next) => next,
+        Err(_) => {
+            s.decided = true;
+            s.failed(&envoy)
+        }
+    }
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    f: *mut c_void,
+    m: *mut c_void,
+    end_of_stream: bool,
+) -> u32 {
+    match hook(f, m, |s, e| s.on_headers(e, end_of_stream)) {
+        Next::Go => CONTINUE,
+        Next::Wait | Next::Refused => STOP,
+    }
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    f: *mut c_void,
+    m: *mut c_void,
+    end_of_stream: bool,
+) -> u32 {
+    match hook(f, m, |s, e| s.on_body(e, end_of_stream)) {
+        Next::Go => CONTINUE,
+        Next::Wait => STOP_AND_BUFFER,
+        Next::Refused => STOP_NO_BUFFER,
+    }
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    f: *mut c_void,
+    m: *mut c_void,
+) -> u32 {
+    match hook(f, m, Stream::on_trailers) {
+        Next::Go => CONTINUE,
+        Next::Wait | Next::Refused => STOP,
+    }
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn envoy_dynamic_module_on_http_filter_destroy(m: *mut c_void) {
+    if !m.is_null() {
+        // SAFETY: `m` came from `Box::into_raw` in `filter_new`.
+        drop(unsafe { Box::from_raw(m.cast::<Stream>()) });
+    }
+}
+
+/// Hooks for what this filter does not take part in: responses pass on,
+/// the rest is acknowledged. Envoy resolves every hook when it loads us.
+macro_rules! passing {
+    ($($name:ident),* $(,)?) => {$(
+        #[unsafe(no_mangle)]
+        extern "C" fn $name() -> u32 {
+            CONTINUE
+        }
+    )*};
+}
+
+passing!(
+    envoy_dynamic_module_on_http_filter_response_headers,
+    envoy_dynamic_module_on_http_filter_response_body,
+    envoy_dynamic_module_on_http_filter_response_trailers,
+    envoy_dynamic_module_on_http_filter_local_reply,
+    envoy_dynamic_module_on_http_filter_stream_complete,
+    envoy_dynamic_module_on_http_filter_scheduled,
+    envoy_dynamic_module_on_http_filter_http_callout_done,
+    envoy_dynamic_module_on_http_filter_http_stream_headers,
+    envoy_dynamic_module_on_http_filter_http_stream_data,
+    envoy_dynamic_module_on_http_filter_http_stream_trailers,
+    envoy_dynamic_module_on_http_filter_http_stream_complete,
+    envoy_dynamic_module_on_http_filter_http_stream_reset,
+    envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark,
+    envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark,
+    envoy_dynamic_module_on_http_filter_config_scheduled,
+    envoy_dynamic_module_on_http_filter_config_http_callout_done,
+    envoy_dynamic_module_on_http_filter_config_http_stream_headers,
+    envoy_dynamic_module_on_http_filter_config_http_stream_data,
+    envoy_dynamic_module_on_http_filter_config_http_stream_trailers,
+    envoy_dynamic_module_on_http_filter_config_http_stream_complete,
+    envoy_dynamic_module_on_http_filter_config_http_stream_reset,
+);
