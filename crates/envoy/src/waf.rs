@@ -202,6 +202,7 @@ pub(crate) fn for_route_config(lb: &LoadBalancer, opts: &TranslateOptions) -> Ha
     let Some(waf) = &lb.waf else {
         return HashMap::new();
     };
+    let mut configs = HashMap::new();
     if let WafEngine::InEnvoy(module) = &opts.waf_engine {
         let per_route = DynamicModuleFilterPerRoute {
             dynamic_module_config: Some(module_config(module)),
@@ -209,8 +210,14 @@ pub(crate) fn for_route_config(lb: &LoadBalancer, opts: &TranslateOptions) -> Ha
             filter_config: in_envoy_settings(lb).map(|(_, route)| string_value(route)),
             ..Default::default()
         };
-        return HashMap::from([(IN_ENVOY.to_owned(), any(&per_route))]);
+        configs.insert(IN_ENVOY.to_owned(), any(&per_route));
     }
+    // Kept with the in-Envoy engine too, where no ext_authz filter reads
+    // it: a switch from the service drains the old listeners, whose
+    // ext_authz reads the new route configuration, and without the load
+    // balancer's id in it the service could only answer "no policy". (The
+    // other way round, the module's setting is not kept: it would load the
+    // module into an Envoy told to use the service.)
     let per_route = ExtAuthzPerRoute {
         r#override: Some(match waf.mode {
             WafMode::Off => ext_authz_per_route::Override::Disabled(true),
@@ -227,7 +234,8 @@ pub(crate) fn for_route_config(lb: &LoadBalancer, opts: &TranslateOptions) -> Ha
             }
         }),
     };
-    HashMap::from([(EXT_AUTHZ.to_owned(), any(&per_route))])
+    configs.insert(EXT_AUTHZ.to_owned(), any(&per_route));
+    configs
 }
 
 /// The WAF service's policy file for `config`: every load balancer with a

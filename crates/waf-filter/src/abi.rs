@@ -11,7 +11,7 @@
 use std::ffi::{c_char, c_void};
 use std::sync::Arc;
 
-use crate::{FilterConfig, Next, RouteConfig, Stream};
+use crate::{CLOSED, FilterConfig, Next, Reply, RouteConfig, Stream};
 
 /// A borrowed byte range (`envoy_dynamic_module_type_{envoy,module}_buffer`).
 #[repr(C)]
@@ -76,6 +76,8 @@ const STOP_AND_BUFFER: u32 = 1;
 const STOP_NO_BUFFER: u32 = 3;
 
 unsafe extern "C" {
+    fn envoy_dynamic_module_callback_log(level: u32, message: Buf);
+    fn envoy_dynamic_module_callback_log_enabled(level: u32) -> bool;
     fn envoy_dynamic_module_callback_http_get_headers_size(f: *mut c_void, kind: u32) -> usize;
     fn envoy_dynamic_module_callback_http_get_headers(
         f: *mut c_void,
@@ -111,6 +113,34 @@ unsafe extern "C" {
         id: u32,
         out: *mut Buf,
     ) -> bool;
+}
+
+/// `envoy_dynamic_module_type_log_level_Warn`.
+const WARN: u32 = 3;
+/// `envoy_dynamic_module_type_log_level_Error`.
+const ERROR: u32 = 4;
+
+/// Writes `message()` to Envoy's log at `level`, formatting it only when
+/// that level is on.
+fn log(level: u32, message: impl FnOnce() -> String) {
+    // SAFETY: plain calls; the buffer outlives the second, which copies it.
+    unsafe {
+        if envoy_dynamic_module_callback_log_enabled(level) {
+            let text = message();
+            envoy_dynamic_module_callback_log(level, Buf::of(text.as_bytes()));
+        }
+    }
+}
+
+/// A match, at warning level (the agent runs Envoy at that level).
+pub fn warn(message: impl FnOnce() -> String) {
+    log(WARN, message);
+}
+
+/// A failure, at error level (the pre-flight runs Envoy at that level,
+/// so a config it refuses says why).
+pub fn error(message: impl FnOnce() -> String) {
+    log(ERROR, message);
 }
 
 /// The stream Envoy is calling about, for the duration of one hook.
@@ -238,17 +268,19 @@ impl Envoy {
         self.attribute(ATTR_SOURCE)
     }
 
-    /// Answers the request itself with `status` and `body`.
-    pub fn refuse(&self, status: u16, body: &str, details: &str) {
+    /// Answers the request itself with `reply`. Envoy may end the stream
+    /// inside this call, destroying our state for it: nothing of the
+    /// stream may be touched after (see `hook`).
+    fn refuse(&self, reply: &Reply) {
         // SAFETY: the buffers outlive the call; Envoy copies them.
         unsafe {
             envoy_dynamic_module_callback_http_send_response(
                 self.0,
-                u32::from(status),
+                u32::from(reply.status),
                 std::ptr::null_mut(),
                 0,
-                Buf::of(body.as_bytes()),
-                Buf::of(details.as_bytes()),
+                Buf::of(reply.body.as_bytes()),
+                Buf::of(reply.details.as_bytes()),
             );
         }
     }
@@ -279,7 +311,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     guarded(std::ptr::null(), || match FilterConfig::parse(text) {
         Ok(c) => Arc::into_raw(Arc::new(c)).cast(),
         Err(e) => {
-            eprintln!("vpsie-lb-waf-filter: {e}");
+            error(|| format!("vpsie-lb-waf-filter: {e}"));
             std::ptr::null()
         }
     })
@@ -304,7 +336,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
     guarded(std::ptr::null(), || match RouteConfig::parse(text) {
         Ok(c) => Arc::into_raw(Arc::new(c)).cast(),
         Err(e) => {
-            eprintln!("vpsie-lb-waf-filter: {e}");
+            error(|| format!("vpsie-lb-waf-filter: {e}"));
             std::ptr::null()
         }
     })
@@ -340,23 +372,34 @@ extern "C" fn envoy_dynamic_module_on_http_filter_new(
     })
 }
 
-/// Runs a request hook on stream `m`. A panic must not unwind into
-/// Envoy's C++ frames (that aborts the proxy): it ends the stream's
-/// inspection as a failed one, which `fail_open` answers.
+/// Runs a request hook on stream `m`, then sends the reply it chose, if
+/// any, as its very last step: sending may end the stream and have Envoy
+/// destroy our state for it, so no borrow of it may live on. A panic must
+/// not unwind into Envoy's C++ frames (that aborts the proxy): it ends the
+/// stream's inspection as a failed one, which `fail_open` answers. A
+/// stream without state (its creation failed) is refused, never passed.
 fn hook(f: *mut c_void, m: *mut c_void, run: impl FnOnce(&mut Stream, &Envoy) -> Next) -> Next {
-    // SAFETY: `m` comes from `filter_new` and is not yet destroyed; Envoy
-    // calls a stream's hooks from one thread, one at a time.
-    let Some(s) = (unsafe { m.cast::<Stream>().as_mut() }) else {
-        return Next::Go;
-    };
     let envoy = Envoy(f);
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(s, &envoy))) {
-        Ok(next) => next,
-        Err(_) => {
-            s.decided = true;
-            s.failed(&envoy)
+    let next = {
+        // SAFETY: `m` comes from `filter_new` and is not yet destroyed;
+        // Envoy calls a stream's hooks from one thread, one at a time.
+        match unsafe { m.cast::<Stream>().as_mut() } {
+            None => Next::Refuse(CLOSED),
+            Some(s) => {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(s, &envoy))) {
+                    Ok(next) => next,
+                    Err(_) => {
+                        s.decided = true;
+                        s.failed()
+                    }
+                }
+            }
         }
+    };
+    if let Next::Refuse(reply) = &next {
+        envoy.refuse(reply);
     }
+    next
 }
 
 #[unsafe(no_mangle)]
@@ -367,7 +410,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
 ) -> u32 {
     match hook(f, m, |s, e| s.on_headers(e, end_of_stream)) {
         Next::Go => CONTINUE,
-        Next::Wait | Next::Refused => STOP,
+        Next::Wait | Next::Refuse(_) => STOP,
     }
 }
 
@@ -380,7 +423,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     match hook(f, m, |s, e| s.on_body(e, end_of_stream)) {
         Next::Go => CONTINUE,
         Next::Wait => STOP_AND_BUFFER,
-        Next::Refused => STOP_NO_BUFFER,
+        Next::Refuse(_) => STOP_NO_BUFFER,
     }
 }
 
@@ -391,7 +434,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
 ) -> u32 {
     match hook(f, m, Stream::on_trailers) {
         Next::Go => CONTINUE,
-        Next::Wait | Next::Refused => STOP,
+        Next::Wait | Next::Refuse(_) => STOP,
     }
 }
 
@@ -403,8 +446,8 @@ extern "C" fn envoy_dynamic_module_on_http_filter_destroy(m: *mut c_void) {
     }
 }
 
-/// Hooks for what this filter does not take part in: responses pass on,
-/// the rest is acknowledged. Envoy resolves every hook when it loads us.
+/// Hooks for what this filter does not take part in. Envoy resolves
+/// every hook when it loads us. Responses pass on (status `Continue`)...
 macro_rules! passing {
     ($($name:ident),* $(,)?) => {$(
         #[unsafe(no_mangle)]
@@ -414,11 +457,24 @@ macro_rules! passing {
     )*};
 }
 
+/// ...and the other events are acknowledged (they return nothing). The
+/// arguments are left undeclared: none is read.
+macro_rules! ignoring {
+    ($($name:ident),* $(,)?) => {$(
+        #[unsafe(no_mangle)]
+        extern "C" fn $name() {}
+    )*};
+}
+
 passing!(
     envoy_dynamic_module_on_http_filter_response_headers,
     envoy_dynamic_module_on_http_filter_response_body,
     envoy_dynamic_module_on_http_filter_response_trailers,
+    // Its `Continue`: the local reply is sent as it is.
     envoy_dynamic_module_on_http_filter_local_reply,
+);
+
+ignoring!(
     envoy_dynamic_module_on_http_filter_stream_complete,
     envoy_dynamic_module_on_http_filter_scheduled,
     envoy_dynamic_module_on_http_filter_http_callout_done,

@@ -6,11 +6,13 @@
 //!
 //! The listener's filter config names the load balancer and its
 //! `fail_open`; each route's config carries the policy, so a policy change
-//! is a route change and never touches the listener. See `docs/waf.md`.
+//! is a route change and never touches the listener. See "The WAF's two
+//! engines" in `docs/load-balancer-format.md`.
 
 mod abi;
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::Deserialize;
 use vpsie_lb_waf::config::{Mode, Oversize, Policy};
@@ -84,7 +86,34 @@ impl RouteConfig {
         let s: RouteSettings =
             serde_json::from_slice(text).map_err(|e| format!("route config: {e}"))?;
         engine().rules(&s.policy)?;
+        *in_use().entry(s.policy.clone()).or_default() += 1;
         Ok(Self { policy: s.policy })
+    }
+}
+
+/// How many route configurations use each policy. Envoy drops a route
+/// configuration it replaced; when a policy's last one goes, so does its
+/// compiled set, or Envoy would keep every policy it ever saw.
+fn in_use() -> std::sync::MutexGuard<'static, HashMap<Policy, usize>> {
+    static IN_USE: OnceLock<Mutex<HashMap<Policy, usize>>> = OnceLock::new();
+    IN_USE
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Drop for RouteConfig {
+    fn drop(&mut self) {
+        let mut counts = in_use();
+        let Some(n) = counts.get_mut(&self.policy) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(&self.policy);
+            let keep: Vec<&Policy> = counts.keys().collect();
+            engine().retain(&keep);
+        }
     }
 }
 
@@ -94,9 +123,29 @@ pub enum Next {
     Go,
     /// Hold it: the body is still coming.
     Wait,
-    /// It was answered here (refused).
-    Refused,
+    /// Answer it here with this reply. The hook sends it last: sending
+    /// may end the stream and free its state at once.
+    Refuse(Reply),
 }
+
+/// A reply the filter gives instead of the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    /// The status.
+    pub status: u16,
+    /// The body.
+    pub body: &'static str,
+    /// Envoy's response code details (in the access log).
+    pub details: &'static str,
+}
+
+/// What a request gets when no verdict could be had and `fail_open` is
+/// false: what a blocked one gets.
+pub const CLOSED: Reply = Reply {
+    status: 403,
+    body: REFUSED,
+    details: "waf_unavailable",
+};
 
 /// One request's state between hooks.
 pub struct Stream {
@@ -125,7 +174,7 @@ impl Stream {
             // so this is a bug; never a silent pass.
             self.decided = true;
             envoy.set_metadata(METADATA_NAMESPACE, "waf_action", "error");
-            return self.failed(envoy);
+            return self.failed();
         };
         if route.policy.mode == Mode::Off {
             self.decided = true;
@@ -174,12 +223,11 @@ impl Stream {
         if policy.mode == Mode::Block && policy.oversize_body == Oversize::Refuse {
             self.decided = true;
             envoy.set_metadata(METADATA_NAMESPACE, "waf_action", "block");
-            envoy.refuse(
-                413,
-                "request body past the inspection limit\n",
-                "waf_body_too_large",
-            );
-            return Next::Refused;
+            return Next::Refuse(Reply {
+                status: 413,
+                body: "request body past the inspection limit\n",
+                details: "waf_body_too_large",
+            });
         }
         let mut body = envoy.request_body();
         body.truncate(MAX_BODY_BYTES);
@@ -192,13 +240,35 @@ impl Stream {
     fn decide(&mut self, envoy: &Envoy) -> Next {
         self.decided = true;
         let Some(route) = self.route.clone() else {
-            return self.failed(envoy);
+            return self.failed();
         };
         let request = describe(std::mem::take(&mut self.seen));
         let note = |action: &str, rules: &[u32]| {
             envoy.set_metadata(METADATA_NAMESPACE, "waf_action", action);
             let ids: Vec<String> = rules.iter().map(ToString::to_string).collect();
             envoy.set_metadata(METADATA_NAMESPACE, "waf_rules", &ids.join(","));
+            // As the service logs a match: who, what, which rules; never
+            // a body.
+            abi::warn(|| {
+                let what = if action == "block" {
+                    "waf refused the request"
+                } else {
+                    "waf rules matched; passed"
+                };
+                let line: String = format!("{} {}", request.method, request.uri)
+                    .chars()
+                    .take(200)
+                    .collect();
+                // JSON after the message, so a request line can hold anything.
+                let fields = serde_json::json!({
+                    "lb_id": self.filter.lb,
+                    "client": request.client.0,
+                    "request": line,
+                    "rules": rules,
+                    "action": action,
+                });
+                format!("vpsie-lb-waf-filter: {what} {fields}")
+            });
         };
         match engine().inspect(&route.policy, &request) {
             Ok(Verdict::Pass) => Next::Go,
@@ -208,28 +278,32 @@ impl Stream {
             }
             Ok(Verdict::Blocked { status, rules }) => {
                 note("block", &rules);
-                envoy.refuse(status, REFUSED, "waf_blocked");
-                Next::Refused
+                Next::Refuse(Reply {
+                    status,
+                    body: REFUSED,
+                    details: "waf_blocked",
+                })
             }
             Err(e) => {
-                eprintln!(
-                    "vpsie-lb-waf-filter: {}: inspection failed: {e}",
-                    self.filter.lb
-                );
-                note("error", &[]);
-                self.failed(envoy)
+                abi::error(|| {
+                    format!(
+                        "vpsie-lb-waf-filter: inspection failed: lb_id={}: {e}",
+                        self.filter.lb
+                    )
+                });
+                envoy.set_metadata(METADATA_NAMESPACE, "waf_action", "error");
+                self.failed()
             }
         }
     }
 
     /// No verdict could be had: the load balancer's `fail_open` decides,
     /// and a closed one refuses as a blocked request would (403).
-    fn failed(&self, envoy: &Envoy) -> Next {
+    fn failed(&self) -> Next {
         if self.filter.fail_open {
             Next::Go
         } else {
-            envoy.refuse(403, REFUSED, "waf_unavailable");
-            Next::Refused
+            Next::Refuse(CLOSED)
         }
     }
 }
@@ -283,6 +357,22 @@ mod tests {
             let want = want.map(|(ip, port)| (ip.to_owned(), port));
             assert_eq!(split_address(text), want, "{text}");
         }
+    }
+
+    #[test]
+    fn a_policy_no_route_uses_is_forgotten() {
+        let text = br#"{"policy": {"mode": "block", "paranoia_level": 3, "exclusions": [941100]}}"#;
+        let policy = |c: &RouteConfig| c.policy.clone();
+        let (one, two) = (
+            RouteConfig::parse(text).expect("valid"),
+            RouteConfig::parse(text).expect("valid"),
+        );
+        assert_eq!(in_use().get(&policy(&one)), Some(&2));
+        let p = policy(&one);
+        drop(one);
+        assert_eq!(in_use().get(&p), Some(&1));
+        drop(two);
+        assert_eq!(in_use().get(&p), None);
     }
 
     #[test]

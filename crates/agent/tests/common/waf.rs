@@ -30,20 +30,22 @@ pub fn waf_bin() -> PathBuf {
     bin
 }
 
-/// The filter module, built beside the agent's binary (`cargo test
-/// --workspace` builds it; a narrower run builds it here).
+/// The filter module, built beside the agent's binary. No test target
+/// depends on it, so `cargo test` would not rebuild it after a change:
+/// each test process brings it up to date once (a no-op when it is).
 pub fn filter_module() -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
     let module = Path::new(super::agent_bin()).with_file_name("libvpsie_lb_waf_filter.so");
     BUILT.call_once(|| {
-        if !module.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let ok = Command::new(cargo)
-                .args(["build", "--quiet", "-p", "vpsie-lb-waf-filter"])
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "building vpsie-lb-waf-filter failed");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "--locked", "-p", "vpsie-lb-waf-filter"]);
+        // The agent's profile, so the module lands beside it.
+        if module.parent().is_some_and(|d| d.ends_with("release")) {
+            build.arg("--release");
         }
+        let ok = build.status().is_ok_and(|s| s.success());
+        assert!(ok, "building vpsie-lb-waf-filter failed");
     });
     module
 }
