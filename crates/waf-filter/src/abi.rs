@@ -70,8 +70,13 @@ const ATTR_SOURCE: u32 = 24;
 const CONTINUE: u32 = 0;
 /// Headers: `StopIteration` (wait for the body); trailers: the same.
 const STOP: u32 = 1;
-/// Body: `StopIterationAndBuffer` (hold this frame, wait for the next).
-const STOP_AND_BUFFER: u32 = 1;
+/// Body: `StopIterationAndWatermark`: hold this frame and wait for the
+/// next, and past the stream's buffer limit slow the client down rather
+/// than answer 413 (`StopIterationAndBuffer` does): when the filter lets
+/// the held start and the frame that crossed 2 MiB through together, they
+/// may pass the listener's limit, and under load reads are large. As
+/// ext_authz holds a body it may send in part.
+const STOP_AND_HOLD: u32 = 2;
 /// Body: `StopIterationNoBuffer` (refused: nothing more goes upstream).
 const STOP_NO_BUFFER: u32 = 3;
 
@@ -300,15 +305,13 @@ extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
     ABI_VERSION.as_ptr().cast()
 }
 
-#[unsafe(no_mangle)]
-extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
-    _envoy: *mut c_void,
-    _name: Buf,
-    config: Buf,
-) -> *const c_void {
+/// A config Envoy keeps: `parse` of the text in `config`, as the pointer
+/// of an `Arc` (streams take counts of their own), or null when refused,
+/// with the reason in Envoy's log.
+fn config_new<T>(config: Buf, parse: fn(&[u8]) -> Result<T, String>) -> *const c_void {
     // SAFETY: Envoy's buffer is valid during this hook.
     let text = unsafe { config.bytes() };
-    guarded(std::ptr::null(), || match FilterConfig::parse(text) {
+    guarded(std::ptr::null(), || match parse(text) {
         Ok(c) => Arc::into_raw(Arc::new(c)).cast(),
         Err(e) => {
             error(|| format!("vpsie-lb-waf-filter: {e}"));
@@ -317,13 +320,30 @@ extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     })
 }
 
+/// Envoy is done with a config from [`config_new`].
+///
+/// # Safety
+/// `c` is null or came from `config_new::<T>`, and Envoy drops it once.
+unsafe fn config_destroy<T>(c: *mut c_void) {
+    if !c.is_null() {
+        // SAFETY: the caller's promise.
+        drop(unsafe { Arc::from_raw(c.cast_const().cast::<T>()) });
+    }
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    _envoy: *mut c_void,
+    _name: Buf,
+    config: Buf,
+) -> *const c_void {
+    config_new(config, FilterConfig::parse)
+}
+
 #[unsafe(no_mangle)]
 extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(c: *mut c_void) {
-    if !c.is_null() {
-        // SAFETY: `c` came from `Arc::into_raw` in `config_new`; streams
-        // made from it hold their own counts.
-        drop(unsafe { Arc::from_raw(c.cast_const().cast::<FilterConfig>()) });
-    }
+    // SAFETY: `c` is this filter's config, from `config_new`.
+    unsafe { config_destroy::<FilterConfig>(c) }
 }
 
 #[unsafe(no_mangle)]
@@ -331,23 +351,13 @@ extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
     _name: Buf,
     config: Buf,
 ) -> *const c_void {
-    // SAFETY: Envoy's buffer is valid during this hook.
-    let text = unsafe { config.bytes() };
-    guarded(std::ptr::null(), || match RouteConfig::parse(text) {
-        Ok(c) => Arc::into_raw(Arc::new(c)).cast(),
-        Err(e) => {
-            error(|| format!("vpsie-lb-waf-filter: {e}"));
-            std::ptr::null()
-        }
-    })
+    config_new(config, RouteConfig::parse)
 }
 
 #[unsafe(no_mangle)]
 extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(c: *mut c_void) {
-    if !c.is_null() {
-        // SAFETY: `c` came from `Arc::into_raw` in `per_route_config_new`.
-        drop(unsafe { Arc::from_raw(c.cast_const().cast::<RouteConfig>()) });
-    }
+    // SAFETY: `c` is a route's config, from `per_route_config_new`.
+    unsafe { config_destroy::<RouteConfig>(c) }
 }
 
 #[unsafe(no_mangle)]
@@ -422,7 +432,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
 ) -> u32 {
     match hook(f, m, |s, e| s.on_body(e, end_of_stream)) {
         Next::Go => CONTINUE,
-        Next::Wait => STOP_AND_BUFFER,
+        Next::Wait => STOP_AND_HOLD,
         Next::Refuse(_) => STOP_NO_BUFFER,
     }
 }

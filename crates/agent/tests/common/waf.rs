@@ -8,9 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+use vpsie_lb_testkit::backend::HttpBackend;
+use vpsie_lb_testkit::http::{Response, connect, read_response};
 use vpsie_lb_testkit::poll_until;
 
-use super::Lab;
+use super::{Lab, lb_over};
 
 /// The service binary, built beside the agent's (`cargo test --workspace`
 /// builds it; a narrower run builds it here).
@@ -277,3 +279,38 @@ macro_rules! over_deliveries_and_engines {
 }
 #[allow(unused_imports)]
 pub(crate) use over_deliveries_and_engines;
+
+/// One request with `headers` and `body`.
+pub fn send(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut s = connect(None, port).expect("connect");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: shop.example.com\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    let has_ua = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("user-agent"));
+    if !has_ua {
+        head.push_str("User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\nAccept: text/html\r\n");
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).expect("send head");
+    s.write_all(body).expect("send body");
+    read_response(&mut s).expect("answer")
+}
+
+/// A document: load balancer `shop` on `port` over `bs`, with `waf`.
+pub fn with_waf(port: u16, bs: &[HttpBackend], waf: Value) -> Value {
+    let mut doc = lb_over("shop", "http", port, "round_robin", bs);
+    doc["waf"] = waf;
+    doc
+}
