@@ -80,20 +80,28 @@ fn envoy_proxy(dir: &Path, port: u16, upstreams: &[u16], policy: Option<&Policy>
         .iter()
         .map(|p| json!({"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}))
         .collect();
+    // As the agent configures the filter (`vpsie_lb_envoy::in_envoy_settings`):
+    // who and `fail_open` on the listener, the policy on the routes.
+    let module = json!({"name": "vpsie_lb_waf_filter", "do_not_close": true});
+    let text = |v: serde_json::Value| json!({"@type": "type.googleapis.com/google.protobuf.StringValue", "value": v.to_string()});
     let mut filters = Vec::new();
+    let mut per_route = json!({});
     if let Some(policy) = policy {
         filters.push(json!({
-            "name": "envoy.filters.http.dynamic_modules",
+            "name": "vpsie_lb.waf",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-                "dynamic_module_config": {"name": "vpsie_lb_waf_filter", "do_not_close": true},
+                "dynamic_module_config": module,
                 "filter_name": "waf",
-                "filter_config": {
-                    "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": json!({"policy": policy}).to_string(),
-                },
+                "filter_config": text(json!({"lb": "guarded", "fail_open": true})),
             },
         }));
+        per_route = json!({"vpsie_lb.waf": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute",
+            "dynamic_module_config": module,
+            "filter_name": "waf",
+            "filter_config": text(json!({"policy": policy})),
+        }});
     }
     filters.push(
         json!({"name": "envoy.filters.http.router", "typed_config": {
@@ -110,7 +118,8 @@ fn envoy_proxy(dir: &Path, port: u16, upstreams: &[u16], policy: Option<&Policy>
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                         "stat_prefix": "l",
                         "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"],
-                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "b"}}]}]},
+                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "b"}}],
+                            "typed_per_filter_config": per_route}]},
                         "http_filters": filters,
                     },
                 }]}],
