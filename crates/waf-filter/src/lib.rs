@@ -11,12 +11,12 @@
 
 mod abi;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
 use vpsie_lb_waf::config::{Mode, Oversize, Policy};
 use vpsie_lb_waf::engine::{DEFAULT_CRS_DIR, DEFAULT_CRS_SETUP, Engine, MAX_BODY_BYTES, Verdict};
+use vpsie_lb_waf::msc::RuleSet;
 use vpsie_lb_waf::request::{Seen, describe};
 
 use crate::abi::Envoy;
@@ -70,9 +70,12 @@ struct RouteSettings {
     policy: Policy,
 }
 
-/// A route's policy, its rules compiled.
+/// A route's policy, its rules compiled. The set lives as long as the
+/// route configurations that hold it (Envoy drops one it replaced), so
+/// Envoy never keeps a policy no route uses any more.
 pub struct RouteConfig {
     policy: Policy,
+    rules: Arc<RuleSet>,
 }
 
 impl RouteConfig {
@@ -85,35 +88,11 @@ impl RouteConfig {
     pub fn parse(text: &[u8]) -> Result<Self, String> {
         let s: RouteSettings =
             serde_json::from_slice(text).map_err(|e| format!("route config: {e}"))?;
-        engine().rules(&s.policy)?;
-        *in_use().entry(s.policy.clone()).or_default() += 1;
-        Ok(Self { policy: s.policy })
-    }
-}
-
-/// How many route configurations use each policy. Envoy drops a route
-/// configuration it replaced; when a policy's last one goes, so does its
-/// compiled set, or Envoy would keep every policy it ever saw.
-fn in_use() -> std::sync::MutexGuard<'static, HashMap<Policy, usize>> {
-    static IN_USE: OnceLock<Mutex<HashMap<Policy, usize>>> = OnceLock::new();
-    IN_USE
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-impl Drop for RouteConfig {
-    fn drop(&mut self) {
-        let mut counts = in_use();
-        let Some(n) = counts.get_mut(&self.policy) else {
-            return;
-        };
-        *n -= 1;
-        if *n == 0 {
-            counts.remove(&self.policy);
-            let keep: Vec<&Policy> = counts.keys().collect();
-            engine().retain(&keep);
-        }
+        let rules = Arc::new(engine().compile(&s.policy)?);
+        Ok(Self {
+            policy: s.policy,
+            rules,
+        })
     }
 }
 
@@ -270,7 +249,7 @@ impl Stream {
                 format!("vpsie-lb-waf-filter: {what} {fields}")
             });
         };
-        match engine().inspect(&route.policy, &request) {
+        match engine().inspect_with(&route.policy, || Ok(route.rules.clone()), &request) {
             Ok(Verdict::Pass) => Next::Go,
             Ok(Verdict::Detected(rules)) => {
                 note("detect", &rules);
@@ -362,17 +341,22 @@ mod tests {
     #[test]
     fn a_policy_no_route_uses_is_forgotten() {
         let text = br#"{"policy": {"mode": "block", "paranoia_level": 3, "exclusions": [941100]}}"#;
-        let policy = |c: &RouteConfig| c.policy.clone();
         let (one, two) = (
             RouteConfig::parse(text).expect("valid"),
             RouteConfig::parse(text).expect("valid"),
         );
-        assert_eq!(in_use().get(&policy(&one)), Some(&2));
-        let p = policy(&one);
+        let sets = [Arc::downgrade(&one.rules), Arc::downgrade(&two.rules)];
         drop(one);
-        assert_eq!(in_use().get(&p), Some(&1));
+        assert!(
+            sets[0].upgrade().is_none(),
+            "nothing else keeps a route's set"
+        );
+        assert!(
+            sets[1].upgrade().is_some(),
+            "the other route still uses its own"
+        );
         drop(two);
-        assert_eq!(in_use().get(&p), None);
+        assert!(sets[1].upgrade().is_none());
     }
 
     #[test]

@@ -181,8 +181,8 @@ impl Engine {
         Ok(crs.insert(Arc::new(rules)).clone())
     }
 
-    /// The rule set of `policy`, built on first use: its own part, then the
-    /// shared rules (referenced, not copied).
+    /// The rule set of `policy`, built on first use and kept for the next
+    /// (the service's policies come from one file, so they are few).
     pub fn rules(&self, policy: &Policy) -> Result<Arc<RuleSet>, String> {
         if let Some(r) = self
             .sets
@@ -192,12 +192,19 @@ impl Engine {
         {
             return Ok(r.clone());
         }
+        let rules = Arc::new(self.compile(policy)?);
+        let mut sets = self.sets.lock().map_err(|_| "rule sets poisoned")?;
+        Ok(sets.entry(policy.clone()).or_insert(rules).clone())
+    }
+
+    /// A rule set of `policy`, not kept: its own part, then the shared
+    /// rules (referenced, not copied). Whoever holds it decides how long
+    /// it lives (the Envoy filter: as long as a route uses it).
+    pub fn compile(&self, policy: &Policy) -> Result<RuleSet, String> {
         let crs = self.crs()?;
         let own = RuleSet::parse(&Self::policy_text(policy))
             .map_err(|e| format!("loading the policy's rules: {e}"))?;
-        let rules = Arc::new(RuleSet::merge(&[&own, &crs])?);
-        let mut sets = self.sets.lock().map_err(|_| "rule sets poisoned")?;
-        Ok(sets.entry(policy.clone()).or_insert(rules).clone())
+        RuleSet::merge(&[&own, &crs])
     }
 
     /// Forgets rule sets no policy in `keep` uses.
@@ -207,8 +214,21 @@ impl Engine {
         }
     }
 
-    /// Inspects `req` under `policy`.
+    /// Inspects `req` under `policy`, with the rule set this engine keeps
+    /// for it.
     pub fn inspect(&self, policy: &Policy, req: &Request) -> Result<Verdict, String> {
+        self.inspect_with(policy, || self.rules(policy), req)
+    }
+
+    /// Inspects `req` under `policy` with the rule set `rules` gives, asked
+    /// for only when a rule is to run (a policy that is off, or a body
+    /// refused for its size, needs none).
+    pub fn inspect_with(
+        &self,
+        policy: &Policy,
+        rules: impl FnOnce() -> Result<Arc<RuleSet>, String>,
+        req: &Request,
+    ) -> Result<Verdict, String> {
         if policy.mode == Mode::Off {
             return Ok(Verdict::Pass);
         }
@@ -231,7 +251,7 @@ impl Engine {
                 rules: vec![rule],
             });
         }
-        let rules = self.rules(policy)?;
+        let rules = rules()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
         let mut tx = Transaction::new(&self.ms, &rules, &id).map_err(|e| e.to_string())?;
         let stop = run(&mut tx, req, &body).map_err(|e| e.to_string())?;
