@@ -8,8 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::Result;
-use serde_json::json;
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+use vpsie_lb_model::ValidateOptions;
 use vpsie_lb_testkit::free_port;
 use vpsie_lb_waf::config::{Mode, Policy};
 use vpsie_lb_waf::engine::{DEFAULT_CRS_DIR, DEFAULT_CRS_SETUP, Engine};
@@ -70,11 +71,33 @@ fn nginx_proxy(dir: &Path, port: u16, upstreams: &[u16], rules: Option<&Path>) -
     Ok(proc)
 }
 
+/// What the agent tells the in-Envoy filter for the load balancer `doc`:
+/// its listener's settings and its routes' (the policy).
+fn filter_settings(doc: &Value) -> Result<(String, String)> {
+    let opts = ValidateOptions {
+        allowed_backend_networks: vec!["127.0.0.0/8".parse().map_err(anyhow::Error::msg)?],
+        ..Default::default()
+    };
+    let valid = vpsie_lb_model::validate_str(&json!([doc]).to_string(), &opts)
+        .map_err(|e| anyhow::anyhow!("the guarded document: {e:?}"))?;
+    let lb = valid
+        .config
+        .load_balancers
+        .first()
+        .context("one load balancer")?;
+    vpsie_lb_envoy::in_envoy_settings(lb).context("a load balancer with a waf")
+}
+
 /// Envoy alone (no agent) over `upstreams` on `port`, with our WAF as an
-/// in-process filter (`vpsie-lb-waf-filter`) under `policy` when given:
+/// in-process filter (`vpsie-lb-waf-filter`) with `settings` when given:
 /// the prototype that drops the ext_authz hop. Its listener has only that
 /// filter and the router, so its plain twin is measured beside it.
-fn envoy_proxy(dir: &Path, port: u16, upstreams: &[u16], policy: Option<&Policy>) -> Result<Proc> {
+fn envoy_proxy(
+    dir: &Path,
+    port: u16,
+    upstreams: &[u16],
+    settings: Option<&(String, String)>,
+) -> Result<Proc> {
     std::fs::create_dir_all(dir)?;
     let endpoints: Vec<_> = upstreams
         .iter()
@@ -83,24 +106,24 @@ fn envoy_proxy(dir: &Path, port: u16, upstreams: &[u16], policy: Option<&Policy>
     // As the agent configures the filter (`vpsie_lb_envoy::in_envoy_settings`):
     // who and `fail_open` on the listener, the policy on the routes.
     let module = json!({"name": "vpsie_lb_waf_filter", "do_not_close": true});
-    let text = |v: serde_json::Value| json!({"@type": "type.googleapis.com/google.protobuf.StringValue", "value": v.to_string()});
+    let text = |v: &String| json!({"@type": "type.googleapis.com/google.protobuf.StringValue", "value": v});
     let mut filters = Vec::new();
     let mut per_route = json!({});
-    if let Some(policy) = policy {
+    if let Some((listener, route)) = settings {
         filters.push(json!({
             "name": "vpsie_lb.waf",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
                 "dynamic_module_config": module,
                 "filter_name": "waf",
-                "filter_config": text(json!({"lb": "guarded", "fail_open": true})),
+                "filter_config": text(listener),
             },
         }));
         per_route = json!({"vpsie_lb.waf": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute",
             "dynamic_module_config": module,
             "filter_name": "waf",
-            "filter_config": text(json!({"policy": policy})),
+            "filter_config": text(route),
         }});
     }
     filters.push(
@@ -170,21 +193,22 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, dir: &Path, pool: &[(u16, u32)]) 
         Some(&rules),
     )?;
 
+    let (plain_port, waf_port) = (free_port(), free_port());
+    let mut guarded = lb_doc("guarded", "http", waf_port, pool);
+    guarded["waf"] = json!({"mode": "block", "paranoia_level": 1});
+
     let (lone_plain_port, lone_waf_port) = (free_port(), free_port());
     let lone_plain = envoy_proxy(&dir.join("envoy-plain"), lone_plain_port, &upstreams, None)?;
     let lone_waf = envoy_proxy(
         &dir.join("envoy-waf"),
         lone_waf_port,
         &upstreams,
-        Some(&policy),
+        Some(&filter_settings(&guarded)?),
     )?;
 
     let ours_dir = dir.join("ours");
     std::fs::create_dir_all(&ours_dir)?;
     let (service, socket) = crate::protect::waf_service(&ours_dir)?;
-    let (plain_port, waf_port) = (free_port(), free_port());
-    let mut guarded = lb_doc("guarded", "http", waf_port, pool);
-    guarded["waf"] = json!({"mode": "block", "paranoia_level": 1});
     let docs = json!([lb_doc("plain", "http", plain_port, pool), guarded]);
     let desired = ours_dir.join("desired.json");
     std::fs::write(&desired, serde_json::to_vec(&docs)?)?;
