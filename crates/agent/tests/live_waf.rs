@@ -134,10 +134,8 @@ fn status(port: u16, case: &Case) -> u16 {
 
 /// The access log's lines that name a WAF verdict: (status, action, rules).
 fn verdicts_logged(lab: &Lab) -> Vec<(u64, String, String)> {
-    let access = std::fs::read_to_string(lab.access_log()).unwrap_or_default();
-    access
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    lab.access_entries()
+        .into_iter()
         .filter_map(|v| {
             let text = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
             let action = text("waf_action");

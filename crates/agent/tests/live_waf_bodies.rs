@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::waf::{Engine, over_deliveries_and_engines, send, serve_on, start_on, with_waf};
 use common::{Lab, Via, backends};
-use serde_json::{Value, json};
+use serde_json::json;
 use vpsie_lb_testkit::backend::HttpBackend;
 use vpsie_lb_testkit::http::{connect, read_response};
 use vpsie_lb_testkit::{free_port, poll_until};
@@ -94,13 +94,12 @@ fn post(port: u16, path: &str, content_type: &str, body: &[u8]) -> Option<u16> {
 fn logged_status(lab: &Lab, path: &str) -> u64 {
     let mut found = 0;
     poll_until("the request is logged", Duration::from_secs(10), || {
-        let access = std::fs::read_to_string(lab.access_log()).unwrap_or_default();
-        found = access
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        let entries = lab.access_entries();
+        found = entries
+            .iter()
             .find(|v| v["path"] == path)
             .and_then(|v| v["status"].as_u64())
-            .ok_or(access)?;
+            .ok_or_else(|| format!("{entries:?}"))?;
         Ok::<(), String>(())
     });
     found

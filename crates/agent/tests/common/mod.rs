@@ -108,6 +108,15 @@ impl Lab {
         self.dir.path().join("access.log")
     }
 
+    /// The access log's lines so far, each a JSON object.
+    pub fn access_entries(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.access_log())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
     /// Renders `doc` with the real binary; panics unless it exits 0.
     pub fn render(&mut self, doc: &Value) {
         self.render_with(doc, &[]);
