@@ -187,7 +187,9 @@ impl Envoy {
     }
 
     /// Appends the request body Envoy holds (`buffered`) or just brought.
-    fn append_body(&self, kind: u32, to: &mut Vec<u8>) {
+    /// Stops at `limit` bytes in all: past it nothing is inspected, so
+    /// nothing past it is copied.
+    fn append_body(&self, kind: u32, to: &mut Vec<u8>, limit: usize) {
         // SAFETY: as for the headers: sized by Envoy, copied at once.
         unsafe {
             let n = envoy_dynamic_module_callback_http_get_body_chunks_size(self.0, kind);
@@ -202,7 +204,9 @@ impl Envoy {
                 return;
             }
             for chunk in out {
-                to.extend_from_slice(chunk.bytes());
+                let room = limit.saturating_sub(to.len());
+                let bytes = chunk.bytes();
+                to.extend_from_slice(&bytes[..bytes.len().min(room)]);
             }
         }
     }
@@ -246,11 +250,12 @@ impl Envoy {
         }
     }
 
-    /// The whole request body: what Envoy buffered, then the last frame.
-    pub fn request_body(&self) -> Vec<u8> {
+    /// The request body, at most `limit` bytes of it: what Envoy
+    /// buffered, then the last frame.
+    pub fn request_body(&self, limit: usize) -> Vec<u8> {
         let mut body = Vec::new();
-        self.append_body(BUFFERED_BODY, &mut body);
-        self.append_body(RECEIVED_BODY, &mut body);
+        self.append_body(BUFFERED_BODY, &mut body, limit);
+        self.append_body(RECEIVED_BODY, &mut body, limit);
         body
     }
 

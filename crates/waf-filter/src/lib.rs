@@ -179,7 +179,7 @@ impl Stream {
         if !end_of_stream {
             return Next::Wait;
         }
-        self.seen.body = envoy.request_body();
+        self.seen.body = envoy.request_body(MAX_BODY_BYTES);
         self.decide(envoy)
     }
 
@@ -188,7 +188,7 @@ impl Stream {
         if self.decided {
             return Next::Go;
         }
-        self.seen.body = envoy.request_body();
+        self.seen.body = envoy.request_body(MAX_BODY_BYTES);
         self.decide(envoy)
     }
 
@@ -208,9 +208,7 @@ impl Stream {
                 details: "waf_body_too_large",
             });
         }
-        let mut body = envoy.request_body();
-        body.truncate(MAX_BODY_BYTES);
-        self.seen.body = body;
+        self.seen.body = envoy.request_body(MAX_BODY_BYTES);
         self.seen.partial = true;
         self.decide(envoy)
     }
