@@ -36,14 +36,24 @@ pub const MAX_ARGS: usize = 255;
 /// - A JSON or XML body that does not parse is refused (in `block`;
 ///   reported in `detect`): an attacker must not choose to be unparsed.
 ///   That includes one cut at the inspection limit, so padding cannot hide
-///   what follows it. Multipart is not held to this: an upload past the
-///   limit is inspected up to it, as before.
+///   what follows it.
+/// - A multipart body that does not parse, or that a backend could read
+///   otherwise than ModSecurity does, is refused the same way (10007):
+///   data before the first part or after the last, folded or unfinished
+///   part headers, stray quotes, a missing `;`, line ends that mix CRLF
+///   and LF. Not refused, though ModSecurity's own strict check counts
+///   them: a quoted boundary or one with spaces around it (RFC 2046 allows
+///   both, and .NET's client quotes it), and a line that looks like a
+///   delimiter but is not (file contents do that). An upload cut at a limit
+///   still parses: the service closes it again (`limits::fit`).
 const OUR_RULES: &str = "\
 SecAction \"id:10001,phase:1,nolog,pass,t:none,setvar:'tx.allowed_http_versions=HTTP/1.0 HTTP/1.1 HTTP/2 HTTP/2.0 HTTP/3 HTTP/3.0'\"
 SecRule REQUEST_HEADERS:Content-Type \"@rx ^application/(?:[a-z0-9.+-]+\\+)?json(?:;|\\s|$)\" \"id:10002,phase:1,nolog,pass,t:none,t:lowercase,ctl:requestBodyProcessor=JSON\"
 SecRule REQUEST_HEADERS:Content-Type \"@rx ^(?:application|text)/(?:[a-z0-9.+-]+\\+)?xml(?:;|\\s|$)\" \"id:10003,phase:1,nolog,pass,t:none,t:lowercase,ctl:requestBodyProcessor=XML\"
 SecRule REQBODY_PROCESSOR \"@rx ^(?:JSON|XML)$\" \"id:10004,phase:2,log,deny,status:400,t:none,msg:'the request body does not parse as its content type says',chain\"
 SecRule REQBODY_ERROR \"!@eq 0\" \"t:none\"
+SecRule REQBODY_PROCESSOR \"@streq MULTIPART\" \"id:10007,phase:2,log,deny,status:400,t:none,msg:'the multipart body does not parse or is ambiguous',chain\"
+SecRule REQBODY_ERROR|MULTIPART_DATA_BEFORE|MULTIPART_DATA_AFTER|MULTIPART_HEADER_FOLDING|MULTIPART_INVALID_HEADER_FOLDING|MULTIPART_INVALID_PART|MULTIPART_INVALID_QUOTING|MULTIPART_MISSING_SEMICOLON|MULTIPART_CRLF_LF_LINES|MULTIPART_FILE_LIMIT_EXCEEDED \"!@eq 0\" \"t:none\"
 ";
 
 /// A policy's `oversize_body: refuse`: a body past a limit, or more

@@ -11,7 +11,7 @@
 
 use std::borrow::Cow;
 
-use crate::engine::{MAX_ARGS, MAX_PARSED_BODY_BYTES};
+use crate::engine::{MAX_ARGS, MAX_BODY_BYTES, MAX_PARSED_BODY_BYTES};
 
 /// How a body is parsed, from its `Content-Type`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,10 +88,13 @@ fn boundary(ct: &str) -> Option<String> {
     (!b.is_empty()).then(|| b.to_owned())
 }
 
-/// One multipart part: where its delimiter line starts, and whether it is
-/// a field (no `filename=` in its headers) with how many data bytes.
+/// One multipart part: where its delimiter line starts, where its data
+/// starts (none when its headers never end), and how many bytes it has,
+/// delimiter line and headers included, when it is a field (no `filename=`
+/// in its headers; 0 for a file).
 struct Part {
     start: usize,
+    data: Option<usize>,
     field_bytes: usize,
 }
 
@@ -114,11 +117,16 @@ fn parts(body: &[u8], boundary: &str) -> Vec<Part> {
         }
         let end = starts.get(n + 1).copied().unwrap_or(body.len());
         let part = &body[after..end];
-        let head_end = find(part, b"\r\n\r\n").map_or(part.len(), |h| h + 4);
-        let is_file = names_a_file(&part[..head_end]);
+        let head_end = find(part, b"\r\n\r\n").map(|h| h + 4);
+        let head_len = head_end.unwrap_or(part.len());
+        let is_file = names_a_file(&part[..head_len]);
         out.push(Part {
             start,
-            field_bytes: if is_file { 0 } else { part.len() - head_end },
+            data: head_end.map(|h| after + h),
+            // ModSecurity counts a field's delimiter line and headers
+            // against its limit too (measured: 3.0.9 refused a body whose
+            // data alone was within it).
+            field_bytes: if is_file { 0 } else { end - start },
         });
     }
     out
@@ -193,9 +201,9 @@ pub fn judge<'a>(kind: &Kind, body: &'a [u8], partial: bool) -> (Option<Excess>,
 }
 
 /// The longest start of `body` within the limits that still parses as
-/// `kind`: a form up to its last `&` within the limit; a multipart body up
-/// to the last whole part within them, closed again. `partial` says Envoy
-/// sent only the start, so a multipart body's last part is cut and goes.
+/// `kind`: a form up to its last `&` within the limit; a multipart body cut
+/// where [`cut_at`] says and closed again. `partial` says Envoy sent only
+/// the start, so a multipart body's last part is unfinished and is closed.
 /// JSON and XML are left whole: cut, they would not parse (rule 10004).
 pub fn fit<'a>(kind: &Kind, body: &'a [u8], partial: bool) -> Cow<'a, [u8]> {
     match kind {
@@ -215,35 +223,67 @@ fn fit_multipart<'a>(
     parts: &[Part],
     partial: bool,
 ) -> Cow<'a, [u8]> {
-    let mut keep = 0;
-    let mut fields = 0;
-    for p in parts {
-        fields += p.field_bytes;
-        if keep == MAX_ARGS || fields > MAX_PARSED_BODY_BYTES {
-            break;
-        }
-        keep += 1;
-    }
-    // A part Envoy cut short is dropped: its data does not end.
-    if partial && keep == parts.len() {
-        keep = keep.saturating_sub(1);
-    }
-    if keep == parts.len() {
-        return Cow::Borrowed(body);
-    }
-    let Some(next) = parts.get(keep) else {
+    let close = format!("\r\n--{boundary}--\r\n");
+    let Some(end) = cut_at(body, parts, partial, close.len()) else {
         return Cow::Borrowed(body);
     };
-    // The line break before a delimiter belongs to it, not to the data.
-    let mut end = next.start;
-    if body[..end].ends_with(b"\r\n") {
-        end -= 2;
-    } else if body[..end].ends_with(b"\n") {
-        end -= 1;
-    }
     let mut out = body[..end].to_vec();
-    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    // Nothing kept: the closing delimiter alone, with no empty line
+    // before it for ModSecurity to take for data before the first part.
+    let close = if end == 0 { &close[2..] } else { &close[..] };
+    out.extend_from_slice(close.as_bytes());
     Cow::Owned(out)
+}
+
+/// Where a multipart body must end to be within the limits and, once
+/// `close` bytes of closing delimiter are added, still parse; `None` when
+/// it is fine whole. Cut are: the parts past the 255th; the field that
+/// crosses the parsed-bytes limit, after the bytes that fit; the last part
+/// when Envoy cut the body short (closed where its data stops, so the start
+/// of an upload is inspected); and anything past the whole-body limit.
+fn cut_at(body: &[u8], parts: &[Part], partial: bool, close: usize) -> Option<usize> {
+    let whole_limit = MAX_BODY_BYTES.saturating_sub(close);
+    let mut fields = 0;
+    for (n, p) in parts.iter().enumerate() {
+        if n == MAX_ARGS {
+            return Some(before(body, p.start));
+        }
+        let room = MAX_PARSED_BODY_BYTES.saturating_sub(fields);
+        fields += p.field_bytes;
+        let end = if p.field_bytes > room {
+            // Less the line break the closing delimiter brings, which
+            // counts as the field's own (as it does for every field).
+            p.start + room.saturating_sub(2)
+        } else if partial && n + 1 == parts.len() {
+            body.len()
+        } else {
+            continue;
+        };
+        return Some(within(body, p, end.min(whole_limit)));
+    }
+    None
+}
+
+/// `end`, a cut inside part `p`; or the end of the part before it when the
+/// cut would leave `p`'s headers unfinished (it would not parse).
+fn within(body: &[u8], p: &Part, end: usize) -> usize {
+    match p.data {
+        Some(data) if end >= data => end,
+        _ => before(body, p.start),
+    }
+}
+
+/// Where the data before a delimiter at `start` ends: the line break
+/// before a delimiter belongs to it, not to the data.
+fn before(body: &[u8], start: usize) -> usize {
+    let head = &body[..start];
+    if head.ends_with(b"\r\n") {
+        start - 2
+    } else if head.ends_with(b"\n") {
+        start - 1
+    } else {
+        start
+    }
 }
 
 #[cfg(test)]
@@ -390,12 +430,46 @@ mod tests {
     }
 
     #[test]
-    fn a_multipart_body_envoy_cut_short_loses_its_unfinished_part() {
+    fn a_multipart_body_envoy_cut_short_has_its_unfinished_part_closed() {
         let body = multipart(2, 10, 2);
         let cut_by_envoy = &body[..body.len() - 1000];
         let fitted = fit(&mp(), cut_by_envoy, true);
+        assert_eq!(
+            parts(&fitted, "XyZ").len(),
+            4,
+            "the second file's start too"
+        );
+        assert_eq!(fitted.len(), cut_by_envoy.len() + b"\r\n--XyZ--\r\n".len());
+        assert!(fitted.ends_with(b"zzz\r\n--XyZ--\r\n"));
+    }
+
+    #[test]
+    fn a_part_envoy_cut_inside_its_headers_goes() {
+        let mut cut_by_envoy = multipart(2, 10, 0);
+        cut_by_envoy.truncate(cut_by_envoy.len() - b"--XyZ--\r\n".len());
+        cut_by_envoy.extend(b"--XyZ\r\nContent-Disposition: form-da");
+        let fitted = fit(&mp(), &cut_by_envoy, true);
+        assert_eq!(parts(&fitted, "XyZ").len(), 2);
+        assert!(fitted.ends_with(b"aaaaaaaaaa\r\n--XyZ--\r\n"));
+    }
+
+    #[test]
+    fn a_field_past_the_parsed_limit_keeps_its_start() {
+        let body = multipart(1, MAX_PARSED_BODY_BYTES + 10, 0);
+        let fitted = fit(&mp(), &body, false);
         let kept = parts(&fitted, "XyZ");
-        assert_eq!(kept.len(), 3, "two fields and the whole first file");
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].field_bytes, MAX_PARSED_BODY_BYTES);
+        assert_eq!(excess(&mp(), &fitted), None);
+    }
+
+    #[test]
+    fn a_closed_body_stays_within_the_whole_body_limit() {
+        let mut body =
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"u\"; filename=\"a\"\r\n\r\n".to_vec();
+        body.resize(MAX_BODY_BYTES, b'z');
+        let fitted = fit(&mp(), &body, true);
+        assert_eq!(fitted.len(), MAX_BODY_BYTES);
         assert!(fitted.ends_with(b"zzz\r\n--XyZ--\r\n"));
     }
 
