@@ -427,9 +427,10 @@ fn regression_the_agent_endpoints_could_be_flooded_by_any_local_process(via: Via
             Err("no pass yet".into())
         }
     });
-    // One pass per MIN_SYNC_GAP (250 ms) during the burst, one pending
-    // after it, and one in flight when it began.
-    let bound = 2.0 + burst.as_secs_f64() / 0.25;
+    // The controller's burst of passes, then one per MIN_SYNC_GAP during
+    // the flood, one pending after it, and one in flight when it began.
+    let gap = vpsie_lb_agent::controller::MIN_SYNC_GAP.as_secs_f64();
+    let bound = 2.0 + f64::from(vpsie_lb_agent::controller::SYNC_BURST) + burst.as_secs_f64() / gap;
     let ran = passes(agent_port) - before;
     assert!(
         ran <= bound,

@@ -154,7 +154,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings) -> Result<Vec<Table>> {
             ));
         }
     }
-    t.note("The agent polls the emulator at the default interval (ETag, so an unchanged load balancer is a 304), then is pushed through passes with `POST /sync` as fast as it takes them (at least 250 ms apart: `POST /sync` floods collapse), the runner counting them through `/metrics` every 25 ms; CPU is the agent's own user+system time from `/proc/<pid>/stat`, RSS is `VmRSS`, peak is `VmHWM`. Its Envoy is not counted.");
+    t.note("The agent polls the emulator at the default interval (ETag, so an unchanged load balancer is a 304), then is pushed through passes with `POST /sync` as fast as it takes them (after a burst of 3, at least 250 ms apart: `POST /sync` floods collapse), the runner counting them through `/metrics` every 25 ms; CPU is the agent's own user+system time from `/proc/<pid>/stat`, RSS is `VmRSS`, peak is `VmHWM`. Its Envoy is not counted.");
     Ok(vec![t])
 }
 
@@ -226,9 +226,9 @@ fn measure(
                 bail!("footprint: pass {target} did not happen within 10 s");
             }
             // Not finer: every look is a `/metrics` request the agent
-            // answers, counted in its CPU. At 1 ms, with pushed passes at
-            // least 250 ms apart (MIN_SYNC_GAP), the looks doubled the
-            // measured CPU of a pass (60 to 110 ms).
+            // answers, counted in its CPU. At 1 ms, with pushed passes
+            // then at least 250 ms apart (MIN_SYNC_GAP), the looks doubled
+            // the measured CPU of a pass (60 to 110 ms).
             std::thread::sleep(Duration::from_millis(25));
         }
         if done >= next_sample {
