@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use crate::config::{Mode, Oversize, Policy};
 use crate::limits;
 use crate::msc::{Intervention, ModSecurity, RuleSet, StepFailed, Transaction};
+use crate::multipart;
 
 /// Where Debian's `modsecurity-crs` puts the rules.
 pub const DEFAULT_CRS_DIR: &str = "/usr/share/modsecurity-crs";
@@ -39,13 +40,17 @@ pub const MAX_ARGS: usize = 255;
 ///   what follows it.
 /// - A multipart body that does not parse, or that a backend could read
 ///   otherwise than ModSecurity does, is refused the same way (10007):
-///   data before the first part or after the last, folded or unfinished
-///   part headers, stray quotes, a missing `;`, line ends that mix CRLF
-///   and LF. Not refused, though ModSecurity's own strict check counts
-///   them: a quoted boundary or one with spaces around it (RFC 2046 allows
-///   both, and .NET's client quotes it), and a line that looks like a
-///   delimiter but is not (file contents do that). An upload cut at a limit
-///   still parses: the service closes it again (`limits::fit`).
+///   data before the first part or after the last (other than line ends,
+///   which the service drops), folded or unfinished part headers, a
+///   `Content-Type` without its `;`, line ends that mix CRLF and LF. The
+///   service refuses under the same id what ModSecurity does not see
+///   (`multipart.rs`). Not refused, though ModSecurity's own strict check
+///   counts them: a quoted boundary (RFC 2046 allows it, .NET's client
+///   sends it), apostrophes inside an unquoted value (.NET's
+///   `filename*=utf-8''name`),
+///   and a line that looks like a delimiter but is not (file contents do
+///   that). An upload cut at a limit still parses: the service closes it
+///   again (`multipart::fit`).
 const OUR_RULES: &str = "\
 SecAction \"id:10001,phase:1,nolog,pass,t:none,setvar:'tx.allowed_http_versions=HTTP/1.0 HTTP/1.1 HTTP/2 HTTP/2.0 HTTP/3 HTTP/3.0'\"
 SecRule REQUEST_HEADERS:Content-Type \"@rx ^application/(?:[a-z0-9.+-]+\\+)?json(?:;|\\s|$)\" \"id:10002,phase:1,nolog,pass,t:none,t:lowercase,ctl:requestBodyProcessor=JSON\"
@@ -53,7 +58,7 @@ SecRule REQUEST_HEADERS:Content-Type \"@rx ^(?:application|text)/(?:[a-z0-9.+-]+
 SecRule REQBODY_PROCESSOR \"@rx ^(?:JSON|XML)$\" \"id:10004,phase:2,log,deny,status:400,t:none,msg:'the request body does not parse as its content type says',chain\"
 SecRule REQBODY_ERROR \"!@eq 0\" \"t:none\"
 SecRule REQBODY_PROCESSOR \"@streq MULTIPART\" \"id:10007,phase:2,log,deny,status:400,t:none,msg:'the multipart body does not parse or is ambiguous',chain\"
-SecRule REQBODY_ERROR|MULTIPART_DATA_BEFORE|MULTIPART_DATA_AFTER|MULTIPART_HEADER_FOLDING|MULTIPART_INVALID_HEADER_FOLDING|MULTIPART_INVALID_PART|MULTIPART_INVALID_QUOTING|MULTIPART_MISSING_SEMICOLON|MULTIPART_CRLF_LF_LINES|MULTIPART_FILE_LIMIT_EXCEEDED \"!@eq 0\" \"t:none\"
+SecRule REQBODY_ERROR|MULTIPART_DATA_BEFORE|MULTIPART_DATA_AFTER|MULTIPART_HEADER_FOLDING|MULTIPART_INVALID_HEADER_FOLDING|MULTIPART_INVALID_PART|MULTIPART_MISSING_SEMICOLON|MULTIPART_CRLF_LF_LINES \"!@eq 0\" \"t:none\"
 ";
 
 /// A policy's `oversize_body: refuse`: a body past a limit, or more
@@ -247,20 +252,27 @@ impl Engine {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
             .map(|(_, v)| v.as_str());
-        let kind = limits::kind(content_type);
         // Past a limit, a refusing policy refuses before any rule runs (and
         // a detecting one says so); otherwise the start within the limits
-        // is what is inspected.
-        let (excess, body) = limits::judge(&kind, &req.body, req.partial);
-        let refused = excess
+        // is what is inspected. A multipart body a backend could read
+        // otherwise is refused (400) whatever the limits.
+        let judged = limits::judge(content_type, &req.body, req.partial);
+        let refused = judged
+            .excess
             .filter(|_| policy.oversize_body == Oversize::Refuse)
             .map(limits::Excess::rule);
-        if let (Some(rule), Mode::Block) = (refused, policy.mode) {
-            return Ok(Verdict::Blocked {
-                status: 413,
-                rules: vec![rule],
-            });
+        let ambiguous = judged.ambiguous.then_some(multipart::AMBIGUOUS);
+        if policy.mode == Mode::Block {
+            for (rule, status) in [(refused, 413), (ambiguous, 400)] {
+                if let Some(rule) = rule {
+                    return Ok(Verdict::Blocked {
+                        status,
+                        rules: vec![rule],
+                    });
+                }
+            }
         }
+        let body = judged.body;
         let rules = rules()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
         let mut tx = Transaction::new(&self.ms, &rules, &id).map_err(|e| e.to_string())?;
@@ -269,6 +281,7 @@ impl Engine {
         // The disruptive rule speaks in the intervention, not the callback.
         let mut rules: Vec<u32> = tx.matched().to_vec();
         rules.extend(refused);
+        rules.extend(ambiguous);
         if let Some(log) = stop.as_ref().and_then(|i| i.log.as_deref()) {
             rules.extend(rule_ids(log));
         }

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod limits;
 pub mod metrics;
 pub mod msc;
+pub mod multipart;
 pub mod pool;
 pub mod request;
 pub mod service;

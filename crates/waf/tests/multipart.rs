@@ -62,9 +62,8 @@ fn regression_a_multipart_body_that_does_not_parse_passed() {
             FIELD.replace("form-data; name", "form-data;\r\n name"),
         ),
         ("no closing delimiter", FIELD.replace("--b--\r\n", "")),
-        ("a single-quoted name", FIELD.replace("\"q\"", "'q'")),
         (
-            "a missing semicolon",
+            "a content-disposition without its ;",
             FIELD.replace("form-data; name", "form-data name"),
         ),
         ("line ends mixed", FIELD.replacen("\r\n\r\n", "\n\r\n", 1)),
@@ -74,16 +73,109 @@ fn regression_a_multipart_body_that_does_not_parse_passed() {
     }
 }
 
+/// `req` is refused with 400 by rule 10007 alone in `block`, under both
+/// `oversize_body` settings.
+fn check_refused_alone(what: &str, req: &Request) {
+    for oversize in [Oversize::Refuse, Oversize::InspectStart] {
+        let got = verdict(Mode::Block, oversize, req);
+        assert_eq!(got, (400, vec![10007]), "{what} ({oversize:?})");
+    }
+}
+
+#[test]
+fn regression_a_field_parsers_read_two_ways_hid_from_the_rules() {
+    // Each body is one file to ModSecurity, whose rules never read a
+    // file's contents, and a field `q` holding an injection to a backend.
+    let sqli = "1' UNION SELECT pass FROM users-- ";
+    let file = "Content-Disposition: form-data; name=\"f\"; filename=\"a.txt\"\r\n\r\n";
+    let field = format!("Content-Disposition: form-data; name=\"q\"\r\n\r\n{sqli}\r\n");
+    let cases = [
+        (
+            "PHP ends the boundary at the comma",
+            "multipart/form-data; boundary=abc,x",
+            format!("--abc,x\r\n{file}--abc\r\n{field}--abc,x--\r\n"),
+        ),
+        (
+            "Go and Python drop the space after =",
+            "multipart/form-data; boundary= b",
+            format!("-- b\r\n{file}--b\r\n{field}--b--\r\n-- b--\r\n"),
+        ),
+        (
+            "Starlette keeps the last of two headers",
+            "multipart/form-data; boundary=b",
+            format!(
+                "--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a\"\r\n{field}--b--\r\n"
+            ),
+        ),
+        (
+            "PHP reads single quotes as quotes",
+            "multipart/form-data; boundary=b",
+            format!(
+                "--b\r\nContent-Disposition: form-data; name='q\"; filename=\"x'\r\n\r\n{sqli}\r\n--b--\r\n"
+            ),
+        ),
+    ];
+    for (what, ct, body) in cases {
+        check_refused_alone(what, &upload(ct, body));
+    }
+}
+
+#[test]
+fn ordinary_clients_uploads_pass() {
+    let file = |disposition: &str| {
+        format!(
+            "--b\r\nContent-Disposition: form-data; {disposition}\r\nContent-Type: application/pdf\r\n\r\n%PDF-1.7\r\n--b--\r\n"
+        )
+    };
+    let cases = [
+        // .NET adds the RFC 5987 form, unquoted with its apostrophes, which
+        // ModSecurity's quoting check refused. (An apostrophe in the file
+        // name itself the Core Rule Set refuses at any level: 920120.)
+        (
+            ".net, a file name in both forms",
+            file("name=doc; filename=report.pdf; filename*=utf-8''report.pdf"),
+        ),
+        // A browser's empty file input.
+        (
+            "an empty file input",
+            "--b\r\nContent-Disposition: form-data; name=\"doc\"; filename=\"\"\r\nContent-Type: application/octet-stream\r\n\r\n\r\n--b--\r\n".to_owned(),
+        ),
+        // Line ends before the first part and after the last, which RFC
+        // 2046 allows and parsers skip.
+        ("an empty preamble and epilogue", format!("\r\n{FIELD}\r\n")),
+    ];
+    for (what, body) in cases {
+        check_passes(what, &upload("multipart/form-data; boundary=b", body));
+    }
+}
+
+#[test]
+fn regression_a_file_before_a_long_field_was_refused_with_400() {
+    // ModSecurity counts a file part's headers against its parsed limit;
+    // the service did not, so the start it kept was past it.
+    let body = format!(
+        "--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.txt\"\r\nContent-Type: text/plain\r\n\r\nx\r\n--b\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\n{}\r\n--b--\r\n",
+        "a".repeat(200 * 1024)
+    );
+    let req = upload("multipart/form-data; boundary=b", body);
+    assert_eq!(
+        verdict(Mode::Block, Oversize::InspectStart, &req),
+        (200, vec![])
+    );
+    assert_eq!(verdict(Mode::Block, Oversize::Refuse, &req).0, 413);
+}
+
 #[test]
 fn a_quoted_boundary_is_not_refused() {
     // RFC 2046 allows it, .NET's HttpClient sends it; ModSecurity's own
     // strict check would refuse it.
     let ct = "multipart/form-data; boundary=\"b\"";
     check_passes(ct, &upload(ct, FIELD));
-    // Spaces around `=` ModSecurity does not parse past: refused.
-    let spaced = upload("multipart/form-data; boundary = b", FIELD);
-    let (status, rules) = verdict(Mode::Block, Oversize::InspectStart, &spaced);
-    assert_eq!((status, rules), (400, vec![10007]));
+    // Spaces around `=` parsers read differently: refused.
+    check_refused_alone(
+        "spaces around =",
+        &upload("multipart/form-data; boundary = b", FIELD),
+    );
 }
 
 #[test]
