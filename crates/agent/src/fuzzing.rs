@@ -70,5 +70,5 @@ pub fn api_response(data: &[u8]) {
 
 /// The parser of the agent's endpoints' request head.
 pub fn endpoint_request(data: &[u8]) {
-    let _ = crate::endpoints::parse_head(data);
+    let _ = crate::local_server::parse_head(data);
 }

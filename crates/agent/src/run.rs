@@ -349,7 +349,7 @@ impl Loop<'_> {
             .map(|h| crate::ha::HaMetrics::register(&mut registry, h));
         let status =
             std::sync::Arc::new(std::sync::Mutex::new(crate::status::AgentStatus::default()));
-        let inbox = controller::Inbox::new();
+        let inbox = crate::trigger::Inbox::new();
         let acme = crate::acme::Acme::start(
             crate::acme::Settings {
                 state_dir: cfg.state_dir.clone(),

@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use vpsie_lb_model::acme::Issued;
 
-use crate::controller::Trigger;
 use crate::report::{EventKind, Reporter};
 use crate::status::CertificateStatus;
+use crate::trigger::Trigger;
 use schedule::{Attempts, Need};
 use store::{Store, Stored};
 use worker::{Orders, Worker};
@@ -296,7 +296,7 @@ mod tests {
     #[test]
     fn changed_names_forget_the_failures_of_the_old_order() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let inbox = crate::controller::Inbox::new();
+        let inbox = crate::trigger::Inbox::new();
         let mut registry = prometheus_client::registry::Registry::default();
         let handle = Acme::start(
             Settings {

@@ -15,8 +15,8 @@ use super::{
     Acme, Event, IDLE_WAKE, MAX_CONCURRENT_ORDERS, MayOrder, STANDBY_RECHECK, State, Tokens, now,
     order, responder,
 };
-use crate::controller::Trigger;
 use crate::report::EventKind;
+use crate::trigger::Trigger;
 
 /// The operator's account per ACME directory, each behind a lock of its
 /// own: two orders at one directory register once, and a directory that

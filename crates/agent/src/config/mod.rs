@@ -201,6 +201,14 @@ struct RawUdpGuard {
     tracked_clients: Option<u32>,
 }
 
+/// Most clients tracked per load balancer and address family, unless
+/// `udp_guard.tracked_clients` says otherwise. A new client past this many
+/// (spoofed sources, mostly) is refused until tracked clients' sessions
+/// end: an untracked client would be an unbounded one.
+pub const DEFAULT_UDP_TRACKED_CLIENTS: u32 = 65_536;
+/// The guard's nftables table when `udp_guard.table` names none.
+pub const DEFAULT_UDP_GUARD_TABLE: &str = "vpsie_lb";
+
 /// Most clients `udp_guard.tracked_clients` may ask to track: each costs
 /// the kernel a set element per family and load balancer.
 const MAX_TRACKED_CLIENTS: u32 = 1 << 20;
@@ -208,9 +216,7 @@ const MAX_TRACKED_CLIENTS: u32 = 1 << 20;
 /// `udp_guard`, when enabled. The table's name goes into nft commands, so
 /// it is held to what nft accepts unquoted.
 fn udp_guard(raw: RawUdpGuard, problems: &mut Vec<String>) -> Option<UdpGuardConfig> {
-    let tracked_clients = raw
-        .tracked_clients
-        .unwrap_or(crate::udp_guard::rules::TRACKED_CLIENTS);
+    let tracked_clients = raw.tracked_clients.unwrap_or(DEFAULT_UDP_TRACKED_CLIENTS);
     if !(1..=MAX_TRACKED_CLIENTS).contains(&tracked_clients) {
         problems.push(format!(
             "udp_guard.tracked_clients: must be 1..={MAX_TRACKED_CLIENTS} (got {tracked_clients})"
@@ -218,7 +224,7 @@ fn udp_guard(raw: RawUdpGuard, problems: &mut Vec<String>) -> Option<UdpGuardCon
     }
     let table = raw
         .table
-        .unwrap_or_else(|| crate::udp_guard::DEFAULT_TABLE.to_owned());
+        .unwrap_or_else(|| DEFAULT_UDP_GUARD_TABLE.to_owned());
     let mut chars = table.chars();
     let well_formed = chars
         .next()

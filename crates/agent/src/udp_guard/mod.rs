@@ -27,8 +27,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use rules::Bound;
 
-/// The table's name when the config names none.
-pub const DEFAULT_TABLE: &str = "vpsie_lb";
+pub use crate::config::DEFAULT_UDP_GUARD_TABLE as DEFAULT_TABLE;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusedLabels {

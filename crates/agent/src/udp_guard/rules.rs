@@ -13,11 +13,9 @@ use std::fmt::Write as _;
 
 use vpsie_lb_model::{Config, Protocol};
 
-/// Most clients tracked per load balancer and address family, unless the
-/// agent's config says otherwise. A new client past this many (spoofed
-/// sources, mostly) is refused until tracked clients' sessions end: an
-/// untracked client would be an unbounded one.
-pub const TRACKED_CLIENTS: u32 = 65_536;
+// The default lives with the config that reads it, which must not depend
+// on the guard (a module circle).
+pub use crate::config::DEFAULT_UDP_TRACKED_CLIENTS as TRACKED_CLIENTS;
 
 /// The bounds on one udp listener.
 #[derive(Debug, Clone, PartialEq, Eq)]

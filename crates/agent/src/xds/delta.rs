@@ -9,7 +9,7 @@ use vpsie_lb_envoy::ResourceType;
 
 use super::hub::{Snapshot, StreamView};
 use super::metrics::XdsMetrics;
-use super::server::{Protocol, due, next_nonce, record_answer, served_type};
+use super::protocol::{Protocol, due, next_nonce, record_answer, served_type};
 
 /// The delta variant.
 pub struct Delta;

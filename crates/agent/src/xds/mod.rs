@@ -12,6 +12,7 @@
 pub mod delta;
 pub mod hub;
 pub mod metrics;
+pub mod protocol;
 pub mod server;
 pub mod sotw;
 

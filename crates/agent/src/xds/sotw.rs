@@ -13,7 +13,7 @@ use vpsie_lb_envoy::ResourceType;
 
 use super::hub::{Sent, Snapshot, StreamView};
 use super::metrics::XdsMetrics;
-use super::server::{Protocol, due, next_nonce, record_answer, served_type};
+use super::protocol::{Protocol, due, next_nonce, record_answer, served_type};
 
 /// The state-of-the-world variant.
 pub struct Sotw;

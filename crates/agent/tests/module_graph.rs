@@ -1,0 +1,183 @@
+//! No module circles in the agent: among its top-level modules (a path
+//! `crate::x` makes an edge to `x`), and among the files of one directory
+//! (`super::y` to a sibling `y`). A circle means neither side can move to
+//! a crate of its own, and it is how a feature ends up reaching into every
+//! other; three were found and broken, and this keeps new ones out.
+//!
+//! Read from the sources as text: `use` and path expressions outside
+//! comments and outside a file's trailing `#[cfg(test)] mod tests`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Product files that are tests or test support, and so may reach anywhere.
+const TEST_FILES: &[&str] = &[
+    "pass_tests.rs",
+    "status_tests.rs",
+    "hub_tests.rs",
+    "tests.rs",
+];
+
+/// Every product `.rs` file under `dir`.
+fn sources(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read src") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            out.extend(sources(&path));
+        } else if path.extension().is_some_and(|e| e == "rs")
+            && !TEST_FILES.contains(&path.file_name().and_then(|n| n.to_str()).unwrap_or(""))
+        {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// The code of a file without comments and without its unit tests.
+fn product_code(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).expect("read");
+    let text = text
+        .split("#[cfg(test)]\nmod tests")
+        .next()
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The identifiers that follow `prefix` (`crate::`, `super::`) in `code`.
+fn after(code: &str, prefix: &str) -> BTreeSet<String> {
+    code.match_indices(prefix)
+        .filter(|(at, _)| {
+            // Not the tail of a longer path such as `vpsie_lb_crate::`.
+            !code[..*at]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_alphanumeric() || c == '_')
+        })
+        .map(|(at, _)| {
+            code[at + prefix.len()..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect()
+        })
+        .filter(|s: &String| !s.is_empty())
+        .collect()
+}
+
+type Graph = BTreeMap<String, BTreeSet<String>>;
+
+/// A circle in `graph`, if there is one, as the nodes along it.
+fn circle(graph: &Graph) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &Graph,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|n| n == node) {
+            let mut c = path[at..].to_vec();
+            c.push(node.to_owned());
+            return Some(c);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_owned());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(c) = visit(next, graph, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(node.to_owned());
+        None
+    }
+    let mut done = BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|n| visit(n, graph, &mut Vec::new(), &mut done))
+}
+
+/// The top-level graph and, per directory, the graph of its sibling files.
+fn graphs(src: &Path) -> (Graph, BTreeMap<PathBuf, Graph>) {
+    let files = sources(src);
+    let top_of = |p: &Path| -> String {
+        let rel = p.strip_prefix(src).expect("under src");
+        let first = rel.components().next().expect("a component");
+        first
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_owned()
+    };
+    let tops: BTreeSet<String> = files.iter().map(|p| top_of(p)).collect();
+    let (mut top, mut siblings) = (Graph::new(), BTreeMap::<PathBuf, Graph>::new());
+    for file in &files {
+        let code = product_code(file);
+        let me = top_of(file);
+        let deps: BTreeSet<String> = after(&code, "crate::")
+            .into_iter()
+            .filter(|d| tops.contains(d) && *d != me)
+            .collect();
+        top.entry(me).or_default().extend(deps);
+        let dir = file.parent().expect("a directory").to_owned();
+        let stem = file
+            .file_stem()
+            .expect("a name")
+            .to_string_lossy()
+            .into_owned();
+        if dir == src || stem == "mod" {
+            continue;
+        }
+        let sibling = |name: &String| dir.join(format!("{name}.rs")).exists();
+        let deps: BTreeSet<String> = after(&code, "super::")
+            .into_iter()
+            .filter(|d| sibling(d) && *d != stem)
+            .collect();
+        siblings
+            .entry(dir)
+            .or_default()
+            .entry(stem)
+            .or_default()
+            .extend(deps);
+    }
+    (top, siblings)
+}
+
+#[test]
+fn the_agent_has_no_module_circles() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let (top, siblings) = graphs(&src);
+    assert!(top.len() > 20, "read the modules: {:?}", top.keys());
+    assert!(
+        top["run"].contains("controller") && top["xds"].contains("envoy_admin"),
+        "edges are seen: {:?}",
+        top["run"]
+    );
+    assert_eq!(circle(&top), None, "a circle among the agent's modules");
+    for (dir, graph) in &siblings {
+        assert_eq!(
+            circle(graph),
+            None,
+            "a circle among {}'s files",
+            dir.display()
+        );
+    }
+}
+
+#[test]
+fn a_circle_is_found() {
+    let graph: Graph = [("a", "b"), ("b", "c"), ("c", "a"), ("d", "a")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), BTreeSet::from([v.to_owned()])))
+        .collect();
+    assert_eq!(
+        circle(&graph),
+        Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
+    );
+    let code = "use crate::x::Y; vpsie_lb_crate::z;\nsuper::q";
+    assert_eq!(after(code, "crate::"), BTreeSet::from(["x".to_owned()]));
+}
