@@ -34,9 +34,9 @@ const MAX_BOUNDARY: usize = 70;
 /// counts against its limit on parsed bytes, or a little more; whether
 /// parsers could disagree on its headers.
 pub(crate) struct Part {
-    pub(crate) start: usize,
+    start: usize,
     data: Option<usize>,
-    pub(crate) counted: usize,
+    counted: usize,
     ambiguous: bool,
 }
 
@@ -130,7 +130,7 @@ fn head_end(part: &[u8]) -> Option<usize> {
 }
 
 /// What a part's headers say.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 struct Head {
     /// A file: its `Content-Disposition` has a non-empty `filename`.
     file: bool,
@@ -171,7 +171,7 @@ impl Head {
 }
 
 /// A header value split at the semicolons outside double quotes.
-pub(crate) fn params(value: &str) -> Vec<&str> {
+fn params(value: &str) -> Vec<&str> {
     let (mut out, mut from, mut quoted) = (Vec::new(), 0, false);
     for (i, c) in value.char_indices() {
         match c {
