@@ -6,8 +6,10 @@
 //! Envoy ACKed it. **A NACK is handled in [`XdsDelivery::apply`]**: the
 //! steps taken are undone in reverse, each confirmed, and the change comes
 //! back as [`Outcome::RolledBack`] with Envoy's words, so the reconciler
-//! parks it exactly as a refused file. A refused version is never sent to
-//! that stream again ([`hub::StreamView::refused`]).
+//! parks it exactly as a refused file. An undo step Envoy does not confirm
+//! makes the change an error instead, retried after a backoff, since what
+//! Envoy serves is then unknown. A refused version is never sent to that
+//! stream again ([`hub::StreamView::refused`]).
 
 pub mod delta;
 pub mod hub;
@@ -112,42 +114,57 @@ impl XdsDelivery {
     }
 
     /// Undoes the steps from `old` that led to `at`, in make-before-break
-    /// order, each confirmed; a failure here is logged, and `old` is what
-    /// streams serve afterwards whatever happened.
-    fn roll_back(&self, at: &ResourceSet, old: &ResourceSet) {
+    /// order, each confirmed. Every step is published even after one fails,
+    /// so `old` is what streams serve afterwards whatever happened; the
+    /// first unconfirmed step is the error, because then nobody knows what
+    /// Envoy serves and the change must not count as rolled back.
+    fn roll_back(&self, at: &ResourceSet, old: &ResourceSet) -> Result<(), ApplyError> {
         let mut cur = at.clone();
+        let mut first = None;
         for phase in phases(make_before_break(at, old)) {
             let want = take_phase(&mut cur, old, &phase);
             if let Err(e) = self.publish_and_wait(Arc::new(cur.clone()), &want) {
-                tracing::error!(phase = "xds", step = %describe(&phase), error = ?e, "rollback step not confirmed by envoy");
+                let what = format!("the undo of {}", describe(&phase));
+                tracing::error!(phase = "xds", step = %what, error = ?e, "rollback step not confirmed by envoy");
+                first.get_or_insert_with(|| self.error(&what, e));
             }
         }
+        first.map_or(Ok(()), Err)
     }
 
-    /// Brings Envoy from `old` (`None`: nothing published yet) to `next`.
-    fn converge(&self, old: Option<Arc<ResourceSet>>, next: &Arc<ResourceSet>) -> Outcome {
+    /// Brings Envoy from `old` (`None`: nothing published yet) to `next`;
+    /// `Err` when a failed change could not be undone either.
+    fn converge(
+        &self,
+        old: Option<Arc<ResourceSet>>,
+        next: &Arc<ResourceSet>,
+    ) -> Result<Outcome, ApplyError> {
         let Some(base) = old else {
             // The first publish goes whole: there is no earlier set to keep
             // serving while the new one is made, and Envoy orders a first
             // fetch itself (clusters and their endpoints before listeners).
-            return match self.publish_and_wait(next.clone(), &confirm_all(next)) {
-                Ok(()) => Outcome::Applied,
-                Err(e) => {
-                    // Stop serving rather than hand a refused or unconfirmed
-                    // set to the next Envoy that connects.
-                    self.hub.retract();
-                    self.failed("the first config", e)
-                }
-            };
+            return Ok(
+                match self.publish_and_wait(next.clone(), &confirm_all(next)) {
+                    Ok(()) => Outcome::Applied,
+                    Err(e) => {
+                        // Stop serving rather than hand a refused or unconfirmed
+                        // set to the next Envoy that connects.
+                        self.hub.retract();
+                        self.failed("the first config", e)
+                    }
+                },
+            );
         };
         let steps = phases(make_before_break(&base, next));
         if steps.is_empty() {
             // Nothing to change; still, the change is done only once every
             // connected Envoy has all of it (a new Envoy may be catching up).
-            return match self.publish_and_wait(next.clone(), &confirm_all(next)) {
-                Ok(()) => Outcome::Unchanged,
-                Err(e) => Outcome::Interrupted(self.error("the whole config", e)),
-            };
+            return Ok(
+                match self.publish_and_wait(next.clone(), &confirm_all(next)) {
+                    Ok(()) => Outcome::Unchanged,
+                    Err(e) => Outcome::Interrupted(self.error("the whole config", e)),
+                },
+            );
         }
         let mut cur = (*base).clone();
         let last = steps.len() - 1;
@@ -161,11 +178,11 @@ impl XdsDelivery {
                 Arc::new(cur.clone())
             };
             if let Err(e) = self.publish_and_wait(set, &want) {
-                self.roll_back(&cur, &base);
-                return self.failed(&describe(phase), e);
+                self.roll_back(&cur, &base)?;
+                return Ok(self.failed(&describe(phase), e));
             }
         }
-        Outcome::Applied
+        Ok(Outcome::Applied)
     }
 
     /// The outcome of a change whose step `what` failed with `e`, once it
@@ -327,7 +344,7 @@ impl Delivery for XdsDelivery {
             .map(|(k, _)| k.clone())
             .collect();
         self.hub.forgive(&touched);
-        Ok(self.converge(old, &next.0))
+        self.converge(old, &next.0)
     }
 
     fn restore(&mut self, good: &Resources) -> Result<Outcome, ApplyError> {
@@ -371,6 +388,10 @@ impl Delivery for XdsDelivery {
         self.admin.host_health().ok()
     }
 }
+
+#[cfg(test)]
+#[path = "delivery_tests.rs"]
+mod delivery_tests;
 
 #[cfg(test)]
 mod tests {
