@@ -6,67 +6,14 @@ use std::time::{Duration, Instant};
 
 use vpsie_lb_envoy::{FileKind, RenderedFile, XdsLayout};
 
-use crate::envoy_admin::{AdminError, EnvoyAdmin, Subscription};
+use crate::envoy_admin::{EnvoyAdmin, Subscription};
 use crate::fsutil;
 use crate::plan::{FileSet, Plan, plan, read_file_set};
 
 /// How often verification polls the admin API.
 const POLL: Duration = Duration::from_millis(10);
 
-/// Why a change did not take.
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    /// A file could not be written. Retrying may help.
-    #[error("write: {0}")]
-    Write(#[from] std::io::Error),
-    /// Envoy refused a step. Retrying the same config cannot help.
-    #[error("envoy rejected {what}: {reason}")]
-    Rejected {
-        /// Which step.
-        what: String,
-        /// Envoy's reason, as far as its admin API tells.
-        reason: String,
-    },
-    /// Envoy did not confirm a step in time. Retrying may help.
-    #[error("envoy did not confirm {what} version {version} within {timeout:?}")]
-    Timeout {
-        /// Which step.
-        what: String,
-        /// The version that was expected.
-        version: String,
-        /// How long we waited.
-        timeout: Duration,
-    },
-    /// The admin API could not be read. Retrying may help.
-    #[error(transparent)]
-    Admin(#[from] AdminError),
-    /// The current or next files are not what we render.
-    #[error(transparent)]
-    Plan(#[from] crate::plan::PlanError),
-}
-
-impl ApplyError {
-    /// Whether the same change could succeed on a later try.
-    pub fn is_retryable(&self) -> bool {
-        !matches!(self, ApplyError::Rejected { .. } | ApplyError::Plan(_))
-    }
-}
-
-/// What applying a config did.
-#[derive(Debug)]
-pub enum Outcome {
-    /// Envoy already had exactly this config; nothing was written.
-    Unchanged,
-    /// Every step was confirmed by Envoy.
-    Applied,
-    /// Envoy refused a step; the previous files are back and Envoy confirmed them.
-    RolledBack(ApplyError),
-    /// A step failed for a reason that is not Envoy's verdict (a write
-    /// error, a full disk, no confirmation in time, the admin API away); the
-    /// previous files are back and Envoy confirmed them. The same change may
-    /// succeed on a later try.
-    Interrupted(ApplyError),
-}
+pub use crate::pass::{ApplyError, Outcome};
 
 /// Moves one Envoy's dynamic files from state to state.
 pub struct Applier {

@@ -140,7 +140,7 @@ fn until_wake(wake: Option<SystemTime>, now: SystemTime) -> Option<Duration> {
 
 /// Runs passes until told to stop. Returns after finishing the pass in flight.
 pub fn run(
-    reconciler: &mut Reconciler<impl crate::delivery::Delivery>,
+    reconciler: &mut Reconciler<impl crate::pass::Delivery>,
     source: &mut dyn Source,
     reporter: &mut dyn Reporter,
     signals: &Inbox,
@@ -275,7 +275,7 @@ mod tests {
             None,
             Some(fetch_error(None, true)),
             Some(ReconcileError::Render("bug".into())),
-            Some(ReconcileError::Apply(crate::apply::ApplyError::Timeout {
+            Some(ReconcileError::Apply(crate::pass::ApplyError::Timeout {
                 what: "lds".into(),
                 version: "v".into(),
                 timeout: Duration::from_secs(10),

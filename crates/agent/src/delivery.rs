@@ -1,11 +1,7 @@
-//! The boundary between a reconcile pass and the way resources reach Envoy.
-//!
-//! The pass decides *what* Envoy should serve and *whether* to hand it over.
-//! A [`Delivery`] decides *how*: what a candidate looks like to Envoy, what
-//! changing to it involves, the checks only Envoy can make, handing it over
-//! with every step confirmed, and rolling back what Envoy refuses. The pass
-//! never sees a file path; [`FilesDelivery`] is today's file-based delivery,
-//! and a fake one lets a whole pass run in-process in the tests.
+//! The files delivery: [`FilesDelivery`] hands Envoy the files it watches
+//! and confirms each step through the admin API. The [`Delivery`] trait it
+//! implements, and its results, live in [`crate::pass`] beside the pass
+//! that uses them; they are re-exported here for older paths.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -25,67 +21,7 @@ use crate::pass::ReconcileError;
 use crate::plan::{FileSet, file_set, plan, read_file_set};
 use crate::preflight::{self, PreflightError};
 
-/// What changing from what Envoy has to a candidate involves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChangeKind {
-    /// Envoy already has exactly this.
-    None,
-    /// Only endpoints change: backends added, removed or reweighted.
-    EndpointsOnly,
-    /// Listeners, clusters or secrets change.
-    Other,
-}
-
-/// What a delivery found when comparing a candidate with Envoy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Diff {
-    /// What changing involves.
-    pub kind: ChangeKind,
-    /// Whether Envoy serves no load balancer at all now (so nothing can be
-    /// lost by applying even an incomplete candidate).
-    pub envoy_serves_nothing: bool,
-}
-
-/// How resources reach Envoy.
-pub trait Delivery {
-    /// What this delivery hands Envoy for one config. Comparable, so a
-    /// candidate Envoy refused is not handed to it again.
-    type Candidate: Clone + PartialEq;
-
-    /// Turns a validated config into a candidate. Fails only on a bug.
-    fn prepare(&self, config: &Config) -> Result<Self::Candidate, String>;
-
-    /// Compares `next` with what Envoy has.
-    fn diff(&mut self, next: &Self::Candidate) -> Result<Diff, ReconcileError>;
-
-    /// The checks only Envoy and the host can make: host limits for `next`,
-    /// and Envoy's verdict on `changed` (the load balancers that changed).
-    fn check(&self, next: &Self::Candidate, changed: &Config) -> Result<(), PreflightError>;
-
-    /// Hands `next` to Envoy, confirming every step; what Envoy refuses is
-    /// rolled back and confirmed before this returns.
-    fn apply(&mut self, next: &Self::Candidate) -> Result<Outcome, ApplyError>;
-
-    /// Makes Envoy serve last-known-good at start, before the first fetch.
-    /// Unlike [`Delivery::apply`], what Envoy cannot confirm yet (it may not
-    /// be up) is not undone: last-known-good was confirmed before.
-    fn restore(&mut self, good: &Self::Candidate) -> Result<Outcome, ApplyError> {
-        self.apply(good)
-    }
-
-    /// Time spent waiting for Envoy's confirmations since the last call.
-    fn take_verify_time(&self) -> Duration;
-
-    /// What last-known-good keeps of `candidate`: relative paths and contents.
-    fn record(&self, candidate: &Self::Candidate) -> Result<Vec<(PathBuf, String)>, String>;
-
-    /// The names of the listeners `candidate` gives Envoy: what `ha check`
-    /// later expects Envoy to hold.
-    fn listener_names(&self, candidate: &Self::Candidate) -> Vec<String>;
-
-    /// Envoy's hosts and their health; `None` when Envoy does not answer.
-    fn host_health(&self) -> Option<Vec<HostHealth>>;
-}
+pub use crate::pass::{ChangeKind, Delivery, Diff};
 
 /// The delivery of files Envoy watches (`path_config_source`).
 pub struct FilesDelivery {

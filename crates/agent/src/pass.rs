@@ -1,10 +1,16 @@
-//! What a pass produces: how it ended, how long its phases took, and the
-//! error that cut it short. A leaf module, so the reconciler, the
-//! controller and the metrics can all depend on it without a circle.
+//! The contracts of a pass: how it ended, how long its phases took, the
+//! error that cut it short, and the [`Delivery`] trait with its results.
+//! Near a leaf (it names only the error types of the admin client, the
+//! files planner and the pre-flight), so the reconciler, the controller,
+//! both deliveries and the metrics depend on it without a circle, and the
+//! xDS delivery does not depend on the files applier.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::apply::ApplyError;
+use vpsie_lb_model::Config;
+
+use crate::envoy_admin::{AdminError, HostHealth};
 use crate::preflight::PreflightError;
 
 /// How a pass ended, for logs and metrics.
@@ -131,4 +137,128 @@ impl ReconcileError {
             _ => None,
         }
     }
+}
+
+/// Why a change did not take.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A file could not be written. Retrying may help.
+    #[error("write: {0}")]
+    Write(#[from] std::io::Error),
+    /// Envoy refused a step. Retrying the same config cannot help.
+    #[error("envoy rejected {what}: {reason}")]
+    Rejected {
+        /// Which step.
+        what: String,
+        /// Envoy's reason, as far as its admin API tells.
+        reason: String,
+    },
+    /// Envoy did not confirm a step in time. Retrying may help.
+    #[error("envoy did not confirm {what} version {version} within {timeout:?}")]
+    Timeout {
+        /// Which step.
+        what: String,
+        /// The version that was expected.
+        version: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// The admin API could not be read. Retrying may help.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// The current or next files are not what we render.
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanError),
+}
+
+impl ApplyError {
+    /// Whether the same change could succeed on a later try.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, ApplyError::Rejected { .. } | ApplyError::Plan(_))
+    }
+}
+
+/// What applying a config did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Envoy already had exactly this config; nothing was written.
+    Unchanged,
+    /// Every step was confirmed by Envoy.
+    Applied,
+    /// Envoy refused a step; the previous files are back and Envoy confirmed them.
+    RolledBack(ApplyError),
+    /// A step failed for a reason that is not Envoy's verdict (a write
+    /// error, a full disk, no confirmation in time, the admin API away); the
+    /// previous files are back and Envoy confirmed them. The same change may
+    /// succeed on a later try.
+    Interrupted(ApplyError),
+}
+
+/// What changing from what Envoy has to a candidate involves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Envoy already has exactly this.
+    None,
+    /// Only endpoints change: backends added, removed or reweighted.
+    EndpointsOnly,
+    /// Listeners, clusters or secrets change.
+    Other,
+}
+
+/// What a delivery found when comparing a candidate with Envoy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Diff {
+    /// What changing involves.
+    pub kind: ChangeKind,
+    /// Whether Envoy serves no load balancer at all now (so nothing can be
+    /// lost by applying even an incomplete candidate).
+    pub envoy_serves_nothing: bool,
+}
+
+/// How resources reach Envoy: the boundary between a pass and Envoy.
+///
+/// The pass decides *what* Envoy should serve and *whether* to hand it
+/// over. A delivery decides *how*: what a candidate looks like to Envoy,
+/// what changing to it involves, the checks only Envoy can make, handing it
+/// over with every step confirmed, and rolling back what Envoy refuses. The
+/// pass never sees a file path or a stream; a fake delivery lets a whole
+/// pass run in-process in the tests.
+pub trait Delivery {
+    /// What this delivery hands Envoy for one config. Comparable, so a
+    /// candidate Envoy refused is not handed to it again.
+    type Candidate: Clone + PartialEq;
+
+    /// Turns a validated config into a candidate. Fails only on a bug.
+    fn prepare(&self, config: &Config) -> Result<Self::Candidate, String>;
+
+    /// Compares `next` with what Envoy has.
+    fn diff(&mut self, next: &Self::Candidate) -> Result<Diff, ReconcileError>;
+
+    /// The checks only Envoy and the host can make: host limits for `next`,
+    /// and Envoy's verdict on `changed` (the load balancers that changed).
+    fn check(&self, next: &Self::Candidate, changed: &Config) -> Result<(), PreflightError>;
+
+    /// Hands `next` to Envoy, confirming every step; what Envoy refuses is
+    /// rolled back and confirmed before this returns.
+    fn apply(&mut self, next: &Self::Candidate) -> Result<Outcome, ApplyError>;
+
+    /// Makes Envoy serve last-known-good at start, before the first fetch.
+    /// Unlike [`Delivery::apply`], what Envoy cannot confirm yet (it may not
+    /// be up) is not undone: last-known-good was confirmed before.
+    fn restore(&mut self, good: &Self::Candidate) -> Result<Outcome, ApplyError> {
+        self.apply(good)
+    }
+
+    /// Time spent waiting for Envoy's confirmations since the last call.
+    fn take_verify_time(&self) -> Duration;
+
+    /// What last-known-good keeps of `candidate`: relative paths and contents.
+    fn record(&self, candidate: &Self::Candidate) -> Result<Vec<(PathBuf, String)>, String>;
+
+    /// The names of the listeners `candidate` gives Envoy: what `ha check`
+    /// later expects Envoy to hold.
+    fn listener_names(&self, candidate: &Self::Candidate) -> Vec<String>;
+
+    /// Envoy's hosts and their health; `None` when Envoy does not answer.
+    fn host_health(&self) -> Option<Vec<HostHealth>>;
 }

@@ -334,7 +334,7 @@ struct Loop<'a> {
 impl Loop<'_> {
     /// Restores last-known-good through `delivery`, opens the endpoints,
     /// and runs passes until SIGTERM or SIGINT.
-    fn run<D: crate::delivery::Delivery>(self, delivery: D) -> anyhow::Result<()> {
+    fn run<D: crate::pass::Delivery>(self, delivery: D) -> anyhow::Result<()> {
         let Loop {
             cfg,
             settings,

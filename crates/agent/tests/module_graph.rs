@@ -15,6 +15,7 @@ const TEST_FILES: &[&str] = &[
     "pass_tests.rs",
     "status_tests.rs",
     "hub_tests.rs",
+    "delivery_tests.rs",
     "tests.rs",
 ];
 

@@ -11,8 +11,8 @@ use serde_json::Value;
 use vpsie_lb_model::Config;
 
 use super::Reconciler;
-use crate::apply::Outcome;
-use crate::delivery::{ChangeKind, Delivery};
+use crate::pass::Outcome;
+use crate::pass::{ChangeKind, Delivery};
 use crate::pass::{PassResult, ReconcileError};
 use crate::preflight::PreflightError;
 use crate::report::{EventKind, Reporter};

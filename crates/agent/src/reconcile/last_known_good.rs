@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::Reconciler;
-use crate::apply::Outcome;
-use crate::delivery::Delivery;
+use crate::pass::Delivery;
+use crate::pass::Outcome;
 use crate::pass::PassResult;
 use crate::report::{EventKind, Reporter};
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use vpsie_lb_model::{Config, Problem, ValidateOptions};
 
-use crate::delivery::{ChangeKind, Delivery};
+use crate::pass::{ChangeKind, Delivery};
 pub use crate::pass::{PassResult, PhaseTimes, ReconcileError};
 use crate::report::Reporter;
 use crate::source::{FetchError, Fetched, Source};

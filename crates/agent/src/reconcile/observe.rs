@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::{Reconciler, capped_problems};
-use crate::delivery::Delivery;
+use crate::pass::Delivery;
 use crate::pass::PassResult;
 use crate::reconcile::ReconcileMetrics;
 use crate::report::{EventKind, Reporter};

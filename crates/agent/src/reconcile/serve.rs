@@ -8,7 +8,7 @@ use serde_json::Value;
 use vpsie_lb_model::{Config, acme, drain, validate};
 
 use super::Reconciler;
-use crate::delivery::Delivery;
+use crate::pass::Delivery;
 use crate::report::{EventKind, Reporter};
 use crate::udp_guard;
 

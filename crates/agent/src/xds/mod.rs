@@ -30,10 +30,10 @@ use vpsie_lb_envoy::{
 };
 use vpsie_lb_model::{Config, LoadBalancer};
 
-use crate::apply::{ApplyError, Outcome};
-use crate::delivery::{ChangeKind, Delivery, Diff};
 use crate::envoy_admin::{EnvoyAdmin, HostHealth};
 use crate::pass::ReconcileError;
+use crate::pass::{ApplyError, Outcome};
+use crate::pass::{ChangeKind, Delivery, Diff};
 use crate::preflight::PreflightError;
 use hub::{Hub, Key, WaitError, confirm_all};
 
