@@ -327,6 +327,23 @@ pub fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// `vpsie-lb-waf` beside an agent in `dir`, reading the policy file that
+/// agent writes; the process and its socket.
+pub fn waf_service(dir: &Path) -> Result<(Proc, std::path::PathBuf)> {
+    let socket = dir.join("waf.sock");
+    let service = Proc::spawn(
+        "vpsie-lb-waf",
+        Command::new(sibling_binary("vpsie-lb-waf")?)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--config")
+            .arg(dir.join("envoy").join("waf.json"))
+            .args(["--metrics-socket", "off"]),
+        &dir.join("waf.log"),
+    )?;
+    Ok((service, socket))
+}
+
 /// A binary built in the same target directory as this runner.
 pub fn sibling_binary(name: &str) -> Result<PathBuf> {
     let me = std::env::current_exe()?;

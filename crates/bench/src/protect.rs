@@ -7,11 +7,9 @@ use serde_json::{Value, json};
 use vpsie_lb_testkit::free_port;
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::ab::{Extra, Side, compare, compare_with};
-use crate::lab::{Nginx, lb_doc, sibling_binary};
-use crate::procs::Proc;
+use crate::lab::{Nginx, lb_doc, waf_service};
 use crate::report::Table;
 use crate::{Ctx, Findings};
 
@@ -95,23 +93,6 @@ fn waf(ctx: &Ctx, findings: &mut Findings, dir: &Path, pool: &[(u16, u32)]) -> R
         ctx.runs
     ));
     Ok(t)
-}
-
-/// `vpsie-lb-waf` beside an agent in `dir`, reading the policy file that
-/// agent writes; the process and its socket.
-pub(crate) fn waf_service(dir: &Path) -> Result<(Proc, std::path::PathBuf)> {
-    let socket = dir.join("waf.sock");
-    let service = Proc::spawn(
-        "vpsie-lb-waf",
-        Command::new(sibling_binary("vpsie-lb-waf")?)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--config")
-            .arg(dir.join("envoy").join("waf.json"))
-            .args(["--metrics-socket", "off"]),
-        &dir.join("waf.log"),
-    )?;
-    Ok((service, socket))
 }
 
 fn one(

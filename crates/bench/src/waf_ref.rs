@@ -208,7 +208,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, dir: &Path, pool: &[(u16, u32)]) 
 
     let ours_dir = dir.join("ours");
     std::fs::create_dir_all(&ours_dir)?;
-    let (service, socket) = crate::protect::waf_service(&ours_dir)?;
+    let (service, socket) = crate::lab::waf_service(&ours_dir)?;
     let docs = json!([lb_doc("plain", "http", plain_port, pool), guarded]);
     let desired = ours_dir.join("desired.json");
     std::fs::write(&desired, serde_json::to_vec(&docs)?)?;

@@ -167,11 +167,33 @@ pub fn translate(config: &Config, opts: &TranslateOptions) -> EnvoyResources {
     out
 }
 
+/// The load balancer's listeners: its own, and the redirect listener on
+/// `redirect_http_port` when it has one, and its QUIC or UDP listener.
+/// Chosen here, above the builders, because the QUIC and UDP builders
+/// reuse the TCP listener's parts.
+fn listeners(lb: &LoadBalancer, opts: &TranslateOptions) -> Vec<Listener> {
+    if lb.protocol == vpsie_lb_model::Protocol::Udp {
+        return vec![udp::listener(lb, opts)];
+    }
+    let waiting = awaits_certificate(lb);
+    let mut out: Vec<Listener> = (!waiting)
+        .then(|| listener::main_listener(lb, opts))
+        .into_iter()
+        .collect();
+    if let Some(port) = lb.redirect_http_port {
+        out.push(listener::redirect_listener(lb, port, opts));
+    }
+    if lb.http3 && !waiting {
+        out.push(quic::listener(lb, opts));
+    }
+    out
+}
+
 /// The resources of one load balancer: what a per-load-balancer cache keeps,
 /// so a change to one of 1,000 translates one.
 pub fn translate_lb(lb: &LoadBalancer, opts: &TranslateOptions) -> EnvoyResources {
     let mut out = EnvoyResources {
-        listeners: listener::listeners(lb, opts),
+        listeners: listeners(lb, opts),
         secrets: tls::secrets(lb),
         ..Default::default()
     };

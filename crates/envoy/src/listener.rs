@@ -37,27 +37,8 @@ pub(crate) const BUFFER_LIMIT_BYTES: u32 = 32 * 1024;
 /// where host-less routes and the default pool are.
 pub const DEFAULT_HOST_FOR_HTTP_10: &str = "http10.vpsie-lb.invalid";
 
-/// The load balancer's listeners: its own, and the redirect listener on
-/// `redirect_http_port` when it has one.
-pub(crate) fn listeners(lb: &LoadBalancer, opts: &TranslateOptions) -> Vec<Listener> {
-    if lb.protocol == Protocol::Udp {
-        return vec![crate::udp::listener(lb, opts)];
-    }
-    let waiting = crate::awaits_certificate(lb);
-    let mut out: Vec<Listener> = (!waiting)
-        .then(|| main_listener(lb, opts))
-        .into_iter()
-        .collect();
-    if let Some(port) = lb.redirect_http_port {
-        out.push(redirect_listener(lb, port, opts));
-    }
-    if lb.http3 && !waiting {
-        out.push(crate::quic::listener(lb, opts));
-    }
-    out
-}
-
-fn main_listener(lb: &LoadBalancer, opts: &TranslateOptions) -> Listener {
+/// The listener on the load balancer's own port.
+pub(crate) fn main_listener(lb: &LoadBalancer, opts: &TranslateOptions) -> Listener {
     let name = names::lb(&lb.id);
     // On tcp a refused client is closed before it counts against the limit.
     let mut filters: Vec<Filter> = crate::protect::tcp_access(lb)
@@ -251,7 +232,7 @@ pub(crate) fn connection_limit(lb: &LoadBalancer, stat_prefix: &str) -> Vec<Filt
 }
 
 /// Plain HTTP on `port`, answering every request with a 301 to https.
-fn redirect_listener(lb: &LoadBalancer, port: u16, opts: &TranslateOptions) -> Listener {
+pub(crate) fn redirect_listener(lb: &LoadBalancer, port: u16, opts: &TranslateOptions) -> Listener {
     let name = names::redirect_listener(&lb.id);
     let mut hcm = connection_manager(lb, &name, opts);
     // Fixed for the listener's life, so inline: a change of it is a change

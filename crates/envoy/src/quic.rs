@@ -1,11 +1,11 @@
 //! HTTP/3 for an https load balancer with `http3`: a QUIC listener on the
 //! same port over UDP, with the same certificates (SNI chains included),
-//! connection manager and route configuration as the TCP listener, and the
-//! `alt-svc` header that tells HTTP/1.1 and HTTP/2 clients it is there.
+//! connection manager and route configuration as the TCP listener. The
+//! `alt-svc` header that tells HTTP/1.1 and HTTP/2 clients it is there is
+//! added by the route configuration (`routes::alt_svc`).
 
 use envoy_types::pb::envoy::config::core::v3::{
-    HeaderValue, HeaderValueOption, Http3ProtocolOptions, TransportSocket, header_value_option,
-    transport_socket,
+    Http3ProtocolOptions, TransportSocket, transport_socket,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
     Listener, QuicProtocolOptions, UdpListenerConfig,
@@ -16,10 +16,6 @@ use vpsie_lb_model::LoadBalancer;
 
 use crate::pb::{any, u32v};
 use crate::{TranslateOptions, names, tls};
-
-/// How long a client may remember that HTTP/3 is offered, seconds (a day,
-/// as the common deployments announce it).
-const ALT_SVC_MAX_AGE: u32 = 86_400;
 
 /// The QUIC listener. Its chains carry the connection limit and the
 /// connection manager: the access list, rate limits and WAF live in the
@@ -75,19 +71,5 @@ fn quic_socket(
                 ..Default::default()
             },
         ))),
-    })
-}
-
-/// The `alt-svc` header of a load balancer that serves HTTP/3, replacing
-/// any a backend sent (ours is the one that serves this port).
-pub(crate) fn alt_svc(lb: &LoadBalancer) -> Option<HeaderValueOption> {
-    lb.http3.then(|| HeaderValueOption {
-        header: Some(HeaderValue {
-            key: "alt-svc".into(),
-            value: format!("h3=\":{}\"; ma={ALT_SVC_MAX_AGE}", lb.port),
-            ..Default::default()
-        }),
-        append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-        ..Default::default()
     })
 }

@@ -9,7 +9,10 @@
 
 use std::collections::HashMap;
 
-use envoy_types::pb::envoy::config::core::v3::{DataSource, TypedExtensionConfig, data_source};
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, HeaderValue, HeaderValueOption, TypedExtensionConfig, data_source,
+    header_value_option,
+};
 use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, HeaderMatcher, RedirectAction, RetryPolicy, Route, RouteAction,
     RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, header_matcher, redirect_action,
@@ -29,6 +32,10 @@ use vpsie_lb_model::{
 
 use crate::pb::{any, secs, u32v};
 use crate::{TranslateOptions, names};
+
+/// How long a client may remember that HTTP/3 is offered, seconds (a day,
+/// as the common deployments announce it).
+const ALT_SVC_MAX_AGE: u32 = 86_400;
 
 /// Name the stateful-session filter is registered under in the connection
 /// manager; per-route settings refer to it.
@@ -64,7 +71,7 @@ pub(crate) fn route_config(lb: &LoadBalancer, opts: &TranslateOptions) -> RouteC
             c.extend(crate::waf::for_route_config(lb, opts));
             c
         },
-        response_headers_to_add: crate::quic::alt_svc(lb).into_iter().collect(),
+        response_headers_to_add: alt_svc(lb).into_iter().collect(),
         ..Default::default()
     }
 }
@@ -376,6 +383,20 @@ fn acme_challenge(lb: &LoadBalancer) -> Option<Route> {
         // The CA's validation servers are nobody's clients: a customer's
         // access list must not keep them from its own certificate.
         typed_per_filter_config: crate::protect::exempt(),
+        ..Default::default()
+    })
+}
+
+/// The `alt-svc` header of a load balancer that serves HTTP/3, replacing
+/// any a backend sent (ours is the one that serves this port).
+fn alt_svc(lb: &LoadBalancer) -> Option<HeaderValueOption> {
+    lb.http3.then(|| HeaderValueOption {
+        header: Some(HeaderValue {
+            key: "alt-svc".into(),
+            value: format!("h3=\":{}\"; ma={ALT_SVC_MAX_AGE}", lb.port),
+            ..Default::default()
+        }),
+        append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
         ..Default::default()
     })
 }

@@ -12,20 +12,13 @@ use crate::limits;
 use crate::msc::{Intervention, ModSecurity, RuleSet, StepFailed, Transaction};
 use crate::multipart;
 
+pub use crate::inspected::{MAX_ARGS, MAX_BODY_BYTES, MAX_PARSED_BODY_BYTES};
+pub use crate::msc::rule_ids;
+
 /// Where Debian's `modsecurity-crs` puts the rules.
 pub const DEFAULT_CRS_DIR: &str = "/usr/share/modsecurity-crs";
 /// Where Debian puts the rule set's setup (default actions, anomaly scoring).
 pub const DEFAULT_CRS_SETUP: &str = "/etc/modsecurity/crs/crs-setup.conf";
-/// Most request body bytes inspected; Envoy sends no more (ext_authz's
-/// `max_request_bytes`), and a longer body is inspected up to here.
-pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
-/// Most bytes of a body that is not a multipart upload (a form, JSON, XML)
-/// parsed into arguments: each argument runs through hundreds of rules, so
-/// these cost far more per byte than a file's.
-pub const MAX_PARSED_BODY_BYTES: usize = 128 * 1024;
-/// Most arguments (query and body together) inspected; past this
-/// ModSecurity skips the rest.
-pub const MAX_ARGS: usize = 255;
 
 /// What the service adds to the Core Rule Set, in ModSecurity's local-use
 /// id range (1-99,999), before the CRS loads:
@@ -323,24 +316,4 @@ fn run(
     }
     tx.process_body()?;
     Ok(tx.intervention())
-}
-
-/// The rule ids a ModSecurity log line names (`[id "942100"]`).
-pub fn rule_ids(msg: &str) -> Vec<u32> {
-    msg.split("[id \"")
-        .skip(1)
-        .filter_map(|rest| rest.split('"').next()?.parse().ok())
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rule_ids_are_read_from_log_lines() {
-        let line = r#"ModSecurity: Warning. detected SQLi [file "x.conf"] [line "1"] [id "942100"] [msg "SQL Injection"] [id "949110"]"#;
-        assert_eq!(rule_ids(line), [942100, 949110]);
-        assert!(rule_ids("no ids here [id \"x\"]").is_empty());
-    }
 }

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod inspected;
 pub mod limits;
 pub mod metrics;
 pub mod msc;

@@ -11,7 +11,7 @@
 
 use std::borrow::Cow;
 
-use crate::engine::{MAX_ARGS, MAX_PARSED_BODY_BYTES};
+use crate::inspected::{MAX_ARGS, MAX_PARSED_BODY_BYTES};
 use crate::multipart::{self, Layout};
 
 /// How a body is parsed, from its `Content-Type`.

@@ -87,7 +87,7 @@ unsafe extern "C" fn on_log(data: *mut c_void, msg: *const c_void) {
     // SAFETY: `data` is the `Vec` a live `Transaction` owns, and the library
     // calls back on the thread that is inside one of its calls.
     let matched = unsafe { &mut *(data as *mut Vec<u32>) };
-    matched.extend(crate::engine::rule_ids(&line));
+    matched.extend(rule_ids(&line));
 }
 
 /// Held while the library parses or merges rules: its SecLang scanner
@@ -335,5 +335,25 @@ impl Drop for Transaction<'_> {
             sys::msc_transaction_cleanup(self.raw);
             drop(Box::from_raw(self.matched));
         }
+    }
+}
+
+/// The rule ids a ModSecurity log line names (`[id "942100"]`).
+pub fn rule_ids(msg: &str) -> Vec<u32> {
+    msg.split("[id \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next()?.parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_ids_are_read_from_log_lines() {
+        let line = r#"ModSecurity: Warning. detected SQLi [file "x.conf"] [line "1"] [id "942100"] [msg "SQL Injection"] [id "949110"]"#;
+        assert_eq!(rule_ids(line), [942100, 949110]);
+        assert!(rule_ids("no ids here [id \"x\"]").is_empty());
     }
 }

@@ -20,7 +20,7 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use crate::engine::{MAX_ARGS, MAX_BODY_BYTES, MAX_PARSED_BODY_BYTES};
+use crate::inspected::{MAX_ARGS, MAX_BODY_BYTES, MAX_PARSED_BODY_BYTES};
 
 /// The rule id a multipart body that could be read two ways is refused
 /// under (ours, in ModSecurity's local range; `engine::OUR_RULES`).

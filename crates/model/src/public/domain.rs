@@ -4,8 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use super::read::{ApiObj, Problems};
-use super::rule::Builder;
+use super::read::{ApiObj, Builder, Problems};
 use crate::problem::{FieldPath, Problem};
 
 /// HAProxy's defaults, which VPSie's load balancers run on: a check every

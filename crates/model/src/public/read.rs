@@ -4,7 +4,16 @@
 
 use serde_json::{Map, Value};
 
+use super::{MapEnv, PathMap};
 use crate::problem::{FieldPath, Problem};
+
+/// Builds one rule's document (its domains in `domain.rs`, the rest in
+/// `rule.rs`), collecting problems and path entries.
+pub(crate) struct Builder<'e> {
+    pub(crate) env: &'e MapEnv,
+    pub(crate) problems: Problems,
+    pub(crate) paths: PathMap,
+}
 
 /// One object of an answer, with its path in the API's own terms.
 #[derive(Clone, Copy)]

@@ -5,19 +5,12 @@ use std::collections::BTreeSet;
 use serde_json::{Map, Value, json};
 
 use super::domain::MappedDomain;
-use super::read::{ApiObj, Problems};
+use super::read::{ApiObj, Builder};
 use super::{MapEnv, MappedLb, MappedRule, NeededCertificate, PathMap, rule_document_id};
 use crate::problem::{FieldPath, Problem};
 
 /// Longest name a document may carry.
 const MAX_NAME: usize = 255;
-
-/// Builds one rule's document, collecting problems and path entries.
-pub(crate) struct Builder<'e> {
-    pub(crate) env: &'e MapEnv,
-    pub(crate) problems: Problems,
-    pub(crate) paths: PathMap,
-}
 
 /// What a rule leaves for the pass over the whole load balancer.
 struct Pending {

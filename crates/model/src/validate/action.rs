@@ -5,9 +5,8 @@ use serde_json::Value;
 use crate::model::{Redirect, Respond, RouteAction, Scheme, WeightedPool, limits};
 
 use super::hosts::host_pattern;
-use super::obj::{Ctx, Need, Obj, type_name};
+use super::obj::{Ctx, Need, Obj, type_name, url_path};
 use super::pool::PoolIndex;
-use super::route::url_path;
 
 const FORWARD_KEYS: &[&str] = &["pool", "weight"];
 const REDIRECT_KEYS: &[&str] = &["scheme", "host", "path", "port", "status"];

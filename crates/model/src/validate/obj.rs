@@ -355,6 +355,19 @@ pub(crate) fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// A path or prefix a route matches or redirects to.
+pub(crate) fn url_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') {
+        Err(format!("must start with / (got {s:?})"))
+    } else if s.len() > limits::MAX_ROUTE_PATH {
+        Err(format!("must be at most {} bytes", limits::MAX_ROUTE_PATH))
+    } else if !s.bytes().all(|b| b.is_ascii_graphic()) || s.contains(['?', '#']) {
+        Err("must be printable ascii without spaces, ? or # (percent-encode the rest)".into())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
 /// Why absolute `path` may not be named by a document, if it may not: a
 /// `..` segment (it could climb anywhere), or a place under one of
 /// `private` (the agent's state holds ACME keys another load balancer

@@ -4,7 +4,7 @@ use crate::model::{HeaderMatch, HeaderValueMatch, PathMatch, Protocol, Route, li
 
 use super::action::action;
 use super::hosts::host_list;
-use super::obj::{Ctx, IdList, Need, Obj, is_token_byte, type_name};
+use super::obj::{Ctx, IdList, Need, Obj, is_token_byte, type_name, url_path};
 use super::pool::PoolIndex;
 use super::regex::regex;
 
@@ -143,19 +143,6 @@ fn route(r: &Obj<'_>, id: Option<String>, pools: &PoolIndex, cx: &mut Ctx) -> Op
 
 fn hosts(r: &Obj<'_>, cx: &mut Ctx) -> Option<Vec<String>> {
     host_list(r, "hosts", limits::MAX_ROUTE_HOSTS, cx)
-}
-
-/// A path or prefix a route matches or redirects to.
-pub(super) fn url_path(s: &str) -> Result<String, String> {
-    if !s.starts_with('/') {
-        Err(format!("must start with / (got {s:?})"))
-    } else if s.len() > limits::MAX_ROUTE_PATH {
-        Err(format!("must be at most {} bytes", limits::MAX_ROUTE_PATH))
-    } else if !s.bytes().all(|b| b.is_ascii_graphic()) || s.contains(['?', '#']) {
-        Err("must be printable ascii without spaces, ? or # (percent-encode the rest)".into())
-    } else {
-        Ok(s.to_owned())
-    }
 }
 
 fn path_match(r: &Obj<'_>, cx: &mut Ctx) -> Option<PathMatch> {
