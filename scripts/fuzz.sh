@@ -8,7 +8,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 secs="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(document agent_config api_response endpoint_request)
+[ ${#targets[@]} -gt 0 ] || targets=(document agent_config api_response endpoint_request drains acme_store ha_config public_answer)
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 cd "$root/fuzz"
 # Build first, so a build failure is not mistaken for a crash.

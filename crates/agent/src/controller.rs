@@ -76,9 +76,33 @@ impl SyncBudget {
 /// The longest Retry-After honoured: a silly header must not stop us for long.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
-/// How long to wait after a pass that ended with `error`. Every retry
-/// decision of the agent is made here, from the error's class:
-/// - no error: the poll interval (jittered);
+/// Which wait follows a pass, by the class of the error it ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// The poll interval: nothing failed, or a quick retry cannot help (a
+    /// refused key, a bug).
+    Poll,
+    /// The backoff, doubling up to the poll interval: a retry may help.
+    Backoff,
+    /// What the server asked for (`Retry-After`).
+    Asked(Duration),
+}
+
+/// The wait that follows a pass that ended with `error`. Every retry
+/// decision of the agent is made here, from the error's class.
+pub(crate) fn wait_for(error: Option<&ReconcileError>) -> Wait {
+    match error {
+        None => Wait::Poll,
+        Some(e) => match e.retry_after() {
+            Some(asked) => Wait::Asked(asked),
+            None if e.is_retryable() => Wait::Backoff,
+            None => Wait::Poll,
+        },
+    }
+}
+
+/// How long to wait after a pass that ended with `error` ([`wait_for`]):
+/// - no error: the poll interval (jittered), and the backoff starts over;
 /// - the server asked for a wait: that, but never less than the current
 ///   backoff (`Retry-After: 0` made a loop of 113 fetches in 5 s);
 /// - retryable: the backoff, doubling up to the poll interval;
@@ -89,17 +113,13 @@ fn error_policy(
     poll_interval: Duration,
     jitter: &mut Jitter,
 ) -> Duration {
-    let Some(error) = error else {
+    if error.is_none() {
         backoff.reset();
-        return jitter.apply(poll_interval, 0.2);
-    };
-    if let Some(asked) = error.retry_after() {
-        return asked.min(MAX_RETRY_AFTER).max(backoff.step());
     }
-    if error.is_retryable() {
-        jitter.apply(backoff.step(), 0.2)
-    } else {
-        jitter.apply(poll_interval, 0.2)
+    match wait_for(error) {
+        Wait::Poll => jitter.apply(poll_interval, 0.2),
+        Wait::Asked(asked) => asked.min(MAX_RETRY_AFTER).max(backoff.step()),
+        Wait::Backoff => jitter.apply(backoff.step(), 0.2),
     }
 }
 

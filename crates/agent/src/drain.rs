@@ -74,8 +74,14 @@ pub fn load(state_dir: &Path) -> Result<Vec<SavedDrain>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    let wire: Vec<Wire> =
-        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The drains a saved file holds. The file is the agent's own, but it sits
+/// on disk where anything may have touched it, so any bytes give an error,
+/// never a panic (a fuzz target holds it to that).
+pub fn parse(bytes: &[u8]) -> Result<Vec<SavedDrain>, String> {
+    let wire: Vec<Wire> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     Ok(wire
         .into_iter()
         .map(|w| SavedDrain {

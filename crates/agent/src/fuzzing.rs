@@ -72,3 +72,63 @@ pub fn api_response(data: &[u8]) {
 pub fn endpoint_request(data: &[u8]) {
     let _ = crate::local_server::parse_head(data);
 }
+
+/// The saved drains file, as a restarted agent reads it.
+pub fn drains(data: &[u8]) {
+    let _ = crate::drain::parse(data);
+}
+
+/// The ACME store's files: up to the first NUL byte a certificate's
+/// `issued.json`, then its PEM chain; the whole input also as an account's
+/// saved credentials.
+pub fn acme_store(data: &[u8]) {
+    let (record, chain) = match data.iter().position(|b| *b == 0) {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, data),
+    };
+    let _ = crate::acme::store::parse_record(record);
+    let _ = crate::acme::store::validity(chain);
+    let _ = serde_json::from_slice::<instant_acme::AccountCredentials>(data);
+}
+
+/// The `ha` section of the agent's config: the input, indented, under `ha:`.
+pub fn ha_config(data: &[u8]) {
+    let _ = crate::config::Config::parse(&ha_config_text(data), "fuzz.yaml");
+}
+
+/// An agent config whose `ha` section is `data`, indented. Its source is
+/// a file, which parsing never opens: the default `vpsie` source would read
+/// the API key file, and a fuzz target must do no IO.
+pub fn ha_config_text(data: &[u8]) -> String {
+    let mut text = String::from("source: file\nfile: /nonexistent/lb.yaml\nha:\n");
+    for line in String::from_utf8_lossy(data).lines() {
+        text.push_str("  ");
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
+/// A public-API load balancer as JSON, mapped into documents the way the
+/// public source maps an answer, without the HTTP around it.
+pub fn public_answer(data: &[u8]) {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    let env = vpsie_lb_model::public::MapEnv {
+        zones: [("zone-1".to_owned(), "example.com".to_owned())].into(),
+        certificate_dir: "/etc/vpsie-lb/certs/".into(),
+        redirect_port: 80,
+    };
+    let mapped = vpsie_lb_model::public::map_load_balancer("lb-1", &value, &env);
+    let opts = vpsie_lb_model::ValidateOptions::default();
+    for rule in mapped.rules {
+        if let Ok(doc) = rule.doc
+            && let Err(rejected) = vpsie_lb_model::validate(&doc, &opts)
+        {
+            for p in &rejected.errors {
+                let _ = rule.paths.translate(p).to_string();
+            }
+        }
+    }
+}

@@ -27,6 +27,8 @@ pub mod notify;
 pub mod origin;
 pub mod pass;
 #[cfg(test)]
+mod pass_ports_tests;
+#[cfg(test)]
 mod pass_tests;
 pub mod plan;
 pub mod preflight;

@@ -108,6 +108,11 @@ pub enum ReconcileError {
     /// handed to Envoy.
     #[error("waf policies: {0}")]
     WafPolicies(String),
+    /// Envoy serves the pass's result, but the state store could not record
+    /// it (last-known-good or the drains): retried soon, since a restart
+    /// now would resume from an older state.
+    #[error("save state: {0}")]
+    SaveState(String),
     /// The saved state is lost and the desired config is incomplete, so
     /// nothing is applied.
     #[error(
@@ -124,7 +129,8 @@ impl ReconcileError {
             ReconcileError::Render(_) => false,
             ReconcileError::ReadFiles(_)
             | ReconcileError::StateUnknown
-            | ReconcileError::WafPolicies(_) => true,
+            | ReconcileError::WafPolicies(_)
+            | ReconcileError::SaveState(_) => true,
             ReconcileError::Preflight(e) => e.is_retryable(),
             ReconcileError::Apply(e) => e.is_retryable(),
         }

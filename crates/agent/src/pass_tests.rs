@@ -21,9 +21,9 @@ use crate::source::{Fetched, Source};
 
 /// An Envoy that serves what it was last handed, with scripted verdicts.
 #[derive(Default)]
-struct FakeEnvoy {
+pub(crate) struct FakeEnvoy {
     /// (id, port) of each load balancer Envoy serves.
-    serving: Vec<(String, u16)>,
+    pub(crate) serving: Vec<(String, u16)>,
     /// What the next applies answer; `Applied` when empty.
     outcomes: VecDeque<Result<Outcome, ApplyError>>,
     /// What the next check answers; `Ok` when empty.
@@ -35,7 +35,7 @@ struct FakeEnvoy {
     /// Added to every port when rendering: the agent's own settings, which
     /// change the render without any document changing.
     shift: u16,
-    applies: usize,
+    pub(crate) applies: usize,
 }
 
 impl Delivery for FakeEnvoy {
@@ -101,7 +101,7 @@ impl Delivery for FakeEnvoy {
 }
 
 /// A source that returns the documents it holds.
-struct Docs(Vec<Value>);
+pub(crate) struct Docs(pub(crate) Vec<Value>);
 
 impl Source for Docs {
     fn fetch(&mut self) -> Fetched {
@@ -117,11 +117,11 @@ impl Source for Docs {
 /// Keeps the kinds of events reported, and each with its load balancer
 /// and message.
 #[derive(Default)]
-struct Events(Vec<EventKind>, Vec<(String, EventKind, String)>);
+pub(crate) struct Events(Vec<EventKind>, Vec<(String, EventKind, String)>);
 
 impl Events {
     /// The events of load balancer `id`, as (kind, message).
-    fn of(&self, id: &str) -> Vec<(EventKind, &str)> {
+    pub(crate) fn of(&self, id: &str) -> Vec<(EventKind, &str)> {
         let own = self.1.iter().filter(|(lb, _, _)| lb == id);
         own.map(|(_, k, m)| (*k, m.as_str())).collect()
     }
@@ -138,12 +138,12 @@ impl Reporter for Events {
     fn health(&mut self, _: &str, _: &str, _: bool) {}
 }
 
-fn lb(port: u16) -> Value {
+pub(crate) fn lb(port: u16) -> Value {
     named("web", port)
 }
 
 /// Load balancer `id` on `port`.
-fn named(id: &str, port: u16) -> Value {
+pub(crate) fn named(id: &str, port: u16) -> Value {
     json!({"id": id, "name": id, "protocol": "http", "port": port,
            "algorithm": "round_robin", "backends": [{"id": "a", "address": "10.0.0.1", "port": 80}]})
 }

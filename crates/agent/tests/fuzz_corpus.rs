@@ -36,3 +36,43 @@ fn the_api_response_corpus_never_panics() {
 fn the_endpoint_request_corpus_never_panics() {
     replay("endpoint_request", fuzzing::endpoint_request);
 }
+
+#[test]
+fn the_drains_corpus_never_panics() {
+    replay("drains", fuzzing::drains);
+}
+
+#[test]
+fn the_acme_store_corpus_never_panics() {
+    replay("acme_store", fuzzing::acme_store);
+}
+
+#[test]
+fn the_ha_config_corpus_never_panics() {
+    replay("ha_config", fuzzing::ha_config);
+}
+
+#[test]
+fn the_public_answer_corpus_never_panics() {
+    replay("public_answer", fuzzing::public_answer);
+}
+
+/// The seeds of the newer targets are inputs the parsers accept, so the
+/// fuzzer starts from the paths that matter rather than from errors.
+#[test]
+fn the_seeds_of_the_newer_targets_are_accepted() {
+    let seed = |target: &str, name: &str| {
+        let path = vpsie_lb_testkit::workspace_root()
+            .join("fuzz/corpus")
+            .join(target)
+            .join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let drains = vpsie_lb_agent::drain::parse(&seed("drains", "seed-two")).expect("drains");
+    assert_eq!(drains.len(), 2);
+    for name in ["seed-passive", "seed-active"] {
+        let text = fuzzing::ha_config_text(&seed("ha_config", name));
+        let config = vpsie_lb_agent::config::Config::parse(&text, name).expect("ha config");
+        assert!(config.ha.is_some(), "{name}");
+    }
+}

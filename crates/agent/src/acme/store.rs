@@ -22,7 +22,7 @@ const DIR_MODE: u32 = 0o750;
 
 /// What a stored certificate was issued for, kept beside it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Record {
+pub(crate) struct Record {
     domains: Vec<String>,
     directory_url: String,
 }
@@ -76,8 +76,7 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let record: Record = serde_json::from_slice(&record)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("issued.json: {e}")))?;
+        let record = parse_record(&record)?;
         let chain = std::fs::read(&paths.certificate_path)?;
         std::fs::metadata(&paths.private_key_path)?;
         let (not_before, not_after) = validity(&chain)?;
@@ -177,6 +176,12 @@ fn ensure_private_dir(dir: &Path) -> io::Result<()> {
         .mode(DIR_MODE)
         .create(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
+}
+
+/// A certificate's `issued.json`; any bytes give an error, never a panic.
+pub(crate) fn parse_record(bytes: &[u8]) -> io::Result<Record> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("issued.json: {e}")))
 }
 
 /// The validity of the first certificate of a PEM chain, Unix seconds.

@@ -103,15 +103,13 @@ impl<D: Delivery> Reconciler<D> {
         let Some(unsaved) = self.unsaved.take() else {
             return;
         };
-        let saved = crate::state::save(&self.settings.state_dir, &self.good, &unsaved);
-        if let Err(e) = saved {
+        if let Err(e) = self.ports.store.save(&self.good, &unsaved) {
+            let why = format!("{}: {e}", self.ports.store.location());
             reporter.error(
                 "save last-known-good",
-                &format!(
-                    "{}: {e}; retrying on the next pass",
-                    self.settings.state_dir.display()
-                ),
+                &format!("{why}; retrying on the next pass"),
             );
+            self.store_failed = Some(format!("last-known-good: {why}"));
             self.unsaved = Some(unsaved);
         }
     }

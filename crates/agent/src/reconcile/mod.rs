@@ -18,6 +18,7 @@ mod isolate;
 mod last_known_good;
 mod metrics;
 mod observe;
+mod ports;
 mod serve;
 
 use isolate::{Attempt, Blame, Parked};
@@ -25,6 +26,11 @@ use serve::Rendered;
 
 pub use metrics::ReconcileMetrics;
 pub use observe::Observe;
+#[cfg(test)]
+pub(crate) use ports::fake;
+pub use ports::{
+    Clock, ConnectionCloser, DirStore, Ports, SsCloser, StateStore, SystemClock, WafFile, WafSink,
+};
 
 /// Most problems one event, log line or status message carries: a document
 /// with 10,000 bad backends must not make a 1 MB event that the API refuses
@@ -138,9 +144,11 @@ pub struct Reconciler<D: Delivery> {
     /// not change writes nothing; `None` while unknown (before the restore,
     /// or when the file could not be read), so the next settle writes it.
     drains_saved: Option<Vec<vpsie_lb_model::drain::SavedDrain>>,
-    /// The WAF policies last written, so a pass that changes none does
-    /// not read the file back.
-    waf_written: Option<String>,
+    /// The pass's IO: the state store, the connection closer, the WAF sink.
+    ports: Ports,
+    /// Why the state store lags behind what Envoy serves, when a save of
+    /// this pass failed: the pass then ends with [`ReconcileError::SaveState`].
+    store_failed: Option<String>,
     /// The ACME certificates: what is issued, and where orders are asked for.
     acme: Option<crate::acme::Acme>,
     /// This node's `ha` section, when it is in an HA pair.
@@ -157,7 +165,14 @@ impl<D: Delivery> Reconciler<D> {
     /// A state that exists but cannot be read is logged loudly here, and
     /// [`Reconciler::restore_last_known_good`] then refuses to touch Envoy.
     pub fn new(settings: Settings, delivery: D, observe: Observe) -> Self {
-        let (good, good_known, state_error) = match crate::state::load(&settings.state_dir) {
+        let ports = Ports::of(&settings);
+        Self::with_ports(settings, delivery, observe, ports)
+    }
+
+    /// [`Reconciler::new`] doing its IO through `ports`, which it reads
+    /// last-known-good from at once.
+    pub fn with_ports(settings: Settings, delivery: D, observe: Observe, ports: Ports) -> Self {
+        let (good, good_known, state_error) = match ports.store.load() {
             Ok(Some(docs)) => (docs, true, None),
             Ok(None) => (BTreeMap::new(), false, None),
             Err(e) => (BTreeMap::new(), false, Some(e)),
@@ -186,7 +201,8 @@ impl<D: Delivery> Reconciler<D> {
             last_render: None,
             served: None,
             drains_saved: None,
-            waf_written: None,
+            ports,
+            store_failed: None,
             acme: None,
             ha: None,
             ha_seen: None,
@@ -239,7 +255,13 @@ impl<D: Delivery> Reconciler<D> {
         reporter: &mut dyn Reporter,
     ) -> (PassResult, Option<ReconcileError>) {
         self.times = PhaseTimes::default();
-        let (result, error) = self.pass_inner(source, reporter);
+        self.store_failed = None;
+        let (result, mut error) = self.pass_inner(source, reporter);
+        // Envoy serves what the pass says, but the disk lags behind it: a
+        // crash now would restore an older state, so retry soon.
+        if error.is_none() {
+            error = self.store_failed.take().map(ReconcileError::SaveState);
+        }
         self.observe.metrics.pass(result);
         if result == PassResult::Applied {
             let t = &self.times;
@@ -272,11 +294,13 @@ impl<D: Delivery> Reconciler<D> {
                 }
             }
         }
-        // Fetch failures were reported where they were handled, per load balancer.
-        if let Some(e) = error
-            .as_ref()
-            .filter(|e| !matches!(e, ReconcileError::Fetch { .. }))
-        {
+        // Fetch and store failures were reported where they were handled.
+        if let Some(e) = error.as_ref().filter(|e| {
+            !matches!(
+                e,
+                ReconcileError::Fetch { .. } | ReconcileError::SaveState(_)
+            )
+        }) {
             reporter.error("pass", &e.to_string());
         }
         if let Some(a) = &self.acme {
@@ -308,13 +332,10 @@ impl<D: Delivery> Reconciler<D> {
         // before Envoy is handed anything: a mode or an exclusion changes
         // nothing in Envoy, and a new load balancer's policy must be there
         // before its first request.
-        if let Some(path) = &self.settings.waf_policies
-            && let Err(e) = crate::waf::write_policies(path, &config, &mut self.waf_written)
+        if let Some(waf) = &mut self.ports.waf
+            && let Err(e) = waf.write(&config)
         {
-            return (
-                PassResult::Error,
-                Some(ReconcileError::WafPolicies(e.to_string())),
-            );
+            return (PassResult::Error, Some(ReconcileError::WafPolicies(e)));
         }
         self.bound_ahead(&config, reporter);
         let diff = match self.delivery.diff(&files) {

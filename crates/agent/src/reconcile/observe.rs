@@ -41,7 +41,7 @@ impl<D: Delivery> Reconciler<D> {
             draining: &drains,
             serving_verified: self.serving_verified,
             last_result: format!("{result:?}").to_lowercase(),
-            now: crate::report::rfc3339_now(),
+            now: crate::report::rfc3339((self.ports.clock.now_ms() / 1000) as i64),
         });
         for r in &view.reports {
             reporter.status(&r.id, r.status, &r.version, &r.message);

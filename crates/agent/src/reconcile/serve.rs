@@ -86,7 +86,7 @@ impl<D: Delivery> Reconciler<D> {
         }
         let mut config = base.clone();
         if drains {
-            config = drain::overlay(self.served.as_ref(), config, crate::drain::now_ms());
+            config = drain::overlay(self.served.as_ref(), config, self.ports.clock.now_ms());
         }
         if let Some(issued) = certificates {
             config = acme::overlay(config, &issued);
@@ -147,8 +147,7 @@ impl<D: Delivery> Reconciler<D> {
             let vpsie_lb_model::Address::Ip(ip) = backend.address else {
                 continue;
             };
-            let envoy = &self.settings.envoy;
-            let (message, closed) = match crate::drain::close_connections(envoy, ip, backend.port) {
+            let (message, closed) = match self.ports.closer.close(ip, backend.port) {
                 Ok(n) => (
                     format!(
                         "backend {} ({ip}:{}) drained: {n} connections left were closed",
@@ -176,10 +175,11 @@ impl<D: Delivery> Reconciler<D> {
     /// restart neither drops a draining backend at once nor forgets to
     /// close what is left on it.
     pub(super) fn resume_drains(&mut self, base: &Config, reporter: &mut dyn Reporter) {
-        match crate::drain::load(&self.settings.state_dir) {
+        match self.ports.store.load_drains() {
             Ok(saved) => {
                 let allowed = &self.settings.validate.allowed_backend_networks;
-                let resumed = drain::resume(base.clone(), &saved, allowed, crate::drain::now_ms());
+                let resumed =
+                    drain::resume(base.clone(), &saved, allowed, self.ports.clock.now_ms());
                 let n = drain::saved(&resumed).len();
                 if n > 0 {
                     reporter.note(&format!("resumed {n} drain(s) of the last run"));
@@ -198,9 +198,12 @@ impl<D: Delivery> Reconciler<D> {
         if self.drains_saved.as_ref() == Some(&now) {
             return;
         }
-        match crate::drain::save(&self.settings.state_dir, &now) {
+        match self.ports.store.save_drains(&now) {
             Ok(()) => self.drains_saved = Some(now),
-            Err(e) => reporter.error("drain", &format!("save the drains: {e}")),
+            Err(e) => {
+                reporter.error("drain", &format!("save the drains: {e}"));
+                self.store_failed = Some(format!("drains: {e}"));
+            }
         }
     }
 }

@@ -1,0 +1,130 @@
+//! Whole passes whose own IO fails, each port through its in-memory fake:
+//! the state store, the connection closer and the WAF sink. Each failure
+//! must end the pass with the right error class, and so the right wait.
+
+use serde_json::{Value, json};
+
+use crate::controller::{Wait, wait_for};
+use crate::pass::{PassResult, ReconcileError};
+use crate::pass_tests::{Docs, Events, FakeEnvoy, lb};
+use crate::reconcile::{Observe, Ports, Reconciler, Settings, fake};
+use crate::report::EventKind;
+
+/// A reconciler over a fake Envoy doing its IO through `ports`.
+fn reconciler(ports: Ports) -> Reconciler<FakeEnvoy> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let nowhere = std::path::PathBuf::from("/nonexistent/vpsie-lb");
+    let settings = Settings {
+        state_dir: nowhere.clone(),
+        validate: Default::default(),
+        waf_policies: None,
+        envoy: crate::drain::EnvoyProcess {
+            bootstrap: nowhere.join("bootstrap.yaml"),
+            admin_socket: None,
+        },
+    };
+    let observe = Observe {
+        metrics: crate::reconcile::ReconcileMetrics::register(&mut registry),
+        status: Default::default(),
+    };
+    Reconciler::with_ports(settings, FakeEnvoy::default(), observe, ports)
+}
+
+/// Load balancer `web` with backends at 10.0.0.1 and, when `both`,
+/// 10.0.0.2, each keeping its connections 5 s after it is removed.
+fn draining_web(both: bool) -> Value {
+    let backend =
+        |id: &str, last: u8| json!({"id": id, "address": format!("10.0.0.{last}"), "port": 80});
+    let mut backends = vec![backend("a", 1)];
+    if both {
+        backends.push(backend("b", 2));
+    }
+    json!({"id": "web", "name": "web", "protocol": "http", "port": 80,
+           "algorithm": "round_robin", "deregistration_delay": 5, "backends": backends})
+}
+
+#[test]
+fn a_state_store_that_fails_leaves_envoy_serving_and_retries_soon() {
+    let store = fake::Memory::default();
+    store.0.lock().expect("store").failing = Some("no space left on device".into());
+    let mut r = reconciler(Ports {
+        store: Box::new(store.clone()),
+        ..fake::ports()
+    });
+    let mut events = Events::default();
+    let (result, error) = r.pass(&mut Docs(vec![lb(80)]), &mut events);
+    assert_eq!(result, PassResult::Applied, "envoy confirmed the change");
+    assert!(
+        matches!(&error, Some(ReconcileError::SaveState(m)) if m.contains("no space left")),
+        "{error:?}"
+    );
+    assert_eq!(wait_for(error.as_ref()), Wait::Backoff);
+    assert_eq!(r.delivery().serving, [("web".to_owned(), 80)]);
+    assert!(store.0.lock().expect("store").docs.is_none());
+    // The disk recovers: the next pass saves what Envoy serves, and is clean.
+    store.0.lock().expect("store").failing = None;
+    let (result, error) = r.pass(&mut Docs(vec![lb(80)]), &mut events);
+    assert_eq!((result, error.is_none()), (PassResult::Unchanged, true));
+    let held = store.0.lock().expect("store");
+    assert_eq!(held.docs.as_ref().map(|d| d["web"].clone()), Some(lb(80)));
+}
+
+#[test]
+fn a_closer_that_fails_is_reported_on_the_drain_and_not_retried() {
+    let clock = fake::Manual::default();
+    let closer = fake::Closer {
+        failing: Some("ss: operation not permitted".into()),
+        ..Default::default()
+    };
+    let mut r = reconciler(Ports {
+        closer: Box::new(closer.clone()),
+        clock: Box::new(clock.clone()),
+        ..fake::ports()
+    });
+    let mut events = Events::default();
+    for both in [true, false] {
+        let (_, error) = r.pass(&mut Docs(vec![draining_web(both)]), &mut events);
+        assert!(error.is_none(), "{error:?}");
+    }
+    assert!(
+        closer.asked.lock().expect("asked").is_empty(),
+        "still draining"
+    );
+    clock.advance(6_000);
+    let (result, error) = r.pass(&mut Docs(vec![draining_web(false)]), &mut events);
+    assert_ne!(result, PassResult::Error);
+    assert_eq!(wait_for(error.as_ref()), Wait::Poll, "{error:?}");
+    let asked = closer.asked.lock().expect("asked").clone();
+    assert_eq!(asked, [("10.0.0.2".parse().expect("ip"), 80)]);
+    let drained: Vec<&str> = events
+        .of("web")
+        .into_iter()
+        .filter(|(k, _)| *k == EventKind::BackendDrained)
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(drained.len(), 1, "{drained:?}");
+    assert!(
+        drained[0].contains("operation not permitted"),
+        "{drained:?}"
+    );
+}
+
+#[test]
+fn a_waf_sink_that_fails_hands_envoy_nothing_and_retries_soon() {
+    let waf = fake::Waf {
+        failing: Some("/etc/envoy/waf.json: read-only file system".into()),
+        ..Default::default()
+    };
+    let mut r = reconciler(Ports {
+        waf: Some(Box::new(waf.clone())),
+        ..fake::ports()
+    });
+    let (result, error) = r.pass(&mut Docs(vec![lb(80)]), &mut Events::default());
+    assert_eq!(result, PassResult::Error);
+    assert!(
+        matches!(&error, Some(ReconcileError::WafPolicies(m)) if m.contains("read-only")),
+        "{error:?}"
+    );
+    assert_eq!(wait_for(error.as_ref()), Wait::Backoff);
+    assert_eq!(r.delivery().applies, 0, "envoy was handed a change");
+}
