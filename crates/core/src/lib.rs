@@ -1,0 +1,15 @@
+//! The agent's pure core: the decisions a reconcile pass makes, with no IO,
+//! no clock and no randomness, so they are deterministic and tested as
+//! data. The agent crate does the IO around them.
+//!
+//! - [`choose`]: what to serve from one fetch ([`fetched`]), per load
+//!   balancer, falling back to the last good document;
+//! - [`preview`]: the `plan` command's description of a change;
+//! - [`backoff`]: the waits after failures in a row;
+//! - [`pass`]: how a pass ended and how long its phases took.
+
+pub mod backoff;
+pub mod choose;
+pub mod fetched;
+pub mod pass;
+pub mod preview;
