@@ -2,6 +2,8 @@
 //! no clock and no randomness, so they are deterministic and tested as
 //! data. The agent crate does the IO around them.
 //!
+//! - [`change`]: the one change planner over resource sets: the
+//!   make-before-break phases and the kind of a change;
 //! - [`choose`]: what to serve from one fetch ([`fetched`]), per load
 //!   balancer, falling back to the last good document;
 //! - [`preview`]: the `plan` command's description of a change;
@@ -9,6 +11,7 @@
 //! - [`pass`]: how a pass ended and how long its phases took.
 
 pub mod backoff;
+pub mod change;
 pub mod choose;
 pub mod fetched;
 pub mod pass;

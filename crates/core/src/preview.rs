@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use vpsie_lb_envoy::{Delivery, EnvoyResources, TranslateOptions, XdsLayout, translate};
+use vpsie_lb_envoy::{
+    Delivery, EnvoyResources, ResourceSet, ResourceType, TranslateOptions, XdsLayout, resource_set,
+    translate,
+};
 use vpsie_lb_model::{ValidateOptions, validate};
 
 /// One line of a plan.
@@ -18,21 +21,9 @@ pub enum Change {
     Modified(String, Vec<String>),
 }
 
-/// What Envoy would do for one load balancer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Impact {
-    /// Only endpoints change: no drain, connections stay.
-    EndpointsOnly,
-    /// Routes change (a canary weight, a new route): no drain, connections stay.
-    RoutesOnly,
-    /// A listener is added (HTTP/3's, a redirect port) and none changes:
-    /// no drain, connections stay.
-    ListenerAdded,
-    /// A cluster is rebuilt: upstream connections re-open, no listener drain.
-    ClusterRebuilt,
-    /// The listener changes: open client connections drain.
-    ListenerDrains,
-}
+/// What Envoy would do for one load balancer: the kind of its change,
+/// as the one change planner classifies it.
+pub use crate::change::Kind as Impact;
 
 /// What `vpsie-lb-agent plan` shows: per load balancer what changes, and
 /// what Envoy would do. (The steps of an apply are `plan::Plan`.)
@@ -56,56 +47,28 @@ fn resources(docs: &BTreeMap<String, Value>, opts: &ValidateOptions) -> EnvoyRes
     }
 }
 
-/// What Envoy does for a change of load balancer `id`: the largest of the
-/// kinds of its resources that differ. Compares canonical JSON, never prost
-/// values: protobuf map fields inside an `Any` encode in random order.
+/// What Envoy does for a change of load balancer `id`: the kind of the
+/// change of its own resources ([`crate::change::plan`]). Versions are
+/// hashes of canonical JSON, never of prost values: protobuf map fields
+/// inside an `Any` encode in random order.
 fn impact(id: &str, old: &EnvoyResources, new: &EnvoyResources) -> Impact {
     use vpsie_lb_envoy::names;
     let main = names::lb(id);
     let pools = format!("{main}{}", names::SEP);
     let redirect = names::redirect_listener(id);
     let ours = |n: &str| n == main || n.starts_with(&pools) || n == redirect;
-    let json = |items: Vec<Result<Value, vpsie_lb_envoy::RenderError>>| -> Vec<Value> {
-        items.into_iter().filter_map(Result::ok).collect()
+    let (cert, ca) = (names::cert_secret(id), names::ca_secret(id));
+    let sni = format!("{cert}{}", names::SEP);
+    let our_secret = |n: &str| n == cert || n == ca || n.starts_with(&sni);
+    let own = |r: &EnvoyResources| -> ResourceSet {
+        let mut set = resource_set(r).unwrap_or_default();
+        set.retain(|(kind, name), _| match kind {
+            ResourceType::Secret => our_secret(name),
+            _ => ours(name),
+        });
+        set
     };
-    // By name: only a listener changed or removed drains.
-    let listeners = |r: &EnvoyResources| -> BTreeMap<String, Value> {
-        r.listeners
-            .iter()
-            .filter(|l| ours(&l.name))
-            .filter_map(|l| Some((l.name.clone(), vpsie_lb_envoy::to_json(l).ok()?)))
-            .collect()
-    };
-    let clusters = |r: &EnvoyResources| {
-        json(
-            r.clusters
-                .iter()
-                .filter(|c| ours(&c.name))
-                .map(vpsie_lb_envoy::to_json)
-                .collect(),
-        )
-    };
-    let routes = |r: &EnvoyResources| {
-        json(
-            r.routes
-                .iter()
-                .filter(|c| ours(&c.name))
-                .map(vpsie_lb_envoy::to_json)
-                .collect(),
-        )
-    };
-    let (before, after) = (listeners(old), listeners(new));
-    if before.iter().any(|(name, l)| after.get(name) != Some(l)) {
-        Impact::ListenerDrains
-    } else if clusters(old) != clusters(new) {
-        Impact::ClusterRebuilt
-    } else if after.len() > before.len() {
-        Impact::ListenerAdded
-    } else if routes(old) != routes(new) {
-        Impact::RoutesOnly
-    } else {
-        Impact::EndpointsOnly
-    }
+    crate::change::plan(&own(old), &own(new)).kind
 }
 
 /// Plans `applied` → `desired` (documents by load-balancer id).
@@ -285,6 +248,10 @@ pub fn render(p: &Preview) -> String {
                         "a listener is added: no drain, connections stay"
                     }
                     Some(Impact::RoutesOnly) => "routes only: no drain, connections stay",
+                    Some(Impact::SecretsOnly) => {
+                        "certificates only: no drain, new handshakes use them"
+                    }
+                    Some(Impact::None) => "nothing changes in envoy",
                     _ => "endpoints only: no drain, connections stay",
                 };
                 out.push_str(&format!("    envoy: {what}\n"));
@@ -343,6 +310,15 @@ mod tests {
         let (p, text) = check(&[https(true)], &[https(false)]);
         assert_eq!(p.impact["web"], Impact::ListenerDrains, "{text}");
         assert!(text.contains("1 listener(s) drain"), "{text}");
+    }
+
+    #[test]
+    fn regression_a_new_certificate_was_planned_as_an_endpoints_change() {
+        let (_, mut renewed) = https(false);
+        renewed["tls_config"]["certificate_path"] = json!("/etc/tls/renewed.pem");
+        let (p, text) = check(&[https(false)], &[("web".into(), renewed)]);
+        assert_eq!(p.impact["web"], Impact::SecretsOnly, "{text}");
+        assert!(text.contains("certificates only: no drain"), "{text}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the agent, and Envoy's ACK or NACK of each step is the confirmation.
 //!
 //! A change is published to the [`hub::Hub`] step by step, make before
-//! break ([`make_before_break`]); each step waits until every connected
+//! break, in the phases of [`vpsie_lb_core::change`]; each step waits until every connected
 //! Envoy ACKed it. **A NACK is handled in [`XdsDelivery::apply`]**: the
 //! steps taken are undone in reverse, each confirmed, and the change comes
 //! back as [`Outcome::RolledBack`] with Envoy's words, so the reconciler
@@ -24,9 +24,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use vpsie_lb_core::change::{self, Kind};
 use vpsie_lb_envoy::{
-    ResourceSet, ResourceType, Step, TranslateOptions, make_before_break, resource_set,
-    translate_lb,
+    ResourceSet, ResourceType, Step, TranslateOptions, resource_set, translate_lb,
 };
 use vpsie_lb_model::{Config, LoadBalancer};
 
@@ -121,7 +121,7 @@ impl XdsDelivery {
     fn roll_back(&self, at: &ResourceSet, old: &ResourceSet) -> Result<(), ApplyError> {
         let mut cur = at.clone();
         let mut first = None;
-        for phase in phases(make_before_break(at, old)) {
+        for phase in change::plan(at, old).phases() {
             let want = take_phase(&mut cur, old, &phase);
             if let Err(e) = self.publish_and_wait(Arc::new(cur.clone()), &want) {
                 let what = format!("the undo of {}", describe(&phase));
@@ -155,7 +155,7 @@ impl XdsDelivery {
                 },
             );
         };
-        let steps = phases(make_before_break(&base, next));
+        let steps = change::plan(&base, next).phases();
         if steps.is_empty() {
             // Nothing to change; still, the change is done only once every
             // connected Envoy has all of it (a new Envoy may be catching up).
@@ -211,28 +211,6 @@ impl XdsDelivery {
             },
         }
     }
-}
-
-/// The steps of a change grouped into what is published at once: the
-/// additions of secrets, clusters and endpoints together (a changed cluster
-/// warms until its endpoints come, and Envoy may hold the cluster's ACK
-/// until then, so they cannot wait for each other), then each later step
-/// alone. Listeners still come only after what they use is confirmed, and
-/// removals only after no listener uses what they remove.
-pub fn phases(steps: Vec<Step>) -> Vec<Vec<Step>> {
-    let mut out: Vec<Vec<Step>> = Vec::new();
-    let mut making = true;
-    for step in steps {
-        let dependency = step.remove.is_empty() && step.kind != ResourceType::Listener;
-        match out.last_mut() {
-            Some(last) if making && dependency => last.push(step),
-            _ => {
-                making = dependency;
-                out.push(vec![step]);
-            }
-        }
-    }
-    out
 }
 
 /// Applies `phase` to `cur`, taking new versions from `next`; returns what
@@ -310,13 +288,11 @@ impl Delivery for XdsDelivery {
             .as_ref()
             .map(|s| s.resources.clone())
             .unwrap_or_default();
-        let steps = make_before_break(&current, &next.0);
-        let kind = if steps.is_empty() && snapshot.is_some() && self.hub.settled() {
-            ChangeKind::None
-        } else if !steps.is_empty() && steps.iter().all(|s| s.kind == ResourceType::Endpoints) {
-            ChangeKind::EndpointsOnly
-        } else {
-            ChangeKind::Other
+        let kind = match change::plan(&current, &next.0).kind {
+            // Nothing to publish, but a new Envoy may still be catching up.
+            Kind::None if snapshot.is_some() && self.hub.settled() => ChangeKind::None,
+            Kind::EndpointsOnly => ChangeKind::EndpointsOnly,
+            _ => ChangeKind::Other,
         };
         Ok(Diff {
             kind,
@@ -392,44 +368,3 @@ impl Delivery for XdsDelivery {
 #[cfg(test)]
 #[path = "delivery_tests.rs"]
 mod delivery_tests;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn step(kind: ResourceType, upsert: &[&str], remove: &[&str]) -> Step {
-        let own = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect();
-        Step {
-            kind,
-            upsert: own(upsert),
-            remove: own(remove),
-        }
-    }
-
-    #[test]
-    fn dependencies_go_together_and_listeners_and_removals_alone() {
-        use ResourceType::*;
-        let steps = vec![
-            step(Secret, &["s"], &[]),
-            step(Cluster, &["c"], &[]),
-            step(Endpoints, &["c"], &[]),
-            step(Listener, &["l"], &["old"]),
-            step(Cluster, &[], &["old"]),
-            step(Endpoints, &[], &["old"]),
-        ];
-        let kinds: Vec<Vec<ResourceType>> = phases(steps)
-            .iter()
-            .map(|p| p.iter().map(|s| s.kind).collect())
-            .collect();
-        assert_eq!(
-            kinds,
-            [
-                vec![Secret, Cluster, Endpoints],
-                vec![Listener],
-                vec![Cluster],
-                vec![Endpoints]
-            ]
-        );
-        assert!(phases(vec![]).is_empty());
-    }
-}
