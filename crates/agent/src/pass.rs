@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use vpsie_lb_core::class::Class;
 use vpsie_lb_model::Config;
 
 use crate::envoy_admin::{AdminError, HostHealth};
@@ -27,7 +28,8 @@ pub enum ReconcileError {
         message: String,
         /// The longest wait the server asked for.
         retry_after: Option<Duration>,
-        /// Whether the API refused our key, which a quick retry cannot fix.
+        /// Whether the API refused our requests (the key, or a request it
+        /// calls bad), which a quick retry cannot fix.
         key_refused: bool,
     },
     /// The chosen documents could not be rendered: a bug, not the input's fault.
@@ -64,15 +66,21 @@ pub enum ReconcileError {
 impl ReconcileError {
     /// Whether trying again soon could help; if not, the next try waits a poll interval.
     pub fn is_retryable(&self) -> bool {
+        self.class().is_retryable()
+    }
+
+    /// The class of what cut the pass short, which decides the next wait.
+    pub fn class(&self) -> Class {
         match self {
-            ReconcileError::Fetch { key_refused, .. } => !key_refused,
-            ReconcileError::Render(_) => false,
+            ReconcileError::Fetch { key_refused, .. } if *key_refused => Class::Refused,
+            ReconcileError::Fetch { .. } => Class::Transient,
+            ReconcileError::Render(_) => Class::Bug,
             ReconcileError::ReadFiles(_)
             | ReconcileError::StateUnknown
             | ReconcileError::WafPolicies(_)
-            | ReconcileError::SaveState(_) => true,
-            ReconcileError::Preflight(e) => e.is_retryable(),
-            ReconcileError::Apply(e) => e.is_retryable(),
+            | ReconcileError::SaveState(_) => Class::Transient,
+            ReconcileError::Preflight(e) => e.class(),
+            ReconcileError::Apply(e) => e.class(),
         }
     }
 
@@ -120,7 +128,16 @@ pub enum ApplyError {
 impl ApplyError {
     /// Whether the same change could succeed on a later try.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, ApplyError::Rejected { .. } | ApplyError::Plan(_))
+        self.class().is_retryable()
+    }
+
+    /// Envoy's refusal, a planning bug, or something a retry may fix.
+    pub fn class(&self) -> Class {
+        match self {
+            ApplyError::Rejected { .. } => Class::Rejected,
+            ApplyError::Plan(_) => Class::Bug,
+            _ => Class::Transient,
+        }
     }
 }
 

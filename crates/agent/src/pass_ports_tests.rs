@@ -1,6 +1,7 @@
 //! Whole passes whose own IO fails, each port through its in-memory fake:
-//! the state store, the connection closer and the WAF sink. Each failure
-//! must end the pass with the right error class, and so the right wait.
+//! the state store, the connection closer and the WAF sink, and a source
+//! whose API refuses a request. Each failure must end the pass with the
+//! right error class, and so the right wait.
 
 use serde_json::{Value, json};
 
@@ -9,6 +10,7 @@ use crate::pass::{PassResult, ReconcileError};
 use crate::pass_tests::{Docs, Events, FakeEnvoy, lb};
 use crate::reconcile::{Observe, Ports, Reconciler, Settings, fake};
 use crate::report::EventKind;
+use crate::source::{FetchError, Fetched, Source};
 
 /// A reconciler over a fake Envoy doing its IO through `ports`.
 fn reconciler(ports: Ports) -> Reconciler<FakeEnvoy> {
@@ -127,4 +129,34 @@ fn a_waf_sink_that_fails_hands_envoy_nothing_and_retries_soon() {
     );
     assert_eq!(wait_for(error.as_ref()), Wait::Backoff);
     assert_eq!(r.delivery().applies, 0, "envoy was handed a change");
+}
+
+/// A source whose API answers 400 for load balancer `web`.
+struct BadRequest;
+
+impl Source for BadRequest {
+    fn fetch(&mut self) -> Fetched {
+        let mut out = Fetched::default();
+        let e = FetchError::Denied("GET /loadbalancers/web: status 400: bad request".into());
+        out.items.insert("web".into(), Err(e));
+        out
+    }
+}
+
+#[test]
+fn regression_a_400_on_fetch_was_retried_after_a_backoff() {
+    let mut r = reconciler(fake::ports());
+    let mut events = Events::default();
+    r.pass(&mut Docs(vec![lb(80)]), &mut events);
+    let (_, error) = r.pass(&mut BadRequest, &mut events);
+    assert!(
+        matches!(error, Some(ReconcileError::Fetch { .. })),
+        "{error:?}"
+    );
+    assert_eq!(wait_for(error.as_ref()), Wait::Poll);
+    assert_eq!(
+        r.delivery().serving,
+        [("web".to_owned(), 80)],
+        "last good serves on"
+    );
 }

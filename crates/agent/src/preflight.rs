@@ -30,7 +30,17 @@ pub enum PreflightError {
 impl PreflightError {
     /// Whether running the same pre-flight again could give another answer.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, PreflightError::Run(_))
+        self.class().is_retryable()
+    }
+
+    /// Envoy's refusal, a missing binary, or a run that may work next time.
+    pub fn class(&self) -> vpsie_lb_core::class::Class {
+        use vpsie_lb_core::class::Class;
+        match self {
+            PreflightError::Run(_) => Class::Transient,
+            PreflightError::Rejected(_) => Class::Rejected,
+            PreflightError::NotFound(_) => Class::Bug,
+        }
     }
 }
 

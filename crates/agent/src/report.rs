@@ -235,11 +235,12 @@ fn classify(result: Result<(), crate::api::ApiError>) -> Delivery {
     use crate::api::ApiError;
     match result {
         Ok(()) => Delivery::Sent,
-        Err(e @ ApiError::Status { status, .. })
-            if (400..500).contains(&status) && status != 429 =>
-        {
-            Delivery::Refused(e)
-        }
+        // A rejected key is not the batch's fault: keep it until the key
+        // works again.
+        Err(e @ ApiError::Unauthorized { .. }) => Delivery::Stop(e),
+        // Otherwise the API's one table: a refused batch is dropped,
+        // anything else is kept for the next try.
+        Err(e) if e.class() == vpsie_lb_core::class::Class::Refused => Delivery::Refused(e),
         Err(e) => Delivery::Stop(e),
     }
 }

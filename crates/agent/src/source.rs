@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
+use vpsie_lb_core::class::Class;
 pub use vpsie_lb_core::fetched::{FetchError, Fetched};
 
 /// Runs `call` for every id, at most [`FETCH_CONCURRENCY`] at once, so one
@@ -49,6 +50,7 @@ pub(crate) fn classify(
     match e {
         crate::api::ApiError::Unauthorized { .. } => FetchError::Unauthorized(e.to_string()),
         e if e.is_not_found() => FetchError::NotFound(e.to_string()),
+        e if e.class() == Class::Refused => FetchError::Denied(e.to_string()),
         e => FetchError::Transient(e.to_string()),
     }
 }
@@ -175,5 +177,41 @@ impl Source for VpsieSource {
         }
         out.reachable = Some(answered);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ApiError;
+
+    fn status(status: u16) -> ApiError {
+        ApiError::Status {
+            what: "GET /lb".into(),
+            status,
+            body: String::new(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn regression_a_400_on_fetch_was_classified_as_transient() {
+        let classified = |e: ApiError| {
+            let mut answered = false;
+            let out = classify(e, &mut Fetched::default(), &mut answered);
+            assert!(answered, "the api answered");
+            out
+        };
+        assert!(matches!(classified(status(400)), FetchError::Denied(_)));
+        assert!(matches!(classified(status(422)), FetchError::Denied(_)));
+        assert!(matches!(classified(status(404)), FetchError::NotFound(_)));
+        assert!(matches!(classified(status(429)), FetchError::Transient(_)));
+        assert!(matches!(classified(status(503)), FetchError::Transient(_)));
+        let key = ApiError::Unauthorized {
+            what: "GET /lb".into(),
+            status: 401,
+            body: String::new(),
+        };
+        assert!(matches!(classified(key), FetchError::Unauthorized(_)));
     }
 }

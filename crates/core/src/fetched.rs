@@ -18,6 +18,11 @@ pub enum FetchError {
     /// The source says this load balancer does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The API refused the request itself (a 4xx other than a rejected
+    /// key, a missing load balancer or 429): asking again soon gets the
+    /// same answer.
+    #[error("{0}")]
+    Denied(String),
     /// The source answered, but what it said cannot become a document
     /// (the public API's rule that cannot be mapped): refused like an
     /// invalid document, with problems in the source's own terms.

@@ -7,12 +7,14 @@
 //! - [`choose`]: what to serve from one fetch ([`fetched`]), per load
 //!   balancer, falling back to the last good document;
 //! - [`preview`]: the `plan` command's description of a change;
+//! - [`class`]: the one error taxonomy every retry decision reads;
 //! - [`backoff`]: the waits after failures in a row;
 //! - [`pass`]: how a pass ended and how long its phases took.
 
 pub mod backoff;
 pub mod change;
 pub mod choose;
+pub mod class;
 pub mod fetched;
 pub mod pass;
 pub mod preview;

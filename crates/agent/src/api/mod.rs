@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::time::Duration;
+use vpsie_lb_core::class::Class;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -83,10 +84,17 @@ pub enum ApiError {
 impl ApiError {
     /// Whether trying again later could help.
     pub fn is_retryable(&self) -> bool {
+        self.class().is_retryable()
+    }
+    /// The class of this failure: the one table of what the API's answers
+    /// mean, read by the sources, the reporter and the retry decisions.
+    pub fn class(&self) -> Class {
         match self {
-            ApiError::Network { .. } | ApiError::Body { .. } | ApiError::Reported { .. } => true,
-            ApiError::Status { status, .. } => *status >= 500 || *status == 429,
-            ApiError::Unauthorized { .. } => false,
+            ApiError::Network { .. } | ApiError::Body { .. } | ApiError::Reported { .. } => {
+                Class::Transient
+            }
+            ApiError::Status { status, .. } => Class::of_status(*status),
+            ApiError::Unauthorized { .. } => Class::Refused,
         }
     }
     /// The wait the server asked for, if it did.

@@ -70,7 +70,7 @@ fn fetch_error(fetched: &Fetched) -> Option<ReconcileError> {
             .values()
             .filter_map(|r| r.as_ref().err())
             .chain(fetched.failed_groups.iter().map(|(_, e)| e))
-            .any(|e| matches!(e, FetchError::Unauthorized(_))),
+            .any(|e| matches!(e, FetchError::Unauthorized(_) | FetchError::Denied(_))),
     })
 }
 
