@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use vpsie_lb_core::backoff::Backoff;
+
 use crate::envoy_admin::EnvoyAdmin;
 
 /// How Envoy is started.
@@ -119,7 +121,7 @@ impl Supervisor {
 }
 
 fn watch(cmd: EnvoyCommand, child: Arc<Mutex<Option<Child>>>, stopping: Arc<AtomicBool>) {
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     let mut started = Instant::now();
     while !stopping.load(Ordering::SeqCst) {
         thread::sleep(Duration::from_millis(100));
@@ -137,17 +139,17 @@ fn watch(cmd: EnvoyCommand, child: Arc<Mutex<Option<Child>>>, stopping: Arc<Atom
         }
         // A run that lasted a minute was healthy: start the backoff over.
         if started.elapsed() > Duration::from_secs(60) {
-            backoff = Duration::from_secs(1);
+            backoff.reset();
         }
-        tracing::error!(phase = "envoy", error = %status, restart_in_ms = backoff.as_millis() as u64, "envoy exited; restarting");
-        let wake = Instant::now() + backoff;
+        let wait = backoff.step();
+        tracing::error!(phase = "envoy", error = %status, restart_in_ms = wait.as_millis() as u64, "envoy exited; restarting");
+        let wake = Instant::now() + wait;
         while Instant::now() < wake && !stopping.load(Ordering::SeqCst) {
             thread::sleep(Duration::from_millis(50));
         }
         if stopping.load(Ordering::SeqCst) {
             return;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
         match cmd.spawn() {
             Ok(c) => {
                 started = Instant::now();

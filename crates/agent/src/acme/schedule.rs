@@ -5,6 +5,8 @@
 use vpsie_lb_model::Acme;
 use vpsie_lb_model::acme::renew_at;
 
+use vpsie_lb_core::backoff::Backoff;
+
 use super::store::Stored;
 
 /// The first wait after a failure that placed no order (the directory
@@ -102,8 +104,9 @@ impl Attempts {
     /// Returns the seconds until the next attempt.
     pub fn failed(&mut self, now: i64, order_placed: bool, error: String) -> i64 {
         self.failures = self.failures.saturating_add(1);
-        let doubled = FIRST_RETRY_SECS.saturating_mul(1i64 << (self.failures - 1).min(20));
-        let mut wait = doubled.min(MAX_RETRY_SECS);
+        let secs = |s: i64| std::time::Duration::from_secs(s.unsigned_abs());
+        let doubled = Backoff::nth(secs(FIRST_RETRY_SECS), secs(MAX_RETRY_SECS), self.failures);
+        let mut wait = doubled.as_secs() as i64;
         if order_placed {
             wait = wait.max(FAILED_ORDER_WAIT_SECS);
         }
