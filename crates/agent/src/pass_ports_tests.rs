@@ -1,6 +1,6 @@
 //! Whole passes whose own IO fails, each port through its in-memory fake:
 //! the state store, the connection closer and the WAF sink, and a source
-//! whose API refuses a request. Each failure must end the pass with the
+//! whose API refuses a request; and keepalived's records, read each pass. Each failure must end the pass with the
 //! right error class, and so the right wait.
 
 use serde_json::{Value, json};
@@ -159,4 +159,33 @@ fn regression_a_400_on_fetch_was_retried_after_a_backoff() {
         [("web".to_owned(), 80)],
         "last good serves on"
     );
+}
+
+#[test]
+fn each_vrrp_state_change_is_reported_once_per_load_balancer() {
+    let vrrp = fake::Vrrp::default();
+    let set = |state: &str| {
+        *vrrp.0.lock().expect("vrrp") = vec![("vpsie_lb_1".into(), state.into())];
+    };
+    set("backup");
+    let mut r = reconciler(fake::ports()).with_ha_records(Some(Box::new(vrrp.clone())));
+    let mut events = Events::default();
+    let changes = |events: &Events| {
+        let of = events.of("web");
+        of.into_iter()
+            .filter(|(k, _)| *k == EventKind::HaStateChanged)
+            .map(|(_, m)| m.to_owned())
+            .collect::<Vec<_>>()
+    };
+    r.pass(&mut Docs(vec![lb(80)]), &mut events);
+    assert!(
+        changes(&events).is_empty(),
+        "the first look is the baseline"
+    );
+    set("master");
+    r.pass(&mut Docs(vec![lb(80)]), &mut events);
+    r.pass(&mut Docs(vec![lb(80)]), &mut events);
+    let said = changes(&events);
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].contains("backup -> master"), "{said:?}");
 }

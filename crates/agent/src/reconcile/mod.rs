@@ -29,7 +29,8 @@ pub use observe::Observe;
 #[cfg(test)]
 pub(crate) use ports::fake;
 pub use ports::{
-    Clock, ConnectionCloser, DirStore, Ports, SsCloser, StateStore, SystemClock, WafFile, WafSink,
+    Clock, ConnectionCloser, DirStore, HaRecords, KeepalivedRecords, Ports, SsCloser, StateStore,
+    SystemClock, WafFile, WafSink,
 };
 
 /// Most problems one event, log line or status message carries: a document
@@ -151,8 +152,8 @@ pub struct Reconciler<D: Delivery> {
     store_failed: Option<String>,
     /// The ACME certificates: what is issued, and where orders are asked for.
     acme: Option<crate::acme::Acme>,
-    /// This node's `ha` section, when it is in an HA pair.
-    ha: Option<crate::config::Ha>,
+    /// This node's VRRP records, when it is in an HA pair.
+    ha: Option<Box<dyn HaRecords>>,
     /// The state of each VRRP instance last seen (none before the first
     /// look), so each change is reported once.
     ha_seen: Option<BTreeMap<String, String>>,
@@ -223,8 +224,13 @@ impl<D: Delivery> Reconciler<D> {
 
     /// Reports each change of this node's VRRP states (`ha_state_changed`)
     /// when it is in an HA pair (`ha` set).
-    pub fn with_ha(mut self, ha: Option<crate::config::Ha>) -> Self {
-        self.ha = ha;
+    pub fn with_ha(self, ha: Option<crate::config::Ha>) -> Self {
+        self.with_ha_records(ha.map(|ha| Box::new(KeepalivedRecords(ha)) as Box<dyn HaRecords>))
+    }
+
+    /// [`Reconciler::with_ha`] reading the VRRP states from `records`.
+    pub fn with_ha_records(mut self, records: Option<Box<dyn HaRecords>>) -> Self {
+        self.ha = records;
         self
     }
 

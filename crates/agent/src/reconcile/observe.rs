@@ -85,7 +85,7 @@ impl<D: Delivery> Reconciler<D> {
     /// the first look (at start) is the baseline and says nothing.
     pub(super) fn track_ha(&mut self, reporter: &mut dyn Reporter) {
         let Some(ha) = &self.ha else { return };
-        let status = crate::ha::status(ha);
+        let status = ha.status();
         let now: BTreeMap<String, String> = status
             .instances
             .iter()

@@ -1,8 +1,9 @@
 //! The pass's own IO, one trait per kind, so that a whole pass runs
 //! in-process with fakes and each failure's class can be tested: the state
 //! store (last-known-good and the running drains), the connection closer
-//! (`ss -K` when a drain ends), the WAF policy sink and the wall clock that
-//! drains and status times are read from. Each has an adapter
+//! (`ss -K` when a drain ends), the WAF policy sink, the wall clock that
+//! drains and status times are read from, and keepalived's records of this
+//! node's VRRP states. Each has an adapter
 //! over the code that did the IO before, built from [`Settings`], and an
 //! in-memory fake under `cfg(test)`.
 
@@ -47,6 +48,21 @@ pub trait WafSink: Send {
 pub trait Clock: Send {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
+}
+
+/// What keepalived says of this node's VRRP instances.
+pub trait HaRecords: Send {
+    /// Each instance's state as keepalived last recorded it.
+    fn status(&self) -> crate::status::HaStatus;
+}
+
+/// keepalived's record files for this node's `ha` section.
+pub struct KeepalivedRecords(pub crate::config::Ha);
+
+impl HaRecords for KeepalivedRecords {
+    fn status(&self) -> crate::status::HaStatus {
+        crate::ha::status(&self.0)
+    }
 }
 
 /// The pass's IO, handed to [`super::Reconciler::with_ports`].
@@ -263,6 +279,28 @@ pub(crate) mod fake {
                 *w = Some(config.load_balancers.len());
             }
             Ok(())
+        }
+    }
+
+    /// VRRP records a test sets: instance name to state.
+    #[derive(Clone, Default)]
+    pub(crate) struct Vrrp(pub Arc<Mutex<Vec<(String, String)>>>);
+
+    impl HaRecords for Vrrp {
+        fn status(&self) -> crate::status::HaStatus {
+            let states = self.0.lock().map(|s| s.clone()).unwrap_or_default();
+            crate::status::HaStatus {
+                mode: "active_passive".into(),
+                instances: states
+                    .into_iter()
+                    .map(|(name, state)| crate::status::HaInstanceStatus {
+                        name,
+                        virtual_ips: vec!["192.0.2.10/24".into()],
+                        state,
+                        ..Default::default()
+                    })
+                    .collect(),
+            }
         }
     }
 }
