@@ -177,9 +177,12 @@ pub fn run(
         tracing::debug!(result = ?result, took_ms = started.elapsed().as_millis() as u64, "pass done");
         on_pass(result);
         let mut wait = error_policy(error.as_ref(), &mut backoff, poll_interval, &mut jitter);
-        if error.is_none()
-            && let Some(drain) = until_wake(reconciler.next_wake(), SystemTime::now())
-        {
+        // A pass that served what it chose wakes for the next drain's end,
+        // even when only its record on disk lags (a failed save).
+        let served = error
+            .as_ref()
+            .is_none_or(|e| matches!(e, ReconcileError::SaveState(_)));
+        if served && let Some(drain) = until_wake(reconciler.next_wake(), SystemTime::now()) {
             wait = wait.min(drain);
         }
         let mut deadline = Instant::now() + wait;

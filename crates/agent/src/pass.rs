@@ -117,6 +117,18 @@ pub enum ApplyError {
         /// How long we waited.
         timeout: Duration,
     },
+    /// A step failed and undoing it failed too, so what Envoy serves is
+    /// unknown. Retried after a backoff, whatever Envoy said: the next
+    /// try starts from what Envoy has.
+    #[error("envoy did not confirm {undo} ({why}) after {failed}")]
+    Undo {
+        /// The undo step that was not confirmed.
+        undo: String,
+        /// Why it was not: Envoy's refusal or a timeout.
+        why: String,
+        /// The failure of the change that the undo followed.
+        failed: String,
+    },
     /// The admin API could not be read. Retrying may help.
     #[error(transparent)]
     Admin(#[from] AdminError),

@@ -10,7 +10,7 @@ use crate::pass::{PassResult, ReconcileError};
 use crate::pass_tests::{Docs, Events, FakeEnvoy, lb};
 use crate::reconcile::{Observe, Ports, Reconciler, Settings, fake};
 use crate::report::EventKind;
-use crate::source::{FetchError, Fetched, Source};
+use crate::source::{Fetched, Source};
 
 /// A reconciler over a fake Envoy doing its IO through `ports`.
 fn reconciler(ports: Ports) -> Reconciler<FakeEnvoy> {
@@ -57,7 +57,7 @@ fn a_state_store_that_fails_leaves_envoy_serving_and_retries_soon() {
     let (result, error) = r.pass(&mut Docs(vec![lb(80)]), &mut events);
     assert_eq!(result, PassResult::Applied, "envoy confirmed the change");
     assert!(
-        matches!(&error, Some(ReconcileError::SaveState(m)) if m.contains("no space left")),
+        matches!(&error, Some(ReconcileError::SaveState(m)) if m.starts_with("last-known-good:") && m.contains("no space left")),
         "{error:?}"
     );
     assert_eq!(wait_for(error.as_ref()), Wait::Backoff);
@@ -69,6 +69,28 @@ fn a_state_store_that_fails_leaves_envoy_serving_and_retries_soon() {
     assert_eq!((result, error.is_none()), (PassResult::Unchanged, true));
     let held = store.0.lock().expect("store");
     assert_eq!(held.docs.as_ref().map(|d| d["web"].clone()), Some(lb(80)));
+}
+
+#[test]
+fn a_drains_record_that_cannot_be_saved_retries_soon() {
+    let store = fake::Memory::default();
+    store.0.lock().expect("store").failing_drains = Some("read-only file system".into());
+    let mut r = reconciler(Ports {
+        store: Box::new(store.clone()),
+        ..fake::ports()
+    });
+    let mut events = Events::default();
+    let (result, error) = r.pass(&mut Docs(vec![draining_web(true)]), &mut events);
+    assert_eq!(result, PassResult::Applied);
+    assert!(
+        matches!(&error, Some(ReconcileError::SaveState(m)) if m.starts_with("drains:")),
+        "{error:?}"
+    );
+    assert_eq!(wait_for(error.as_ref()), Wait::Backoff);
+    assert!(
+        store.0.lock().expect("store").docs.is_some(),
+        "last-known-good was saved"
+    );
 }
 
 #[test]
@@ -131,14 +153,23 @@ fn a_waf_sink_that_fails_hands_envoy_nothing_and_retries_soon() {
     assert_eq!(r.delivery().applies, 0, "envoy was handed a change");
 }
 
-/// A source whose API answers 400 for load balancer `web`.
-struct BadRequest;
+/// A source whose API answers `status` for each load balancer named.
+struct Answers(Vec<(&'static str, u16)>);
 
-impl Source for BadRequest {
+impl Source for Answers {
     fn fetch(&mut self) -> Fetched {
         let mut out = Fetched::default();
-        let e = FetchError::Denied("GET /loadbalancers/web: status 400: bad request".into());
-        out.items.insert("web".into(), Err(e));
+        let mut answered = false;
+        for (id, status) in &self.0 {
+            let e = crate::api::ApiError::Status {
+                what: format!("GET /loadbalancers/{id}"),
+                status: *status,
+                body: "bad request".into(),
+                retry_after: None,
+            };
+            let e = crate::source::classify(e, &mut out, &mut answered);
+            out.items.insert((*id).into(), Err(e));
+        }
         out
     }
 }
@@ -148,7 +179,7 @@ fn regression_a_400_on_fetch_was_retried_after_a_backoff() {
     let mut r = reconciler(fake::ports());
     let mut events = Events::default();
     r.pass(&mut Docs(vec![lb(80)]), &mut events);
-    let (_, error) = r.pass(&mut BadRequest, &mut events);
+    let (_, error) = r.pass(&mut Answers(vec![("web", 400)]), &mut events);
     assert!(
         matches!(error, Some(ReconcileError::Fetch { .. })),
         "{error:?}"
@@ -159,6 +190,10 @@ fn regression_a_400_on_fetch_was_retried_after_a_backoff() {
         [("web".to_owned(), 80)],
         "last good serves on"
     );
+    // A 400 for one load balancer does not hold back the retry of another
+    // whose fetch failed in a way a retry can fix.
+    let (_, error) = r.pass(&mut Answers(vec![("web", 400), ("api", 503)]), &mut events);
+    assert_eq!(wait_for(error.as_ref()), Wait::Backoff, "{error:?}");
 }
 
 #[test]

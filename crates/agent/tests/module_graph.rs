@@ -18,6 +18,7 @@ const TEST_FILES: &[&str] = &[
     "status_tests.rs",
     "hub_tests.rs",
     "delivery_tests.rs",
+    "pass_ports_tests.rs",
     "tests.rs",
 ];
 

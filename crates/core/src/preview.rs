@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 use vpsie_lb_envoy::{
-    Delivery, EnvoyResources, ResourceSet, ResourceType, TranslateOptions, XdsLayout, resource_set,
-    translate,
+    Delivery, ResourceSet, TranslateOptions, XdsLayout, resource_set, translate_lb,
 };
 use vpsie_lb_model::{ValidateOptions, validate};
 
@@ -35,40 +34,35 @@ pub struct Preview {
     pub impact: BTreeMap<String, Impact>,
 }
 
-fn resources(docs: &BTreeMap<String, Value>, opts: &ValidateOptions) -> EnvoyResources {
-    // Both sides were validated before; an invalid applied side plans as empty.
+/// Each load balancer's own resources, by id. Both sides were validated
+/// before; an invalid side plans as empty, and a load balancer whose
+/// resources cannot be rendered (a bug) as having none.
+fn resources(
+    docs: &BTreeMap<String, Value>,
+    opts: &ValidateOptions,
+) -> BTreeMap<String, ResourceSet> {
     let doc = Value::Array(docs.values().cloned().collect());
-    match validate(&doc, opts) {
-        Ok(v) => translate(
-            &v.config,
-            &TranslateOptions::new(Delivery::Files(XdsLayout::new("/plan"))),
-        ),
-        Err(_) => EnvoyResources::default(),
-    }
+    let Ok(v) = validate(&doc, opts) else {
+        return BTreeMap::new();
+    };
+    let translate = TranslateOptions::new(Delivery::Files(XdsLayout::new("/plan")));
+    v.config
+        .load_balancers
+        .iter()
+        .map(|lb| {
+            let set = resource_set(&translate_lb(lb, &translate)).unwrap_or_default();
+            (lb.id.clone(), set)
+        })
+        .collect()
 }
 
-/// What Envoy does for a change of load balancer `id`: the kind of the
-/// change of its own resources ([`crate::change::plan`]). Versions are
-/// hashes of canonical JSON, never of prost values: protobuf map fields
-/// inside an `Any` encode in random order.
-fn impact(id: &str, old: &EnvoyResources, new: &EnvoyResources) -> Impact {
-    use vpsie_lb_envoy::names;
-    let main = names::lb(id);
-    let pools = format!("{main}{}", names::SEP);
-    let redirect = names::redirect_listener(id);
-    let ours = |n: &str| n == main || n.starts_with(&pools) || n == redirect;
-    let (cert, ca) = (names::cert_secret(id), names::ca_secret(id));
-    let sni = format!("{cert}{}", names::SEP);
-    let our_secret = |n: &str| n == cert || n == ca || n.starts_with(&sni);
-    let own = |r: &EnvoyResources| -> ResourceSet {
-        let mut set = resource_set(r).unwrap_or_default();
-        set.retain(|(kind, name), _| match kind {
-            ResourceType::Secret => our_secret(name),
-            _ => ours(name),
-        });
-        set
-    };
-    crate::change::plan(&own(old), &own(new)).kind
+/// What Envoy does for a change of one load balancer: the kind of the
+/// change of its own resources ([`crate::change::plan`]), compared by
+/// version, a hash of canonical JSON (protobuf map fields inside an `Any`
+/// encode in random order, so bytes would not do).
+fn impact(old: Option<&ResourceSet>, new: Option<&ResourceSet>) -> Impact {
+    let none = ResourceSet::new();
+    crate::change::plan(old.unwrap_or(&none), new.unwrap_or(&none)).kind
 }
 
 /// Plans `applied` → `desired` (documents by load-balancer id).
@@ -89,7 +83,7 @@ pub fn preview(
             (Some(_), None) => p.changes.push(Change::Removed(id.clone())),
             (Some(a), Some(d)) if a != d => {
                 p.changes.push(Change::Modified(id.clone(), describe(a, d)));
-                let impact = impact(id, &old, &new);
+                let impact = impact(old.get(id), new.get(id));
                 p.impact.insert(id.clone(), impact);
             }
             _ => {}

@@ -24,34 +24,83 @@ const ALLOWED: &[&str] = &[
     "thiserror",
 ];
 
-/// What product code of a pure crate must not name.
+/// The std modules product code of a pure crate must not name.
+const FORBIDDEN_STD: &[&str] = &["fs", "env", "process", "thread", "os"];
+
+/// Other names it must not use: clocks, sockets (addresses are data) and
+/// the standard streams.
 const FORBIDDEN: &[&str] = &[
-    "std::fs",
-    "std::env",
-    "std::process",
-    "std::net::Tcp",
-    "std::net::Udp",
-    "std::thread",
-    "SystemTime::now",
-    "Instant::now",
-    "std::io::stdin",
+    "Instant",
+    "SystemTime",
+    "TcpStream",
+    "TcpListener",
+    "UdpSocket",
+    "UnixStream",
+    "UnixListener",
+    "to_socket_addrs",
+    "stdin()",
+    "stdout()",
+    "println!",
 ];
 
 fn crates_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The names under `[dependencies]` of a manifest.
+/// The names in every table of a manifest that the built crate links:
+/// `[dependencies]`, `[dependencies.<name>]` and the target-specific
+/// `[target.<cfg>.dependencies]`, not dev- or build-dependencies.
 fn dependencies(manifest: &str) -> Vec<String> {
-    manifest
-        .lines()
-        .skip_while(|l| l.trim() != "[dependencies]")
-        .skip(1)
-        .take_while(|l| !l.trim_start().starts_with('['))
-        .filter_map(|l| l.split(['.', '=']).next())
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty() && !name.starts_with('#'))
-        .collect()
+    let mut out = Vec::new();
+    let mut linked = false;
+    for line in manifest.lines().map(str::trim) {
+        if let Some(header) = line.strip_prefix('[') {
+            let header = header.trim_end_matches(']');
+            let last = header.rsplit('.').next().unwrap_or("");
+            if let Some(name) = header.strip_prefix("dependencies.") {
+                out.push(name.to_owned());
+                linked = false;
+            } else {
+                linked = header == "dependencies" || last == "dependencies";
+            }
+            continue;
+        }
+        if !linked || line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = line.split(['.', '=']).next() {
+            out.push(name.trim().to_owned());
+        }
+    }
+    out
+}
+
+/// The code of a file without comments and without its trailing unit
+/// tests (`#[cfg(test)] mod tests`), which may use temporary files.
+fn product_code(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).expect("read");
+    let code = text
+        .split("#[cfg(test)]\nmod tests")
+        .next()
+        .unwrap_or_default();
+    code.lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether `code` names `module` of std, alone or in a `use std::{…}` group.
+fn names_std(code: &str, module: &str) -> bool {
+    if code.contains(&format!("std::{module}")) {
+        return true;
+    }
+    code.match_indices("std::{").any(|(at, _)| {
+        let group = &code[at + 6..];
+        let group = &group[..group.find('}').unwrap_or(group.len())];
+        group
+            .split(',')
+            .any(|item| item.trim().split("::").next() == Some(module))
+    })
 }
 
 /// Every `.rs` file under `dir`, except tests.
@@ -91,18 +140,31 @@ fn the_pure_crates_name_no_io_in_their_product_code() {
         let files = sources(&crates_dir().join(krate).join("src"));
         assert!(files.len() > 3, "{krate}: sources not found");
         for file in files {
-            let text = std::fs::read_to_string(&file).expect("read");
-            // Unit tests at the end of a file may use temp files.
-            let product = text.split("#[cfg(test)]").next().unwrap_or_default();
+            let code = product_code(&file);
+            for module in FORBIDDEN_STD {
+                assert!(
+                    !names_std(&code, module),
+                    "{} names std::{module}",
+                    file.display()
+                );
+            }
             for word in FORBIDDEN {
-                assert!(!product.contains(word), "{} names {word}", file.display());
+                assert!(!code.contains(word), "{} names {word}", file.display());
             }
         }
     }
 }
 
 #[test]
-fn a_forbidden_dependency_is_seen() {
-    let manifest = "[package]\nname = \"x\"\n[dependencies]\nserde_json.workspace = true\ntokio = \"1\"\n# why\n[dev-dependencies]\ntempfile = \"3\"\n";
-    assert_eq!(dependencies(manifest), ["serde_json", "tokio"]);
+fn a_forbidden_dependency_or_name_is_seen() {
+    let manifest = "[package]\nname = \"x\"\n[dependencies]\nserde_json.workspace = true\n\
+        tokio = \"1\"\n# why\n[dependencies.ureq]\nversion = \"3\"\n\
+        [target.'cfg(unix)'.dependencies]\nlibc = \"0.2\"\n[dev-dependencies]\ntempfile = \"3\"\n";
+    assert_eq!(
+        dependencies(manifest),
+        ["serde_json", "tokio", "ureq", "libc"]
+    );
+    assert!(names_std("use std::{collections::BTreeMap, fs};", "fs"));
+    assert!(names_std("let f = std::fs::read(p);", "fs"));
+    assert!(!names_std("use std::{collections::BTreeMap, fmt};", "fs"));
 }

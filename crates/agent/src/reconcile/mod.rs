@@ -63,15 +63,29 @@ fn fetch_error(fetched: &Fetched) -> Option<ReconcileError> {
             })
             .or_else(|| Some(fetched.failed_groups.first()?.1.to_string()))?,
     };
+    let errors: Vec<&FetchError> = fetched
+        .items
+        .values()
+        .filter_map(|r| r.as_ref().err())
+        .chain(fetched.failed_groups.iter().map(|(_, e)| e))
+        .collect();
+    // A rejected key refuses every request. A request the API calls bad
+    // refuses only itself: it holds off a quick retry only when nothing
+    // else failed in a way a retry could fix.
+    let unauthorized = errors
+        .iter()
+        .any(|e| matches!(e, FetchError::Unauthorized(_)));
+    let only_denied = errors.iter().any(|e| matches!(e, FetchError::Denied(_)))
+        && errors.iter().all(|e| {
+            matches!(
+                e,
+                FetchError::Denied(_) | FetchError::Refused { .. } | FetchError::Unauthorized(_)
+            )
+        });
     Some(ReconcileError::Fetch {
         message,
         retry_after: fetched.retry_after,
-        key_refused: fetched
-            .items
-            .values()
-            .filter_map(|r| r.as_ref().err())
-            .chain(fetched.failed_groups.iter().map(|(_, e)| e))
-            .any(|e| matches!(e, FetchError::Unauthorized(_) | FetchError::Denied(_))),
+        key_refused: unauthorized || only_denied,
     })
 }
 

@@ -200,8 +200,10 @@ pub(crate) mod fake {
     pub(crate) struct Held {
         pub docs: Option<Docs>,
         pub drains: Vec<SavedDrain>,
-        /// Every save fails while set, with this reason.
+        /// Every save of last-known-good fails while set, with this reason.
         pub failing: Option<String>,
+        /// Every save of the drains fails while set, with this reason.
+        pub failing_drains: Option<String>,
     }
 
     /// A store in memory.
@@ -238,7 +240,7 @@ pub(crate) mod fake {
 
         fn save_drains(&self, drains: &[SavedDrain]) -> Result<(), String> {
             let mut held = self.held();
-            if let Some(why) = &held.failing {
+            if let Some(why) = &held.failing_drains {
                 return Err(why.clone());
             }
             held.drains = drains.to_vec();

@@ -115,15 +115,10 @@ fn ack_all() -> Script {
     Box::new(|_, _| Reply::Ack)
 }
 
-/// Refuses any response carrying `name` of type `kind`, and after the
-/// first refusal answers nothing more when `then_hang`.
-fn refuse(kind: ResourceType, name: &'static str, then_hang: bool) -> Script {
-    let mut refused = false;
+/// Refuses any response carrying `name` of type `kind`.
+fn refuse(kind: ResourceType, name: &'static str) -> Script {
     Box::new(move |k, sent| {
-        if refused && then_hang {
-            Reply::Silent
-        } else if k == kind && sent.upserts.contains_key(&(kind, name.to_owned())) {
-            refused = true;
+        if k == kind && sent.upserts.contains_key(&(kind, name.to_owned())) {
             Reply::Nack("port already in use")
         } else {
             Reply::Ack
@@ -202,7 +197,7 @@ fn regression_an_http_load_balancer_added_to_a_running_agent_never_got_its_liste
 #[test]
 fn a_nack_in_the_middle_of_a_change_rolls_back_to_the_old_set() {
     let mut xds = delivery(PATIENT);
-    let envoy = ScriptedEnvoy::connect(xds.hub(), refuse(Listener, "lb_b", false));
+    let envoy = ScriptedEnvoy::connect(xds.hub(), refuse(Listener, "lb_b"));
     let one = candidate(&xds, &[http("a", 8080)]);
     assert!(matches!(xds.apply(&one), Ok(Outcome::Applied)));
     let two = candidate(&xds, &[http("a", 8080), http("b", 8081)]);
@@ -220,28 +215,66 @@ fn a_nack_in_the_middle_of_a_change_rolls_back_to_the_old_set() {
     assert!(made < position(&taken, (Cluster, "lb_b"), true));
 }
 
-#[test]
-fn an_undo_step_envoy_never_confirms_is_an_error_not_a_rollback() {
-    let mut xds = delivery(Duration::from_secs(2));
-    let _envoy = ScriptedEnvoy::connect(xds.hub(), refuse(Listener, "lb_b", true));
+/// A change of which `refuse` makes Envoy refuse the listener of a new
+/// load balancer and then answer its undo as `then`: the result of the apply.
+fn undo_answered(then: Reply) -> Result<Outcome, ApplyError> {
+    let mut xds = delivery(PATIENT);
+    let mut refused = false;
+    let script: Script = Box::new(move |kind, sent| {
+        if refused {
+            // Everything after the refusal is the undo.
+            return match &then {
+                Reply::Ack => Reply::Ack,
+                Reply::Nack(why) => Reply::Nack(why),
+                Reply::Silent => Reply::Silent,
+            };
+        }
+        if kind == Listener && sent.upserts.contains_key(&(Listener, "lb_b".to_owned())) {
+            refused = true;
+            return Reply::Nack("port already in use");
+        }
+        Reply::Ack
+    });
+    let _envoy = ScriptedEnvoy::connect(xds.hub(), script);
     let one = candidate(&xds, &[http("a", 8080)]);
     assert!(matches!(xds.apply(&one), Ok(Outcome::Applied)));
+    // Only the undo waits out a short timeout.
+    xds.timeout = Duration::from_millis(300);
     let two = candidate(&xds, &[http("a", 8080), http("b", 8081)]);
-    match xds.apply(&two) {
-        Err(e) => {
-            assert!(e.to_string().contains("the undo of"), "{e}");
-            assert!(e.is_retryable(), "{e}");
-        }
-        Ok(outcome) => panic!("an unconfirmed undo was reported as {outcome:?}"),
-    }
+    let outcome = xds.apply(&two);
     // Streams still converge to what was served before.
     assert!(served(&xds) == Some(one));
+    outcome
+}
+
+#[test]
+fn an_undo_step_envoy_never_confirms_is_an_error_not_a_rollback() {
+    match undo_answered(Reply::Silent) {
+        Err(e @ ApplyError::Undo { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("the undo of"), "{text}");
+            assert!(text.contains("port already in use"), "{text}");
+            assert!(e.is_retryable(), "{text}");
+        }
+        other => panic!("an unconfirmed undo was reported as {other:?}"),
+    }
+}
+
+#[test]
+fn an_undo_step_envoy_refuses_is_retried_not_parked() {
+    match undo_answered(Reply::Nack("cluster in use")) {
+        Err(e @ ApplyError::Undo { .. }) => {
+            assert!(e.to_string().contains("cluster in use"), "{e}");
+            assert!(e.is_retryable(), "{e}");
+        }
+        other => panic!("a refused undo was reported as {other:?}"),
+    }
 }
 
 #[test]
 fn a_refused_first_publish_is_retracted() {
     let mut xds = delivery(PATIENT);
-    let _envoy = ScriptedEnvoy::connect(xds.hub(), refuse(Cluster, "lb_a", false));
+    let _envoy = ScriptedEnvoy::connect(xds.hub(), refuse(Cluster, "lb_a"));
     let one = candidate(&xds, &[http("a", 8080)]);
     match xds.apply(&one) {
         Ok(Outcome::RolledBack(ApplyError::Rejected { what, .. })) => {

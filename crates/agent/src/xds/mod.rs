@@ -113,20 +113,30 @@ impl XdsDelivery {
         waited
     }
 
-    /// Undoes the steps from `old` that led to `at`, in make-before-break
-    /// order, each confirmed. Every step is published even after one fails,
-    /// so `old` is what streams serve afterwards whatever happened; the
-    /// first unconfirmed step is the error, because then nobody knows what
+    /// Undoes the steps from `old` that led to `at` after a step failed
+    /// with `failed`, in make-before-break order, each confirmed. Every
+    /// step is published even after one fails, so `old` is what streams
+    /// serve afterwards whatever happened; the first unconfirmed step is
+    /// the error ([`ApplyError::Undo`]), because then nobody knows what
     /// Envoy serves and the change must not count as rolled back.
-    fn roll_back(&self, at: &ResourceSet, old: &ResourceSet) -> Result<(), ApplyError> {
+    fn roll_back(
+        &self,
+        at: &ResourceSet,
+        old: &ResourceSet,
+        failed: &str,
+    ) -> Result<(), ApplyError> {
         let mut cur = at.clone();
         let mut first = None;
         for phase in change::plan(at, old).phases() {
             let want = take_phase(&mut cur, old, &phase);
             if let Err(e) = self.publish_and_wait(Arc::new(cur.clone()), &want) {
-                let what = format!("the undo of {}", describe(&phase));
-                tracing::error!(phase = "xds", step = %what, error = ?e, "rollback step not confirmed by envoy");
-                first.get_or_insert_with(|| self.error(&what, e));
+                let undo = format!("the undo of {}", describe(&phase));
+                tracing::error!(phase = "xds", step = %undo, error = ?e, "rollback step not confirmed by envoy");
+                first.get_or_insert_with(|| ApplyError::Undo {
+                    undo,
+                    why: self.error("it", e).to_string(),
+                    failed: failed.to_owned(),
+                });
             }
         }
         first.map_or(Ok(()), Err)
@@ -178,8 +188,13 @@ impl XdsDelivery {
                 Arc::new(cur.clone())
             };
             if let Err(e) = self.publish_and_wait(set, &want) {
-                self.roll_back(&cur, &base)?;
-                return Ok(self.failed(&describe(phase), e));
+                let outcome = self.failed(&describe(phase), e);
+                let failed = match &outcome {
+                    Outcome::RolledBack(e) | Outcome::Interrupted(e) => e.to_string(),
+                    other => format!("{other:?}"),
+                };
+                self.roll_back(&cur, &base, &failed)?;
+                return Ok(outcome);
             }
         }
         Ok(Outcome::Applied)
