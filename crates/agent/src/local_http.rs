@@ -39,7 +39,7 @@ pub fn request(
         )?,
         LocalAddress::Unix(p) => exchange(UnixStream::connect(p)?, &head, timeout, max_body)?,
     };
-    parse_reply(&raw)
+    parse_reply(raw)
 }
 
 /// A local connection, over TCP or a Unix socket: a byte stream with read
@@ -72,8 +72,11 @@ fn exchange(mut s: impl Conn, head: &str, timeout: Duration, max_body: u64) -> i
     Ok(raw)
 }
 
-/// Splits an HTTP/1.x answer into status and body.
-fn parse_reply(raw: &[u8]) -> io::Result<Reply> {
+/// Splits an HTTP/1.x answer into status and body, in place: Envoy's
+/// `/clusters` at 10,000 hosts is 8 MB, and copying it into a dechunked
+/// body and then a string tripled the agent's peak memory.
+fn parse_reply(raw: impl Into<Vec<u8>>) -> io::Result<Reply> {
+    let mut raw = raw.into();
     let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_owned());
     let end = raw
         .windows(4)
@@ -91,36 +94,81 @@ fn parse_reply(raw: &[u8]) -> io::Result<Reply> {
                 && v.trim().eq_ignore_ascii_case("chunked")
         })
     });
-    let body = &raw[end + 4..];
-    let body = if chunked {
-        dechunk(body).ok_or_else(|| bad("broken chunked body"))?
-    } else {
-        body.to_vec()
-    };
-    Ok(Reply {
-        status,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+    raw.drain(..end + 4);
+    if chunked {
+        let len = dechunk_in_place(&mut raw).ok_or_else(|| bad("broken chunked body"))?;
+        raw.truncate(len);
+    }
+    let body = String::from_utf8(raw)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    Ok(Reply { status, body })
 }
 
-fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
+/// Decodes a chunked body over itself (the data only ever moves left);
+/// its length, or `None` when it is broken.
+fn dechunk_in_place(buf: &mut [u8]) -> Option<usize> {
+    let (mut read, mut write) = (0, 0);
     loop {
-        let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&rest[..line_end]).ok()?;
+        let line_end = read + buf[read..].windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&buf[read..line_end]).ok()?;
         let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        rest = &rest[line_end + 2..];
+        read = line_end + 2;
         if size == 0 {
-            return Some(out);
+            return Some(write);
         }
-        out.extend_from_slice(rest.get(..size)?);
-        rest = rest.get(size + 2..)?;
+        let end = read.checked_add(size).filter(|e| *e <= buf.len())?;
+        buf.copy_within(read..end, write);
+        write += size;
+        read = end.checked_add(2).filter(|r| *r <= buf.len())?;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The copying decoder this module had, as the reference.
+    fn dechunk_copying(mut rest: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+            let size_text = std::str::from_utf8(&rest[..line_end]).ok()?;
+            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+            rest = &rest[line_end + 2..];
+            if size == 0 {
+                return Some(out);
+            }
+            out.extend_from_slice(rest.get(..size)?);
+            rest = rest.get(size + 2..)?;
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn dechunking_in_place_gives_what_copying_gave(
+            chunks in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..40), 0..6),
+            cut in 0usize..400,
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..8),
+        ) {
+            let mut body = Vec::new();
+            for c in chunks.iter().filter(|c| !c.is_empty()) {
+                body.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+                body.extend_from_slice(c);
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"0\r\n\r\n");
+            // Whole, cut short, and with bytes of noise inside.
+            let mut cases = vec![body.clone(), body[..cut.min(body.len())].to_vec()];
+            let mut noisy = body.clone();
+            noisy.splice(cut.min(body.len())..cut.min(body.len()), noise.iter().copied());
+            cases.push(noisy);
+            for case in cases {
+                let mut buf = case.clone();
+                let got = dechunk_in_place(&mut buf).map(|n| buf[..n].to_vec());
+                proptest::prop_assert_eq!(got, dechunk_copying(&case));
+            }
+        }
+    }
 
     #[test]
     fn plain_and_chunked_answers() {
