@@ -315,7 +315,8 @@ pub struct StatusInput<'a> {
     pub good: &'a BTreeMap<String, serde_json::Value>,
     /// Their version as a whole (`state::docs_version`).
     pub good_version: &'a str,
-    /// The newest documents fetched, by id.
+    /// The newest documents fetched, by id; the reconciler keeps only
+    /// those that differ from `good` (an absent one is served as fetched).
     pub fetched: &'a BTreeMap<String, serde_json::Value>,
     /// Why a load balancer is not fully served, by id.
     pub problems: &'a BTreeMap<String, String>,

@@ -138,7 +138,9 @@ pub struct Reconciler<D: Delivery> {
     valid_now: Vec<String>,
     /// Whether the API answered on the last pass (None before the first).
     api_up: Option<bool>,
-    /// The newest document fetched per load balancer, valid or not.
+    /// The newest document fetched per load balancer, valid or not, while
+    /// it differs from the served one (`good`): one that is absent was
+    /// fetched as served, or not at all.
     fetched: BTreeMap<String, Value>,
     /// Whether Envoy serves a config it confirmed (for `/readyz`).
     serving_verified: bool,
@@ -484,7 +486,14 @@ impl<D: Delivery> Reconciler<D> {
         }
         for (id, item) in &fetched.items {
             if let Ok(doc) = item {
-                self.fetched.insert(id.clone(), doc.clone());
+                // Kept only while it differs from what is served: at 1,000
+                // load balancers each copy of the documents is 7 MB, and
+                // status needs a fetched one only to say it is not served.
+                if self.good.get(id) == Some(doc) {
+                    self.fetched.remove(id);
+                } else {
+                    self.fetched.insert(id.clone(), doc.clone());
+                }
             }
         }
         if groups.is_empty() && fetched.unattributed.is_empty() {
