@@ -218,8 +218,10 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         DeliveryKind::Xds => {
             let metrics = crate::xds::metrics::XdsMetrics::register(&mut registry);
             let hub = std::sync::Arc::new(crate::xds::hub::Hub::new(metrics));
-            let server = crate::xds::server::spawn(&cfg.envoy.xds_socket, hub.clone())
-                .with_context(|| format!("envoy.xds_socket {}", cfg.envoy.xds_socket.display()))?;
+            let socket = &cfg.envoy.xds_socket;
+            let server = fsutil::prepare_socket_path(socket)
+                .and_then(|()| crate::xds::server::spawn(socket, hub.clone()))
+                .with_context(|| format!("envoy.xds_socket {}", socket.display()))?;
             tracing::info!(phase = "xds", socket = %cfg.envoy.xds_socket.display(), "xds server listening");
             Some((hub, server))
         }

@@ -11,12 +11,7 @@
 //! Envoy serves is then unknown. A refused version is never sent to that
 //! stream again ([`hub::StreamView::refused`]).
 
-pub mod delta;
-pub mod hub;
-pub mod metrics;
-pub mod protocol;
-pub mod server;
-pub mod sotw;
+pub use vpsie_lb_xds::{delta, hub, metrics, protocol, server, sotw};
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;

@@ -11,9 +11,9 @@
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use vpsie_lb_envoy::ResourceType;
 
-use super::hub::{Sent, Snapshot, StreamView};
-use super::metrics::XdsMetrics;
-use super::protocol::{Protocol, due, next_nonce, record_answer, served_type};
+use crate::hub::{Sent, Snapshot, StreamView};
+use crate::metrics::XdsMetrics;
+use crate::protocol::{Protocol, due, next_nonce, record_answer, served_type};
 
 /// The state-of-the-world variant.
 pub struct Sotw;

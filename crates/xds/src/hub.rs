@@ -221,7 +221,7 @@ struct State {
 /// The shared state, and the signals between its two sides.
 pub struct Hub {
     /// What the streams count.
-    pub metrics: super::metrics::XdsMetrics,
+    pub metrics: crate::metrics::XdsMetrics,
     state: Mutex<State>,
     /// Wakes the agent's waits when a stream records an answer.
     answered: Condvar,
@@ -231,13 +231,13 @@ pub struct Hub {
 
 impl Default for Hub {
     fn default() -> Self {
-        Self::new(super::metrics::XdsMetrics::default())
+        Self::new(crate::metrics::XdsMetrics::default())
     }
 }
 
 impl Hub {
     /// A hub whose streams count in `metrics`.
-    pub fn new(metrics: super::metrics::XdsMetrics) -> Self {
+    pub fn new(metrics: crate::metrics::XdsMetrics) -> Self {
         Self {
             metrics,
             state: Mutex::default(),

@@ -6,8 +6,8 @@
 
 use vpsie_lb_envoy::ResourceType;
 
-use super::hub::{Sent, Snapshot, StreamView};
-use super::metrics::XdsMetrics;
+use crate::hub::{Sent, Snapshot, StreamView};
+use crate::metrics::XdsMetrics;
 
 /// What differs between the two variants of the protocol.
 pub trait Protocol {

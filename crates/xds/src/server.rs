@@ -19,8 +19,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use vpsie_lb_envoy::ResourceType;
 
-use super::hub::Hub;
-use super::protocol::Protocol;
+use crate::hub::Hub;
+use crate::protocol::Protocol;
 
 /// Mode of the xDS socket: the agent's user and group, nobody else.
 pub const SOCKET_MODE: u32 = 0o660;
@@ -53,14 +53,15 @@ impl Drop for XdsServer {
 /// unit's private user namespace does not map that group.
 fn bind(socket: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
-    crate::fsutil::prepare_socket_path(socket)?;
     let listener = std::os::unix::net::UnixListener::bind(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(SOCKET_MODE))?;
     listener.set_nonblocking(true)?;
     Ok(listener)
 }
 
-/// Starts serving `hub` on `socket`, on a thread of its own.
+/// Starts serving `hub` on `socket`, on a thread of its own. The caller
+/// makes room for the socket first: its directory exists and no stale
+/// socket file is left there (the agent's `fsutil::prepare_socket_path`).
 pub fn spawn(socket: &Path, hub: Arc<Hub>) -> std::io::Result<XdsServer> {
     let listener = bind(socket)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -114,7 +115,7 @@ impl AggregatedDiscoveryService for Ads {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
-        tokio::spawn(serve_stream::<super::sotw::Sotw>(
+        tokio::spawn(serve_stream::<crate::sotw::Sotw>(
             self.hub.clone(),
             request.into_inner(),
             tx,
@@ -129,7 +130,7 @@ impl AggregatedDiscoveryService for Ads {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
-        tokio::spawn(serve_stream::<super::delta::Delta>(
+        tokio::spawn(serve_stream::<crate::delta::Delta>(
             self.hub.clone(),
             request.into_inner(),
             tx,

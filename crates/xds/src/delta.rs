@@ -7,9 +7,9 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use vpsie_lb_envoy::ResourceType;
 
-use super::hub::{Snapshot, StreamView};
-use super::metrics::XdsMetrics;
-use super::protocol::{Protocol, due, next_nonce, record_answer, served_type};
+use crate::hub::{Snapshot, StreamView};
+use crate::metrics::XdsMetrics;
+use crate::protocol::{Protocol, due, next_nonce, record_answer, served_type};
 
 /// The delta variant.
 pub struct Delta;
