@@ -4,7 +4,6 @@
 //! are pure.
 
 pub mod acme;
-pub mod api;
 pub mod apply;
 pub mod backoff;
 pub mod choose;
@@ -24,7 +23,6 @@ pub mod local_http;
 pub mod local_server;
 pub mod metrics;
 pub mod notify;
-pub mod origin;
 pub mod pass;
 #[cfg(test)]
 mod pass_ports_tests;
@@ -44,3 +42,8 @@ pub mod trigger;
 pub mod udp_guard;
 pub mod waf;
 pub mod xds;
+
+/// The VPSie API client, a crate of its own; here under its old paths.
+pub use vpsie_lb_api as api;
+/// Where the API may be, and where it may redirect us.
+pub use vpsie_lb_api::origin;

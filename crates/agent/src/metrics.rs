@@ -12,7 +12,6 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -21,10 +20,7 @@ struct BuildLabels {
 }
 
 /// A latency histogram from 1 ms to about 33 s, shared by the components.
-pub(crate) fn seconds_histogram() -> Histogram {
-    // 1 ms to about 33 s.
-    Histogram::new(exponential_buckets(0.001, 2.0, 16))
-}
+pub(crate) use vpsie_lb_api::seconds_histogram;
 
 /// Registers `build_info{version}` = 1.
 pub fn register_build_info(registry: &mut Registry) {

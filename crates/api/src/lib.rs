@@ -1,9 +1,9 @@
 //! The VPSie API client. One attempt per call: the controller decides when
-//! to try again, using what each error says (retryable, Retry-After).
+//! to try again, using what each error says (its class, Retry-After).
+//! [`origin`] is where the API may be, and where it may redirect us.
 
 use std::collections::HashMap;
 use std::time::Duration;
-use vpsie_lb_core::class::Class;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -11,13 +11,23 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
+use vpsie_lb_core::class::Class;
 
 mod answer;
+pub mod origin;
 
 use answer::check;
 pub use answer::{
     Answer, PUBLIC_LB_PATH, ZONES_PATH, loadbalancer_answer, parse_retry_after, public_answer,
 };
+
+/// A latency histogram from 1 ms to about 33 s: the buckets of every
+/// latency metric of the agent, which re-exports it.
+pub fn seconds_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 16,
+    ))
+}
 
 /// Cap on any response body.
 pub const MAX_BODY: u64 = 10 * 1024 * 1024;
@@ -133,7 +143,7 @@ impl ApiMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
             requests: Family::default(),
-            latency: Family::new_with_constructor(crate::metrics::seconds_histogram),
+            latency: Family::new_with_constructor(seconds_histogram),
         };
         registry.register(
             "api_requests",
