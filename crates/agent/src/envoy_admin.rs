@@ -47,20 +47,7 @@ pub struct Subscription {
     pub failures: u64,
 }
 
-/// One upstream host as Envoy sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostHealth {
-    /// The cluster it belongs to.
-    pub cluster: String,
-    /// Its IP.
-    pub address: String,
-    /// Its port.
-    pub port: u16,
-    /// The DNS name it was resolved from, if any.
-    pub hostname: String,
-    /// Whether Envoy would send it traffic.
-    pub healthy: bool,
-}
+pub use vpsie_lb_core::health::HostHealth;
 
 /// A client for one Envoy's admin API.
 #[derive(Debug, Clone)]

@@ -24,6 +24,8 @@ use crate::fsutil;
 /// The documents Envoy confirmed, by load-balancer id.
 pub type Docs = BTreeMap<String, Value>;
 
+pub use vpsie_lb_core::version::{docs_version, short_hash};
+
 /// The link that names the current version.
 const LINK: &str = "last-known-good";
 /// The documents inside a version.
@@ -191,12 +193,6 @@ fn docs_json(docs: &Docs) -> io::Result<Vec<u8>> {
     serde_json::to_vec_pretty(docs).map_err(io::Error::other)
 }
 
-/// The version `save` would name `docs` (what `/status` shows as
-/// `config_version`); empty if they cannot be serialized.
-pub fn docs_version(docs: &Docs) -> String {
-    docs_json(docs).map(|j| short_hash(&j)).unwrap_or_default()
-}
-
 /// `confirmed.json` for the documents `docs_json`.
 fn summary_json(docs_json: &[u8], unsaved: &Unsaved) -> io::Result<Vec<u8>> {
     let summary = Confirmed {
@@ -245,17 +241,6 @@ fn remove_other_versions(state_dir: &Path, keep: &str) {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
-}
-
-/// First 12 hex digits of the SHA-256 of `bytes`: the version of a document
-/// or of a whole state.
-pub fn short_hash(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .take(6)
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Where the confirmed files of the current version are, if there is one.

@@ -9,12 +9,19 @@
 //! - [`preview`]: the `plan` command's description of a change;
 //! - [`class`]: the one error taxonomy every retry decision reads;
 //! - [`backoff`]: the waits after failures in a row;
-//! - [`pass`]: how a pass ended and how long its phases took.
+//! - [`pass`]: how a pass ended and how long its phases took;
+//! - [`status`]: the status of every load balancer, from what is served,
+//!   what was fetched and Envoy's hosts ([`health`]), with its
+//!   [`version`]s and [`time`]s.
 
 pub mod backoff;
 pub mod change;
 pub mod choose;
 pub mod class;
 pub mod fetched;
+pub mod health;
 pub mod pass;
 pub mod preview;
+pub mod status;
+pub mod time;
+pub mod version;
