@@ -4,6 +4,7 @@
 //!
 //! - [`change`]: the one change planner over resource sets: the
 //!   make-before-break phases and the kind of a change;
+//! - [`file_steps`]: the files delivery's steps, make before break;
 //! - [`choose`]: what to serve from one fetch ([`fetched`]), per load
 //!   balancer, falling back to the last good document;
 //! - [`preview`]: the `plan` command's description of a change;
@@ -19,6 +20,7 @@ pub mod change;
 pub mod choose;
 pub mod class;
 pub mod fetched;
+pub mod file_steps;
 pub mod health;
 pub mod pass;
 pub mod preview;
