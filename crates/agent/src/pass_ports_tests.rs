@@ -1,6 +1,7 @@
 //! Whole passes whose own IO fails, each port through its in-memory fake:
 //! the state store, the connection closer and the WAF sink, and a source
-//! whose API refuses a request; and keepalived's records, read each pass. Each failure must end the pass with the
+//! whose API refuses a request; keepalived's records, read each pass; and
+//! the render cache, which names the served documents instead of copying them. Each failure must end the pass with the
 //! right error class, and so the right wait.
 
 use serde_json::{Value, json};
@@ -223,4 +224,24 @@ fn each_vrrp_state_change_is_reported_once_per_load_balancer() {
     let said = changes(&events);
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(said[0].contains("backup -> master"), "{said:?}");
+}
+
+#[test]
+fn a_render_of_what_is_served_is_reused_without_a_copy_of_the_documents() {
+    let mut r = reconciler(fake::ports());
+    let mut events = Events::default();
+    let (result, _) = r.pass(&mut Docs(vec![lb(80)]), &mut events);
+    assert_eq!(result, PassResult::Applied);
+    // Served now: the render is named by the served generation, and the
+    // same documents again are not rendered again.
+    for _ in 0..3 {
+        let (result, _) = r.pass(&mut Docs(vec![lb(80)]), &mut events);
+        assert_eq!(result, PassResult::Unchanged);
+    }
+    assert_eq!(r.delivery().prepares.get(), 1);
+    // Other documents are rendered, and so are the first ones again.
+    r.pass(&mut Docs(vec![lb(81)]), &mut events);
+    r.pass(&mut Docs(vec![lb(80)]), &mut events);
+    assert_eq!(r.delivery().prepares.get(), 3);
+    assert_eq!(r.delivery().serving, [("web".to_owned(), 80)]);
 }

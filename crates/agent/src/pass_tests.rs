@@ -36,12 +36,15 @@ pub(crate) struct FakeEnvoy {
     /// change the render without any document changing.
     shift: u16,
     pub(crate) applies: usize,
+    /// How many candidates were rendered.
+    pub(crate) prepares: std::cell::Cell<usize>,
 }
 
 impl Delivery for FakeEnvoy {
     type Candidate = Vec<(String, u16)>;
 
     fn prepare(&self, config: &Config) -> Result<Self::Candidate, String> {
+        self.prepares.set(self.prepares.get() + 1);
         Ok(config
             .load_balancers
             .iter()

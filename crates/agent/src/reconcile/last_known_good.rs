@@ -68,6 +68,8 @@ impl<D: Delivery> Reconciler<D> {
             return;
         }
         self.good = candidate.clone();
+        self.good_generation += 1;
+        self.render_is_of_good();
         self.good_version = crate::state::docs_version(&self.good);
         self.good_known = true;
         self.state_error = None;

@@ -109,6 +109,9 @@ pub struct Reconciler<D: Delivery> {
     delivery: D,
     /// Last good raw document of each load balancer.
     good: BTreeMap<String, Value>,
+    /// Bumped whenever `good` changes, so a render can name the `good` it
+    /// was of instead of keeping a copy of it.
+    good_generation: u64,
     /// `good`'s version as a whole (`state::docs_version`), worked out when
     /// `good` changes: status, metrics and last-known-good's name all show
     /// it, and hashing every document on every pass would cost each pass a
@@ -202,6 +205,7 @@ impl<D: Delivery> Reconciler<D> {
             delivery,
             good_version: crate::state::docs_version(&good),
             good,
+            good_generation: 0,
             good_known,
             unsaved: None,
             state_error: state_error.map(|e| e.to_string()),

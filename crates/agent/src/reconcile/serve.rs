@@ -12,10 +12,19 @@ use crate::pass::Delivery;
 use crate::report::{EventKind, Reporter};
 use crate::udp_guard;
 
+/// Which documents a render was of.
+pub(super) enum RenderedDocs {
+    /// The served documents (`good`) of this generation: at 1,000 load
+    /// balancers a copy of them is 7 MB, and most renders are of them.
+    Good(u64),
+    /// Others (a candidate not served yet, or refused), kept to compare.
+    Own(BTreeMap<String, Value>),
+}
+
 /// A rendered candidate, kept to be reused.
 pub(super) struct Rendered<C> {
     /// The documents.
-    docs: BTreeMap<String, Value>,
+    docs: RenderedDocs,
     /// Their validated config, kept only when a load balancer has a
     /// deregistration delay or an ACME certificate: only then can drains
     /// or a certificate change the render later.
@@ -44,7 +53,10 @@ impl<D: Delivery> Reconciler<D> {
         candidate: &BTreeMap<String, Value>,
         validated: Option<Config>,
     ) -> Result<(Config, D::Candidate), String> {
-        let cached = self.last_render.as_ref().filter(|r| &r.docs == candidate);
+        let cached = self
+            .last_render
+            .as_ref()
+            .filter(|r| self.rendered_docs_are(&r.docs, candidate));
         let base = match (cached, validated) {
             (Some(r), _) => match &r.base {
                 // No delay anywhere: the pass costs what it cost before drains.
@@ -61,13 +73,39 @@ impl<D: Delivery> Reconciler<D> {
             return Ok((config, r.files.clone()));
         }
         let files = self.delivery.prepare(&config)?;
+        let docs = if candidate == &self.good {
+            RenderedDocs::Good(self.good_generation)
+        } else {
+            RenderedDocs::Own(candidate.clone())
+        };
         self.last_render = Some(Rendered {
-            docs: candidate.clone(),
+            docs,
             base,
             config: config.clone(),
             files: files.clone(),
         });
         Ok((config, files))
+    }
+
+    /// Whether a render of `docs` is a render of `candidate`.
+    fn rendered_docs_are(&self, docs: &RenderedDocs, candidate: &BTreeMap<String, Value>) -> bool {
+        match docs {
+            RenderedDocs::Good(generation) => {
+                *generation == self.good_generation && candidate == &self.good
+            }
+            RenderedDocs::Own(own) => own == candidate,
+        }
+    }
+
+    /// After `good` changed: a render of exactly the new `good` stops
+    /// keeping a copy of it.
+    pub(super) fn render_is_of_good(&mut self) {
+        let generation = self.good_generation;
+        if let Some(r) = &mut self.last_render
+            && matches!(&r.docs, RenderedDocs::Own(own) if *own == self.good)
+        {
+            r.docs = RenderedDocs::Good(generation);
+        }
     }
 
     /// `base` as it should be served now: the backends still draining, and
