@@ -186,6 +186,21 @@ mod tests {
     }
 
     #[test]
+    fn chunk_sizes_in_any_case_with_extensions_and_an_overflowing_one() {
+        let answer = |body: &[u8]| {
+            let mut raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            raw.extend_from_slice(body);
+            parse_reply(raw)
+        };
+        let r = answer(b"A\r\n0123456789\r\n 1 ;ext=\"x\"\r\n!\r\n0\r\n\r\n").expect("chunked");
+        assert_eq!(r.body, "0123456789!");
+        assert!(answer(b"FFFFFFFFFFFFFFFF\r\nab\r\n0\r\n\r\n").is_err());
+        assert!(answer(b"ffffffffffffffffff\r\nab\r\n0\r\n\r\n").is_err());
+        let r = parse_reply(b"HTTP/1.1 200 OK\r\n\r\nok\xff").expect("lossy");
+        assert_eq!(r.body, "ok\u{fffd}");
+    }
+
+    #[test]
     fn talks_over_a_unix_socket() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("s.sock");

@@ -15,6 +15,14 @@ use crate::source::{Fetched, Source};
 
 /// A reconciler over a fake Envoy doing its IO through `ports`.
 fn reconciler(ports: Ports) -> Reconciler<FakeEnvoy> {
+    reconciler_with_status(ports, Default::default())
+}
+
+/// [`reconciler`] publishing its `/status` snapshot to `status`.
+fn reconciler_with_status(
+    ports: Ports,
+    status: std::sync::Arc<std::sync::Mutex<crate::status::AgentStatus>>,
+) -> Reconciler<FakeEnvoy> {
     let mut registry = prometheus_client::registry::Registry::default();
     let nowhere = std::path::PathBuf::from("/nonexistent/vpsie-lb");
     let settings = Settings {
@@ -28,7 +36,7 @@ fn reconciler(ports: Ports) -> Reconciler<FakeEnvoy> {
     };
     let observe = Observe {
         metrics: crate::reconcile::ReconcileMetrics::register(&mut registry),
-        status: Default::default(),
+        status,
     };
     Reconciler::with_ports(settings, FakeEnvoy::default(), observe, ports)
 }
@@ -232,6 +240,7 @@ fn a_render_of_what_is_served_is_reused_without_a_copy_of_the_documents() {
     let mut events = Events::default();
     let (result, _) = r.pass(&mut Docs(vec![lb(80)]), &mut events);
     assert_eq!(result, PassResult::Applied);
+    assert_eq!(r.render_keeps_a_copy(), Some(false));
     // Served now: the render is named by the served generation, and the
     // same documents again are not rendered again.
     for _ in 0..3 {
@@ -244,4 +253,30 @@ fn a_render_of_what_is_served_is_reused_without_a_copy_of_the_documents() {
     r.pass(&mut Docs(vec![lb(80)]), &mut events);
     assert_eq!(r.delivery().prepares.get(), 3);
     assert_eq!(r.delivery().serving, [("web".to_owned(), 80)]);
+}
+
+#[test]
+fn the_status_names_the_newest_fetched_version_without_keeping_served_copies() {
+    let status = std::sync::Arc::new(std::sync::Mutex::new(Default::default()));
+    let mut r = reconciler_with_status(fake::ports(), status.clone());
+    let mut events = Events::default();
+    let versions = || {
+        let s: crate::status::AgentStatus = status.lock().expect("status").clone();
+        let lb = s.load_balancers.get("web").expect("web").clone();
+        (lb.status, lb.desired_version, lb.applied_version)
+    };
+    let v = |doc: &Value| crate::status::version_of(doc);
+    let mut bad = lb(81);
+    bad["backends"][0]["port"] = json!(0);
+    for (doc, status, desired, applied) in [
+        (lb(80), "active", v(&lb(80)), v(&lb(80))),
+        (lb(81), "active", v(&lb(81)), v(&lb(81))),
+        (bad.clone(), "degraded", v(&bad), v(&lb(81))),
+        (lb(81), "active", v(&lb(81)), v(&lb(81))),
+    ] {
+        r.pass(&mut Docs(vec![doc.clone()]), &mut events);
+        assert_eq!(versions(), (status.to_owned(), desired, applied), "{doc}");
+        let copies = usize::from(status != "active");
+        assert_eq!(r.fetched_copies(), copies, "{doc}");
+    }
 }

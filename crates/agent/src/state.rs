@@ -251,6 +251,17 @@ pub fn files_dir(state_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_version_is_the_name_last_known_good_is_saved_under() {
+        let docs: Docs = [(
+            "web".to_owned(),
+            serde_json::json!({"id": "web", "port": 80}),
+        )]
+        .into();
+        let json = docs_json(&docs).expect("json");
+        assert_eq!(docs_version(&docs), short_hash(&json));
+    }
     use serde_json::json;
 
     fn files(lds: &str) -> Unsaved {

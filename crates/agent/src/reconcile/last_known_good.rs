@@ -67,7 +67,8 @@ impl<D: Delivery> Reconciler<D> {
         if self.good_known && &self.good == candidate {
             return;
         }
-        self.good = candidate.clone();
+        let old = std::mem::replace(&mut self.good, candidate.clone());
+        self.keep_fetched(old);
         self.good_generation += 1;
         self.render_is_of_good();
         self.good_version = crate::state::docs_version(&self.good);

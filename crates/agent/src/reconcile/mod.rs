@@ -142,9 +142,13 @@ pub struct Reconciler<D: Delivery> {
     /// Whether the API answered on the last pass (None before the first).
     api_up: Option<bool>,
     /// The newest document fetched per load balancer, valid or not, while
-    /// it differs from the served one (`good`): one that is absent was
-    /// fetched as served, or not at all.
+    /// it differs from the served one (`good`).
     fetched: BTreeMap<String, Value>,
+    /// Load balancers whose newest fetched document is the served one, so
+    /// `fetched` keeps no copy of it: at 1,000 load balancers a copy of the
+    /// documents is 7 MB. When `good` changes, [`Reconciler::keep_fetched`]
+    /// moves what was served into `fetched` for them.
+    fetched_as_served: std::collections::BTreeSet<String>,
     /// Whether Envoy serves a config it confirmed (for `/readyz`).
     serving_verified: bool,
     /// Metrics and the `/status` snapshot.
@@ -216,6 +220,7 @@ impl<D: Delivery> Reconciler<D> {
             valid_now: Vec::new(),
             api_up: None,
             fetched: BTreeMap::new(),
+            fetched_as_served: Default::default(),
             serving_verified: false,
             observe,
             times: PhaseTimes::default(),
@@ -264,6 +269,12 @@ impl<D: Delivery> Reconciler<D> {
     /// The delivery this reconciler hands changes to.
     pub fn delivery(&self) -> &D {
         &self.delivery
+    }
+
+    /// How many fetched documents are kept beside the served ones.
+    #[cfg(test)]
+    pub(crate) fn fetched_copies(&self) -> usize {
+        self.fetched.len()
     }
 
     /// The delivery, to script it in tests.
@@ -417,6 +428,37 @@ impl<D: Delivery> Reconciler<D> {
         (result, fetch_error)
     }
 
+    /// After `good` changed from `old`: the newest fetched document of a
+    /// load balancer fetched as served is what was served, so it moves into
+    /// `fetched` when the served one changed or went; and a fetched
+    /// document that is served now needs no copy.
+    fn keep_fetched(&mut self, mut old: BTreeMap<String, Value>) {
+        let good = &self.good;
+        let moved: Vec<String> = self
+            .fetched_as_served
+            .iter()
+            .filter(|id| good.get(*id) != old.get(*id))
+            .cloned()
+            .collect();
+        for id in moved {
+            self.fetched_as_served.remove(&id);
+            if let Some(doc) = old.remove(&id) {
+                self.fetched.insert(id, doc);
+            }
+        }
+        let good = &self.good;
+        let served: Vec<String> = self
+            .fetched
+            .iter()
+            .filter(|(id, doc)| good.get(*id) == Some(*doc))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in served {
+            self.fetched.remove(&id);
+            self.fetched_as_served.insert(id);
+        }
+    }
+
     /// Fetches and chooses what to serve: the candidate documents (and, if
     /// choosing validated them as a whole, the result), whether any was
     /// refused, and what the fetch left behind.
@@ -495,8 +537,10 @@ impl<D: Delivery> Reconciler<D> {
                 // status needs a fetched one only to say it is not served.
                 if self.good.get(id) == Some(doc) {
                     self.fetched.remove(id);
+                    self.fetched_as_served.insert(id.clone());
                 } else {
                     self.fetched.insert(id.clone(), doc.clone());
+                    self.fetched_as_served.remove(id);
                 }
             }
         }
@@ -508,6 +552,7 @@ impl<D: Delivery> Reconciler<D> {
             self.problems
                 .retain(|id, _| listed.contains_key(id) || good.contains_key(id));
             self.fetched.retain(|id, _| listed.contains_key(id));
+            self.fetched_as_served.retain(|id| listed.contains_key(id));
         }
         let mut items = fetched.items;
         self.hold_parked(&mut items);

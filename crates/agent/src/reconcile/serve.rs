@@ -87,6 +87,13 @@ impl<D: Delivery> Reconciler<D> {
         Ok((config, files))
     }
 
+    /// Whether the last render keeps its own copy of its documents.
+    #[cfg(test)]
+    pub(crate) fn render_keeps_a_copy(&self) -> Option<bool> {
+        let r = self.last_render.as_ref()?;
+        Some(matches!(r.docs, RenderedDocs::Own(_)))
+    }
+
     /// Whether a render of `docs` is a render of `candidate`.
     fn rendered_docs_are(&self, docs: &RenderedDocs, candidate: &BTreeMap<String, Value>) -> bool {
         match docs {
