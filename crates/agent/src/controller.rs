@@ -177,12 +177,10 @@ pub fn run(
         tracing::debug!(result = ?result, took_ms = started.elapsed().as_millis() as u64, "pass done");
         on_pass(result);
         let mut wait = error_policy(error.as_ref(), &mut backoff, poll_interval, &mut jitter);
-        // A pass that served what it chose wakes for the next drain's end,
-        // even when only its record on disk lags (a failed save).
-        let served = error
-            .as_ref()
-            .is_none_or(|e| matches!(e, ReconcileError::SaveState(_)));
-        if served && let Some(drain) = until_wake(reconciler.next_wake(), SystemTime::now()) {
+        // Only a pass that settled what Envoy serves knows the next drain's
+        // end; after one that did not, a past deadline would spin.
+        let settled = error.as_ref().is_none_or(ReconcileError::settled);
+        if settled && let Some(drain) = until_wake(reconciler.next_wake(), SystemTime::now()) {
             wait = wait.min(drain);
         }
         let mut deadline = Instant::now() + wait;

@@ -84,6 +84,12 @@ impl ReconcileError {
         }
     }
 
+    /// Whether the pass still settled what Envoy serves (only its record
+    /// on disk lags), so the drains it worked out stand.
+    pub fn settled(&self) -> bool {
+        matches!(self, ReconcileError::SaveState(_))
+    }
+
     /// The wait the server asked for, if it did.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
