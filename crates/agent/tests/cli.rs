@@ -229,16 +229,10 @@ fn render_lays_out_files_with_modes_and_prunes_what_is_gone() {
 }
 
 fn walk(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).expect("read dir") {
-        let p = e.expect("entry").path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p.display().to_string());
-        }
-    }
-    out
+    vpsie_lb_testkit::sources::files_under(dir)
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect()
 }
 
 #[test]

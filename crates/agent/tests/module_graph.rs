@@ -12,44 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Product files that are tests or test support, and so may reach anywhere.
-const TEST_FILES: &[&str] = &[
-    "pass_tests.rs",
-    "status_tests.rs",
-    "hub_tests.rs",
-    "delivery_tests.rs",
-    "pass_ports_tests.rs",
-    "tests.rs",
-];
-
-/// Every product `.rs` file under `dir`.
-fn sources(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("read src") {
-        let path = entry.expect("entry").path();
-        if path.is_dir() {
-            out.extend(sources(&path));
-        } else if path.extension().is_some_and(|e| e == "rs")
-            && !TEST_FILES.contains(&path.file_name().and_then(|n| n.to_str()).unwrap_or(""))
-        {
-            out.push(path);
-        }
-    }
-    out
-}
-
-/// The code of a file without comments and without its unit tests.
-fn product_code(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).expect("read");
-    let text = text
-        .split("#[cfg(test)]\nmod tests")
-        .next()
-        .unwrap_or_default();
-    text.lines()
-        .filter(|l| !l.trim_start().starts_with("//"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
+use vpsie_lb_testkit::sources::{product_code, product_sources};
 
 /// The identifiers that follow `prefix` (`crate::`, `super::`) in `code`,
 /// including each first name of a group such as `crate::{a::B, c}`.
@@ -137,7 +100,7 @@ fn circle(graph: &Graph) -> Option<Vec<String>> {
 
 /// The top-level graph and, per directory, the graph of its sibling files.
 fn graphs(src: &Path) -> (Graph, BTreeMap<PathBuf, Graph>) {
-    let files = sources(src);
+    let files = product_sources(src);
     let top_of = |p: &Path| -> String {
         let rel = p.strip_prefix(src).expect("under src");
         let first = rel.components().next().expect("a component");

@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use vpsie_lb_testkit::sources::{product_code, product_sources};
+
 /// The crates that must never do IO.
 const PURE: &[&str] = &["model", "envoy", "core"];
 
@@ -75,20 +77,6 @@ fn dependencies(manifest: &str) -> Vec<String> {
     out
 }
 
-/// The code of a file without comments and without its trailing unit
-/// tests (`#[cfg(test)] mod tests`), which may use temporary files.
-fn product_code(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).expect("read");
-    let code = text
-        .split("#[cfg(test)]\nmod tests")
-        .next()
-        .unwrap_or_default();
-    code.lines()
-        .filter(|l| !l.trim_start().starts_with("//"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// Whether `code` names `module` of std, alone or in a `use std::{…}` group.
 fn names_std(code: &str, module: &str) -> bool {
     if code.contains(&format!("std::{module}")) {
@@ -101,21 +89,6 @@ fn names_std(code: &str, module: &str) -> bool {
             .split(',')
             .any(|item| item.trim().split("::").next() == Some(module))
     })
-}
-
-/// Every `.rs` file under `dir`, except tests.
-fn sources(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("read src") {
-        let path = entry.expect("entry").path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if path.is_dir() {
-            out.extend(sources(&path));
-        } else if name.ends_with(".rs") && !name.ends_with("tests.rs") {
-            out.push(path);
-        }
-    }
-    out
 }
 
 #[test]
@@ -137,7 +110,7 @@ fn the_pure_crates_depend_on_nothing_that_does_io() {
 #[test]
 fn the_pure_crates_name_no_io_in_their_product_code() {
     for krate in PURE {
-        let files = sources(&crates_dir().join(krate).join("src"));
+        let files = product_sources(&crates_dir().join(krate).join("src"));
         assert!(files.len() > 3, "{krate}: sources not found");
         for file in files {
             let code = product_code(&file);

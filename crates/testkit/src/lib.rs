@@ -15,6 +15,7 @@ pub mod netns;
 pub mod pebble;
 pub mod pki;
 pub mod proxy_backend;
+pub mod sources;
 pub mod tls;
 pub mod udp_backend;
 
