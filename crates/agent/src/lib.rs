@@ -3,7 +3,6 @@
 //! the world lives in this crate; the model and the translation it calls
 //! are pure.
 
-pub mod acme;
 pub mod apply;
 pub mod backoff;
 pub mod choose;
@@ -15,12 +14,9 @@ pub mod diff;
 pub mod drain;
 pub mod endpoints;
 pub mod envoy_admin;
-pub mod fsutil;
 pub mod fuzzing;
 pub mod ha;
 pub mod listen;
-pub mod local_http;
-pub mod local_server;
 pub mod metrics;
 pub mod notify;
 pub mod pass;
@@ -38,12 +34,15 @@ pub mod source;
 pub mod state;
 pub mod status;
 pub mod supervisor;
-pub mod trigger;
 pub mod udp_guard;
 pub mod waf;
 pub mod xds;
 
+/// ACME certificates, a crate of its own; here under its old path.
+pub use vpsie_lb_acme as acme;
 /// The VPSie API client, a crate of its own; here under its old paths.
 pub use vpsie_lb_api as api;
 /// Where the API may be, and where it may redirect us.
 pub use vpsie_lb_api::origin;
+/// The local plumbing, a crate of its own; here under its old paths.
+pub use vpsie_lb_host::{fsutil, local_http, local_server, trigger};

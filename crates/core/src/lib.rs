@@ -13,7 +13,8 @@
 //! - [`pass`]: how a pass ended and how long its phases took;
 //! - [`status`]: the status of every load balancer, from what is served,
 //!   what was fetched and Envoy's hosts ([`health`]), with its
-//!   [`version`]s and [`time`]s.
+//!   [`version`]s and [`time`]s;
+//! - [`report`]: the `Reporter` trait every capability reports through.
 
 pub mod backoff;
 pub mod change;
@@ -24,6 +25,7 @@ pub mod file_steps;
 pub mod health;
 pub mod pass;
 pub mod preview;
+pub mod report;
 pub mod status;
 pub mod time;
 pub mod version;

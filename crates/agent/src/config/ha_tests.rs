@@ -1,7 +1,9 @@
 //! The `ha` keys: defaults, and each bad value named with its reason.
 
-use super::super::Config;
-use super::*;
+use super::Config;
+use super::ha::*;
+use std::path::PathBuf;
+use std::time::Duration;
 
 const PAIR: &str = "mode: active_passive\n  priority: 100\n  interface: eth0\n  virtual_ips: [192.0.2.10/24]\n  peers: [10.0.0.2]\n  source_address: 10.0.0.1\n";
 

@@ -1,120 +1,16 @@
-//! High availability with keepalived: what this node tells keepalived
-//! (`ha render`, `ha check`), what keepalived tells it back (`ha notify`),
-//! and how the agent shows the result (`/status`, `vpsie_lb_ha_state`).
-//!
-//! keepalived owns the virtual IPs; the agent never moves one. The record
-//! `ha notify` writes is the only channel between them, so an agent that
-//! is down changes nothing about who holds an address.
+//! High availability with keepalived. The records, the keepalived config
+//! and the notify hook live in `vpsie-lb-ha`, re-exported here; the agent
+//! adds the `ha` commands and `ha check`, which reads Envoy's admin and
+//! this node's confirmed state.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-use crate::config::Ha;
 use crate::envoy_admin::EnvoyAdmin;
 
+pub use vpsie_lb_ha::*;
+
 pub mod cli;
-mod hook;
-mod metrics;
-mod render;
-
-pub use metrics::HaMetrics;
-pub use render::{CHECK_SCRIPT, Instance, instances, render};
-
-/// A VRRP state keepalived reports through `ha notify`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    /// Holds the instance's addresses.
-    Master,
-    /// Ready to take them over.
-    Backup,
-    /// Must not hold them (its check fails, or its interface is down).
-    Fault,
-    /// keepalived stopped.
-    Stop,
-}
-
-impl State {
-    /// Every state, in the order metrics list them.
-    pub const ALL: [State; 4] = [State::Master, State::Backup, State::Fault, State::Stop];
-
-    /// The lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Master => "master",
-            State::Backup => "backup",
-            State::Fault => "fault",
-            State::Stop => "stop",
-        }
-    }
-}
-
-/// What `ha notify` records for one VRRP instance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    /// The instance (`vpsie_lb_1`).
-    pub instance: String,
-    /// Its state on this node.
-    pub state: State,
-    /// When keepalived reported it, RFC 3339.
-    pub since: String,
-    /// The addresses the instance moves.
-    pub virtual_ips: Vec<String>,
-    /// How `notify_command` ended, when it ran for this state.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub notify_command: Option<String>,
-}
-
-/// Where `ha notify` keeps an instance's record.
-pub fn record_path(status_dir: &Path, instance: &str) -> PathBuf {
-    status_dir.join(format!("{instance}.json"))
-}
-
-/// Every instance `ha` has, with its record (`None`: keepalived has not
-/// reported it yet, or the record is unreadable).
-pub fn records(ha: &Ha) -> Vec<(Instance, Option<Record>)> {
-    instances(ha)
-        .into_iter()
-        .map(|i| {
-            let record = read_record(&ha.status_dir, &i.name);
-            (i, record)
-        })
-        .collect()
-}
-
-/// Whether this node holds a virtual address (keepalived made it master
-/// of an instance): only then do ACME challenges for the pair's names reach it.
-pub fn holds_address(ha: &Ha) -> bool {
-    records(ha)
-        .iter()
-        .any(|(_, r)| r.as_ref().is_some_and(|r| r.state == State::Master))
-}
-
-/// This node's HA status for `/status`, from the records.
-pub fn status(ha: &Ha) -> crate::status::HaStatus {
-    crate::status::HaStatus {
-        mode: match ha.mode {
-            crate::config::HaMode::ActivePassive => "active_passive",
-            crate::config::HaMode::ActiveActive => "active_active",
-        }
-        .to_owned(),
-        instances: records(ha)
-            .into_iter()
-            .map(|(i, r)| crate::status::HaInstanceStatus {
-                name: i.name,
-                virtual_ips: i.addresses,
-                state: r
-                    .as_ref()
-                    .map_or("unknown", |r| r.state.as_str())
-                    .to_owned(),
-                since: r.as_ref().map(|r| r.since.clone()).unwrap_or_default(),
-                notify_command: r.and_then(|r| r.notify_command),
-            })
-            .collect(),
-    }
-}
 
 /// What `ha check` concluded: this node may hold the virtual IPs, and
 /// serves the confirmed config `version`.
@@ -185,46 +81,62 @@ pub fn check(admin: &EnvoyAdmin, state_dir: &Path) -> Result<Fit, String> {
     })
 }
 
-/// Records `state` for `instance` and, on becoming master, runs the
-/// configured `notify_command`; returns the record written.
-pub fn notify(ha: &Ha, instance: &str, state: State) -> Result<Record, String> {
-    let Some(found) = instances(ha).into_iter().find(|i| i.name == instance) else {
-        let known: Vec<String> = instances(ha).into_iter().map(|i| i.name).collect();
-        return Err(format!(
-            "instance {instance:?} is not in this node's ha config ({})",
-            known.join(", ")
-        ));
-    };
-    let mut record = Record {
-        instance: instance.to_owned(),
-        state,
-        since: crate::report::rfc3339_now(),
-        virtual_ips: found.addresses.clone(),
-        notify_command: None,
-    };
-    write_record(ha, &record)?;
-    if let (State::Master, Some(command)) = (state, &ha.notify_command) {
-        let outcome = hook::run(command, &record, ha.notify_timeout);
-        // keepalived may have reported a newer state while the hook ran
-        // (it does not wait for us): that record stays.
-        let unchanged = read_record(&ha.status_dir, instance).as_ref() == Some(&record);
-        record.notify_command = Some(outcome);
-        if unchanged {
-            write_record(ha, &record)?;
-        }
+#[cfg(test)]
+mod render_tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn ha(extra: &str) -> Ha {
+        let text = format!(
+            "source: file\nfile: /x\nha:\n  priority: 150\n  interface: eth1\n  virtual_ips: [192.0.2.10/24, 192.0.2.11/24]\n  peers: [10.0.0.2]\n  source_address: 10.0.0.1\n  advert_interval: 100ms\n{extra}"
+        );
+        Config::parse(&text, "agent.yaml")
+            .expect("valid")
+            .ha
+            .expect("ha")
     }
-    Ok(record)
-}
 
-fn read_record(status_dir: &Path, instance: &str) -> Option<Record> {
-    let bytes = std::fs::read(record_path(status_dir, instance)).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
+    #[test]
+    fn active_passive_is_one_instance_that_never_takes_an_address_back() {
+        let conf = render(
+            &ha("  mode: active_passive\n"),
+            Path::new("/etc/vpsie-lb/agent.yaml"),
+        );
+        for want in [
+            "    vrrp_version 3\n",
+            "    enable_script_security\n    script_user vpsie-lb\n",
+            "    script \"/usr/bin/vpsie-lb-agent ha check --config /etc/vpsie-lb/agent.yaml\"\n    interval 1\n    timeout 1\n    fall 2\n    rise 2\n    init_fail\n",
+            "vrrp_instance vpsie_lb_1 {\n    state BACKUP\n    interface eth1\n    virtual_router_id 51\n    priority 150\n    advert_int 0.1\n    nopreempt\n",
+            "    unicast_src_ip 10.0.0.1\n    unicast_peer {\n        10.0.0.2\n    }\n    check_unicast_src\n",
+            "        192.0.2.10/24 dev eth1\n        192.0.2.11/24 dev eth1\n",
+            "    track_script {\n        vpsie_lb_ready\n    }\n",
+            "    notify_master \"/usr/bin/vpsie-lb-agent ha notify --config /etc/vpsie-lb/agent.yaml --instance vpsie_lb_1 master\"\n",
+            "    notify_stop \"/usr/bin/vpsie-lb-agent ha notify --config /etc/vpsie-lb/agent.yaml --instance vpsie_lb_1 stop\"\n",
+        ] {
+            assert!(conf.contains(want), "missing {want:?} in:\n{conf}");
+        }
+        assert_eq!(conf.matches("vrrp_instance").count(), 1);
+        assert!(!conf.contains("preempt_delay"));
+    }
 
-fn write_record(ha: &Ha, record: &Record) -> Result<(), String> {
-    let path = record_path(&ha.status_dir, &record.instance);
-    let json = serde_json::to_vec_pretty(record).map_err(|e| e.to_string())?;
-    crate::fsutil::ensure_dir(&ha.status_dir)
-        .and_then(|()| crate::fsutil::write_atomic(&path, &json, 0o644))
-        .map_err(|e| format!("record the ha state in {}: {e}", path.display()))
+    #[test]
+    fn active_active_gives_each_node_one_address_at_its_priority_and_half_for_the_other() {
+        let aa = ha(
+            "  mode: active_active\n  primary_ip: 192.0.2.11\n  virtual_router_id: 60\n  preempt_delay: 5s\n",
+        );
+        let names: Vec<(String, u8, u8, bool)> = instances(&aa)
+            .into_iter()
+            .map(|i| (i.addresses.join(" "), i.vrid, i.priority, i.preempt))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("192.0.2.10/24".to_owned(), 60, 75, true),
+                ("192.0.2.11/24".to_owned(), 61, 150, true)
+            ]
+        );
+        let conf = render(&aa, Path::new("/etc/vpsie-lb/agent.yaml"));
+        assert_eq!(conf.matches("    preempt_delay 5\n").count(), 2);
+        assert!(!conf.contains("nopreempt"));
+    }
 }

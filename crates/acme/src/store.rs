@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use vpsie_lb_model::acme::Issued;
 
-use crate::fsutil;
+use vpsie_lb_host::fsutil;
 
 /// Mode of keys, chains and their record: the agent, and Envoy through the
 /// agent's group (Envoy's user is a member of it).
@@ -22,7 +22,7 @@ const DIR_MODE: u32 = 0o750;
 
 /// What a stored certificate was issued for, kept beside it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Record {
+pub struct Record {
     domains: Vec<String>,
     directory_url: String,
 }
@@ -179,7 +179,7 @@ fn ensure_private_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// A certificate's `issued.json`; any bytes give an error, never a panic.
-pub(crate) fn parse_record(bytes: &[u8]) -> io::Result<Record> {
+pub fn parse_record(bytes: &[u8]) -> io::Result<Record> {
     serde_json::from_slice(bytes)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("issued.json: {e}")))
 }

@@ -8,6 +8,7 @@
 //! the result ([`store`]) and asks for a pass. Envoy reads the files through
 //! SDS and reloads them on the rename, so a renewal changes no listener.
 
+pub mod config;
 pub mod http;
 mod metrics;
 pub mod order;
@@ -23,11 +24,11 @@ use std::time::Duration;
 
 use vpsie_lb_model::acme::Issued;
 
-use crate::report::{EventKind, Reporter};
-use crate::status::CertificateStatus;
-use crate::trigger::Trigger;
 use schedule::{Attempts, Need};
 use store::{Store, Stored};
+use vpsie_lb_core::report::{EventKind, Reporter};
+use vpsie_lb_core::status::CertificateStatus;
+use vpsie_lb_host::trigger::Trigger;
 use worker::{Orders, Worker};
 
 pub use metrics::AcmeMetrics;
@@ -250,9 +251,9 @@ impl Acme {
                     load_balancer: lb.clone(),
                     domains: acme.domains.clone(),
                     state: state.into(),
-                    not_after: stored.map(|c| crate::report::rfc3339(c.not_after)),
+                    not_after: stored.map(|c| vpsie_lb_core::time::rfc3339(c.not_after)),
                     renew_at: stored.map(|c| {
-                        crate::report::rfc3339(vpsie_lb_model::acme::renew_at(
+                        vpsie_lb_core::time::rfc3339(vpsie_lb_model::acme::renew_at(
                             c.not_before,
                             c.not_after,
                         ))
@@ -261,7 +262,7 @@ impl Acme {
                     last_error: attempts.and_then(|a| a.last_error.clone()),
                     next_attempt: attempts
                         .filter(|a| !a.may_try(now))
-                        .map(|a| crate::report::rfc3339(a.not_before)),
+                        .map(|a| vpsie_lb_core::time::rfc3339(a.not_before)),
                 }
             })
             .collect()
@@ -296,7 +297,7 @@ mod tests {
     #[test]
     fn changed_names_forget_the_failures_of_the_old_order() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let inbox = crate::trigger::Inbox::new();
+        let inbox = vpsie_lb_host::trigger::Inbox::new();
         let mut registry = prometheus_client::registry::Registry::default();
         let handle = Acme::start(
             Settings {

@@ -13,7 +13,7 @@ pub const DEFAULT_ORDER_TIMEOUT: std::time::Duration = std::time::Duration::from
 /// `acme` as written.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawAcme {
+pub struct RawAcme {
     responder_socket: Option<PathBuf>,
     directory_ca_file: Option<PathBuf>,
     allowed_directories: Option<Vec<String>>,
@@ -40,11 +40,11 @@ pub struct AcmeConfig {
 }
 
 /// Reads `acme`, adding what is wrong to `problems`.
-pub(super) fn read(raw: RawAcme, problems: &mut Vec<String>) -> AcmeConfig {
+pub fn read(raw: RawAcme, problems: &mut Vec<String>) -> AcmeConfig {
     let responder_socket = raw
         .responder_socket
         .unwrap_or_else(|| PathBuf::from(vpsie_lb_envoy::DEFAULT_ACME_SOCKET));
-    super::socket_path("acme.responder_socket", &responder_socket, problems);
+    vpsie_lb_host::config_text::socket_path("acme.responder_socket", &responder_socket, problems);
     if let Some(f) = &raw.directory_ca_file
         && !f.is_absolute()
     {
@@ -68,7 +68,11 @@ pub(super) fn read(raw: RawAcme, problems: &mut Vec<String>) -> AcmeConfig {
     {
         problems.push(format!("acme.account_email: {e:?} is not an email address"));
     }
-    let order_timeout = match raw.order_timeout.as_ref().map(super::parse_duration) {
+    let order_timeout = match raw
+        .order_timeout
+        .as_ref()
+        .map(vpsie_lb_host::config_text::parse_duration)
+    {
         None => DEFAULT_ORDER_TIMEOUT,
         Some(Ok(d))
             if (std::time::Duration::from_secs(5)..=std::time::Duration::from_secs(3600))

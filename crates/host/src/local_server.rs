@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use vpsie_lb_envoy::LocalAddress;
 
-use crate::backoff::Backoff;
 use crate::local_http::Conn;
+use vpsie_lb_core::backoff::Backoff;
 
 /// Connections served at once; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 32;

@@ -55,7 +55,7 @@ impl Inbox {
     }
 
     /// The next signal, waiting at most `d`.
-    pub(crate) fn recv_timeout(&self, d: Duration) -> Result<Signal, RecvTimeoutError> {
+    pub fn recv_timeout(&self, d: Duration) -> Result<Signal, RecvTimeoutError> {
         let s = self.rx.recv_timeout(d)?;
         if s == Signal::Sync {
             // Requests from now on ask for the pass after this one.

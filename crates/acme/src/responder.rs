@@ -14,7 +14,7 @@ use std::sync::Arc;
 use vpsie_lb_envoy::{ACME_CHALLENGE_PREFIX, LocalAddress};
 
 use super::Tokens;
-use crate::local_server::{Answer, Head, plain};
+use vpsie_lb_host::local_server::{Answer, Head, plain};
 
 /// One challenge being answered: what the CA must read, and for which name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub struct Challenge {
 /// Serves `tokens` on the Unix socket `path` (mode 0660: the agent and
 /// Envoy's group).
 pub fn spawn(path: &Path, tokens: Tokens) -> std::io::Result<()> {
-    crate::local_server::serve(
+    vpsie_lb_host::local_server::serve(
         &LocalAddress::Unix(path.to_owned()),
         Arc::new(move |head: &Head<'_>| answer(head, &tokens)),
     )?;

@@ -15,8 +15,8 @@ use super::{
     Acme, Event, IDLE_WAKE, MAX_CONCURRENT_ORDERS, MayOrder, STANDBY_RECHECK, State, Tokens, now,
     order, responder,
 };
-use crate::report::EventKind;
-use crate::trigger::Trigger;
+use vpsie_lb_core::report::EventKind;
+use vpsie_lb_host::trigger::Trigger;
 
 /// The operator's account per ACME directory, each behind a lock of its
 /// own: two orders at one directory register once, and a directory that
@@ -284,7 +284,7 @@ impl Acme {
                 let renewed = s.stored.contains_key(lb);
                 s.attempts.remove(lb);
                 shared.metrics.order(lb, "issued");
-                let until = crate::report::rfc3339(stored.not_after);
+                let until = vpsie_lb_core::time::rfc3339(stored.not_after);
                 tracing::info!(phase = "acme", lb_id = %lb, not_after = %until, "certificate stored");
                 let word = if renewed { "renewed" } else { "issued" };
                 let e = Event {

@@ -70,7 +70,7 @@ pub fn run(command: &[String], record: &Record, timeout: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ha::State;
+    use crate::State;
 
     fn record() -> Record {
         Record {

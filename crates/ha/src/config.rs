@@ -1,5 +1,5 @@
 //! The `ha` keys: this node's half of a keepalived (VRRPv3) pair. Only
-//! validated here; `crate::ha` renders keepalived's config from them.
+//! validated here; the crate root renders keepalived's config from them.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use vpsie_lb_model::IpNet;
 
-use super::parse_duration;
+use vpsie_lb_host::config_text::parse_duration;
 
 /// How the pair shares its addresses (`ha.mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,9 +62,10 @@ pub struct Ha {
     pub status_dir: PathBuf,
 }
 
+/// `ha` as written, before validation.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawHa {
+pub struct RawHa {
     mode: Option<String>,
     priority: Option<i64>,
     interface: Option<String>,
@@ -103,7 +104,7 @@ impl Problems<'_> {
 
 /// Reads `ha`, adding what is wrong to `problems`; `state_dir` gives the
 /// default `status_dir`.
-pub(super) fn read(raw: RawHa, state_dir: &Path, problems: &mut Vec<String>) -> Option<Ha> {
+pub fn read(raw: RawHa, state_dir: &Path, problems: &mut Vec<String>) -> Option<Ha> {
     let before = problems.len();
     let mut p = Problems(problems);
     let mode = match raw.mode.as_deref() {
@@ -524,7 +525,3 @@ fn topology(
         },
     }
 }
-
-#[cfg(test)]
-#[path = "ha_tests.rs"]
-mod tests;
