@@ -34,7 +34,6 @@ pub mod source;
 pub mod state;
 pub mod status;
 pub mod supervisor;
-pub mod udp_guard;
 pub mod waf;
 pub mod xds;
 
@@ -46,3 +45,5 @@ pub use vpsie_lb_api as api;
 pub use vpsie_lb_api::origin;
 /// The local plumbing, a crate of its own; here under its old paths.
 pub use vpsie_lb_host::{fsutil, local_http, local_server, trigger};
+/// The kernel's per-client bounds on udp load balancers, a crate of its own.
+pub use vpsie_lb_udp_guard as udp_guard;

@@ -11,6 +11,10 @@ use vpsie_lb_envoy::LocalAddress;
 use vpsie_lb_acme::config as acme;
 mod envoy;
 use vpsie_lb_ha::config as ha;
+use vpsie_lb_udp_guard::config as udp_guard_config;
+pub use vpsie_lb_udp_guard::config::{
+    DEFAULT_UDP_GUARD_TABLE, DEFAULT_UDP_TRACKED_CLIENTS, UdpGuardConfig,
+};
 mod vpsie;
 
 pub use acme::AcmeConfig;
@@ -159,16 +163,6 @@ pub struct Config {
     pub udp_guard: Option<UdpGuardConfig>,
 }
 
-/// `udp_guard`, when enabled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UdpGuardConfig {
-    /// The nftables table (`udp_guard.table`).
-    pub table: String,
-    /// Clients tracked per load balancer and address family
-    /// (`udp_guard.tracked_clients`); past it a new client is refused.
-    pub tracked_clients: u32,
-}
-
 /// The configuration file is unusable; nothing was started.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {}", problems.join("; "))]
@@ -192,56 +186,7 @@ struct RawConfig {
     allowed_backend_networks: Option<Vec<String>>,
     ha: Option<ha::RawHa>,
     acme: Option<acme::RawAcme>,
-    udp_guard: Option<RawUdpGuard>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawUdpGuard {
-    enabled: Option<bool>,
-    table: Option<String>,
-    tracked_clients: Option<u32>,
-}
-
-/// Most clients tracked per load balancer and address family, unless
-/// `udp_guard.tracked_clients` says otherwise. A new client past this many
-/// (spoofed sources, mostly) is refused until tracked clients' sessions
-/// end: an untracked client would be an unbounded one.
-pub const DEFAULT_UDP_TRACKED_CLIENTS: u32 = 65_536;
-/// The guard's nftables table when `udp_guard.table` names none.
-pub const DEFAULT_UDP_GUARD_TABLE: &str = "vpsie_lb";
-
-/// Most clients `udp_guard.tracked_clients` may ask to track: each costs
-/// the kernel a set element per family and load balancer.
-const MAX_TRACKED_CLIENTS: u32 = 1 << 20;
-
-/// `udp_guard`, when enabled. The table's name goes into nft commands, so
-/// it is held to what nft accepts unquoted.
-fn udp_guard(raw: RawUdpGuard, problems: &mut Vec<String>) -> Option<UdpGuardConfig> {
-    let tracked_clients = raw.tracked_clients.unwrap_or(DEFAULT_UDP_TRACKED_CLIENTS);
-    if !(1..=MAX_TRACKED_CLIENTS).contains(&tracked_clients) {
-        problems.push(format!(
-            "udp_guard.tracked_clients: must be 1..={MAX_TRACKED_CLIENTS} (got {tracked_clients})"
-        ));
-    }
-    let table = raw
-        .table
-        .unwrap_or_else(|| DEFAULT_UDP_GUARD_TABLE.to_owned());
-    let mut chars = table.chars();
-    let well_formed = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && table.len() <= 32;
-    if !well_formed {
-        problems.push(format!(
-            "udp_guard.table: {table:?} must be 1-32 of a-z, 0-9 and _, not starting with a digit"
-        ));
-    }
-    raw.enabled.unwrap_or(true).then_some(UdpGuardConfig {
-        table,
-        tracked_clients,
-    })
+    udp_guard: Option<udp_guard_config::RawUdpGuard>,
 }
 
 #[derive(Deserialize, Default)]
@@ -373,7 +318,7 @@ impl Config {
             ));
         }
         let acme = acme::read(raw.acme.unwrap_or_default(), &mut problems);
-        let udp_guard = udp_guard(raw.udp_guard.unwrap_or_default(), &mut problems);
+        let udp_guard = udp_guard_config::read(raw.udp_guard.unwrap_or_default(), &mut problems);
         if !problems.is_empty() {
             return Err(problems);
         }

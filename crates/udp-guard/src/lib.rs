@@ -14,6 +14,7 @@
 //! clients off until tracked ones' sessions end). Envoy's own limit stays
 //! the bound on the whole listener.
 
+pub mod config;
 pub mod rules;
 
 use std::collections::BTreeMap;
@@ -27,7 +28,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use rules::Bound;
 
-pub use crate::config::DEFAULT_UDP_GUARD_TABLE as DEFAULT_TABLE;
+pub use config::DEFAULT_UDP_GUARD_TABLE as DEFAULT_TABLE;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusedLabels {
@@ -79,7 +80,7 @@ pub struct UdpGuard {
 
 impl UdpGuard {
     /// A guard over the table `config` names.
-    pub fn new(config: crate::config::UdpGuardConfig, metrics: UdpGuardMetrics) -> Self {
+    pub fn new(config: config::UdpGuardConfig, metrics: UdpGuardMetrics) -> Self {
         UdpGuard {
             table: config.table,
             tracked: config.tracked_clients,
