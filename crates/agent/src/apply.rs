@@ -4,11 +4,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use vpsie_lb_envoy::{FileKind, RenderedFile, XdsLayout};
+use vpsie_lb_envoy::{FileKind, FilesLayout, RenderedFile};
 
 use crate::envoy_admin::{EnvoyAdmin, Subscription};
+use crate::envoy_files::{FileSet, Plan, plan, read_file_set};
 use crate::fsutil;
-use crate::plan::{FileSet, Plan, plan, read_file_set};
 
 /// How often verification polls the admin API.
 const POLL: Duration = Duration::from_millis(10);
@@ -17,7 +17,7 @@ pub use crate::pass::{ApplyError, Outcome};
 
 /// Moves one Envoy's dynamic files from state to state.
 pub struct Applier {
-    layout: XdsLayout,
+    layout: FilesLayout,
     admin: EnvoyAdmin,
     timeout: Duration,
     /// Time spent waiting for Envoy to confirm steps, since the last take.
@@ -27,7 +27,7 @@ pub struct Applier {
 impl Applier {
     /// An applier for the files under `layout`, confirmed through `admin`,
     /// waiting at most `timeout` for each step.
-    pub fn new(layout: XdsLayout, admin: EnvoyAdmin, timeout: Duration) -> Self {
+    pub fn new(layout: FilesLayout, admin: EnvoyAdmin, timeout: Duration) -> Self {
         Self {
             layout,
             admin,

@@ -10,22 +10,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vpsie_lb_envoy::{
-    Delivery as Translation, FileParts, TranslateOptions, XdsLayout, assemble_files, render_parts,
+    FileParts, FilesLayout, Target as Translation, TranslateOptions, assemble_files, render_parts,
     translate_lb,
 };
 use vpsie_lb_model::{Config, LoadBalancer, ValidateOptions, validate};
 
 use crate::apply::{Applier, ApplyError, Outcome};
 use crate::envoy_admin::HostHealth;
+use crate::envoy_files::{FileSet, file_set, plan, read_file_set};
 use crate::pass::ReconcileError;
-use crate::plan::{FileSet, file_set, plan, read_file_set};
 use crate::preflight::{self, PreflightError};
 
 pub use crate::pass::{ChangeKind, Delivery, Diff};
 
 /// The delivery of files Envoy watches (`path_config_source`).
 pub struct FilesDelivery {
-    layout: XdsLayout,
+    layout: FilesLayout,
     translate: TranslateOptions,
     applier: Applier,
     envoy_bin: PathBuf,
@@ -71,7 +71,10 @@ impl FilesDelivery {
 }
 
 /// The files of `set` relative to `layout`'s root, as last-known-good keeps them.
-pub fn relative_files(layout: &XdsLayout, set: &FileSet) -> Result<Vec<(PathBuf, String)>, String> {
+pub fn relative_files(
+    layout: &FilesLayout,
+    set: &FileSet,
+) -> Result<Vec<(PathBuf, String)>, String> {
     set.values()
         .map(|f| {
             let rel = f.path.strip_prefix(layout.root()).map_err(|_| {
@@ -87,7 +90,7 @@ pub fn relative_files(layout: &XdsLayout, set: &FileSet) -> Result<Vec<(PathBuf,
 }
 
 /// The listeners in `set`'s listener file (none if it has none).
-pub fn file_listener_names(layout: &XdsLayout, set: &FileSet) -> Vec<String> {
+pub fn file_listener_names(layout: &FilesLayout, set: &FileSet) -> Vec<String> {
     let Some(file) = set.get(&layout.lds_file()) else {
         return Vec::new();
     };
@@ -177,7 +180,7 @@ mod tests {
 
     /// A files delivery under `dir` whose Envoy is never asked anything.
     fn files(dir: &std::path::Path) -> FilesDelivery {
-        let layout = XdsLayout::new(dir);
+        let layout = FilesLayout::new(dir);
         let admin = EnvoyAdmin::new(LocalAddress::Unix(dir.join("admin.sock"))).expect("admin");
         FilesDelivery::new(
             TranslateOptions::new(Translation::Files(layout.clone())),

@@ -140,7 +140,7 @@ pub enum ApplyError {
     Admin(#[from] AdminError),
     /// The current or next files are not what we render.
     #[error(transparent)]
-    Plan(#[from] crate::plan::PlanError),
+    Plan(#[from] crate::envoy_files::PlanError),
 }
 
 impl ApplyError {

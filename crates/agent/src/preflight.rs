@@ -80,8 +80,8 @@ pub fn check_watch_budget(needed: usize, limit: Option<usize>) -> Result<(), Pre
 
 /// [`check_watch_budget`] for the files of a candidate.
 pub fn check_files_watch_budget(
-    files: &crate::plan::FileSet,
-    layout: &vpsie_lb_envoy::XdsLayout,
+    files: &crate::envoy_files::FileSet,
+    layout: &vpsie_lb_envoy::FilesLayout,
     limit: Option<usize>,
 ) -> Result<(), PreflightError> {
     let secrets = files
@@ -135,7 +135,7 @@ pub fn validate_changed(
     changed: &Config,
 ) -> Result<(), PreflightError> {
     let opts = TranslateOptions {
-        delivery: vpsie_lb_envoy::Delivery::Static,
+        delivery: vpsie_lb_envoy::Target::Static,
         ..translate.clone()
     };
     let chunks: Vec<Config> = changed
@@ -179,7 +179,7 @@ pub fn validate_changed(
         .unwrap_or(Ok(()))
 }
 
-/// Runs `envoy --mode validate` on `resources` (translated with `Delivery::Static`).
+/// Runs `envoy --mode validate` on `resources` (translated with `Target::Static`).
 pub fn validate(
     envoy: &Path,
     resources: &EnvoyResources,

@@ -163,8 +163,8 @@ struct Outbox {
     dropped: u64,
 }
 
-/// How one delivery went.
-enum Delivery {
+/// How sending one report went.
+enum SendOutcome {
     Sent,
     /// The API refused this one for good (a 4xx other than 401, 403, 429):
     /// sending it again cannot help, and it must not block what follows.
@@ -173,17 +173,17 @@ enum Delivery {
     Stop(crate::api::ApiError),
 }
 
-fn classify(result: Result<(), crate::api::ApiError>) -> Delivery {
+fn classify(result: Result<(), crate::api::ApiError>) -> SendOutcome {
     use crate::api::ApiError;
     match result {
-        Ok(()) => Delivery::Sent,
+        Ok(()) => SendOutcome::Sent,
         // A rejected key is not the batch's fault: keep it until the key
         // works again.
-        Err(e @ ApiError::Unauthorized { .. }) => Delivery::Stop(e),
+        Err(e @ ApiError::Unauthorized { .. }) => SendOutcome::Stop(e),
         // Otherwise the API's one table: a refused batch is dropped,
         // anything else is kept for the next try.
-        Err(e) if e.class() == vpsie_lb_core::class::Class::Refused => Delivery::Refused(e),
-        Err(e) => Delivery::Stop(e),
+        Err(e) if e.class() == vpsie_lb_core::class::Class::Refused => SendOutcome::Refused(e),
+        Err(e) => SendOutcome::Stop(e),
     }
 }
 
@@ -238,23 +238,23 @@ impl Outbox {
         }
         while let Some((lb, event)) = self.events.front() {
             match classify(client.post_event(lb, event)) {
-                Delivery::Sent => {}
-                Delivery::Refused(e) => {
+                SendOutcome::Sent => {}
+                SendOutcome::Refused(e) => {
                     tracing::warn!(error = %e, "the api refused an event; dropped");
                 }
-                Delivery::Stop(e) => return stop(&e),
+                SendOutcome::Stop(e) => return stop(&e),
             }
             self.events.pop_front();
         }
         while let Some((lb, value)) = self.status.first_key_value() {
             let body = serde_json::json!({"status": value.0, "config_version": value.1, "message": value.2});
-            if let Delivery::Stop(e) = classify(client.put_status(lb, &body)) {
+            if let SendOutcome::Stop(e) = classify(client.put_status(lb, &body)) {
                 return stop(&e);
             }
             self.status.pop_first();
         }
         while let Some(((lb, backend), healthy)) = self.health.first_key_value() {
-            if let Delivery::Stop(e) = classify(client.put_health(lb, backend, *healthy)) {
+            if let SendOutcome::Stop(e) = classify(client.put_health(lb, backend, *healthy)) {
                 return stop(&e);
             }
             self.health.pop_first();

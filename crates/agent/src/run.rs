@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use vpsie_lb_envoy::{
-    BootstrapOptions, Delivery, EnvoyResources, TranslateOptions, XdsLayout, ads_bootstrap,
+    BootstrapOptions, EnvoyResources, FilesLayout, Target, TranslateOptions, ads_bootstrap,
     bootstrap, render_files, to_yaml,
 };
 use vpsie_lb_model::ValidateOptions;
@@ -88,7 +88,7 @@ fn private_paths(cfg: &Config, config_path: &Path) -> Vec<String> {
 /// Writes the bootstrap when it differs and, for the files delivery, empty
 /// listener and cluster files when there are none, so Envoy can start
 /// before the first pass.
-fn prepare_envoy_dir(cfg: &Config, layout: &XdsLayout) -> anyhow::Result<()> {
+fn prepare_envoy_dir(cfg: &Config, layout: &FilesLayout) -> anyhow::Result<()> {
     let opts = BootstrapOptions {
         admin: cfg.envoy.admin_address.clone(),
         stats_address: cfg.envoy.stats_address,
@@ -207,7 +207,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("envoy.config_dir {}", cfg.envoy.config_dir.display()))?;
     // Held until the agent exits, so `apply` cannot interleave with it.
     let _lock = fsutil::lock_dir(&root)?;
-    let layout = XdsLayout::new(root);
+    let layout = FilesLayout::new(root);
     prepare_envoy_dir(&cfg, &layout)?;
     let admin = EnvoyAdmin::new(cfg.envoy.admin_address.clone())?;
 
@@ -297,7 +297,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         Some((hub, _server)) => loop_parts.run(
             crate::xds::XdsDelivery::new(
                 hub.clone(),
-                translate(Delivery::Ads),
+                translate(Target::Ads),
                 admin,
                 cfg.envoy.binary_path.clone(),
                 VERIFY_TIMEOUT,
@@ -306,7 +306,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         )?,
         None => loop_parts.run(
             FilesDelivery::new(
-                translate(Delivery::Files(layout.clone())),
+                translate(Target::Files(layout.clone())),
                 Applier::new(layout, admin, VERIFY_TIMEOUT),
                 cfg.envoy.binary_path.clone(),
                 crate::preflight::watch_limit(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde_json::Value;
 
-use crate::lab::{Agent, Delivery, file_source_yaml};
+use crate::lab::{Agent, Via, file_source_yaml};
 use crate::report::{Summary, Table, verdict};
 use crate::wrk::Load;
 use crate::{Ctx, Findings};
@@ -31,7 +31,7 @@ pub struct Outcome {
     /// CPU time per request of Envoy and the helpers, µs, per run.
     pub cpu_us: [Option<Summary>; 2],
     /// The delivery the agent used.
-    pub via: Delivery,
+    pub via: Via,
 }
 
 /// What else runs beside the agent: more `envoy:` keys, and processes
@@ -69,7 +69,7 @@ pub fn compare_with(
     let docs = Value::Array(sides.iter().map(|s| s.doc.clone()).collect());
     let desired = dir.join("desired.json");
     std::fs::write(&desired, serde_json::to_vec(&docs)?)?;
-    let via = Delivery::default_of_agent();
+    let via = Via::default_of_agent();
     let mut agent = Agent::configure(
         dir,
         &file_source_yaml(&desired),

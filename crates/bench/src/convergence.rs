@@ -16,7 +16,7 @@ use serde_json::Value;
 use vpsie_lb_testkit::backend::HttpBackend;
 use vpsie_lb_testkit::{free_port, http};
 
-use crate::lab::{Agent, Api, Delivery, PHASES, Rng, lb_doc};
+use crate::lab::{Agent, Api, PHASES, Rng, Via, lb_doc};
 use crate::report::{Summary, Table, fmt_num, percentile, verdict};
 use crate::{Ctx, Failures, Findings};
 
@@ -28,7 +28,7 @@ struct Variant {
     name: &'static str,
     poll: Duration,
     push: bool,
-    via: Delivery,
+    via: Via,
 }
 
 /// What a change does to a load balancer.
@@ -92,25 +92,25 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, failures: &mut Failures) -> Resul
                 DEFAULT_POLL
             },
             push: false,
-            via: Delivery::Files,
+            via: Via::Files,
         },
         Variant {
             name: "polling, 1 s interval",
             poll: Duration::from_secs(1),
             push: false,
-            via: Delivery::Files,
+            via: Via::Files,
         },
         Variant {
             name: "push: POST /sync after the change (files)",
             poll: DEFAULT_POLL,
             push: true,
-            via: Delivery::Files,
+            via: Via::Files,
         },
         Variant {
             name: "push: POST /sync after the change (xds)",
             poll: DEFAULT_POLL,
             push: true,
-            via: Delivery::Xds,
+            via: Via::Xds,
         },
     ];
     let pool: Vec<HttpBackend> = ["c1", "c2", "c3"]
@@ -297,7 +297,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, failures: &mut Failures) -> Resul
         "The agent's own share of a push-triggered change, per phase (ms)",
         &["delivery", "phase", "p50", "p99", "max"],
     );
-    for via in Delivery::BOTH {
+    for via in Via::BOTH {
         let mut total = Vec::new();
         for phase in PHASES {
             let v = phases
@@ -313,7 +313,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, failures: &mut Failures) -> Resul
             share.row(phase_row(via, phase, &v));
         }
         let p99 = percentile(&total, 99.0);
-        if via == Delivery::Xds && (p99.is_nan() || p99 > 50.0) {
+        if via == Via::Xds && (p99.is_nan() || p99 > 50.0) {
             findings.push(format!(
                 "convergence: an xds push's whole pass took {p99:.1} ms at p99 (target ≤ 50 ms)"
             ));
@@ -325,7 +325,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, failures: &mut Failures) -> Resul
     Ok(vec![table, by_op, share])
 }
 
-fn phase_row(via: Delivery, name: &str, v: &[f64]) -> Vec<String> {
+fn phase_row(via: Via, name: &str, v: &[f64]) -> Vec<String> {
     let s = Summary::of(v);
     vec![
         via.name().to_owned(),

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use vpsie_lb_testkit::envoy::Envoy;
 use vpsie_lb_testkit::free_port;
 
-use crate::lab::{Agent, Delivery, Nginx, file_source_yaml, lb_doc};
+use crate::lab::{Agent, Nginx, Via, file_source_yaml, lb_doc};
 use crate::procs::{self, Proc};
 use crate::report::{Summary, Table, fmt_num, verdict};
 use crate::wrk::{Load, WrkResult};
@@ -149,7 +149,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings) -> Result<Vec<Table>> {
         ]);
         let desired = ours_dir.join("desired.json");
         std::fs::write(&desired, serde_json::to_vec_pretty(&docs)?)?;
-        let via = Delivery::default_of_agent();
+        let via = Via::default_of_agent();
         let mut agent =
             Agent::configure(&ours_dir, &file_source_yaml(&desired), via, true, extra)?.spawn()?;
         agent.wait_serving(p[0], Duration::from_secs(60))?;

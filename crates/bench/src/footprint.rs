@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use vpsie_lb_testkit::free_port;
 
-use crate::lab::{Agent, Api, Delivery, lb_doc};
+use crate::lab::{Agent, Api, Via, lb_doc};
 use crate::procs::{cpu_time, peak_rss_mib, rss_mib};
 use crate::report::{Summary, Table, fmt_num};
 use crate::{Ctx, Findings};
@@ -38,7 +38,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings) -> Result<Vec<Table>> {
         (100, Duration::from_secs(300), 3_000, "30s")
     };
     let mut all = Vec::new();
-    for via in Delivery::BOTH {
+    for via in Via::BOTH {
         let dir = ctx.dir.join(format!("footprint-{}", via.name()));
         std::fs::create_dir_all(&dir)?;
         all.push((via, measure(&dir, via, lbs, idle, passes, poll, ctx.smoke)?));
@@ -161,7 +161,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings) -> Result<Vec<Table>> {
 /// One agent delivering `via`: idle polling, then `passes` pushed passes.
 fn measure(
     dir: &std::path::Path,
-    via: Delivery,
+    via: Via,
     lbs: usize,
     idle: Duration,
     passes: usize,

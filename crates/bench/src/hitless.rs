@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use serde_json::Value;
 use vpsie_lb_testkit::free_port;
 
-use crate::lab::{Agent, Api, Delivery, Nginx, Rng, lb_doc};
+use crate::lab::{Agent, Api, Nginx, Rng, Via, lb_doc};
 use crate::report::{Table, fmt_num, percentile, verdict};
 use crate::wrk::{self, Load, WrkResult};
 use crate::{Ctx, Failures, Findings};
@@ -31,7 +31,7 @@ const COUNTERS: [&str; 5] = [
 /// Runs scenario 3 once per delivery and returns its tables.
 pub fn run(ctx: &Ctx, findings: &mut Findings, failures: &mut Failures) -> Result<Vec<Table>> {
     let mut tables = Vec::new();
-    for via in Delivery::BOTH {
+    for via in Via::BOTH {
         tables.extend(run_via(ctx, via, findings, failures)?);
     }
     Ok(tables)
@@ -40,7 +40,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, failures: &mut Failures) -> Resul
 /// Scenario 3 with the agent delivering `via`.
 fn run_via(
     ctx: &Ctx,
-    via: Delivery,
+    via: Via,
     findings: &mut Findings,
     failures: &mut Failures,
 ) -> Result<Vec<Table>> {

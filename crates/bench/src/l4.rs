@@ -13,7 +13,7 @@ use anyhow::Result;
 use serde_json::json;
 use vpsie_lb_testkit::free_port;
 
-use crate::lab::{Agent, Delivery, Nginx, file_source_yaml, lb_doc};
+use crate::lab::{Agent, Nginx, Via, file_source_yaml, lb_doc};
 use crate::report::{Summary, Table};
 use crate::wrk::{Load, WrkResult};
 use crate::{Ctx, Findings};
@@ -50,7 +50,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings) -> Result<Vec<Table>> {
     let mut agent = Agent::configure(
         &dir,
         &file_source_yaml(&desired),
-        Delivery::default_of_agent(),
+        Via::default_of_agent(),
         true,
         "",
     )?

@@ -69,32 +69,32 @@ pub fn file_source_yaml(path: &Path) -> String {
     )
 }
 
-/// How the agent hands resources to Envoy (`envoy.delivery`).
+/// Which way the agent under test hands resources to Envoy (`envoy.delivery`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
+pub enum Via {
     /// Files Envoy watches.
     Files,
     /// The agent's delta ADS server on a Unix socket.
     Xds,
 }
 
-impl Delivery {
+impl Via {
     /// The agent's default (`envoy.delivery` unset).
-    pub fn default_of_agent() -> Delivery {
+    pub fn default_of_agent() -> Via {
         match vpsie_lb_agent::config::DEFAULT_DELIVERY {
-            vpsie_lb_agent::config::DeliveryKind::Files => Delivery::Files,
-            vpsie_lb_agent::config::DeliveryKind::Xds => Delivery::Xds,
+            vpsie_lb_agent::config::DeliveryKind::Files => Via::Files,
+            vpsie_lb_agent::config::DeliveryKind::Xds => Via::Xds,
         }
     }
 
     /// Both, in the order tables show them.
-    pub const BOTH: [Delivery; 2] = [Delivery::Files, Delivery::Xds];
+    pub const BOTH: [Via; 2] = [Via::Files, Via::Xds];
 
     /// Its name in tables and in `envoy.delivery`.
     pub fn name(self) -> &'static str {
         match self {
-            Delivery::Files => "files",
-            Delivery::Xds => "xds",
+            Via::Files => "files",
+            Via::Xds => "xds",
         }
     }
 
@@ -122,7 +122,7 @@ pub struct Agent {
 impl Agent {
     /// Writes `dir/agent.yaml` from `source` and starts the agent built
     /// beside this runner, delivering `via`, with the Envoy it manages.
-    pub fn start_via(dir: &Path, source: &str, via: Delivery) -> Result<Agent> {
+    pub fn start_via(dir: &Path, source: &str, via: Via) -> Result<Agent> {
         Agent::configure(dir, source, via, true, "")?.spawn()
     }
 
@@ -132,7 +132,7 @@ impl Agent {
     pub fn configure(
         dir: &Path,
         source: &str,
-        via: Delivery,
+        via: Via,
         manage: bool,
         extra: &str,
     ) -> Result<AgentConfig> {

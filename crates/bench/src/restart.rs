@@ -12,7 +12,7 @@ use anyhow::{Result, bail};
 use vpsie_lb_testkit::backend::HttpBackend;
 use vpsie_lb_testkit::{free_port, http};
 
-use crate::lab::{Agent, Delivery, file_source_yaml, lb_doc};
+use crate::lab::{Agent, Via, file_source_yaml, lb_doc};
 use crate::procs::{Proc, poll};
 use crate::report::{Summary, Table};
 use crate::{Ctx, Failures, Findings};
@@ -59,7 +59,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, failures: &mut Failures) -> Resul
     let runs = if ctx.smoke { 1 } else { 5 };
     let backend = HttpBackend::start("r1");
     let mut all = Vec::new();
-    for via in Delivery::BOTH {
+    for via in Via::BOTH {
         let dir = ctx.dir.join(format!("restart-{}", via.name()));
         std::fs::create_dir_all(&dir)?;
         all.push((via, measure(&dir, via, &backend, runs, failures)?));
@@ -102,7 +102,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, failures: &mut Failures) -> Resul
     row("both, started together as at boot (from the start)", &|o| {
         show(&o.at_boot)
     });
-    if let Some((_, xds)) = all.iter().find(|(v, _)| *v == Delivery::Xds) {
+    if let Some((_, xds)) = all.iter().find(|(v, _)| *v == Via::Xds) {
         let slow = xds
             .envoy_restarted
             .iter()
@@ -122,7 +122,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, failures: &mut Failures) -> Resul
 /// The three cases for one delivery.
 fn measure(
     dir: &Path,
-    via: Delivery,
+    via: Via,
     backend: &HttpBackend,
     runs: usize,
     failures: &mut Failures,

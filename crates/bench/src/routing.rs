@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use vpsie_lb_testkit::free_port;
 
 use crate::ab::{Side, compare};
-use crate::lab::{Agent, Delivery, Nginx, PHASES, file_source_yaml, lb_doc, unix_now};
+use crate::lab::{Agent, Nginx, PHASES, Via, file_source_yaml, lb_doc, unix_now};
 use crate::report::{Table, fmt_num, verdict};
 use crate::scale::wait_pass;
 use crate::{Ctx, Findings};
@@ -106,7 +106,7 @@ fn scale(ctx: &Ctx, findings: &mut Findings) -> Result<Table> {
             "target < 200 ms",
         ],
     );
-    for via in Delivery::BOTH {
+    for via in Via::BOTH {
         let dir = ctx.dir.join(format!("routing-scale-{}", via.name()));
         std::fs::create_dir_all(&dir)?;
         let pool: Vec<(u16, u32)> = (0..4).map(|j| (40_000 + j, 1)).collect();

@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use serde_json::{Value, json};
 use vpsie_lb_testkit::free_port;
 
-use crate::lab::{Agent, Delivery, PHASES, file_source_yaml, unix_now};
+use crate::lab::{Agent, PHASES, Via, file_source_yaml, unix_now};
 use crate::procs::{self, peak_rss_mib, rss_mib};
 use crate::report::{Table, fmt_num, verdict};
 use crate::{Ctx, Findings};
@@ -97,7 +97,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings) -> Result<Vec<Table>> {
         ],
     );
     for (ci, &(lbs, backends)) in cases.iter().enumerate() {
-        for via in Delivery::BOTH {
+        for via in Via::BOTH {
             let dir = ctx.dir.join(format!("scale-{ci}-{}", via.name()));
             std::fs::create_dir_all(&dir)?;
             let row = one_case(&dir, lbs, backends, via)?;
@@ -154,7 +154,7 @@ struct Case {
 
 /// `lbs` load balancers of `backends` each, delivered `via`: the first
 /// pass, then one weight changed.
-fn one_case(dir: &std::path::Path, lbs: usize, backends: usize, via: Delivery) -> Result<Case> {
+fn one_case(dir: &std::path::Path, lbs: usize, backends: usize, via: Via) -> Result<Case> {
     let mut doc = document(lbs, backends);
     let desired = dir.join("desired.json");
     std::fs::write(&desired, serde_json::to_vec(&doc)?)?;
@@ -195,24 +195,24 @@ fn one_case(dir: &std::path::Path, lbs: usize, backends: usize, via: Delivery) -
 /// The verdicts of the targets that apply to `lbs`, with a finding for each miss:
 /// 1,000 first < 1.5 s and a change served < 100 ms over xds (< 2 s with
 /// files), peak RSS < 60 MiB at 1,000 and < 25 MiB at 100 over xds.
-fn targets(lbs: usize, via: Delivery, row: &Case, findings: &mut Findings) -> String {
+fn targets(lbs: usize, via: Via, row: &Case, findings: &mut Findings) -> String {
     let cold: f64 = row.cold.iter().sum();
     let served = row.served.as_secs_f64() * 1000.0;
     let peak = row.peak.unwrap_or(f64::NAN);
     let mut checks: Vec<(String, bool)> = Vec::new();
     match (lbs, via) {
-        (1000, Delivery::Files) => {
+        (1000, Via::Files) => {
             checks.push((
                 "first and a change < 2 s".into(),
                 cold < 2000.0 && served < 2000.0,
             ));
         }
-        (1000, Delivery::Xds) => {
+        (1000, Via::Xds) => {
             checks.push(("first < 1.5 s".into(), cold < 1500.0));
             checks.push(("change confirmed < 100 ms".into(), served < 100.0));
             checks.push(("peak RSS < 60 MiB".into(), peak < 60.0));
         }
-        (100, Delivery::Xds) => checks.push(("peak RSS < 25 MiB".into(), peak < 25.0)),
+        (100, Via::Xds) => checks.push(("peak RSS < 25 MiB".into(), peak < 25.0)),
         _ => {}
     }
     for (what, met) in &checks {

@@ -15,7 +15,7 @@ use vpsie_lb_testkit::free_port;
 use vpsie_lb_waf::config::{Mode, Policy};
 use vpsie_lb_waf::engine::{DEFAULT_CRS_DIR, DEFAULT_CRS_SETUP, Engine};
 
-use crate::lab::{Agent, Delivery, file_source_yaml, lb_doc};
+use crate::lab::{Agent, Via, file_source_yaml, lb_doc};
 use crate::procs::{self, Proc};
 use crate::report::{Summary, Table, verdict};
 use crate::wrk::Load;
@@ -213,7 +213,7 @@ pub fn run(ctx: &Ctx, findings: &mut Findings, dir: &Path, pool: &[(u16, u32)]) 
     let desired = ours_dir.join("desired.json");
     std::fs::write(&desired, serde_json::to_vec(&docs)?)?;
     let yaml = format!("  waf_socket: {}\n", socket.display());
-    let via = Delivery::default_of_agent();
+    let via = Via::default_of_agent();
     let mut agent =
         Agent::configure(&ours_dir, &file_source_yaml(&desired), via, true, &yaml)?.spawn()?;
     agent.wait_serving(plain_port, Duration::from_secs(60))?;

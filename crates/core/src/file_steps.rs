@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use vpsie_lb_envoy::{FileKind, RenderedFile, XdsLayout, file_from_json};
+use vpsie_lb_envoy::{FileKind, FilesLayout, RenderedFile, file_from_json};
 
 /// Dynamic files by path.
 pub type FileSet = BTreeMap<PathBuf, RenderedFile>;
@@ -50,7 +50,7 @@ impl Plan {
     /// comparing with a plan of only its dependencies, so a step added to
     /// `Plan` later counts as "something else" without being listed here
     /// (route configurations once slipped through such a list).
-    pub fn is_endpoints_only(&self, layout: &XdsLayout) -> bool {
+    pub fn is_endpoints_only(&self, layout: &FilesLayout) -> bool {
         let only_dependencies = Plan {
             dependencies: self.dependencies.clone(),
             ..Plan::default()
@@ -69,7 +69,7 @@ impl Plan {
 pub struct PlanError(String);
 
 /// Plans the move from `current` (what Envoy has) to `next`.
-pub fn plan(layout: &XdsLayout, current: &FileSet, next: &FileSet) -> Result<Plan, PlanError> {
+pub fn plan(layout: &FilesLayout, current: &FileSet, next: &FileSet) -> Result<Plan, PlanError> {
     let changed = |f: &RenderedFile| {
         current
             .get(&f.path)
@@ -115,7 +115,7 @@ pub fn plan(layout: &XdsLayout, current: &FileSet, next: &FileSet) -> Result<Pla
 }
 
 /// The EDS and SDS directories the files of `set` live in.
-fn resource_dirs(layout: &XdsLayout, set: &FileSet) -> Vec<PathBuf> {
+fn resource_dirs(layout: &FilesLayout, set: &FileSet) -> Vec<PathBuf> {
     set.keys()
         .filter(|p| layout.kind_of(p).is_some_and(|k| k.is_per_resource()))
         .filter_map(|p| p.parent().map(Path::to_path_buf))

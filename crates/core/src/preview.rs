@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 use vpsie_lb_envoy::{
-    Delivery, ResourceSet, TranslateOptions, XdsLayout, resource_set, translate_lb,
+    Delivery, FilesLayout, ResourceSet, TranslateOptions, resource_set, translate_lb,
 };
 use vpsie_lb_model::{ValidateOptions, validate};
 
@@ -45,7 +45,7 @@ fn resources(
     let Ok(v) = validate(&doc, opts) else {
         return BTreeMap::new();
     };
-    let translate = TranslateOptions::new(Delivery::Files(XdsLayout::new("/plan")));
+    let translate = TranslateOptions::new(Delivery::Files(FilesLayout::new("/plan")));
     v.config
         .load_balancers
         .iter()

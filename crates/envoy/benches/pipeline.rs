@@ -4,7 +4,7 @@
 
 use divan::Bencher;
 use serde_json::{Value, json};
-use vpsie_lb_envoy::{Delivery, TranslateOptions, XdsLayout, render_files, translate};
+use vpsie_lb_envoy::{Delivery, FilesLayout, TranslateOptions, render_files, translate};
 use vpsie_lb_model::{ValidateOptions, validate};
 
 fn main() {
@@ -34,7 +34,7 @@ fn document_of(n: usize, per_lb: usize) -> Value {
 }
 
 fn options() -> TranslateOptions {
-    TranslateOptions::new(Delivery::Files(XdsLayout::new("/etc/envoy")))
+    TranslateOptions::new(Delivery::Files(FilesLayout::new("/etc/envoy")))
 }
 
 #[divan::bench(args = [1, 100, 1000])]
@@ -61,7 +61,7 @@ fn render_dynamic_files(bencher: Bencher, n: usize) {
         .expect("valid")
         .config;
     let opts = options();
-    let layout = XdsLayout::new("/etc/envoy");
+    let layout = FilesLayout::new("/etc/envoy");
     let resources = translate(&config, &opts);
     bencher.bench(|| render_files(divan::black_box(&resources), &layout).map(|f| f.len()));
 }
@@ -71,7 +71,7 @@ fn render_dynamic_files(bencher: Bencher, n: usize) {
 fn ten_thousand_backends(bencher: Bencher) {
     let doc = document_of(1, 10_000);
     let opts = options();
-    let layout = XdsLayout::new("/etc/envoy");
+    let layout = FilesLayout::new("/etc/envoy");
     bencher.bench(|| {
         let config = validate(divan::black_box(&doc), &ValidateOptions::default())
             .expect("valid")

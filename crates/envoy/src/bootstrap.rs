@@ -28,7 +28,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 };
 
 use crate::pb::{ads_source, any, file_source, secs, socket};
-use crate::{EnvoyResources, XdsLayout};
+use crate::{EnvoyResources, FilesLayout};
 
 /// Settings of the bootstrap that do not come from the load-balancer document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,7 +143,7 @@ fn runtime() -> LayeredRuntime {
 }
 
 /// The production bootstrap: listeners and clusters come from files under `layout`.
-pub fn bootstrap(layout: &XdsLayout, opts: &BootstrapOptions) -> Bootstrap {
+pub fn bootstrap(layout: &FilesLayout, opts: &BootstrapOptions) -> Bootstrap {
     let mut b = common(opts, &opts.admin);
     b.dynamic_resources = Some(bootstrap::DynamicResources {
         lds_config: file_source(&layout.lds_file(), &layout.lds_dir()),
@@ -299,7 +299,7 @@ pub fn ads_bootstrap(socket: &Path, opts: &BootstrapOptions) -> Bootstrap {
 }
 
 /// A throwaway bootstrap with `resources` inlined, for `envoy --mode validate`,
-/// which ignores dynamic files. `resources` must come from [`crate::Delivery::Static`].
+/// which ignores dynamic files. `resources` must come from [`crate::Target::Static`].
 /// The admin port is 0 so it never collides with a running Envoy.
 pub fn preflight_bootstrap(resources: &EnvoyResources, opts: &BootstrapOptions) -> Bootstrap {
     let mut b = common(

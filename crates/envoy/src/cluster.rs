@@ -27,7 +27,7 @@ use vpsie_lb_model::{
 
 use crate::listener::BUFFER_LIMIT_BYTES;
 use crate::pb::{any, millis, secs, u32v};
-use crate::{Delivery, TranslateOptions, names, tls};
+use crate::{Target, TranslateOptions, names, tls};
 
 /// Seconds Envoy keeps an idle upstream HTTP connection; shorter than common
 /// backend keep-alive timeouts (nginx: 75 s) so Envoy never reuses a
@@ -102,18 +102,18 @@ pub(crate) fn cluster(
             c.load_assignment = Some(assignment);
             (cluster::DiscoveryType::StrictDns, None)
         }
-        Delivery::Static => {
+        Target::Static => {
             c.load_assignment = Some(assignment);
             (cluster::DiscoveryType::Static, None)
         }
-        Delivery::Files(layout) => {
+        Target::Files(layout) => {
             c.eds_cluster_config = Some(cluster::EdsClusterConfig {
                 eds_config: crate::pb::file_source(&layout.eds_file(&name), &layout.eds_dir(&name)),
                 service_name: String::new(),
             });
             (cluster::DiscoveryType::Eds, Some(assignment))
         }
-        Delivery::Ads => {
+        Target::Ads => {
             c.eds_cluster_config = Some(cluster::EdsClusterConfig {
                 eds_config: crate::pb::ads_source(),
                 service_name: String::new(),

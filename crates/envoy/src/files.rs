@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use crate::render::{RenderError, RenderedFile, discovery_file, file_from_json, to_json};
-use crate::{EnvoyResources, XdsLayout, pb};
+use crate::{EnvoyResources, FilesLayout, pb};
 
 /// One load balancer's share of the dynamic files: its listeners and
 /// clusters, rendered, for the shared LDS and CDS files; and its own files
@@ -21,7 +21,7 @@ pub struct FileParts {
 /// The parts of `resources` (one load balancer's, or a whole config's).
 pub fn render_parts(
     resources: &EnvoyResources,
-    layout: &XdsLayout,
+    layout: &FilesLayout,
 ) -> Result<FileParts, RenderError> {
     let mut files = Vec::new();
     for s in &resources.secrets {
@@ -64,7 +64,7 @@ pub fn render_parts(
 /// does not depend on how the parts were split.
 pub fn assemble_files<'a>(
     parts: impl IntoIterator<Item = &'a FileParts>,
-    layout: &XdsLayout,
+    layout: &FilesLayout,
 ) -> Vec<RenderedFile> {
     let (mut listeners, mut clusters, mut own) = (Vec::new(), Vec::new(), Vec::new());
     for p in parts {
@@ -108,7 +108,7 @@ pub fn assemble_files<'a>(
 /// Every dynamic file of `resources`, in the order they must reach Envoy.
 pub fn render_files(
     resources: &EnvoyResources,
-    layout: &XdsLayout,
+    layout: &FilesLayout,
 ) -> Result<Vec<RenderedFile>, RenderError> {
     Ok(assemble_files([&render_parts(resources, layout)?], layout))
 }
@@ -116,7 +116,7 @@ pub fn render_files(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Delivery, TranslateOptions, translate, translate_lb};
+    use crate::{Target, TranslateOptions, translate, translate_lb};
     use vpsie_lb_model::{ValidateOptions, validate};
 
     #[test]
@@ -132,8 +132,8 @@ mod tests {
         let config = validate(&doc, &ValidateOptions::default())
             .expect("valid")
             .config;
-        let layout = XdsLayout::new("/x");
-        let opts = TranslateOptions::new(Delivery::Files(layout.clone()));
+        let layout = FilesLayout::new("/x");
+        let opts = TranslateOptions::new(Target::Files(layout.clone()));
         let whole = render_files(&translate(&config, &opts), &layout).expect("whole");
         let parts: Vec<FileParts> = config
             .load_balancers

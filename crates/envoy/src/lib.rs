@@ -38,7 +38,7 @@ pub use bootstrap::{
 };
 pub use files::{FileParts, assemble_files, render_files, render_parts};
 pub use listener::DEFAULT_HOST_FOR_HTTP_10;
-pub use names::{FileKind, XdsLayout};
+pub use names::{FileKind, FilesLayout, XdsLayout};
 pub use protect::DEFAULT_TRACKED_CLIENTS;
 pub use render::{
     RenderError, RenderedFile, file_from_json, prune_descriptor_set, to_json, to_yaml, write_json,
@@ -75,12 +75,12 @@ pub fn acme_challenge_path(lb_id: &str) -> String {
     format!("{ACME_CHALLENGE_PREFIX}{lb_id}/")
 }
 
-/// How the resources will reach Envoy.
+/// Where the translated resources go, and so how they reach Envoy.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Delivery {
+pub enum Target {
     /// Dynamic files under this layout: clusters take endpoints from EDS
     /// files and listeners take certificates from SDS files.
-    Files(XdsLayout),
+    Files(FilesLayout),
     /// Everything inline, for a bootstrap's `static_resources`. Used for the
     /// `envoy --mode validate` pre-flight, which ignores dynamic files.
     Static,
@@ -88,6 +88,9 @@ pub enum Delivery {
     /// listeners certificates, from the same stream (`ads: {}`).
     Ads,
 }
+
+/// The old name of [`Target`], kept for callers written before the rename.
+pub type Delivery = Target;
 
 /// Default share of successful requests written to the access log, in
 /// percent. Formatting and writing a JSON line for every request cost Envoy
@@ -108,7 +111,7 @@ pub struct TranslateOptions {
     /// The global downstream connection cap; also the default circuit-breaker size.
     pub global_max_connections: u64,
     /// How the resources reach Envoy.
-    pub delivery: Delivery,
+    pub delivery: Target,
     /// Client buckets Envoy keeps per rate limit (least recently seen forgotten first).
     pub rate_limit_tracked_clients: u32,
     /// Where load balancers with a WAF have their requests inspected.
@@ -117,7 +120,7 @@ pub struct TranslateOptions {
 
 impl TranslateOptions {
     /// Production defaults: listen on all IPv4 addresses, log to stdout.
-    pub fn new(delivery: Delivery) -> Self {
+    pub fn new(delivery: Target) -> Self {
         Self {
             listen_address: IpAddr::from([0, 0, 0, 0]),
             access_log_path: "/dev/stdout".into(),
@@ -136,11 +139,11 @@ pub struct EnvoyResources {
     /// One listener per load balancer, two with `redirect_http_port`.
     pub listeners: Vec<Listener>,
     /// Route configurations of HTTP listeners (empty with
-    /// [`Delivery::Static`], whose listeners carry them inline).
+    /// [`Target::Static`], whose listeners carry them inline).
     pub routes: Vec<RouteConfiguration>,
     /// One cluster per pool.
     pub clusters: Vec<Cluster>,
-    /// Endpoints of the EDS clusters (empty with [`Delivery::Static`]).
+    /// Endpoints of the EDS clusters (empty with [`Target::Static`]).
     pub endpoints: Vec<ClusterLoadAssignment>,
     /// Certificates and client CAs of https load balancers.
     pub secrets: Vec<Secret>,
@@ -197,7 +200,7 @@ pub fn translate_lb(lb: &LoadBalancer, opts: &TranslateOptions) -> EnvoyResource
         secrets: tls::secrets(lb),
         ..Default::default()
     };
-    if lb.protocol.is_http() && !awaits_certificate(lb) && opts.delivery != Delivery::Static {
+    if lb.protocol.is_http() && !awaits_certificate(lb) && opts.delivery != Target::Static {
         out.routes.push(routes::route_config(lb, opts));
     }
     for pool in lb.all_pools() {

@@ -27,7 +27,7 @@ use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value, value};
 use vpsie_lb_model::{Algorithm, DEFAULT_POOL, LoadBalancer, Protocol, RouteAction};
 
 use crate::pb::{any, secs, u32v, u64v};
-use crate::{Delivery, TranslateOptions, names, routes, tls};
+use crate::{Target, TranslateOptions, names, routes, tls};
 
 /// Per-connection read/write buffer cap; Envoy's edge guidance, instead of the 1 MiB default.
 pub(crate) const BUFFER_LIMIT_BYTES: u32 = 32 * 1024;
@@ -282,14 +282,14 @@ pub(crate) fn http_connection_manager(
     let name = names::lb(&lb.id);
     let mut hcm = connection_manager(lb, &name, opts);
     hcm.route_specifier = Some(match &opts.delivery {
-        Delivery::Static => {
+        Target::Static => {
             http_connection_manager::RouteSpecifier::RouteConfig(routes::route_config(lb, opts))
         }
-        Delivery::Files(layout) => http_connection_manager::RouteSpecifier::Rds(Rds {
+        Target::Files(layout) => http_connection_manager::RouteSpecifier::Rds(Rds {
             config_source: crate::pb::file_source(&layout.rds_file(&name), &layout.rds_dir(&name)),
             route_config_name: name.clone(),
         }),
-        Delivery::Ads => http_connection_manager::RouteSpecifier::Rds(Rds {
+        Target::Ads => http_connection_manager::RouteSpecifier::Rds(Rds {
             config_source: crate::pb::ads_source(),
             route_config_name: name.clone(),
         }),

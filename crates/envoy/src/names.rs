@@ -72,11 +72,14 @@ pub const HC_TLS_MATCH: &str = "vpsie_hc_tls";
 /// makes Envoy re-read every subscription watching it, and because LDS is
 /// processed before CDS when both see the same move event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct XdsLayout {
+pub struct FilesLayout {
     root: PathBuf,
 }
 
-impl XdsLayout {
+/// The old name of [`FilesLayout`], kept for callers written before the rename.
+pub type XdsLayout = FilesLayout;
+
+impl FilesLayout {
     /// A layout rooted at `root`, which should be absolute.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
@@ -166,7 +169,7 @@ impl XdsLayout {
     }
 }
 
-/// What one file of an [`XdsLayout`] holds.
+/// What one file of an [`FilesLayout`] holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileKind {
     /// Every listener.
@@ -210,7 +213,7 @@ mod tests {
 
     #[test]
     fn every_file_of_the_layout_has_a_kind_and_a_subscription() {
-        let l = XdsLayout::new("/x");
+        let l = FilesLayout::new("/x");
         let cases = [
             (
                 l.lds_file(),

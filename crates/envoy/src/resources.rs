@@ -220,7 +220,7 @@ pub fn make_before_break(old: &ResourceSet, new: &ResourceSet) -> Vec<Step> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Delivery, TranslateOptions, XdsLayout, translate};
+    use crate::{FilesLayout, Target, TranslateOptions, translate};
     use serde_json::json;
     use vpsie_lb_model::{ValidateOptions, validate};
 
@@ -243,7 +243,7 @@ mod tests {
         let config = validate(&json!(docs), &ValidateOptions::default())
             .expect("valid")
             .config;
-        let opts = TranslateOptions::new(Delivery::Files(XdsLayout::new("/x")));
+        let opts = TranslateOptions::new(Target::Files(FilesLayout::new("/x")));
         resource_set(&translate(&config, &opts)).expect("resources")
     }
 

@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use envoy_types::pb::google::protobuf::BoolValue;
 use vpsie_lb_model::{LoadBalancer, TlsVersion};
 
-use crate::{Delivery, TranslateOptions, names, pb};
+use crate::{Target, TranslateOptions, names, pb};
 
 fn protocol(v: TlsVersion) -> i32 {
     match v {
@@ -26,10 +26,10 @@ fn protocol(v: TlsVersion) -> i32 {
 
 fn sds(name: String, opts: &TranslateOptions) -> SdsSecretConfig {
     let sds_config = match &opts.delivery {
-        Delivery::Files(layout) => pb::file_source(&layout.sds_file(&name), &layout.sds_dir(&name)),
-        Delivery::Ads => pb::ads_source(),
+        Target::Files(layout) => pb::file_source(&layout.sds_file(&name), &layout.sds_dir(&name)),
+        Target::Ads => pb::ads_source(),
         // No config source: the secret comes from the bootstrap's static_resources.
-        Delivery::Static => None,
+        Target::Static => None,
     };
     SdsSecretConfig { name, sds_config }
 }

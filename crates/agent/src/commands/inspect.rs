@@ -79,7 +79,7 @@ pub(super) fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     };
     print!(
         "{}",
-        crate::diff::render(&crate::diff::preview(
+        vpsie_lb_core::preview::render(&vpsie_lb_core::preview::preview(
             &applied,
             &desired,
             &args.doc.validate_options()

@@ -7,14 +7,14 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use vpsie_lb_envoy::{
-    BootstrapOptions, Delivery, TranslateOptions, XdsLayout, bootstrap, render_files, to_yaml,
+    BootstrapOptions, FilesLayout, Target, TranslateOptions, bootstrap, render_files, to_yaml,
     translate,
 };
 use vpsie_lb_model::{FieldPath, MAX_DOCUMENT_BYTES, Problem, Validated, parse_document, validate};
 
 use crate::apply::{Applier, Outcome};
 use crate::envoy_admin::EnvoyAdmin;
-use crate::{fsutil, plan, preflight};
+use crate::{envoy_files, fsutil, preflight};
 
 mod args;
 mod inspect;
@@ -142,11 +142,11 @@ fn key_permission_problems(v: &Validated) -> Vec<Problem> {
 fn translate_to_files(
     validated: &Validated,
     output: &OutputArgs,
-) -> anyhow::Result<(XdsLayout, Vec<vpsie_lb_envoy::RenderedFile>)> {
+) -> anyhow::Result<(FilesLayout, Vec<vpsie_lb_envoy::RenderedFile>)> {
     fsutil::ensure_dir(&output.out)?;
     let root = std::fs::canonicalize(&output.out)
         .with_context(|| format!("resolve {}", output.out.display()))?;
-    let layout = XdsLayout::new(&root);
+    let layout = FilesLayout::new(&root);
     let opts = TranslateOptions {
         listen_address: output.listen_address,
         access_log_path: output.access_log.clone(),
@@ -154,7 +154,7 @@ fn translate_to_files(
         global_max_connections: output.max_connections,
         rate_limit_tracked_clients: output.rate_limit_tracked_clients,
         waf_engine: output.waf_engine()?,
-        ..TranslateOptions::new(Delivery::Files(layout.clone()))
+        ..TranslateOptions::new(Target::Files(layout.clone()))
     };
     let files = render_files(&translate(&validated.config, &opts), &layout)?;
     Ok((layout, files))
@@ -181,10 +181,10 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
 
     // Endpoint and secret directories of resources that are gone, as the
     // planner sees them (the same rule `apply` uses).
-    let stale = plan::plan(
+    let stale = envoy_files::plan(
         &layout,
-        &plan::read_file_set(&layout)?,
-        &plan::file_set(files.clone()),
+        &envoy_files::read_file_set(&layout)?,
+        &envoy_files::file_set(files.clone()),
     )?
     .prune;
     // Dependencies first: secrets and endpoints, then clusters, then listeners.
@@ -216,7 +216,7 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
 fn render_xds(validated: &Validated, args: &RenderArgs) -> anyhow::Result<ExitCode> {
     let out = &args.output;
     fsutil::ensure_dir(&out.out)?;
-    let layout = XdsLayout::new(&out.out);
+    let layout = FilesLayout::new(&out.out);
     let _lock = fsutil::lock_dir(layout.root())?;
     let opts = TranslateOptions {
         listen_address: out.listen_address,
@@ -225,7 +225,7 @@ fn render_xds(validated: &Validated, args: &RenderArgs) -> anyhow::Result<ExitCo
         global_max_connections: out.max_connections,
         rate_limit_tracked_clients: out.rate_limit_tracked_clients,
         waf_engine: out.waf_engine()?,
-        ..TranslateOptions::new(Delivery::Ads)
+        ..TranslateOptions::new(Target::Ads)
     };
     let set = vpsie_lb_envoy::resource_set(&translate(&validated.config, &opts))?;
     let dir = out.out.join("xds");
@@ -274,7 +274,7 @@ fn run_preflight(
         &validated.config,
         &TranslateOptions {
             listen_address: IpAddr::from([127, 0, 0, 1]),
-            ..TranslateOptions::new(Delivery::Static)
+            ..TranslateOptions::new(Target::Static)
         },
     );
     match preflight::validate(&envoy, &resources, boot) {
@@ -327,7 +327,7 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     // `run` holds this lock for as long as it runs: two writers of one
     // directory would interleave their steps.
     let _lock = fsutil::lock_dir(layout.root())?;
-    let next = plan::file_set(files);
+    let next = envoy_files::file_set(files);
     if let Err(e) =
         crate::preflight::check_files_watch_budget(&next, &layout, crate::preflight::watch_limit())
     {

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use serde_json::{Value, json};
-use vpsie_lb_envoy::Delivery as Translation;
+use vpsie_lb_envoy::Target as Translation;
 use vpsie_lb_model::{ValidateOptions, validate};
 
 use super::*;

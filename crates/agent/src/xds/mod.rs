@@ -67,7 +67,7 @@ pub struct XdsDelivery {
 }
 
 impl XdsDelivery {
-    /// A delivery publishing to `hub`; `translate` must be [`vpsie_lb_envoy::Delivery::Ads`].
+    /// A delivery publishing to `hub`; `translate` must be [`vpsie_lb_envoy::Target::Ads`].
     pub fn new(
         hub: Arc<Hub>,
         translate: TranslateOptions,
@@ -75,7 +75,7 @@ impl XdsDelivery {
         envoy_bin: PathBuf,
         timeout: Duration,
     ) -> Result<Self, String> {
-        if translate.delivery != vpsie_lb_envoy::Delivery::Ads {
+        if translate.delivery != vpsie_lb_envoy::Target::Ads {
             return Err("the xds delivery needs the ads translation".into());
         }
         Ok(Self {

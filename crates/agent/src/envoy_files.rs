@@ -1,10 +1,10 @@
-//! The files delivery's plan: the pure steps from the files Envoy has to
-//! the files it should have are the core's ([`vpsie_lb_core::file_steps`],
-//! re-exported here); reading the files Envoy has is this module's.
+//! The files Envoy watches, read back from disk ([`read_file_set`]). The
+//! pure steps from the files Envoy has to the files it should have are the
+//! core's ([`vpsie_lb_core::file_steps`], re-exported here).
 
 use std::path::PathBuf;
 
-use vpsie_lb_envoy::{RenderedFile, XdsLayout};
+use vpsie_lb_envoy::{FilesLayout, RenderedFile};
 
 pub use vpsie_lb_core::file_steps::{FileSet, Plan, PlanError, file_set, plan};
 
@@ -35,18 +35,18 @@ fn version_of(contents: &str) -> String {
     })
 }
 
-/// Where a per-resource file of a given name lives (`XdsLayout::eds_file`, …).
-type FileOf = fn(&XdsLayout, &str) -> PathBuf;
+/// Where a per-resource file of a given name lives (`FilesLayout::eds_file`, …).
+type FileOf = fn(&FilesLayout, &str) -> PathBuf;
 
 /// Reads the dynamic files currently under `layout` (what Envoy was given last).
-pub fn read_file_set(layout: &XdsLayout) -> std::io::Result<FileSet> {
+pub fn read_file_set(layout: &FilesLayout) -> std::io::Result<FileSet> {
     let mut files = vec![layout.lds_file(), layout.cds_file()];
     // One watched directory per endpoint set, secret and route
     // configuration, named after it.
     let per_resource: [(PathBuf, FileOf); 3] = [
-        (layout.eds_root(), XdsLayout::eds_file),
-        (layout.sds_root(), XdsLayout::sds_file),
-        (layout.rds_root(), XdsLayout::rds_file),
+        (layout.eds_root(), FilesLayout::eds_file),
+        (layout.sds_root(), FilesLayout::sds_file),
+        (layout.rds_root(), FilesLayout::rds_file),
     ];
     for (root, file) in per_resource {
         let Ok(entries) = std::fs::read_dir(root) else {
@@ -84,7 +84,7 @@ mod tests {
     #[test]
     fn regression_route_files_were_not_read_back_so_every_apply_rewrote_them() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let layout = XdsLayout::new(dir.path());
+        let layout = FilesLayout::new(dir.path());
         let rds = file_from_json(
             layout.rds_file("lb_a"),
             "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
@@ -121,8 +121,8 @@ mod tests {
     }
     use serde_json::json;
 
-    fn layout() -> XdsLayout {
-        XdsLayout::new("/x")
+    fn layout() -> FilesLayout {
+        FilesLayout::new("/x")
     }
 
     fn cds(names: &[(&str, u32)]) -> RenderedFile {
