@@ -186,6 +186,18 @@ pub enum ChangeKind {
     Other,
 }
 
+impl ChangeKind {
+    /// What the pass needs to know of the one planner's kind of change.
+    pub fn of(kind: vpsie_lb_core::change::Kind) -> ChangeKind {
+        use vpsie_lb_core::change::Kind;
+        match kind {
+            Kind::None => ChangeKind::None,
+            Kind::EndpointsOnly => ChangeKind::EndpointsOnly,
+            _ => ChangeKind::Other,
+        }
+    }
+}
+
 /// What a delivery found when comparing a candidate with Envoy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Diff {

@@ -300,9 +300,8 @@ impl Delivery for XdsDelivery {
             .unwrap_or_default();
         let kind = match change::plan(&current, &next.0).kind {
             // Nothing to publish, but a new Envoy may still be catching up.
-            Kind::None if snapshot.is_some() && self.hub.settled() => ChangeKind::None,
-            Kind::EndpointsOnly => ChangeKind::EndpointsOnly,
-            _ => ChangeKind::Other,
+            Kind::None if snapshot.is_none() || !self.hub.settled() => ChangeKind::Other,
+            kind => ChangeKind::of(kind),
         };
         Ok(Diff {
             kind,
