@@ -27,13 +27,6 @@ pub enum AdminError {
     },
 }
 
-impl AdminError {
-    /// Whether asking again could help.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, AdminError::Request { .. })
-    }
-}
-
 /// What one xDS subscription (LDS, CDS, an EDS cluster, an SDS secret) has done.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Subscription {

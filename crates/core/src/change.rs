@@ -79,13 +79,19 @@ fn step_kind(old: &ResourceSet, step: &Step) -> Kind {
 /// additions of secrets, clusters and endpoints together (a changed cluster
 /// warms until its endpoints come, and Envoy may hold the cluster's ACK
 /// until then, so they cannot wait for each other), then each later step
-/// alone. Listeners still come only after what they use is confirmed, and
-/// removals only after no listener uses what they remove.
+/// alone. Route configurations and listeners come only after what they
+/// use is confirmed, and removals only after nothing uses what they remove.
 pub fn phases(steps: Vec<Step>) -> Vec<Vec<Step>> {
     let mut out: Vec<Vec<Step>> = Vec::new();
     let mut making = true;
     for step in steps {
-        let dependency = step.remove.is_empty() && step.kind != ResourceType::Listener;
+        // A route names clusters: sent with them, it could reach Envoy
+        // before the cluster it names is warm, and answer 503 meanwhile.
+        let dependency = step.remove.is_empty()
+            && matches!(
+                step.kind,
+                ResourceType::Secret | ResourceType::Cluster | ResourceType::Endpoints
+            );
         match out.last_mut() {
             Some(last) if making && dependency => last.push(step),
             _ => {
@@ -128,6 +134,21 @@ mod tests {
                 ((*k, (*n).to_owned()), Arc::new(r))
             })
             .collect()
+    }
+
+    #[test]
+    fn regression_a_route_was_published_with_the_new_cluster_it_names() {
+        let steps = vec![
+            step(Cluster, &["new"], &[]),
+            step(Endpoints, &["new"], &[]),
+            step(Route, &["r"], &[]),
+            step(Listener, &["l"], &[]),
+        ];
+        let got: Vec<Vec<ResourceType>> = phases(steps)
+            .iter()
+            .map(|p| p.iter().map(|s| s.kind).collect())
+            .collect();
+        assert_eq!(got, [vec![Cluster, Endpoints], vec![Route], vec![Listener]]);
     }
 
     #[test]
