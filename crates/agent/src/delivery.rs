@@ -43,9 +43,6 @@ pub struct FilesDelivery {
     cache: RefCell<BTreeMap<String, Rendered>>,
     /// What the last confirmed apply wrote, for the change planner.
     written: Option<Written>,
-    /// Whether the caller ran Envoy's validate mode on the whole config
-    /// already (the `apply` command), so a pass's check skips it.
-    validated_up_front: bool,
 }
 
 /// One load balancer as the files delivery rendered it.
@@ -56,7 +53,7 @@ type Rendered = (LoadBalancer, Arc<FileParts>, Arc<ResourceSet>);
 /// ([`vpsie_lb_core::change`]) compares with what was written before.
 #[derive(Debug, Clone)]
 pub struct FilesCandidate {
-    files: FileSet,
+    files: Arc<FileSet>,
     resources: BTreeMap<String, Arc<ResourceSet>>,
 }
 
@@ -77,19 +74,12 @@ impl Deref for FilesCandidate {
     }
 }
 
-/// The files an apply wrote (each file's version) and the resources they
-/// hold. The planner trusts these only while the disk still has exactly
-/// those files; otherwise the files are compared as files.
+/// The files an apply wrote and the resources they hold. The planner
+/// trusts these only while the disk still has exactly those files, byte
+/// for byte; otherwise the files are compared as files.
 struct Written {
-    versions: BTreeMap<PathBuf, String>,
+    files: Arc<FileSet>,
     resources: BTreeMap<String, Arc<ResourceSet>>,
-}
-
-/// Each file's version, by path.
-fn versions(set: &FileSet) -> BTreeMap<PathBuf, String> {
-    set.iter()
-        .map(|(p, f)| (p.clone(), f.version.clone()))
-        .collect()
 }
 
 impl FilesDelivery {
@@ -114,11 +104,10 @@ impl FilesDelivery {
             empty: FileSet::new(),
             cache: RefCell::new(BTreeMap::new()),
             written: None,
-            validated_up_front: false,
         };
         let nothing = validate(&serde_json::json!([]), &ValidateOptions::default())
             .map_err(|e| e.to_string())?;
-        delivery.empty = delivery.prepare(&nothing.config)?.files;
+        delivery.empty = delivery.prepare(&nothing.config)?.files.as_ref().clone();
         Ok(delivery)
     }
 }
@@ -159,13 +148,6 @@ pub fn file_listener_names(layout: &FilesLayout, set: &FileSet) -> Vec<String> {
 }
 
 impl FilesDelivery {
-    /// The same delivery for a caller that ran Envoy's validate mode on the
-    /// whole config before the pass: its check keeps only the host's limits.
-    pub fn validated_up_front(mut self) -> Self {
-        self.validated_up_front = true;
-        self
-    }
-
     /// Translates and renders one load balancer.
     fn render(&self, lb: &LoadBalancer) -> Result<Rendered, String> {
         let resources = translate_lb(lb, &self.translate);
@@ -174,10 +156,10 @@ impl FilesDelivery {
         Ok((lb.clone(), Arc::new(parts), Arc::new(set)))
     }
 
-    /// Notes that Envoy confirmed `next`'s files.
+    /// Notes that Envoy confirmed `next`'s files (shared, not copied).
     fn wrote(&mut self, next: &FilesCandidate) {
         self.written = Some(Written {
-            versions: versions(&next.files),
+            files: next.files.clone(),
             resources: next.resources.clone(),
         });
     }
@@ -189,7 +171,8 @@ impl FilesDelivery {
     /// files can be compared.
     fn planned(&self, current: &FileSet, next: &FilesCandidate) -> Option<Kind> {
         let written = self.written.as_ref()?;
-        if versions(current) != written.versions {
+        // By content, not by `version_info`: a hand edit may keep it.
+        if *current != *written.files {
             return None;
         }
         let empty = ResourceSet::new();
@@ -243,7 +226,7 @@ impl Delivery for FilesDelivery {
             .collect();
         *cache = fresh;
         Ok(FilesCandidate {
-            files: file_set(files),
+            files: Arc::new(file_set(files)),
             resources,
         })
     }
@@ -266,9 +249,6 @@ impl Delivery for FilesDelivery {
 
     fn check(&self, next: &FilesCandidate, changed: &Config) -> Result<(), PreflightError> {
         preflight::check_files_watch_budget(next, &self.layout, self.watch_limit)?;
-        if self.validated_up_front {
-            return Ok(());
-        }
         preflight::validate_changed(&self.envoy_bin, &self.translate, changed)
     }
 
@@ -456,6 +436,18 @@ mod tests {
         let same = d.prepare(&config(1, 10)).expect("prepare");
         let current = read_file_set(&d.layout).expect("read");
         assert_eq!(d.planned(&current, &same), Some(Kind::None));
+        // A hand edit that keeps `version_info`: still not what was written.
+        let eds = d.layout.eds_file("lb_web");
+        let text = std::fs::read_to_string(&eds).expect("eds");
+        let edited = text.replace(
+            "\"load_balancing_weight\": 1",
+            "\"load_balancing_weight\": 7",
+        );
+        assert_ne!(edited, text);
+        std::fs::write(&eds, edited).expect("edit");
+        let current = read_file_set(&d.layout).expect("read");
+        assert_eq!(d.planned(&current, &same), None);
+        install(&written);
         // A hand edit: the planner's memory no longer says what Envoy has.
         let cds = d.layout.cds_file();
         std::fs::write(&cds, "{}").expect("edit");

@@ -315,6 +315,31 @@ fn a_lost_state_never_applies_an_incomplete_candidate_over_a_serving_envoy() {
 }
 
 #[test]
+fn regression_a_refusal_after_a_lost_state_emptied_envoy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Envoy serves two load balancers the agent has no state for, and
+    // refuses port 666 when it is handed it.
+    let envoy = FakeEnvoy {
+        serving: vec![("api".into(), 81), ("web".into(), 80)],
+        ..refusing(true)
+    };
+    let mut r = reconciler(dir.path(), envoy);
+    let mut events = Events::default();
+    let mut api = lb(81);
+    api["id"] = json!("api");
+    let mut web = lb(666);
+    web["id"] = json!("web");
+    let (result, _) = r.pass(&mut Docs(vec![web, api]), &mut events);
+    assert_eq!(result, PassResult::RolledBack);
+    // One refused apply, no search on top of nothing: Envoy keeps both.
+    assert_eq!(r.delivery().applies, 1);
+    assert_eq!(
+        r.delivery().serving,
+        [("api".to_owned(), 81), ("web".to_owned(), 80)]
+    );
+}
+
+#[test]
 fn last_known_good_keeps_what_the_delivery_records_beside_the_documents() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut r = reconciler(dir.path(), FakeEnvoy::default());

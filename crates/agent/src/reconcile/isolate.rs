@@ -438,6 +438,25 @@ impl<D: Delivery> Reconciler<D> {
         );
         self.refused = files;
     }
+
+    /// Parks the whole candidate `files` without looking for the load
+    /// balancer to blame: what Envoy serves is not known, so there is
+    /// nothing to try the parts on top of.
+    pub(super) fn refuse_whole(
+        &mut self,
+        refusal: &Refusal,
+        files: D::Candidate,
+        reporter: &mut dyn Reporter,
+    ) {
+        reporter.error(
+            "apply",
+            &format!(
+                "last-known-good is lost, so the change is held back whole: {}",
+                refusal.problem()
+            ),
+        );
+        self.refused = Some(files);
+    }
 }
 
 #[cfg(test)]

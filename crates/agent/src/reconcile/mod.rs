@@ -371,6 +371,13 @@ impl<D: Delivery> Reconciler<D> {
         };
         let (applied, error, refused) = match refusal {
             None => (true, None, PassResult::Applied),
+            // What Envoy serves is not known (the state was lost while it
+            // served): there is no base to search on, and a search would
+            // hand Envoy subsets of the candidate that drop the rest.
+            Some(refusal) if !self.good_known && !diff.envoy_serves_nothing => {
+                self.refuse_whole(&refusal, files, reporter);
+                return (refusal.result(), fetch_error);
+            }
             // Parked whole if the refusal is no document's fault.
             Some(refusal) => match self.blame(&candidate, changed, &refusal, files, reporter) {
                 Blame::Nobody(e) => return (refusal.result(), e),
