@@ -90,8 +90,11 @@ const PARK_RETRY: std::time::Duration = std::time::Duration::from_secs(300);
 pub(super) enum Blame {
     /// No document: Envoy refuses what is served already with the agent's
     /// current settings (new settings, an issued certificate, the host).
-    /// The candidate waits whole; the error, if the check could not run.
-    Nobody(Option<ReconcileError>),
+    /// The candidate waits whole.
+    Settings,
+    /// Nobody yet: trying what is served already failed for a reason that
+    /// is not Envoy's verdict, so the search could not start.
+    Untried(ReconcileError),
     /// The load balancers found by the search: whether anything was
     /// served, and the error that stopped the search, if one did.
     Searched(bool, Option<ReconcileError>),
@@ -244,9 +247,9 @@ impl<D: Delivery> Reconciler<D> {
         match base {
             Trial::Done(Attempt::Refused(r)) => {
                 self.refuse_settings(&r, Some(files), reporter);
-                return Blame::Nobody(None);
+                return Blame::Settings;
             }
-            Trial::Done(Attempt::Failed(e)) => return Blame::Nobody(Some(e)),
+            Trial::Done(Attempt::Failed(e)) => return Blame::Untried(e),
             Trial::Done(Attempt::Served) | Trial::Inseparable => {}
         }
         match changed.as_slice() {

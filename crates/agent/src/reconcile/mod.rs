@@ -380,7 +380,8 @@ impl<D: Delivery> Reconciler<D> {
             }
             // Parked whole if the refusal is no document's fault.
             Some(refusal) => match self.blame(&candidate, changed, &refusal, files, reporter) {
-                Blame::Nobody(e) => return (refusal.result(), e),
+                Blame::Settings => return (refusal.result(), None),
+                Blame::Untried(e) => return (refusal.result(), Some(e)),
                 Blame::Searched(applied, e) => (applied, e, refusal.result()),
             },
         };
