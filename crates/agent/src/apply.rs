@@ -65,7 +65,14 @@ impl Applier {
             Err(cause) => {
                 let now = read_file_set(&self.layout)?;
                 let back = plan(&self.layout, &now, previous)?;
-                self.execute(&now, &back)?;
+                // What Envoy serves is not known if the undo fails too: the
+                // same error as an xDS undo, retried after a backoff.
+                self.execute(&now, &back)
+                    .map_err(|undone| ApplyError::Undo {
+                        undo: "restoring the previous files".into(),
+                        why: undone.to_string(),
+                        failed: cause.to_string(),
+                    })?;
                 Ok(if cause.is_retryable() {
                     Outcome::Interrupted(cause)
                 } else {

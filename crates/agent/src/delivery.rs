@@ -43,6 +43,9 @@ pub struct FilesDelivery {
     cache: RefCell<BTreeMap<String, Rendered>>,
     /// What the last confirmed apply wrote, for the change planner.
     written: Option<Written>,
+    /// Whether the caller ran Envoy's validate mode on the whole config
+    /// already (the `apply` command), so a pass's check skips it.
+    validated_up_front: bool,
 }
 
 /// One load balancer as the files delivery rendered it.
@@ -104,6 +107,7 @@ impl FilesDelivery {
             empty: FileSet::new(),
             cache: RefCell::new(BTreeMap::new()),
             written: None,
+            validated_up_front: false,
         };
         let nothing = validate(&serde_json::json!([]), &ValidateOptions::default())
             .map_err(|e| e.to_string())?;
@@ -148,6 +152,13 @@ pub fn file_listener_names(layout: &FilesLayout, set: &FileSet) -> Vec<String> {
 }
 
 impl FilesDelivery {
+    /// The same delivery for a caller that ran Envoy's validate mode on the
+    /// whole config before the pass: its check keeps only the host's limits.
+    pub fn validated_up_front(mut self) -> Self {
+        self.validated_up_front = true;
+        self
+    }
+
     /// Translates and renders one load balancer.
     fn render(&self, lb: &LoadBalancer) -> Result<Rendered, String> {
         let resources = translate_lb(lb, &self.translate);
@@ -249,6 +260,9 @@ impl Delivery for FilesDelivery {
 
     fn check(&self, next: &FilesCandidate, changed: &Config) -> Result<(), PreflightError> {
         preflight::check_files_watch_budget(next, &self.layout, self.watch_limit)?;
+        if self.validated_up_front {
+            return Ok(());
+        }
         preflight::validate_changed(&self.envoy_bin, &self.translate, changed)
     }
 

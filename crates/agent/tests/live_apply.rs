@@ -193,3 +193,59 @@ fn apply_refuses_what_envoy_validate_refuses_without_touching_files() {
         "no last-known-good for a refused config"
     );
 }
+
+#[test]
+fn regression_apply_without_a_state_dir_could_empty_envoy_after_a_refusal() {
+    let bs = backends(&["a", "b"]);
+    let (p1, p2) = (free_port(), free_port());
+    let one = lb_over("one", "http", p1, "round_robin", &bs[..1]);
+    let lab = Lab::start(Via::Files, &one);
+    lab.wait_healthy("one", 1);
+    // Two new load balancers, one on a port another process holds: only
+    // the live Envoy can refuse it.
+    let squatter = TcpListener::bind("127.0.0.1:0").expect("bind squatter");
+    let taken = squatter.local_addr().expect("addr").port();
+    let doc = json!([
+        one,
+        lb_over("two", "http", p2, "round_robin", &bs[1..]),
+        lb_over("three", "http", taken, "round_robin", &bs[..1])
+    ]);
+    let out = lab.apply_without_state(&doc);
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("rolled back: envoy rejected"), "{text}");
+    // All or nothing: what served before still serves, and nothing of the
+    // refused change does.
+    assert_eq!(count_by_backend(p1, 5).get("a"), Some(&5));
+    assert!(http::get(p2, "/").is_err(), "two was served on its own");
+    drop(squatter);
+
+    // apply keeps last-known-good in --state-dir, and leaves the drains a
+    // running agent keeps there alone.
+    let state = lab.dir.path().join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let drains = state.join("draining.json");
+    std::fs::write(&drains, "[]").expect("drains");
+    let out = lab.apply(&json!([
+        one,
+        lb_over("two", "http", p2, "round_robin", &bs[1..])
+    ]));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(count_by_backend(p2, 5).get("b"), Some(&5));
+    assert_eq!(std::fs::read_to_string(&drains).expect("drains kept"), "[]");
+
+    // With a last-known-good to search on, apply is still all or nothing:
+    // a refused change serves none of its load balancers.
+    let squatter = TcpListener::bind("127.0.0.1:0").expect("bind squatter");
+    let taken = squatter.local_addr().expect("addr").port();
+    let p4 = free_port();
+    let out = lab.apply(&json!([
+        one,
+        lb_over("two", "http", p2, "round_robin", &bs[1..]),
+        lb_over("four", "http", p4, "round_robin", &bs[..1]),
+        lb_over("five", "http", taken, "round_robin", &bs[..1])
+    ]));
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+    assert!(http::get(p4, "/").is_err(), "four was served on its own");
+    assert_eq!(count_by_backend(p2, 5).get("b"), Some(&5));
+}

@@ -12,17 +12,14 @@ use vpsie_lb_envoy::{
 };
 use vpsie_lb_model::{FieldPath, MAX_DOCUMENT_BYTES, Problem, Validated, parse_document, validate};
 
-use crate::apply::{Applier, Outcome};
-use crate::envoy_admin::EnvoyAdmin;
 use crate::{envoy_files, fsutil, preflight};
 
+mod apply;
 mod args;
 mod inspect;
 
 pub use args::Cli;
-use args::{
-    ApplyArgs, CheckArgs, Command, DocumentArgs, OutputArgs, PreflightArgs, RenderArgs, parse_local,
-};
+use args::{CheckArgs, Command, DocumentArgs, OutputArgs, PreflightArgs, RenderArgs, parse_local};
 
 /// Exit code for a document that is not valid.
 const EXIT_INVALID: u8 = 2;
@@ -32,7 +29,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Render(args) => render(args),
         Command::Check(args) => check(args),
-        Command::Apply(args) => apply(args),
+        Command::Apply(args) => apply::apply(args),
         Command::Run(args) => crate::run::run(&args.config),
         Command::Status(args) => inspect::status(args),
         Command::Plan(args) => inspect::plan(args),
@@ -143,6 +140,14 @@ fn translate_to_files(
     validated: &Validated,
     output: &OutputArgs,
 ) -> anyhow::Result<(FilesLayout, Vec<vpsie_lb_envoy::RenderedFile>)> {
+    let (layout, opts) = files_options(output)?;
+    let files = render_files(&translate(&validated.config, &opts), &layout)?;
+    Ok((layout, files))
+}
+
+/// The layout under `--out` (created if missing) and the translation
+/// options the output flags give.
+fn files_options(output: &OutputArgs) -> anyhow::Result<(FilesLayout, TranslateOptions)> {
     fsutil::ensure_dir(&output.out)?;
     let root = std::fs::canonicalize(&output.out)
         .with_context(|| format!("resolve {}", output.out.display()))?;
@@ -156,8 +161,7 @@ fn translate_to_files(
         waf_engine: output.waf_engine()?,
         ..TranslateOptions::new(Target::Files(layout.clone()))
     };
-    let files = render_files(&translate(&validated.config, &opts), &layout)?;
-    Ok((layout, files))
+    Ok((layout, opts))
 }
 
 fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
@@ -301,81 +305,6 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         println!("ok: {n} load balancer(s) valid (envoy pre-flight skipped)");
     } else {
         println!("ok: {n} load balancer(s) valid and accepted by envoy");
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Exit code when Envoy refused the change and the previous config is back.
-const EXIT_ROLLED_BACK: u8 = 3;
-
-fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
-    let loaded = match load(&args.doc)? {
-        Ok(loaded) => loaded,
-        Err(code) => return Ok(code),
-    };
-    let validated = &loaded.validated;
-    if let Some(code) = run_preflight(validated, &args.preflight, &args.doc.bootstrap_options()?)? {
-        return Ok(code);
-    }
-    if !args.output.out.join("bootstrap.yaml").is_file() {
-        bail!(
-            "{}: no bootstrap.yaml; run `vpsie-lb-agent render` first and start envoy on it",
-            args.output.out.display()
-        );
-    }
-    let (layout, files) = translate_to_files(validated, &args.output)?;
-    // `run` holds this lock for as long as it runs: two writers of one
-    // directory would interleave their steps.
-    let _lock = fsutil::lock_dir(layout.root())?;
-    let next = envoy_files::file_set(files);
-    if let Err(e) =
-        crate::preflight::check_files_watch_budget(&next, &layout, crate::preflight::watch_limit())
-    {
-        println!("{e}");
-        return Ok(ExitCode::from(2));
-    }
-    // Before Envoy learns of a load balancer's WAF, the service knows its policy.
-    crate::waf::write_policies(
-        &layout.root().join(crate::waf::POLICY_FILE),
-        &validated.config,
-        &mut None,
-    )?;
-    let admin = EnvoyAdmin::new(args.doc.admin_address.clone())?;
-    let applier = Applier::new(
-        layout.clone(),
-        admin,
-        std::time::Duration::from_secs(args.verify_timeout),
-    );
-    let version = next
-        .get(&layout.lds_file())
-        .map(|f| f.version.clone())
-        .unwrap_or_default();
-    match applier.apply(&next)? {
-        Outcome::Unchanged => println!("unchanged: envoy already has this config"),
-        Outcome::Applied => {
-            println!("applied: envoy confirmed every step (listeners version {version})")
-        }
-        Outcome::RolledBack(cause) => {
-            println!("rolled back: {cause}");
-            eprintln!("the previous config is serving again; nothing else changed");
-            return Ok(ExitCode::from(EXIT_ROLLED_BACK));
-        }
-        Outcome::Interrupted(cause) => {
-            println!("failed: {cause}");
-            eprintln!(
-                "the previous config is serving again; the same apply may succeed on a retry"
-            );
-            return Ok(ExitCode::FAILURE);
-        }
-    }
-    if let Some(state) = &args.state_dir {
-        // The same state `run` keeps, so `plan` and a later `run` see it.
-        let record = crate::state::Unsaved {
-            files: crate::delivery::relative_files(&layout, &next).map_err(anyhow::Error::msg)?,
-            listeners: crate::delivery::file_listener_names(&layout, &next),
-        };
-        crate::state::save(state, &loaded.docs, &record)
-            .with_context(|| format!("save last-known-good in {}", state.display()))?;
     }
     Ok(ExitCode::SUCCESS)
 }

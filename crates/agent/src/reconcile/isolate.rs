@@ -36,6 +36,13 @@ impl Refusal {
         }
     }
 
+    /// What Envoy said.
+    fn reason(&self) -> &str {
+        match self {
+            Refusal::Preflight(r) | Refusal::Apply(r) => r,
+        }
+    }
+
     /// The problem a parked load balancer reports until its document changes.
     fn problem(&self) -> String {
         match self {
@@ -443,22 +450,19 @@ impl<D: Delivery> Reconciler<D> {
     }
 
     /// Parks the whole candidate `files` without looking for the load
-    /// balancer to blame: what Envoy serves is not known, so there is
-    /// nothing to try the parts on top of.
+    /// balancers to blame: what Envoy serves is not known (so there is
+    /// nothing to try the parts on top of), or the caller wants all or
+    /// nothing. `why` says which.
     pub(super) fn refuse_whole(
         &mut self,
+        why: &str,
         refusal: &Refusal,
         files: D::Candidate,
         reporter: &mut dyn Reporter,
     ) {
-        reporter.error(
-            "apply",
-            &format!(
-                "last-known-good is lost, so the change is held back whole: {}",
-                refusal.problem()
-            ),
-        );
+        reporter.error("apply", &format!("{why}: {}", refusal.problem()));
         self.refused = Some(files);
+        self.held_back = Some(refusal.reason().to_owned());
     }
 }
 

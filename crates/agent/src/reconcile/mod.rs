@@ -30,8 +30,8 @@ pub use observe::Observe;
 #[cfg(test)]
 pub(crate) use ports::fake;
 pub use ports::{
-    Clock, ConnectionCloser, DirStore, HaRecords, KeepalivedRecords, Ports, SsCloser, StateStore,
-    SystemClock, WafFile, WafSink,
+    Clock, ConnectionCloser, DirStore, HaRecords, KeepalivedRecords, LastKnownGoodOnly, Ports,
+    SsCloser, StateStore, SystemClock, WafFile, WafSink,
 };
 
 /// Most problems one event, log line or status message carries: a document
@@ -88,6 +88,11 @@ pub struct Reconciler<D: Delivery> {
     /// The last candidate Envoy refused when no document had changed (the
     /// agent's own settings had), so it is not handed over every pass.
     refused: Option<D::Candidate>,
+    /// Whether a refusal is searched for the load balancers to blame
+    /// (`run`), or the change is held back whole (`apply`).
+    isolate: bool,
+    /// Envoy's words when this pass held a change back whole.
+    held_back: Option<String>,
     /// Documents Envoy refused, per load balancer: each is held back (its
     /// last good version serves) until it changes, so that it never blocks
     /// another load balancer's changes.
@@ -189,11 +194,26 @@ impl<D: Delivery> Reconciler<D> {
             drains_saved: None,
             ports,
             store_failed: None,
+            isolate: true,
+            held_back: None,
             acme: None,
             ha: None,
             ha_seen: None,
             udp_guard: None,
         }
+    }
+
+    /// Holds a refused change back whole instead of searching it for the
+    /// load balancers to blame: a one-shot `apply` must either serve what
+    /// it was given or leave Envoy as it was.
+    pub fn all_or_nothing(mut self) -> Self {
+        self.isolate = false;
+        self
+    }
+
+    /// Envoy's words when the last pass held a refused change back whole.
+    pub fn held_back(&self) -> Option<&str> {
+        self.held_back.as_deref()
     }
 
     /// Has the kernel bound each udp client to what Envoy serves allows it.
@@ -253,6 +273,7 @@ impl<D: Delivery> Reconciler<D> {
     ) -> (PassResult, Option<ReconcileError>) {
         self.times = PhaseTimes::default();
         self.store_failed = None;
+        self.held_back = None;
         let (result, mut error) = self.pass_inner(source, reporter);
         // Envoy serves what the pass says, but the disk lags behind it: a
         // crash now would restore an older state, so retry soon.
@@ -369,15 +390,12 @@ impl<D: Delivery> Reconciler<D> {
             Attempt::Failed(e) => return (PassResult::Error, Some(e)),
             Attempt::Refused(refusal) => Some(refusal),
         };
+        if let (Some(refusal), Some(why)) = (&refusal, self.no_search(&diff)) {
+            self.refuse_whole(why, refusal, files, reporter);
+            return (refusal.result(), fetch_error);
+        }
         let (applied, error, refused) = match refusal {
             None => (true, None, PassResult::Applied),
-            // What Envoy serves is not known (the state was lost while it
-            // served): there is no base to search on, and a search would
-            // hand Envoy subsets of the candidate that drop the rest.
-            Some(refusal) if !self.good_known && !diff.envoy_serves_nothing => {
-                self.refuse_whole(&refusal, files, reporter);
-                return (refusal.result(), fetch_error);
-            }
             // Parked whole if the refusal is no document's fault.
             Some(refusal) => match self.blame(&candidate, changed, &refusal, files, reporter) {
                 Blame::Settings => return (refusal.result(), None),
@@ -394,6 +412,21 @@ impl<D: Delivery> Reconciler<D> {
             (false, false) => refused,
         };
         (result, fetch_error)
+    }
+
+    /// Why a refusal must not be searched for the load balancers to blame,
+    /// if it must not: the caller wants all or nothing, or what Envoy serves
+    /// is not known (the state was lost while it served), so there is no
+    /// base to search on and a search would hand Envoy subsets that drop
+    /// the rest.
+    fn no_search(&self, diff: &crate::pass::Diff) -> Option<&'static str> {
+        if !self.isolate {
+            Some("the change is held back whole")
+        } else if !self.good_known && !diff.envoy_serves_nothing {
+            Some("last-known-good is lost, so the change is held back whole")
+        } else {
+            None
+        }
     }
 
     fn changed_ids(&self, candidate: &BTreeMap<String, Value>) -> Vec<String> {

@@ -120,6 +120,32 @@ impl StateStore for DirStore {
     }
 }
 
+/// Last-known-good in the state directory, without the drains: a one-shot
+/// `apply` must not touch the drains a running agent keeps there.
+pub struct LastKnownGoodOnly(pub DirStore);
+
+impl StateStore for LastKnownGoodOnly {
+    fn location(&self) -> String {
+        self.0.location()
+    }
+
+    fn load(&self) -> Result<Option<Docs>, StateError> {
+        self.0.load()
+    }
+
+    fn save(&self, docs: &Docs, unsaved: &Unsaved) -> std::io::Result<()> {
+        self.0.save(docs, unsaved)
+    }
+
+    fn load_drains(&self) -> Result<Vec<SavedDrain>, String> {
+        Ok(Vec::new())
+    }
+
+    fn save_drains(&self, _drains: &[SavedDrain]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// The kernel's socket destroy, on Envoy's sockets only.
 pub struct SsCloser(pub EnvoyProcess);
 

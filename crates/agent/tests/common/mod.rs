@@ -149,6 +149,12 @@ impl Lab {
         )
     }
 
+    /// `apply` of `doc` without `--state-dir`: last-known-good lives only
+    /// as long as the command.
+    pub fn apply_without_state(&self, doc: &Value) -> Output {
+        self.run("apply", doc, &[])
+    }
+
     /// Runs `command` (render or apply) on `doc` with this lab's paths.
     fn run(&self, command: &str, doc: &Value, extra: &[&str]) -> Output {
         let input = self.dir.path().join("input.json");
