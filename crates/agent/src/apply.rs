@@ -63,16 +63,14 @@ impl Applier {
         match self.execute(previous, &forward) {
             Ok(()) => Ok(Outcome::Applied),
             Err(cause) => {
-                let now = read_file_set(&self.layout)?;
-                let back = plan(&self.layout, &now, previous)?;
-                // What Envoy serves is not known if the undo fails too: the
-                // same error as an xDS undo, retried after a backoff.
-                self.execute(&now, &back)
-                    .map_err(|undone| ApplyError::Undo {
-                        undo: "restoring the previous files".into(),
-                        why: undone.to_string(),
-                        failed: cause.to_string(),
-                    })?;
+                // What Envoy serves is not known if any part of the undo
+                // fails: the same error as an xDS undo, retried after a
+                // backoff.
+                self.undo(previous).map_err(|undone| ApplyError::Undo {
+                    undo: "restoring the previous files".into(),
+                    why: undone.to_string(),
+                    failed: cause.to_string(),
+                })?;
                 Ok(if cause.is_retryable() {
                     Outcome::Interrupted(cause)
                 } else {
@@ -80,6 +78,14 @@ impl Applier {
                 })
             }
         }
+    }
+
+    /// Puts `previous` back after a step failed, and waits for Envoy to
+    /// confirm it.
+    fn undo(&self, previous: &FileSet) -> Result<(), ApplyError> {
+        let now = read_file_set(&self.layout)?;
+        let back = plan(&self.layout, &now, previous)?;
+        self.execute(&now, &back)
     }
 
     fn execute(&self, current: &FileSet, p: &Plan) -> Result<(), ApplyError> {

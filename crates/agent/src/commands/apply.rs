@@ -21,7 +21,9 @@ use crate::apply::{Applier, ApplyError};
 use crate::delivery::FilesDelivery;
 use crate::envoy_admin::EnvoyAdmin;
 use crate::pass::ReconcileError;
-use crate::reconcile::{DirStore, LastKnownGoodOnly, Observe, Ports, Reconciler, Settings};
+use crate::reconcile::{
+    DirStore, LastKnownGoodOnly, NoStore, Observe, Ports, Reconciler, Settings, StateStore,
+};
 use crate::source::Source;
 
 /// Exit code when Envoy refused the change and the previous config is back.
@@ -91,14 +93,8 @@ fn one_pass(args: &ApplyArgs, loaded: Loaded) -> anyhow::Result<Ended> {
     )
     .map_err(anyhow::Error::msg)?
     .validated_up_front();
-    // Without --state-dir, last-known-good lives in a directory that goes
-    // when the command ends.
-    let scratch = tempfile::tempdir()?;
     let settings = Settings {
-        state_dir: args
-            .state_dir
-            .clone()
-            .unwrap_or_else(|| scratch.path().to_path_buf()),
+        state_dir: args.state_dir.clone().unwrap_or_default(),
         validate: args.doc.validate_options(),
         waf_policies: Some(layout.root().join(crate::waf::POLICY_FILE)),
         envoy: crate::drain::EnvoyProcess {
@@ -106,9 +102,14 @@ fn one_pass(args: &ApplyArgs, loaded: Loaded) -> anyhow::Result<Ended> {
             admin_socket: None,
         },
     };
+    // The drains are a running agent's; a one-shot pass leaves them be.
+    // Without --state-dir it keeps nothing at all.
+    let store: Box<dyn StateStore> = match &args.state_dir {
+        Some(dir) => Box::new(LastKnownGoodOnly(DirStore(dir.clone()))),
+        None => Box::new(NoStore),
+    };
     let ports = Ports {
-        // The drains are a running agent's; a one-shot pass leaves them be.
-        store: Box::new(LastKnownGoodOnly(DirStore(settings.state_dir.clone()))),
+        store,
         ..Ports::of(&settings)
     };
     let mut registry = prometheus_client::registry::Registry::default();
@@ -161,7 +162,9 @@ fn say(ended: Ended, version: &str) -> anyhow::Result<ExitCode> {
         }
         // The undo itself failed: what Envoy serves is not known.
         (_, Some(e @ ReconcileError::Apply(ApplyError::Undo { .. }))) => bail!("{e}"),
-        (_, Some(ReconcileError::Apply(cause))) => {
+        // Only a failure the undo put right (or that came before anything
+        // was written) leaves the previous config serving.
+        (_, Some(ReconcileError::Apply(cause))) if cause.is_retryable() => {
             println!("failed: {cause}");
             eprintln!(
                 "the previous config is serving again; the same apply may succeed on a retry"

@@ -82,7 +82,12 @@ impl<D: Delivery> Reconciler<D> {
                     listeners: self.delivery.listener_names(files),
                 })
             }
-            Err(e) => reporter.error("save last-known-good", &e),
+            Err(e) => {
+                reporter.error("save last-known-good", &e);
+                // The disk lags behind what Envoy serves, as when a save
+                // fails: the pass must say so.
+                self.store_failed = Some(e);
+            }
         }
         self.save_state(reporter);
         for id in changed {

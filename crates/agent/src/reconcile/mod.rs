@@ -30,8 +30,8 @@ pub use observe::Observe;
 #[cfg(test)]
 pub(crate) use ports::fake;
 pub use ports::{
-    Clock, ConnectionCloser, DirStore, HaRecords, KeepalivedRecords, LastKnownGoodOnly, Ports,
-    SsCloser, StateStore, SystemClock, WafFile, WafSink,
+    Clock, ConnectionCloser, DirStore, HaRecords, KeepalivedRecords, LastKnownGoodOnly, NoStore,
+    Ports, SsCloser, StateStore, SystemClock, WafFile, WafSink,
 };
 
 /// Most problems one event, log line or status message carries: a document

@@ -146,6 +146,32 @@ impl StateStore for LastKnownGoodOnly {
     }
 }
 
+/// No state at all: a one-shot `apply` without `--state-dir` starts from
+/// nothing and keeps nothing.
+pub struct NoStore;
+
+impl StateStore for NoStore {
+    fn location(&self) -> String {
+        "nowhere (no --state-dir)".into()
+    }
+
+    fn load(&self) -> Result<Option<Docs>, StateError> {
+        Ok(None)
+    }
+
+    fn save(&self, _docs: &Docs, _unsaved: &Unsaved) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn load_drains(&self) -> Result<Vec<SavedDrain>, String> {
+        Ok(Vec::new())
+    }
+
+    fn save_drains(&self, _drains: &[SavedDrain]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// The kernel's socket destroy, on Envoy's sockets only.
 pub struct SsCloser(pub EnvoyProcess);
 
