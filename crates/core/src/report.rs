@@ -64,3 +64,18 @@ pub trait Reporter {
     /// Called once at the end of every pass: a chance to retry what failed.
     fn flush(&mut self) {}
 }
+
+/// Tells no one: for a caller that reports the outcome itself.
+pub struct Silent;
+
+impl Reporter for Silent {
+    fn event(&mut self, _lb_id: &str, _kind: EventKind, _message: &str, _metadata: Value) {}
+
+    fn error(&mut self, _phase: &str, _message: &str) {}
+
+    fn note(&mut self, _message: &str) {}
+
+    fn status(&mut self, _lb_id: &str, _status: &str, _version: &str, _message: &str) {}
+
+    fn health(&mut self, _lb_id: &str, _backend_id: &str, _healthy: bool) {}
+}

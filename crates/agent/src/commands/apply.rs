@@ -13,7 +13,9 @@ use std::process::ExitCode;
 use anyhow::bail;
 use vpsie_lb_core::fetched::Fetched;
 use vpsie_lb_core::pass::PassResult;
-use vpsie_lb_core::report::{EventKind, Reporter};
+// The command prints its own outcome; what else the pass reports (events,
+// status, health) is for the API, which a one-shot command does not tell.
+use vpsie_lb_core::report::Silent;
 
 use super::args::ApplyArgs;
 use super::{Loaded, envoy_files, files_options, fsutil, load, run_preflight, translate_to_files};
@@ -119,7 +121,7 @@ fn one_pass(args: &ApplyArgs, loaded: Loaded) -> anyhow::Result<Ended> {
     };
     let mut reconciler =
         Reconciler::with_ports(settings, delivery, observe, ports).all_or_nothing();
-    let (result, error) = reconciler.pass(&mut Once(Some(loaded.docs)), &mut Quiet);
+    let (result, error) = reconciler.pass(&mut Once(Some(loaded.docs)), &mut Silent);
     Ok(Ended {
         result,
         error,
@@ -193,20 +195,4 @@ impl Source for Once {
             ..Fetched::default()
         }
     }
-}
-
-/// The command prints its own outcome; what else the pass reports (events,
-/// status, health) is for the API, which a one-shot command does not tell.
-struct Quiet;
-
-impl Reporter for Quiet {
-    fn event(&mut self, _lb_id: &str, _kind: EventKind, _message: &str, _meta: serde_json::Value) {}
-
-    fn error(&mut self, _phase: &str, _message: &str) {}
-
-    fn note(&mut self, _message: &str) {}
-
-    fn status(&mut self, _lb_id: &str, _status: &str, _version: &str, _message: &str) {}
-
-    fn health(&mut self, _lb_id: &str, _backend_id: &str, _healthy: bool) {}
 }
