@@ -1,11 +1,7 @@
-//! `apply`: one reconcile pass over a document file, through the files
-//! delivery. The checks a one-shot command owes its caller come first and
-//! change nothing (the document, Envoy's validate mode, the bootstrap, the
-//! host's inotify budget). Then the same pass `run` runs hands the config
-//! to Envoy, confirms it and keeps last-known-good, all or nothing: a
-//! refused change is rolled back whole, never searched for the load
-//! balancer to blame, since a one-shot command cannot come back to serve
-//! the rest.
+//! `apply`: checks that change nothing (the document, Envoy's validate
+//! mode, the bootstrap, the inotify budget), then one pass of `run`'s loop
+//! over the files delivery, all or nothing: a one-shot command cannot come
+//! back to serve the rest of a change Envoy refused in part.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,7 +14,10 @@ use vpsie_lb_core::pass::PassResult;
 use vpsie_lb_core::report::Silent;
 
 use super::args::ApplyArgs;
-use super::{Loaded, envoy_files, files_options, fsutil, load, run_preflight, translate_to_files};
+use super::{
+    EXIT_INVALID, Loaded, envoy_files, files_options, fsutil, load, run_preflight,
+    translate_to_files,
+};
 use crate::apply::{Applier, ApplyError};
 use crate::delivery::FilesDelivery;
 use crate::envoy_admin::EnvoyAdmin;
@@ -30,9 +29,6 @@ use crate::source::Source;
 
 /// Exit code when Envoy refused the change and the previous config is back.
 const EXIT_ROLLED_BACK: u8 = 3;
-
-/// Exit code for a document that is not valid (here: the host's limits).
-const EXIT_INVALID: u8 = 2;
 
 /// Runs `apply`.
 pub(super) fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {

@@ -18,7 +18,9 @@ use crate::report::Reporter;
 use crate::source::Source;
 
 mod start;
-use start::*;
+use start::{
+    prepare_envoy_dir, settings, sources, start_acme, start_envoy, start_xds, watch_signals,
+};
 
 fn init_logging(cfg: &Config) {
     let filter =

@@ -24,7 +24,7 @@ use crate::supervisor::{EnvoyCommand, Supervisor};
 
 /// Removes temp files (`.name.tmp`) a killed agent may have left in the
 /// watched directories. Envoy never reads them, but they must not pile up.
-pub(super) fn remove_stale_temp_files(dir: &Path) -> std::io::Result<()> {
+fn remove_stale_temp_files(dir: &Path) -> std::io::Result<()> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(());
     };
@@ -43,7 +43,7 @@ pub(super) fn remove_stale_temp_files(dir: &Path) -> std::io::Result<()> {
 
 /// What no document may name a file under: the agent's state (its ACME
 /// keys, last-known-good), its config file and the API key's file.
-pub(super) fn private_paths(cfg: &Config, config_path: &Path) -> Vec<String> {
+fn private_paths(cfg: &Config, config_path: &Path) -> Vec<String> {
     // Canonical where it exists, so a link to the state is no way around.
     let absolute = |p: &Path| {
         std::fs::canonicalize(p)
@@ -101,7 +101,7 @@ pub(super) fn prepare_envoy_dir(cfg: &Config, layout: &FilesLayout) -> anyhow::R
 /// by an agent that was killed (our Envoy runs in its own process group, so
 /// it survives). Ask it to quit so the new one can bind; traffic pauses
 /// until the new Envoy is up. Under systemd (`manage: false`) this never applies.
-pub(super) fn stop_orphan(admin: &EnvoyAdmin) {
+fn stop_orphan(admin: &EnvoyAdmin) {
     if admin.get("/ready").is_err() {
         return;
     }
